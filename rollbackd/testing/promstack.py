@@ -1,0 +1,1 @@
+"""Filled in by its owner; see the module docstring once written."""
