@@ -16,7 +16,7 @@ from typing import Any
 ANNOTATION_PREFIX = "rollbackd.io/"
 ANNOTATION_ENABLED = "rollbackd.io/enabled"
 ANNOTATION_ROLLBACK = "rollbackd.io/rollback"  # JSON state of the rollback in flight
-ANNOTATION_RESTORED_BY = "rollbackd.io/restored-by"  # on the pod template: rollback id
+ANNOTATION_RESTORED = "rollbackd.io/restored"  # on the Deployment: JSON {rollback_id, template_hash, revision}
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
 ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
