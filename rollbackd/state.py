@@ -1,0 +1,112 @@
+"""Codec for the ``rollbackd.io/rollback`` annotation on a Deployment.
+
+The annotation is the durable record of a rollback in flight: it is written
+before each step, so a restarted (or newly elected) daemon reads it back and
+resumes instead of starting a second rollback. It is JSON with a version field
+so an older daemon refuses a newer format loudly instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rollbackd.model import Phase
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RollbackState:
+    """What the Deployment says about the rollback rollbackd is running on it."""
+
+    rollback_id: str
+    phase: Phase
+    from_revision: int | None
+    to_revision: int | None
+    started_at: datetime
+    updated_at: datetime
+    reason_code: str
+    # When the restored version reported the rollout complete: verification
+    # only uses samples taken after this moment.
+    ready_at: datetime | None = None
+
+
+def encode_state(s: RollbackState) -> str:
+    """Serialise ``s`` as compact, key-sorted JSON (stable diffs in ``kubectl get -o yaml``)."""
+    payload: dict[str, Any] = {
+        "v": STATE_VERSION,
+        "rollback_id": s.rollback_id,
+        "phase": s.phase.value,
+        "from_revision": s.from_revision,
+        "to_revision": s.to_revision,
+        "started_at": _encode_time(s.started_at),
+        "updated_at": _encode_time(s.updated_at),
+        "reason_code": s.reason_code,
+        "ready_at": _encode_time(s.ready_at) if s.ready_at is not None else None,
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def decode_state(text: str) -> RollbackState:
+    """Parse the annotation; raises ValueError naming what is wrong on anything else."""
+    try:
+        raw = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"rollback state is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError("rollback state must be a JSON object")
+    version = raw.get("v")
+    if version != STATE_VERSION:
+        raise ValueError(
+            f"unsupported rollback state version {version!r} (expected {STATE_VERSION})"
+        )
+    rollback_id = raw.get("rollback_id")
+    if not isinstance(rollback_id, str) or not rollback_id:
+        raise ValueError("rollback state field rollback_id must be a non-empty string")
+    try:
+        phase = Phase(raw.get("phase"))
+    except ValueError as exc:
+        raise ValueError(f"rollback state field phase is unknown: {raw.get('phase')!r}") from exc
+    reason_code = raw.get("reason_code", "")
+    if not isinstance(reason_code, str):
+        raise ValueError("rollback state field reason_code must be a string")
+    ready_raw = raw.get("ready_at")
+    return RollbackState(
+        rollback_id=rollback_id,
+        phase=phase,
+        from_revision=_decode_revision(raw, "from_revision"),
+        to_revision=_decode_revision(raw, "to_revision"),
+        started_at=_decode_time(raw.get("started_at"), "started_at"),
+        updated_at=_decode_time(raw.get("updated_at"), "updated_at"),
+        reason_code=reason_code,
+        ready_at=None if ready_raw is None else _decode_time(ready_raw, "ready_at"),
+    )
+
+
+def _encode_time(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("rollback state times must be timezone-aware")
+    return at.isoformat()
+
+
+def _decode_time(value: object, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"rollback state field {name} must be an ISO 8601 string")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"rollback state field {name} is not ISO 8601: {value!r}") from exc
+    if at.tzinfo is None:
+        raise ValueError(f"rollback state field {name} has no timezone: {value!r}")
+    return at
+
+
+def _decode_revision(raw: dict[str, Any], name: str) -> int | None:
+    value = raw.get(name)
+    # bool is an int subclass; a revision of True is garbage, not 1.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"rollback state field {name} must be a positive integer or null")
