@@ -1,0 +1,74 @@
+"""The pager stand-in records what it was sent and fails or stalls on request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from rollbackd.testing.sink import HttpSink
+
+
+async def test_records_method_path_query_headers_and_json(pager_sink: HttpSink) -> None:
+    async with aiohttp.ClientSession() as client:
+        resp = await client.post(
+            f"{pager_sink.url}/v2/enqueue?x=1", json={"a": 1}, headers={"X-Key": "k"}
+        )
+        assert resp.status == 202
+        assert await resp.json() == {"status": "success", "message": "Event processed"}
+    [req] = pager_sink.requests
+    assert (req.method, req.path, dict(req.query)) == ("POST", "/v2/enqueue", {"x": "1"})
+    assert req.header("x-key") == "k"
+    assert req.json == {"a": 1}
+    assert req.body == b'{"a": 1}'
+    assert req.status == 202
+
+
+async def test_non_json_body_is_kept_raw(pager_sink: HttpSink) -> None:
+    async with aiohttp.ClientSession() as client:
+        await client.post(f"{pager_sink.url}/hook", data=b"not json")
+    [req] = pager_sink.requests
+    assert req.json is None and req.body == b"not json"
+
+
+async def test_fail_next_applies_to_matching_prefix_then_recovers(pager_sink: HttpSink) -> None:
+    pager_sink.fail_next("/v2", 503, count=2)
+    statuses = []
+    async with aiohttp.ClientSession() as client:
+        for path in ("/other", "/v2/enqueue", "/v2/enqueue", "/v2/enqueue"):
+            async with client.post(f"{pager_sink.url}{path}", json={}) as resp:
+                statuses.append(resp.status)
+    assert statuses == [202, 503, 503, 202]
+    assert [r.status for r in pager_sink.requests_to("/v2")] == [503, 503, 202]
+
+
+async def test_hold_next_records_but_answers_only_after_release(pager_sink: HttpSink) -> None:
+    pager_sink.hold_next("/slow")
+    async with aiohttp.ClientSession() as client:
+        pending = asyncio.create_task(client.post(f"{pager_sink.url}/slow", json={}))
+        await pager_sink.wait_for_count(1, "/slow")
+        assert not pending.done()
+        pager_sink.release()
+        resp = await pending
+        assert resp.status == 202
+        resp.release()
+
+
+async def test_wait_for_times_out_with_what_was_received(pager_sink: HttpSink) -> None:
+    async with aiohttp.ClientSession() as client:
+        await client.post(f"{pager_sink.url}/a", json={})
+    with pytest.raises(TimeoutError, match=r"POST /a -> 202"):
+        await pager_sink.wait_for(lambda reqs: len(reqs) >= 2, timeout=0.2)
+
+
+async def test_clear_forgets_requests_and_rules() -> None:
+    async with HttpSink() as sink:
+        sink.fail_next("/", 500)
+        async with aiohttp.ClientSession() as client:
+            await client.post(f"{sink.url}/a", json={})
+            sink.fail_next("/", 500)
+            sink.clear()
+            async with client.post(f"{sink.url}/a", json={}) as resp:
+                assert resp.status == 202
+        assert len(sink.requests) == 1
