@@ -1,0 +1,97 @@
+"""Prometheus metrics rollbackd exports on ``GET /metrics``.
+
+Every daemon (and every test) gets its own ``CollectorRegistry``: nothing is
+registered on the process-global default registry, so two instances in one
+process never collide and tests never see each other's counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+# The exposition format generate_latest() writes; served as the Content-Type.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# A rollback spans a rollout (minutes) plus three scrape intervals of
+# verification, so the buckets reach well past the default 10 s.
+_ROLLBACK_DURATION_BUCKETS = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+# Time from the anomaly's start to rollbackd's decision: alerting rules with a
+# `for:` clause put this in the tens of seconds to minutes.
+_TIME_TO_DETECT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class Metrics:
+    """The daemon's metrics, all on one registry.
+
+    Label values come from the shared model's enums and reason codes, whose
+    sets are small and fixed, so label cardinality stays bounded.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.signals_total = Counter(
+            "rollbackd_signals_total",
+            "Signals accepted from a source, by source and status.",
+            ["source", "status"],
+            registry=r,
+        )
+        self.decisions_total = Counter(
+            "rollbackd_decisions_total",
+            "Decisions taken on signals, by action and reason code.",
+            ["action", "reason"],
+            registry=r,
+        )
+        self.rollbacks_total = Counter(
+            "rollbackd_rollbacks_total",
+            "Rollbacks that reached a terminal phase, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.rollback_duration_seconds = Histogram(
+            "rollbackd_rollback_duration_seconds",
+            "Wall time from the start of a rollback to its terminal phase.",
+            buckets=_ROLLBACK_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.time_to_detect_seconds = Histogram(
+            "rollbackd_time_to_detect_seconds",
+            "Time from the anomaly's start to rollbackd's decision to roll back.",
+            buckets=_TIME_TO_DETECT_BUCKETS,
+            registry=r,
+        )
+        self.webhook_requests_total = Counter(
+            "rollbackd_webhook_requests_total",
+            "Alertmanager webhook requests, by HTTP status code answered.",
+            ["code"],
+            registry=r,
+        )
+        self.is_leader = Gauge(
+            "rollbackd_is_leader",
+            "1 while this replica holds the leader Lease, 0 on standby.",
+            registry=r,
+        )
+        self.prometheus_query_errors_total = Counter(
+            "rollbackd_prometheus_query_errors_total",
+            "PromQL queries that failed after retries, by signal.",
+            ["signal"],
+            registry=r,
+        )
+        self.notifications_total = Counter(
+            "rollbackd_notifications_total",
+            "Notifications delivered or given up on, by channel and result.",
+            ["channel", "result"],
+            registry=r,
+        )
+        self.unresolved_alerts_total = Counter(
+            "rollbackd_unresolved_alerts_total",
+            "Alerts whose labels did not map to a Deployment.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
