@@ -230,6 +230,8 @@ class Notifier:
         Whatever could not be delivered in time is reported as dropped.
         """
         if self._stopped:
+            # Calling stop again waits for reports of notifications dropped since.
+            await self._flush_reports()
             return
         self._stopped = True
         if self._started:
@@ -246,8 +248,7 @@ class Notifier:
                 lane.task = None
             while lane.queue:
                 self._report_later(lane.queue.popleft(), lane, "dropped: notifier stopped")
-        if self._reports:
-            await asyncio.gather(*self._reports, return_exceptions=True)
+        await self._flush_reports()
         if self._started:
             for lane in self._lanes:
                 await _stop_channel(lane.channel)
@@ -370,6 +371,10 @@ class Notifier:
             await self._on_result(n, lane.channel.name, ok, detail)
         except Exception:
             log.exception("on_result callback failed", channel=lane.channel.name)
+
+    async def _flush_reports(self) -> None:
+        if self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
 
     def _report_later(self, n: Notification, lane: _Lane, detail: str) -> None:
         """Report from synchronous code (submit, overflow): a tracked task, awaited in stop."""
