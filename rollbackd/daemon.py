@@ -1,0 +1,520 @@
+"""Wiring: build every stage from Settings, run them, stop them in order.
+
+Lifecycle, in order: journal -> Kubernetes watches -> HTTP server (webhooks
+are accepted from here on) -> leadership -> (as leader) resume rollbacks in
+flight, start the dispatcher and the Prometheus poller. Shutdown is the
+reverse; a rollback cut short keeps its phase annotation, so whoever leads
+next resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal as signal_module
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from rollbackd.config import Settings
+from rollbackd.dispatch import Dispatcher, annotated_rollback, new_rollback_id
+from rollbackd.executor import Executor
+from rollbackd.intake import SignalIntake
+from rollbackd.journal import Journal
+from rollbackd.kube import Kube
+from rollbackd.logs import configure_logging
+from rollbackd.metrics import Metrics
+from rollbackd.model import (
+    ANNOTATION_ROLLBACK,
+    Decision,
+    Phase,
+    Rollback,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
+from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
+from rollbackd.promql import PromQL
+from rollbackd.server import AuthSettings, create_app
+from rollbackd.signals import Evaluation, evaluate_specs
+from rollbackd.sources.alertmanager import TargetMapping
+from rollbackd.sources.prometheus import PrometheusPoller
+from rollbackd.state import decode_state
+from rollbackd.verify import Verifier
+
+log = structlog.get_logger("rollbackd.daemon")
+
+DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _severity(kind: NotificationKind) -> str:
+    return "critical" if kind is NotificationKind.ESCALATION else "info"
+
+
+class NotifierPager:
+    """The executor's view of the pager: fire and forget, keyed by rollback id."""
+
+    def __init__(self, notifier: Notifier, clock: Callable[[], datetime]) -> None:
+        self._notifier = notifier
+        self._clock = clock
+
+    def notify(
+        self,
+        kind: NotificationKind,
+        rollback: Rollback,
+        summary: str,
+        details: Mapping[str, Any],
+    ) -> None:
+        self._notifier.submit(
+            Notification(
+                kind=kind,
+                severity=_severity(kind),  # type: ignore[arg-type]
+                dedup_key=rollback.id,
+                target=rollback.target,
+                summary=summary,
+                details={
+                    "rollback_id": rollback.id,
+                    "phase": str(rollback.phase),
+                    "from_revision": rollback.from_revision,
+                    "to_revision": rollback.to_revision,
+                    **details,
+                },
+                created_at=self._clock(),
+                resolves=kind is NotificationKind.ROLLBACK_COMPLETED,
+            )
+        )
+
+
+class JournalRecorder:
+    """The executor's view of the record: journal, metrics and logs for every step."""
+
+    def __init__(self, journal: Journal, metrics: Metrics, clock: Callable[[], datetime]) -> None:
+        self._journal = journal
+        self._metrics = metrics
+        self._clock = clock
+
+    async def phase(
+        self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
+    ) -> None:
+        now = self._clock()
+        await self._journal.save_rollback(rollback, details=data)
+        await self._journal.record_event(
+            rollback.id,
+            rollback.target,
+            f"phase:{rollback.phase}",
+            message,
+            at=now,
+            data=data,
+        )
+        log.info(
+            "rollback_phase",
+            rollback_id=rollback.id,
+            target=str(rollback.target),
+            phase=str(rollback.phase),
+            message=message,
+        )
+        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED):
+            self._metrics.rollbacks_total.labels(result=str(rollback.phase)).inc()
+            self._metrics.rollback_duration_seconds.observe(
+                (now - rollback.started_at).total_seconds()
+            )
+
+    async def event(
+        self,
+        rollback: Rollback,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._journal.record_event(
+            rollback.id, rollback.target, kind, message, at=self._clock(), data=data
+        )
+        log.info(
+            "rollback_event",
+            rollback_id=rollback.id,
+            target=str(rollback.target),
+            kind=kind,
+            message=message,
+        )
+
+
+def build_channels(settings: Settings) -> list[Channel]:
+    """Instantiate the configured notification channels (all optional)."""
+    from rollbackd.notify.alertmanager import AlertmanagerPushChannel
+    from rollbackd.notify.pagerduty import PagerDutyChannel
+    from rollbackd.notify.slack import SlackChannel
+    from rollbackd.notify.webhook import WebhookChannel
+
+    notify = settings.notify
+    report_url = (
+        f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
+        if notify.report_base_url
+        else None
+    )
+    channels: list[Channel] = []
+    if notify.pagerduty is not None:
+        channels.append(
+            PagerDutyChannel(
+                notify.pagerduty.routing_key_value(),
+                url=str(notify.pagerduty.url),
+                report_url_template=report_url,
+            )
+        )
+    if notify.alertmanager is not None:
+        channels.append(
+            AlertmanagerPushChannel(str(notify.alertmanager.url), report_url_template=report_url)
+        )
+    if notify.slack is not None:
+        channels.append(
+            SlackChannel(notify.slack.webhook_url_value(), report_url_template=report_url)
+        )
+    if notify.webhook is not None:
+        headers = dict(notify.webhook.headers)
+        token = notify.webhook.bearer_token_value()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        channels.append(WebhookChannel(str(notify.webhook.url), headers=headers))
+    return channels
+
+
+@dataclass
+class Daemon:
+    """One rollbackd process. ``start`` returns once the HTTP server listens."""
+
+    settings: Settings
+    clock: Callable[[], datetime] = utcnow
+    metrics: Metrics = field(default_factory=Metrics)
+    # One-shot mode (`rollbackd rollback`): no HTTP server, no leadership, no poller.
+    one_shot: bool = False
+
+    def __post_init__(self) -> None:
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._active_tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._leader = False
+        self.url = ""
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.journal = await Journal.open(s.journal.path)
+        self.kube = await Kube.connect(kubeconfig=s.cluster.kubeconfig, context=s.cluster.context)
+        await self.kube.start_watches(list(s.cluster.namespaces) or None)
+        token = s.prometheus.bearer_token_value()
+        self.promql = PromQL(
+            str(s.prometheus.url),
+            timeout=s.prometheus.timeout.total_seconds(),
+            attempts=s.prometheus.attempts,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+        )
+        self.specs = list(s.prometheus.signal_specs())
+        self.notifier = Notifier(build_channels(s), on_result=self._on_notification_result)
+        await self.notifier.start()
+        self.intake = SignalIntake(
+            journal=self.journal,
+            metrics=self.metrics,
+            mapping=TargetMapping(
+                namespace_labels=tuple(s.targets.namespace_labels),
+                deployment_labels=tuple(s.targets.deployment_labels),
+                pod_labels=tuple(s.targets.pod_labels),
+            ),
+            resolve_pod=self.kube.resolve_pod,
+            clock=self.clock,
+        )
+        self.scrape_interval = await self._scrape_interval()
+        self.verifier = Verifier(
+            self._evaluate_target,
+            self.kube.readiness,
+            scrape_interval=self.scrape_interval,
+            intervals=s.verify.intervals,
+            clock=self.clock,
+            sleep=asyncio.sleep,
+        )
+        self.executor = Executor(
+            self.kube,
+            self.verifier,
+            JournalRecorder(self.journal, self.metrics, self.clock),
+            NotifierPager(self.notifier, self.clock),
+            rollout_timeout=s.rollout.timeout.total_seconds(),
+            clock=self.clock,
+            policy_for=self._policy_for_target,
+        )
+        self.dispatcher = Dispatcher(
+            facts=lambda target, now: self.kube.facts(target, now=now),
+            policy_for=lambda target, annotations: s.policy_for(target, annotations)[0],
+            journal=self.journal,
+            metrics=self.metrics,
+            run_rollback=self.executor.run,
+            submit_notification=self.notifier.submit,
+            clock=self.clock,
+        )
+        if self.one_shot:
+            await self.kube.wait_synced(timeout=60)
+            return
+        app = create_app(
+            alert_sink=self.intake,
+            journal=self.journal,
+            metrics=self.metrics,
+            readiness=self._readiness,
+            auth=AuthSettings.from_webhook(s.webhook),
+            max_body_bytes=s.webhook.max_body_bytes,
+            manual_rollback=self.request_rollback,
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.webhook.host, s.webhook.port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.url = f"http://{bound_host}:{bound_port}"
+        log.info("listening", url=self.url, scrape_interval=self.scrape_interval.total_seconds())
+        if s.leader_election.enabled:
+            le = s.leader_election
+            self._tasks.append(
+                asyncio.create_task(
+                    self.kube.run_leader_election(
+                        namespace=le.namespace,
+                        lease_name=le.lease_name,
+                        identity=le.effective_identity,
+                        lease_duration=le.lease_duration.total_seconds(),
+                        renew_deadline=le.renew_deadline.total_seconds(),
+                        retry_period=le.retry_period.total_seconds(),
+                        on_started=self._become_leader,
+                        on_stopped=self._lose_leadership,
+                    ),
+                    name="leader-election",
+                )
+            )
+        else:
+            await self._become_leader()
+
+    async def stop(self) -> None:
+        if self.one_shot:
+            await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._lose_leadership()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.notifier.stop(drain_timeout=5.0)
+        await self.kube.close()
+        await self.journal.close()
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- leadership ------------------------------------------------------------------
+
+    async def _become_leader(self) -> None:
+        if self._leader:
+            return
+        self._leader = True
+        self.metrics.is_leader.set(1)
+        log.info("leadership_acquired")
+        await self.kube.wait_synced(timeout=60)
+        await self._resume_in_flight()
+        interval = self.settings.prometheus.poll_interval or self.scrape_interval
+        poller = PrometheusPoller(
+            self.promql,
+            self.specs,
+            interval=interval.total_seconds(),
+            emit=self._emit_polled,
+            clock=self.clock,
+            on_query_error=self._on_query_error,
+        )
+        self._active_tasks = [
+            asyncio.create_task(self.dispatcher.run(self.intake.queue), name="dispatcher"),
+            asyncio.create_task(poller.run(), name="prometheus-poller"),
+        ]
+
+    async def _lose_leadership(self) -> None:
+        if not self._leader:
+            return
+        self._leader = False
+        self.metrics.is_leader.set(0)
+        log.info("leadership_released")
+        for task in self._active_tasks:
+            task.cancel()
+        for task in self._active_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._active_tasks = []
+        await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+
+    async def _resume_in_flight(self) -> None:
+        """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
+        now = self.clock()
+        for target in self.kube.targets():
+            facts = self.kube.facts(target, now=now)
+            rollback = annotated_rollback(facts)
+            if rollback is None:
+                continue
+            state = decode_state(facts.annotations[ANNOTATION_ROLLBACK])
+            log.info("resuming_rollback", target=str(target), rollback_id=rollback.id)
+            self.dispatcher.adopt(
+                rollback,
+                lambda target=target, state=state: self.executor.resume(target, state),
+            )
+
+    # -- adapters between stages ---------------------------------------------------------
+
+    async def _scrape_interval(self) -> timedelta:
+        configured = self.settings.prometheus.scrape_interval
+        if configured is not None:
+            return configured
+        try:
+            found = await self.promql.scrape_interval()
+        except Exception as exc:
+            log.warning("scrape_interval_unknown", error=str(exc))
+            found = None
+        if found is None:
+            log.warning("scrape_interval_default", seconds=DEFAULT_SCRAPE_INTERVAL.total_seconds())
+            return DEFAULT_SCRAPE_INTERVAL
+        return found
+
+    async def _evaluate_target(self, target: Target, window: str, at: datetime) -> list[Evaluation]:
+        found = await evaluate_specs(self.promql, self.specs, window=window, at=at, target=target)
+        return [evaluation for (t, _), evaluation in found.items() if t == target]
+
+    async def _emit_polled(self, signal: Signal) -> None:
+        await self.intake.accept(signal)
+
+    def _on_query_error(self, signal_name: str, exc: Exception) -> None:
+        self.metrics.prometheus_query_errors_total.labels(signal=signal_name).inc()
+        log.warning("prometheus_query_failed", signal=signal_name, error=str(exc))
+
+    async def _on_notification_result(
+        self, notification: Notification, channel: str, ok: bool, detail: str
+    ) -> None:
+        self.metrics.notifications_total.labels(
+            channel=channel, result="ok" if ok else "failed"
+        ).inc()
+        await self.journal.record_notification(notification, channel, ok, detail, self.clock())
+
+    def _policy_for_target(self, target: Target) -> Any:
+        facts = self.kube.facts(target, now=self.clock())
+        return self.settings.policy_for(target, facts.annotations)[0]
+
+    def _readiness(self) -> tuple[bool, str]:
+        if not self.kube.synced:
+            return False, "kubernetes watches not synced"
+        if self.settings.leader_election.enabled and not self._leader:
+            return False, "standby: not the leader"
+        return True, "ok"
+
+    async def request_rollback(self, target: Target, dry_run: bool, *, reason: str = "") -> str:
+        """A manual rollback request, through the same decide/executor path."""
+        now = self.clock()
+        signal = Signal(
+            target=target,
+            source=SignalSource.MANUAL,
+            name="manual",
+            status=SignalStatus.FIRING,
+            started_at=now,
+            observed_at=now,
+            key=f"manual:{target}:{now.isoformat()}",
+            summary=reason or "manual rollback request",
+        )
+        facts = self.kube.facts(target, now=now)
+        policy = self.settings.policy_for(target, facts.annotations)[0]
+        # An operator asking explicitly is the evidence; the change window and
+        # cooldown protect against automatic flapping, not against a human.
+        policy = replace(
+            policy,
+            change_window=timedelta(days=3650),
+            cooldown=timedelta(0),
+            dry_run=policy.dry_run or dry_run,
+        )
+        from rollbackd.decide import decide
+
+        history = await self.journal.history(target)
+        history = replace(history, in_flight=self.dispatcher.in_flight.get(target))
+        decision: Decision = decide(signal, facts, history, policy, now)
+        await self.journal.record_signal(signal, accepted=True)
+        self.metrics.decisions_total.labels(
+            action=str(decision.action), reason=decision.reason_code
+        ).inc()
+        if str(decision.action) == "rollback":
+            rollback_id = await self.dispatcher.start(decision, now)
+        elif str(decision.action) == "join" and decision.rollback_id:
+            rollback_id = decision.rollback_id
+        elif str(decision.action) == "dry_run":
+            rollback_id = new_rollback_id(now)
+            await self.journal.save_rollback(
+                Rollback(
+                    id=rollback_id,
+                    target=target,
+                    phase=Phase.DRY_RUN,
+                    started_at=now,
+                    updated_at=now,
+                    from_revision=decision.from_revision,
+                    to_revision=decision.to_revision,
+                    reason_code=decision.reason_code,
+                    reason=decision.reason,
+                    finished_at=now,
+                )
+            )
+        else:
+            raise RollbackRefused(decision)
+        await self.journal.record_decision(
+            decision, signal_key=signal.key, at=now, rollback_id=rollback_id
+        )
+        return rollback_id
+
+
+class RollbackRefused(Exception):
+    """A manual rollback that the safety rules do not allow."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(f"{decision.reason_code}: {decision.reason}")
+        self.decision = decision
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
+    configure_logging(settings.logging.level, settings.logging.format)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal_module.SIGTERM, signal_module.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        await daemon.stop()
+    return 0
+
+
+async def manual_rollback(
+    settings: Settings, target: Target, *, dry_run: bool = False, reason: str = ""
+) -> str:
+    """`rollbackd rollback NS/NAME`: one rollback through the same executor, then exit."""
+    configure_logging(settings.logging.level, settings.logging.format)
+    daemon = Daemon(settings, one_shot=True)
+    await daemon.start()
+    try:
+        rollback_id = await daemon.request_rollback(target, dry_run, reason=reason)
+        await daemon.dispatcher.wait(target)
+        return rollback_id
+    finally:
+        await daemon.stop()

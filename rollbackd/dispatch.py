@@ -1,0 +1,381 @@
+"""From an accepted signal to an action: decide, record, then start or join.
+
+The dispatcher is the single place that turns Decisions into work. It keeps
+one executor task per target (safety rule 3: single flight), so a duplicate
+alert, a poller breach and a manual request for the same Deployment all end
+up in the same rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from rollbackd.decide import decide
+from rollbackd.model import (
+    ANNOTATION_ROLLBACK,
+    Action,
+    ClusterFacts,
+    Decision,
+    History,
+    Phase,
+    Policy,
+    Rollback,
+    Signal,
+    Target,
+)
+from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.state import decode_state
+
+log = structlog.get_logger("rollbackd.dispatch")
+
+
+class JournalLike(Protocol):
+    async def history(self, target: Target) -> History: ...
+    async def record_decision(
+        self, decision: Decision, *, signal_key: str, at: datetime, rollback_id: str | None = None
+    ) -> None: ...
+    async def save_rollback(
+        self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
+    ) -> None: ...
+    async def record_event(
+        self,
+        rollback_id: str | None,
+        target: Target,
+        kind: str,
+        message: str,
+        *,
+        at: datetime,
+        data: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+class MetricsLike(Protocol):
+    @property
+    def decisions_total(self) -> Any: ...
+    @property
+    def time_to_detect_seconds(self) -> Any: ...
+
+
+class RunRollback(Protocol):
+    def __call__(self, rollback: Rollback, decision: Decision) -> Awaitable[Rollback]: ...
+
+
+# The first words of an escalation page, by reason: what the on-call must know first.
+ESCALATION_HEADLINES = {
+    "no_recent_rollout": "not caused by a recent rollout",
+    "rollout_after_anomaly": "not caused by a recent rollout",
+    "no_previous_revision": "manual rollback needed",
+    "no_stable_previous_revision": "manual rollback needed",
+    "restored_revision_breaching": "the restored revision breaches too",
+    "guard_disallowed_fields": "manual rollback needed: the change is not only image/config",
+    "guard_mutable_image": "manual rollback needed: the previous image reference is mutable",
+    "paused": "rollout paused by a human",
+}
+
+
+def escalation_summary(decision: Decision) -> str:
+    headline = ESCALATION_HEADLINES.get(decision.reason_code, "needs a human")
+    return f"{decision.target}: {headline}. {decision.reason}"
+
+
+def new_rollback_id(now: datetime) -> str:
+    """Sortable, unique, short enough for a PagerDuty dedup key and an annotation."""
+    return f"rb-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Running:
+    rollback: Rollback
+    task: asyncio.Task[Rollback]
+
+
+class Dispatcher:
+    """Consumes signals, applies ``decide``, and owns the executor tasks."""
+
+    def __init__(
+        self,
+        *,
+        facts: Callable[[Target, datetime], ClusterFacts],
+        policy_for: Callable[[Target, Mapping[str, str]], Policy],
+        journal: JournalLike,
+        metrics: MetricsLike,
+        run_rollback: RunRollback,
+        submit_notification: Callable[[Notification], None],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._facts = facts
+        self._policy_for = policy_for
+        self._journal = journal
+        self._metrics = metrics
+        self._run_rollback = run_rollback
+        self._submit = submit_notification
+        self._clock = clock
+        self._running: dict[Target, _Running] = {}
+        # Escalations already paged, per (target, reason, anomaly start): one page
+        # per anomaly, not one per repeated alert.
+        self._escalated: dict[tuple[Target, str, str], datetime] = {}
+
+    @property
+    def in_flight(self) -> dict[Target, Rollback]:
+        return {target: running.rollback for target, running in self._running.items()}
+
+    async def run(self, queue: asyncio.Queue[Signal]) -> None:
+        """Handle signals one by one until cancelled; one bad signal never stops the loop."""
+        while True:
+            signal = await queue.get()
+            try:
+                await self.handle(signal)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("signal_handling_failed", target=str(signal.target), key=signal.key)
+            finally:
+                queue.task_done()
+
+    async def handle(self, signal: Signal) -> Decision:
+        now = self._clock()
+        facts = self._facts(signal.target, now)
+        policy = self._policy_for(signal.target, facts.annotations)
+        history = await self._history(signal.target, facts)
+        decision = decide(signal, facts, history, policy, now)
+        self._metrics.decisions_total.labels(
+            action=str(decision.action), reason=decision.reason_code
+        ).inc()
+        bound = log.bind(
+            target=str(signal.target),
+            signal=signal.name,
+            source=str(signal.source),
+            action=str(decision.action),
+            reason_code=decision.reason_code,
+        )
+        bound.info("decision", reason=decision.reason)
+        rollback_id = await self._act(signal, decision, now, history)
+        await self._journal.record_decision(
+            decision, signal_key=signal.key, at=now, rollback_id=rollback_id
+        )
+        return decision
+
+    async def _history(self, target: Target, facts: ClusterFacts) -> History:
+        history = await self._journal.history(target)
+        running = self._running.get(target)
+        if running is not None:
+            return replace(history, in_flight=running.rollback)
+        # The journal may still list a rollback that died with an earlier
+        # process; the Deployment's phase annotation is what another rollbackd
+        # (a one-shot CLI run, or a leader being replaced) is working on now.
+        return replace(history, in_flight=annotated_rollback(facts))
+
+    async def _act(
+        self, signal: Signal, decision: Decision, now: datetime, history: History
+    ) -> str | None:
+        if decision.action is Action.ROLLBACK:
+            self._metrics.time_to_detect_seconds.observe(
+                max(0.0, (now - signal.started_at).total_seconds())
+            )
+            return await self.start(decision, now)
+        if decision.action is Action.JOIN and decision.rollback_id:
+            await self._journal.record_event(
+                decision.rollback_id,
+                signal.target,
+                "signal_joined",
+                f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
+                at=now,
+                data={"key": signal.key, "value": signal.value},
+            )
+            return decision.rollback_id
+        if decision.action is Action.ESCALATE:
+            return await self._escalate(signal, decision, now, history)
+        if decision.action is Action.DRY_RUN:
+            return await self._dry_run(decision, now)
+        return None
+
+    async def start(self, decision: Decision, now: datetime) -> str:
+        """Create the rollback record and its executor task."""
+        rollback = Rollback(
+            id=new_rollback_id(now),
+            target=decision.target,
+            phase=Phase.PENDING,
+            started_at=now,
+            updated_at=now,
+            from_revision=decision.from_revision,
+            to_revision=decision.to_revision,
+            reason_code=decision.reason_code,
+            reason=decision.reason,
+        )
+        await self._journal.save_rollback(rollback)
+        self._spawn(rollback, decision)
+        return rollback.id
+
+    def adopt(self, rollback: Rollback, task_factory: Callable[[], Awaitable[Rollback]]) -> None:
+        """Track a resumed rollback so new signals join it instead of starting another."""
+        task = asyncio.create_task(_as_coroutine(task_factory), name=f"resume:{rollback.id}")
+        self._track(rollback, task)
+
+    def _spawn(self, rollback: Rollback, decision: Decision) -> None:
+        task = asyncio.create_task(
+            _as_coroutine(lambda: self._run_rollback(rollback, decision)),
+            name=f"rollback:{rollback.id}",
+        )
+        self._track(rollback, task)
+
+    def _track(self, rollback: Rollback, task: asyncio.Task[Rollback]) -> None:
+        self._running[rollback.target] = _Running(rollback, task)
+
+        def done(finished: asyncio.Task[Rollback]) -> None:
+            current = self._running.get(rollback.target)
+            if current is not None and current.task is finished:
+                del self._running[rollback.target]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error(
+                    "rollback_task_crashed",
+                    rollback_id=rollback.id,
+                    target=str(rollback.target),
+                    error=repr(finished.exception()),
+                )
+
+        task.add_done_callback(done)
+
+    async def _escalate(
+        self, signal: Signal, decision: Decision, now: datetime, history: History
+    ) -> str | None:
+        last = history.last_finished
+        if (
+            last is not None
+            and last.phase is Phase.ESCALATED
+            and last.finished_at is not None
+            and signal.started_at <= last.finished_at
+        ):
+            # The same anomaly that the failed rollback already paged for.
+            await self._journal.record_event(
+                last.id,
+                decision.target,
+                "signal_after_escalation",
+                f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})",
+                at=now,
+                data={"key": signal.key, "value": signal.value},
+            )
+            return last.id
+        anomaly = signal.started_at.isoformat()
+        key = (decision.target, decision.reason_code, anomaly)
+        self._forget_old_escalations(now)
+        if key in self._escalated:
+            return None
+        self._escalated[key] = now
+        dedup_key = (
+            f"esc-{decision.target.namespace}-{decision.target.name}-"
+            f"{decision.reason_code}-{int(signal.started_at.timestamp())}"
+        )
+        await self._journal.record_event(
+            None,
+            decision.target,
+            "escalated",
+            decision.reason,
+            at=now,
+            data={"reason_code": decision.reason_code, "dedup_key": dedup_key},
+        )
+        self._submit(
+            Notification(
+                kind=NotificationKind.ESCALATION,
+                severity="critical",
+                dedup_key=dedup_key,
+                target=decision.target,
+                summary=escalation_summary(decision),
+                details={
+                    "reason_code": decision.reason_code,
+                    "reason": decision.reason,
+                    "signal": signal.name,
+                    "source": str(signal.source),
+                    "value": signal.value,
+                    "threshold": signal.threshold,
+                    "anomaly_started_at": anomaly,
+                },
+                created_at=now,
+            )
+        )
+        return None
+
+    def _forget_old_escalations(self, now: datetime) -> None:
+        horizon = now - timedelta(hours=24)
+        for key, at in list(self._escalated.items()):
+            if at < horizon:
+                del self._escalated[key]
+
+    async def _dry_run(self, decision: Decision, now: datetime) -> str:
+        rollback = Rollback(
+            id=new_rollback_id(now),
+            target=decision.target,
+            phase=Phase.DRY_RUN,
+            started_at=now,
+            updated_at=now,
+            from_revision=decision.from_revision,
+            to_revision=decision.to_revision,
+            reason_code=decision.reason_code,
+            reason=decision.reason,
+            finished_at=now,
+        )
+        await self._journal.save_rollback(rollback)
+        await self._journal.record_event(
+            rollback.id,
+            decision.target,
+            "dry_run",
+            f"dry run: would roll {decision.target} back from revision "
+            f"{decision.from_revision} to {decision.to_revision}",
+            at=now,
+        )
+        return rollback.id
+
+    async def wait(self, target: Target) -> Rollback | None:
+        """Wait for the rollback in flight for ``target`` (if any) to finish."""
+        running = self._running.get(target)
+        return await running.task if running is not None else None
+
+    async def stop(self, grace: float) -> None:
+        """Give running rollbacks ``grace`` seconds, then cancel them.
+
+        A cancelled rollback keeps its phase annotation on the Deployment, so
+        the next leader resumes it.
+        """
+        tasks = [running.task for running in self._running.values()]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
+    """The non-terminal rollback recorded on the Deployment, if any."""
+    raw = facts.annotations.get(ANNOTATION_ROLLBACK)
+    if not raw:
+        return None
+    try:
+        state = decode_state(raw)
+    except ValueError:
+        return None
+    if state.phase.terminal:
+        return None
+    return Rollback(
+        id=state.rollback_id,
+        target=facts.target,
+        phase=state.phase,
+        started_at=state.started_at,
+        updated_at=state.updated_at,
+        from_revision=state.from_revision,
+        to_revision=state.to_revision,
+        reason_code=state.reason_code,
+    )
+
+
+async def _as_coroutine(factory: Callable[[], Awaitable[Rollback]]) -> Rollback:
+    return await factory()
