@@ -1,0 +1,296 @@
+"""Health signals: PromQL specs and their pure evaluation per Deployment.
+
+The same code judges a target for the poller (is it breaching?) and for
+post-rollback verification (is it healthy over fresh data?), so both agree on
+what "healthy" means. Each spec is one PromQL query grouped
+``by (namespace, deployment)``: the cost per cycle does not grow with the
+number of Deployments.
+
+No data is not health (safety rule 8): an empty result, NaN, a failed query,
+or traffic below ``min_traffic`` gives ``Verdict.NO_DATA``, which neither
+triggers a rollback nor passes a verification interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from rollbackd.model import StrEnum, Target
+from rollbackd.promql import PromQL, PromQLError, Sample
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "Evaluation",
+    "SignalSpec",
+    "Verdict",
+    "evaluate",
+    "evaluate_specs",
+    "render_query",
+]
+
+WINDOW_PLACEHOLDER = "{window}"
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One health signal: a grouped PromQL query and the threshold that makes it a breach."""
+
+    name: str
+    query: str  # contains "{window}"; grouped by (namespace, deployment)
+    threshold: float
+    comparison: Literal[">", "<"] = ">"
+    traffic_query: str | None = None  # requests/s per target, "{window}" placeholder
+    min_traffic: float = 0.0  # below this rate a target is not judged
+    window: str = "1m"
+    for_count: int = 2  # consecutive breaching evaluations before FIRING
+
+    def __post_init__(self) -> None:
+        if self.comparison not in (">", "<"):
+            raise ValueError(f"signal {self.name}: comparison must be '>' or '<'")
+        if self.for_count < 1:
+            raise ValueError(f"signal {self.name}: for_count must be >= 1")
+        if self.min_traffic < 0:
+            raise ValueError(f"signal {self.name}: min_traffic must be >= 0")
+
+    def breaches(self, value: float) -> bool:
+        return value > self.threshold if self.comparison == ">" else value < self.threshold
+
+
+class Verdict(StrEnum):
+    HEALTHY = "healthy"
+    BREACH = "breach"
+    NO_DATA = "no_data"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The verdict of one signal for one target, with the number behind it."""
+
+    target: Target
+    signal: str
+    verdict: Verdict
+    value: float | None
+    threshold: float
+    detail: str
+
+
+def render_query(template: str, window: str) -> str:
+    # str.format would trip over PromQL's own braces ({code=~"5.."}).
+    return template.replace(WINDOW_PLACEHOLDER, window)
+
+
+def _group_by_target(
+    samples: Sequence[Sample], namespace_label: str, deployment_label: str
+) -> dict[Target, list[float]]:
+    grouped: dict[Target, list[float]] = {}
+    for sample in samples:
+        namespace = sample.labels.get(namespace_label)
+        name = sample.labels.get(deployment_label)
+        if namespace and name:
+            grouped.setdefault(Target(namespace, name), []).append(sample.value)
+    return grouped
+
+
+def _worst(spec: SignalSpec, values: list[float]) -> float:
+    """One value per target; if a query is not fully aggregated, judge its worst series."""
+    real = [v for v in values if not math.isnan(v)]
+    if not real:
+        return math.nan
+    return max(real) if spec.comparison == ">" else min(real)
+
+
+def evaluate(
+    spec: SignalSpec,
+    samples: list[Sample],
+    traffic: list[Sample] | None,
+    *,
+    namespace_label: str = "namespace",
+    deployment_label: str = "deployment",
+) -> dict[Target, Evaluation]:
+    """Judge every target present in ``samples`` (or in ``traffic``).
+
+    ``traffic`` is None when the spec has no traffic query (every target is
+    judged); otherwise a target whose request rate is missing, NaN or below
+    ``min_traffic`` is NO_DATA: a handful of requests proves nothing.
+    """
+    values = _group_by_target(samples, namespace_label, deployment_label)
+    rates: dict[Target, float] | None = None
+    if traffic is not None:
+        rates = {
+            target: sum(v for v in series if not math.isnan(v))
+            for target, series in _group_by_target(
+                traffic, namespace_label, deployment_label
+            ).items()
+        }
+
+    return {
+        target: _judge(
+            spec,
+            target,
+            values.get(target),
+            None if rates is None else rates.get(target),
+            traffic_known=rates is not None,
+        )
+        for target in sorted(set(values) | set(rates or {}))
+    }
+
+
+def _judge(
+    spec: SignalSpec,
+    target: Target,
+    series: list[float] | None,
+    rate: float | None,
+    *,
+    traffic_known: bool,
+) -> Evaluation:
+    value = _worst(spec, series or [])
+    shown = None if math.isnan(value) else value
+
+    def result(verdict: Verdict, detail: str) -> Evaluation:
+        return Evaluation(target, spec.name, verdict, shown, spec.threshold, detail)
+
+    if traffic_known and (rate is None or rate < spec.min_traffic):
+        rate_text = "no" if rate is None else f"{rate:.3g} req/s"
+        return result(
+            Verdict.NO_DATA,
+            f"{spec.name} not judged: {rate_text} traffic (minimum {spec.min_traffic:g} req/s)",
+        )
+    if series is None:
+        return result(Verdict.NO_DATA, f"{spec.name}: no series for {target}")
+    if math.isnan(value):
+        return result(Verdict.NO_DATA, f"{spec.name} is NaN for {target}")
+    if spec.breaches(value):
+        return result(
+            Verdict.BREACH,
+            f"{spec.name} {value:.4g} {spec.comparison} threshold {spec.threshold:g}",
+        )
+    return result(
+        Verdict.HEALTHY,
+        f"{spec.name} {value:.4g} within threshold ({spec.comparison} {spec.threshold:g} breaches)",
+    )
+
+
+def _promql_string(value: str) -> str:
+    # JSON string escaping is valid PromQL (Go-style) string escaping.
+    return json.dumps(value)
+
+
+def _restrict_to(query: str, target: Target, namespace_label: str, deployment_label: str) -> str:
+    """Keep only ``target``'s series, server side.
+
+    Wrapping (``and on(...)`` a one-element vector carrying the target's
+    labels) works for any valid grouped query, where rewriting selectors
+    inside a user's PromQL could break it.
+    """
+    marker = (
+        f"label_replace(label_replace(vector(1), {_promql_string(namespace_label)}, "
+        f'{_promql_string(target.namespace)}, "", ""), {_promql_string(deployment_label)}, '
+        f'{_promql_string(target.name)}, "", "")'
+    )
+    return f"({query}) and on ({namespace_label}, {deployment_label}) {marker}"
+
+
+async def evaluate_specs(
+    promql: PromQL,
+    specs: Sequence[SignalSpec],
+    *,
+    window: str | None = None,
+    at: datetime | None = None,
+    target: Target | None = None,
+    on_error: Callable[[str, Exception], None] | None = None,
+    namespace_label: str = "namespace",
+    deployment_label: str = "deployment",
+) -> dict[tuple[Target, str], Evaluation]:
+    """Run every spec once (plus its traffic query) and judge all targets.
+
+    With ``target`` (verification) only that target is asked for, and it is
+    always present in the result: NO_DATA when its query failed or returned
+    nothing. Without it (polling), a failed spec contributes no entries.
+    ``on_error(spec_name, exc)`` is called for each failed query.
+    """
+
+    async def run_one(spec: SignalSpec) -> dict[Target, Evaluation] | PromQLError:
+        spec_window = window or spec.window
+
+        async def ask(template: str) -> list[Sample]:
+            expr = render_query(template, spec_window)
+            if target is not None:
+                expr = _restrict_to(expr, target, namespace_label, deployment_label)
+            return await promql.query(expr, at=at)
+
+        try:
+            samples = await ask(spec.query)
+            traffic = await ask(spec.traffic_query) if spec.traffic_query else None
+        except PromQLError as exc:
+            if on_error is not None:
+                on_error(spec.name, exc)
+            return exc
+        return evaluate(
+            spec,
+            samples,
+            traffic,
+            namespace_label=namespace_label,
+            deployment_label=deployment_label,
+        )
+
+    outcomes = await asyncio.gather(*(run_one(spec) for spec in specs))
+    results: dict[tuple[Target, str], Evaluation] = {}
+    for spec, outcome in zip(specs, outcomes, strict=True):
+        if isinstance(outcome, PromQLError):
+            if target is not None:
+                results[(target, spec.name)] = Evaluation(
+                    target,
+                    spec.name,
+                    Verdict.NO_DATA,
+                    None,
+                    spec.threshold,
+                    f"{spec.name} query failed: {outcome}",
+                )
+            continue
+        for found, evaluation in outcome.items():
+            if target is None or found == target:
+                results[(found, spec.name)] = evaluation
+        if target is not None and (target, spec.name) not in results:
+            results[(target, spec.name)] = Evaluation(
+                target,
+                spec.name,
+                Verdict.NO_DATA,
+                None,
+                spec.threshold,
+                f"{spec.name}: no series for {target}",
+            )
+    return results
+
+
+_BY = "by (namespace, deployment)"
+
+DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
+    SignalSpec(
+        name="error_ratio",
+        # "or ... * 0" makes a target with traffic but no 5xx series read 0, not empty.
+        query=(
+            f'(sum {_BY} (rate(http_requests_total{{code=~"5.."}}[{{window}}]))'
+            f" or sum {_BY} (rate(http_requests_total[{{window}}])) * 0)"
+            f" / sum {_BY} (rate(http_requests_total[{{window}}]))"
+        ),
+        threshold=0.05,
+        traffic_query=f"sum {_BY} (rate(http_requests_total[{{window}}]))",
+        min_traffic=0.1,
+    ),
+    SignalSpec(
+        name="latency_p99",
+        query=(
+            "histogram_quantile(0.99, sum by (namespace, deployment, le)"
+            " (rate(http_request_duration_seconds_bucket[{window}])))"
+        ),
+        threshold=0.5,
+        traffic_query=f"sum {_BY} (rate(http_request_duration_seconds_count[{{window}}]))",
+        min_traffic=0.1,
+    ),
+)
