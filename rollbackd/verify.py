@@ -1,0 +1,185 @@
+"""Post-rollback verification: the same signals, over fresh data only.
+
+After the restored version reports its rollout complete (``ready_at``),
+rollbackd evaluates every signal at each of the next N scrape intervals
+(3 by default). Evaluation ``i`` happens at ``ready_at + (i + 1) * scrape``
+plus a little slack, so at least two fresh scrapes exist for ``rate()``; its
+window is exactly ``at - ready_at`` (whole seconds, rounded down) so no rate
+window reaches back into the bad period. An interval is healthy only if every
+signal is HEALTHY (no data is not health: safety rule 8), every desired pod is
+Ready and every Service selecting the pods has ready endpoints. The first
+unhealthy interval ends verification: waiting longer cannot undo a breach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from rollbackd.model import Target
+
+if TYPE_CHECKING:
+    from rollbackd.signals import Evaluation
+
+# Verdict values (rollbackd.signals.Verdict is a str enum): compared by value so
+# the adapters that only need ReadinessReport do not import the PromQL stack.
+HEALTHY = "healthy"
+BREACH = "breach"
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """A Service that selects the target's pods, and its ready endpoint count."""
+
+    name: str
+    ready_addresses: int
+
+
+@dataclass(frozen=True)
+class ReadinessReport:
+    """Pods Ready versus desired, and whether selecting Services have endpoints."""
+
+    desired: int
+    ready: int
+    services: tuple[ServiceEndpoints, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        pods_ok = self.ready >= self.desired
+        endpoints_ok = all(s.ready_addresses > 0 for s in self.services) or self.desired == 0
+        return pods_ok and endpoints_ok
+
+    @property
+    def detail(self) -> str:
+        parts = [f"{self.ready}/{self.desired} pods ready"]
+        parts += [f"service {s.name}: {s.ready_addresses} ready endpoints" for s in self.services]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class IntervalResult:
+    index: int  # 1-based
+    at: datetime
+    evaluations: tuple[Evaluation, ...]
+    readiness_ok: bool
+    healthy: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    healthy: bool
+    intervals: tuple[IntervalResult, ...]
+    reason_code: str  # verified | verify_breach | verify_no_data | verify_not_ready
+    reason: str
+
+
+EvaluateFn = Callable[[Target, str, datetime], Awaitable["list[Evaluation]"]]
+ReadinessFn = Callable[[Target], Awaitable[ReadinessReport]]
+
+
+class Verifier:
+    """Judges a restored version over ``intervals`` scrape intervals after it became ready."""
+
+    def __init__(
+        self,
+        evaluate: EvaluateFn,
+        readiness: ReadinessFn,
+        *,
+        scrape_interval: timedelta,
+        intervals: int = 3,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        slack: timedelta | None = None,
+        evaluation_timeout: float = 30.0,
+    ) -> None:
+        if intervals < 1:
+            raise ValueError("verification needs at least one interval")
+        if scrape_interval <= timedelta(0):
+            raise ValueError("scrape_interval must be positive")
+        self._evaluate = evaluate
+        self._readiness = readiness
+        self._scrape = scrape_interval
+        self._intervals = intervals
+        self._clock = clock
+        self._sleep = sleep
+        # Slack lets Prometheus ingest the scrape that lands on the boundary.
+        self._slack = slack if slack is not None else min(scrape_interval / 4, timedelta(seconds=5))
+        self._evaluation_timeout = evaluation_timeout
+
+    def schedule(self, ready_at: datetime) -> list[tuple[datetime, str]]:
+        """Evaluation times and their windows, e.g. ``[(t, "2s"), ...]``."""
+        plan = []
+        for index in range(1, self._intervals + 1):
+            at = ready_at + (index + 1) * self._scrape + self._slack
+            seconds = max(1, math.floor((at - ready_at).total_seconds()))
+            plan.append((at, f"{seconds}s"))
+        return plan
+
+    async def verify(self, target: Target, ready_at: datetime) -> VerifyResult:
+        results: list[IntervalResult] = []
+        for index, (at, window) in enumerate(self.schedule(ready_at), start=1):
+            delay = (at - self._clock()).total_seconds()
+            if delay > 0:
+                await self._sleep(delay)
+            result, code = await self._interval(target, index, at, window)
+            results.append(result)
+            if not result.healthy:
+                return VerifyResult(
+                    False,
+                    tuple(results),
+                    code,
+                    f"interval {index}/{self._intervals} unhealthy: {result.detail}",
+                )
+        return VerifyResult(
+            True,
+            tuple(results),
+            "verified",
+            f"healthy for {self._intervals} scrape intervals after the rollback became ready",
+        )
+
+    async def _interval(
+        self, target: Target, index: int, at: datetime, window: str
+    ) -> tuple[IntervalResult, str]:
+        try:
+            async with asyncio.timeout(self._evaluation_timeout):
+                evaluations = tuple(await self._evaluate(target, window, at))
+        except TimeoutError:
+            evaluations, error = (), "signal evaluation timed out"
+        except Exception as exc:  # a failed query is no data, never health
+            evaluations, error = (), f"signal evaluation failed: {exc}"
+        else:
+            error = "" if evaluations else "no signal evaluations (no data)"
+        try:
+            report = await self._readiness(target)
+            readiness_ok, readiness_detail = report.ok, report.detail
+        except Exception as exc:
+            readiness_ok, readiness_detail = False, f"readiness check failed: {exc}"
+
+        breaches = [e for e in evaluations if e.verdict == BREACH]
+        missing = [e for e in evaluations if e.verdict not in (HEALTHY, BREACH)]
+        details = [
+            f"{e.signal}={e.value if e.value is not None else 'n/a'} "
+            f"({e.verdict}, threshold {e.threshold})"
+            for e in evaluations
+        ]
+        if error:
+            details.append(error)
+        details.append(readiness_detail)
+        if breaches:
+            code = "verify_breach"
+        elif error or missing:
+            code = "verify_no_data"
+        elif not readiness_ok:
+            code = "verify_not_ready"
+        else:
+            code = "verified"
+        healthy = code == "verified"
+        return (
+            IntervalResult(index, at, evaluations, readiness_ok, healthy, "; ".join(details)),
+            code,
+        )
