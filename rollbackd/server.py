@@ -1,0 +1,427 @@
+"""The HTTP face of rollbackd: Alertmanager webhook, health, metrics, rollback API.
+
+The webhook answers fast and never decides anything: it authenticates, bounds
+the body, and hands the bytes to an ``AlertSink`` (the daemon's intake), which
+validates, dedupes, journals and enqueues. The status codes are chosen for
+Alertmanager's retry behaviour: a body that will never parse gets 400 (4xx is
+not retried), anything that may succeed later gets 503 (retried), so an alert
+is only dropped when retrying could not help.
+
+Health, readiness, metrics and the OpenAPI document are open (probes and the
+Prometheus scrape carry no credentials); every ``/api/v1`` route requires the
+webhook credentials when they are configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import structlog
+import yaml
+from aiohttp import web
+from multidict import CIMultiDict
+
+from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from rollbackd.metrics import Metrics
+from rollbackd.model import Rollback, Target
+from rollbackd.sources.alertmanager import PayloadError
+
+if TYPE_CHECKING:
+    from rollbackd.config import WebhookSettings
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "AcceptError",
+    "AcceptResult",
+    "AlertSink",
+    "AuthSettings",
+    "JournalReader",
+    "create_app",
+    "openapi_document",
+]
+
+log = structlog.get_logger("rollbackd.server")
+
+MAX_BODY_BYTES = 1 << 20
+MAX_LIST_LIMIT = 1000
+_REALM = "rollbackd"
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """How many alerts of one webhook body were accepted, repeated, or unmapped."""
+
+    accepted: int
+    duplicates: int
+    unresolved: int
+
+
+class AcceptError(Exception):
+    """The alerts could not be taken in now (journal or queue); the sender should retry."""
+
+
+class AlertSink(Protocol):
+    async def accept_alerts(self, body: bytes) -> AcceptResult:
+        """Validate, dedupe, journal and enqueue; raise PayloadError or AcceptError."""
+        ...
+
+
+class TimelineEntryLike(Protocol):
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any] | None: ...
+
+
+class JournalReader(Protocol):
+    """The journal's read side, as much of it as the API needs."""
+
+    async def list_rollbacks(
+        self, *, limit: int = 50, target: Target | None = None
+    ) -> list[Rollback]: ...
+    async def get_rollback(self, rollback_id: str) -> Rollback | None: ...
+    async def timeline(self, rollback_id: str) -> Sequence[TimelineEntryLike]: ...
+    async def rollback_details(self, rollback_id: str) -> dict[str, Any] | None: ...
+
+
+ManualRollback = Callable[[Target, bool], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Credentials the API accepts: a bearer token, basic auth, or either."""
+
+    bearer_token: str | None = None
+    basic_username: str | None = None
+    basic_password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bearer_token is None and self.basic_username is None:
+            raise ValueError("AuthSettings needs a bearer token or basic auth credentials")
+        if (self.basic_username is None) != (self.basic_password is None):
+            raise ValueError("basic auth needs both a username and a password")
+
+    @classmethod
+    def from_webhook(cls, webhook: WebhookSettings) -> AuthSettings | None:
+        """The credentials configured in ``webhook``; None when auth is off."""
+        token = webhook.bearer_token_value()
+        basic = webhook.basic_auth
+        if token is None and basic is None:
+            return None
+        return cls(
+            bearer_token=token,
+            basic_username=basic.username if basic else None,
+            basic_password=basic.password_value() if basic else None,
+        )
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an Authorization header carries valid credentials."""
+        if not header:
+            return False
+        scheme, _, credentials = header.strip().partition(" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == "bearer" and self.bearer_token is not None:
+            return _same(credentials, self.bearer_token)
+        if scheme == "basic" and self.basic_username is not None:
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            username, sep, password = decoded.partition(":")
+            # Both comparisons always run: no early exit that leaks which part was wrong.
+            user_ok = _same(username, self.basic_username)
+            password_ok = _same(password, self.basic_password or "")
+            return bool(sep) and user_ok and password_ok
+        return False
+
+    def challenges(self) -> list[str]:
+        out = []
+        if self.bearer_token is not None:
+            out.append(f'Bearer realm="{_REALM}"')
+        if self.basic_username is not None:
+            out.append(f'Basic realm="{_REALM}", charset="UTF-8"')
+        return out
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+@cache
+def openapi_document() -> tuple[str, dict[str, Any]]:
+    """The packaged OpenAPI document, as YAML text and as parsed data."""
+    text = resources.files("rollbackd").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return text, yaml.safe_load(text)
+
+
+def _error(status: int, message: str, headers: CIMultiDict[str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def rollback_json(rollback: Rollback) -> dict[str, Any]:
+    return {
+        "id": rollback.id,
+        "target": str(rollback.target),
+        "namespace": rollback.target.namespace,
+        "name": rollback.target.name,
+        "phase": str(rollback.phase),
+        "from_revision": rollback.from_revision,
+        "to_revision": rollback.to_revision,
+        "reason_code": rollback.reason_code,
+        "reason": rollback.reason,
+        "started_at": _iso(rollback.started_at),
+        "updated_at": _iso(rollback.updated_at),
+        "finished_at": _iso(rollback.finished_at),
+    }
+
+
+def _timeline_json(entry: TimelineEntryLike) -> dict[str, Any]:
+    return {
+        "at": _iso(entry.at),
+        "kind": entry.kind,
+        "message": entry.message,
+        "data": dict(entry.data) if entry.data else {},
+    }
+
+
+def _dumps(value: Any) -> str:
+    # Timeline data is free-form; anything JSON does not know is shown as text.
+    return json.dumps(value, default=str)
+
+
+class _Api:
+    """Route handlers, closed over the daemon's collaborators."""
+
+    def __init__(
+        self,
+        *,
+        alert_sink: AlertSink,
+        journal: JournalReader,
+        metrics: Metrics,
+        readiness: Callable[[], tuple[bool, str]],
+        auth: AuthSettings | None,
+        manual_rollback: ManualRollback | None,
+    ) -> None:
+        self.alert_sink = alert_sink
+        self.journal = journal
+        self.metrics = metrics
+        self.readiness = readiness
+        self.auth = auth
+        self.manual_rollback = manual_rollback
+
+    def unauthorized(self, request: web.Request) -> web.Response | None:
+        """A 401 response when auth is configured and the request lacks it."""
+        if self.auth is None or self.auth.allows(request.headers.get("Authorization")):
+            return None
+        headers: CIMultiDict[str] = CIMultiDict()
+        for challenge in self.auth.challenges():
+            headers.add("WWW-Authenticate", challenge)
+        return _error(401, "authentication required", headers)
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        response = await self._alerts(request)
+        self.metrics.webhook_requests_total.labels(code=str(response.status)).inc()
+        return response
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        denied = self.unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {request.app[_MAX_BODY_KEY]} bytes")
+        try:
+            result = await self.alert_sink.accept_alerts(body)
+        except PayloadError as exc:
+            log.warning("webhook_payload_rejected", error=str(exc))
+            return _error(400, str(exc))
+        except AcceptError as exc:
+            log.warning("webhook_not_accepted", error=str(exc))
+            return _error(503, f"not accepted, retry later: {exc}")
+        except Exception as exc:
+            # Unknown failures may be transient: 503 makes Alertmanager retry
+            # rather than lose the alert.
+            log.exception("webhook_failed")
+            return _error(503, f"not accepted, retry later: {type(exc).__name__}")
+        return web.json_response(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "unresolved": result.unresolved,
+            }
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason = self.readiness()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    async def list_rollbacks(self, request: web.Request) -> web.Response:
+        denied = self.unauthorized(request)
+        if denied is not None:
+            return denied
+        query = request.query
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            return _error(400, "limit must be an integer")
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            return _error(400, f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        namespace, name = query.get("namespace"), query.get("name")
+        if (namespace is None) != (name is None):
+            return _error(400, "namespace and name filter together: give both or neither")
+        target = Target(namespace, name) if namespace and name else None
+        if (namespace, name) != (None, None) and target is None:
+            return _error(400, "namespace and name must not be empty")
+        rollbacks = await self.journal.list_rollbacks(limit=limit, target=target)
+        return web.json_response({"rollbacks": [rollback_json(r) for r in rollbacks]})
+
+    async def get_rollback(self, request: web.Request) -> web.Response:
+        denied = self.unauthorized(request)
+        if denied is not None:
+            return denied
+        rollback_id = request.match_info["id"]
+        rollback = await self.journal.get_rollback(rollback_id)
+        if rollback is None:
+            return _error(404, f"no rollback with id {rollback_id!r}")
+        timeline = await self.journal.timeline(rollback_id)
+        details = await self.journal.rollback_details(rollback_id)
+        body = rollback_json(rollback)
+        body["timeline"] = [_timeline_json(e) for e in timeline]
+        body["details"] = details
+        return web.json_response(body, dumps=_dumps)
+
+    async def report(self, request: web.Request) -> web.Response:
+        denied = self.unauthorized(request)
+        if denied is not None:
+            return denied
+        rollback_id = request.match_info["id"]
+        rollback = await self.journal.get_rollback(rollback_id)
+        if rollback is None:
+            return _error(404, f"no rollback with id {rollback_id!r}")
+        from rollbackd.report import render_report  # imported late: optional at start-up
+
+        timeline = await self.journal.timeline(rollback_id)
+        details = await self.journal.rollback_details(rollback_id)
+        text = render_report(rollback, cast(Any, timeline), details)
+        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+
+    async def start_rollback(self, request: web.Request) -> web.Response:
+        denied = self.unauthorized(request)
+        if denied is not None:
+            return denied
+        assert self.manual_rollback is not None  # the route exists only with it
+        try:
+            payload = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {request.app[_MAX_BODY_KEY]} bytes")
+        except ValueError:
+            return _error(400, "body must be JSON")
+        if not isinstance(payload, dict) or set(payload) - {"target", "dry_run"}:
+            return _error(400, 'expected {"target": "NAMESPACE/NAME", "dry_run": false}')
+        dry_run = payload.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            return _error(400, "dry_run must be true or false")
+        try:
+            target = Target.parse(str(payload.get("target", "")))
+        except ValueError as exc:
+            return _error(400, f"target: {exc}")
+        try:
+            rollback_id = await self.manual_rollback(target, dry_run)
+        except LookupError as exc:
+            return _error(404, str(exc))
+        except ValueError as exc:
+            return _error(409, str(exc))
+        log.info("manual_rollback_requested", target=str(target), rollback_id=rollback_id)
+        return web.json_response({"rollback_id": rollback_id}, status=202)
+
+    async def openapi_yaml(self, request: web.Request) -> web.Response:
+        text, _ = openapi_document()
+        return web.Response(text=text, content_type="application/yaml", charset="utf-8")
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        _, document = openapi_document()
+        return web.json_response(document)
+
+
+_MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Unknown routes, wrong methods and handler crashes answer JSON, not HTML."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kept: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")
+        )
+        return _error(exc.status, exc.reason, kept)
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return _error(500, "internal error")
+
+
+def create_app(
+    *,
+    alert_sink: AlertSink,
+    journal: JournalReader,
+    metrics: Metrics,
+    readiness: Callable[[], tuple[bool, str]],
+    auth: AuthSettings | None,
+    manual_rollback: ManualRollback | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> web.Application:
+    """The aiohttp application; the caller runs it (AppRunner) and owns its lifecycle."""
+    api = _Api(
+        alert_sink=alert_sink,
+        journal=journal,
+        metrics=metrics,
+        readiness=readiness,
+        auth=auth,
+        manual_rollback=manual_rollback,
+    )
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
+    app[_MAX_BODY_KEY] = max_body_bytes
+    app.router.add_post("/api/v1/alerts", api.alerts)
+    app.router.add_get("/healthz", api.healthz, allow_head=False)
+    app.router.add_get("/readyz", api.readyz, allow_head=False)
+    app.router.add_get("/metrics", api.metrics_page, allow_head=False)
+    app.router.add_get("/api/v1/rollbacks", api.list_rollbacks, allow_head=False)
+    if manual_rollback is not None:
+        app.router.add_post("/api/v1/rollbacks", api.start_rollback)
+    app.router.add_get("/api/v1/rollbacks/{id}", api.get_rollback, allow_head=False)
+    app.router.add_get("/api/v1/rollbacks/{id}/report", api.report, allow_head=False)
+    app.router.add_get("/openapi.yaml", api.openapi_yaml, allow_head=False)
+    app.router.add_get("/openapi.json", api.openapi_json, allow_head=False)
+    return app
