@@ -1,1 +1,125 @@
-"""Filled in by its owner; see the module docstring once written."""
+"""kubesim: a faithful Kubernetes API server and deployment controller on loopback.
+
+``KubeSim`` wires the pieces: a ``Store`` behind the aiohttp API server, the
+simulated deployment controller acting on the store, and the emulated
+workload's ``/metrics`` endpoint. Use it as an async context manager::
+
+    async with KubeSim() as sim:
+        ...  # sim.url, sim.kubeconfig, sim.store, sim.faults
+
+or run ``python -m rollbackd.testing.kubesim --port 0 --kubeconfig PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from .faults import FaultInjector
+from .kubeconfig import write_kubeconfig
+from .server import KubeApi, ensure_namespaces
+from .store import Store
+
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
+
+
+class KubeSim:
+    """A started kubesim: API server, controller and workload metrics."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pod_ready_delay: float = 0.5,
+        kubeconfig_path: str | os.PathLike[str] | None = None,
+        metrics_port: int = 0,
+        bookmark_interval: float = 1.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.pod_ready_delay = pod_ready_delay
+        self.metrics_port = metrics_port
+        self.store = Store()
+        self.faults = FaultInjector()
+        self.api = KubeApi(self.store, self.faults, bookmark_interval=bookmark_interval)
+        self.controller: Any = None
+        self.workload: Any = None
+        self.url = ""
+        self.metrics_url = ""
+        self._kubeconfig_path = kubeconfig_path
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self.kubeconfig = pathlib.Path()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("KubeSim already started")
+        ensure_namespaces(self.store, INITIAL_NAMESPACES)
+        runner = web.AppRunner(self.api.app, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runner = runner
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            bound_port = int(runner.addresses[0][1])
+            self.url = f"http://{self.host}:{bound_port}"
+            self.api.server_address = f"{self.host}:{bound_port}"
+            await self._start_simulation()
+            self.kubeconfig = write_kubeconfig(self._kubeconfig_file(), self.url)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_simulation(self) -> None:
+        """Start the controller and workload metrics (owned by the controller side)."""
+        try:
+            from .controller import Controller
+            from .workload import WorkloadMetrics
+        except ImportError:  # the API server alone, while the controller is being written
+            return
+        self.controller = Controller(self.store, pod_ready_delay=self.pod_ready_delay)
+        await self.controller.start()
+        self.workload = WorkloadMetrics(self.store)
+        self.metrics_url = await self.workload.start(self.host, self.metrics_port)
+
+    def _kubeconfig_file(self) -> pathlib.Path:
+        if self._kubeconfig_path is not None:
+            return pathlib.Path(self._kubeconfig_path)
+        self._tempdir = tempfile.TemporaryDirectory(prefix="kubesim-")
+        return pathlib.Path(self._tempdir.name) / "kubeconfig"
+
+    async def stop(self) -> None:
+        """Stop everything that was started; safe to call twice."""
+        if self.workload is not None:
+            await self.workload.stop()
+            self.workload = None
+        if self.controller is not None:
+            await self.controller.stop()
+            self.controller = None
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    async def __aenter__(self) -> KubeSim:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+__all__ = ["FaultInjector", "KubeSim", "Store"]

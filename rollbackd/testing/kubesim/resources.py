@@ -6,7 +6,12 @@ merge support, so adding a kind is one line here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError
+from .selectors import selector_from_label_selector_object
 
 
 @dataclass(frozen=True)
@@ -161,3 +166,193 @@ REPLICASETS = REGISTRY["apps/v1/replicasets"]
 PODS = REGISTRY["v1/pods"]
 NAMESPACES = REGISTRY["v1/namespaces"]
 CORE_EVENTS = REGISTRY["v1/events"]
+
+
+# ---------------------------------------------------------------------------
+# Per-kind defaulting and validation, as the real API server applies them on
+# every write (create, update and patch), so clients read back the fields they
+# rely on (kubectl rollout reads strategy and progressDeadlineSeconds).
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+    "'-' or '.', and must start and end with an alphanumeric character"
+)
+
+
+def _default_container(container: dict[str, Any]) -> None:
+    image = str(container.get("image", ""))
+    if "imagePullPolicy" not in container:
+        tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
+        latest = not tagged or image.endswith(":latest")
+        container["imagePullPolicy"] = "Always" if latest else "IfNotPresent"
+    container.setdefault("terminationMessagePath", "/dev/termination-log")
+    container.setdefault("terminationMessagePolicy", "File")
+    container.setdefault("resources", {})
+    for port in container.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+
+
+def default_pod_spec(spec: dict[str, Any]) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    for field in ("containers", "initContainers"):
+        for container in spec.get(field) or []:
+            if isinstance(container, dict):
+                _default_container(container)
+
+
+def _default_template_owner(obj: dict[str, Any], *, deployment: bool) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("replicas", 1)
+    if deployment:
+        strategy = spec.setdefault("strategy", {})
+        if isinstance(strategy, dict):
+            strategy.setdefault("type", "RollingUpdate")
+            if strategy["type"] == "RollingUpdate":
+                rolling = strategy.setdefault("rollingUpdate", {})
+                if isinstance(rolling, dict):
+                    rolling.setdefault("maxUnavailable", "25%")
+                    rolling.setdefault("maxSurge", "25%")
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+    template = spec.get("template")
+    if isinstance(template, dict):
+        template.setdefault("metadata", {})
+        pod_spec = template.get("spec")
+        if isinstance(pod_spec, dict):
+            default_pod_spec(pod_spec)
+
+
+def _default_service(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            if "port" in port:
+                port.setdefault("targetPort", port["port"])
+
+
+def apply_defaults(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """Fill in the defaults the real server sets for ``rtype`` (in place)."""
+    if rtype.key == "apps/v1/deployments":
+        _default_template_owner(obj, deployment=True)
+    elif rtype.key == "apps/v1/replicasets":
+        _default_template_owner(obj, deployment=False)
+    elif rtype.key == "v1/pods":
+        spec = obj.setdefault("spec", {})
+        if isinstance(spec, dict):
+            default_pod_spec(spec)
+    elif rtype.key == "v1/services":
+        _default_service(obj)
+    elif rtype.key == "v1/namespaces":
+        meta = obj.setdefault("metadata", {})
+        if isinstance(meta, dict) and meta.get("name"):
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+        obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+
+
+def _cause(field: str, message: str, reason: str = "FieldValueInvalid") -> dict[str, str]:
+    return {"reason": reason, "message": message, "field": field}
+
+
+def _go_map(labels: Any) -> str:
+    """How Go prints a map[string]string in validation messages."""
+    if not isinstance(labels, dict):
+        return "map[string]string(nil)"
+    inner = ", ".join(f'"{k}":"{v}"' for k, v in sorted(labels.items()))
+    return f"map[string]string{{{inner}}}"
+
+
+def _validate_template_owner(obj: dict[str, Any], causes: list[dict[str, str]]) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        causes.append(_cause("spec", "Required value", "FieldValueRequired"))
+        return
+    replicas = spec.get("replicas")
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        causes.append(
+            _cause(
+                "spec.replicas", f"Invalid value: {replicas!r}: must be greater than or equal to 0"
+            )
+        )
+    selector = spec.get("selector")
+    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    labels = (template.get("metadata") or {}).get("labels") if isinstance(template, dict) else None
+    if not isinstance(selector, dict) or not (
+        selector.get("matchLabels") or selector.get("matchExpressions")
+    ):
+        causes.append(_cause("spec.selector", "Required value", "FieldValueRequired"))
+    else:
+        try:
+            matcher = selector_from_label_selector_object(selector)
+        except ApiError:
+            causes.append(_cause("spec.selector", "Invalid value: invalid label selector"))
+        else:
+            if not matcher.matches(labels if isinstance(labels, dict) else {}):
+                causes.append(
+                    _cause(
+                        "spec.template.metadata.labels",
+                        f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`",
+                    )
+                )
+    pod_spec = template.get("spec") if isinstance(template, dict) else None
+    containers = pod_spec.get("containers") if isinstance(pod_spec, dict) else None
+    if not containers:
+        causes.append(
+            _cause("spec.template.spec.containers", "Required value", "FieldValueRequired")
+        )
+    else:
+        for index, container in enumerate(containers):
+            if not isinstance(container, dict) or not container.get("name"):
+                causes.append(
+                    _cause(
+                        f"spec.template.spec.containers[{index}].name",
+                        "Required value",
+                        "FieldValueRequired",
+                    )
+                )
+            elif not container.get("image"):
+                causes.append(
+                    _cause(
+                        f"spec.template.spec.containers[{index}].image",
+                        "Required value",
+                        "FieldValueRequired",
+                    )
+                )
+
+
+def validate(
+    rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """Validation causes for ``obj`` (empty when valid); ``old`` is set on updates."""
+    causes: list[dict[str, str]] = []
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not name and not (isinstance(meta, dict) and meta.get("generateName")):
+        causes.append(
+            _cause(
+                "metadata.name",
+                "Required value: name or generateName is required",
+                "FieldValueRequired",
+            )
+        )
+    elif name and (not isinstance(name, str) or len(name) > 253 or not _NAME.match(name)):
+        causes.append(_cause("metadata.name", f'Invalid value: "{name}": {_NAME_MESSAGE}'))
+    if rtype.key in ("apps/v1/deployments", "apps/v1/replicasets"):
+        _validate_template_owner(obj, causes)
+        if old is not None and (old.get("spec") or {}).get("selector") != (
+            obj.get("spec") or {}
+        ).get("selector"):
+            causes.append(_cause("spec.selector", "Invalid value: field is immutable"))
+    return causes

@@ -165,7 +165,7 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    def create(self, key: str, obj: Obj) -> Obj:
+    def create(self, key: str, obj: Obj, *, dry_run: bool = False) -> Obj:
         rtype = _rtype(key)
         new = clone(obj)
         meta = _meta(new)
@@ -191,6 +191,8 @@ class Store:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
+        if dry_run:
+            return new
         self._commit("ADDED", rtype, namespace, name, new)
         return clone(new)
 
@@ -201,6 +203,7 @@ class Store:
         *,
         subresource: str | None = None,
         check_resource_version: bool = True,
+        dry_run: bool = False,
     ) -> Obj:
         rtype = _rtype(key)
         meta = obj.get("metadata") or {}
@@ -218,6 +221,7 @@ class Store:
             raise conflict(rtype.plural, name, group=rtype.group)
         if subresource == "status":
             new = {k: v for k, v in stored.items() if k != "status"}
+            new["metadata"] = dict(stored["metadata"])  # never mutate the stored dict
             if "status" in obj:
                 new["status"] = clone(obj["status"])
         elif subresource is None:
@@ -246,18 +250,28 @@ class Store:
         new["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"]
         if new == stored:
             return clone(stored)
+        if dry_run:
+            return clone(new)
         old_owners = _owner_uids(stored)
         self._commit("MODIFIED", rtype, namespace, name, new, old_owners=old_owners)
         return clone(new)
 
     def delete(
-        self, key: str, namespace: str | None, name: str, *, propagation: str = "Background"
+        self,
+        key: str,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str = "Background",
+        dry_run: bool = False,
     ) -> Obj:
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise bad_request(f"unsupported propagationPolicy {propagation!r}")
         rtype = _rtype(key)
         ns = (namespace or "") if rtype.namespaced else ""
         objects = self._objects[rtype.key].get(ns, {})
+        if dry_run:
+            return self.get(rtype.key, ns, name)
         stored = objects.pop(name, None)
         if stored is None:
             raise not_found(rtype.plural, name, rtype.group)
