@@ -23,6 +23,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -124,6 +125,8 @@ OnResult = Callable[[Notification, str, bool, str], Awaitable[None]]
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON values from what rollbackd keeps in details (datetimes, enums, targets)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN is "no data" (and not valid JSON)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime):
@@ -279,7 +282,7 @@ class Notifier:
                     self._report_later(victim, lane, "dropped: queue full")
             lane.wakeup.set()
 
-    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 -- the shared contract names it
+    async def drain(self, timeout: float) -> bool:
         """Wait until every queue is empty and no send is in progress; False on timeout."""
         try:
             async with asyncio.timeout(timeout), self._idle:

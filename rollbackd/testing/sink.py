@@ -177,7 +177,7 @@ class HttpSink:
     async def wait_for(
         self,
         predicate: Callable[[Sequence[RecordedRequest]], bool],
-        timeout: float = 10.0,  # noqa: ASYNC109 -- the shared contract names it
+        timeout: float = 10.0,
     ) -> list[RecordedRequest]:
         """Wait until ``predicate(requests)`` holds; returns the requests then.
 
@@ -203,7 +203,7 @@ class HttpSink:
         self,
         count: int,
         path_prefix: str = "/",
-        timeout: float = 10.0,  # noqa: ASYNC109 -- same shape as wait_for
+        timeout: float = 10.0,
     ) -> list[RecordedRequest]:
         """Wait for at least ``count`` requests under ``path_prefix``; returns those."""
         await self.wait_for(

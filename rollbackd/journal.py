@@ -1,0 +1,681 @@
+"""The audit trail: every signal, decision, phase change and notification, in SQLite.
+
+The journal is the raw material of the post-incident review and rollbackd's
+own memory across restarts (which signals it already handled, which rollback
+is in flight, when the last one finished, which revisions it restored).
+Every write is committed before the call returns, so a crash loses nothing
+that was acknowledged.
+
+Storage choices, and why:
+- SQLite through aiosqlite: embedded, one file, no server to run.
+- WAL journal mode: readers (the HTTP API, the CLI) do not block the writer.
+- ``PRAGMA user_version`` holds the schema version; opening a file written
+  by a newer rollbackd fails with a clear error instead of misreading it.
+- Times are ISO-8601 UTC strings with microseconds, fixed width, so text
+  order is time order and the file is readable with the ``sqlite3`` shell.
+- Structured payloads (labels, details, event data) are JSON text.
+
+``timeline(rollback_id)`` merges, in time order: the signals behind the
+rollback's decisions, the decisions, the recorded events (phase changes,
+patch, images, verification intervals, ...) and the notification outcomes
+(``record_notification``), so callers need not also record notifications as
+events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from rollbackd.model import (
+    Action,
+    Decision,
+    History,
+    Phase,
+    Rollback,
+    Signal,
+    Target,
+)
+from rollbackd.notify.base import Notification, to_jsonable
+
+SCHEMA_VERSION = 1
+
+# Key of ``save_rollback(details=...)`` under which the executor records the
+# revision number the restored ReplicaSet got (Kubernetes gives a restored
+# template a new, higher revision). ``history().restored_revisions`` lists it.
+DETAIL_RESTORED_REVISION = "restored_revision"
+
+# Terminal phases that mean rollbackd acted (or tried to) on the cluster; a
+# dry run or a skip changed nothing, so it neither starts a cooldown nor counts
+# as the "last finished" rollback.
+_ACTED_TERMINAL = (Phase.ROLLBACK_COMPLETED.value, Phase.ESCALATED.value)
+_NON_TERMINAL = tuple(p.value for p in Phase if not p.terminal)
+
+_SCHEMA_V1 = """
+CREATE TABLE signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    observed_at TEXT NOT NULL,
+    value REAL,
+    threshold REAL,
+    labels TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX signals_key ON signals (key);
+CREATE INDEX signals_target ON signals (namespace, name, observed_at);
+
+CREATE TABLE unresolved_alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    signal_key TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    from_revision INTEGER,
+    to_revision INTEGER,
+    rollback_id TEXT
+);
+CREATE INDEX decisions_rollback ON decisions (rollback_id);
+CREATE INDEX decisions_target ON decisions (namespace, name, at);
+
+CREATE TABLE rollbacks (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,
+    from_revision INTEGER,
+    to_revision INTEGER,
+    reason_code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX rollbacks_target ON rollbacks (namespace, name, started_at);
+
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollback_id TEXT,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX events_rollback ON events (rollback_id, at);
+
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    rollback_id TEXT,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    resolves INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX notifications_dedup ON notifications (dedup_key);
+CREATE INDEX notifications_rollback ON notifications (rollback_id);
+"""
+
+# One entry per schema version: the script that brings version i-1 to i.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+
+# Timeline order for entries with the same timestamp: cause before effect.
+_ORDER = {"signal": 0, "decision": 1, "event": 2, "notification": 3}
+
+
+class JournalError(Exception):
+    """The journal file cannot be opened or used (corrupt, newer schema, unwritable)."""
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of a rollback's timeline."""
+
+    at: datetime
+    kind: str  # "signal", "decision", "notification", or the recorded event kind
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+def format_time(at: datetime) -> str:
+    """ISO-8601 UTC with microseconds; naive datetimes are refused (which zone?)."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"timezone-aware datetime required, got naive {at.isoformat()}")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _opt_time(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value or {}), sort_keys=True, allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else {}
+
+
+class Journal:
+    """One SQLite file; open it with ``await Journal.open(path)``, close with ``close()``."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self._conn.row_factory = sqlite3.Row
+        self._write_lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> Journal:
+        """Open (creating file, parent directory and schema as needed) and migrate."""
+        text = os.fspath(path)
+        if text != ":memory:":
+            try:
+                Path(text).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(f"journal {text}: cannot create directory: {exc}") from exc
+        try:
+            conn = await aiosqlite.connect(text, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {text}: cannot open: {exc}") from exc
+        journal = cls(conn, text)
+        try:
+            await journal._prepare()
+        except BaseException:
+            await conn.close()
+            raise
+        return journal
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _prepare(self) -> None:
+        try:
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute("PRAGMA synchronous=FULL")
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            version = await self._scalar("PRAGMA user_version")
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path}: not a usable SQLite file: {exc}") from exc
+        version = int(version or 0)
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path}: schema version {version} is newer than this "
+                f"rollbackd understands ({SCHEMA_VERSION}); upgrade rollbackd"
+            )
+        for target_version in range(version + 1, SCHEMA_VERSION + 1):
+            script = _MIGRATIONS[target_version - 1]
+            # executescript commits; the version bump is in the same script so
+            # a crash mid-migration leaves the old version and the script re-runs.
+            await self._conn.executescript(
+                f"BEGIN;\n{script}\nPRAGMA user_version={target_version};\nCOMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        return int(await self._scalar("PRAGMA user_version") or 0)
+
+    # --- low-level helpers -------------------------------------------------
+
+    async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            rows = await cur.fetchall()
+        return list(rows)
+
+    async def _write(self, sql: str, params: Iterable[Any]) -> None:
+        """One statement in its own transaction, committed before returning."""
+        await self._transaction(lambda: self._conn.execute(sql, tuple(params)))
+
+    async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
+        # aiosqlite runs calls in order on one thread, but two coroutines'
+        # statements would interleave between BEGIN and COMMIT on the shared
+        # connection; the lock keeps each write in a transaction of its own.
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await body()
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    # --- writes ------------------------------------------------------------
+
+    async def record_signal(self, signal: Signal, *, accepted: bool, note: str = "") -> None:
+        await self._write(
+            "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
+            " observed_at, value, threshold, labels, summary, accepted, note)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                signal.key,
+                signal.target.namespace,
+                signal.target.name,
+                str(signal.source),
+                signal.name,
+                str(signal.status),
+                format_time(signal.started_at),
+                format_time(signal.observed_at),
+                to_jsonable(signal.value),
+                to_jsonable(signal.threshold),
+                _dumps(signal.labels),
+                signal.summary,
+                int(accepted),
+                note,
+            ),
+        )
+
+    async def signal_seen(self, key: str) -> bool:
+        """True when a signal with ``key`` was recorded as accepted (survives restarts)."""
+        if not key:
+            return False
+        found = await self._scalar(
+            "SELECT 1 FROM signals WHERE key = ? AND accepted = 1 LIMIT 1", (key,)
+        )
+        return found is not None
+
+    async def record_unresolved_alert(
+        self,
+        fingerprint: str,
+        alertname: str,
+        labels: Mapping[str, str],
+        reason: str,
+        at: datetime,
+    ) -> None:
+        await self._write(
+            "INSERT INTO unresolved_alerts (at, fingerprint, alertname, labels, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (format_time(at), fingerprint, alertname, _dumps(labels), reason),
+        )
+
+    async def record_decision(
+        self,
+        decision: Decision,
+        *,
+        signal_key: str,
+        at: datetime,
+        rollback_id: str | None = None,
+    ) -> None:
+        await self._write(
+            "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
+            " reason, from_revision, to_revision, rollback_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                format_time(at),
+                signal_key,
+                decision.target.namespace,
+                decision.target.name,
+                str(decision.action),
+                decision.reason_code,
+                decision.reason,
+                decision.from_revision,
+                decision.to_revision,
+                rollback_id or decision.rollback_id,
+            ),
+        )
+
+    async def save_rollback(
+        self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Insert or update the rollback's current state; ``details`` merge into what is stored."""
+        values = (
+            rollback.target.namespace,
+            rollback.target.name,
+            str(rollback.phase),
+            format_time(rollback.started_at),
+            format_time(rollback.updated_at),
+            format_time(rollback.finished_at) if rollback.finished_at else None,
+            rollback.from_revision,
+            rollback.to_revision,
+            rollback.reason_code,
+            rollback.reason,
+        )
+        new_details = to_jsonable(dict(details or {}))
+
+        async def upsert() -> None:
+            async with self._conn.execute(
+                "SELECT namespace, name, details FROM rollbacks WHERE id = ?", (rollback.id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                await self._conn.execute(
+                    "INSERT INTO rollbacks (id, namespace, name, phase, started_at, updated_at,"
+                    " finished_at, from_revision, to_revision, reason_code, reason, details)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rollback.id, *values, _dumps(new_details)),
+                )
+                return
+            if (row[0], row[1]) != (rollback.target.namespace, rollback.target.name):
+                raise ValueError(
+                    f"rollback {rollback.id} belongs to {row[0]}/{row[1]}, not {rollback.target}"
+                )
+            merged = {**_loads(row[2]), **new_details}
+            await self._conn.execute(
+                "UPDATE rollbacks SET namespace = ?, name = ?, phase = ?, started_at = ?,"
+                " updated_at = ?, finished_at = ?, from_revision = ?, to_revision = ?,"
+                " reason_code = ?, reason = ?, details = ? WHERE id = ?",
+                (*values, _dumps(merged), rollback.id),
+            )
+
+        await self._transaction(upsert)
+
+    async def record_event(
+        self,
+        rollback_id: str | None,
+        target: Target,
+        kind: str,
+        message: str,
+        *,
+        at: datetime,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not kind:
+            raise ValueError("event kind must not be empty")
+        await self._write(
+            "INSERT INTO events (rollback_id, namespace, name, at, kind, message, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                rollback_id,
+                target.namespace,
+                target.name,
+                format_time(at),
+                kind,
+                message,
+                _dumps(data),
+            ),
+        )
+
+    async def record_notification(
+        self, n: Notification, channel: str, ok: bool, detail: str, at: datetime
+    ) -> None:
+        rollback_id = n.details.get("rollback_id")
+        await self._write(
+            "INSERT INTO notifications (at, created_at, dedup_key, rollback_id, kind, severity,"
+            " resolves, namespace, name, summary, channel, ok, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                format_time(at),
+                format_time(n.created_at),
+                n.dedup_key,
+                str(rollback_id) if rollback_id else None,
+                str(n.kind),
+                n.severity,
+                int(n.resolves),
+                n.target.namespace,
+                n.target.name,
+                n.summary,
+                channel,
+                int(ok),
+                detail,
+            ),
+        )
+
+    # --- reads -------------------------------------------------------------
+
+    async def get_rollback(self, rollback_id: str) -> Rollback | None:
+        rows = await self._rows("SELECT * FROM rollbacks WHERE id = ?", (rollback_id,))
+        return _rollback(rows[0]) if rows else None
+
+    async def rollback_details(self, rollback_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT details FROM rollbacks WHERE id = ?", (rollback_id,))
+        return dict(_loads(rows[0]["details"])) if rows else None
+
+    async def list_rollbacks(
+        self, *, limit: int = 50, target: Target | None = None
+    ) -> list[Rollback]:
+        """Newest first."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        if target is None:
+            rows = await self._rows(
+                "SELECT * FROM rollbacks ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = await self._rows(
+                "SELECT * FROM rollbacks WHERE namespace = ? AND name = ?"
+                " ORDER BY started_at DESC, id DESC LIMIT ?",
+                (target.namespace, target.name, limit),
+            )
+        return [_rollback(r) for r in rows]
+
+    async def history(self, target: Target) -> History:
+        """What rollbackd remembers about ``target`` for the next decision.
+
+        in_flight: the newest rollback not in a terminal phase.
+        last_finished: the newest ROLLBACK_COMPLETED or ESCALATED one, by
+        finish time (dry runs and skips changed nothing).
+        restored_revisions: revisions recorded under ``restored_revision``
+        in rollback details, newest first.
+        """
+        key = (target.namespace, target.name)
+        in_flight = await self._rows(
+            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ?"
+            f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
+            " ORDER BY started_at DESC, id DESC LIMIT 1",
+            (*key, *_NON_TERMINAL),
+        )
+        finished = await self._rows(
+            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND phase IN (?, ?)"
+            " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
+            (*key, *_ACTED_TERMINAL),
+        )
+        restored_rows = await self._rows(
+            "SELECT details FROM rollbacks WHERE namespace = ? AND name = ?"
+            " ORDER BY started_at DESC, id DESC",
+            key,
+        )
+        restored: list[int] = []
+        for row in restored_rows:
+            value = _loads(row["details"]).get(DETAIL_RESTORED_REVISION)
+            if isinstance(value, int) and not isinstance(value, bool) and value not in restored:
+                restored.append(value)
+        return History(
+            in_flight=_rollback(in_flight[0]) if in_flight else None,
+            last_finished=_rollback(finished[0]) if finished else None,
+            restored_revisions=tuple(restored),
+        )
+
+    async def decisions(
+        self, *, target: Target | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first, as plain dicts (for the API and the CLI)."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, params = (
+            ("", ())
+            if target is None
+            else (
+                "WHERE namespace = ? AND name = ?",
+                (target.namespace, target.name),
+            )
+        )
+        rows = await self._rows(
+            f"SELECT * FROM decisions {where} ORDER BY at DESC, id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_decision_dict(r) for r in rows]
+
+    async def unresolved_alerts(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT * FROM unresolved_alerts ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [
+            {
+                "at": parse_time(r["at"]),
+                "fingerprint": r["fingerprint"],
+                "alertname": r["alertname"],
+                "labels": _loads(r["labels"]),
+                "reason": r["reason"],
+            }
+            for r in rows
+        ]
+
+    async def timeline(self, rollback_id: str) -> list[TimelineEntry]:
+        """Everything known about one rollback, oldest first (see the module docstring)."""
+        keyed: list[tuple[str, int, int, TimelineEntry]] = []
+
+        decisions = await self._rows(
+            "SELECT * FROM decisions WHERE rollback_id = ? ORDER BY at, id", (rollback_id,)
+        )
+        signal_keys = list(dict.fromkeys(r["signal_key"] for r in decisions if r["signal_key"]))
+        if signal_keys:
+            signals = await self._rows(
+                f"SELECT * FROM signals WHERE key IN ({','.join('?' * len(signal_keys))})"
+                " ORDER BY observed_at, id",
+                signal_keys,
+            )
+            seen: set[str] = set()
+            for r in signals:
+                if r["key"] in seen:  # repeats of the same signal add nothing
+                    continue
+                seen.add(r["key"])
+                keyed.append((r["observed_at"], _ORDER["signal"], r["id"], _signal_entry(r)))
+        for r in decisions:
+            keyed.append((r["at"], _ORDER["decision"], r["id"], _decision_entry(r)))
+        for r in await self._rows(
+            "SELECT * FROM events WHERE rollback_id = ? ORDER BY at, id", (rollback_id,)
+        ):
+            entry = TimelineEntry(parse_time(r["at"]), r["kind"], r["message"], _loads(r["data"]))
+            keyed.append((r["at"], _ORDER["event"], r["id"], entry))
+        for r in await self._rows(
+            "SELECT * FROM notifications WHERE rollback_id = ? OR dedup_key = ? ORDER BY at, id",
+            (rollback_id, rollback_id),
+        ):
+            keyed.append((r["at"], _ORDER["notification"], r["id"], _notification_entry(r)))
+        keyed.sort(key=lambda item: item[:3])
+        return [item[3] for item in keyed]
+
+
+# --- row conversion ----------------------------------------------------------
+
+
+def _rollback(row: sqlite3.Row) -> Rollback:
+    return Rollback(
+        id=row["id"],
+        target=Target(row["namespace"], row["name"]),
+        phase=Phase(row["phase"]),
+        started_at=parse_time(row["started_at"]),
+        updated_at=parse_time(row["updated_at"]),
+        from_revision=row["from_revision"],
+        to_revision=row["to_revision"],
+        reason_code=row["reason_code"],
+        reason=row["reason"],
+        finished_at=_opt_time(row["finished_at"]),
+    )
+
+
+def _decision_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "at": parse_time(row["at"]),
+        "signal_key": row["signal_key"],
+        "target": Target(row["namespace"], row["name"]),
+        "action": Action(row["action"]),
+        "reason_code": row["reason_code"],
+        "reason": row["reason"],
+        "from_revision": row["from_revision"],
+        "to_revision": row["to_revision"],
+        "rollback_id": row["rollback_id"],
+    }
+
+
+def _fmt_number(value: float | None) -> str:
+    return "no data" if value is None else f"{value:.4g}"
+
+
+def _signal_entry(row: sqlite3.Row) -> TimelineEntry:
+    data = {
+        "key": row["key"],
+        "source": row["source"],
+        "name": row["signal"],
+        "status": row["status"],
+        "started_at": row["started_at"],
+        "observed_at": row["observed_at"],
+        "value": row["value"],
+        "threshold": row["threshold"],
+        "labels": _loads(row["labels"]),
+        "summary": row["summary"],
+    }
+    message = f"{row['source']} signal {row['signal']} {row['status']}"
+    if row["value"] is not None or row["threshold"] is not None:
+        message += f": {_fmt_number(row['value'])} (threshold {_fmt_number(row['threshold'])})"
+    message += f"; anomaly began {row['started_at']}"
+    return TimelineEntry(parse_time(row["observed_at"]), "signal", message, data)
+
+
+def _decision_entry(row: sqlite3.Row) -> TimelineEntry:
+    data = {k: v for k, v in _decision_dict(row).items() if k not in ("at", "target")}
+    data["action"] = str(data["action"])
+    message = f"decision {row['action']} ({row['reason_code']}): {row['reason']}"
+    return TimelineEntry(parse_time(row["at"]), "decision", message, data)
+
+
+def _notification_entry(row: sqlite3.Row) -> TimelineEntry:
+    ok = bool(row["ok"])
+    verb = "resolve" if row["resolves"] else row["kind"]
+    data = {
+        "channel": row["channel"],
+        "ok": ok,
+        "detail": row["detail"],
+        "kind": row["kind"],
+        "severity": row["severity"],
+        "resolves": bool(row["resolves"]),
+        "dedup_key": row["dedup_key"],
+        "summary": row["summary"],
+    }
+    outcome = "sent" if ok else "FAILED"
+    message = f"notification {verb} ({row['severity']}) via {row['channel']}: {outcome}"
+    if row["detail"] and row["detail"] != "sent":
+        message += f" ({row['detail']})"
+    return TimelineEntry(parse_time(row["at"]), "notification", message, data)
