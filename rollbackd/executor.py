@@ -1,0 +1,573 @@
+"""The rollback state machine: plan, apply, wait for the rollout, verify.
+
+``PLANNING -> ROLLING_BACK -> VERIFYING -> ROLLBACK_COMPLETED``, or
+``ROLLBACK_FAILED -> ESCALATED`` when the restored version does not roll out
+or does not verify, or straight to ``ESCALATED`` when planning finds that a
+rollback must not be done (the target changed, the guard refuses, nothing to
+restore).
+
+Durability: the phase and rollback id are written on the Deployment
+(``rollbackd.io/rollback``) before each step; the ROLLING_BACK state is written
+in the same guarded patch that restores the template, so "the annotation says
+ROLLING_BACK" and "the patch landed" are one fact. A restarted daemon calls
+:meth:`Executor.resume`, which continues from the recorded phase.
+
+Safety rule 10: every write carries a resourceVersion precondition. A conflict
+while applying means someone else wrote the Deployment: re-read and re-plan
+once; if the revision moved (a human deployed), escalate "target changed"
+without touching the template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from rollbackd.guard import disallowed_changes, images, mutable_images, template_diff_paths
+from rollbackd.kube import ConflictError, Kube, KubeError, NotFoundError
+from rollbackd.model import (
+    ANNOTATION_CHANGE_CAUSE,
+    ANNOTATION_RESTORED,
+    ANNOTATION_ROLLBACK,
+    LABEL_POD_TEMPLATE_HASH,
+    Decision,
+    Phase,
+    Policy,
+    Rollback,
+    Target,
+)
+from rollbackd.notify.base import NotificationKind
+from rollbackd.state import RollbackState, encode_state
+from rollbackd.strategies import PlanError, Strategy
+from rollbackd.strategies.rolling import (
+    RollingStrategy,
+    revision_of,
+    select_replicaset,
+    strip_hash,
+    templates_equal,
+)
+from rollbackd.verify import Verifier, VerifyResult
+
+log = logging.getLogger(__name__)
+
+# Event reasons on the Deployment, one per step (kubectl describe shows them).
+EVENT_PLANNED = "RollbackPlanned"
+EVENT_STARTED = "RollbackStarted"
+EVENT_READY = "RollbackReady"
+EVENT_VERIFIED = "RollbackVerified"
+EVENT_FAILED = "RollbackFailed"
+EVENT_ESCALATED = "RollbackEscalated"
+
+
+class Recorder(Protocol):
+    """Journal + metrics + logs (the daemon wires it)."""
+
+    async def phase(
+        self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
+    ) -> None: ...
+
+    async def event(
+        self,
+        rollback: Rollback,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+class Pager(Protocol):
+    """Non-blocking notifications keyed by rollback id."""
+
+    def notify(
+        self,
+        kind: NotificationKind,
+        rollback: Rollback,
+        summary: str,
+        details: Mapping[str, Any],
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Plan:
+    deployment: Mapping[str, Any]  # fresh, after the PLANNING state write
+    replicaset: Mapping[str, Any]
+    from_revision: int
+    to_revision: int
+    template_hash: str
+    predicted_revision: int  # what the controller will number the restored revision
+    diff_paths: tuple[str, ...]
+
+
+class _Abort(Exception):
+    """Stop the rollback: ``failed`` after the template was changed, else escalate only."""
+
+    def __init__(self, reason_code: str, message: str, *, failed: bool) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.message = message
+        self.failed = failed
+
+
+class Executor:
+    """Runs one rollback at a time per call; the daemon guarantees one per target."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        verifier: Verifier,
+        recorder: Recorder,
+        pager: Pager,
+        *,
+        rollout_timeout: float,
+        clock: Callable[[], datetime],
+        policy_for: Callable[[Target], Policy],
+        strategy: Strategy | None = None,
+        resume_max_age: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self._kube = kube
+        self._verifier = verifier
+        self._recorder = recorder
+        self._pager = pager
+        self._rollout_timeout = rollout_timeout
+        self._clock = clock
+        self._policy_for = policy_for
+        self._strategy: Strategy = strategy or RollingStrategy()
+        # Verification from a ready_at older than this would judge data that
+        # may have aged out; verify afresh from now instead.
+        self._resume_max_age = resume_max_age
+        # The newest phase of each rollback in progress, for the error paths.
+        self._latest: dict[str, Rollback] = {}
+
+    # ------------------------------------------------------------ entry points
+
+    async def run(self, rollback: Rollback, decision: Decision) -> Rollback:
+        """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase."""
+        rollback = replace(
+            rollback,
+            from_revision=decision.from_revision,
+            to_revision=decision.to_revision,
+            reason_code=rollback.reason_code or decision.reason_code,
+            reason=rollback.reason or decision.reason,
+        )
+        return await self._guarded(rollback, self._from_planning(rollback))
+
+    async def resume(self, target: Target, state: RollbackState) -> Rollback:
+        """Continue a rollback a previous daemon left at ``state.phase``."""
+        rollback = Rollback(
+            id=state.rollback_id,
+            target=target,
+            phase=state.phase,
+            started_at=state.started_at,
+            updated_at=state.updated_at,
+            from_revision=state.from_revision,
+            to_revision=state.to_revision,
+            reason_code=state.reason_code,
+        )
+        if state.phase.terminal:
+            return rollback
+        await self._recorder.event(
+            rollback, "resumed", f"resuming rollback from phase {state.phase}"
+        )
+        if state.phase in (Phase.PENDING, Phase.PLANNING):
+            return await self._guarded(rollback, self._from_planning(rollback))
+        if state.phase is Phase.ROLLING_BACK:
+            return await self._guarded(rollback, self._resume_rolling_back(rollback))
+        if state.phase is Phase.VERIFYING:
+            now = self._clock()
+            ready_at = state.ready_at
+            if ready_at is None or now - ready_at > self._resume_max_age:
+                ready_at = now
+            return await self._guarded(rollback, self._verify(rollback, ready_at))
+        # ROLLBACK_FAILED: the failure was recorded, the escalation may not have been.
+        return await self._escalate(
+            rollback, "rollback_failed", "rollback had failed before the restart"
+        )
+
+    async def _guarded(self, rollback: Rollback, steps: Awaitable[Rollback]) -> Rollback:
+        """Turn every way a rollback can stop into a recorded terminal phase.
+
+        Cancellation is not a failure: the annotation keeps the phase and the
+        next leader resumes, so it propagates untouched.
+        """
+        try:
+            return await steps
+        except asyncio.CancelledError:
+            raise
+        except _Abort as abort:
+            latest = self._latest.get(rollback.id, rollback)
+            if abort.failed:
+                return await self._fail(latest, abort)
+            return await self._escalate(latest, abort.reason_code, abort.message)
+        except Exception as exc:
+            log.exception("rollback %s failed unexpectedly", rollback.id)
+            latest = self._latest.get(rollback.id, rollback)
+            # Once the template was patched, the rollback itself failed.
+            failed = latest.phase in (Phase.ROLLING_BACK, Phase.VERIFYING)
+            error = _Abort("executor_error", f"rollback stopped by an error: {exc}", failed=failed)
+            if failed:
+                return await self._fail(latest, error)
+            return await self._escalate(latest, error.reason_code, error.message)
+        finally:
+            self._latest.pop(rollback.id, None)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _from_planning(self, rollback: Rollback) -> Rollback:
+        rollback = await self._enter(rollback, Phase.PLANNING, "planning the rollback")
+        plan = await self._plan(rollback)
+        rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
+        message = (
+            f"rolling back from revision {plan.from_revision} to revision {plan.to_revision} "
+            f"(ReplicaSet {plan.replicaset['metadata']['name']})"
+        )
+        await self._kube.emit_event(
+            rollback.target, reason=EVENT_PLANNED, message=message, uid=self._uid(plan)
+        )
+        await self._recorder.event(
+            rollback,
+            "plan",
+            message,
+            {
+                "replicaset": plan.replicaset["metadata"]["name"],
+                "template_hash": plan.template_hash,
+                "diff": list(plan.diff_paths),
+                "images_from": list(images(plan.deployment["spec"]["template"])),
+                "images_to": list(images(plan.replicaset["spec"]["template"])),
+            },
+        )
+        rollback = await self._apply(rollback, plan)
+        return await self._wait_and_verify(rollback)
+
+    async def _plan(self, rollback: Rollback) -> _Plan:
+        """Choose the ReplicaSet like ``kubectl rollout undo`` and re-check every rule."""
+        deployment = await self._read(rollback.target)
+        current = revision_of(deployment)
+        if rollback.from_revision is not None and current != rollback.from_revision:
+            raise _Abort(
+                "target_changed",
+                f"target changed during rollback: revision is now {current}, "
+                f"expected {rollback.from_revision}",
+                failed=False,
+            )
+        if deployment.get("spec", {}).get("paused"):
+            raise _Abort("paused", "deployment is paused: a human is mid-rollout", failed=False)
+        replicasets = await self._kube.list_replicasets(rollback.target)
+        try:
+            chosen = select_replicaset(deployment, replicasets, rollback.to_revision)
+        except PlanError as exc:
+            raise _Abort(exc.reason_code, exc.message, failed=False) from exc
+        template = deployment["spec"]["template"]
+        candidate = strip_hash(chosen["spec"]["template"])
+        policy = self._policy_for(rollback.target)
+        paths = template_diff_paths(template, candidate)
+        disallowed = disallowed_changes(paths, policy.allowed_template_fields)
+        if disallowed:
+            raise _Abort(
+                "guard_disallowed_fields",
+                f"rollback would change fields outside the allow-list: {', '.join(disallowed)}",
+                failed=False,
+            )
+        mutable = mutable_images(candidate)
+        if mutable and not policy.allow_mutable_images:
+            raise _Abort(
+                "guard_mutable_image",
+                f"rollback would restore mutable image references: {', '.join(mutable)}",
+                failed=False,
+            )
+        revisions = [revision_of(rs) or 0 for rs in replicasets]
+        labels = chosen["spec"]["template"].get("metadata", {}).get("labels") or {}
+        return _Plan(
+            deployment=deployment,
+            replicaset=chosen,
+            from_revision=current or 0,
+            to_revision=revision_of(chosen) or 0,
+            template_hash=str(labels.get(LABEL_POD_TEMPLATE_HASH, "")),
+            predicted_revision=max(revisions, default=0) + 1,
+            diff_paths=tuple(paths),
+        )
+
+    async def _apply(self, rollback: Rollback, plan: _Plan) -> Rollback:
+        """Patch the template; one re-plan on conflict (safety rule 10)."""
+        for attempt in (1, 2):
+            rolling = self._advance(rollback, Phase.ROLLING_BACK)
+            annotations = {
+                ANNOTATION_CHANGE_CAUSE: (
+                    f"rollbackd {rollback.id}: rollback to revision {plan.to_revision}"
+                    + (f" ({rollback.reason})" if rollback.reason else "")
+                ),
+                ANNOTATION_ROLLBACK: encode_state(self._state(rolling)),
+                ANNOTATION_RESTORED: json.dumps(
+                    {
+                        "rollback_id": rollback.id,
+                        "template_hash": plan.template_hash,
+                        "revision": plan.predicted_revision,
+                    },
+                    sort_keys=True,
+                ),
+            }
+            ops = self._strategy.build_patch(
+                plan.deployment, plan.replicaset, annotations=annotations
+            )
+            try:
+                await self._kube.patch_deployment(rollback.target, ops)
+            except ConflictError as exc:
+                if attempt == 2:
+                    raise _Abort(
+                        "target_changed",
+                        f"target changed during rollback: repeated write conflicts ({exc})",
+                        failed=False,
+                    ) from exc
+                await self._recorder.event(
+                    rollback, "conflict", f"write conflict, re-planning once: {exc}"
+                )
+                plan = await self._plan(rollback)
+                continue
+            rollback = rolling
+            self._latest[rollback.id] = rollback
+            message = f"restoring revision {plan.to_revision} ({', '.join(images(plan.replicaset['spec']['template']))})"
+            await self._recorder.phase(rollback, message, {"patch": ops})
+            await self._kube.emit_event(
+                rollback.target, reason=EVENT_STARTED, message=message, uid=self._uid(plan)
+            )
+            self._pager.notify(
+                NotificationKind.ROLLBACK_STARTED,
+                rollback,
+                f"rollbackd is rolling back {rollback.target} to revision {plan.to_revision}",
+                {"reason": rollback.reason, "reason_code": rollback.reason_code},
+            )
+            return rollback
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _resume_rolling_back(self, rollback: Rollback) -> Rollback:
+        """The ROLLING_BACK state landed with the patch: check the template is still ours."""
+        deployment = await self._read(rollback.target)
+        restored = _restored_record(deployment)
+        ours = [
+            rs
+            for rs in await self._kube.list_replicasets(rollback.target)
+            if restored.get("rollback_id") == rollback.id
+            and (rs["spec"]["template"].get("metadata", {}).get("labels") or {}).get(
+                LABEL_POD_TEMPLATE_HASH
+            )
+            == restored.get("template_hash")
+        ]
+        if not ours or not templates_equal(
+            ours[0]["spec"]["template"], deployment["spec"]["template"]
+        ):
+            raise _Abort(
+                "target_changed",
+                "target changed during rollback: the template is no longer the restored one",
+                failed=True,
+            )
+        self._latest[rollback.id] = rollback
+        return await self._wait_and_verify(rollback)
+
+    async def _wait_and_verify(self, rollback: Rollback) -> Rollback:
+        outcome = await self._kube.wait_rollout_complete(
+            rollback.target, timeout=self._rollout_timeout
+        )
+        if not outcome.complete:
+            raise _Abort(f"rollout_{outcome.status}", outcome.message, failed=True)
+        ready_at = self._clock()
+        await self._kube.emit_event(
+            rollback.target,
+            reason=EVENT_READY,
+            message=f"restored version ready: {outcome.message}",
+        )
+        try:
+            digests = await self._kube.pod_images(rollback.target)
+        except KubeError as exc:
+            digests = {}
+            log.warning("could not read pod images of %s: %s", rollback.target, exc)
+        await self._recorder.event(
+            rollback, "images", "image digests running after the rollback", {"images": digests}
+        )
+        return await self._verify(rollback, ready_at)
+
+    async def _verify(self, rollback: Rollback, ready_at: datetime) -> Rollback:
+        deployment = await self._read(rollback.target)
+        restored = _restored_record(deployment)
+        extra: dict[str, str | None] = {}
+        actual = revision_of(deployment)
+        if restored.get("rollback_id") == rollback.id and actual != restored.get("revision"):
+            # Record the revision the controller really assigned (the plan predicted it).
+            extra[ANNOTATION_RESTORED] = json.dumps(
+                {**restored, "revision": actual}, sort_keys=True
+            )
+        rollback = await self._enter(
+            rollback,
+            Phase.VERIFYING,
+            f"verifying from {ready_at.isoformat()}",
+            ready_at=ready_at,
+            extra=extra,
+            deployment=deployment,
+        )
+        result = await self._verifier.verify(rollback.target, ready_at)
+        await self._record_intervals(rollback, result)
+        if not result.healthy:
+            raise _Abort(result.reason_code, result.reason, failed=True)
+        done = self._advance(rollback, Phase.ROLLBACK_COMPLETED, finished=True)
+        done = replace(done, reason=result.reason)
+        await self._write_state(done)
+        await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
+        await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
+        self._pager.notify(
+            NotificationKind.ROLLBACK_COMPLETED,
+            done,
+            f"rollbackd rolled back {done.target} to revision {done.to_revision}: {result.reason}",
+            {"verification": [i.detail for i in result.intervals]},
+        )
+        return done
+
+    async def _record_intervals(self, rollback: Rollback, result: VerifyResult) -> None:
+        for interval in result.intervals:
+            await self._recorder.event(
+                rollback,
+                "verify_interval",
+                f"interval {interval.index}: {'healthy' if interval.healthy else 'unhealthy'}",
+                {
+                    "index": interval.index,
+                    "at": interval.at.isoformat(),
+                    "healthy": interval.healthy,
+                    "readiness_ok": interval.readiness_ok,
+                    "detail": interval.detail,
+                },
+            )
+
+    # -------------------------------------------------------------- endings
+
+    async def _fail(self, rollback: Rollback, abort: _Abort) -> Rollback:
+        failed = replace(
+            self._advance(rollback, Phase.ROLLBACK_FAILED),
+            reason_code=abort.reason_code,
+            reason=abort.message,
+        )
+        await self._best_effort_state(failed)
+        await self._recorder.phase(failed, abort.message, {"reason_code": abort.reason_code})
+        await self._kube.emit_event(
+            failed.target, reason=EVENT_FAILED, message=abort.message, type="Warning"
+        )
+        return await self._escalate(failed, abort.reason_code, abort.message)
+
+    async def _escalate(self, rollback: Rollback, reason_code: str, message: str) -> Rollback:
+        """Terminal: record, mark the Deployment, and page a human."""
+        escalated = replace(
+            self._advance(rollback, Phase.ESCALATED, finished=True),
+            reason_code=reason_code,
+            reason=message,
+        )
+        await self._best_effort_state(escalated)
+        try:
+            await self._recorder.phase(escalated, message, {"reason_code": reason_code})
+        finally:
+            await self._kube.emit_event(
+                escalated.target,
+                reason=EVENT_ESCALATED,
+                message=f"{reason_code}: {message}",
+                type="Warning",
+            )
+            self._pager.notify(
+                NotificationKind.ESCALATION,
+                escalated,
+                f"rollbackd could not roll back {escalated.target}: {message}",
+                {"reason_code": reason_code, "reason": message},
+            )
+        return escalated
+
+    # -------------------------------------------------------------- helpers
+
+    def _advance(self, rollback: Rollback, phase: Phase, *, finished: bool = False) -> Rollback:
+        now = self._clock()
+        return replace(rollback, phase=phase, updated_at=now, finished_at=now if finished else None)
+
+    async def _enter(
+        self,
+        rollback: Rollback,
+        phase: Phase,
+        message: str,
+        *,
+        ready_at: datetime | None = None,
+        extra: Mapping[str, str | None] | None = None,
+        deployment: Mapping[str, Any] | None = None,
+    ) -> Rollback:
+        """Write the phase on the Deployment first, then record it."""
+        rollback = self._advance(rollback, phase)
+        await self._write_state(rollback, ready_at=ready_at, extra=extra, deployment=deployment)
+        self._latest[rollback.id] = rollback
+        await self._recorder.phase(rollback, message)
+        return rollback
+
+    def _state(self, rollback: Rollback, ready_at: datetime | None = None) -> RollbackState:
+        return RollbackState(
+            rollback_id=rollback.id,
+            phase=rollback.phase,
+            from_revision=rollback.from_revision,
+            to_revision=rollback.to_revision,
+            started_at=rollback.started_at,
+            updated_at=rollback.updated_at,
+            reason_code=rollback.reason_code,
+            ready_at=ready_at,
+        )
+
+    async def _write_state(
+        self,
+        rollback: Rollback,
+        *,
+        ready_at: datetime | None = None,
+        extra: Mapping[str, str | None] | None = None,
+        deployment: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Annotation-only write from a fresh read; a conflict is retried on a re-read.
+
+        Retrying is safe here: only rollbackd's own annotations are written,
+        never anything a human could have changed.
+        """
+        for attempt in range(3):
+            current = deployment if deployment is not None else await self._read(rollback.target)
+            deployment = None
+            try:
+                await self._kube.write_state(
+                    rollback.target,
+                    self._state(rollback, ready_at),
+                    resource_version=current["metadata"]["resourceVersion"],
+                    extra=extra,
+                )
+                return
+            except ConflictError:
+                if attempt == 2:
+                    raise
+
+    async def _best_effort_state(self, rollback: Rollback) -> None:
+        try:
+            await self._write_state(rollback)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the page matters more than the annotation
+            log.warning("could not record %s on %s: %s", rollback.phase, rollback.target, exc)
+
+    async def _read(self, target: Target) -> dict[str, Any]:
+        try:
+            return await self._kube.read_deployment(target)
+        except NotFoundError as exc:
+            raise _Abort(
+                "target_not_found", f"deployment {target} not found", failed=False
+            ) from exc
+
+    @staticmethod
+    def _uid(plan: _Plan) -> str | None:
+        uid = plan.deployment.get("metadata", {}).get("uid")
+        return str(uid) if uid else None
+
+
+def _restored_record(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    text = (deployment.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTORED)
+    try:
+        record = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
