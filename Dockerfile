@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# rollbackd container image: the package in a virtualenv on Debian's slim
+# Python, run as a non-root user with a read-only root filesystem.
+#
+#   docker build -t rollbackd:0.1.0 .
+#
+# Writable paths at run time (mount volumes there with readOnlyRootFilesystem):
+#   /var/lib/rollbackd   the journal (SQLite)
+#   /tmp                 HOME and TMPDIR
+# The config is read from /etc/rollbackd/rollbackd.yaml (a ConfigMap).
+
+# A version tag, never latest; pin a digest here for reproducible builds.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# The venv lives at the same path in both stages: its scripts hard-code it.
+RUN python -m venv /opt/rollbackd
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY rollbackd ./rollbackd
+# pip compiles the bytecode at install time: the read-only image cannot later.
+RUN /opt/rollbackd/bin/pip install . \
+ && mkdir -p /image/var/lib/rollbackd
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="rollbackd" \
+      org.opencontainers.image.description="Rolls back a bad Kubernetes Deployment rollout, verifies the rollback, and pages when it cannot." \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/rollbackd/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp
+COPY --from=builder /opt/rollbackd /opt/rollbackd
+# The journal directory, owned by the runtime user so an emptyDir or a fresh
+# volume mounted there starts writable.
+COPY --from=builder --chown=65532:65532 /image/var/lib/rollbackd /var/lib/rollbackd
+# Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+USER 65532:65532
+WORKDIR /var/lib/rollbackd
+VOLUME ["/var/lib/rollbackd"]
+EXPOSE 8080
+ENTRYPOINT ["rollbackd"]
+CMD ["run", "--config", "/etc/rollbackd/rollbackd.yaml"]
