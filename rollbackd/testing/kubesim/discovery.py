@@ -141,9 +141,19 @@ def openapi_v3_document(path: str) -> dict[str, Any] | None:
     types = types_in(group_name, version)
     if not types:
         return None
-    operation = {"parameters": [_FIELD_VALIDATION], "responses": {"200": {"description": "OK"}}}
     paths: dict[str, Any] = {}
     for rtype in types:
+        # kubectl finds the operation for a kind by this extension, then looks
+        # for the fieldValidation parameter on it.
+        operation = {
+            "parameters": [_FIELD_VALIDATION],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-group-version-kind": {
+                "group": group_name,
+                "version": version,
+                "kind": rtype.kind,
+            },
+        }
         prefix = f"/{_gv_path(group_name, version)}"
         if rtype.namespaced:
             collection = f"{prefix}/namespaces/{{namespace}}/{rtype.plural}"

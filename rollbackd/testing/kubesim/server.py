@@ -36,6 +36,7 @@ from .errors import (
     method_not_allowed,
     not_found,
     path_not_found,
+    unsupported_media_type,
 )
 from .faults import FaultInjector
 from .resources import (
@@ -288,6 +289,12 @@ async def _read_body(request: web.Request) -> Any:
     if not raw.strip():
         raise bad_request("the request body is empty")
     content_type = request.content_type or "application/json"
+    if "json" not in content_type and "yaml" not in content_type:
+        # Protobuf and CBOR bodies: 415 makes client-go fall back to JSON.
+        raise unsupported_media_type(
+            f"the body of the request was in an unknown format - accepted media types include: "
+            f"application/json, application/yaml (got {content_type})"
+        )
     try:
         if "yaml" in content_type:
             return yaml.safe_load(raw)
