@@ -23,6 +23,11 @@ COPY rollbackd ./rollbackd
 # pip compiles the bytecode at install time: the read-only image cannot later.
 RUN /opt/rollbackd/bin/pip install . \
  && mkdir -p /image/var/lib/rollbackd
+# Fail the build, not the pod, when the installed package is incomplete: the
+# entry point must start and the packaged OpenAPI document must be there.
+RUN /opt/rollbackd/bin/rollbackd --help >/dev/null \
+ && /opt/rollbackd/bin/python -c "import importlib.resources as r; r.files('rollbackd').joinpath('openapi.yaml').read_text()" \
+ || { echo "installed rollbackd is incomplete (package data in pyproject.toml?)" >&2; exit 1; }
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="rollbackd" \

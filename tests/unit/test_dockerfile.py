@@ -234,6 +234,14 @@ def test_runtime_stage_takes_only_the_built_venv(final_stage: list[Instruction])
     assert copies and all(i.keyword == "COPY" and "--from=builder" in i.args for i in copies)
 
 
+def test_build_smoke_tests_the_installed_package(instructions: list[Instruction]) -> None:
+    """A wheel missing its data files must break the build, not the running pod."""
+    builder = stages(instructions)[0]
+    runs = " ".join(i.args for i in builder if i.keyword == "RUN")
+    assert "/opt/rollbackd/bin/rollbackd --help" in runs
+    assert "openapi.yaml" in runs
+
+
 def test_no_healthcheck_kubernetes_probes_do_that(instructions: list[Instruction]) -> None:
     assert all(i.keyword != "HEALTHCHECK" for i in instructions)
 
