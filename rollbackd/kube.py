@@ -178,6 +178,13 @@ def _recorded_state(deployment: Mapping[str, Any]) -> RollbackState | None:
         return None
 
 
+def _tested_resource_version(ops: Sequence[Mapping[str, Any]]) -> str | None:
+    for op in ops:
+        if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion":
+            return str(op.get("value"))
+    return None
+
+
 def _escape_pointer(segment: str) -> str:
     return segment.replace("~", "~0").replace("/", "~1")
 
@@ -280,9 +287,6 @@ class Kube:
             raise NotFoundError(message, status)
         if status == 409:
             raise ConflictError(message, status)
-        # A failed JSON-patch "test" op (our resourceVersion precondition).
-        if status == 422 and "test" in str(data.get("message", "")).lower():
-            raise ConflictError(message, status)
         raise KubeError(message, status)
 
     @staticmethod
@@ -342,7 +346,7 @@ class Kube:
         return self._synced.is_set()
 
     # The contract names the deadline `timeout`; it is a plain bound, not a cancel scope.
-    async def wait_synced(self, timeout: float) -> bool:  # noqa: ASYNC109
+    async def wait_synced(self, timeout: float) -> bool:
         try:
             async with asyncio.timeout(timeout):
                 await self._synced.wait()
@@ -656,12 +660,25 @@ class Kube:
 
     async def patch_deployment(self, target: Target, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """Apply a JSON patch; a failed resourceVersion ``test`` raises ConflictError."""
-        return await self._request(
-            "PATCH",
-            self._deployment_path(target),
-            body=ops,
-            content_type="application/json-patch+json",
-        )
+        try:
+            return await self._request(
+                "PATCH",
+                self._deployment_path(target),
+                body=ops,
+                content_type="application/json-patch+json",
+            )
+        except KubeError as exc:
+            tested = _tested_resource_version(ops)
+            if exc.status != 422 or tested is None or isinstance(exc, ConflictError):
+                raise
+            # 422 is any op that cannot apply; it is a conflict when our
+            # resourceVersion test is what failed, i.e. the object moved on.
+            current = await self.read_deployment(target)
+            if current.get("metadata", {}).get("resourceVersion") != tested:
+                raise ConflictError(
+                    f"{target} changed since resourceVersion {tested}", 409
+                ) from exc
+            raise
 
     async def write_state(
         self,
@@ -753,7 +770,7 @@ class Kube:
         self,
         target: Target,
         *,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
         poll_interval: float = 2.0,
     ) -> RolloutOutcome:
         """Wait like ``kubectl rollout status``: woken by the watch, polled as a safety net.
