@@ -1,0 +1,240 @@
+"""Emulated HTTP traffic of every Ready pod, as a Prometheus scrape target.
+
+rollbackd judges a rollout by error ratio and p99 latency, so the simulated
+cluster must produce those series the way an instrumented service would:
+per-pod monotonic counters that start when the pod becomes Ready and follow
+the pod template's knobs (annotations, so a rollback restores the healthy
+values along with the image):
+
+* ``kubesim.rollbackd.io/rps``        requests per second per pod (default 10)
+* ``kubesim.rollbackd.io/error-rate`` fraction answered with 500 (default 0)
+* ``kubesim.rollbackd.io/latency-ms`` typical (median) latency (default 50)
+
+Values are a pure function of the store and the clock (requests = rps x
+seconds since Ready), so tests can compute what Prometheus should see.
+Latencies follow a log-normal spread around the median whose p99 is about
+2.5x the median: a 10x regression stands out, ordinary jitter does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .controller import is_pod_ready, parse_time
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+KNOB_RPS = "kubesim.rollbackd.io/rps"
+KNOB_ERROR_RATE = "kubesim.rollbackd.io/error-rate"
+KNOB_LATENCY_MS = "kubesim.rollbackd.io/latency-ms"
+DEFAULT_RPS = 10.0
+DEFAULT_ERROR_RATE = 0.0
+DEFAULT_LATENCY_MS = 50.0
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Log-normal shape: sigma chosen so that p99 = median * exp(2.326 * sigma) ~ 2.5 x median.
+LATENCY_SIGMA = math.log(2.5) / 2.326
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The traffic shape of one pod, read from its annotations."""
+
+    rps: float = DEFAULT_RPS
+    error_rate: float = DEFAULT_ERROR_RATE
+    latency_seconds: float = DEFAULT_LATENCY_MS / 1000
+
+    @classmethod
+    def from_annotations(cls, annotations: Mapping[str, str]) -> Knobs:
+        """Knobs with defaults for absent values; out-of-range or malformed values fall back too."""
+        return cls(
+            rps=_knob(annotations, KNOB_RPS, DEFAULT_RPS, 0.0, math.inf),
+            error_rate=_knob(annotations, KNOB_ERROR_RATE, DEFAULT_ERROR_RATE, 0.0, 1.0),
+            latency_seconds=_knob(annotations, KNOB_LATENCY_MS, DEFAULT_LATENCY_MS, 1e-3, 1e7)
+            / 1000,
+        )
+
+
+def _knob(
+    annotations: Mapping[str, str], key: str, default: float, low: float, high: float
+) -> float:
+    text = annotations.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (low <= value <= high):
+        log.warning("kubesim workload: ignoring %s=%r (expected %s..%s)", key, text, low, high)
+        return default
+    return value
+
+
+def latency_cdf(bound: float, median: float) -> float:
+    """Fraction of requests at or below ``bound`` seconds for a given median latency."""
+    if bound <= 0:
+        return 0.0
+    z = math.log(bound / median) / (LATENCY_SIGMA * math.sqrt(2))
+    return 0.5 * (1 + math.erf(z))
+
+
+@dataclass(frozen=True)
+class PodTraffic:
+    """Cumulative counts of one pod after ``elapsed`` seconds of Ready time."""
+
+    ok: int
+    errors: int
+    buckets: tuple[int, ...]  # cumulative, one per BUCKETS entry
+    sum_seconds: float
+
+    @property
+    def count(self) -> int:
+        return self.ok + self.errors
+
+    @classmethod
+    def after(cls, knobs: Knobs, elapsed: float) -> PodTraffic:
+        # Each count is a floor of a non-decreasing function of time, so every series
+        # is monotonic, as counters must be.
+        requests = knobs.rps * max(elapsed, 0.0)
+        ok = math.floor(requests * (1 - knobs.error_rate))
+        errors = math.floor(requests * knobs.error_rate)
+        count = ok + errors
+        buckets = tuple(
+            min(math.floor(requests * latency_cdf(bound, knobs.latency_seconds)), count)
+            for bound in BUCKETS
+        )
+        mean = knobs.latency_seconds * math.exp(LATENCY_SIGMA**2 / 2)
+        return cls(ok, errors, buckets, count * mean)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class WorkloadMetrics:
+    """Renders the traffic of Ready pods and serves it at ``GET /metrics``."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] | None = None) -> None:
+        self._store = store
+        # Epoch seconds, comparable with the pods' Ready lastTransitionTime.
+        self._clock = clock or time.time
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def _pods(self) -> list[tuple[dict[str, str], Knobs, float]]:
+        """(labels, knobs, seconds Ready) for every Ready pod, sorted by namespace and name."""
+        now = self._clock()
+        result = []
+        for pod in self._store.list("v1/pods", copy=False):
+            if not is_pod_ready(pod):
+                continue
+            ready = _ready_since(pod)
+            if ready is None:
+                continue
+            meta = pod["metadata"]
+            labels = {
+                "namespace": meta.get("namespace") or "",
+                "deployment": self._deployment_of(pod),
+                "pod": meta["name"],
+            }
+            knobs = Knobs.from_annotations(meta.get("annotations") or {})
+            result.append((labels, knobs, now - ready))
+        return result
+
+    def _deployment_of(self, pod: Mapping[str, Any]) -> str:
+        """The owning Deployment's name via the pod's ReplicaSet; "" for bare pods."""
+        namespace = pod["metadata"].get("namespace")
+        rs_ref = _controller_ref(pod, "ReplicaSet")
+        if rs_ref is None:
+            return ""
+        rs = self._store.peek("apps/v1/replicasets", namespace, rs_ref["name"])
+        deployment_ref = _controller_ref(rs, "Deployment") if rs is not None else None
+        return str(deployment_ref["name"]) if deployment_ref else ""
+
+    def render(self) -> str:
+        """Prometheus text exposition (format 0.0.4) of every Ready pod's traffic."""
+        requests = [
+            "# HELP http_requests_total HTTP requests served by the emulated workload.",
+            "# TYPE http_requests_total counter",
+        ]
+        durations = [
+            "# HELP http_request_duration_seconds Latency of the emulated workload's requests.",
+            "# TYPE http_request_duration_seconds histogram",
+        ]
+        for labels, knobs, elapsed in self._pods():
+            traffic = PodTraffic.after(knobs, elapsed)
+            base = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
+            requests.append(f'http_requests_total{{{base},code="200"}} {traffic.ok}')
+            requests.append(f'http_requests_total{{{base},code="500"}} {traffic.errors}')
+            for bound, cumulative in zip(BUCKETS, traffic.buckets, strict=True):
+                durations.append(
+                    f'http_request_duration_seconds_bucket{{{base},le="{bound}"}} {cumulative}'
+                )
+            durations.append(
+                f'http_request_duration_seconds_bucket{{{base},le="+Inf"}} {traffic.count}'
+            )
+            durations.append(
+                f"http_request_duration_seconds_sum{{{base}}} {_number(traffic.sum_seconds)}"
+            )
+            durations.append(f"http_request_duration_seconds_count{{{base}}} {traffic.count}")
+        return "\n".join([*requests, *durations]) + "\n"
+
+    async def _handle_metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve ``GET /metrics``; returns the base URL ``http://HOST:PORT``."""
+        if self._runner is not None:
+            raise RuntimeError("workload metrics already started")
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.url = f"http://{bound_host}:{bound_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Close the listener; safe to call when not started."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _controller_ref(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind:
+            return dict(ref)
+    return None
+
+
+def _ready_since(pod: Mapping[str, Any]) -> float | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            moment = parse_time(condition.get("lastTransitionTime"))
+            return moment.timestamp() if moment else None
+    return None
+
+
+__all__ = ["BUCKETS", "Knobs", "PodTraffic", "WorkloadMetrics", "latency_cdf"]
