@@ -426,6 +426,57 @@ def test_rendered_config_is_accepted_by_rollbackd(
     assert settings.leader_election.namespace == NAMESPACE
 
 
+def test_default_config_is_accepted_by_rollbackd(
+    default_objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    from rollbackd.config import load_settings
+
+    config_file = tmp_path / "rollbackd.yaml"
+    config_file.write_text(_one(default_objects, "ConfigMap")["data"]["rollbackd.yaml"])
+
+    settings = load_settings(config_file, env={})
+
+    assert str(settings.prometheus.url).startswith("http://prometheus-operated.monitoring.svc")
+    assert settings.journal.path == "/var/lib/rollbackd/journal.sqlite"
+    assert settings.leader_election.enabled is True
+
+
+# --- install notes ----------------------------------------------------------------
+
+
+def _notes(env: Mapping[str, str], tmp: Path, values: Mapping[str, Any] | None) -> str:
+    result = _helm(
+        env, tmp, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", values=values
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.partition("NOTES:")[2]
+
+
+def test_notes_warn_about_an_open_webhook_and_nobody_to_page(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    notes = _notes(helm_env, tmp_path, {"serviceMonitor": {"enabled": True}})
+    assert "http://rollbackd.rollbackd.svc:8080/api/v1/alerts" in notes
+    assert "the webhook accepts alerts without authentication" in notes
+    assert "no notification channel is configured" in notes
+    assert "does not serve\nmonitoring.coreos.com/v1 ServiceMonitor" in notes
+
+
+def test_notes_stay_quiet_when_auth_and_paging_are_set_up(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    # No monitoring objects asked for: the dry run cannot offer their API.
+    values = {
+        **FEATURES,
+        "serviceMonitor": {"enabled": False},
+        "prometheusRule": {"enabled": False},
+    }
+    notes = _notes(helm_env, tmp_path, values)
+    assert "http://rollbackd.rollbackd.svc:8080/api/v1/alerts" in notes
+    assert "WARNING" not in notes
+    assert "NOTE:" not in notes
+
+
 # --- optional features ------------------------------------------------------------
 
 
