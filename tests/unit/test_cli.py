@@ -1,0 +1,315 @@
+"""The command line: exit codes, messages, and what each command hands to the daemon."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rollbackd
+from rollbackd import cli
+from rollbackd.config import Settings
+from rollbackd.model import Phase, Rollback, Target
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+GOOD = "prometheus:\n  url: http://prom:9090\npolicy:\n  dry_run: true\n"
+
+
+def config(tmp_path: Path, text: str = GOOD) -> Path:
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(text)
+    return path
+
+
+def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attrs: Any) -> None:
+    """Stand in for a lazily imported module (the daemon, the demo, the report)."""
+    module = types.SimpleNamespace(**attrs)
+    monkeypatch.setitem(sys.modules, f"rollbackd.{name}", module)
+    monkeypatch.setattr(rollbackd, name, module, raising=False)
+
+
+# --- check-config -------------------------------------------------------------------
+
+
+def test_check_config_ok_prints_a_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path)
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"config OK: {path}\n")
+    assert "prometheus: http://prom:9090 (signals: error_ratio, latency_p99)" in out
+    assert "dry-run: on (global)" in out
+    assert "webhook: listen 0.0.0.0:8080, auth NONE" in out
+
+
+def test_check_config_lists_each_error_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(
+        tmp_path, "prometheus:\n  url: http://p\npolicy:\n  cooldwn: 5m\n  dry_run: maybe\n"
+    )
+    assert cli.main(["check-config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0] == f"invalid configuration {path} (2 problem(s)):"
+    assert sorted(line.strip() for line in lines[1:]) == [
+        "policy.cooldwn: Extra inputs are not permitted",
+        "policy.dry_run: Input should be a valid boolean, unable to interpret input",
+    ]
+
+
+def test_check_config_of_a_missing_file_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check-config", str(tmp_path / "absent.yaml")]) == 2
+    assert "config file does not exist" in capsys.readouterr().err
+
+
+def test_check_config_defaults_to_the_env_named_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path)
+    monkeypatch.setenv("ROLLBACKD_CONFIG", str(path))
+    assert cli.main(["check-config"]) == 0
+    assert f"config OK: {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["history", "--limit", "0"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "usage: rollbackd" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "check-config" in capsys.readouterr().out
+
+
+# --- run, demo, rollback --------------------------------------------------------------
+
+
+def test_run_hands_the_loaded_settings_to_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Settings] = []
+
+    async def run(settings: Settings) -> int:
+        seen.append(settings)
+        return 0
+
+    fake_module(monkeypatch, "daemon", run=run)
+    assert cli.main(["run", "--config", str(config(tmp_path))]) == 0
+    assert [s.policy.dry_run for s in seen] == [True]
+
+
+def test_run_with_a_bad_config_never_starts_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def run(settings: Settings) -> int:
+        raise AssertionError("must not start")
+
+    fake_module(monkeypatch, "daemon", run=run)
+    assert cli.main(["run", "--config", str(config(tmp_path, "prometheus: {}\n"))]) == 2
+    assert "prometheus.url: Field required" in capsys.readouterr().err
+
+
+def test_a_daemon_failure_is_exit_1_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def run(settings: Settings) -> int:
+        raise OSError("address already in use")
+
+    fake_module(monkeypatch, "daemon", run=run)
+    assert cli.main(["run", "--config", str(config(tmp_path))]) == 1
+    assert "rollbackd: OSError: address already in use" in capsys.readouterr().err
+
+
+def test_demo_gets_its_own_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    fake_module(monkeypatch, "demo", main=main)
+    assert cli.main(["demo", "--hold", "5"]) == 3
+    assert seen == [["--hold", "5"]]
+
+
+def test_rollback_prints_the_rollback_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[Target, bool, str]] = []
+
+    async def manual_rollback(
+        settings: Settings, target: Target, *, dry_run: bool, reason: str
+    ) -> str:
+        calls.append((target, dry_run, reason))
+        return "rb-42"
+
+    fake_module(monkeypatch, "daemon", manual_rollback=manual_rollback)
+    argv = ["rollback", "shop/checkout", "--dry-run", "--reason", "bad deploy", "--config"]
+    assert cli.main([*argv, str(config(tmp_path))]) == 0
+    assert capsys.readouterr().out == "rb-42\n"
+    assert calls == [(Target("shop", "checkout"), True, "bad deploy")]
+
+
+def test_rollback_refused_is_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def manual_rollback(settings: Settings, target: Target, **_: Any) -> str:
+        raise RuntimeError("cooldown: rolled back 5 minutes ago")
+
+    fake_module(monkeypatch, "daemon", manual_rollback=manual_rollback)
+    assert cli.main(["rollback", "shop/a", "--config", str(config(tmp_path))]) == 1
+    assert "cooldown: rolled back 5 minutes ago" in capsys.readouterr().err
+
+
+def test_rollback_of_a_malformed_target_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["rollback", "checkout"]) == 2
+    assert "expected NAMESPACE/NAME" in capsys.readouterr().err
+
+
+# --- journal readers ----------------------------------------------------------------------
+
+
+ROLLBACK = Rollback(
+    id="rb-1",
+    target=Target("shop", "checkout"),
+    phase=Phase.ESCALATED,
+    started_at=T0,
+    updated_at=T0,
+    from_revision=7,
+    to_revision=6,
+    reason_code="verification_failed",
+    reason="error ratio still 0.2",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.list_calls: list[tuple[int, Target | None]] = []
+
+    async def list_rollbacks(
+        self, *, limit: int = 50, target: Target | None = None
+    ) -> list[Rollback]:
+        self.list_calls.append((limit, target))
+        return [ROLLBACK]
+
+    async def get_rollback(self, rollback_id: str) -> Rollback | None:
+        return ROLLBACK if rollback_id == "rb-1" else None
+
+    async def timeline(self, rollback_id: str) -> list[Entry]:
+        return [Entry(T0, "phase", "PLANNING"), Entry(T0, "phase", "ESCALATED")]
+
+    async def rollback_details(self, rollback_id: str) -> dict[str, Any] | None:
+        return None
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeJournal, Path]:
+    fake = FakeJournal()
+    path = tmp_path / "journal.sqlite"
+    path.write_bytes(b"")
+    opened: list[str] = []
+
+    @asynccontextmanager
+    async def open_journal(p: str) -> AsyncIterator[FakeJournal]:
+        opened.append(p)
+        yield fake
+
+    monkeypatch.setattr(cli, "open_journal_read_only", open_journal)
+    return fake, path
+
+
+def test_history_lists_rollbacks(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, path = journal
+    argv = ["history", "--journal", str(path), "--limit", "5", "--target", "shop/checkout"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON"]
+    assert lines[1].split() == [
+        "rb-1",
+        "shop/checkout",
+        "ESCALATED",
+        "7",
+        "->",
+        "6",
+        "2025-03-01T12:00:00+00:00",
+        "verification_failed",
+    ]
+    assert fake.list_calls == [(5, Target("shop", "checkout"))]
+
+
+def test_history_reads_the_journal_named_in_the_config(
+    tmp_path: Path, journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    conf = config(tmp_path, GOOD + f"journal:\n  path: {path}\n")
+    assert cli.main(["history", "--config", str(conf)]) == 0
+    assert "rb-1" in capsys.readouterr().out
+
+
+def test_show_prints_the_rollback_and_its_timeline(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rollback rb-1" in out
+    assert "reason:    verification_failed: error ratio still 0.2" in out
+    assert out.count("phase") == 3  # the phase line and two timeline entries
+
+
+def test_show_of_an_unknown_id_is_exit_1(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    assert cli.main(["show", "rb-404", "--journal", str(path)]) == 1
+    assert "no rollback with id 'rb-404'" in capsys.readouterr().err
+
+
+def test_report_prints_the_rendered_markdown(
+    journal: tuple[FakeJournal, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, path = journal
+
+    def render_report(rollback: Rollback, timeline: list[Entry], details: Any = None) -> str:
+        return f"# {rollback.id}: {len(timeline)} events\n"
+
+    fake_module(monkeypatch, "report", render_report=render_report)
+    assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
+    assert capsys.readouterr().out == "# rb-1: 2 events\n"
+
+
+def test_a_missing_journal_is_a_clear_error_and_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "typo.sqlite"
+    for argv in (["history"], ["show", "rb-1"], ["report", "rb-1"]):
+        assert cli.main([*argv, "--journal", str(path)]) == 1
+        assert f"journal {path} does not exist" in capsys.readouterr().err
+    assert not path.exists()
