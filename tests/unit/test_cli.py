@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
 from collections.abc import AsyncIterator
@@ -313,3 +314,36 @@ def test_a_missing_journal_is_a_clear_error_and_is_not_created(
         assert cli.main([*argv, "--journal", str(path)]) == 1
         assert f"journal {path} does not exist" in capsys.readouterr().err
     assert not path.exists()
+
+
+def test_history_show_and_report_read_a_real_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rollbackd.journal import Journal
+
+    path = tmp_path / "journal.sqlite"
+
+    async def record() -> None:
+        async with await Journal.open(path) as journal:
+            await journal.save_rollback(ROLLBACK)
+            await journal.record_event(
+                ROLLBACK.id, ROLLBACK.target, "phase", "verification failed", at=T0
+            )
+
+    asyncio.run(record())
+    assert cli.main(["history", "--journal", str(path)]) == 0
+    assert "rb-1" in capsys.readouterr().out
+    assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
+    assert "verification failed" in capsys.readouterr().out
+    assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
+    assert "rb-1" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_journal_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not sqlite at all, " * 100)
+    assert cli.main(["history", "--journal", str(path)]) == 1
+    assert str(path) in capsys.readouterr().err
+    assert path.read_text().startswith("not sqlite")  # left untouched
