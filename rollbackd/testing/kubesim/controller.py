@@ -123,8 +123,27 @@ def template_hash(template: Mapping[str, Any], collision_count: int | None = Non
     return safe_encode(str(value))
 
 
+def _semantic(value: Any) -> Any:
+    """Drop null, empty-object and empty-list fields: Go decodes all of them as "unset".
+
+    kubectl's rollback patch, for example, carries ``creationTimestamp: null``
+    in the template; the real controller's semantic DeepEqual ignores it.
+    """
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            item = _semantic(item)
+            if item is None or item == {} or item == []:
+                continue
+            result[key] = item
+        return result
+    if isinstance(value, list):
+        return [_semantic(item) for item in value]
+    return value
+
+
 def _without_hash_label(template: Mapping[str, Any]) -> dict[str, Any]:
-    copy = clone(dict(template))
+    copy: dict[str, Any] = _semantic(dict(template))
     meta = copy.get("metadata") or {}
     labels = dict(meta.get("labels") or {})
     labels.pop(HASH_LABEL, None)
