@@ -222,7 +222,7 @@ def _summary(f: _Facts) -> list[str]:
             else "—",
         ),
     ]
-    return ["## Summary", "", *_table(["", ""], rows)]
+    return ["## Summary", "", *_table(["Item", "Value"], rows)]
 
 
 def _trigger(f: _Facts) -> list[str]:

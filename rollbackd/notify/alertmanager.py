@@ -94,12 +94,25 @@ class AlertmanagerPushChannel(HttpChannel):
         self._headers = dict(headers or {})
         # dedup_key -> (labels, startsAt) of alerts this process opened.
         self._open: OrderedDict[str, tuple[dict[str, str], datetime]] = OrderedDict()
+        # dedup_keys of escalations accepted for sending (an ordered set).
+        self._escalated: OrderedDict[str, None] = OrderedDict()
 
     def accepts(self, n: Notification) -> bool:
-        """Escalations, and resolves of what was escalated (or explicit escalation resolves)."""
+        """Escalations, and resolves of what was escalated (or explicit escalation resolves).
+
+        Called at submit time, before anything is sent, so the keys of accepted
+        escalations are remembered here: their resolve may be submitted before
+        the escalation itself has left the queue.
+        """
         if n.resolves:
-            return n.dedup_key in self._open or n.kind in self._kinds
-        return n.kind in self._kinds
+            return n.dedup_key in self._escalated or n.kind in self._kinds
+        if n.kind not in self._kinds:
+            return False
+        self._escalated[n.dedup_key] = None
+        self._escalated.move_to_end(n.dedup_key)
+        while len(self._escalated) > _REMEMBERED:
+            self._escalated.popitem(last=False)
+        return True
 
     def alerts_for(self, n: Notification) -> list[dict[str, Any]]:
         """The request body (a list of one postable alert)."""
