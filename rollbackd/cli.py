@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from rollbackd.config import ConfigError, Settings, load_settings
+from rollbackd.config import ConfigError, Settings, format_duration, load_settings
 from rollbackd.model import Rollback, Target
 
 __all__ = ["main"]
@@ -103,8 +103,9 @@ def summarize(settings: Settings) -> list[str]:
         f"webhook: listen {s.webhook.listen}, auth {' or '.join(auth) or 'NONE'}",
         f"namespaces: {namespaces} (excluded: {', '.join(s.cluster.exclude_namespaces) or 'none'})",
         f"dry-run: {dry_run}",
-        f"policy: change window {s.policy.change_window}, min stable {s.policy.min_stable}, "
-        f"cooldown {s.policy.cooldown}",
+        f"policy: change window {format_duration(s.policy.change_window)}, "
+        f"min stable {format_duration(s.policy.min_stable)}, "
+        f"cooldown {format_duration(s.policy.cooldown)}",
         f"notify: {', '.join(s.notify.channel_names()) or 'NONE (escalations only logged)'}",
         f"journal: {s.journal.path}",
         f"leader election: {leader}",

@@ -58,6 +58,7 @@ __all__ = [
     "ConfigError",
     "SecretFile",
     "Settings",
+    "format_duration",
     "load_settings",
     "parse_duration",
 ]
@@ -656,11 +657,12 @@ def load_settings(
         if section in data and data[section] is None:
             data[section] = {}  # an empty section means "all defaults"
     errors = _pop_inline_secrets(data)
-    errors += _apply_env(data, env)
+    env_errors, from_env = _apply_env(data, env)
+    errors += env_errors
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        errors += [_format_error(e) for e in exc.errors()]
+        errors += [_format_error(e, from_env) for e in exc.errors()]
         raise ConfigError(errors) from None
     if errors:
         raise ConfigError(errors)
@@ -707,8 +709,12 @@ def _pop_inline_secrets(data: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+def _apply_env(
+    data: dict[str, Any], env: Mapping[str, str]
+) -> tuple[list[str], dict[tuple[str, ...], str]]:
+    """Merge overrides into ``data``; return problems and which key paths env set."""
     errors = []
+    applied: dict[tuple[str, ...], str] = {}
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -730,7 +736,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
             node = child
         else:
             node[path[-1]] = value
-    return errors
+            applied[path] = name
+    return errors, applied
 
 
 def _yaml_scalar(text: str) -> Any:
@@ -740,11 +747,32 @@ def _yaml_scalar(text: str) -> Any:
         return text
 
 
-def _format_error(error: Mapping[str, Any]) -> str:
+def _format_error(error: Mapping[str, Any], from_env: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(error["loc"])
     path = ""
-    for part in error["loc"]:
+    for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
+    # Say where a bad value came from: the file shows a different one.
+    source = next(
+        (name for env_path, name in from_env.items() if loc[: len(env_path)] == env_path), None
+    )
+    if source is not None:
+        message += f" (from env {source})"
     return f"{path or '(top level)'}: {message}"
+
+
+def format_duration(value: timedelta) -> str:
+    """The compact form the config accepts ("1h30m", "500ms"), for messages and summaries."""
+    millis = round(value.total_seconds() * 1000)
+    if millis == 0:
+        return "0s"
+    sign, millis = ("-", -millis) if millis < 0 else ("", millis)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        amount, millis = divmod(millis, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return sign + "".join(parts)

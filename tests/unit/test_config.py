@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from rollbackd.config import (
     ConfigError,
     Settings,
+    format_duration,
     load_settings,
     parse_duration,
 )
@@ -219,6 +220,13 @@ def test_durations(text: object, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
+@pytest.mark.parametrize("text", ["500ms", "30s", "5m", "1h30m", "1d2h", "0s", "-5m", "1m0s500ms"])
+def test_durations_format_back_to_what_they_parse_from(text: str) -> None:
+    value = parse_duration(text)
+    assert parse_duration(format_duration(value)) == value
+    assert format_duration(timedelta(minutes=90)) == "1h30m"
+
+
 @pytest.mark.parametrize(
     "bad", ["", "5 minutes", "m5", "1h 30m", "5M", True, None, [1], float("inf")]
 )
@@ -287,7 +295,8 @@ def test_bad_env_values_are_errors_with_the_key_path(tmp_path: Path) -> None:
     assert errors == (
         "env ROLLBACKD__JOURNAL__PATH__DEEPER: journal.path is not a section",
         "env ROLLBACKD__POLICY____X: expected ROLLBACKD__SECTION__KEY",
-        "verify.intervals: Input should be a valid integer, unable to parse string as an integer",
+        "verify.intervals: Input should be a valid integer, unable to parse string as an integer"
+        " (from env ROLLBACKD__VERIFY__INTERVALS)",
     )
 
 
