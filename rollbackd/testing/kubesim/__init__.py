@@ -23,7 +23,7 @@ from aiohttp import web
 from .faults import FaultInjector
 from .kubeconfig import write_kubeconfig
 from .server import KubeApi, ensure_namespaces
-from .store import Store
+from .store import DEFAULT_HISTORY, Store
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
 
@@ -40,12 +40,13 @@ class KubeSim:
         kubeconfig_path: str | os.PathLike[str] | None = None,
         metrics_port: int = 0,
         bookmark_interval: float = 1.0,
+        watch_history: int = DEFAULT_HISTORY,
     ) -> None:
         self.host = host
         self.port = port
         self.pod_ready_delay = pod_ready_delay
         self.metrics_port = metrics_port
-        self.store = Store()
+        self.store = Store(history=watch_history)
         self.faults = FaultInjector()
         self.api = KubeApi(self.store, self.faults, bookmark_interval=bookmark_interval)
         self.controller: Any = None
