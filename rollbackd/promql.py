@@ -28,7 +28,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from urllib3.util.retry import Retry
 
@@ -219,7 +220,8 @@ class PromQL:
     async def _call(self, fn: Callable[[], T]) -> T:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=self._max_backoff, jitter=0.2),
+            # Composed rather than wait_exponential_jitter, whose signature changed in tenacity 9.
+            wait=wait_exponential(multiplier=0.2, max=self._max_backoff) + wait_random(0, 0.2),
             retry=retry_if_exception(lambda e: isinstance(e, PromQLError) and e.retryable),
             reraise=True,
         )

@@ -1,0 +1,328 @@
+"""The poller and the PromQL adapter against a real Prometheus scraping a workload we control."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from rollbackd.model import Signal, SignalStatus, Target
+from rollbackd.promql import PromQL, PromQLError, Sample
+from rollbackd.signals import DEFAULT_SIGNALS, SignalSpec, Verdict, evaluate_specs
+from rollbackd.sources.prometheus import PrometheusPoller
+from rollbackd.testing.promstack import MetricsEndpoint, PrometheusServer, poll_until
+
+pytestmark = pytest.mark.integration
+
+CART = Target("shop", "cart")
+WEB = Target("shop", "web")
+BUCKETS = ("0.1", "0.5", "1", "+Inf")
+# A short window so a change shows in rate() within a few 1 s scrapes.
+SPECS = tuple(dataclasses.replace(spec, window="5s", for_count=2) for spec in DEFAULT_SIGNALS)
+ERROR_RATIO, LATENCY = SPECS
+
+
+@dataclass
+class Behaviour:
+    rps: float = 10.0
+    error_ratio: float = 0.0
+    latency: float = 0.05  # seconds, every request
+
+
+@dataclass
+class Workload:
+    """Serves http_requests_total and a latency histogram; each scrape advances one second."""
+
+    behaviour: dict[Target, Behaviour] = field(default_factory=dict)
+    _requests: dict[tuple[Target, str], float] = field(default_factory=dict)
+    _buckets: dict[tuple[Target, str], float] = field(default_factory=dict)
+    _count: dict[Target, float] = field(default_factory=dict)
+    _sum: dict[Target, float] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = []
+        for target, b in self.behaviour.items():
+            errors = b.rps * b.error_ratio
+            for code, amount in (("200", b.rps - errors), ("500", errors)):
+                key = (target, code)
+                self._requests[key] = self._requests.get(key, 0.0) + amount
+            for le in BUCKETS:
+                hit = le == "+Inf" or b.latency <= float(le)
+                key = (target, le)
+                self._buckets[key] = self._buckets.get(key, 0.0) + (b.rps if hit else 0.0)
+            self._count[target] = self._count.get(target, 0.0) + b.rps
+            self._sum[target] = self._sum.get(target, 0.0) + b.rps * b.latency
+        for (target, code), value in self._requests.items():
+            labels = self._labels(target) + f',code="{code}"'
+            lines.append(f"http_requests_total{{{labels}}} {value}")
+        for (target, le), value in self._buckets.items():
+            labels = self._labels(target) + f',le="{le}"'
+            lines.append(f"http_request_duration_seconds_bucket{{{labels}}} {value}")
+        for target, value in self._count.items():
+            lines.append(f"http_request_duration_seconds_count{{{self._labels(target)}}} {value}")
+            lines.append(
+                f"http_request_duration_seconds_sum{{{self._labels(target)}}} {self._sum[target]}"
+            )
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _labels(target: Target) -> str:
+        return (
+            f'namespace="{target.namespace}",deployment="{target.name}",pod="{target.name}-abc12"'
+        )
+
+
+class CountingPromQL(PromQL):
+    """The real adapter, counting the queries it sends."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, attempts=2, max_backoff=0.2, timeout=5.0)
+        self.queries: list[str] = []
+
+    async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
+        self.queries.append(expr)
+        return await super().query(expr, at)
+
+
+@dataclass
+class Rig:
+    workload: Workload
+    prometheus: PrometheusServer
+    promql: CountingPromQL
+    emitted: list[Signal] = field(default_factory=list)
+    query_errors: list[str] = field(default_factory=list)
+
+    def poller(self, specs: tuple[SignalSpec, ...] = SPECS) -> PrometheusPoller:
+        async def emit(signal: Signal) -> None:
+            self.emitted.append(signal)
+
+        return PrometheusPoller(
+            self.promql,
+            specs,
+            interval=1.0,
+            emit=emit,
+            clock=lambda: datetime.now(UTC),
+            on_query_error=lambda name, exc: self.query_errors.append(name),
+        )
+
+    async def wait_verdict(
+        self, target: Target, spec: SignalSpec, verdict: Verdict, within: float = 30
+    ) -> None:
+        """Wait until Prometheus's data gives ``verdict`` (changes take a few scrapes)."""
+
+        async def probe() -> bool | None:
+            found = await evaluate_specs(self.promql, [spec], target=target)
+            return True if found[(target, spec.name)].verdict is verdict else None
+
+        await poll_until(probe, within=within, interval=0.5, message=f"{target} {verdict}")
+
+
+@pytest.fixture
+async def rig(prometheus_factory: Any) -> AsyncIterator[Rig]:
+    workload = Workload({CART: Behaviour(), WEB: Behaviour()})
+    async with MetricsEndpoint(workload.render) as endpoint:
+        prometheus = await prometheus_factory(targets=[endpoint.host_port])
+        promql = CountingPromQL(prometheus.url)
+        try:
+            yield Rig(workload, prometheus, promql)
+        finally:
+            await promql.close()
+
+
+async def test_fires_after_for_count_breaching_cycles_then_resolves_once(rig: Rig) -> None:
+    rig.workload.behaviour[CART].error_ratio = 0.5
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    poller = rig.poller((ERROR_RATIO,))
+
+    assert await poller.evaluate_once() == []  # one breach: pending
+    second = await poller.evaluate_once()
+    assert [(s.target, s.name, s.status) for s in second] == [
+        (CART, "error_ratio", SignalStatus.FIRING)
+    ]
+    firing = second[0]
+    assert firing.key == f"prom:shop/cart:error_ratio:{firing.started_at.isoformat()}"
+    assert firing.value is not None and firing.value == pytest.approx(0.5, abs=0.1)
+    assert firing.threshold == 0.05
+    assert firing.started_at < firing.observed_at
+
+    third = await poller.evaluate_once()
+    assert [s.key for s in third] == [firing.key]  # repeats with the same key
+
+    rig.workload.behaviour[CART].error_ratio = 0.0
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.HEALTHY)
+    resolved = await poller.evaluate_once()
+    assert [(s.target, s.status) for s in resolved] == [(CART, SignalStatus.RESOLVED)]
+    assert resolved[0].key != firing.key
+    assert await poller.evaluate_once() == []
+    assert all(s.target == CART for s in rig.emitted)
+    assert rig.emitted == [*second, *third, *resolved]
+
+
+async def test_one_breaching_cycle_then_healthy_stays_silent(rig: Rig) -> None:
+    rig.workload.behaviour[CART].error_ratio = 0.5
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    poller = rig.poller((ERROR_RATIO,))
+    assert await poller.evaluate_once() == []
+
+    rig.workload.behaviour[CART].error_ratio = 0.0
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.HEALTHY)
+    assert await poller.evaluate_once() == []
+    assert await poller.evaluate_once() == []
+    assert rig.emitted == []
+    assert poller.tracked == 0
+
+
+async def test_latency_breach_is_read_from_the_histogram(rig: Rig) -> None:
+    rig.workload.behaviour[WEB].latency = 0.8
+    await rig.wait_verdict(WEB, LATENCY, Verdict.BREACH)
+    found = await evaluate_specs(rig.promql, SPECS)
+    assert found[(WEB, "latency_p99")].value is not None
+    assert 0.5 < found[(WEB, "latency_p99")].value <= 1.0  # type: ignore[operator]
+    assert found[(CART, "latency_p99")].verdict is Verdict.HEALTHY
+    assert found[(WEB, "error_ratio")].verdict is Verdict.HEALTHY
+
+
+async def test_prometheus_outage_is_no_data_never_firing(rig: Rig) -> None:
+    rig.workload.behaviour[CART].error_ratio = 0.5
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    poller = rig.poller((ERROR_RATIO,))
+    assert await poller.evaluate_once() == []
+    firing = await poller.evaluate_once()
+    assert [s.status for s in firing] == [SignalStatus.FIRING]
+
+    await rig.prometheus.stop()
+    during = await poller.evaluate_once()
+    assert [(s.target, s.status) for s in during] == [(CART, SignalStatus.NO_DATA)]
+    assert "query failed" in during[0].summary
+    assert rig.query_errors == ["error_ratio"]
+    assert await poller.evaluate_once() == []  # reported once per outage
+    assert not any(
+        s.status is SignalStatus.FIRING
+        for s in rig.emitted
+        if s.observed_at > firing[0].observed_at
+    )
+
+    await rig.prometheus.restart()
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    after = await poller.evaluate_once()
+    # Still the same anomaly: same start, same key, so the daemon joins it.
+    assert [s.key for s in after] == [firing[0].key]
+
+
+async def test_pending_breach_interrupted_by_an_outage_starts_over(rig: Rig) -> None:
+    rig.workload.behaviour[CART].error_ratio = 0.5
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    poller = rig.poller((ERROR_RATIO,))
+    assert await poller.evaluate_once() == []
+
+    await rig.prometheus.stop()
+    during = await poller.evaluate_once()
+    assert [s.status for s in during] == [SignalStatus.NO_DATA]
+
+    await rig.prometheus.restart()
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.BREACH)
+    assert await poller.evaluate_once() == []  # the count restarted at one
+    assert [s.status for s in await poller.evaluate_once()] == [SignalStatus.FIRING]
+
+
+async def test_low_traffic_is_not_judged(rig: Rig) -> None:
+    quiet = Target("shop", "quiet")
+    rig.workload.behaviour[quiet] = Behaviour(rps=1.0, error_ratio=1.0)
+    rig.workload.behaviour[CART].error_ratio = 1.0
+    spec = dataclasses.replace(ERROR_RATIO, min_traffic=3.0)
+    await rig.wait_verdict(CART, spec, Verdict.BREACH)
+
+    found = await evaluate_specs(rig.promql, [spec])
+    assert found[(quiet, "error_ratio")].verdict is Verdict.NO_DATA
+    assert "not judged" in found[(quiet, "error_ratio")].detail
+
+    poller = rig.poller((spec,))
+    for _ in range(3):
+        await poller.evaluate_once()
+    assert {s.target for s in rig.emitted} == {CART}
+
+
+async def test_one_query_per_signal_per_cycle_however_many_deployments(rig: Rig) -> None:
+    fleet = [Target(f"team{i % 4}", f"svc{i}") for i in range(40)]
+    for target in fleet:
+        rig.workload.behaviour[target] = Behaviour(rps=5.0)
+    await rig.wait_verdict(fleet[-1], ERROR_RATIO, Verdict.HEALTHY)
+
+    poller = rig.poller()
+    rig.promql.queries.clear()
+    await poller.evaluate_once()
+    # Two signals, each with one value query and one traffic query.
+    assert len(rig.promql.queries) == 4
+    found = await evaluate_specs(rig.promql, SPECS)
+    judged = {target for (target, _), e in found.items() if e.verdict is Verdict.HEALTHY}
+    assert set(fleet) | {CART, WEB} <= judged
+
+
+async def test_adapter_reads_scrape_interval_health_and_nan(rig: Rig) -> None:
+    # Prometheus lists its targets a few seconds after start; until then it is unknown.
+    interval = await poll_until(
+        rig.promql.scrape_interval, within=30, interval=0.5, message="active targets"
+    )
+    assert interval == timedelta(seconds=1)
+    assert await rig.promql.healthy()
+
+    scalar = await rig.promql.query("0/0")
+    assert len(scalar) == 1 and math.isnan(scalar[0].value) and scalar[0].labels == {}
+    vector = await rig.promql.query('label_replace(vector(0)/0, "namespace", "x", "", "")')
+    assert math.isnan(vector[0].value) and vector[0].labels == {"namespace": "x"}
+
+    with pytest.raises(PromQLError) as bad:
+        await rig.promql.query("sum(")
+    assert not bad.value.retryable
+
+    await rig.prometheus.stop()
+    assert not await rig.promql.healthy()
+    assert await rig.promql.scrape_interval() is None
+    with pytest.raises(PromQLError, match="unreachable"):
+        await rig.promql.query("vector(1)")
+
+
+async def test_adapter_retries_transient_errors_but_not_bad_queries() -> None:
+    statuses = [503, 502]
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.query["query"])
+        if request.query["query"] == "bad":
+            return web.json_response({"status": "error", "error": "parse error"}, status=400)
+        if statuses:
+            return web.Response(status=statuses.pop(0))
+        data = {"resultType": "vector", "result": [{"metric": {}, "value": [1.0, "2"]}]}
+        return web.json_response({"status": "success", "data": data})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    promql = PromQL(f"http://127.0.0.1:{runner.addresses[0][1]}", attempts=3, max_backoff=0.1)
+    try:
+        assert [s.value for s in await promql.query("good")] == [2.0]
+        assert seen == ["good"] * 3
+
+        seen.clear()
+        with pytest.raises(PromQLError, match="400") as bad:
+            await promql.query("bad")
+        assert seen == ["bad"]
+        assert not bad.value.retryable
+
+        seen.clear()
+        statuses.extend([503, 503, 503])
+        with pytest.raises(PromQLError, match="503"):
+            await promql.query("good")
+        assert seen == ["good"] * 3  # bounded
+    finally:
+        await promql.close()
+        await runner.cleanup()
