@@ -17,10 +17,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest_asyncio
 from aiohttp import web
+
+_T = TypeVar("_T")
 
 DEFAULT_STATUS = 202
 DEFAULT_BODY: Mapping[str, Any] = {
@@ -176,17 +178,40 @@ class HttpSink:
 
     async def wait_for(
         self,
-        predicate: Callable[[Sequence[RecordedRequest]], bool],
+        predicate: Callable[[RecordedRequest], bool],
+        timeout: float = 10.0,
+    ) -> RecordedRequest:
+        """Wait for the first request (oldest first) matching ``predicate``; returns it.
+
+        Requests that arrived before the call count too. Raises ``TimeoutError``
+        listing what was received, so a failing test says what the sink saw.
+        """
+        found = await self._wait_until(
+            lambda reqs: next((r for r in reqs if predicate(r)), None), timeout
+        )
+        return found
+
+    async def wait_for_count(
+        self,
+        path_prefix: str,
+        count: int,
         timeout: float = 10.0,
     ) -> list[RecordedRequest]:
-        """Wait until ``predicate(requests)`` holds; returns the requests then.
+        """Wait for at least ``count`` requests under ``path_prefix``; returns all of those."""
 
-        Raises ``TimeoutError`` listing what was received, so a failing test
-        says what the sink actually saw.
-        """
+        def enough(reqs: Sequence[RecordedRequest]) -> list[RecordedRequest] | None:
+            matching = [r for r in reqs if r.path.startswith(path_prefix)]
+            return matching if len(matching) >= count else None
+
+        return await self._wait_until(enough, timeout)
+
+    async def _wait_until(
+        self, probe: Callable[[Sequence[RecordedRequest]], _T | None], timeout: float
+    ) -> _T:
+        """Re-run ``probe`` on every new request until it returns something."""
         deadline = time.monotonic() + timeout
         async with self._changed:
-            while not predicate(self.requests):
+            while (result := probe(self.requests)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [f"{r.method} {r.path} -> {r.status}" for r in self.requests]
@@ -197,20 +222,7 @@ class HttpSink:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     continue
-            return list(self.requests)
-
-    async def wait_for_count(
-        self,
-        count: int,
-        path_prefix: str = "/",
-        timeout: float = 10.0,
-    ) -> list[RecordedRequest]:
-        """Wait for at least ``count`` requests under ``path_prefix``; returns those."""
-        await self.wait_for(
-            lambda reqs: sum(1 for r in reqs if r.path.startswith(path_prefix)) >= count,
-            timeout,
-        )
-        return self.requests_to(path_prefix)
+            return result
 
     # --- handler ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ import aiohttp
 from rollbackd.model import Target
 from rollbackd.notify import AlertmanagerPushChannel, Notification, NotificationKind, Notifier
 from rollbackd.testing.promstack import AlertmanagerFactory, poll_until
-from rollbackd.testing.sink import HttpSink
+from rollbackd.testing.sink import HttpSink, RecordedRequest
 
 APP = Target("shop", "checkout")
 
@@ -159,7 +159,7 @@ async def test_real_alertmanager_fires_and_resolves_the_escalation(
         }
         # Alertmanager routed it on to its receiver, as it would to a pager.
         firing = await pager_sink.wait_for(_webhook_with_status("firing"), timeout=15)
-        assert firing
+        assert firing.json["receiver"] == "rollbackd"
 
         notifier.submit(resolution(datetime.now(UTC)))
         assert await notifier.drain(10.0)
@@ -172,14 +172,13 @@ async def test_real_alertmanager_fires_and_resolves_the_escalation(
     assert [ok for _, ok, _ in results] == [True, True]
 
 
-def _webhook_with_status(status: str) -> Callable[[Any], bool]:
-    def seen(requests: Any) -> bool:
-        return any(
+def _webhook_with_status(status: str) -> Callable[[RecordedRequest], bool]:
+    def seen(r: RecordedRequest) -> bool:
+        return (
             r.path == "/am-webhook"
             and isinstance(r.json, dict)
             and r.json.get("status") == status
             and any(a["labels"].get("alertname") == "RollbackdEscalation" for a in r.json["alerts"])
-            for r in requests
         )
 
     return seen

@@ -230,8 +230,8 @@ async def test_a_stalled_channel_does_not_delay_another(
     try:
         notifier.submit(started())
         notifier.submit(escalation())
-        await healthy.wait_for_count(2, "/hook")
-        await stalled.wait_for_count(1, "/hook")
+        await healthy.wait_for_count("/hook", 2)
+        await stalled.wait_for_count("/hook", 1)
         assert len(stalled.requests) == 1  # still stuck on the first one
         assert not await notifier.drain(0.01)
     finally:

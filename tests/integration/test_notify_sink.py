@@ -47,7 +47,7 @@ async def test_hold_next_records_but_answers_only_after_release(pager_sink: Http
     pager_sink.hold_next("/slow")
     async with aiohttp.ClientSession() as client:
         pending = asyncio.create_task(client.post(f"{pager_sink.url}/slow", json={}))
-        await pager_sink.wait_for_count(1, "/slow")
+        await pager_sink.wait_for_count("/slow", 1)
         assert not pending.done()
         pager_sink.release()
         resp = await pending
@@ -59,7 +59,23 @@ async def test_wait_for_times_out_with_what_was_received(pager_sink: HttpSink) -
     async with aiohttp.ClientSession() as client:
         await client.post(f"{pager_sink.url}/a", json={})
     with pytest.raises(TimeoutError, match=r"POST /a -> 202"):
-        await pager_sink.wait_for(lambda reqs: len(reqs) >= 2, timeout=0.2)
+        await pager_sink.wait_for(lambda r: r.path == "/b", timeout=0.2)
+
+
+async def test_wait_for_returns_the_first_match_including_earlier_requests(
+    pager_sink: HttpSink,
+) -> None:
+    async with aiohttp.ClientSession() as client:
+        await client.post(f"{pager_sink.url}/a", json={"n": 1})
+        await client.post(f"{pager_sink.url}/a", json={"n": 2})
+        pending = asyncio.create_task(pager_sink.wait_for(lambda r: r.json == {"n": 3}))
+        await pager_sink.wait_for_count("/a", 2)
+        assert not pending.done()
+        await client.post(f"{pager_sink.url}/a", json={"n": 3})
+        found = await pending
+    assert found.json == {"n": 3}
+    first = await pager_sink.wait_for(lambda r: r.path == "/a")
+    assert first.json == {"n": 1}
 
 
 async def test_clear_forgets_requests_and_rules() -> None:
