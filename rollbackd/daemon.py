@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal as signal_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -285,7 +286,7 @@ class Daemon:
                     self.kube.run_leader_election(
                         namespace=le.namespace,
                         lease_name=le.lease_name,
-                        identity=le.effective_identity,
+                        identity=le.effective_identity(),
                         lease_duration=le.lease_duration.total_seconds(),
                         renew_deadline=le.renew_deadline.total_seconds(),
                         retry_period=le.retry_period.total_seconds(),
@@ -368,10 +369,7 @@ class Daemon:
                 continue
             state = decode_state(facts.annotations[ANNOTATION_ROLLBACK])
             log.info("resuming_rollback", target=str(target), rollback_id=rollback.id)
-            self.dispatcher.adopt(
-                rollback,
-                lambda target=target, state=state: self.executor.resume(target, state),
-            )
+            self.dispatcher.adopt(rollback, functools.partial(self.executor.resume, target, state))
 
     # -- adapters between stages ---------------------------------------------------------
 
@@ -479,7 +477,7 @@ class Daemon:
         return rollback_id
 
 
-class RollbackRefused(Exception):
+class RollbackRefused(ValueError):
     """A manual rollback that the safety rules do not allow."""
 
     def __init__(self, decision: Decision) -> None:
