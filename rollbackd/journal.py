@@ -208,12 +208,19 @@ class Journal:
         self.path = path
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> Journal:
-        """Open (creating file, parent directory and schema as needed) and migrate."""
+    async def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
+        """Open (creating file, parent directory and schema as needed) and migrate.
+
+        ``create=False`` is for readers (CLI history/show/report): a mistyped
+        path is an error instead of a new, empty journal.
+        """
         text = os.fspath(path)
+        if not create and text != ":memory:" and not await asyncio.to_thread(os.path.isfile, text):
+            raise JournalError(f"journal {text} does not exist")
         if text != ":memory:":
+            parent = Path(text).parent
             try:
-                Path(text).parent.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
             except OSError as exc:
                 raise JournalError(f"journal {text}: cannot create directory: {exc}") from exc
         try:

@@ -302,3 +302,14 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(JournalError, match="newer than this rollbackd understands"):
         await Journal.open(path)
+
+
+async def test_readers_can_refuse_to_create_a_missing_journal(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "journal.sqlite"
+    with pytest.raises(JournalError, match="does not exist"):
+        await Journal.open(missing, create=False)
+    assert not missing.parent.exists()
+    async with await Journal.open(missing):
+        pass
+    async with await Journal.open(missing, create=False) as j:
+        assert await j.list_rollbacks() == []
