@@ -239,10 +239,15 @@ async def evaluate_specs(
             deployment_label=deployment_label,
         )
 
-    outcomes = await asyncio.gather(*(run_one(spec) for spec in specs))
+    # return_exceptions: an unexpected error in one spec must not leave the
+    # other queries running unawaited; it is re-raised once all have finished.
+    outcomes = await asyncio.gather(*(run_one(spec) for spec in specs), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, PromQLError):
+            raise outcome
     results: dict[tuple[Target, str], Evaluation] = {}
     for spec, outcome in zip(specs, outcomes, strict=True):
-        if isinstance(outcome, PromQLError):
+        if isinstance(outcome, BaseException):  # a PromQLError, given the check above
             if target is not None:
                 results[(target, spec.name)] = Evaluation(
                     target,

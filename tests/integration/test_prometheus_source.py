@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from collections.abc import AsyncIterator
@@ -326,3 +327,93 @@ async def test_adapter_retries_transient_errors_but_not_bad_queries() -> None:
     finally:
         await promql.close()
         await runner.cleanup()
+
+
+class ScriptedPromQL:
+    """Stands in for the adapter in loop tests: each query pops the next scripted answer."""
+
+    def __init__(self, script: list[list[Sample] | Exception]) -> None:
+        self.script = script
+        self.calls = 0
+        self.exhausted = asyncio.Event()
+
+    async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
+        self.calls += 1
+        if not self.script:
+            self.exhausted.set()
+            return []
+        answer = self.script.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _breach(target: Target) -> list[Sample]:
+    labels = {"namespace": target.namespace, "deployment": target.name}
+    return [Sample(labels=labels, value=1.0, timestamp=0.0)]
+
+
+async def test_run_survives_a_failing_cycle_and_stops_cleanly_when_cancelled() -> None:
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
+    scripted = ScriptedPromQL([RuntimeError("unexpected"), _breach(CART)])
+    emitted: list[Signal] = []
+
+    async def emit(signal: Signal) -> None:
+        emitted.append(signal)
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=0.01,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    task = asyncio.create_task(poller.run())
+    await asyncio.wait_for(scripted.exhausted.wait(), 10)
+    assert not task.done()  # the RuntimeError cycle did not kill the loop
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [(s.target, s.status) for s in emitted][:1] == [(CART, SignalStatus.FIRING)]
+
+
+async def test_a_firing_target_that_vanishes_from_results_is_no_data() -> None:
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
+    scripted = ScriptedPromQL([_breach(CART), []])
+    emitted: list[Signal] = []
+
+    async def emit(signal: Signal) -> None:
+        emitted.append(signal)
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=1.0,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    await poller.evaluate_once()
+    gone = await poller.evaluate_once()
+    assert [(s.status, s.summary) for s in gone] == [(SignalStatus.NO_DATA, "no series")]
+    assert [s.status for s in emitted] == [SignalStatus.FIRING, SignalStatus.NO_DATA]
+
+
+async def test_a_failing_emit_does_not_hide_the_other_signals() -> None:
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
+    scripted = ScriptedPromQL([_breach(CART) + _breach(WEB)])
+    received: list[Target] = []
+
+    async def emit(signal: Signal) -> None:
+        if signal.target == CART:
+            raise RuntimeError("queue closed")
+        received.append(signal.target)
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=1.0,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    await poller.evaluate_once()
+    assert received == [WEB]

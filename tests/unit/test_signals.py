@@ -207,6 +207,13 @@ class TestEvaluateSpecs:
         await evaluate_specs(as_promql(fake), [ERRORS], target=Target('we"ird', "x"))
         assert r'"we\"ird"' in fake.asked[0][0]
 
+    async def test_an_unexpected_error_surfaces_after_every_query_finished(self) -> None:
+        fake = FakePromQL({"ratio": RuntimeError("bug"), "other": [sample(CART, 1.0)]})
+        other = SignalSpec(name="other", query="other[{window}]", threshold=5.0)
+        with pytest.raises(RuntimeError, match="bug"):
+            await evaluate_specs(as_promql(fake), [ERRORS, other])
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "other[1m]"]
+
 
 class TestDefaults:
     def test_default_signals_are_grouped_by_target_and_take_a_window(self) -> None:
