@@ -30,7 +30,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Poll ``check`` until it holds; fail with ``what`` after DEADLINE seconds."""
 
     async def poll() -> None:
-        while not await check():
+        while True:  # polling with a deadline: the state lives in another component
+            if await check():
+                return
             await asyncio.sleep(0.05)
 
     try:
