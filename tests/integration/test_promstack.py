@@ -6,11 +6,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from rollbackd.model import SignalStatus, Target
+from rollbackd.sources.alertmanager import TargetMapping, alerts_to_signals, parse_payload
 from rollbackd.testing.promstack import (
     AlertmanagerServer,
     BinaryNotFoundError,
@@ -30,11 +33,14 @@ class WebhookRecorder:
     """Records every POST it receives; a stand-in for rollbackd's webhook endpoint."""
 
     received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    raw_bodies: list[bytes] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.received.append((dict(request.headers), json.loads(await request.read())))
+        raw = await request.read()
+        self.raw_bodies.append(raw)
+        self.received.append((dict(request.headers), json.loads(raw)))
         self.changed.set()
         return web.Response(status=200)
 
@@ -175,3 +181,29 @@ def test_missing_binary_is_a_clear_error_not_a_skip(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(BinaryNotFoundError, match="install the Debian package"):
         find_binary(("prometheus",), "PROMETHEUS_BIN")
+
+
+async def test_the_real_webhook_body_parses_into_signals(
+    alertmanager_factory: Any, recorder: WebhookRecorder
+) -> None:
+    """Contract check: our v4 parser reads what this Alertmanager really sends."""
+    am: AlertmanagerServer = await alertmanager_factory(recorder.url)
+    labels = {"alertname": "PodCrashing", "namespace": "shop", "pod": "cart-5f7c9-x2x9q"}
+    await am.post_alerts([{"labels": labels, "annotations": {"summary": "crash loop"}}])
+    sent = await recorder.wait_for_alert_status("firing", within=20)
+
+    payload = parse_payload(recorder.raw_bodies[0])
+    assert payload.group_key == sent["groupKey"]
+    signals, unresolved = alerts_to_signals(
+        payload,
+        TargetMapping(),
+        lambda namespace, pod: Target(namespace, "cart") if pod.startswith("cart-") else None,
+        datetime.now(UTC),
+    )
+    assert unresolved == []
+    [signal] = signals
+    assert signal.target == Target("shop", "cart")
+    assert signal.status is SignalStatus.FIRING
+    assert signal.summary == "crash loop"
+    assert signal.key.startswith(f"am:{sent['alerts'][0]['fingerprint']}:firing:")
+    assert payload.alerts[0].ends_at is None or payload.alerts[0].ends_at > signal.started_at
