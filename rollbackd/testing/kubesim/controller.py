@@ -676,7 +676,9 @@ class Controller:
         name = meta["name"]
         deleted = event_type == "DELETED"
         if key == DEPLOYMENTS:
-            if self._current != ("deployment", namespace, name) and not deleted:
+            # Its own status writes re-enqueue it too, as upstream: the next pass sees the
+            # completed status and cleans up old ReplicaSets.
+            if not deleted:
                 self._enqueue(("deployment", namespace, name))
         elif key == REPLICASETS:
             self._route_replicaset(namespace, name, obj, deleted)
