@@ -8,12 +8,16 @@ The default scenario is the textbook case: shop/cart's revision 7 rolled out
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from rollbackd.decide import ReasonCode, decide
+from rollbackd.guard import disallowed_changes, mutable_images, template_diff_paths
 from rollbackd.model import (
     ANNOTATION_DRY_RUN,
     ANNOTATION_ENABLED,
@@ -694,3 +698,311 @@ def test_disallowed_fields_are_reported_before_mutable_images() -> None:
         ),
     )
     assert run(cluster=facts(revisions=revisions)).reason_code == "guard_disallowed_fields"
+
+
+# --- properties over generated scenarios -------------------------------------
+#
+# A scenario starts from a target on which a rollback is plausible (a recent
+# rollout, older revisions with varied images, pod shapes and lifetimes) and
+# then applies a few perturbations, each of which may trip one safety rule.
+# Rollbacks, escalations, skips and joins all come up often that way.
+
+_IMAGES = ("shop/cart:4", "shop/cart:5", "shop/cart:6", "shop/cart:latest", "shop/cart")
+_LIFETIMES = (minutes(1), minutes(10), timedelta(hours=5), timedelta(days=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    signal: Signal
+    facts: ClusterFacts
+    history: History
+    policy: Policy
+    now: datetime = NOW
+
+    def decide(self) -> Decision:
+        return decide(self.signal, self.facts, self.history, self.policy, self.now)
+
+    def with_facts(self, **changes: Any) -> Scenario:
+        return dataclasses.replace(self, facts=dataclasses.replace(self.facts, **changes))
+
+    def with_history(self, **changes: Any) -> Scenario:
+        return dataclasses.replace(self, history=dataclasses.replace(self.history, **changes))
+
+    def with_policy(self, **changes: Any) -> Scenario:
+        return dataclasses.replace(self, policy=dataclasses.replace(self.policy, **changes))
+
+    def with_signal(self, **changes: Any) -> Scenario:
+        return dataclasses.replace(self, signal=dataclasses.replace(self.signal, **changes))
+
+
+def _running_state() -> str:
+    return encode_state(RollbackState("rb-annotated", Phase.VERIFYING, 7, 6, NOW, NOW, "rollback"))
+
+
+def _restore_current(s: Scenario) -> Scenario:
+    newest = max(r.revision for r in s.facts.revisions)
+    revisions = tuple(
+        dataclasses.replace(r, restored_by="rb-earlier") if r.revision == newest else r
+        for r in s.facts.revisions
+    )
+    return s.with_facts(revisions=revisions)
+
+
+def _annotate(s: Scenario, key: str, value: str) -> Scenario:
+    return s.with_facts(annotations={**s.facts.annotations, key: value})
+
+
+PERTURBATIONS: dict[str, Any] = {
+    "resolved": lambda s: s.with_signal(status=SignalStatus.RESOLVED),
+    "no_data": lambda s: s.with_signal(status=SignalStatus.NO_DATA, value=None),
+    "missing": lambda s: s.with_facts(exists=False),
+    "namespace": lambda s: s.with_policy(namespace_allowed=False),
+    "disabled": lambda s: s.with_policy(enabled=False),
+    "opt_out_annotation": lambda s: _annotate(s, ANNOTATION_ENABLED, "false"),
+    "in_flight": lambda s: s.with_history(
+        in_flight=rollback_record(Phase.ROLLING_BACK, rid="rb-now")
+    ),
+    "state_annotation": lambda s: _annotate(s, ANNOTATION_ROLLBACK, _running_state()),
+    "restored_current": _restore_current,
+    "restored_in_history": lambda s: s.with_history(
+        restored_revisions=(max(r.revision for r in s.facts.revisions),)
+    ),
+    "recent_rollback": lambda s: s.with_history(
+        last_finished=rollback_record(Phase.ROLLBACK_COMPLETED, finished_ago=minutes(5))
+    ),
+    "old_rollback": lambda s: s.with_history(
+        last_finished=rollback_record(Phase.ESCALATED, finished_ago=timedelta(days=3))
+    ),
+    "paused": lambda s: s.with_facts(paused=True),
+    "rollout_unknown": lambda s: s.with_facts(rollout_started_at=None),
+    "rollout_after_anomaly": lambda s: s.with_signal(started_at=NOW - timedelta(days=1)),
+    "dry_run_policy": lambda s: s.with_policy(dry_run=True),
+    "dry_run_annotation": lambda s: _annotate(s, ANNOTATION_DRY_RUN, "true"),
+    "gitops": lambda s: s.with_facts(gitops_owner="flux:Kustomization/shop"),
+    "mutable_allowed": lambda s: s.with_policy(allow_mutable_images=True),
+    "resources_allowed": lambda s: s.with_policy(allowed_template_fields=("image", "resources")),
+}
+
+
+@st.composite
+def _older_revision(draw: st.DrawFn, number: int, *, likely_rollback: bool) -> RevisionInfo:
+    cpus = [None, None, "1"] if likely_rollback else [None, "1", "2"]
+    cpu = draw(st.sampled_from(cpus))
+    extra = {"resources": {"limits": {"cpu": cpu}}} if cpu else {}
+    lifetime = draw(st.sampled_from(_LIFETIMES))
+    unknown_share = [lifetime] * (4 if likely_rollback else 2) + [None]
+    return revision(
+        number,
+        created_ago=lifetime + draw(st.sampled_from([minutes(10), timedelta(days=3)])),
+        ran_for=draw(st.sampled_from(unknown_share)),
+        tpl=template(draw(st.sampled_from((*_IMAGES, "shop/cart:7"))), **extra),
+    )
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn,
+    perturbations: Sequence[str] = tuple(PERTURBATIONS),
+    *,
+    likely_rollback: bool = False,
+) -> Scenario:
+    """A generated scenario; ``likely_rollback`` narrows the choices towards a rollback."""
+    current = draw(st.integers(2, 12))
+    older_numbers = draw(
+        st.lists(
+            st.integers(1, current - 1),
+            min_size=1 if likely_rollback else 0,
+            max_size=4,
+            unique=True,
+        )
+    )
+    rollout_choices = [minutes(8), minutes(20)] + ([] if likely_rollback else [timedelta(hours=3)])
+    rollout_ago = draw(st.sampled_from(rollout_choices))
+    window_choices = [minutes(30), timedelta(hours=4)] + ([] if likely_rollback else [minutes(5)])
+    stable_choices = [minutes(1), minutes(10)] + ([] if likely_rollback else [timedelta(hours=1)])
+    revisions = (
+        revision(current, image="shop/cart:7", created_ago=rollout_ago),
+        *(draw(_older_revision(n, likely_rollback=likely_rollback)) for n in older_numbers),
+    )
+    base = Scenario(
+        signal=signal(started_ago=draw(st.sampled_from([timedelta(0), minutes(1), minutes(6)]))),
+        facts=facts(revisions=tuple(draw(st.permutations(revisions))), rollout_ago=rollout_ago),
+        history=History(),
+        policy=Policy(
+            change_window=draw(st.sampled_from(window_choices)),
+            min_stable=draw(st.sampled_from(stable_choices)),
+        ),
+    )
+    for name in sorted(draw(st.sets(st.sampled_from(sorted(perturbations)), max_size=3))):
+        base = PERTURBATIONS[name](base)
+    return base
+
+
+# Perturbations that never stand in the way of a rollback, for the
+# properties about what a rollback looks like (so most examples roll back).
+HARMLESS = ("dry_run_policy", "gitops", "mutable_allowed", "old_rollback", "resources_allowed")
+ACTING = {Action.ROLLBACK, Action.DRY_RUN}
+
+
+@given(scenarios(), st.sampled_from([SignalStatus.RESOLVED, SignalStatus.NO_DATA]))
+def test_resolved_or_no_data_signal_is_never_a_trigger(
+    scenario: Scenario, status: SignalStatus
+) -> None:
+    decision = scenario.with_signal(status=status).decide()
+    assert decision.action is Action.SKIP
+    assert decision.reason_code in {"signal_resolved", "no_data"}
+
+
+@given(scenarios(HARMLESS, likely_rollback=True))
+def test_rollback_goes_to_the_newest_older_different_and_stable_revision(
+    scenario: Scenario,
+) -> None:
+    decision = scenario.decide()
+    assume(decision.action in ACTING)
+    by_number = {r.revision: r for r in scenario.facts.revisions}
+    current = by_number[max(by_number)]
+    assert decision.from_revision == current.revision
+    assert decision.to_revision is not None and decision.to_revision < decision.from_revision
+    chosen = by_number[decision.to_revision]
+    min_stable = scenario.policy.min_stable
+
+    def candidate(r: RevisionInfo) -> bool:
+        differs = template_diff_paths(current.template, r.template) != []
+        return differs and r.replaced_at is not None and r.replaced_at - r.created_at >= min_stable
+
+    assert candidate(chosen)
+    assert not any(
+        candidate(r) for r in by_number.values() if chosen.revision < r.revision < current.revision
+    )
+
+
+@given(scenarios(HARMLESS))
+def test_rollout_outside_the_change_window_is_never_rolled_back(scenario: Scenario) -> None:
+    started = scenario.facts.rollout_started_at
+    lead = None if started is None else scenario.signal.started_at - started
+    if lead is None or not timedelta(0) <= lead <= scenario.policy.change_window:
+        assert scenario.decide().action not in ACTING
+
+
+@given(scenarios(HARMLESS, likely_rollback=True))
+def test_rollback_only_restores_allowed_fields_and_immutable_images(scenario: Scenario) -> None:
+    decision = scenario.decide()
+    assume(decision.action in ACTING)
+    chosen = next(r for r in scenario.facts.revisions if r.revision == decision.to_revision)
+    paths = template_diff_paths(scenario.facts.template, chosen.template)
+    assert disallowed_changes(paths, scenario.policy.allowed_template_fields) == []
+    if not scenario.policy.allow_mutable_images:
+        assert mutable_images(chosen.template) == []
+
+
+@given(scenarios())
+def test_rollback_never_ignores_a_skip_or_escalation_rule(scenario: Scenario) -> None:
+    decision = scenario.decide()
+    if decision.action in ACTING:
+        assert scenario.signal.status is SignalStatus.FIRING
+        assert scenario.facts.exists and not scenario.facts.paused
+        assert scenario.policy.enabled and scenario.policy.namespace_allowed
+        assert ANNOTATION_ENABLED not in scenario.facts.annotations
+        assert scenario.history.in_flight is None
+        assert ANNOTATION_ROLLBACK not in scenario.facts.annotations
+
+
+@given(scenarios())
+def test_current_revision_restored_by_rollbackd_is_never_rolled_back(scenario: Scenario) -> None:
+    assert _restore_current(scenario).decide().action not in ACTING
+
+
+@given(scenarios())
+def test_rollback_in_flight_is_joined_never_doubled(scenario: Scenario) -> None:
+    in_flight = rollback_record(Phase.VERIFYING, rid="rb-in-flight")
+    decision = scenario.with_history(in_flight=in_flight).decide()
+    assert decision.action in {Action.SKIP, Action.JOIN}
+    if decision.action is Action.JOIN:
+        assert decision.rollback_id == "rb-in-flight"
+
+
+@given(scenarios(), st.sampled_from([timedelta(0), minutes(1), minutes(29)]))
+def test_nothing_is_rolled_back_within_the_cooldown(
+    scenario: Scenario, finished_ago: timedelta
+) -> None:
+    last = rollback_record(Phase.ROLLBACK_COMPLETED, finished_ago=finished_ago)
+    scenario = scenario.with_history(last_finished=last).with_policy(cooldown=minutes(30))
+    assert scenario.decide().action not in ACTING
+
+
+@given(scenarios())
+def test_dry_run_never_rolls_back(scenario: Scenario) -> None:
+    assert scenario.with_policy(dry_run=True).decide().action is not Action.ROLLBACK
+
+
+@given(scenarios())
+def test_dry_run_turns_a_rollback_into_a_report_and_changes_nothing_else(
+    scenario: Scenario,
+) -> None:
+    real = scenario.with_policy(dry_run=False).decide()
+    dry = scenario.with_policy(dry_run=True).decide()
+    if real.action is Action.ROLLBACK:
+        assert dry.action is Action.DRY_RUN
+        assert (dry.from_revision, dry.to_revision) == (real.from_revision, real.to_revision)
+    else:
+        assert (dry.action, dry.reason_code) == (real.action, real.reason_code)
+
+
+@given(scenarios())
+def test_decision_is_deterministic_and_explains_itself(scenario: Scenario) -> None:
+    first, second = scenario.decide(), scenario.decide()
+    assert first == second
+    assert "shop/cart" in first.reason
+    assert first.reason_code in {code.value for code in ReasonCode}
+    assert (first.action is Action.JOIN) == (first.rollback_id is not None)
+
+
+def _shift(scenario: Scenario, by: timedelta) -> Scenario:
+    """The same scenario with every point in time moved by ``by``."""
+
+    def moved(at: datetime | None) -> datetime | None:
+        return None if at is None else at + by
+
+    def rollback(r: Rollback | None) -> Rollback | None:
+        if r is None:
+            return None
+        return dataclasses.replace(
+            r,
+            started_at=r.started_at + by,
+            updated_at=r.updated_at + by,
+            finished_at=moved(r.finished_at),
+        )
+
+    revisions = tuple(
+        dataclasses.replace(r, created_at=r.created_at + by, replaced_at=moved(r.replaced_at))
+        for r in scenario.facts.revisions
+    )
+    return Scenario(
+        signal=dataclasses.replace(
+            scenario.signal,
+            started_at=scenario.signal.started_at + by,
+            observed_at=scenario.signal.observed_at + by,
+        ),
+        facts=dataclasses.replace(
+            scenario.facts,
+            revisions=revisions,
+            rollout_started_at=moved(scenario.facts.rollout_started_at),
+        ),
+        history=dataclasses.replace(
+            scenario.history,
+            in_flight=rollback(scenario.history.in_flight),
+            last_finished=rollback(scenario.history.last_finished),
+        ),
+        policy=scenario.policy,
+        now=scenario.now + by,
+    )
+
+
+@given(
+    scenarios(),
+    st.sampled_from([timedelta(days=-9000), timedelta(seconds=1), timedelta(days=36500)]),
+)
+def test_decision_depends_on_relative_times_only_never_on_the_wall_clock(
+    scenario: Scenario, by: timedelta
+) -> None:
+    assert _shift(scenario, by).decide() == scenario.decide()
