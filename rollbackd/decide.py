@@ -10,8 +10,12 @@ Check order, first match wins, and why:
    trigger, whatever the cluster looks like (safety rule 8).
 2. ``target_not_found``, ``namespace_not_allowed``, ``opted_out`` (SKIP):
    there is nothing rollbackd may act on, so nothing else matters (rule 5).
+   The ``rollbackd.io/enabled: "false"`` annotation is read here too, in
+   case the policy was built before it was set.
 3. ``rollback_in_flight`` (JOIN): a repeated or duplicate alert during a
-   rollback belongs to it, never to a second one (rule 3). It precedes every
+   rollback belongs to it, never to a second one (rule 3). History's
+   in-flight rollback counts, and so does a non-terminal phase in the
+   Deployment's ``rollbackd.io/rollback`` state annotation. It precedes every
    escalation because during verification the restored revision is current
    and a breach there is the verifier's business, not a new incident.
 4. ``restored_revision_breaching`` (ESCALATE): the current revision is one
@@ -31,6 +35,13 @@ Check order, first match wins, and why:
 10. ``dry_run`` (DRY_RUN), else ``rollback`` (ROLLBACK). Dry-run is last so it
     reports exactly what would have been done; skips, joins and escalations
     above stay what they are.
+
+Definitions: the current revision is the highest revision number (the
+controller numbers them); a revision was stable when ``replaced_at -
+created_at >= min_stable``, and an unknown ``replaced_at`` is not stable; the
+change window includes both edges (a rollout exactly ``change_window`` before
+the anomaly, or at the same instant, is recent). Dry-run comes from the
+policy or the ``rollbackd.io/dry-run: "true"`` annotation.
 
 Every decision carries a stable ``ReasonCode`` (a metric label) and a
 sentence naming the target, the revisions and the numbers involved. The
