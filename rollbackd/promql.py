@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import requests
+import yaml
 from prometheus_api_client import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from tenacity import (
@@ -191,7 +192,9 @@ class PromQL:
     async def scrape_interval(self) -> timedelta | None:
         """The most common ``scrapeInterval`` of active targets; None when unknown.
 
-        None also when Prometheus cannot be asked: the caller falls back to
+        Prometheus lists targets only a few seconds after it starts, so with
+        none listed yet the global ``scrape_interval`` of its loaded config is
+        used. None when Prometheus cannot be asked: the caller falls back to
         its configured interval rather than failing to start.
         """
         try:
@@ -206,9 +209,29 @@ class PromQL:
                     counts[parse_duration(raw)] += 1
                 except ValueError:
                     continue
-        if not counts:
+        if counts:
+            return counts.most_common(1)[0][0]
+        return await self._global_scrape_interval()
+
+    async def _global_scrape_interval(self) -> timedelta | None:
+        try:
+            data = await self._call(self._fetch_config)
+            loaded = yaml.safe_load(data["data"]["yaml"]) or {}
+            raw = (loaded.get("global") or {}).get("scrape_interval")
+            return parse_duration(raw) if isinstance(raw, str) else None
+        except (PromQLError, KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
             return None
-        return counts.most_common(1)[0][0]
+
+    def _fetch_config(self) -> Any:
+        # PrometheusConnect has no call for /api/v1/status/config; use its session.
+        response = self._client._session.get(
+            f"{self.url}/api/v1/status/config",
+            headers=self._client.headers,
+            timeout=self._timeout,
+        )
+        if response.status_code != 200:
+            raise PrometheusApiClientException(f"HTTP Status Code {response.status_code}")
+        return response.json()
 
     async def healthy(self) -> bool:
         """One attempt, no retries: is Prometheus answering right now?"""

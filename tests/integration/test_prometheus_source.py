@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -265,12 +266,21 @@ async def test_one_query_per_signal_per_cycle_however_many_deployments(rig: Rig)
     assert set(fleet) | {CART, WEB} <= judged
 
 
+async def _has_active_targets(url: str) -> bool | None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/api/v1/targets", params={"state": "active"}) as resp,
+    ):
+        return True if (await resp.json())["data"]["activeTargets"] else None
+
+
 async def test_adapter_reads_scrape_interval_health_and_nan(rig: Rig) -> None:
-    # Prometheus lists its targets a few seconds after start; until then it is unknown.
-    interval = await poll_until(
-        rig.promql.scrape_interval, within=30, interval=0.5, message="active targets"
+    # Right after start (targets not listed yet) the global config answers.
+    assert await rig.promql.scrape_interval() == timedelta(seconds=1)
+    await poll_until(
+        lambda: _has_active_targets(rig.prometheus.url), within=30, message="active targets"
     )
-    assert interval == timedelta(seconds=1)
+    assert await rig.promql.scrape_interval() == timedelta(seconds=1)
     assert await rig.promql.healthy()
 
     scalar = await rig.promql.query("0/0")
