@@ -548,3 +548,43 @@ async def test_a_change_to_one_deployment_touches_only_its_own_objects(cluster: 
     finally:
         unsubscribe()
     assert touched == {"svc7"}
+
+
+async def test_scaling_mid_rollout_is_proportional_like_the_upstream_docs_example(
+    cluster: Cluster,
+) -> None:
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}
+    await deploy(cluster, replicas=10, strategy=strategy)
+    cluster.edit(
+        "web",
+        lambda d: d["spec"]["template"]["metadata"].update(
+            annotations={"kubesim.rollbackd.io/ready": "false"}
+        ),
+    )
+    await cluster.settle()
+    await cluster.advance(READY_DELAY)
+    old, new = cluster.replicasets()
+    assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (8, 5)
+
+    cluster.edit("web", lambda d: d["spec"].update(replicas=15))
+    await cluster.settle()
+    old, new = cluster.replicasets()
+    # 5 more replicas allowed (15 + 3 surge - 13): 3 to the old ReplicaSet, 2 to the new one.
+    assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (11, 7)
+
+
+async def test_repeated_identical_events_are_aggregated_with_a_count(cluster: Cluster) -> None:
+    await deploy(cluster, replicas=2)
+    for replicas in (3, 2, 3):
+        cluster.edit("web", lambda d, n=replicas: d["spec"].update(replicas=n))
+        await cluster.run_until(cluster.rollout_complete)
+    rs_name = cluster.replicasets()[0]["metadata"]["name"]
+    events = {
+        e["message"]: e
+        for e in cluster.store.list("v1/events", "default")
+        if e["reason"] == "ScalingReplicaSet"
+    }
+    repeated = events[f"Scaled up replica set {rs_name} from 2 to 3"]
+    assert repeated["count"] == 2
+    assert repeated["lastTimestamp"] >= repeated["firstTimestamp"]
+    assert events[f"Scaled down replica set {rs_name} from 3 to 2"]["count"] == 1
