@@ -919,9 +919,10 @@ class Controller:
         self._save(DEPLOYMENTS, d, status=True)
 
     def _find_new_rs(self, d: Obj, rs_list: list[Obj]) -> Obj | None:
-        template = d["spec"].get("template")
+        """The oldest ReplicaSet whose template equals the Deployment's (FindNewReplicaSet)."""
+        template = _without_hash_label(d["spec"].get("template") or {})
         for rs in sorted(rs_list, key=_by_creation):
-            if equal_ignore_hash(rs["spec"].get("template"), template):
+            if _without_hash_label(rs["spec"].get("template") or {}) == template:
                 return rs
         return None
 
