@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import signal as signal_module
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -280,24 +281,42 @@ class Daemon:
         self.url = f"http://{bound_host}:{bound_port}"
         log.info("listening", url=self.url, scrape_interval=self.scrape_interval.total_seconds())
         if s.leader_election.enabled:
-            le = s.leader_election
             self._tasks.append(
                 asyncio.create_task(
-                    self.kube.run_leader_election(
-                        namespace=le.namespace,
-                        lease_name=le.lease_name,
-                        identity=le.effective_identity(),
-                        lease_duration=le.lease_duration.total_seconds(),
-                        renew_deadline=le.renew_deadline.total_seconds(),
-                        retry_period=le.retry_period.total_seconds(),
-                        on_started=self._become_leader,
-                        on_stopped=self._lose_leadership,
-                    ),
-                    name="leader-election",
+                    self._supervised("leader-election", self._campaign), name="leader-election"
                 )
             )
         else:
             await self._become_leader()
+
+    async def _campaign(self) -> None:
+        le = self.settings.leader_election
+        await self.kube.run_leader_election(
+            namespace=le.namespace,
+            lease_name=le.lease_name,
+            identity=le.effective_identity(),
+            # Lease.spec.leaseDurationSeconds is an integer.
+            lease_duration=max(1, math.ceil(le.lease_duration.total_seconds())),
+            renew_deadline=le.renew_deadline.total_seconds(),
+            retry_period=le.retry_period.total_seconds(),
+            on_started=self._become_leader,
+            on_stopped=self._lose_leadership,
+        )
+
+    async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` forever: a crash is logged and retried, never silently fatal."""
+        delay = 1.0
+        while True:
+            try:
+                await body()
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background_task_failed", task=name, retry_in=delay)
+                await self._lose_leadership()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         if self.one_shot:
