@@ -862,8 +862,8 @@ class KubeApi:
                 )
             meta["namespace"] = route.namespace
         if expect_name is not None:
-            given_name = meta.get("name")
-            if given_name and given_name != expect_name:
+            given_name = meta.get("name") or ""
+            if given_name != expect_name:  # a missing name is a mismatch too, as upstream
                 raise bad_request(
                     f"the name of the object ({given_name}) does not match the name on the URL ({expect_name})"
                 )
