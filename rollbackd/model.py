@@ -7,26 +7,23 @@ Times are timezone-aware UTC datetimes; durations are ``timedelta``.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 ANNOTATION_PREFIX = "rollbackd.io/"
 ANNOTATION_ENABLED = "rollbackd.io/enabled"
 ANNOTATION_ROLLBACK = "rollbackd.io/rollback"  # JSON state of the rollback in flight
-ANNOTATION_RESTORED = "rollbackd.io/restored"  # on the Deployment: JSON {rollback_id, template_hash, revision}
+ANNOTATION_RESTORED = (
+    "rollbackd.io/restored"  # on the Deployment: JSON {rollback_id, template_hash, revision}
+)
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
 ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
-
-
-class StrEnum(str, enum.Enum):
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, order=True)

@@ -67,7 +67,7 @@ def decode_state(text: str) -> RollbackState:
     if not isinstance(rollback_id, str) or not rollback_id:
         raise ValueError("rollback state field rollback_id must be a non-empty string")
     try:
-        phase = Phase(raw.get("phase"))
+        phase = Phase(str(raw.get("phase")))
     except ValueError as exc:
         raise ValueError(f"rollback state field phase is unknown: {raw.get('phase')!r}") from exc
     reason_code = raw.get("reason_code", "")
