@@ -167,7 +167,7 @@ async def open_journal_read_only(path: str) -> AsyncIterator[Any]:
     """Open a journal that ``_journal_path`` found; the CLI only reads from it."""
     from rollbackd.journal import Journal
 
-    journal = await Journal.open(path)
+    journal = await Journal.open(path, create=False)
     try:
         yield journal
     finally:
