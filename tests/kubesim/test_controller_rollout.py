@@ -588,3 +588,24 @@ async def test_repeated_identical_events_are_aggregated_with_a_count(cluster: Cl
     assert repeated["count"] == 2
     assert repeated["lastTimestamp"] >= repeated["firstTimestamp"]
     assert events[f"Scaled down replica set {rs_name} from 3 to 2"]["count"] == 1
+
+
+async def test_image_pull_failure_knob_leaves_pods_pending_in_back_off(cluster: Cluster) -> None:
+    await deploy(cluster, replicas=1)
+    cluster.edit(
+        "web",
+        lambda d: d["spec"]["template"]["metadata"].update(
+            annotations={"kubesim.rollbackd.io/image-pull": "fail"}
+        ),
+    )
+    cluster.set_image("app:missing")
+    await cluster.settle()
+    await cluster.advance(10 * READY_DELAY)
+    new_rs = cluster.replicasets()[-1]["metadata"]["name"]
+    [pod] = cluster.pods(new_rs)
+    assert pod["status"]["phase"] == "Pending"
+    [container] = pod["status"]["containerStatuses"]
+    assert container["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    assert container["imageID"] == ""
+    assert not _ready(pod)
+    assert len(cluster.pods()) == 2, "the old pod keeps serving while the new one cannot start"

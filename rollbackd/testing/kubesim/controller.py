@@ -14,6 +14,12 @@ Work is event driven and proportional to change: the store's change stream
 feeds a de-duplicating work queue, owner indexes map pods to ReplicaSets to
 Deployments, and timers (pod readiness, minReadySeconds, progress deadlines)
 re-enqueue single objects. Nothing ever walks the whole cluster after start.
+
+Pod behaviour follows annotations on the pod template, so a rollback restores
+it: ``kubesim.rollbackd.io/ready`` ("false": Running but never Ready),
+``kubesim.rollbackd.io/ready-after`` ("2s", "500ms"; default
+``pod_ready_delay``) and ``kubesim.rollbackd.io/image-pull`` ("fail": Pending
+in ImagePullBackOff). Pod deletion is immediate (no graceful termination).
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ MAX_REVISION_HISTORY_CHARS = 2000
 
 KNOB_READY = "kubesim.rollbackd.io/ready"
 KNOB_READY_AFTER = "kubesim.rollbackd.io/ready-after"
+# "fail": every container stays Waiting in ImagePullBackOff (phase Pending, never Ready).
+KNOB_IMAGE_PULL = "kubesim.rollbackd.io/image-pull"
 
 COMPONENT = "deployment-controller"
 NODE_NAME = "kubesim-node"
@@ -1432,13 +1440,14 @@ class Controller:
         if annotations:
             meta["annotations"] = annotations
         containers = spec.get("containers") or []
+        pull_fails = str(annotations.get(KNOB_IMAGE_PULL, "")).lower() == "fail"
         pod: Obj = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": meta,
             "spec": spec,
             "status": {
-                "phase": "Running",
+                "phase": "Pending" if pull_fails else "Running",
                 "conditions": _pod_conditions(ready=False, now=now, containers=containers),
                 "hostIP": NODE_IP,
                 "hostIPs": [{"ip": NODE_IP}],
@@ -1447,13 +1456,15 @@ class Controller:
                 "startTime": now,
                 "qosClass": "BestEffort",
                 "containerStatuses": [
-                    _container_status(container, ready=False, started_at=now)
+                    _pull_failure_status(container)
+                    if pull_fails
+                    else _container_status(container, ready=False, started_at=now)
                     for container in containers
                 ],
             },
         }
         created = self._store.create(PODS, pod)
-        delay = self._ready_delay(annotations)
+        delay = None if pull_fails else self._ready_delay(annotations)
         if delay is None:
             return
         item = ("pod-ready", created["metadata"]["namespace"], created["metadata"]["name"])
@@ -1646,6 +1657,26 @@ def _pod_conditions(
         condition("ContainersReady", ready, reason="ContainersNotReady"),
         condition("PodScheduled", True),
     ]
+
+
+def _pull_failure_status(container: Mapping[str, Any]) -> Obj:
+    """A container whose image cannot be pulled: no imageID, waiting in back-off."""
+    image = str(container.get("image") or "")
+    return {
+        "name": str(container.get("name") or ""),
+        "state": {
+            "waiting": {
+                "reason": "ImagePullBackOff",
+                "message": f'Back-off pulling image "{image}"',
+            }
+        },
+        "lastState": {},
+        "ready": False,
+        "restartCount": 0,
+        "image": image,
+        "imageID": "",
+        "started": False,
+    }
 
 
 def _container_status(container: Mapping[str, Any], *, ready: bool, started_at: str) -> Obj:
