@@ -166,31 +166,45 @@ async def test_get_of_a_missing_object_is_a_not_found_status(api: Api) -> None:
     }
 
 
+# Applications: a kind with spec, generation and a status subresource that no
+# controller touches, so every change in these tests is the test's own.
+APPLICATIONS = "/apis/argoproj.io/v1alpha1/namespaces/default/applications"
+
+
+def application(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name},
+        "spec": {"project": "default", "replicas": 1},
+    }
+
+
 async def test_replace_with_a_stale_resource_version_is_409_conflict(api: Api) -> None:
-    _, created = await api.call("POST", DEPLOYMENTS, deployment("web"))
+    _, created = await api.call("POST", APPLICATIONS, application("web"))
     first = json.loads(json.dumps(created))
     first["spec"]["replicas"] = 2
-    status, updated = await api.call("PUT", f"{DEPLOYMENTS}/web", first)
+    status, updated = await api.call("PUT", f"{APPLICATIONS}/web", first)
     assert status == 200
     assert updated["metadata"]["generation"] == 2
     stale = json.loads(json.dumps(created))
     stale["spec"]["replicas"] = 5
-    status, body = await api.call("PUT", f"{DEPLOYMENTS}/web", stale)
+    status, body = await api.call("PUT", f"{APPLICATIONS}/web", stale)
     assert status == 409
     assert body["reason"] == "Conflict"
     assert body["message"] == (
-        'Operation cannot be fulfilled on deployments.apps "web": the object has been modified; '
-        "please apply your changes to the latest version and try again"
+        'Operation cannot be fulfilled on applications.argoproj.io "web": the object has been '
+        "modified; please apply your changes to the latest version and try again"
     )
-    _, current = await api.call("GET", f"{DEPLOYMENTS}/web")
+    _, current = await api.call("GET", f"{APPLICATIONS}/web")
     assert current["spec"]["replicas"] == 2
 
 
 async def test_generation_moves_only_when_spec_changes(api: Api) -> None:
-    _, created = await api.call("POST", DEPLOYMENTS, deployment("web"))
+    _, created = await api.call("POST", APPLICATIONS, application("web"))
     labelled = json.loads(json.dumps(created))
     labelled["metadata"]["labels"] = {"team": "sre"}
-    _, updated = await api.call("PUT", f"{DEPLOYMENTS}/web", labelled)
+    _, updated = await api.call("PUT", f"{APPLICATIONS}/web", labelled)
     assert updated["metadata"]["generation"] == 1
     assert updated["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
 
@@ -210,17 +224,17 @@ async def test_replace_of_a_missing_object_is_404(api: Api) -> None:
 
 
 async def test_plain_update_ignores_status_and_status_subresource_ignores_spec(api: Api) -> None:
-    _, created = await api.call("POST", DEPLOYMENTS, deployment("web"))
+    _, created = await api.call("POST", APPLICATIONS, application("web"))
     sneaky = json.loads(json.dumps(created))
-    sneaky["status"] = {"replicas": 7}
-    _, after_main = await api.call("PUT", f"{DEPLOYMENTS}/web", sneaky)
-    assert after_main["status"] == created["status"]
+    sneaky["status"] = {"health": "Degraded"}
+    _, after_main = await api.call("PUT", f"{APPLICATIONS}/web", sneaky)
+    assert "status" not in after_main
     status_write = json.loads(json.dumps(after_main))
-    status_write["status"] = {"replicas": 3, "observedGeneration": 1}
+    status_write["status"] = {"health": "Healthy"}
     status_write["spec"]["replicas"] = 9
-    status, after_status = await api.call("PUT", f"{DEPLOYMENTS}/web/status", status_write)
+    status, after_status = await api.call("PUT", f"{APPLICATIONS}/web/status", status_write)
     assert status == 200
-    assert after_status["status"]["replicas"] == 3
+    assert after_status["status"] == {"health": "Healthy"}
     assert after_status["spec"]["replicas"] == 1
 
 
@@ -232,6 +246,8 @@ async def test_scale_subresource_reads_and_writes_spec_replicas(api: Api) -> Non
     assert scale["spec"]["replicas"] == 1
     assert scale["status"]["selector"] == "app=web"
     scale["spec"]["replicas"] = 4
+    # No precondition: the controller may write the Deployment between GET and PUT.
+    del scale["metadata"]["resourceVersion"]
     status, written = await api.call("PUT", f"{DEPLOYMENTS}/web/scale", scale)
     assert status == 200 and written["spec"]["replicas"] == 4
     _, current = await api.call("GET", f"{DEPLOYMENTS}/web")
