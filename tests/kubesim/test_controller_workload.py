@@ -200,3 +200,30 @@ async def test_metrics_are_served_over_http(harness: Harness) -> None:
     families = {family.name for family in text_string_to_metric_families(body)}
     assert families == {"http_requests", "http_request_duration_seconds"}
     assert 'deployment="api"' in body
+
+
+async def test_degrade_overrides_every_version_and_counters_never_go_back(
+    harness: Harness,
+) -> None:
+    harness.store.create(DEPLOYMENTS, deployment("api", {"kubesim.rollbackd.io/rps": "10"}))
+    await harness.advance(1.0)  # Ready
+    await harness.advance(10.0)
+    healthy = harness.samples()
+    assert requests_of(healthy, "api", "500") == 0
+
+    harness.metrics.degrade("shop", "api", error_rate=0.5, latency_ms=2000)
+    await harness.advance(10.0)
+    degraded = harness.samples()
+    # 10 s at 10 req/s, half of them failing, on top of what was already counted.
+    assert requests_of(degraded, "api", "500") == 50
+    assert requests_of(degraded, "api", "200") == requests_of(healthy, "api", "200") + 50
+    assert p99_of(degraded, "api") > 1.0
+
+    harness.metrics.degrade("shop", "api")  # lifted
+    await harness.advance(10.0)
+    recovered = harness.samples()
+    assert requests_of(recovered, "api", "500") == 50  # no reset, no further errors
+    assert requests_of(recovered, "api", "200") == requests_of(degraded, "api", "200") + 100
+    for key, value in degraded.items():
+        if key[0].endswith(("_total", "_bucket", "_count", "_sum")) and key in recovered:
+            assert recovered[key] >= value, key

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -103,18 +103,70 @@ class PodTraffic:
 
     @classmethod
     def after(cls, knobs: Knobs, elapsed: float) -> PodTraffic:
+        return _RawTraffic.after(knobs, elapsed).counted()
+
+
+@dataclass(frozen=True)
+class _RawTraffic:
+    """Unfloored cumulative traffic; sums of these stay exact across knob changes."""
+
+    ok: float = 0.0
+    errors: float = 0.0
+    buckets: tuple[float, ...] = (0.0,) * len(BUCKETS)
+    sum_seconds: float = 0.0
+
+    @classmethod
+    def after(cls, knobs: Knobs, elapsed: float) -> _RawTraffic:
+        requests = knobs.rps * max(elapsed, 0.0)
+        mean = knobs.latency_seconds * math.exp(LATENCY_SIGMA**2 / 2)
+        return cls(
+            ok=requests * (1 - knobs.error_rate),
+            errors=requests * knobs.error_rate,
+            buckets=tuple(requests * latency_cdf(b, knobs.latency_seconds) for b in BUCKETS),
+            sum_seconds=requests * mean,
+        )
+
+    def plus(self, other: _RawTraffic) -> _RawTraffic:
+        return _RawTraffic(
+            self.ok + other.ok,
+            self.errors + other.errors,
+            tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
+            self.sum_seconds + other.sum_seconds,
+        )
+
+    def counted(self) -> PodTraffic:
         # Each count is a floor of a non-decreasing function of time, so every series
         # is monotonic, as counters must be.
-        requests = knobs.rps * max(elapsed, 0.0)
-        ok = math.floor(requests * (1 - knobs.error_rate))
-        errors = math.floor(requests * knobs.error_rate)
+        ok, errors = math.floor(self.ok), math.floor(self.errors)
         count = ok + errors
-        buckets = tuple(
-            min(math.floor(requests * latency_cdf(bound, knobs.latency_seconds)), count)
-            for bound in BUCKETS
-        )
-        mean = knobs.latency_seconds * math.exp(LATENCY_SIGMA**2 / 2)
-        return cls(ok, errors, buckets, count * mean)
+        buckets = tuple(min(math.floor(b), count) for b in self.buckets)
+        return PodTraffic(ok, errors, buckets, count * self._mean())
+
+    def _mean(self) -> float:
+        total = self.ok + self.errors
+        return self.sum_seconds / total if total > 0 else 0.0
+
+
+@dataclass
+class _PodSeries:
+    """A pod's traffic so far: closed segments plus the segment running now.
+
+    A segment ends when the pod's effective knobs change (a ``degrade``
+    override set or lifted), so counters keep growing from where they were
+    instead of being recomputed, which would make them jump or reset.
+    """
+
+    knobs: Knobs
+    segment_start: float = 0.0
+    closed: _RawTraffic = _RawTraffic()
+
+    def at(self, knobs: Knobs, elapsed: float) -> PodTraffic:
+        if knobs != self.knobs:
+            self.closed = self.closed.plus(
+                _RawTraffic.after(self.knobs, elapsed - self.segment_start)
+            )
+            self.knobs, self.segment_start = knobs, elapsed
+        return self.closed.plus(_RawTraffic.after(knobs, elapsed - self.segment_start)).counted()
 
 
 def _escape(value: str) -> str:
@@ -133,7 +185,39 @@ class WorkloadMetrics:
         # Epoch seconds, comparable with the pods' Ready lastTransitionTime.
         self._clock = clock or time.time
         self._runner: web.AppRunner | None = None
+        self._overrides: dict[tuple[str, str], dict[str, float]] = {}
+        self._series: dict[str, _PodSeries] = {}
         self.url = ""
+
+    def degrade(
+        self,
+        namespace: str,
+        deployment: str,
+        *,
+        error_rate: float | None = None,
+        latency_ms: float | None = None,
+    ) -> None:
+        """Override a Deployment's behaviour whatever its template says; no knobs lifts it.
+
+        This stands for trouble outside the pod template (a broken shared
+        dependency): every version of the Deployment suffers it, so a
+        rollback cannot fix it.
+        """
+        self.render()  # every running pod's series so far, under the old knobs
+        knobs: dict[str, float] = {}
+        if error_rate is not None:
+            knobs["error_rate"] = error_rate
+        if latency_ms is not None:
+            knobs["latency_seconds"] = latency_ms / 1000
+        if knobs:
+            self._overrides[(namespace, deployment)] = knobs
+        else:
+            self._overrides.pop((namespace, deployment), None)
+        self.render()  # the change takes effect now, not at the next scrape
+
+    def _effective(self, labels: Mapping[str, str], knobs: Knobs) -> Knobs:
+        override = self._overrides.get((labels["namespace"], labels["deployment"]))
+        return replace(knobs, **override) if override else knobs
 
     def _pods(self) -> list[tuple[dict[str, str], Knobs, float]]:
         """(labels, knobs, seconds Ready) for every Ready pod, sorted by namespace and name."""
@@ -175,8 +259,13 @@ class WorkloadMetrics:
             "# HELP http_request_duration_seconds Latency of the emulated workload's requests.",
             "# TYPE http_request_duration_seconds histogram",
         ]
+        live: dict[str, _PodSeries] = {}
         for labels, knobs, elapsed in self._pods():
-            traffic = PodTraffic.after(knobs, elapsed)
+            knobs = self._effective(labels, knobs)
+            key = f"{labels['namespace']}/{labels['pod']}"
+            series = self._series.get(key) or _PodSeries(knobs)
+            live[key] = series
+            traffic = series.at(knobs, elapsed)
             base = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
             requests.append(f'http_requests_total{{{base},code="200"}} {traffic.ok}')
             requests.append(f'http_requests_total{{{base},code="500"}} {traffic.errors}')
@@ -191,6 +280,7 @@ class WorkloadMetrics:
                 f"http_request_duration_seconds_sum{{{base}}} {_number(traffic.sum_seconds)}"
             )
             durations.append(f"http_request_duration_seconds_count{{{base}}} {traffic.count}")
+        self._series = live  # pods gone (or no longer Ready) start afresh if they return
         return "\n".join([*requests, *durations]) + "\n"
 
     async def _handle_metrics(self, _request: web.Request) -> web.Response:
