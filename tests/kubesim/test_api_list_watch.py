@@ -256,3 +256,44 @@ async def test_timeout_seconds_ends_the_stream(
         assert await watch.ended()
     finally:
         response.close()
+
+
+async def test_objects_entering_and_leaving_a_label_selector_are_added_and_deleted(
+    api: Api, kubesim: KubeSim, session: aiohttp.ClientSession
+) -> None:
+    await make(api, "mover", app="db")
+    response, watch = await open_watch(session, kubesim, "labelSelector=app=web")
+    try:
+        relabel = {"metadata": {"labels": {"app": "web"}}}
+        for labels, expected in (("web", "ADDED"), ("web2", "DELETED")):
+            relabel["metadata"]["labels"]["app"] = labels
+            async with session.patch(
+                f"{kubesim.url}{CONFIGMAPS}/mover",
+                json=relabel,
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as patched:
+                assert patched.status == 200
+            event = await watch.next()
+            assert (event["type"], event["object"]["metadata"]["name"]) == (expected, "mover")
+    finally:
+        response.close()
+
+
+async def test_watch_with_table_accept_streams_one_row_tables(
+    api: Api, kubesim: KubeSim, session: aiohttp.ClientSession
+) -> None:
+    await make(api, "a")
+    await make(api, "b")
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    response = await session.get(
+        f"{kubesim.url}{CONFIGMAPS}?watch=true", headers={"Accept": accept}
+    )
+    try:
+        watch = Watch(response)
+        first, second = await watch.next(), await watch.next()
+        assert first["object"]["kind"] == "Table"
+        assert [c["name"] for c in first["object"]["columnDefinitions"]] == ["Name", "Age"]
+        assert first["object"]["rows"][0]["cells"][0] == "a"
+        assert second["object"]["rows"][0]["cells"][0] == "b"
+    finally:
+        response.close()

@@ -149,8 +149,11 @@ class _Watcher:
         labels: LabelSelector | None,
         fields: FieldMatcher | None,
         path: str,
+        encoder: Callable[[str, Obj], bytes] | None = None,
     ) -> None:
         self.rtype = rtype
+        # None: the plain JSON encoding, shared by all watchers of one change.
+        self.encoder = encoder
         self.namespace = namespace
         self.labels = labels
         self.fields = fields
@@ -163,6 +166,23 @@ class _Watcher:
         if self.labels is not None and not self.labels.matches(obj["metadata"].get("labels")):
             return False
         return self.fields is None or self.fields(obj)
+
+    def event_type(self, event_type: str, obj: Obj, previous: Obj | None) -> str | None:
+        """What this watcher sees of a change, or None.
+
+        As in the real server, an object that starts matching the selectors
+        arrives as ADDED and one that stops matching leaves as DELETED.
+        """
+        now = self.wants(obj)
+        if event_type != "MODIFIED" or previous is None:
+            return event_type if now else None
+        before = self.wants(previous)
+        if now:
+            return "MODIFIED" if before else "ADDED"
+        return "DELETED" if before else None
+
+    def encode(self, event_type: str, obj: Obj) -> bytes:
+        return (self.encoder or _event_line)(event_type, obj)
 
     def offer(self, line: bytes) -> None:
         if self.closed:
@@ -236,12 +256,20 @@ class WatchHub:
         if not by_namespace:
             return
         namespace = obj["metadata"].get("namespace")
-        line: bytes | None = None
+        event = self._store.last_event
+        previous = event.previous if event is not None and event.obj is obj else None
+        shared: dict[str, bytes] = {}
         for group in (by_namespace.get(namespace), by_namespace.get(None) if namespace else None):
             for watcher in group or ():
-                if watcher.wants(obj):
-                    line = line or _event_line(event_type, obj)
-                    watcher.offer(line)
+                seen_as = watcher.event_type(event_type, obj, previous)
+                if seen_as is None:
+                    continue
+                if watcher.encoder is not None:
+                    watcher.offer(watcher.encode(seen_as, obj))
+                    continue
+                if seen_as not in shared:
+                    shared[seen_as] = _event_line(seen_as, obj)
+                watcher.offer(shared[seen_as])
 
 
 # ----------------------------------------------------------------- pagination
@@ -531,6 +559,28 @@ def as_table(
     }
 
 
+class _TableEventEncoder:
+    """Watch events whose objects are one-row Tables, for ``kubectl get --watch``.
+
+    Column definitions go with the first event only; kubectl prints the
+    header once and the rows after it.
+    """
+
+    def __init__(self, rtype: ResourceType, include: str, clock: Callable[[], datetime]) -> None:
+        self.rtype = rtype
+        self.include = include
+        self.clock = clock
+        self.sent_columns = False
+
+    def encode(self, event_type: str, obj: Obj) -> bytes:
+        metadata = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+        table = as_table(self.rtype, [obj], metadata, self.include, self.clock())
+        if self.sent_columns:
+            table["columnDefinitions"] = []
+        self.sent_columns = True
+        return _event_line(event_type, table)
+
+
 # ------------------------------------------------------------------------ the API
 
 
@@ -729,12 +779,18 @@ class KubeApi:
 
     async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
         query = request.query
+        encoder = None
+        if _wants_table(request.headers.get("Accept", "")):
+            encoder = _TableEventEncoder(
+                route.rtype, query.get("includeObject", "Metadata"), self.store.clock
+            ).encode
         watcher = _Watcher(
             route.rtype,
             route.namespace,
             parse_label_selector(query.get("labelSelector")),
             parse_field_selector(query.get("fieldSelector"), route.rtype.key),
             request.path,
+            encoder,
         )
         timeout = self._timeout_seconds(query.get("timeoutSeconds"))
         bookmarks = query.get("allowWatchBookmarks") in _TRUE
@@ -750,7 +806,7 @@ class KubeApi:
         if start == 0 or initial_bookmark:
             for obj in self.store.list(route.rtype.key, route.namespace, copy=False):
                 if watcher.wants(obj):
-                    watcher.lines.append(_event_line("ADDED", obj))
+                    watcher.lines.append(watcher.encode("ADDED", obj))
             if initial_bookmark:
                 watcher.lines.append(self._bookmark_line(route.rtype, initial_events_end=True))
         else:
@@ -760,8 +816,9 @@ class KubeApi:
                         continue
                     if route.namespace is not None and event.namespace != route.namespace:
                         continue
-                    if watcher.wants(event.obj):
-                        watcher.lines.append(_event_line(event.type, event.obj))
+                    seen_as = watcher.event_type(event.type, event.obj, event.previous)
+                    if seen_as is not None:
+                        watcher.lines.append(watcher.encode(seen_as, event.obj))
             except ApiError as error:
                 gone_error = error
         if gone_error is None:

@@ -54,6 +54,7 @@ class WatchEvent:
     key: str
     namespace: str
     obj: Obj  # the stored object itself: read-only
+    previous: Obj | None = None  # the version this MODIFIED event replaced (read-only)
 
 
 def _rtype(key: str) -> ResourceType:
@@ -151,6 +152,11 @@ class Store:
                     continue
                 result.append(clone(obj) if copy else obj)
         return result
+
+    @property
+    def last_event(self) -> WatchEvent | None:
+        """The newest committed change; inside a subscriber, the one being delivered."""
+        return self._history[-1] if self._history else None
 
     def events_since(self, resource_version: int) -> Iterator[WatchEvent]:
         """History after ``resource_version``; 410 Gone when it has been compacted away."""
@@ -253,7 +259,9 @@ class Store:
         if dry_run:
             return clone(new)
         old_owners = _owner_uids(stored)
-        self._commit("MODIFIED", rtype, namespace, name, new, old_owners=old_owners)
+        self._commit(
+            "MODIFIED", rtype, namespace, name, new, old_owners=old_owners, previous=stored
+        )
         return clone(new)
 
     def delete(
@@ -329,6 +337,7 @@ class Store:
         new: Obj,
         *,
         old_owners: set[str] | None = None,
+        previous: Obj | None = None,
     ) -> None:
         self._rv += 1
         new["metadata"]["resourceVersion"] = str(self._rv)
@@ -338,10 +347,12 @@ class Store:
             self._unindex_owner(rtype.key, namespace, name, old_owners - new_owners)
         for uid in new_owners:
             self._dependents.setdefault(uid, set()).add((rtype.key, namespace, name))
-        self._record(event_type, rtype.key, namespace, new)
+        self._record(event_type, rtype.key, namespace, new, previous)
 
-    def _record(self, event_type: str, key: str, namespace: str, obj: Obj) -> None:
-        self._history.append(WatchEvent(self._rv, event_type, key, namespace, obj))
+    def _record(
+        self, event_type: str, key: str, namespace: str, obj: Obj, previous: Obj | None = None
+    ) -> None:
+        self._history.append(WatchEvent(self._rv, event_type, key, namespace, obj, previous))
         for callback, copy in list(self._subscribers):
             callback(event_type, key, clone(obj) if copy else obj)
 
