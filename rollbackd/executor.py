@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -62,6 +63,11 @@ EVENT_READY = "RollbackReady"
 EVENT_VERIFIED = "RollbackVerified"
 EVENT_FAILED = "RollbackFailed"
 EVENT_ESCALATED = "RollbackEscalated"
+
+# Guarded template patches tried before giving up on a Deployment that keeps moving.
+APPLY_ATTEMPTS = 3
+# Annotation-only writes retried on a fresh read (they never touch human fields).
+STATE_WRITE_ATTEMPTS = 5
 
 
 class Recorder(Protocol):
@@ -254,14 +260,22 @@ class Executor:
                 f"expected {rollback.from_revision}",
                 failed=False,
             )
+        replicasets = await self._kube.list_replicasets(rollback.target)
+        template = deployment["spec"]["template"]
+        running = [rs for rs in replicasets if revision_of(rs) == current]
+        if not running or not templates_equal(running[0]["spec"]["template"], template):
+            # The spec moved on and the controller has not numbered it yet.
+            raise _Abort(
+                "target_changed",
+                f"target changed during rollback: the template is no longer revision {current}'s",
+                failed=False,
+            )
         if deployment.get("spec", {}).get("paused"):
             raise _Abort("paused", "deployment is paused: a human is mid-rollout", failed=False)
-        replicasets = await self._kube.list_replicasets(rollback.target)
         try:
             chosen = select_replicaset(deployment, replicasets, rollback.to_revision)
         except PlanError as exc:
             raise _Abort(exc.reason_code, exc.message, failed=False) from exc
-        template = deployment["spec"]["template"]
         candidate = strip_hash(chosen["spec"]["template"])
         policy = self._policy_for(rollback.target)
         paths = template_diff_paths(template, candidate)
@@ -292,8 +306,13 @@ class Executor:
         )
 
     async def _apply(self, rollback: Rollback, plan: _Plan) -> Rollback:
-        """Patch the template; one re-plan on conflict (safety rule 10)."""
-        for attempt in (1, 2):
+        """Patch the template; re-read and re-plan on conflict (safety rule 10).
+
+        The re-plan escalates as soon as the revision or template moved (a
+        human deployed). A conflict with nothing relevant changed is status
+        churn from the controller, so it is retried a bounded number of times.
+        """
+        for attempt in range(1, APPLY_ATTEMPTS + 1):
             rolling = self._advance(rollback, Phase.ROLLING_BACK)
             annotations = {
                 ANNOTATION_CHANGE_CAUSE: (
@@ -316,7 +335,7 @@ class Executor:
             try:
                 await self._kube.patch_deployment(rollback.target, ops)
             except ConflictError as exc:
-                if attempt == 2:
+                if attempt == APPLY_ATTEMPTS:
                     raise _Abort(
                         "target_changed",
                         f"target changed during rollback: repeated write conflicts ({exc})",
@@ -527,7 +546,7 @@ class Executor:
         Retrying is safe here: only rollbackd's own annotations are written,
         never anything a human could have changed.
         """
-        for attempt in range(3):
+        for attempt in range(1, STATE_WRITE_ATTEMPTS + 1):
             current = deployment if deployment is not None else await self._read(rollback.target)
             deployment = None
             try:
@@ -539,8 +558,9 @@ class Executor:
                 )
                 return
             except ConflictError:
-                if attempt == 2:
+                if attempt == STATE_WRITE_ATTEMPTS:
                     raise
+                await asyncio.sleep(random.uniform(0.01, 0.05 * attempt))
 
     async def _best_effort_state(self, rollback: Rollback) -> None:
         try:

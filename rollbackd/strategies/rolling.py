@@ -147,7 +147,15 @@ class RollingStrategy:
         current = metadata.get("annotations") or {}
         restored: dict[str, str] = {k: v for k, v in current.items() if k in ANNOTATIONS_TO_SKIP}
         rs_annotations = replicaset.get("metadata", {}).get("annotations") or {}
-        restored.update({k: v for k, v in rs_annotations.items() if k not in ANNOTATIONS_TO_SKIP})
+        # The controller copies Deployment annotations onto ReplicaSets, so an
+        # old RS may carry stale rollbackd.io/* values: those come from now only.
+        restored.update(
+            {
+                k: v
+                for k, v in rs_annotations.items()
+                if k not in ANNOTATIONS_TO_SKIP and not k.startswith(KEPT_ANNOTATION_PREFIX)
+            }
+        )
         restored.update({k: v for k, v in current.items() if k.startswith(KEPT_ANNOTATION_PREFIX)})
         restored.update(annotations)
         return [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from rollbackd.model import Target
+from rollbackd.signals import Evaluation, Verdict
 from rollbackd.verify import ReadinessReport, ServiceEndpoints, Verifier
 
 TARGET = Target("shop", "checkout")
@@ -15,28 +15,16 @@ READY_AT = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SCRAPE = timedelta(seconds=15)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Same fields as rollbackd.signals.Evaluation (verify reads them by name)."""
-
-    target: Target
-    signal: str
-    verdict: str
-    value: float | None
-    threshold: float
-    detail: str = ""
-
-
 def healthy(signal: str = "error_ratio") -> Evaluation:
-    return Evaluation(TARGET, signal, "healthy", 0.01, 0.05)
+    return Evaluation(TARGET, signal, Verdict.HEALTHY, 0.01, 0.05, "")
 
 
 def breach(signal: str = "error_ratio") -> Evaluation:
-    return Evaluation(TARGET, signal, "breach", 0.3, 0.05)
+    return Evaluation(TARGET, signal, Verdict.BREACH, 0.3, 0.05, "")
 
 
 def no_data(signal: str = "error_ratio") -> Evaluation:
-    return Evaluation(TARGET, signal, "no_data", None, 0.05)
+    return Evaluation(TARGET, signal, Verdict.NO_DATA, None, 0.05, "")
 
 
 ALL_READY = ReadinessReport(desired=3, ready=3, services=(ServiceEndpoints("checkout", 3),))
