@@ -141,9 +141,10 @@ async def assert_single_completed_rollback(stack: Stack, v1: dict[str, Any]) -> 
     assert metric(found, "rollbackd_decisions_total", action="rollback") == 1
 
 
-async def signal_sources(stack: Stack) -> set[SignalSource]:
-    decisions = await stack.daemon.journal.decisions(target=SHOP, limit=500)
-    return {SignalSource(d["source"]) for d in decisions if d.get("source")}
+async def signals_of(stack: Stack, rollback_id: str) -> list[dict[str, Any]]:
+    """The signals the journal links to a rollback (the trigger and those that joined)."""
+    timeline = await stack.daemon.journal.timeline(rollback_id)
+    return [dict(entry.data) for entry in timeline if entry.kind == "signal"]
 
 
 async def test_error_regression_is_rolled_back_verified_and_resolved(
@@ -160,17 +161,12 @@ async def test_error_regression_is_rolled_back_verified_and_resolved(
     completed = time.monotonic()
     await assert_single_completed_rollback(stack, v1)
     # Both sources saw the regression; both led to the same single rollback.
-    await wait_for(
-        lambda: _both_sources(stack), 30, "signals from both Alertmanager and the poller"
-    )
+    sources = {SignalSource(s["source"]) for s in await signals_of(stack, rollback.id)}
+    assert sources == {SignalSource.ALERTMANAGER, SignalSource.PROMETHEUS}
     print(
         f"\nbad pods Ready -> ROLLBACK_COMPLETED: {completed - bad_ready:.1f}s "
         f"(rollback {rollback.id})"
     )
-
-
-async def _both_sources(stack: Stack) -> bool:
-    return {SignalSource.ALERTMANAGER, SignalSource.PROMETHEUS} <= await signal_sources(stack)
 
 
 async def test_latency_regression_is_rolled_back(make_stack: StackFactory) -> None:
@@ -180,8 +176,10 @@ async def test_latency_regression_is_rolled_back(make_stack: StackFactory) -> No
     await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(latency_ms=2500), change_cause="v2")
 
     await assert_single_completed_rollback(stack, v1)
-    decisions = await stack.daemon.journal.decisions(target=SHOP, limit=500)
-    assert any("latency" in str(d.get("signal", "")).lower() for d in decisions), decisions
+    rollback = (await stack.daemon.journal.list_rollbacks(target=SHOP))[0]
+    names = {s["name"] for s in await signals_of(stack, rollback.id)}
+    assert names & {"latency_p99", "DeploymentHighLatencyP99"}, names
+    assert not names & {"error_ratio", "DeploymentHighErrorRatio"}, names
 
 
 async def test_rollback_that_does_not_help_fails_and_pages_critical_once(
