@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import pathlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -301,3 +303,31 @@ async def test_leader_election_takes_the_lease(sim: KubeSim, kube: Kube) -> None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_watch_that_fell_too_far_behind_relists(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rollbackd.kube")
+    async with KubeSim(kubeconfig_path=tmp_path / "kubeconfig", watch_history=5) as small:
+        async with await Kube.connect(kubeconfig=str(small.kubeconfig)) as adapter:
+            await adapter.start_watches()
+            assert await adapter.wait_synced(10)
+            small.store.create(DEPLOYMENTS, deployment("web:1.0"))
+            await wait_until(lambda: adapter.cached_deployment(TARGET) is not None)
+
+            # Drop the stream and, before it can reconnect, push its resourceVersion
+            # out of the server's short history: the resumed watch gets 410 Gone.
+            small.faults.drop_watches()
+            for n in range(20):
+                current = small.store.get(DEPLOYMENTS, TARGET.namespace, TARGET.name)
+                current["metadata"].setdefault("annotations", {})["note"] = str(n)
+                small.store.update(DEPLOYMENTS, current)
+
+            def caught_up() -> bool:
+                cached = adapter.cached_deployment(TARGET) or {}
+                return (cached.get("metadata", {}).get("annotations") or {}).get("note") == "19"
+
+            await wait_until(caught_up)
+            assert "re-listing" in caplog.text
+            assert adapter.synced
