@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, patch
+from . import discovery, patch, protobuf
 from .errors import (
     ApiError,
     bad_request,
@@ -318,8 +318,9 @@ async def _read_body(request: web.Request) -> Any:
     if not raw.strip():
         raise bad_request("the request body is empty")
     content_type = request.content_type or "application/json"
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode_object(raw)
     if "json" not in content_type and "yaml" not in content_type:
-        # Protobuf and CBOR bodies: 415 makes client-go fall back to JSON.
         raise unsupported_media_type(
             f"the body of the request was in an unknown format - accepted media types include: "
             f"application/json, application/yaml (got {content_type})"
@@ -371,6 +372,23 @@ def scale_of(obj: Obj) -> Obj:
             "selector": _label_selector_string(spec.get("selector")),
         },
     }
+
+
+def _allocate_cluster_ip(service: Obj, store: Store) -> None:
+    """Give a ClusterIP Service an address from 10.96.0.0/16, as the real allocator does."""
+    spec = service.get("spec")
+    if not isinstance(spec, dict) or spec.get("type") == "ExternalName" or spec.get("clusterIP"):
+        return
+    taken = {
+        (svc.get("spec") or {}).get("clusterIP") for svc in store.list("v1/services", copy=False)
+    }
+    for index in range(1, 65535):
+        address = f"10.96.{index // 256}.{index % 256}"
+        if index % 256 not in (0, 255) and address not in taken:
+            spec["clusterIP"] = address
+            spec["clusterIPs"] = [address]
+            return
+    raise ApiError(500, "InternalError", "Internal error occurred: no ClusterIPs left")
 
 
 def _success_status(rtype: ResourceType, obj: Obj) -> Obj:
@@ -944,6 +962,8 @@ class KubeApi:
         body = self._prepare_body(route, await _read_body(request), expect_name=None)
         rtype = route.rtype
         obj = self._validated(rtype, body, None)
+        if rtype.key == "v1/services":
+            _allocate_cluster_ip(obj, self.store)
         initial_status = _INITIAL_STATUS.get(rtype.key)
         if initial_status is not None:
             obj["status"] = initial_status()
