@@ -100,15 +100,23 @@ class NotifierPager:
 class JournalRecorder:
     """The executor's view of the record: journal, metrics and logs for every step."""
 
-    def __init__(self, journal: Journal, metrics: Metrics, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        on_phase: Callable[[Rollback], None] = lambda _: None,
+    ) -> None:
         self._journal = journal
         self._metrics = metrics
         self._clock = clock
+        self._on_phase = on_phase
 
     async def phase(
         self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
     ) -> None:
         now = self._clock()
+        self._on_phase(rollback)
         await self._journal.save_rollback(rollback, details=data)
         await self._journal.record_event(
             rollback.id,
@@ -246,7 +254,12 @@ class Daemon:
         self.executor = Executor(
             self.kube,
             self.verifier,
-            JournalRecorder(self.journal, self.metrics, self.clock),
+            JournalRecorder(
+                self.journal,
+                self.metrics,
+                self.clock,
+                on_phase=lambda r: self.dispatcher.observe(r),
+            ),
             NotifierPager(self.notifier, self.clock),
             rollout_timeout=s.rollout.timeout.total_seconds(),
             clock=self.clock,

@@ -214,6 +214,12 @@ class Dispatcher:
         self._spawn(rollback, decision)
         return rollback.id
 
+    def observe(self, rollback: Rollback) -> None:
+        """Keep the in-flight view current, so joining signals see the real phase."""
+        running = self._running.get(rollback.target)
+        if running is not None and running.rollback.id == rollback.id:
+            running.rollback = rollback
+
     def adopt(self, rollback: Rollback, task_factory: Callable[[], Awaitable[Rollback]]) -> None:
         """Track a resumed rollback so new signals join it instead of starting another."""
         task = asyncio.create_task(_as_coroutine(task_factory), name=f"resume:{rollback.id}")

@@ -87,14 +87,14 @@ class SignalIntake:
         now = self._clock()
         if signal.key and not self._deduper.first_time(signal.key, now):
             return False
-        if self.queue.full():
-            raise AcceptError("signal queue is full")
         try:
-            if signal.key and await self._journal.signal_seen(signal.key):
+            if not await self._record(signal):
                 return False
-            await self._journal.record_signal(signal, accepted=True)
-        except Exception as exc:
-            raise AcceptError(f"journal unavailable: {exc}") from exc
+        except AcceptError:
+            # Not accepted, so the sender's retry must not look like a repeat.
+            if signal.key:
+                self._deduper.forget(signal.key)
+            raise
         self._metrics.signals_total.labels(
             source=str(signal.source), status=str(signal.status)
         ).inc()
@@ -106,4 +106,16 @@ class SignalIntake:
                 summary=signal.summary,
             )
         self.queue.put_nowait(signal)
+        return True
+
+    async def _record(self, signal: Signal) -> bool:
+        """Journal ``signal``; False when the journal already holds it (a restart's repeat)."""
+        if self.queue.full():
+            raise AcceptError("signal queue is full")
+        try:
+            if signal.key and await self._journal.signal_seen(signal.key):
+                return False
+            await self._journal.record_signal(signal, accepted=True)
+        except Exception as exc:
+            raise AcceptError(f"journal unavailable: {exc}") from exc
         return True

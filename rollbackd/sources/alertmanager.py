@@ -250,6 +250,10 @@ class SignalDeduper:
             self._seen.popitem(last=False)
         return True
 
+    def forget(self, key: str) -> None:
+        """Drop ``key``: it was not accepted after all, so its re-send must not be a repeat."""
+        self._seen.pop(key, None)
+
     def _expire(self, now: datetime) -> None:
         # Insertion order is time order, so expired keys sit at the front.
         while self._seen:

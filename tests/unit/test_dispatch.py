@@ -1,0 +1,250 @@
+"""The dispatcher: one rollback per target, joins, one page per anomaly, dry runs recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from rollbackd.dispatch import Dispatcher
+from rollbackd.metrics import Metrics
+from rollbackd.model import (
+    Action,
+    ClusterFacts,
+    Decision,
+    History,
+    Phase,
+    Policy,
+    RevisionInfo,
+    Rollback,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
+from rollbackd.notify.base import Notification, NotificationKind
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CART = Target("shop", "cart")
+
+
+def template(image: str) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": "cart"}},
+        "spec": {"containers": [{"name": "app", "image": image}]},
+    }
+
+
+def facts(*revisions: RevisionInfo) -> ClusterFacts:
+    revisions = revisions or (
+        RevisionInfo(
+            2, "cart-b", "u2", NOW - timedelta(minutes=5), template("cart:2"), ("cart:2",)
+        ),
+        RevisionInfo(
+            1,
+            "cart-a",
+            "u1",
+            NOW - timedelta(days=2),
+            template("cart:1"),
+            ("cart:1",),
+            replaced_at=NOW - timedelta(minutes=5),
+        ),
+    )
+    return ClusterFacts(
+        target=CART,
+        exists=True,
+        uid="dep-uid",
+        template=revisions[0].template,
+        revisions=revisions,
+        rollout_started_at=revisions[0].created_at,
+    )
+
+
+def signal(key: str, *, source: SignalSource = SignalSource.ALERTMANAGER, **kw: Any) -> Signal:
+    values: dict[str, Any] = {
+        "target": CART,
+        "source": source,
+        "name": "DeploymentHighErrorRatio",
+        "status": SignalStatus.FIRING,
+        "started_at": NOW - timedelta(minutes=2),
+        "observed_at": NOW,
+        "key": key,
+    }
+    values.update(kw)
+    return Signal(**values)
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.history_value = History()
+        self.decisions: list[tuple[Decision, str | None]] = []
+        self.rollbacks: dict[str, Rollback] = {}
+        self.events: list[tuple[str | None, str]] = []
+
+    async def history(self, target: Target) -> History:
+        return self.history_value
+
+    async def record_decision(
+        self, decision: Decision, *, signal_key: str, at: datetime, rollback_id: str | None = None
+    ) -> None:
+        self.decisions.append((decision, rollback_id))
+
+    async def save_rollback(
+        self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
+    ) -> None:
+        self.rollbacks[rollback.id] = rollback
+
+    async def record_event(
+        self,
+        rollback_id: str | None,
+        target: Target,
+        kind: str,
+        message: str,
+        *,
+        at: datetime,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.events.append((rollback_id, kind))
+
+
+class Harness:
+    def __init__(self, *, policy: Policy | None = None) -> None:
+        self.journal = FakeJournal()
+        self.metrics = Metrics()
+        self.pages: list[Notification] = []
+        self.facts = facts()
+        self.started: list[Rollback] = []
+        self.release = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            facts=lambda target, now: self.facts,
+            policy_for=lambda target, annotations: policy or Policy(min_stable=timedelta(0)),
+            journal=self.journal,
+            metrics=self.metrics,
+            run_rollback=self.run_rollback,
+            submit_notification=self.pages.append,
+            clock=lambda: NOW,
+        )
+
+    async def run_rollback(self, rollback: Rollback, decision: Decision) -> Rollback:
+        self.started.append(rollback)
+        await self.release.wait()
+        return replace(rollback, phase=Phase.ROLLBACK_COMPLETED, finished_at=NOW)
+
+
+async def test_alerts_and_polls_for_one_regression_start_exactly_one_rollback() -> None:
+    h = Harness()
+    first = await h.dispatcher.handle(signal("am:1"))
+    again = await h.dispatcher.handle(signal("prom:1", source=SignalSource.PROMETHEUS))
+    third = await h.dispatcher.handle(signal("am:2"))
+    await asyncio.sleep(0)
+
+    assert first.action is Action.ROLLBACK
+    assert again.action is Action.JOIN and third.action is Action.JOIN
+    assert len(h.started) == 1
+    rollback_id = h.started[0].id
+    assert again.rollback_id == rollback_id == third.rollback_id
+    assert [rid for _, rid in h.journal.decisions] == [rollback_id] * 3
+    assert h.journal.events.count((rollback_id, "signal_joined")) == 2
+    h.release.set()
+    finished = await h.dispatcher.wait(CART)
+    assert finished is not None and finished.phase is Phase.ROLLBACK_COMPLETED
+    assert h.dispatcher.in_flight == {}
+
+
+async def test_escalation_pages_once_per_anomaly_not_once_per_alert() -> None:
+    h = Harness()
+    only_revision = facts(
+        RevisionInfo(1, "cart-a", "u1", NOW - timedelta(minutes=5), template("cart:1"), ("cart:1",))
+    )
+    h.facts = only_revision
+    for key in ("am:1", "prom:1", "am:1-resent"):
+        decision = await h.dispatcher.handle(signal(key))
+        assert decision.action is Action.ESCALATE
+        assert decision.reason_code == "no_previous_revision"
+
+    assert len(h.pages) == 1
+    page = h.pages[0]
+    assert page.kind is NotificationKind.ESCALATION and page.severity == "critical"
+    assert page.summary.startswith("shop/cart: manual rollback needed")
+    # A new anomaly later is a new page.
+    await h.dispatcher.handle(signal("am:9", started_at=NOW - timedelta(seconds=5)))
+    assert len(h.pages) == 2
+    assert h.pages[0].dedup_key != h.pages[1].dedup_key
+
+
+async def test_breach_after_an_escalated_rollback_does_not_page_again() -> None:
+    h = Harness()
+    failed = Rollback(
+        id="rb-1",
+        target=CART,
+        phase=Phase.ESCALATED,
+        started_at=NOW - timedelta(minutes=1),
+        updated_at=NOW,
+        finished_at=NOW - timedelta(seconds=10),
+    )
+    h.journal.history_value = History(last_finished=failed, restored_revisions=(2,))
+    restored = facts(
+        RevisionInfo(
+            2,
+            "cart-b",
+            "u2",
+            NOW - timedelta(minutes=5),
+            template("cart:1"),
+            ("cart:1",),
+            restored_by="rb-1",
+        ),
+        RevisionInfo(
+            1,
+            "cart-a",
+            "u1",
+            NOW - timedelta(days=2),
+            template("cart:0"),
+            ("cart:0",),
+            replaced_at=NOW - timedelta(minutes=5),
+        ),
+    )
+    h.facts = restored
+    decision = await h.dispatcher.handle(signal("am:1"))
+    assert decision.action is Action.ESCALATE
+    assert h.pages == []  # the failed rollback already paged for this anomaly
+    assert ("rb-1", "signal_after_escalation") in h.journal.events
+    assert h.started == []
+
+
+async def test_dry_run_records_the_would_be_rollback_and_starts_nothing() -> None:
+    h = Harness(policy=Policy(min_stable=timedelta(0), dry_run=True))
+    decision = await h.dispatcher.handle(signal("am:1"))
+    assert decision.action is Action.DRY_RUN
+    assert h.started == []
+    (recorded,) = h.journal.rollbacks.values()
+    assert recorded.phase is Phase.DRY_RUN
+    assert (recorded.from_revision, recorded.to_revision) == (2, 1)
+
+
+async def test_a_crashing_rollback_task_frees_the_target_for_the_next_signal() -> None:
+    h = Harness()
+
+    async def crash(rollback: Rollback, decision: Decision) -> Rollback:
+        raise RuntimeError("boom")
+
+    h.dispatcher._run_rollback = crash  # type: ignore[assignment]
+    await h.dispatcher.handle(signal("am:1"))
+    with pytest.raises(RuntimeError):
+        await h.dispatcher.wait(CART)
+    await asyncio.sleep(0)
+    assert h.dispatcher.in_flight == {}
+
+
+async def test_decisions_are_counted_by_action_and_reason() -> None:
+    h = Harness()
+    await h.dispatcher.handle(signal("am:1"))
+    await h.dispatcher.handle(signal("am:2"))
+    text = h.metrics.render().decode()
+    assert 'rollbackd_decisions_total{action="rollback",reason="rollback"} 1.0' in text
+    assert 'rollbackd_decisions_total{action="join",reason="rollback_in_flight"} 1.0' in text
+    h.release.set()
+    await h.dispatcher.wait(CART)
