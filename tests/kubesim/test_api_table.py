@@ -56,7 +56,7 @@ async def test_single_object_table_and_plain_json_without_table_accept(kubesim: 
 def test_human_age_matches_kubectl_style() -> None:
     from datetime import UTC, datetime
 
-    from rollbackd.testing.kubesim.server import human_age
+    from rollbackd.testing.kubesim.tables import human_age
 
     now = datetime(2025, 1, 2, 0, 0, 0, tzinfo=UTC)
     assert human_age("2025-01-01T23:59:55Z", now) == "5s"

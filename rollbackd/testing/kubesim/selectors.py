@@ -230,3 +230,23 @@ def exact_field(text: str | None, path: str) -> str | None:
         if sep and name.strip() == path:
             return value.strip()
     return None
+
+
+def label_selector_string(selector: Any) -> str:
+    """A LabelSelector object as the string form Scale.status.selector carries."""
+    if not isinstance(selector, dict):
+        return ""
+    clauses = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        operator = expression.get("operator")
+        values = ",".join(sorted(expression.get("values") or []))
+        key = expression.get("key")
+        clauses.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": f"{key}",
+                "DoesNotExist": f"!{key}",
+            }.get(operator, "")
+        )
+    return ",".join(clause for clause in clauses if clause)

@@ -5,8 +5,8 @@ One catch-all route parses Kubernetes URLs itself (``/api/v1/...``,
 space is data driven by ``resources.REGISTRY``. Every error is a
 ``metav1.Status`` body; an unexpected exception becomes a 500 Status and the
 server keeps serving. Watches are newline-delimited JSON over a chunked
-response, fed synchronously by the store so no change is ever missed between
-"snapshot" and "subscribe".
+response (fan-out in ``watches.py``), fed synchronously by the store so no
+change is ever missed between "snapshot" and "subscribe".
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import binascii
 import bisect
 import contextlib
 import json
-import re
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -47,11 +44,12 @@ from .resources import (
     by_gvr,
     validate,
 )
-from .selectors import FieldMatcher, LabelSelector, parse_field_selector, parse_label_selector
+from .selectors import label_selector_string, parse_field_selector, parse_label_selector
 from .store import Obj, Store, clone
+from .tables import TableEventEncoder, as_table, wants_table
+from .watches import Watcher, WatchHub, event_line
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the real server's default request size limit
-WATCH_BACKLOG_LIMIT = 50_000  # a watcher this far behind is cut off, as the real server does
 _IDLE_CHECK_SECONDS = 1.0  # how often an idle watch checks that its client is still there
 _TRUE = frozenset({"true", "1", "True"})
 
@@ -136,142 +134,6 @@ def request_verb(method: str, route: Route | None, query: Any) -> str:
     }.get(method, method.lower())
 
 
-# ---------------------------------------------------------------------- watches
-
-
-class _Watcher:
-    """One open watch stream: its filter and its queue of encoded lines."""
-
-    def __init__(
-        self,
-        rtype: ResourceType,
-        namespace: str | None,
-        labels: LabelSelector | None,
-        fields: FieldMatcher | None,
-        path: str,
-        encoder: Callable[[str, Obj], bytes] | None = None,
-    ) -> None:
-        self.rtype = rtype
-        # None: the plain JSON encoding, shared by all watchers of one change.
-        self.encoder = encoder
-        self.namespace = namespace
-        self.labels = labels
-        self.fields = fields
-        self.path = path
-        self.lines: deque[bytes] = deque()
-        self.wakeup = asyncio.Event()
-        self.closed = False
-
-    def wants(self, obj: Obj) -> bool:
-        if self.labels is not None and not self.labels.matches(obj["metadata"].get("labels")):
-            return False
-        return self.fields is None or self.fields(obj)
-
-    def event_type(self, event_type: str, obj: Obj, previous: Obj | None) -> str | None:
-        """What this watcher sees of a change, or None.
-
-        As in the real server, an object that starts matching the selectors
-        arrives as ADDED and one that stops matching leaves as DELETED.
-        """
-        now = self.wants(obj)
-        if event_type != "MODIFIED" or previous is None:
-            return event_type if now else None
-        before = self.wants(previous)
-        if now:
-            return "MODIFIED" if before else "ADDED"
-        return "DELETED" if before else None
-
-    def encode(self, event_type: str, obj: Obj) -> bytes:
-        return (self.encoder or _event_line)(event_type, obj)
-
-    def offer(self, line: bytes) -> None:
-        if self.closed:
-            return
-        self.lines.append(line)
-        if len(self.lines) > WATCH_BACKLOG_LIMIT:
-            self.close()  # the client re-lists, as after a real server drops a slow watch
-        self.wakeup.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.wakeup.set()
-
-
-def _event_line(event_type: str, obj: Obj) -> bytes:
-    return _dumps({"type": event_type, "object": obj}) + b"\n"
-
-
-class WatchHub:
-    """Fans store changes out to open watches, indexed by resource key and namespace.
-
-    A change costs O(watchers of that resource in that namespace), never
-    O(objects) or O(all watchers), and is serialised once however many
-    watchers receive it.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._watchers: dict[str, dict[str | None, set[_Watcher]]] = {}
-        self._unsubscribe: Callable[[], None] | None = None
-
-    def start(self) -> None:
-        self._unsubscribe = self._store.subscribe(self._on_change, copy=False)
-
-    def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.drop(None)
-
-    def add(self, watcher: _Watcher) -> None:
-        self._watchers.setdefault(watcher.rtype.key, {}).setdefault(watcher.namespace, set()).add(
-            watcher
-        )
-
-    def remove(self, watcher: _Watcher) -> None:
-        by_namespace = self._watchers.get(watcher.rtype.key, {})
-        watchers = by_namespace.get(watcher.namespace)
-        if watchers is not None:
-            watchers.discard(watcher)
-            if not watchers:
-                del by_namespace[watcher.namespace]
-
-    def drop(self, pattern: re.Pattern[str] | None) -> int:
-        """Close open watches whose URL path matches ``pattern`` (None: all)."""
-        dropped = 0
-        for by_namespace in self._watchers.values():
-            for watchers in by_namespace.values():
-                for watcher in list(watchers):
-                    if not watcher.closed and (pattern is None or pattern.search(watcher.path)):
-                        watcher.close()
-                        dropped += 1
-        return dropped
-
-    @property
-    def open_watches(self) -> int:
-        return sum(len(w) for by_ns in self._watchers.values() for w in by_ns.values())
-
-    def _on_change(self, event_type: str, key: str, obj: Obj) -> None:
-        by_namespace = self._watchers.get(key)
-        if not by_namespace:
-            return
-        namespace = obj["metadata"].get("namespace")
-        event = self._store.last_event
-        previous = event.previous if event is not None and event.obj is obj else None
-        shared: dict[str, bytes] = {}
-        for group in (by_namespace.get(namespace), by_namespace.get(None) if namespace else None):
-            for watcher in group or ():
-                seen_as = watcher.event_type(event_type, obj, previous)
-                if seen_as is None:
-                    continue
-                if watcher.encoder is not None:
-                    watcher.offer(watcher.encode(seen_as, obj))
-                    continue
-                if seen_as not in shared:
-                    shared[seen_as] = _event_line(seen_as, obj)
-                watcher.offer(shared[seen_as])
-
-
 # ----------------------------------------------------------------- pagination
 
 
@@ -333,26 +195,6 @@ async def _read_body(request: web.Request) -> Any:
         raise bad_request(f"the body of the request could not be decoded: {error}") from None
 
 
-def _label_selector_string(selector: Any) -> str:
-    """A LabelSelector object as the string form Scale.status.selector carries."""
-    if not isinstance(selector, dict):
-        return ""
-    clauses = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for expression in selector.get("matchExpressions") or []:
-        operator = expression.get("operator")
-        values = ",".join(sorted(expression.get("values") or []))
-        key = expression.get("key")
-        clauses.append(
-            {
-                "In": f"{key} in ({values})",
-                "NotIn": f"{key} notin ({values})",
-                "Exists": f"{key}",
-                "DoesNotExist": f"!{key}",
-            }.get(operator, "")
-        )
-    return ",".join(clause for clause in clauses if clause)
-
-
 def scale_of(obj: Obj) -> Obj:
     """The autoscaling/v1 Scale view of a Deployment or ReplicaSet."""
     meta = obj["metadata"]
@@ -369,7 +211,7 @@ def scale_of(obj: Obj) -> Obj:
         "spec": {"replicas": spec.get("replicas", 0)},
         "status": {
             "replicas": status.get("replicas", 0),
-            "selector": _label_selector_string(spec.get("selector")),
+            "selector": label_selector_string(spec.get("selector")),
         },
     }
 
@@ -404,199 +246,6 @@ def _success_status(rtype: ResourceType, obj: Obj) -> Obj:
         "status": "Success",
         "details": details,
     }
-
-
-# ------------------------------------------------------------------------ tables
-# kubectl get asks for server-side Tables (Accept: ...;as=Table;g=meta.k8s.io);
-# the columns follow the real server's printers for the kinds people look at.
-
-_TABLE_ACCEPT = re.compile(r"as=Table")
-
-
-def _wants_table(accept: str) -> bool:
-    return bool(_TABLE_ACCEPT.search(accept)) and "g=meta.k8s.io" in accept
-
-
-def human_age(created: str | None, now: datetime) -> str:
-    """``5s``, ``3m20s``, ``2d`` as kubectl shows ages."""
-    if not created:
-        return "<unknown>"
-    try:
-        then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return "<invalid>"
-    seconds = max(int((now - then).total_seconds()), 0)
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours}h"
-    return f"{hours // 24}d"
-
-
-def _column(name: str, kind: str = "string", priority: int = 0) -> dict[str, Any]:
-    column: dict[str, Any] = {
-        "name": name,
-        "type": kind,
-        "format": "",
-        "description": "",
-        "priority": priority,
-    }
-    if name == "Name":
-        column["format"] = "name"
-    return column
-
-
-def _containers(obj: Obj) -> list[dict[str, Any]]:
-    spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
-    return list(spec.get("containers") or [])
-
-
-def _pod_status(obj: Obj) -> str:
-    status = obj.get("status") or {}
-    if obj["metadata"].get("deletionTimestamp"):
-        return "Terminating"
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason"):
-            return str(waiting["reason"])
-    return str(status.get("reason") or status.get("phase") or "Unknown")
-
-
-def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
-    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-    age = human_age(meta.get("creationTimestamp"), now)
-    if rtype.key == "apps/v1/deployments":
-        containers = _containers(obj)
-        return [
-            meta["name"],
-            f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
-            status.get("updatedReplicas", 0),
-            status.get("availableReplicas", 0),
-            age,
-            ",".join(c.get("name", "") for c in containers),
-            ",".join(c.get("image", "") for c in containers),
-            _label_selector_string(spec.get("selector")),
-        ]
-    if rtype.key == "apps/v1/replicasets":
-        containers = _containers(obj)
-        return [
-            meta["name"],
-            spec.get("replicas", 0),
-            status.get("replicas", 0),
-            status.get("readyReplicas", 0),
-            age,
-            ",".join(c.get("name", "") for c in containers),
-            ",".join(c.get("image", "") for c in containers),
-            _label_selector_string(spec.get("selector")),
-        ]
-    if rtype.key == "v1/pods":
-        statuses = status.get("containerStatuses") or []
-        ready = sum(1 for c in statuses if c.get("ready"))
-        restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
-        total = len(spec.get("containers") or [])
-        return [
-            meta["name"],
-            f"{ready}/{total}",
-            _pod_status(obj),
-            restarts,
-            age,
-            status.get("podIP", "<none>"),
-            spec.get("nodeName", "<none>"),
-        ]
-    if rtype.key == "v1/namespaces":
-        return [meta["name"], status.get("phase", "Active"), age]
-    return [meta["name"], age]
-
-
-def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
-    if rtype.key == "apps/v1/deployments":
-        return [
-            _column("Name"),
-            _column("Ready"),
-            _column("Up-to-date", "integer"),
-            _column("Available", "integer"),
-            _column("Age"),
-            _column("Containers", priority=1),
-            _column("Images", priority=1),
-            _column("Selector", priority=1),
-        ]
-    if rtype.key == "apps/v1/replicasets":
-        return [
-            _column("Name"),
-            _column("Desired", "integer"),
-            _column("Current", "integer"),
-            _column("Ready", "integer"),
-            _column("Age"),
-            _column("Containers", priority=1),
-            _column("Images", priority=1),
-            _column("Selector", priority=1),
-        ]
-    if rtype.key == "v1/pods":
-        return [
-            _column("Name"),
-            _column("Ready"),
-            _column("Status"),
-            _column("Restarts", "integer"),
-            _column("Age"),
-            _column("IP", priority=1),
-            _column("Node", priority=1),
-        ]
-    if rtype.key == "v1/namespaces":
-        return [_column("Name"), _column("Status"), _column("Age")]
-    return [_column("Name"), _column("Age")]
-
-
-def as_table(
-    rtype: ResourceType, items: list[Obj], metadata: dict[str, Any], include: str, now: datetime
-) -> dict[str, Any]:
-    """A ``meta.k8s.io/v1 Table`` of ``items``; ``include`` is the includeObject policy."""
-    rows = []
-    for obj in items:
-        row: dict[str, Any] = {"cells": _table_row(rtype, obj, now)}
-        if include == "Object":
-            row["object"] = obj
-        elif include != "None":
-            row["object"] = {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj["metadata"],
-            }
-        rows.append(row)
-    return {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata,
-        "columnDefinitions": _table_columns(rtype),
-        "rows": rows,
-    }
-
-
-class _TableEventEncoder:
-    """Watch events whose objects are one-row Tables, for ``kubectl get --watch``.
-
-    Column definitions go with the first event only; kubectl prints the
-    header once and the rows after it.
-    """
-
-    def __init__(self, rtype: ResourceType, include: str, clock: Callable[[], datetime]) -> None:
-        self.rtype = rtype
-        self.include = include
-        self.clock = clock
-        self.sent_columns = False
-
-    def encode(self, event_type: str, obj: Obj) -> bytes:
-        metadata = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
-        table = as_table(self.rtype, [obj], metadata, self.include, self.clock())
-        if self.sent_columns:
-            table["columnDefinitions"] = []
-        self.sent_columns = True
-        return _event_line(event_type, table)
 
 
 # ------------------------------------------------------------------------ the API
@@ -744,7 +393,7 @@ class KubeApi:
             raise self._not_found(route)
         if route.subresource == "scale":
             return _json_response(scale_of(obj))
-        if route.subresource is None and _wants_table(request.headers.get("Accept", "")):
+        if route.subresource is None and wants_table(request.headers.get("Accept", "")):
             metadata = {"resourceVersion": obj["metadata"]["resourceVersion"]}
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
@@ -782,7 +431,7 @@ class KubeApi:
                 items = items[:limit]
                 metadata["continue"] = _encode_continue(resource_version, *_position(items[-1]))
                 metadata["remainingItemCount"] = remaining
-        if _wants_table(request.headers.get("Accept", "")):
+        if wants_table(request.headers.get("Accept", "")):
             include = query.get("includeObject", "Metadata")
             return _json_response(
                 as_table(route.rtype, items, metadata, include, self.store.clock())
@@ -798,11 +447,11 @@ class KubeApi:
     async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
         query = request.query
         encoder = None
-        if _wants_table(request.headers.get("Accept", "")):
-            encoder = _TableEventEncoder(
+        if wants_table(request.headers.get("Accept", "")):
+            encoder = TableEventEncoder(
                 route.rtype, query.get("includeObject", "Metadata"), self.store.clock
             ).encode
-        watcher = _Watcher(
+        watcher = Watcher(
             route.rtype,
             route.namespace,
             parse_label_selector(query.get("labelSelector")),
@@ -846,7 +495,7 @@ class KubeApi:
         try:
             await response.prepare(request)
             if gone_error is not None:
-                await response.write(_event_line("ERROR", gone_error.status_body()))
+                await response.write(event_line("ERROR", gone_error.status_body()))
                 return response
             await self._stream(request, response, watcher, timeout, bookmarks)
         except (ConnectionResetError, asyncio.CancelledError):
@@ -871,13 +520,13 @@ class KubeApi:
         if initial_events_end:
             metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
         obj = {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": metadata}
-        return _event_line("BOOKMARK", obj)
+        return event_line("BOOKMARK", obj)
 
     async def _stream(
         self,
         request: web.Request,
         response: web.StreamResponse,
-        watcher: _Watcher,
+        watcher: Watcher,
         timeout: float | None,
         bookmarks: bool,
     ) -> None:
