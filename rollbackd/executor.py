@@ -36,6 +36,7 @@ from rollbackd.model import (
     ANNOTATION_RESTORED,
     ANNOTATION_ROLLBACK,
     LABEL_POD_TEMPLATE_HASH,
+    Action,
     Decision,
     Phase,
     Policy,
@@ -153,6 +154,8 @@ class Executor:
 
     async def run(self, rollback: Rollback, decision: Decision) -> Rollback:
         """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase."""
+        if decision.action is not Action.ROLLBACK:
+            raise ValueError(f"the executor only runs rollback decisions, not {decision.action}")
         rollback = replace(
             rollback,
             from_revision=decision.from_revision,

@@ -212,6 +212,7 @@ class Kube:
             REPLICASETS: {},
             PODS: {},
         }
+        self._rs_by_owner: dict[str, set[tuple[str, str]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
@@ -407,9 +408,9 @@ class Kube:
     def _replace(self, kind: str, namespace: str | None, items: list[dict[str, Any]]) -> None:
         store = self._objects[kind]
         for key in [k for k in store if namespace is None or k[0] == namespace]:
-            del store[key]
+            self._put(kind, key, None)
         for item in items:
-            self._store(kind, item)
+            self._put(kind, _key(item), item)
         if kind == DEPLOYMENTS:
             for key in list(self._waiters):
                 self._notify(key)
@@ -418,14 +419,28 @@ class Kube:
         if event_type == "BOOKMARK":
             return
         if event_type == "DELETED":
-            self._objects[kind].pop(_key(obj), None)
+            self._put(kind, _key(obj), None)
         elif event_type in ("ADDED", "MODIFIED"):
-            self._store(kind, obj)
+            self._put(kind, _key(obj), obj)
         if kind == DEPLOYMENTS:
             self._notify(_key(obj))
 
-    def _store(self, kind: str, obj: dict[str, Any]) -> None:
-        self._objects[kind][_key(obj)] = _trim_pod(obj) if kind == PODS else obj
+    def _put(self, kind: str, key: tuple[str, str], obj: dict[str, Any] | None) -> None:
+        """Store or (None) drop one object, keeping the ReplicaSet owner index in step."""
+        store = self._objects[kind]
+        if kind == REPLICASETS:
+            old_owner = controller_uid(store.get(key) or {})
+            if old_owner and old_owner in self._rs_by_owner:
+                self._rs_by_owner[old_owner].discard(key)
+                if not self._rs_by_owner[old_owner]:
+                    del self._rs_by_owner[old_owner]
+            new_owner = controller_uid(obj or {})
+            if new_owner:
+                self._rs_by_owner.setdefault(new_owner, set()).add(key)
+        if obj is None:
+            store.pop(key, None)
+        else:
+            store[key] = _trim_pod(obj) if kind == PODS else obj
 
     def _notify(self, key: tuple[str, str]) -> None:
         for event in self._waiters.get(key, ()):
@@ -452,10 +467,12 @@ class Kube:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
 
     def _owned_cached_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
+        # Indexed by owner UID: facts() must not scan every ReplicaSet in the cluster.
+        store = self._objects[REPLICASETS]
         return [
-            rs
-            for (ns, _), rs in self._objects[REPLICASETS].items()
-            if ns == namespace and controller_uid(rs) == uid
+            store[key]
+            for key in self._rs_by_owner.get(uid, ())
+            if key[0] == namespace and key in store
         ]
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
