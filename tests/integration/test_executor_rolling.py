@@ -573,3 +573,47 @@ async def test_resume_of_a_terminal_state_does_nothing(harness: Harness) -> None
 
     assert resumed.phase is result.phase is Phase.ROLLBACK_COMPLETED
     assert len(harness.pager.pages) == pages
+
+
+async def test_a_conflict_with_nothing_changed_is_replanned_and_applied(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+
+    async def conflict_on_the_template_patch(kind: str) -> None:
+        if kind == "plan":
+            harness.sim.faults.fail("PATCH", r".*/deployments/web$", 409, count=1)
+
+    harness.recorder.on_event = conflict_on_the_template_patch
+    result = await harness.executor().run(*rollback_to_v1())
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    kinds = [kind for kind, _, _ in harness.recorder.events]
+    assert kinds.count("conflict") == 1
+    assert kinds.count("plan") == 1
+
+
+async def test_a_paused_deployment_is_left_to_the_human(harness: Harness) -> None:
+    await harness.deploy_v1_then_v2()
+    await harness.human.patch([{"op": "add", "path": "/spec/paused", "value": True}])
+
+    result = await harness.executor().run(*rollback_to_v1())
+
+    assert result.phase is Phase.ESCALATED
+    assert result.reason_code == "paused"
+    after = await harness.kube.read_deployment(TARGET)
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == "web:2.0"
+
+
+async def test_a_progress_deadline_exceeded_fails_the_rollback(harness: Harness) -> None:
+    await harness.deploy_v1_then_v2(v1_annotations=NEVER_READY)
+    await harness.human.patch(
+        [{"op": "replace", "path": "/spec/progressDeadlineSeconds", "value": 1}]
+    )
+    await harness.rolled_out()
+
+    result = await harness.executor().run(*rollback_to_v1())
+
+    assert result.phase is Phase.ESCALATED
+    assert result.reason_code == "rollout_failed"
+    assert "progress deadline" in result.reason

@@ -208,7 +208,11 @@ async def test_the_watch_survives_dropped_streams(sim: KubeSim, kube: Kube) -> N
     assert sim.faults.drop_watches() > 0
     set_image(sim, "web:2.0")
 
-    await rolled_out(kube, 2)
+    def cached_image() -> str:
+        cached = kube.cached_deployment(TARGET) or {}
+        return str(cached["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    await wait_until(lambda: cached_image() == "web:2.0")
     assert kube.synced
 
 
@@ -331,3 +335,23 @@ async def test_a_watch_that_fell_too_far_behind_relists(
             await wait_until(caught_up)
             assert "re-listing" in caplog.text
             assert adapter.synced
+
+
+async def test_the_watch_rides_out_api_errors_on_reconnect(
+    sim: KubeSim, kube: Kube, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rollbackd.kube")
+    sim.store.create(DEPLOYMENTS, deployment("web:1.0"))
+    await rolled_out(kube, 1)
+
+    # The reconnecting watch meets three 503s before it gets through.
+    sim.faults.fail("watch", r"/apis/apps/v1/deployments$", 503, count=3)
+    sim.faults.drop_watches(r"deployments")
+    set_image(sim, "web:2.0")
+
+    def cached_image() -> str:
+        cached = kube.cached_deployment(TARGET) or {}
+        return str(cached["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    await wait_until(lambda: cached_image() == "web:2.0")
+    assert caplog.text.count("watch deployments failed") == 3
