@@ -502,7 +502,7 @@ class Kube:
         meta = deployment.get("metadata", {})
         spec = deployment.get("spec", {})
         replicasets = self._owned_cached_replicasets(meta.get("uid", ""), target.namespace)
-        revisions = self._revisions(deployment, replicasets)
+        revisions = self._revisions(deployment, replicasets, now)
         current = revisions[0] if revisions else None
         rollout_started_at = None
         if current is not None and templates_equal(current.template, spec.get("template") or {}):
@@ -552,7 +552,10 @@ class Kube:
         return starts
 
     def _revisions(
-        self, deployment: Mapping[str, Any], replicasets: Sequence[Mapping[str, Any]]
+        self,
+        deployment: Mapping[str, Any],
+        replicasets: Sequence[Mapping[str, Any]],
+        now: datetime,
     ) -> tuple[RevisionInfo, ...]:
         starts = self._start_times(deployment, replicasets)
         numbers = sorted(starts)
@@ -577,7 +580,7 @@ class Kube:
                     revision=revision,
                     replicaset=meta.get("name", ""),
                     uid=meta.get("uid", ""),
-                    created_at=_parse_time(meta.get("creationTimestamp")) or datetime.now(UTC),
+                    created_at=_parse_time(meta.get("creationTimestamp")) or now,
                     template=strip_hash(template),
                     images=_template_images(template),
                     replaced_at=starts.get(later[0]) if later else None,
@@ -856,24 +859,41 @@ class Kube:
         from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
         from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-        # The library wants coroutine functions, not any awaitable factory.
+        # The library runs on_started in a task it only cancels when the lease
+        # is lost; track it so cancelling us (shutdown) never leaks it.
+        leading: set[asyncio.Task[Any]] = set()
+
         async def started() -> None:
-            await on_started()
+            task = asyncio.current_task()
+            if task is not None:
+                leading.add(task)
+            try:
+                await on_started()
+            finally:
+                if task is not None:
+                    leading.discard(task)
 
         async def stopped() -> None:
             await on_stopped()
 
-        while True:
-            lock = LeaseLock(lease_name, namespace, identity, self._api)
-            election = leaderelection.LeaderElection(
-                electionconfig.Config(
-                    lock,
-                    lease_duration=lease_duration,
-                    renew_deadline=renew_deadline,
-                    retry_period=retry_period,
-                    onstarted_leading=started,
-                    onstopped_leading=stopped,
+        try:
+            while True:
+                lock = LeaseLock(lease_name, namespace, identity, self._api)
+                election = leaderelection.LeaderElection(
+                    electionconfig.Config(
+                        lock,
+                        lease_duration=lease_duration,
+                        renew_deadline=renew_deadline,
+                        retry_period=retry_period,
+                        onstarted_leading=started,
+                        onstopped_leading=stopped,
+                    )
                 )
-            )
-            await election.run()
-            await asyncio.sleep(retry_period)
+                await election.run()
+                await asyncio.sleep(retry_period)
+        finally:
+            for task in list(leading):
+                task.cancel()
+            for task in list(leading):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -278,10 +278,14 @@ async def test_image_digests_of_running_pods(sim: KubeSim, kube: Kube) -> None:
 
 async def test_leader_election_takes_the_lease(sim: KubeSim, kube: Kube) -> None:
     leading = asyncio.Event()
+    stopped_leading = asyncio.Event()
 
     async def started() -> None:
         leading.set()
-        await asyncio.Event().wait()  # lead until cancelled
+        try:
+            await asyncio.Event().wait()  # lead until cancelled
+        finally:
+            stopped_leading.set()
 
     async def stopped() -> None:
         return None
@@ -307,6 +311,8 @@ async def test_leader_election_takes_the_lease(sim: KubeSim, kube: Kube) -> None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+    # Shutting the election down also ended the leader's work: no leaked task.
+    assert stopped_leading.is_set()
 
 
 async def test_a_watch_that_fell_too_far_behind_relists(
