@@ -268,20 +268,9 @@ def rollback_to_v1() -> tuple[Rollback, Decision]:
 
 @pytest_asyncio.fixture
 async def sim(kubesim: KubeSim) -> AsyncIterator[KubeSim]:
-    """kubesim with its deployment controller running (see test_kube_adapter)."""
-    if kubesim.controller is not None:
-        yield kubesim
-        return
-    from rollbackd.testing.kubesim.controller import Controller
-
-    controller = Controller(kubesim.store, pod_ready_delay=0.1)
-    await controller.start()
-    kubesim.controller = controller
-    try:
-        yield kubesim
-    finally:
-        kubesim.controller = None
-        await controller.stop()
+    """kubesim, which must be simulating its deployment controller."""
+    assert kubesim.controller is not None, "kubesim started without its deployment controller"
+    yield kubesim
 
 
 @pytest_asyncio.fixture

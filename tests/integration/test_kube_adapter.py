@@ -59,24 +59,9 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
 
 @pytest_asyncio.fixture
 async def sim(kubesim: KubeSim) -> AsyncIterator[KubeSim]:
-    """kubesim with its deployment controller running.
-
-    KubeSim starts the controller itself once its workload module is in;
-    until then the controller is started here, and stopped again.
-    """
-    if kubesim.controller is not None:
-        yield kubesim
-        return
-    from rollbackd.testing.kubesim.controller import Controller
-
-    controller = Controller(kubesim.store, pod_ready_delay=0.1)
-    await controller.start()
-    kubesim.controller = controller
-    try:
-        yield kubesim
-    finally:
-        kubesim.controller = None
-        await controller.stop()
+    """kubesim, which must be simulating its deployment controller."""
+    assert kubesim.controller is not None, "kubesim started without its deployment controller"
+    yield kubesim
 
 
 @pytest_asyncio.fixture
