@@ -116,7 +116,12 @@ class Verifier:
         plan = []
         for index in range(1, self._intervals + 1):
             at = ready_at + (index + 1) * self._scrape + self._slack
-            seconds = max(1, math.floor((at - ready_at).total_seconds()))
+            seconds = math.floor((at - ready_at).total_seconds())
+            if seconds < 1:
+                # Sub-second scrape intervals (tests): wait for a whole-second
+                # window rather than let the window reach back before ready_at.
+                seconds = 1
+                at = ready_at + timedelta(seconds=1)
             plan.append((at, f"{seconds}s"))
         return plan
 

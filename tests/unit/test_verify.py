@@ -163,3 +163,16 @@ def test_at_least_one_interval_is_required(intervals: int) -> None:
     world = FakeWorld([], ALL_READY)
     with pytest.raises(ValueError, match="at least one interval"):
         world.verifier(intervals=intervals)
+
+
+def test_sub_second_intervals_still_never_reach_back_before_ready() -> None:
+    world = FakeWorld([], ALL_READY)
+    verifier = Verifier(
+        world.evaluate,
+        world.readiness,
+        scrape_interval=timedelta(milliseconds=100),
+        clock=world.clock,
+        sleep=world.sleep,
+    )
+    for at, window in verifier.schedule(READY_AT):
+        assert at - timedelta(seconds=int(window.rstrip("s"))) >= READY_AT
