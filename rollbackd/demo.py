@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rollbackd.model import Target
@@ -55,6 +56,7 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
         )
         await stack.wait_rollout_complete(TARGET.name)
         bad_ready = time.monotonic()
+        bad_ready_at = datetime.now(UTC)
         _say(started, "v2 checkout:2.4.0 is Ready -- and fails 30 % of its requests")
 
         rollback = await stack.wait_rollback(
@@ -84,6 +86,14 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
             )
         timeline = await stack.daemon.journal.timeline(final.id)
         details = await stack.daemon.journal.rollback_details(final.id)
+        for kind, label in (
+            ("phase:ROLLING_BACK", "rollback patch"),
+            (f"phase:{final.phase}", str(final.phase)),
+        ):
+            at = next((e.at for e in timeline if e.kind == kind), None)
+            if at is not None:
+                seconds = (at - bad_ready_at).total_seconds()
+                _say(started, f"measured: bad pods Ready -> {label}: {seconds:.1f}s")
         print()
         print(render_report(final, timeline, details))
         if hold > 0:
