@@ -29,8 +29,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from rollbackd.gitops import GitOpsError, PauseResult, pause
 from rollbackd.guard import disallowed_changes, images, mutable_images, template_diff_paths
-from rollbackd.kube import ConflictError, Kube, KubeError, NotFoundError
+from rollbackd.kube import ConflictError, Kube, KubeError, NotFoundError, gitops_owner
 from rollbackd.model import (
     ANNOTATION_CHANGE_CAUSE,
     ANNOTATION_RESTORED,
@@ -64,6 +65,7 @@ EVENT_READY = "RollbackReady"
 EVENT_VERIFIED = "RollbackVerified"
 EVENT_FAILED = "RollbackFailed"
 EVENT_ESCALATED = "RollbackEscalated"
+EVENT_GITOPS_PAUSED = "GitOpsPaused"
 
 # Guarded template patches tried before giving up on a Deployment that keeps moving.
 APPLY_ATTEMPTS = 3
@@ -149,6 +151,8 @@ class Executor:
         self._resume_max_age = resume_max_age
         # The newest phase of each rollback in progress, for the error paths.
         self._latest: dict[str, Rollback] = {}
+        # The GitOps owner of each rollback in progress, for every page after planning.
+        self._gitops: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ entry points
 
@@ -223,6 +227,7 @@ class Executor:
             return await self._escalate(latest, error.reason_code, error.message)
         finally:
             self._latest.pop(rollback.id, None)
+            self._gitops.pop(rollback.id, None)
 
     # ------------------------------------------------------------------ steps
 
@@ -249,8 +254,67 @@ class Executor:
                 "images_to": list(images(plan.replicaset["spec"]["template"])),
             },
         )
+        await self._pause_gitops(rollback, plan)
         rollback = await self._apply(rollback, plan)
         return await self._wait_and_verify(rollback)
+
+    async def _pause_gitops(self, rollback: Rollback, plan: _Plan) -> None:
+        """Safety rule 9: stop the GitOps controller before the template is touched.
+
+        A rollback the controller re-applies at its next reconcile is worse
+        than none, so a failed pause escalates without patching.
+        """
+        owner = gitops_owner(plan.deployment)
+        if owner is None:
+            return
+        try:
+            result: PauseResult = await pause(
+                self._kube,
+                rollback.target,
+                owner,
+                rollback_id=rollback.id,
+                deployment=plan.deployment,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._gitops[rollback.id] = {"owner": owner, "paused": False, "error": str(exc)}
+            reason = exc if isinstance(exc, GitOpsError) else f"{owner}: {exc!r}"
+            raise _Abort(
+                "gitops_pause_failed",
+                f"could not pause GitOps owner {reason}; not rolling back, "
+                "the controller would re-apply the bad version",
+                failed=False,
+            ) from exc
+        self._gitops[rollback.id] = {"paused": True, **result.as_dict()}
+        state = "was already paused" if result.already_paused else "auto-sync paused"
+        message = (
+            f"{result.kind} {result.namespace}/{result.name} ({owner}) {state}; "
+            "revert the change in Git before resuming"
+        )
+        await self._recorder.event(rollback, "gitops_paused", message, result.as_dict())
+        await self._kube.emit_event(
+            rollback.target, reason=EVENT_GITOPS_PAUSED, message=message, uid=self._uid(plan)
+        )
+
+    def _with_gitops(
+        self, rollback: Rollback, summary: str, details: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Add the GitOps owner to a page: Git still holds the bad version."""
+        gitops = self._gitops.get(rollback.id)
+        if gitops is None:
+            return summary, dict(details)
+        owner = gitops["owner"]
+        if gitops["paused"]:
+            sentence = (
+                f"managed by {owner}: auto-sync paused; revert the change in Git before resuming"
+            )
+        else:
+            sentence = (
+                f"managed by {owner}: auto-sync could not be paused, so nothing was rolled back; "
+                "revert the change in Git"
+            )
+        return f"{summary}. {sentence}", {**details, "gitops": gitops}
 
     async def _plan(self, rollback: Rollback) -> _Plan:
         """Choose the ReplicaSet like ``kubectl rollout undo`` and re-check every rule."""
@@ -356,12 +420,12 @@ class Executor:
             await self._kube.emit_event(
                 rollback.target, reason=EVENT_STARTED, message=message, uid=self._uid(plan)
             )
-            self._pager.notify(
-                NotificationKind.ROLLBACK_STARTED,
+            summary, details = self._with_gitops(
                 rollback,
                 f"rollbackd is rolling back {rollback.target} to revision {plan.to_revision}",
                 {"reason": rollback.reason, "reason_code": rollback.reason_code},
             )
+            self._pager.notify(NotificationKind.ROLLBACK_STARTED, rollback, summary, details)
             return rollback
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -438,12 +502,12 @@ class Executor:
         await self._write_state(done)
         await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
         await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
-        self._pager.notify(
-            NotificationKind.ROLLBACK_COMPLETED,
+        summary, details = self._with_gitops(
             done,
             f"rollbackd rolled back {done.target} to revision {done.to_revision}: {result.reason}",
             {"verification": [i.detail for i in result.intervals]},
         )
+        self._pager.notify(NotificationKind.ROLLBACK_COMPLETED, done, summary, details)
         return done
 
     async def _record_intervals(self, rollback: Rollback, result: VerifyResult) -> None:
@@ -493,12 +557,12 @@ class Executor:
                 message=f"{reason_code}: {message}",
                 type="Warning",
             )
-            self._pager.notify(
-                NotificationKind.ESCALATION,
+            summary, details = self._with_gitops(
                 escalated,
                 f"rollbackd could not roll back {escalated.target}: {message}",
                 {"reason_code": reason_code, "reason": message},
             )
+            self._pager.notify(NotificationKind.ESCALATION, escalated, summary, details)
         return escalated
 
     # -------------------------------------------------------------- helpers

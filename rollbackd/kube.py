@@ -57,6 +57,7 @@ __all__ = [
     "ReadinessReport",
     "RolloutOutcome",
     "RolloutStatus",
+    "gitops_owner",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def _template_images(template: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(c.get("image", "")) for c in containers)
 
 
-def _gitops_owner(deployment: Mapping[str, Any]) -> str | None:
+def gitops_owner(deployment: Mapping[str, Any]) -> str | None:
+    """``argocd:<app>`` / ``flux:<kind>/<name>`` when a GitOps controller manages the object."""
     meta = deployment.get("metadata", {})
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
@@ -238,6 +240,15 @@ class Kube:
                 await task
         self._tasks.clear()
         await self._api.close()
+
+    @property
+    def api_client(self) -> ApiClient:
+        """The shared ApiClient, for adapters of other resources (GitOps owners)."""
+        return self._api
+
+    @property
+    def request_timeout(self) -> float:
+        return self._request_timeout
 
     async def __aenter__(self) -> Kube:
         return self
@@ -518,7 +529,7 @@ class Kube:
             paused=bool(spec.get("paused", False)),
             revisions=revisions,
             rollout_started_at=rollout_started_at,
-            gitops_owner=_gitops_owner(deployment),
+            gitops_owner=gitops_owner(deployment),
         )
 
     def _start_times(
