@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from rollbackd.config import Settings
-from rollbackd.dispatch import Dispatcher, annotated_rollback, new_rollback_id
+from rollbackd.dispatch import Dispatcher, annotated_rollback
 from rollbackd.executor import Executor
 from rollbackd.intake import SignalIntake
 from rollbackd.journal import Journal
@@ -34,6 +34,7 @@ from rollbackd.model import (
     ANNOTATION_ROLLBACK,
     Decision,
     Phase,
+    Policy,
     Rollback,
     Signal,
     SignalSource,
@@ -438,7 +439,7 @@ class Daemon:
         ).inc()
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
 
-    def _policy_for_target(self, target: Target) -> Any:
+    def _policy_for_target(self, target: Target) -> Policy:
         facts = self.kube.facts(target, now=self.clock())
         return self.settings.policy_for(target, facts.annotations)[0]
 
@@ -462,51 +463,24 @@ class Daemon:
             key=f"manual:{target}:{now.isoformat()}",
             summary=reason or "manual rollback request",
         )
-        facts = self.kube.facts(target, now=now)
-        policy = self.settings.policy_for(target, facts.annotations)[0]
-        # An operator asking explicitly is the evidence; the change window and
-        # cooldown protect against automatic flapping, not against a human.
-        policy = replace(
-            policy,
-            change_window=timedelta(days=3650),
-            cooldown=timedelta(0),
-            dry_run=policy.dry_run or dry_run,
-        )
-        from rollbackd.decide import decide
-
-        history = await self.journal.history(target)
-        history = replace(history, in_flight=self.dispatcher.in_flight.get(target))
-        decision: Decision = decide(signal, facts, history, policy, now)
         await self.journal.record_signal(signal, accepted=True)
-        self.metrics.decisions_total.labels(
-            action=str(decision.action), reason=decision.reason_code
-        ).inc()
-        if str(decision.action) == "rollback":
-            rollback_id = await self.dispatcher.start(decision, now)
-        elif str(decision.action) == "join" and decision.rollback_id:
-            rollback_id = decision.rollback_id
-        elif str(decision.action) == "dry_run":
-            rollback_id = new_rollback_id(now)
-            await self.journal.save_rollback(
-                Rollback(
-                    id=rollback_id,
-                    target=target,
-                    phase=Phase.DRY_RUN,
-                    started_at=now,
-                    updated_at=now,
-                    from_revision=decision.from_revision,
-                    to_revision=decision.to_revision,
-                    reason_code=decision.reason_code,
-                    reason=decision.reason,
-                    finished_at=now,
-                )
+
+        def as_requested(policy: Policy) -> Policy:
+            # An operator asking explicitly is the evidence; the change window and
+            # cooldown protect against automatic flapping, not against a human.
+            return replace(
+                policy,
+                change_window=timedelta(days=3650),
+                cooldown=timedelta(0),
+                dry_run=policy.dry_run or dry_run,
             )
-        else:
-            raise RollbackRefused(decision)
-        await self.journal.record_decision(
-            decision, signal_key=signal.key, at=now, rollback_id=rollback_id
+
+        decision = await self.dispatcher.handle(
+            signal, adjust_policy=as_requested, page_escalations=False
         )
-        return rollback_id
+        if decision.rollback_id is None:
+            raise RollbackRefused(decision)
+        return decision.rollback_id
 
 
 class RollbackRefused(ValueError):

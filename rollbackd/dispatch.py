@@ -91,6 +91,22 @@ def new_rollback_id(now: datetime) -> str:
     return f"rb-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def rollback_for(decision: Decision, now: datetime, phase: Phase) -> Rollback:
+    """A new rollback record for ``decision``, starting now in ``phase``."""
+    return Rollback(
+        id=new_rollback_id(now),
+        target=decision.target,
+        phase=phase,
+        started_at=now,
+        updated_at=now,
+        from_revision=decision.from_revision,
+        to_revision=decision.to_revision,
+        reason_code=decision.reason_code,
+        reason=decision.reason,
+        finished_at=now if phase.terminal else None,
+    )
+
+
 @dataclass
 class _Running:
     rollback: Rollback
@@ -140,10 +156,23 @@ class Dispatcher:
             finally:
                 queue.task_done()
 
-    async def handle(self, signal: Signal) -> Decision:
+    async def handle(
+        self,
+        signal: Signal,
+        *,
+        adjust_policy: Callable[[Policy], Policy] | None = None,
+        page_escalations: bool = True,
+    ) -> Decision:
+        """Decide about ``signal`` and act; the Decision names the rollback started or joined.
+
+        ``adjust_policy`` and ``page_escalations`` serve a human's request: the
+        human asked explicitly (no change window) and is told the refusal directly.
+        """
         now = self._clock()
         facts = self._facts(signal.target, now)
         policy = self._policy_for(signal.target, facts.annotations)
+        if adjust_policy is not None:
+            policy = adjust_policy(policy)
         history = await self._history(signal.target, facts)
         decision = decide(signal, facts, history, policy, now)
         self._metrics.decisions_total.labels(
@@ -157,11 +186,11 @@ class Dispatcher:
             reason_code=decision.reason_code,
         )
         bound.info("decision", reason=decision.reason)
-        rollback_id = await self._act(signal, decision, now, history)
+        rollback_id = await self._act(signal, decision, now, history, page_escalations)
         await self._journal.record_decision(
             decision, signal_key=signal.key, at=now, rollback_id=rollback_id
         )
-        return decision
+        return replace(decision, rollback_id=rollback_id)
 
     async def _history(self, target: Target, facts: ClusterFacts) -> History:
         history = await self._journal.history(target)
@@ -174,7 +203,12 @@ class Dispatcher:
         return replace(history, in_flight=annotated_rollback(facts))
 
     async def _act(
-        self, signal: Signal, decision: Decision, now: datetime, history: History
+        self,
+        signal: Signal,
+        decision: Decision,
+        now: datetime,
+        history: History,
+        page_escalations: bool,
     ) -> str | None:
         if decision.action is Action.ROLLBACK:
             self._metrics.time_to_detect_seconds.observe(
@@ -192,24 +226,16 @@ class Dispatcher:
             )
             return decision.rollback_id
         if decision.action is Action.ESCALATE:
-            return await self._escalate(signal, decision, now, history)
+            if page_escalations:
+                return await self._escalate(signal, decision, now, history)
+            return None
         if decision.action is Action.DRY_RUN:
             return await self._dry_run(decision, now)
         return None
 
     async def start(self, decision: Decision, now: datetime) -> str:
         """Create the rollback record and its executor task."""
-        rollback = Rollback(
-            id=new_rollback_id(now),
-            target=decision.target,
-            phase=Phase.PENDING,
-            started_at=now,
-            updated_at=now,
-            from_revision=decision.from_revision,
-            to_revision=decision.to_revision,
-            reason_code=decision.reason_code,
-            reason=decision.reason,
-        )
+        rollback = rollback_for(decision, now, Phase.PENDING)
         await self._journal.save_rollback(rollback)
         self._spawn(rollback, decision)
         return rollback.id
@@ -315,18 +341,7 @@ class Dispatcher:
                 del self._escalated[key]
 
     async def _dry_run(self, decision: Decision, now: datetime) -> str:
-        rollback = Rollback(
-            id=new_rollback_id(now),
-            target=decision.target,
-            phase=Phase.DRY_RUN,
-            started_at=now,
-            updated_at=now,
-            from_revision=decision.from_revision,
-            to_revision=decision.to_revision,
-            reason_code=decision.reason_code,
-            reason=decision.reason,
-            finished_at=now,
-        )
+        rollback = rollback_for(decision, now, Phase.DRY_RUN)
         await self._journal.save_rollback(rollback)
         await self._journal.record_event(
             rollback.id,

@@ -146,7 +146,7 @@ async def test_alerts_and_polls_for_one_regression_start_exactly_one_rollback() 
     assert again.action is Action.JOIN and third.action is Action.JOIN
     assert len(h.started) == 1
     rollback_id = h.started[0].id
-    assert again.rollback_id == rollback_id == third.rollback_id
+    assert first.rollback_id == again.rollback_id == rollback_id == third.rollback_id
     assert [rid for _, rid in h.journal.decisions] == [rollback_id] * 3
     assert h.journal.events.count((rollback_id, "signal_joined")) == 2
     h.release.set()
