@@ -216,13 +216,12 @@ class Dispatcher:
             )
             return await self.start(decision, now)
         if decision.action is Action.JOIN and decision.rollback_id:
-            await self._journal.record_event(
+            await self._note_signal(
                 decision.rollback_id,
-                signal.target,
+                signal,
                 "signal_joined",
                 f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
-                at=now,
-                data={"key": signal.key, "value": signal.value},
+                now,
             )
             return decision.rollback_id
         if decision.action is Action.ESCALATE:
@@ -286,13 +285,12 @@ class Dispatcher:
             and signal.started_at <= last.finished_at
         ):
             # The same anomaly that the failed rollback already paged for.
-            await self._journal.record_event(
+            await self._note_signal(
                 last.id,
-                decision.target,
+                signal,
                 "signal_after_escalation",
                 f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})",
-                at=now,
-                data={"key": signal.key, "value": signal.value},
+                now,
             )
             return last.id
         anomaly = signal.started_at.isoformat()
@@ -333,6 +331,19 @@ class Dispatcher:
             )
         )
         return None
+
+    async def _note_signal(
+        self, rollback_id: str, signal: Signal, kind: str, message: str, now: datetime
+    ) -> None:
+        """A later signal on an existing rollback's timeline, so the review sees it."""
+        await self._journal.record_event(
+            rollback_id,
+            signal.target,
+            kind,
+            message,
+            at=now,
+            data={"key": signal.key, "value": signal.value},
+        )
 
     def _forget_old_escalations(self, now: datetime) -> None:
         horizon = now - timedelta(hours=24)
