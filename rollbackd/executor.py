@@ -188,6 +188,7 @@ class Executor:
         )
         if state.phase in (Phase.PENDING, Phase.PLANNING):
             return await self._guarded(rollback, self._from_planning(rollback))
+        await self._remember_paused_owner(rollback)
         if state.phase is Phase.ROLLING_BACK:
             return await self._guarded(rollback, self._resume_rolling_back(rollback))
         if state.phase is Phase.VERIFYING:
@@ -197,9 +198,26 @@ class Executor:
                 ready_at = now
             return await self._guarded(rollback, self._verify(rollback, ready_at))
         # ROLLBACK_FAILED: the failure was recorded, the escalation may not have been.
-        return await self._escalate(
-            rollback, "rollback_failed", "rollback had failed before the restart"
-        )
+        try:
+            return await self._escalate(
+                rollback, "rollback_failed", "rollback had failed before the restart"
+            )
+        finally:
+            self._gitops.pop(rollback.id, None)
+
+    async def _remember_paused_owner(self, rollback: Rollback) -> None:
+        """Past planning, the GitOps owner was paused: the pages must keep saying so.
+
+        The pause precedes the template patch that wrote ROLLING_BACK, so a
+        rollback resumed from that phase or later has a paused owner.
+        """
+        try:
+            deployment = await self._kube.read_deployment(rollback.target)
+        except KubeError:
+            return  # the resumed steps read it again and report what is wrong
+        owner = gitops_owner(deployment)
+        if owner is not None:
+            self._gitops[rollback.id] = {"owner": owner, "paused": True}
 
     async def _guarded(self, rollback: Rollback, steps: Awaitable[Rollback]) -> Rollback:
         """Turn every way a rollback can stop into a recorded terminal phase.

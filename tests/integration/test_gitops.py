@@ -22,8 +22,9 @@ from kubernetes_asyncio import config
 from rollbackd.executor import EVENT_GITOPS_PAUSED
 from rollbackd.gitops import ANNOTATION_PAUSED_SYNC, GitOpsError, PauseResult, pause
 from rollbackd.kube import Kube
-from rollbackd.model import Phase
+from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
+from rollbackd.state import decode_state
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_rolling import (
     TARGET,
@@ -32,6 +33,7 @@ from tests.integration.test_executor_rolling import (
     Human,
     RecordingPager,
     RecordingRecorder,
+    deployment,
     rollback_to_v1,
     rollbackd_events,
 )
@@ -129,16 +131,18 @@ async def managed_v1_then_v2(
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> None:
-    """v1 then v2 deployed, then the metadata a GitOps sync leaves on the Deployment."""
-    await harness.deploy_v1_then_v2()
-    ops: list[dict[str, Any]] = []
-    if labels:
-        ops.append({"op": "add", "path": "/metadata/labels", "value": dict(labels)})
-    if annotations:
-        current = await harness.kube.read_deployment(TARGET)
-        merged = {**(current["metadata"].get("annotations") or {}), **annotations}
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": merged})
-    await harness.human.patch(ops)
+    """v1 then v2 synced by a GitOps controller: its metadata is there from the start.
+
+    From the start matters: the controller copies Deployment annotations onto
+    each ReplicaSet, and a rollback restores them from the chosen one.
+    """
+    body = deployment("web:1.0")
+    body["metadata"]["labels"] = dict(labels or {})
+    body["metadata"]["annotations"] = dict(annotations or {})
+    await harness.human.create(body)
+    await harness.rolled_out()
+    await harness.human.set_image("web:2.0")
+    await harness.rolled_out()
 
 
 def gitops_event_data(harness: Harness) -> Mapping[str, Any]:
@@ -220,6 +224,39 @@ async def test_flux_helmrelease_defaults_to_the_deployments_namespace(harness: H
 
     assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
     assert harness.sim.store.get(HELMRELEASES, "default", "web")["spec"]["suspend"] is True
+
+
+async def test_a_rollback_resumed_after_a_restart_still_says_git_must_be_reverted(
+    harness: Harness,
+) -> None:
+    namespace(harness.sim, "argocd")
+    harness.sim.store.create(APPLICATIONS, application())
+    await managed_v1_then_v2(harness, annotations=ARGO_TRACKING)
+    verifying = asyncio.Event()
+
+    async def crash_when_verifying(rollback: Rollback) -> None:
+        if rollback.phase is Phase.VERIFYING:
+            verifying.set()
+            await asyncio.Event().wait()  # hang until the "crash" cancels us
+
+    harness.recorder.on_phase = crash_when_verifying
+    first = asyncio.create_task(harness.executor().run(*rollback_to_v1()))
+    async with asyncio.timeout(20):
+        await verifying.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    harness.recorder.on_phase = None
+    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
+    harness.pager.pages.clear()
+
+    result = await harness.executor().resume(TARGET, decode_state(annotations[ANNOTATION_ROLLBACK]))
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    assert harness.pager.kinds == [NotificationKind.ROLLBACK_COMPLETED]
+    _, summary, details = harness.pager.pages[0]
+    assert "managed by argocd:shop: auto-sync paused" in summary
+    assert details["gitops"] == {"owner": "argocd:shop", "paused": True}
 
 
 async def test_missing_owner_escalates_without_touching_the_template(harness: Harness) -> None:
