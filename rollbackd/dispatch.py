@@ -186,11 +186,26 @@ class Dispatcher:
             reason_code=decision.reason_code,
         )
         bound.info("decision", reason=decision.reason)
-        rollback_id = await self._act(signal, decision, now, history, page_escalations)
+        # The decision is journaled before anything is done about it, so no page
+        # or patch ever precedes its record.
+        new_rollback = self._new_rollback(decision, now)
+        repeat_of = (
+            already_escalated(history, signal) if decision.action is Action.ESCALATE else None
+        )
+        rollback_id = new_rollback.id if new_rollback else decision.rollback_id or repeat_of
         await self._journal.record_decision(
             decision, signal_key=signal.key, at=now, rollback_id=rollback_id
         )
+        await self._act(signal, decision, now, new_rollback, repeat_of, page_escalations)
         return replace(decision, rollback_id=rollback_id)
+
+    @staticmethod
+    def _new_rollback(decision: Decision, now: datetime) -> Rollback | None:
+        if decision.action is Action.ROLLBACK:
+            return rollback_for(decision, now, Phase.PENDING)
+        if decision.action is Action.DRY_RUN:
+            return rollback_for(decision, now, Phase.DRY_RUN)
+        return None
 
     async def _history(self, target: Target, facts: ClusterFacts) -> History:
         history = await self._journal.history(target)
@@ -207,15 +222,16 @@ class Dispatcher:
         signal: Signal,
         decision: Decision,
         now: datetime,
-        history: History,
+        new_rollback: Rollback | None,
+        repeat_of: str | None,
         page_escalations: bool,
-    ) -> str | None:
-        if decision.action is Action.ROLLBACK:
+    ) -> None:
+        if decision.action is Action.ROLLBACK and new_rollback is not None:
             self._metrics.time_to_detect_seconds.observe(
                 max(0.0, (now - signal.started_at).total_seconds())
             )
-            return await self.start(decision, now)
-        if decision.action is Action.JOIN and decision.rollback_id:
+            await self._launch(new_rollback, decision)
+        elif decision.action is Action.JOIN and decision.rollback_id:
             await self._note_signal(
                 decision.rollback_id,
                 signal,
@@ -223,21 +239,24 @@ class Dispatcher:
                 f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
                 now,
             )
-            return decision.rollback_id
-        if decision.action is Action.ESCALATE:
-            if page_escalations:
-                return await self._escalate(signal, decision, now, history)
-            return None
-        if decision.action is Action.DRY_RUN:
-            return await self._dry_run(decision, now)
-        return None
+        elif decision.action is Action.ESCALATE and repeat_of is not None:
+            # The same anomaly that the failed rollback already paged for.
+            await self._note_signal(
+                repeat_of,
+                signal,
+                "signal_after_escalation",
+                f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})",
+                now,
+            )
+        elif decision.action is Action.ESCALATE and page_escalations:
+            await self._escalate(signal, decision, now)
+        elif decision.action is Action.DRY_RUN and new_rollback is not None:
+            await self._record_dry_run(new_rollback, decision, now)
 
-    async def start(self, decision: Decision, now: datetime) -> str:
-        """Create the rollback record and its executor task."""
-        rollback = rollback_for(decision, now, Phase.PENDING)
+    async def _launch(self, rollback: Rollback, decision: Decision) -> None:
+        """Record the rollback, then start its executor task."""
         await self._journal.save_rollback(rollback)
         self._spawn(rollback, decision)
-        return rollback.id
 
     def observe(self, rollback: Rollback) -> None:
         """Keep the in-flight view current, so joining signals see the real phase."""
@@ -274,30 +293,12 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def _escalate(
-        self, signal: Signal, decision: Decision, now: datetime, history: History
-    ) -> str | None:
-        last = history.last_finished
-        if (
-            last is not None
-            and last.phase is Phase.ESCALATED
-            and last.finished_at is not None
-            and signal.started_at <= last.finished_at
-        ):
-            # The same anomaly that the failed rollback already paged for.
-            await self._note_signal(
-                last.id,
-                signal,
-                "signal_after_escalation",
-                f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})",
-                now,
-            )
-            return last.id
+    async def _escalate(self, signal: Signal, decision: Decision, now: datetime) -> None:
         anomaly = signal.started_at.isoformat()
         key = (decision.target, decision.reason_code, anomaly)
         self._forget_old_escalations(now)
         if key in self._escalated:
-            return None
+            return
         self._escalated[key] = now
         dedup_key = (
             f"esc-{decision.target.namespace}-{decision.target.name}-"
@@ -330,7 +331,6 @@ class Dispatcher:
                 created_at=now,
             )
         )
-        return None
 
     async def _note_signal(
         self, rollback_id: str, signal: Signal, kind: str, message: str, now: datetime
@@ -351,8 +351,7 @@ class Dispatcher:
             if at < horizon:
                 del self._escalated[key]
 
-    async def _dry_run(self, decision: Decision, now: datetime) -> str:
-        rollback = rollback_for(decision, now, Phase.DRY_RUN)
+    async def _record_dry_run(self, rollback: Rollback, decision: Decision, now: datetime) -> None:
         await self._journal.save_rollback(rollback)
         await self._journal.record_event(
             rollback.id,
@@ -362,7 +361,6 @@ class Dispatcher:
             f"{decision.from_revision} to {decision.to_revision}",
             at=now,
         )
-        return rollback.id
 
     async def wait(self, target: Target) -> Rollback | None:
         """Wait for the rollback in flight for ``target`` (if any) to finish."""
@@ -384,6 +382,19 @@ class Dispatcher:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def already_escalated(history: History, signal: Signal) -> str | None:
+    """The failed rollback that already paged for this anomaly, if any."""
+    last = history.last_finished
+    if (
+        last is not None
+        and last.phase is Phase.ESCALATED
+        and last.finished_at is not None
+        and signal.started_at <= last.finished_at
+    ):
+        return last.id
+    return None
 
 
 def annotated_rollback(facts: ClusterFacts) -> Rollback | None:

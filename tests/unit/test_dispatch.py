@@ -248,3 +248,16 @@ async def test_decisions_are_counted_by_action_and_reason() -> None:
     assert 'rollbackd_decisions_total{action="join",reason="rollback_in_flight"} 1.0' in text
     h.release.set()
     await h.dispatcher.wait(CART)
+
+
+async def test_the_decision_is_journaled_before_the_page_goes_out() -> None:
+    h = Harness()
+    h.facts = facts(
+        RevisionInfo(1, "cart-a", "u1", NOW - timedelta(minutes=5), template("cart:1"), ("cart:1",))
+    )
+    journaled_when_paged: list[int] = []
+    h.dispatcher._submit = lambda n: journaled_when_paged.append(len(h.journal.decisions))
+
+    await h.dispatcher.handle(signal("am:1"))
+
+    assert journaled_when_paged == [1]
