@@ -36,7 +36,7 @@ from rollbackd.model import (
 )
 from rollbackd.notify.base import NotificationKind
 from rollbackd.signals import Evaluation, Verdict
-from rollbackd.state import decode_state
+from rollbackd.state import RollbackState, decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
@@ -266,6 +266,28 @@ def rollback_to_v1() -> tuple[Rollback, Decision]:
     return rollback, decision
 
 
+async def crash_in(harness: Harness, phase: Phase) -> RollbackState:
+    """Run a rollback until it records ``phase``, cancel it there (the "crash"),
+    and return the state it left on the Deployment for the next daemon."""
+    reached = asyncio.Event()
+
+    async def hang_in_phase(rollback: Rollback) -> None:
+        if rollback.phase is phase:
+            reached.set()
+            await asyncio.Event().wait()  # hang here until the crash cancels us
+
+    harness.recorder.on_phase = hang_in_phase
+    first = asyncio.create_task(harness.executor().run(*rollback_to_v1()))
+    async with asyncio.timeout(20):
+        await reached.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    harness.recorder.on_phase = None
+    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
+    return decode_state(annotations[ANNOTATION_ROLLBACK])
+
+
 @pytest_asyncio.fixture
 async def sim(kubesim: KubeSim) -> AsyncIterator[KubeSim]:
     """kubesim, which must be simulating its deployment controller."""
@@ -491,24 +513,7 @@ async def test_resume_after_a_crash_in_rolling_back_does_not_patch_again(
     harness: Harness,
 ) -> None:
     await harness.deploy_v1_then_v2()
-    rolling = asyncio.Event()
-
-    async def crash_when_rolling(rollback: Rollback) -> None:
-        if rollback.phase is Phase.ROLLING_BACK:
-            rolling.set()
-            await asyncio.Event().wait()  # hang here until the "crash" cancels us
-
-    harness.recorder.on_phase = crash_when_rolling
-    first = asyncio.create_task(harness.executor().run(*rollback_to_v1()))
-    async with asyncio.timeout(20):
-        await rolling.wait()
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-
-    harness.recorder.on_phase = None
-    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
-    state = decode_state(annotations[ANNOTATION_ROLLBACK])
+    state = await crash_in(harness, Phase.ROLLING_BACK)
     assert state.phase is Phase.ROLLING_BACK
 
     result = await harness.executor().resume(TARGET, state)
@@ -525,23 +530,7 @@ async def test_resume_after_a_crash_in_rolling_back_does_not_patch_again(
 
 async def test_resume_in_verifying_verifies_again(harness: Harness) -> None:
     await harness.deploy_v1_then_v2()
-    verifying = asyncio.Event()
-
-    async def crash_when_verifying(rollback: Rollback) -> None:
-        if rollback.phase is Phase.VERIFYING:
-            verifying.set()
-            await asyncio.Event().wait()
-
-    harness.recorder.on_phase = crash_when_verifying
-    first = asyncio.create_task(harness.executor().run(*rollback_to_v1()))
-    async with asyncio.timeout(20):
-        await verifying.wait()
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    harness.recorder.on_phase = None
-    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
-    state = decode_state(annotations[ANNOTATION_ROLLBACK])
+    state = await crash_in(harness, Phase.VERIFYING)
     assert state.phase is Phase.VERIFYING
     assert state.ready_at is not None
 

@@ -22,9 +22,8 @@ from kubernetes_asyncio import config
 from rollbackd.executor import EVENT_GITOPS_PAUSED
 from rollbackd.gitops import ANNOTATION_PAUSED_SYNC, GitOpsError, PauseResult, pause
 from rollbackd.kube import Kube
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback
+from rollbackd.model import Phase
 from rollbackd.notify.base import NotificationKind
-from rollbackd.state import decode_state
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_rolling import (
     TARGET,
@@ -33,6 +32,7 @@ from tests.integration.test_executor_rolling import (
     Human,
     RecordingPager,
     RecordingRecorder,
+    crash_in,
     deployment,
     rollback_to_v1,
     rollbackd_events,
@@ -232,25 +232,10 @@ async def test_a_rollback_resumed_after_a_restart_still_says_git_must_be_reverte
     namespace(harness.sim, "argocd")
     harness.sim.store.create(APPLICATIONS, application())
     await managed_v1_then_v2(harness, annotations=ARGO_TRACKING)
-    verifying = asyncio.Event()
-
-    async def crash_when_verifying(rollback: Rollback) -> None:
-        if rollback.phase is Phase.VERIFYING:
-            verifying.set()
-            await asyncio.Event().wait()  # hang until the "crash" cancels us
-
-    harness.recorder.on_phase = crash_when_verifying
-    first = asyncio.create_task(harness.executor().run(*rollback_to_v1()))
-    async with asyncio.timeout(20):
-        await verifying.wait()
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    harness.recorder.on_phase = None
-    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
+    state = await crash_in(harness, Phase.VERIFYING)
     harness.pager.pages.clear()
 
-    result = await harness.executor().resume(TARGET, decode_state(annotations[ANNOTATION_ROLLBACK]))
+    result = await harness.executor().resume(TARGET, state)
 
     assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
     assert harness.pager.kinds == [NotificationKind.ROLLBACK_COMPLETED]
