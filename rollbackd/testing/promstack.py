@@ -492,6 +492,16 @@ class MetricsEndpoint:
 class _Started:
     servers: list[_ServerProcess] = field(default_factory=list)
 
+    async def start(self, make: Callable[[], _S]) -> _S:
+        """Build, track (so teardown stops it even if start fails) and start a server."""
+        try:
+            server = make()
+        except BinaryNotFoundError as exc:
+            _fail_on_missing_binary(exc)
+        self.servers.append(server)
+        await server.start()
+        return server
+
     async def close_all(self) -> None:
         for server in reversed(self.servers):
             await server.close()
@@ -521,13 +531,9 @@ async def prometheus_factory(
         config = PrometheusConfig(
             targets=tuple(targets), rules=rules, alertmanager_url=alertmanager_url, **options
         )
-        try:
-            server = PrometheusServer(config, workdir=tmp_path_factory.mktemp("prometheus"))
-        except BinaryNotFoundError as exc:
-            _fail_on_missing_binary(exc)
-        started.servers.append(server)
-        await server.start()
-        return server
+        return await started.start(
+            lambda: PrometheusServer(config, workdir=tmp_path_factory.mktemp("prometheus"))
+        )
 
     try:
         yield make
@@ -544,13 +550,9 @@ async def alertmanager_factory(
 
     async def make(webhook_url: str, **options: Any) -> AlertmanagerServer:
         config = AlertmanagerConfig(webhook_url=webhook_url, **options)
-        try:
-            server = AlertmanagerServer(config, workdir=tmp_path_factory.mktemp("alertmanager"))
-        except BinaryNotFoundError as exc:
-            _fail_on_missing_binary(exc)
-        started.servers.append(server)
-        await server.start()
-        return server
+        return await started.start(
+            lambda: AlertmanagerServer(config, workdir=tmp_path_factory.mktemp("alertmanager"))
+        )
 
     try:
         yield make
