@@ -1,9 +1,19 @@
 """Alertmanager webhook (payload version 4) -> Signals.
 
-Parsing is strict where a mistake would mislead (the version, each alert's
-status and startsAt) and tolerant elsewhere: Alertmanager adds fields over
-time, so unknown keys are ignored. Every problem becomes a ``PayloadError``
-naming the field, which the HTTP layer turns into a 400.
+A body is taken in two steps, so one bad alert never costs the good ones
+beside it and repeats can be dropped before any object is built:
+
+1. ``parse_body`` decodes the bytes and checks only the envelope (a JSON
+   object, ``version`` "4", ``alerts`` a list). Anything wrong here is the
+   sender's fault for the whole body: ``PayloadError`` with an HTTP status
+   (400 not JSON at all, 422 JSON but not a v4 payload) and the JSON path.
+2. ``validate_alert`` checks one raw alert and never raises: a bad one comes
+   back as ``RejectedAlert`` naming its path, with best-effort fields that
+   are safe to store. ``raw_alert_key`` gives a cheap dedupe key in between.
+
+Validation is strict where a mistake would mislead (each alert's status,
+startsAt, labels, text that is not valid Unicode) and tolerant elsewhere:
+Alertmanager adds fields over time, so unknown keys are ignored.
 
 Each alert's own ``status`` is used: the top-level status says "firing" as
 soon as one alert of a group fires, even when others in the same body are
@@ -17,39 +27,92 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
+from rollbackd.sources.jsonsafe import (
+    has_surrogate,
+    json_path,
+    json_type,
+    nesting_exceeds,
+    safe_text,
+)
 
 __all__ = [
+    "MAX_NESTING",
     "PayloadError",
+    "RawPayload",
+    "RejectedAlert",
     "SignalDeduper",
     "TargetMapping",
     "UnresolvedAlert",
     "WebhookAlert",
     "WebhookPayload",
+    "alert_to_signal",
     "alerts_to_signals",
+    "parse_body",
     "parse_payload",
+    "raw_alert_key",
+    "validate_alert",
 ]
 
 SUPPORTED_VERSION = "4"
+# Alertmanager's body nests four levels (body, alerts, alert, labels); far
+# deeper is an attack or a bug, and deep enough makes Python's json recurse out.
+MAX_NESTING = 32
 # Go's zero time: Alertmanager sends it as endsAt for alerts with no end yet.
 _ZERO_TIME_PREFIX = "0001-01-01T00:00:00"
+_RFC3339_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}")
+# Times outside this range are nonsense for an alert, and near datetime's own
+# limits they overflow in ordinary arithmetic (startsAt - change_window).
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+
+# Bounds for the best-effort fields of a rejected alert: stored, logged, shown.
+_MAX_KEPT_LABELS = 64
+_MAX_LABEL_NAME = 128
+_MAX_LABEL_VALUE = 1024
+_MAX_NAME = 256
+_MAX_REASON = 512
+_MAX_ENVELOPE_TEXT = 4096
 
 
 class PayloadError(ValueError):
-    """The webhook body is not a usable Alertmanager v4 payload; the message says why."""
+    """The body as a whole is unusable; the sender must not retry it.
+
+    ``status`` is the HTTP answer: 400 when the body is not JSON at all (not
+    UTF-8, malformed, nested too deeply, a number too big, not an object),
+    422 when it is JSON but not a usable v4 payload. ``path`` is the JSON
+    path of the problem (``$`` for the whole body).
+    """
+
+    def __init__(self, message: str, *, status: int = 400, path: str = "$") -> None:
+        super().__init__(message)
+        self.status = status
+        self.path = path
 
 
 def _utc(value: datetime) -> datetime:
     # Alertmanager always sends an offset; a naive time is taken as UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _is_zero_time(value: Any) -> bool:
+    return value in (None, "") or (isinstance(value, str) and value.startswith(_ZERO_TIME_PREFIX))
 
 
 class WebhookAlert(BaseModel):
@@ -65,17 +128,37 @@ class WebhookAlert(BaseModel):
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = ""
 
-    @field_validator("ends_at", mode="before")
+    @field_validator("labels")
     @classmethod
-    def _zero_time_is_no_end(cls, value: Any) -> Any:
-        if value in (None, "") or (isinstance(value, str) and value.startswith(_ZERO_TIME_PREFIX)):
+    def _some_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("an alert needs at least one label")
+        return value
+
+    @field_validator("starts_at", "ends_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would also take numbers and bare dates; Alertmanager sends
+        # RFC 3339 text, and anything else would be read as a misleading time.
+        if info.field_name == "ends_at" and _is_zero_time(value):
             return None
+        if not isinstance(value, str) or not _RFC3339_PREFIX.match(value):
+            raise ValueError("must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
         return value
 
     @field_validator("starts_at", "ends_at")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        if value is None:
+            return None
+        try:
+            utc = _utc(value)
+        except OverflowError:
+            # OverflowError is not a ValueError: pydantic would let it escape.
+            raise ValueError("out of range once converted to UTC") from None
+        if not _EARLIEST <= utc < _LATEST:
+            raise ValueError(f"must lie between {_EARLIEST:%Y-%m-%d} and {_LATEST:%Y-%m-%d} UTC")
+        return utc
 
     @property
     def identity(self) -> str:
@@ -103,16 +186,47 @@ class WebhookPayload(BaseModel):
     alerts: list[WebhookAlert]
 
 
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(body)"
-        problems.append(f"{path}: {item['msg']}")
-    return "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
+@dataclass(frozen=True)
+class RawPayload:
+    """A body whose envelope is a usable v4 payload; the alerts are not yet validated.
+
+    The envelope fields are informational and best-effort: a malformed one
+    is replaced by its default rather than costing the alerts. All text is
+    safe to log and store.
+    """
+
+    raw_alerts: list[Any]
+    group_key: str = ""
+    receiver: str = ""
+    status: str = ""
+    external_url: str = ""
+    truncated_alerts: int = 0
+    group_labels: Mapping[str, str] = field(default_factory=dict)
+    common_labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def parse_payload(body: bytes) -> WebhookPayload:
-    """Parse and validate a webhook body; raises ``PayloadError`` with the reason."""
+@dataclass(frozen=True)
+class RejectedAlert:
+    """One alert of a body that cannot be used; the others in the body still are.
+
+    ``path`` names the first problem (``$.alerts[3].startsAt``). The other
+    fields are best-effort, for the journal and the logs: surrogates
+    replaced, only string-to-string labels kept, every length bounded.
+    """
+
+    index: int
+    path: str
+    reason: str
+    fingerprint: str = ""
+    alertname: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """What the HTTP answer says about this alert."""
+        return {"index": self.index, "path": self.path, "reason": self.reason}
+
+
+def _decode(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -123,17 +237,189 @@ def parse_payload(body: bytes) -> WebhookPayload:
         raise PayloadError(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise PayloadError(f"body nests deeper than {MAX_NESTING} levels") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise PayloadError("body holds a number too large to read") from None
+    # Counting brackets is a C-speed upper bound on the depth: most bodies skip the walk.
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING and nesting_exceeds(data, MAX_NESTING):
+        raise PayloadError(f"body nests deeper than {MAX_NESTING} levels")
+    return data
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return safe_text(json.dumps(value, ensure_ascii=False), 64)
+    return f"a JSON {json_type(value)}"
+
+
+def _envelope_text(value: Any) -> str:
+    return safe_text(value, _MAX_ENVELOPE_TEXT) if isinstance(value, str) else ""
+
+
+def _safe_labels(value: Any) -> dict[str, str]:
+    """The string-to-string pairs of ``value``, made safe and bounded; never raises."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, str] = {}
+    for key, item in value.items():
+        if len(kept) >= _MAX_KEPT_LABELS:
+            break
+        if isinstance(key, str) and isinstance(item, str):
+            kept[safe_text(key, _MAX_LABEL_NAME)] = safe_text(item, _MAX_LABEL_VALUE)
+    return kept
+
+
+def parse_body(body: bytes) -> RawPayload:
+    """Decode a webhook body and check its envelope; raises only ``PayloadError``."""
+    data = _decode(body)
     if not isinstance(data, dict):
-        raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
-    version = data.get("version")
-    if version is None:
-        raise PayloadError('version: missing (expected "4")')
+        raise PayloadError(f"body must be a JSON object, got {json_type(data)}")
+    if "version" not in data:
+        raise PayloadError('version is missing (expected "4")', status=422, path="$.version")
+    version = data["version"]
     if version != SUPPORTED_VERSION:
-        raise PayloadError(f'version: unsupported webhook version {version!r} (expected "4")')
+        raise PayloadError(
+            f'unsupported webhook version {_show(version)} (expected "4")',
+            status=422,
+            path="$.version",
+        )
+    if "alerts" not in data:
+        raise PayloadError("alerts is missing", status=422, path="$.alerts")
+    alerts = data["alerts"]
+    if not isinstance(alerts, list):
+        raise PayloadError(
+            f"alerts must be a JSON array, got {json_type(alerts)}", status=422, path="$.alerts"
+        )
+    truncated = data.get("truncatedAlerts")
+    return RawPayload(
+        raw_alerts=alerts,
+        group_key=_envelope_text(data.get("groupKey")),
+        receiver=_envelope_text(data.get("receiver")),
+        status=_envelope_text(data.get("status")),
+        external_url=_envelope_text(data.get("externalURL")),
+        truncated_alerts=(
+            truncated if isinstance(truncated, int) and not isinstance(truncated, bool) else 0
+        ),
+        group_labels=_safe_labels(data.get("groupLabels")),
+        common_labels=_safe_labels(data.get("commonLabels")),
+    )
+
+
+def raw_alert_key(raw: Any) -> str | None:
+    """A dedupe key for a raw alert, computed without validating it.
+
+    Built from the fingerprint (or, without one, the labels in canonical
+    order), the status and startsAt exactly as sent, so byte-identical
+    repeats share it and a resolve or a new firing does not. None when
+    ``raw`` is not an object or those fields are not plain strings.
+    """
+    if not isinstance(raw, dict):
+        return None
+    status, starts_at, fingerprint = raw.get("status"), raw.get("startsAt"), raw.get("fingerprint")
+    if not isinstance(status, str) or not isinstance(starts_at, str):
+        return None
+    identity: list[Any]
+    if isinstance(fingerprint, str) and fingerprint:
+        identity = ["fingerprint", fingerprint]
+    elif fingerprint is None or fingerprint == "":
+        labels = raw.get("labels")
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            return None
+        identity = ["labels", sorted(labels.items())]
+    else:
+        return None
+    # ensure_ascii keeps even lone surrogates hashable.
+    canonical = json.dumps([identity, status, starts_at], separators=(",", ":"))
+    return "am-raw:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _reject(index: int, path: str, reason: str, raw: Any) -> RejectedAlert:
+    labels = _safe_labels(raw.get("labels")) if isinstance(raw, dict) else {}
+    fingerprint = raw.get("fingerprint") if isinstance(raw, dict) else None
+    return RejectedAlert(
+        index=index,
+        path=path,
+        reason=safe_text(reason, _MAX_REASON),
+        fingerprint=safe_text(fingerprint, _MAX_NAME) if isinstance(fingerprint, str) else "",
+        alertname=safe_text(labels.get("alertname", ""), _MAX_NAME),
+        labels=labels,
+    )
+
+
+def _first_unencodable(alert: WebhookAlert) -> tuple[str, ...] | None:
+    """Where ``alert`` holds text that is not valid Unicode, or None."""
+    for name, mapping in (("labels", alert.labels), ("annotations", alert.annotations)):
+        for key, value in mapping.items():
+            if has_surrogate(key) or has_surrogate(value):
+                return (name, key)
+    for alias, text in (("fingerprint", alert.fingerprint), ("generatorURL", alert.generator_url)):
+        if has_surrogate(text):
+            return (alias,)
+    return None
+
+
+def validate_alert(index: int, raw: Any) -> WebhookAlert | RejectedAlert:
+    """Validate ``raw``, the alert at ``$.alerts[index]``; never raises.
+
+    Any problem (a field pydantic refuses, a time out of range, text that is
+    not valid Unicode, no labels) gives a ``RejectedAlert`` naming its path.
+    """
+    base = f"$.alerts[{index}]"
     try:
-        return WebhookPayload.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(_describe(exc)) from None
+        if not isinstance(raw, dict):
+            return _reject(
+                index, base, f"an alert must be a JSON object, got {json_type(raw)}", raw
+            )
+        try:
+            alert = WebhookAlert.model_validate(raw)
+        except ValidationError as exc:
+            problems = exc.errors(include_url=False, include_input=False)
+            first = problems[0]
+            reason = str(first["msg"])
+            if len(problems) > 1:
+                reason += f" (and {len(problems) - 1} more problem(s))"
+            return _reject(index, json_path(base, first["loc"]), reason, raw)
+        where = _first_unencodable(alert)
+        if where is not None:
+            return _reject(
+                index, json_path(base, where), "text is not valid Unicode (lone surrogate)", raw
+            )
+        return alert
+    except Exception as exc:
+        # Whatever slipped past the checks above costs this alert, not the body.
+        return _reject(index, base, f"unusable alert ({type(exc).__name__})", raw)
+
+
+def parse_payload(body: bytes) -> WebhookPayload:
+    """The whole body, all or nothing: ``PayloadError`` on the first bad alert.
+
+    Kept for callers that want a single object; the intake uses
+    ``parse_body`` + ``validate_alert`` so one bad alert costs only itself.
+    """
+    raw = parse_body(body)
+    alerts: list[WebhookAlert] = []
+    for index, item in enumerate(raw.raw_alerts):
+        checked = validate_alert(index, item)
+        if isinstance(checked, RejectedAlert):
+            raise PayloadError(f"{checked.path}: {checked.reason}", status=422, path=checked.path)
+        alerts.append(checked)
+    return WebhookPayload.model_validate(
+        {
+            "version": SUPPORTED_VERSION,
+            "groupKey": raw.group_key,
+            "truncatedAlerts": raw.truncated_alerts,
+            "status": "resolved" if raw.status == "resolved" else "firing",
+            "receiver": raw.receiver,
+            "groupLabels": dict(raw.group_labels),
+            "commonLabels": dict(raw.common_labels),
+            "externalURL": raw.external_url,
+            "alerts": alerts,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -185,8 +471,34 @@ def _resolve(
     return target
 
 
+def alert_to_signal(
+    alert: WebhookAlert,
+    mapping: TargetMapping,
+    resolve_pod: Callable[[str, str], Target | None],
+    now: datetime,
+) -> Signal | UnresolvedAlert:
+    """The Signal for one validated alert, or why it names no target."""
+    alertname = alert.labels.get("alertname", "")
+    target = _resolve(alert, mapping, resolve_pod)
+    if isinstance(target, str):
+        return UnresolvedAlert(alert.identity, alertname, alert.labels, target)
+    status = SignalStatus.FIRING if alert.status == "firing" else SignalStatus.RESOLVED
+    summary = alert.annotations.get("summary") or alert.annotations.get("description") or alertname
+    return Signal(
+        target=target,
+        source=SignalSource.ALERTMANAGER,
+        name=alertname,
+        status=status,
+        started_at=alert.starts_at,
+        observed_at=now,
+        key=f"am:{alert.identity}:{alert.status}:{alert.starts_at.isoformat()}",
+        labels=dict(alert.labels),
+        summary=summary,
+    )
+
+
 def alerts_to_signals(
-    payload: WebhookPayload,
+    alerts: WebhookPayload | Iterable[WebhookAlert],
     mapping: TargetMapping,
     resolve_pod: Callable[[str, str], Target | None],
     now: datetime,
@@ -194,29 +506,12 @@ def alerts_to_signals(
     """One Signal per alert with a target; the rest come back as UnresolvedAlert."""
     signals: list[Signal] = []
     unresolved: list[UnresolvedAlert] = []
-    for alert in payload.alerts:
-        alertname = alert.labels.get("alertname", "")
-        target = _resolve(alert, mapping, resolve_pod)
-        if isinstance(target, str):
-            unresolved.append(UnresolvedAlert(alert.identity, alertname, alert.labels, target))
-            continue
-        status = SignalStatus.FIRING if alert.status == "firing" else SignalStatus.RESOLVED
-        summary = (
-            alert.annotations.get("summary") or alert.annotations.get("description") or alertname
-        )
-        signals.append(
-            Signal(
-                target=target,
-                source=SignalSource.ALERTMANAGER,
-                name=alertname,
-                status=status,
-                started_at=alert.starts_at,
-                observed_at=now,
-                key=f"am:{alert.identity}:{alert.status}:{alert.starts_at.isoformat()}",
-                labels=dict(alert.labels),
-                summary=summary,
-            )
-        )
+    for alert in alerts.alerts if isinstance(alerts, WebhookPayload) else alerts:
+        converted = alert_to_signal(alert, mapping, resolve_pod, now)
+        if isinstance(converted, UnresolvedAlert):
+            unresolved.append(converted)
+        else:
+            signals.append(converted)
     return signals, unresolved
 
 
