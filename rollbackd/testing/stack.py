@@ -261,6 +261,18 @@ class Stack:
         await self.daemon.start()
         return self.daemon
 
+    def daemon_config(self, **overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The in-process daemon's settings as a config dict for a ``DaemonProcess``.
+
+        Same port (Alertmanager posts there), journal, kubeconfig, Prometheus
+        and sink; ``overrides`` update whole sections, e.g.
+        ``webhook={"max_connections": 64}``. Start the stack with
+        ``with_daemon=False`` so the two do not compete for the port.
+        """
+        from rollbackd.testing.process import settings_to_config
+
+        return settings_to_config(self.settings, overrides)
+
     async def stop_daemon(self) -> None:
         daemon = getattr(self, "daemon", None)
         if daemon is not None:
