@@ -241,6 +241,7 @@ class Daemon:
                 pod_labels=tuple(s.targets.pod_labels),
             ),
             resolve_pod=self.kube.resolve_pod,
+            target_known=self._target_known,
             clock=self.clock,
         )
         self.scrape_interval = await self._scrape_interval()
@@ -364,6 +365,9 @@ class Daemon:
         log.info("leadership_acquired")
         await self.kube.wait_synced(timeout=60)
         await self._resume_in_flight()
+        # Accepted but undecided signals (an earlier process, or this one as a
+        # follower) are read back from the journal before new ones are decided.
+        self.intake.pending.request_reload()
         interval = self.settings.prometheus.poll_interval or self.scrape_interval
         poller = PrometheusPoller(
             self.promql,
@@ -374,7 +378,7 @@ class Daemon:
             on_query_error=self._on_query_error,
         )
         self._active_tasks = [
-            asyncio.create_task(self.dispatcher.run(self.intake.queue), name="dispatcher"),
+            asyncio.create_task(self.dispatcher.run(self.intake.pending), name="dispatcher"),
             asyncio.create_task(poller.run(), name="prometheus-poller"),
         ]
 
@@ -438,6 +442,12 @@ class Daemon:
             channel=channel, result="ok" if ok else "failed"
         ).inc()
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
+
+    def _target_known(self, target: Target) -> bool | None:
+        """Whether the watch cache holds ``target``; None until it is synced."""
+        if not self.kube.synced:
+            return None
+        return self.kube.cached_deployment(target) is not None
 
     def _policy_for_target(self, target: Target) -> Policy:
         facts = self.kube.facts(target, now=self.clock())

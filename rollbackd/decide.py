@@ -7,7 +7,9 @@ and the same input always gives the same decision.
 Check order, first match wins, and why:
 
 1. ``signal_resolved``, ``no_data`` (SKIP): the signal itself is not a
-   trigger, whatever the cluster looks like (safety rule 8).
+   trigger, whatever the cluster looks like (safety rule 8). ``stale_signal``
+   (SKIP): accepted more than ``policy.signal_max_age`` ago and replayed from
+   the journal after an outage; it describes the past.
 2. ``target_not_found``, ``namespace_not_allowed``, ``opted_out`` (SKIP):
    there is nothing rollbackd may act on, so nothing else matters (rule 5).
    The ``rollbackd.io/enabled: "false"`` annotation is read here too, in
@@ -86,6 +88,7 @@ class ReasonCode(StrEnum):
 
     SIGNAL_RESOLVED = "signal_resolved"
     NO_DATA = "no_data"
+    STALE_SIGNAL = "stale_signal"
     TARGET_NOT_FOUND = "target_not_found"
     NAMESPACE_NOT_ALLOWED = "namespace_not_allowed"
     OPTED_OUT = "opted_out"
@@ -211,6 +214,21 @@ def _no_data(inp: _Inputs) -> Decision | None:
         ReasonCode.NO_DATA,
         f"signal {inp.signal.name} for {inp.target} has no data (empty, NaN or failed "
         "query); no data is never a trigger",
+    )
+
+
+def _stale_signal(inp: _Inputs) -> Decision | None:
+    # A signal replayed from the journal long after it was accepted (rollbackd
+    # was down) describes the past; a condition that still holds is reported
+    # again by Alertmanager's repeats and the poller.
+    age = inp.now - inp.signal.observed_at
+    if age <= inp.policy.signal_max_age:
+        return None
+    return inp.decision(
+        Action.SKIP,
+        ReasonCode.STALE_SIGNAL,
+        f"signal {inp.signal.name} for {inp.target} was accepted {_duration(age)} ago, "
+        f"more than {_duration(inp.policy.signal_max_age)}; too old to act on",
     )
 
 
@@ -372,6 +390,7 @@ def _no_recent_rollout(inp: _Inputs) -> Decision | None:
 _CHECKS_BEFORE_CHOICE: tuple[Check, ...] = (
     _signal_resolved,
     _no_data,
+    _stale_signal,
     _target_not_found,
     _namespace_not_allowed,
     _opted_out,

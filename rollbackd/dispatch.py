@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.pending import Accepted, PendingSignals
 from rollbackd.state import decode_state
 
 log = structlog.get_logger("rollbackd.dispatch")
@@ -40,8 +41,17 @@ log = structlog.get_logger("rollbackd.dispatch")
 class JournalLike(Protocol):
     async def history(self, target: Target) -> History: ...
     async def record_decision(
-        self, decision: Decision, *, signal_key: str, at: datetime, rollback_id: str | None = None
+        self,
+        decision: Decision,
+        *,
+        signal_key: str,
+        at: datetime,
+        rollback_id: str | None = None,
+        covers: Sequence[int] = (),
     ) -> None: ...
+    async def undecided_signals(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Signal]]: ...
     async def save_rollback(
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
     ) -> None: ...
@@ -126,7 +136,9 @@ class Dispatcher:
         run_rollback: RunRollback,
         submit_notification: Callable[[Notification], None],
         clock: Callable[[], datetime],
+        retry_delay: float = 1.0,
     ) -> None:
+        self._retry_delay = retry_delay
         self._facts = facts
         self._policy_for = policy_for
         self._journal = journal
@@ -143,18 +155,47 @@ class Dispatcher:
     def in_flight(self) -> dict[Target, Rollback]:
         return {target: running.rollback for target, running in self._running.items()}
 
-    async def run(self, queue: asyncio.Queue[Signal]) -> None:
-        """Handle signals one by one until cancelled; one bad signal never stops the loop."""
+    async def run(self, pending: PendingSignals) -> None:
+        """Decide pending signals, one target at a time, until cancelled.
+
+        All signals waiting for a target are settled by one decision, so
+        decisions keep pace with any alert rate. A batch that fails stays
+        undecided in the journal and is read back after a pause: one bad
+        signal never stops the loop, and no accepted signal is dropped.
+        """
         while True:
-            signal = await queue.get()
+            await pending.wait()
+            if pending.reload_needed and not len(pending):
+                await self._reload(pending)
+                continue
+            taken = pending.take()
+            if taken is None:
+                continue
+            target, batch = taken
             try:
-                await self.handle(signal)
+                await self.handle_batch([a.signal for a in batch], covers=[a.row_id for a in batch])
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("signal_handling_failed", target=str(signal.target), key=signal.key)
-            finally:
-                queue.task_done()
+                log.exception("signal_handling_failed", target=str(target), signals=len(batch))
+                await asyncio.sleep(self._retry_delay)
+                pending.request_reload()
+            # Let the webhook run between decisions; and the reverse holds in intake.
+            await asyncio.sleep(0)
+
+    async def _reload(self, pending: PendingSignals) -> None:
+        """Page undecided signals back in from the journal (start, election, overflow)."""
+        pending.reload_needed = False
+        after, loaded = 0, 0
+        while not pending.reload_needed:
+            rows = await self._journal.undecided_signals(after_id=after, limit=_RELOAD_PAGE)
+            if not rows:
+                break
+            pending.add(Accepted(row_id, signal) for row_id, signal in rows)
+            loaded += len(rows)
+            after = rows[-1][0]
+        if loaded:
+            log.info("undecided_signals_replayed", count=loaded, more=pending.reload_needed)
 
     async def handle(
         self,
@@ -163,38 +204,62 @@ class Dispatcher:
         adjust_policy: Callable[[Policy], Policy] | None = None,
         page_escalations: bool = True,
     ) -> Decision:
-        """Decide about ``signal`` and act; the Decision names the rollback started or joined.
+        """Decide about one signal and act; see ``handle_batch``."""
+        return await self.handle_batch(
+            [signal], adjust_policy=adjust_policy, page_escalations=page_escalations
+        )
+
+    async def handle_batch(
+        self,
+        signals: Sequence[Signal],
+        *,
+        covers: Sequence[int] = (),
+        adjust_policy: Callable[[Policy], Policy] | None = None,
+        page_escalations: bool = True,
+    ) -> Decision:
+        """One decision for signals about one target; the Decision names the rollback.
+
+        Every signal is weighed (``decide`` is pure and cheap) and the most
+        actionable decision wins, so a breach that justifies a rollback is
+        never outvoted by older or resolved alerts in the same batch. The
+        decision is journaled, settling the signals ``covers`` names, before
+        anything is done about it, so no page or patch precedes its record.
 
         ``adjust_policy`` and ``page_escalations`` serve a human's request: the
         human asked explicitly (no change window) and is told the refusal directly.
         """
+        if not signals:
+            raise ValueError("handle_batch needs at least one signal")
+        target = signals[0].target
+        if any(s.target != target for s in signals):
+            raise ValueError("a batch holds signals of one target only")
         now = self._clock()
-        facts = self._facts(signal.target, now)
-        policy = self._policy_for(signal.target, facts.annotations)
+        facts = self._facts(target, now)
+        policy = self._policy_for(target, facts.annotations)
         if adjust_policy is not None:
             policy = adjust_policy(policy)
-        history = await self._history(signal.target, facts)
-        decision = decide(signal, facts, history, policy, now)
+        history = await self._history(target, facts)
+        signal, decision = strongest(signals, facts, history, policy, now)
         self._metrics.decisions_total.labels(
             action=str(decision.action), reason=decision.reason_code
         ).inc()
-        bound = log.bind(
-            target=str(signal.target),
+        log.info(
+            "decision",
+            target=str(target),
             signal=signal.name,
             source=str(signal.source),
             action=str(decision.action),
             reason_code=decision.reason_code,
+            reason=decision.reason,
+            signals=len(signals),
         )
-        bound.info("decision", reason=decision.reason)
-        # The decision is journaled before anything is done about it, so no page
-        # or patch ever precedes its record.
         new_rollback = self._new_rollback(decision, now)
         repeat_of = (
             already_escalated(history, signal) if decision.action is Action.ESCALATE else None
         )
         rollback_id = new_rollback.id if new_rollback else decision.rollback_id or repeat_of
         await self._journal.record_decision(
-            decision, signal_key=signal.key, at=now, rollback_id=rollback_id
+            decision, signal_key=signal.key, at=now, rollback_id=rollback_id, covers=covers
         )
         await self._act(signal, decision, now, new_rollback, repeat_of, page_escalations)
         return replace(decision, rollback_id=rollback_id)
@@ -382,6 +447,46 @@ class Dispatcher:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+# Most actionable first: a batch's decision is the first of these it can reach.
+_ACTION_RANK = {
+    Action.ROLLBACK: 0,
+    Action.DRY_RUN: 1,
+    Action.JOIN: 2,
+    Action.ESCALATE: 3,
+    Action.SKIP: 4,
+}
+# Distinct anomalies weighed per batch; an alert storm repeats a few of them.
+_MAX_WEIGHED = 64
+_RELOAD_PAGE = 1000
+
+
+def strongest(
+    signals: Sequence[Signal],
+    facts: ClusterFacts,
+    history: History,
+    policy: Policy,
+    now: datetime,
+) -> tuple[Signal, Decision]:
+    """The signal whose decision is the most actionable, and that decision.
+
+    Signals that differ only in labels or values decide alike, so one of
+    each (status, anomaly start, name, source) is weighed; ties go to the
+    earliest in the batch.
+    """
+    weighed: dict[tuple[object, ...], Signal] = {}
+    for signal in signals:
+        key = (signal.status, signal.started_at, signal.name, signal.source)
+        if key not in weighed and len(weighed) < _MAX_WEIGHED:
+            weighed[key] = signal
+    best: tuple[Signal, Decision] | None = None
+    for signal in weighed.values():
+        decision = decide(signal, facts, history, policy, now)
+        if best is None or _ACTION_RANK[decision.action] < _ACTION_RANK[best[1].action]:
+            best = (signal, decision)
+    assert best is not None
+    return best
 
 
 def already_escalated(history: History, signal: Signal) -> str | None:

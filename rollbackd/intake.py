@@ -1,27 +1,41 @@
-"""Accepting signals: webhook bodies and poller results become queued Signals.
+"""Accepting signals: webhook bodies and poller results become journaled, pending Signals.
 
 The intake is the only place where a signal is *accepted*: once it returns
-without raising, the signal is in the journal and on the queue, so nothing
-accepted is forgotten. It does no deciding; the dispatcher does that.
+without raising, the signal is committed to the journal (the durable queue)
+and visible to the dispatcher, so nothing acknowledged is forgotten, even if
+the process dies the next instant (it is replayed at start). It refuses
+(``AcceptError``, a 503) only before anything is recorded, and a refused
+signal is never remembered as seen, so the sender's retry is accepted.
+
+Cheap where Alertmanager is repetitive: a repeat of an alert already
+committed is recognised from the raw JSON before any object is built, and
+an alert naming no known Deployment is recorded once per fingerprint.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
 
-from rollbackd.journal import Journal
+from rollbackd.errors import AcceptError
+from rollbackd.journal import Journal, UnresolvedRecord
 from rollbackd.metrics import Metrics
 from rollbackd.model import Signal, SignalStatus, Target
-from rollbackd.server import AcceptError, AcceptResult
+from rollbackd.pending import Accepted, PendingSignals
+from rollbackd.server import AcceptResult
 from rollbackd.sources.alertmanager import (
-    SignalDeduper,
+    RejectedAlert,
     TargetMapping,
-    alerts_to_signals,
-    parse_payload,
+    UnresolvedAlert,
+    WebhookAlert,
+    alert_to_signal,
+    parse_body,
+    raw_alert_key,
+    validate_alert,
 )
 
 log = structlog.get_logger("rollbackd.intake")
@@ -31,8 +45,30 @@ log = structlog.get_logger("rollbackd.intake")
 OWN_ALERTNAMES = frozenset({"RollbackdEscalation"})
 
 
+class SeenKeys:
+    """Keys already committed, for ``ttl`` seconds, at most ``max_entries`` (oldest out first).
+
+    A front line only: the journal's own key check is what survives restarts.
+    """
+
+    def __init__(self, max_entries: int = 200_000, ttl: float = 6 * 3600.0) -> None:
+        self._max = max_entries
+        self._ttl = ttl
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        at = self._seen.get(key)
+        return at is not None and time.monotonic() - at < self._ttl
+
+    def add(self, key: str) -> None:
+        self._seen[key] = time.monotonic()
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+
+
 class SignalIntake:
-    """Journal, dedupe and enqueue signals for the dispatcher."""
+    """Validate, dedupe, journal (group commit) and hand signals to the dispatcher."""
 
     def __init__(
         self,
@@ -42,80 +78,131 @@ class SignalIntake:
         mapping: TargetMapping,
         resolve_pod: Callable[[str, str], Target | None],
         clock: Callable[[], datetime],
-        queue_size: int = 10_000,
+        target_known: Callable[[Target], bool | None] = lambda target: None,
+        pending: PendingSignals | None = None,
+        unresolved_ttl: float = 300.0,
     ) -> None:
         self._journal = journal
         self._metrics = metrics
         self._mapping = mapping
         self._resolve_pod = resolve_pod
         self._clock = clock
-        self._deduper = SignalDeduper()
-        self.queue: asyncio.Queue[Signal] = asyncio.Queue(maxsize=queue_size)
+        self._target_known = target_known
+        self.pending = pending if pending is not None else PendingSignals()
+        self._committed = SeenKeys()
+        # Unmappable alerts are remembered briefly: the Deployment may appear.
+        self._unresolved = SeenKeys(max_entries=50_000, ttl=unresolved_ttl)
 
     async def accept_alerts(self, body: bytes) -> AcceptResult:
-        """Handle one Alertmanager webhook body (raises PayloadError on bad input)."""
-        payload = parse_payload(body)
+        """Handle one Alertmanager webhook body (raises PayloadError on a bad envelope)."""
+        payload = parse_body(body)
         now = self._clock()
-        signals, unresolved = alerts_to_signals(payload, self._mapping, self._resolve_pod, now)
-        for alert in unresolved:
+        duplicates = 0
+        rejected: list[RejectedAlert] = []
+        fresh: list[tuple[str | None, WebhookAlert]] = []
+        for index, raw in enumerate(payload.raw_alerts):
+            key = raw_alert_key(raw)
+            if key is not None and (key in self._committed or key in self._unresolved):
+                duplicates += 1
+                continue
+            checked = validate_alert(index, raw)
+            if isinstance(checked, RejectedAlert):
+                rejected.append(checked)
+            else:
+                fresh.append((key, checked))
+
+        signals: list[Signal] = []
+        signal_keys: list[str | None] = []
+        unresolved: list[tuple[str | None, UnresolvedAlert]] = []
+        for key, alert in fresh:
+            converted = alert_to_signal(alert, self._mapping, self._resolve_pod, now)
+            if isinstance(converted, UnresolvedAlert):
+                unresolved.append((key, converted))
+            elif converted.name in OWN_ALERTNAMES:
+                duplicates += 1
+            elif self._target_known(converted.target) is False:
+                unresolved.append(
+                    (
+                        key,
+                        UnresolvedAlert(
+                            alert.identity,
+                            converted.name,
+                            alert.labels,
+                            f"Deployment {converted.target} not found in the cluster",
+                        ),
+                    )
+                )
+            else:
+                signals.append(converted)
+                signal_keys.append(key)
+
+        records = [
+            UnresolvedRecord(u.fingerprint, u.alertname, u.labels, u.reason, now)
+            for _, u in unresolved
+        ] + [
+            UnresolvedRecord(
+                r.fingerprint, r.alertname, r.labels, f"invalid: {r.path}: {r.reason}", now
+            )
+            for r in rejected
+        ]
+        ids = await self._commit(signals, records)
+        accepted = self._publish(signals, ids)
+        duplicates += len(signals) - accepted
+        for key in signal_keys:
+            if key is not None:
+                self._committed.add(key)
+        for key, missing in unresolved:
             self._metrics.unresolved_alerts_total.inc()
             log.warning(
                 "alert_without_target",
-                alertname=alert.alertname,
-                fingerprint=alert.fingerprint,
-                reason=alert.reason,
+                alertname=missing.alertname,
+                fingerprint=missing.fingerprint,
+                reason=missing.reason,
             )
-            try:
-                await self._journal.record_unresolved_alert(
-                    alert.fingerprint, alert.alertname, alert.labels, alert.reason, now
-                )
-            except Exception as exc:
-                raise AcceptError(f"journal unavailable: {exc}") from exc
-        accepted = duplicates = 0
-        for signal in signals:
-            if signal.name in OWN_ALERTNAMES:
-                duplicates += 1
-                continue
-            if await self.accept(signal):
-                accepted += 1
-            else:
-                duplicates += 1
-        return AcceptResult(accepted=accepted, duplicates=duplicates, unresolved=len(unresolved))
+            if key is not None:
+                self._unresolved.add(key)
+        for r in rejected:
+            log.warning("alert_rejected", index=r.index, path=r.path, reason=r.reason)
+        return AcceptResult(
+            accepted=accepted,
+            duplicates=duplicates,
+            unresolved=len(unresolved),
+            rejected=[r.as_json() for r in rejected],
+        )
 
     async def accept(self, signal: Signal) -> bool:
-        """Accept one signal; False when it is a repeat of one already accepted."""
-        now = self._clock()
-        if signal.key and not self._deduper.first_time(signal.key, now):
-            return False
-        try:
-            if not await self._record(signal):
-                return False
-        except AcceptError:
-            # Not accepted, so the sender's retry must not look like a repeat.
-            if signal.key:
-                self._deduper.forget(signal.key)
-            raise
-        self._metrics.signals_total.labels(
-            source=str(signal.source), status=str(signal.status)
-        ).inc()
-        if signal.status is SignalStatus.NO_DATA:
-            log.warning(
-                "signal_no_data",
-                target=str(signal.target),
-                signal=signal.name,
-                summary=signal.summary,
-            )
-        self.queue.put_nowait(signal)
-        return True
+        """Accept one signal (the poller's); False when it repeats one already accepted."""
+        return (await self.accept_many([signal]))[0]
 
-    async def _record(self, signal: Signal) -> bool:
-        """Journal ``signal``; False when the journal already holds it (a restart's repeat)."""
-        if self.queue.full():
-            raise AcceptError("signal queue is full")
+    async def accept_many(self, signals: Sequence[Signal]) -> list[bool]:
+        """Accept signals in one shared commit; True for each one that is new."""
+        ids = await self._commit(signals, [])
+        self._publish(signals, ids)
+        return [row_id is not None for row_id in ids]
+
+    async def _commit(
+        self, signals: Sequence[Signal], records: Sequence[UnresolvedRecord]
+    ) -> list[int | None]:
         try:
-            if signal.key and await self._journal.signal_seen(signal.key):
-                return False
-            await self._journal.record_signal(signal, accepted=True)
+            return await self._journal.accept(signals, records)
         except Exception as exc:
-            raise AcceptError(f"journal unavailable: {exc}") from exc
-        return True
+            # Nothing of this call was committed: refuse, remember nothing.
+            raise AcceptError(f"journal unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def _publish(self, signals: Sequence[Signal], ids: Sequence[int | None]) -> int:
+        """Count and hand committed signals to the dispatcher; how many were new."""
+        fresh = [Accepted(row_id, s) for row_id, s in zip(ids, signals, strict=True) if row_id]
+        for item in fresh:
+            signal = item.signal
+            self._metrics.signals_total.labels(
+                source=str(signal.source), status=str(signal.status)
+            ).inc()
+            if signal.status is SignalStatus.NO_DATA:
+                log.warning(
+                    "signal_no_data",
+                    target=str(signal.target),
+                    signal=signal.name,
+                    summary=signal.summary,
+                )
+        self.pending.add(fresh)
+        return len(fresh)

@@ -28,14 +28,15 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
+from rollbackd.groupcommit import GroupCommit
 from rollbackd.model import (
     Action,
     Decision,
@@ -43,11 +44,13 @@ from rollbackd.model import (
     Phase,
     Rollback,
     Signal,
+    SignalSource,
+    SignalStatus,
     Target,
 )
 from rollbackd.notify.base import Notification, to_jsonable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Key of ``save_rollback(details=...)`` under which the executor records the
 # revision number the restored ReplicaSet got (Kubernetes gives a restored
@@ -154,11 +157,96 @@ CREATE INDEX notifications_dedup ON notifications (dedup_key);
 CREATE INDEX notifications_rollback ON notifications (rollback_id);
 """
 
+# Version 2: the journal becomes the durable queue and the page outbox.
+# - signals.decided_at / decision_id: an accepted signal with no decision yet
+#   is replayed at start and on election (``undecided_signals``).
+# - unresolved_alerts keeps one row per fingerprint with a count, so the same
+#   unmappable alert delivered 200 times is one row, not 200.
+# - outbox: every page meant for a channel, until delivered or too old.
+_SCHEMA_V2 = """
+ALTER TABLE signals ADD COLUMN decided_at TEXT;
+ALTER TABLE signals ADD COLUMN decision_id INTEGER;
+-- Signals from before version 2 were handled (or lost) by the process that
+-- took them; replaying days-old signals now would page about the past.
+UPDATE signals SET decided_at = observed_at;
+CREATE INDEX signals_undecided ON signals (id) WHERE accepted = 1 AND decided_at IS NULL;
+CREATE INDEX signals_decision ON signals (decision_id);
+
+CREATE TABLE unresolved_alerts_v2 (
+    fingerprint TEXT PRIMARY KEY,
+    first_at TEXT NOT NULL,
+    at TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    alertname TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+INSERT INTO unresolved_alerts_v2 (fingerprint, first_at, at, count, alertname, labels, reason)
+    SELECT fingerprint, MIN(at), MAX(at), COUNT(*), alertname, labels, reason
+    FROM unresolved_alerts GROUP BY fingerprint;
+DROP TABLE unresolved_alerts;
+ALTER TABLE unresolved_alerts_v2 RENAME TO unresolved_alerts;
+CREATE INDEX unresolved_alerts_at ON unresolved_alerts (at);
+
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    resolves INTEGER NOT NULL,
+    severity TEXT NOT NULL,
+    rollback_id TEXT,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    finished_at TEXT,
+    UNIQUE (channel, dedup_key, kind, resolves)
+);
+CREATE INDEX outbox_pending ON outbox (channel, id) WHERE state = 'pending';
+CREATE INDEX outbox_created ON outbox (created_at);
+
+CREATE INDEX events_at ON events (at);
+CREATE INDEX notifications_at ON notifications (at);
+CREATE INDEX decisions_at ON decisions (at);
+"""
+
 # One entry per schema version: the script that brings version i-1 to i.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 # Timeline order for entries with the same timestamp: cause before effect.
 _ORDER = {"signal": 0, "decision": 1, "event": 2, "notification": 3}
+
+
+# Parameters per statement for ``IN (...)`` lists, well under SQLite's limit.
+_SQL_CHUNK = 500
+
+_INSERT_SIGNAL = (
+    "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
+    " observed_at, value, threshold, labels, summary, accepted, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# One row per fingerprint: a repeat bumps the count and the last time.
+_UPSERT_UNRESOLVED = (
+    "INSERT INTO unresolved_alerts (fingerprint, first_at, at, count, alertname, labels, reason)"
+    " VALUES (?, ?, ?, 1, ?, ?, ?)"
+    " ON CONFLICT (fingerprint) DO UPDATE SET at = excluded.at, count = count + 1,"
+    " alertname = excluded.alertname, labels = excluded.labels, reason = excluded.reason"
+)
+
+
+@dataclass(frozen=True)
+class UnresolvedRecord:
+    """An alert that is journaled but not acted on: no target found, or invalid."""
+
+    fingerprint: str
+    alertname: str
+    labels: Mapping[str, str]
+    reason: str
+    at: datetime
 
 
 class JournalError(Exception):
@@ -205,6 +293,9 @@ class Journal:
         self._conn = conn
         self._conn.row_factory = sqlite3.Row
         self._write_lock = asyncio.Lock()
+        self._intake_commit: GroupCommit[Signal | UnresolvedRecord, int | None] = GroupCommit(
+            self._flush_intake
+        )
         self.path = path
 
     @classmethod
@@ -235,7 +326,13 @@ class Journal:
             raise
         return journal
 
+    @property
+    def intake_commits(self) -> int:
+        """Transactions the intake has used so far (group commit shares them)."""
+        return self._intake_commit.flushes
+
     async def close(self) -> None:
+        await self._intake_commit.close()
         await self._conn.close()
 
     async def __aenter__(self) -> Journal:
@@ -282,6 +379,15 @@ class Journal:
             rows = await cur.fetchall()
         return list(rows)
 
+    # Public for the stores that keep their tables in this file (the outbox,
+    # retention): one connection, one write lock, one place that commits.
+    async def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return await self._rows(sql, params)
+
+    async def transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
+        """Run ``body(connection)`` inside one write transaction (BEGIN IMMEDIATE .. COMMIT)."""
+        await self._transaction(lambda: body(self._conn))
+
     async def _write(self, sql: str, params: Iterable[Any]) -> None:
         """One statement in its own transaction, committed before returning."""
         await self._transaction(lambda: self._conn.execute(sql, tuple(params)))
@@ -302,27 +408,69 @@ class Journal:
     # --- writes ------------------------------------------------------------
 
     async def record_signal(self, signal: Signal, *, accepted: bool, note: str = "") -> None:
-        await self._write(
-            "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
-            " observed_at, value, threshold, labels, summary, accepted, note)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                signal.key,
-                signal.target.namespace,
-                signal.target.name,
-                str(signal.source),
-                signal.name,
-                str(signal.status),
-                format_time(signal.started_at),
-                format_time(signal.observed_at),
-                to_jsonable(signal.value),
-                to_jsonable(signal.threshold),
-                _dumps(signal.labels),
-                signal.summary,
-                int(accepted),
-                note,
-            ),
-        )
+        """One signal, outside the intake (a manual request, a test)."""
+        if accepted:
+            await self.accept([signal])
+            return
+        await self._write(_INSERT_SIGNAL, _signal_row(signal, accepted=False, note=note))
+
+    async def accept(
+        self, signals: Sequence[Signal], unresolved: Sequence[UnresolvedRecord] = ()
+    ) -> list[int | None]:
+        """Journal accepted signals (and unmappable alerts) durably, in a shared commit.
+
+        Returns, per signal, its row id, or None when a signal with the same
+        key was accepted before (a re-send, or a repeat after a restart). When
+        this returns, the signals are committed: the caller may answer 2xx.
+        When it raises, nothing of the call was committed.
+        """
+        items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
+        results = await self._intake_commit.submit(items)
+        return results[: len(signals)]
+
+    async def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
+        results: list[int | None] = [None] * len(items)
+        signal_at = [i for i, item in enumerate(items) if isinstance(item, Signal)]
+        unresolved = [item for item in items if isinstance(item, UnresolvedRecord)]
+
+        async def body() -> None:
+            signals = [cast(Signal, items[i]) for i in signal_at]
+            seen = await self._accepted_keys([s.key for s in signals if s.key])
+            fresh: list[int] = []  # positions in ``items``
+            for position, signal in zip(signal_at, signals, strict=True):
+                if signal.key:
+                    if signal.key in seen:
+                        continue
+                    seen.add(signal.key)
+                fresh.append(position)
+            if fresh:
+                await self._conn.executemany(
+                    _INSERT_SIGNAL,
+                    [_signal_row(cast(Signal, items[p]), accepted=True) for p in fresh],
+                )
+                # One transaction holding the write lock, AUTOINCREMENT, no
+                # deletes in between: the new ids are consecutive and end here.
+                last = int(await self._scalar("SELECT last_insert_rowid()"))
+                for offset, position in enumerate(fresh):
+                    results[position] = last - len(fresh) + 1 + offset
+            if unresolved:
+                await self._conn.executemany(
+                    _UPSERT_UNRESOLVED, [_unresolved_row(u) for u in unresolved]
+                )
+
+        await self._transaction(body)
+        return results
+
+    async def _accepted_keys(self, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = keys[start : start + _SQL_CHUNK]
+            rows = await self._rows(
+                f"SELECT key FROM signals WHERE accepted = 1 AND key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
 
     async def signal_seen(self, key: str) -> bool:
         """True when a signal with ``key`` was recorded as accepted (survives restarts)."""
@@ -333,6 +481,25 @@ class Journal:
         )
         return found is not None
 
+    async def undecided_signals(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Signal]]:
+        """Accepted signals with no decision yet, oldest first: the durable queue."""
+        rows = await self._rows(
+            "SELECT * FROM signals WHERE accepted = 1 AND decided_at IS NULL AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [(int(r["id"]), _signal(r)) for r in rows]
+
+    async def count_undecided(self) -> int:
+        return int(
+            await self._scalar(
+                "SELECT COUNT(*) FROM signals WHERE accepted = 1 AND decided_at IS NULL"
+            )
+            or 0
+        )
+
     async def record_unresolved_alert(
         self,
         fingerprint: str,
@@ -341,11 +508,7 @@ class Journal:
         reason: str,
         at: datetime,
     ) -> None:
-        await self._write(
-            "INSERT INTO unresolved_alerts (at, fingerprint, alertname, labels, reason)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (format_time(at), fingerprint, alertname, _dumps(labels), reason),
-        )
+        await self.accept([], [UnresolvedRecord(fingerprint, alertname, labels, reason, at)])
 
     async def record_decision(
         self,
@@ -354,24 +517,52 @@ class Journal:
         signal_key: str,
         at: datetime,
         rollback_id: str | None = None,
+        covers: Sequence[int] = (),
     ) -> None:
-        await self._write(
-            "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
-            " reason, from_revision, to_revision, rollback_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                format_time(at),
-                signal_key,
-                decision.target.namespace,
-                decision.target.name,
-                str(decision.action),
-                decision.reason_code,
-                decision.reason,
-                decision.from_revision,
-                decision.to_revision,
-                rollback_id or decision.rollback_id,
-            ),
-        )
+        """Record ``decision`` and mark as decided the signals it answers.
+
+        ``covers`` lists the row ids of every accepted signal this decision
+        settles (the dispatcher decides once for all signals of a target);
+        signals with ``signal_key`` are settled too. Settled signals are never
+        replayed.
+        """
+        stamp = format_time(at)
+
+        async def body() -> None:
+            cursor = await self._conn.execute(
+                "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
+                " reason, from_revision, to_revision, rollback_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stamp,
+                    signal_key,
+                    decision.target.namespace,
+                    decision.target.name,
+                    str(decision.action),
+                    decision.reason_code,
+                    decision.reason,
+                    decision.from_revision,
+                    decision.to_revision,
+                    rollback_id or decision.rollback_id,
+                ),
+            )
+            decision_id = cursor.lastrowid
+            if signal_key:
+                await self._conn.execute(
+                    "UPDATE signals SET decided_at = ?, decision_id = ?"
+                    " WHERE key = ? AND accepted = 1 AND decided_at IS NULL",
+                    (stamp, decision_id, signal_key),
+                )
+            ids = list(covers)
+            for start in range(0, len(ids), _SQL_CHUNK):
+                chunk = ids[start : start + _SQL_CHUNK]
+                await self._conn.execute(
+                    "UPDATE signals SET decided_at = ?, decision_id = ?"
+                    f" WHERE decided_at IS NULL AND id IN ({','.join('?' * len(chunk))})",
+                    (stamp, decision_id, *chunk),
+                )
+
+        await self._transaction(body)
 
     async def save_rollback(
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
@@ -556,11 +747,13 @@ class Journal:
 
     async def unresolved_alerts(self, *, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._rows(
-            "SELECT * FROM unresolved_alerts ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+            "SELECT * FROM unresolved_alerts ORDER BY at DESC, fingerprint LIMIT ?", (limit,)
         )
         return [
             {
                 "at": parse_time(r["at"]),
+                "first_at": parse_time(r["first_at"]),
+                "count": r["count"],
                 "fingerprint": r["fingerprint"],
                 "alertname": r["alertname"],
                 "labels": _loads(r["labels"]),
@@ -621,6 +814,46 @@ def _rollback(row: sqlite3.Row) -> Rollback:
         reason=row["reason"],
         finished_at=_opt_time(row["finished_at"]),
     )
+
+
+def _signal_row(signal: Signal, *, accepted: bool, note: str = "") -> tuple[Any, ...]:
+    return (
+        signal.key,
+        signal.target.namespace,
+        signal.target.name,
+        str(signal.source),
+        signal.name,
+        str(signal.status),
+        format_time(signal.started_at),
+        format_time(signal.observed_at),
+        to_jsonable(signal.value),
+        to_jsonable(signal.threshold),
+        _dumps(signal.labels),
+        signal.summary,
+        int(accepted),
+        note,
+    )
+
+
+def _signal(row: sqlite3.Row) -> Signal:
+    return Signal(
+        target=Target(row["namespace"], row["name"]),
+        source=SignalSource(row["source"]),
+        name=row["signal"],
+        status=SignalStatus(row["status"]),
+        started_at=parse_time(row["started_at"]),
+        observed_at=parse_time(row["observed_at"]),
+        value=row["value"],
+        threshold=row["threshold"],
+        key=row["key"],
+        labels=_loads(row["labels"]),
+        summary=row["summary"],
+    )
+
+
+def _unresolved_row(u: UnresolvedRecord) -> tuple[Any, ...]:
+    stamp = format_time(u.at)
+    return (u.fingerprint, stamp, stamp, u.alertname, _dumps(u.labels), u.reason)
 
 
 def _decision_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -182,6 +182,8 @@ class Policy:
         "annotations",
     )
     allow_mutable_images: bool = False
+    # A signal replayed from the journal older than this is recorded, not acted on.
+    signal_max_age: timedelta = timedelta(hours=1)
 
 
 class Action(StrEnum):

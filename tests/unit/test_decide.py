@@ -181,9 +181,21 @@ def test_rollback_reason_names_target_revisions_images_and_numbers() -> None:
     assert "ran for 3d" in reason
 
 
+def test_a_signal_replayed_after_its_max_age_is_recorded_not_acted_on() -> None:
+    old = signal(observed_at=NOW - timedelta(hours=1, seconds=1))
+    decision = run(old)
+    assert (decision.action, decision.reason_code) == (Action.SKIP, "stale_signal")
+    assert "too old to act on" in decision.reason
+
+
+def test_a_signal_replayed_within_its_max_age_is_still_decided_on_its_merits() -> None:
+    assert run(signal(observed_at=NOW - timedelta(hours=1))).action is Action.ROLLBACK
+
+
 def test_reason_codes_are_the_stable_snake_case_contract() -> None:
     assert {code.value for code in ReasonCode} == {
         "signal_resolved",
+        "stale_signal",
         "no_data",
         "target_not_found",
         "namespace_not_allowed",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,8 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.pending import Accepted, PendingSignals
+from rollbackd.testing.stack import wait_for
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CART = Target("shop", "cart")
@@ -84,14 +87,37 @@ class FakeJournal:
         self.decisions: list[tuple[Decision, str | None]] = []
         self.rollbacks: dict[str, Rollback] = {}
         self.events: list[tuple[str | None, str]] = []
+        self.accepted: dict[int, Signal] = {}  # the durable queue: row id -> signal
+        self.settled: set[int] = set()
+        self.fail_decisions = 0
 
     async def history(self, target: Target) -> History:
         return self.history_value
 
     async def record_decision(
-        self, decision: Decision, *, signal_key: str, at: datetime, rollback_id: str | None = None
+        self,
+        decision: Decision,
+        *,
+        signal_key: str,
+        at: datetime,
+        rollback_id: str | None = None,
+        covers: Sequence[int] = (),
     ) -> None:
+        if self.fail_decisions:
+            self.fail_decisions -= 1
+            raise OSError("journal unavailable")
         self.decisions.append((decision, rollback_id))
+        self.settled.update(covers)
+
+    async def undecided_signals(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Signal]]:
+        rows = [
+            (row_id, s)
+            for row_id, s in sorted(self.accepted.items())
+            if row_id > after_id and row_id not in self.settled
+        ]
+        return rows[:limit]
 
     async def save_rollback(
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
@@ -261,3 +287,90 @@ async def test_the_decision_is_journaled_before_the_page_goes_out() -> None:
     await h.dispatcher.handle(signal("am:1"))
 
     assert journaled_when_paged == [1]
+
+
+# --- the durable queue: batches, replay, failure ----------------------------------
+
+
+async def run_until(h: Harness, pending: PendingSignals, done: Callable[[], bool]) -> None:
+    """Run the dispatcher loop until ``done()`` holds (or fail after 5 s)."""
+    task = asyncio.create_task(h.dispatcher.run(pending))
+
+    async def probe() -> bool:
+        return done()
+
+    try:
+        await wait_for(
+            probe, timeout=5, what="the dispatcher to settle the signals", interval=0.005
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_storm_for_one_target_is_one_decision_that_settles_every_signal() -> None:
+    h = Harness()
+    pending = PendingSignals()
+    pending.reload_needed = False
+    storm = {i: signal(f"am:{i}") for i in range(1, 501)}
+    h.journal.accepted.update(storm)
+    pending.add(Accepted(i, s) for i, s in storm.items())
+
+    await run_until(h, pending, lambda: len(h.journal.settled) == 500)
+
+    assert len(h.journal.decisions) == 1 and len(h.started) == 1
+    h.release.set()
+
+
+async def test_a_rollback_worthy_breach_is_not_outvoted_by_resolved_alerts_beside_it() -> None:
+    h = Harness()
+    resolved = [replace(signal(f"am:r{i}"), status=SignalStatus.RESOLVED) for i in range(5)]
+    decision = await h.dispatcher.handle_batch([*resolved, signal("am:fire")])
+    assert decision.action is Action.ROLLBACK
+    h.release.set()
+
+
+async def test_undecided_signals_in_the_journal_are_replayed_at_start() -> None:
+    h = Harness()
+    h.journal.accepted.update({7: signal("am:7"), 8: signal("am:8")})
+    h.journal.settled.add(7)  # decided by an earlier process: not replayed
+
+    await run_until(h, PendingSignals(), lambda: 8 in h.journal.settled)
+
+    assert len(h.journal.decisions) == 1
+    h.release.set()
+
+
+async def test_a_batch_whose_decision_fails_is_decided_later_from_the_journal() -> None:
+    h = Harness()
+    h.dispatcher._retry_delay = 0.01
+    h.journal.fail_decisions = 1
+    h.journal.accepted[1] = signal("am:1")
+    pending = PendingSignals()
+    pending.reload_needed = False
+    pending.add([Accepted(1, h.journal.accepted[1])])
+
+    await run_until(h, pending, lambda: 1 in h.journal.settled)
+
+    assert len(h.journal.decisions) == 1
+    h.release.set()
+
+
+async def test_overflowed_signals_are_paged_back_in_from_the_journal() -> None:
+    h = Harness()
+    targets = [Target("shop", f"svc-{i}") for i in range(30)]
+    h.facts = facts()
+    h.dispatcher._facts = lambda target, now: replace(h.facts, target=target)
+    pending = PendingSignals(max_in_memory=10)
+    pending.reload_needed = False
+    for row_id, target in enumerate(targets, start=1):
+        s = replace(signal(f"am:{row_id}"), target=target)
+        h.journal.accepted[row_id] = s
+        pending.add([Accepted(row_id, s)])
+    assert len(pending) == 10 and pending.reload_needed
+
+    await run_until(h, pending, lambda: len(h.journal.settled) == 30)
+
+    assert {d.target for d, _ in h.journal.decisions} == set(targets)
+    h.release.set()

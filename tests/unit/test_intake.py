@@ -1,4 +1,4 @@
-"""Accepting signals: journaled before queued, repeats dropped, own alerts ignored."""
+"""Accepting signals: committed before acknowledged, repeats dropped, nothing accepted lost."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from rollbackd.errors import AcceptError
 from rollbackd.intake import SignalIntake
 from rollbackd.journal import Journal
 from rollbackd.metrics import Metrics
-from rollbackd.server import AcceptError
+from rollbackd.model import Target
+from rollbackd.pending import PendingSignals
 from rollbackd.sources.alertmanager import PayloadError, TargetMapping
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -56,17 +58,33 @@ async def journal(tmp_path: Path) -> Any:
     await opened.close()
 
 
-def intake(journal: Any, metrics: Metrics | None = None) -> SignalIntake:
+def intake(
+    journal: Any,
+    metrics: Metrics | None = None,
+    *,
+    known: set[Target] | None = None,
+    pending: PendingSignals | None = None,
+) -> SignalIntake:
     return SignalIntake(
         journal=journal,
         metrics=metrics or Metrics(),
         mapping=TargetMapping(),
         resolve_pod=lambda namespace, pod: None,
         clock=lambda: NOW,
+        target_known=(lambda t: None) if known is None else (lambda t: t in known),
+        pending=pending,
     )
 
 
-async def test_an_alert_is_journaled_and_queued_once_even_when_resent(journal: Journal) -> None:
+def drain(subject: SignalIntake) -> list[Any]:
+    """Everything the dispatcher would be handed, in target order."""
+    out = []
+    while (taken := subject.pending.take()) is not None:
+        out.extend(taken[1])
+    return out
+
+
+async def test_an_alert_is_journaled_and_pending_once_even_when_resent(journal: Journal) -> None:
     subject = intake(journal)
     payload = body(alert("HighErrors", namespace="shop", deployment="cart"))
 
@@ -75,18 +93,51 @@ async def test_an_alert_is_journaled_and_queued_once_even_when_resent(journal: J
 
     assert (first.accepted, first.duplicates) == (1, 0)
     assert (resent.accepted, resent.duplicates) == (0, 1)
-    assert subject.queue.qsize() == 1
-    queued = subject.queue.get_nowait()
-    assert await journal.signal_seen(queued.key)
+    [pending] = drain(subject)
+    assert await journal.signal_seen(pending.signal.key)
+    [(row_id, undecided)] = await journal.undecided_signals()
+    assert (row_id, undecided.key) == (pending.row_id, pending.signal.key)
 
 
 async def test_a_restarted_daemon_still_recognises_an_accepted_alert(journal: Journal) -> None:
     payload = body(alert("HighErrors", namespace="shop", deployment="cart"))
     await intake(journal).accept_alerts(payload)
 
-    after_restart = intake(journal)  # fresh in-memory deduper, same journal
+    after_restart = intake(journal)  # fresh in-memory caches, same journal
     result = await after_restart.accept_alerts(payload)
-    assert result.duplicates == 1 and after_restart.queue.empty()
+    assert result.duplicates == 1 and drain(after_restart) == []
+
+
+async def test_concurrent_bodies_share_commits_and_every_alert_is_journaled(
+    journal: Journal,
+) -> None:
+    import asyncio
+
+    subject = intake(journal)
+    bodies = [
+        body(
+            *(
+                alert("HighErrors", fingerprint=f"f{i}-{j}", namespace="shop", deployment="cart")
+                for j in range(10)
+            )
+        )
+        for i in range(50)
+    ]
+    results = await asyncio.gather(*(subject.accept_alerts(b) for b in bodies))
+
+    assert sum(r.accepted for r in results) == 500
+    assert len(await journal.undecided_signals(limit=1000)) == 500
+    # One batch per target for the dispatcher, however many alerts.
+    target, batch = subject.pending.take() or (None, [])
+    assert target == Target("shop", "cart") and len(batch) == 500
+    assert journal.intake_commits < 50  # grouped, not one commit per request
+
+
+async def test_a_repeat_within_one_body_and_across_bodies_is_one_signal(journal: Journal) -> None:
+    subject = intake(journal)
+    twice = alert("HighErrors", namespace="shop", deployment="cart")
+    result = await subject.accept_alerts(body(twice, twice))
+    assert (result.accepted, result.duplicates) == (1, 1)
 
 
 async def test_rollbackds_own_escalation_alert_is_never_acted_on(journal: Journal) -> None:
@@ -95,39 +146,94 @@ async def test_rollbackds_own_escalation_alert_is_never_acted_on(journal: Journa
         body(alert("RollbackdEscalation", namespace="shop", deployment="cart"))
     )
     assert result.accepted == 0
-    assert subject.queue.empty()
+    assert drain(subject) == []
 
 
-async def test_alert_without_a_target_is_recorded_and_counted(journal: Journal) -> None:
+async def test_alert_without_a_target_is_recorded_once_and_counted(journal: Journal) -> None:
     metrics = Metrics()
     subject = intake(journal, metrics)
-    result = await subject.accept_alerts(body(alert("DiskFull", instance="node-1")))
-    assert result.unresolved == 1 and subject.queue.empty()
+    for _ in range(3):
+        result = await subject.accept_alerts(body(alert("DiskFull", instance="node-1")))
+    assert drain(subject) == []
+    [row] = await journal.unresolved_alerts()
+    assert row["fingerprint"] == "f1" and row["count"] == 1  # repeats cost nothing
+    assert result.unresolved == 0 and result.duplicates == 1
     assert "rollbackd_unresolved_alerts_total 1.0" in metrics.render().decode()
 
 
-async def test_malformed_body_is_a_payload_error_and_nothing_is_queued(journal: Journal) -> None:
+async def test_the_same_unresolved_fingerprint_after_the_cache_is_one_row(journal: Journal) -> None:
+    for _ in range(200):
+        await intake(journal).accept_alerts(body(alert("DiskFull", instance="node-1")))
+    [row] = await journal.unresolved_alerts()
+    assert row["count"] == 200
+
+
+async def test_an_alert_naming_an_unknown_deployment_is_unresolved_not_pending(
+    journal: Journal,
+) -> None:
+    subject = intake(journal, known={Target("shop", "cart")})
+    result = await subject.accept_alerts(
+        body(
+            alert("HighErrors", fingerprint="a", namespace="shop", deployment="cart"),
+            alert("HighErrors", fingerprint="b", namespace="shop", deployment="ghost"),
+        )
+    )
+    assert (result.accepted, result.unresolved) == (1, 1)
+    [pending] = drain(subject)
+    assert pending.signal.target == Target("shop", "cart")
+    [row] = await journal.unresolved_alerts()
+    assert "shop/ghost not found" in row["reason"]
+
+
+async def test_an_invalid_alert_is_recorded_and_its_neighbours_accepted(journal: Journal) -> None:
+    subject = intake(journal)
+    bad = alert("HighErrors", fingerprint="bad", namespace="shop", deployment="cart")
+    bad["startsAt"] = "9999-12-31T23:59:59-14:00"
+    good = alert("HighErrors", fingerprint="good", namespace="shop", deployment="cart")
+    result = await subject.accept_alerts(body(bad, good))
+    assert result.accepted == 1
+    assert [r["path"] for r in result.rejected] == ["$.alerts[0].startsAt"]
+    [row] = await journal.unresolved_alerts()
+    assert row["fingerprint"] == "bad" and row["reason"].startswith("invalid: $.alerts[0]")
+
+
+async def test_malformed_body_is_a_payload_error_and_nothing_is_pending(journal: Journal) -> None:
     subject = intake(journal)
     with pytest.raises(PayloadError):
         await subject.accept_alerts(b'{"version": "4", "alerts": [{"status": 1}]')
-    assert subject.queue.empty()
+    assert drain(subject) == []
+
+
+async def test_overflow_keeps_accepting_and_leaves_the_rest_to_the_journal(
+    journal: Journal,
+) -> None:
+    subject = intake(journal, pending=PendingSignals(max_in_memory=5))
+    subject.pending.reload_needed = False
+    result = await subject.accept_alerts(
+        body(
+            *(
+                alert("E", fingerprint=f"f{i}", namespace="shop", deployment="cart")
+                for i in range(20)
+            )
+        )
+    )
+    assert result.accepted == 20  # never refused after commit
+    assert len(subject.pending) == 5 and subject.pending.reload_needed
+    assert len(await journal.undecided_signals()) == 20
 
 
 class FlakyJournal:
-    """Fails its first write, like a full disk that an operator then frees."""
+    """Fails its first commit, like a full disk that an operator then frees."""
 
     def __init__(self, real: Journal) -> None:
         self.real = real
         self.failures = 1
 
-    async def signal_seen(self, key: str) -> bool:
-        return await self.real.signal_seen(key)
-
-    async def record_signal(self, *args: Any, **kwargs: Any) -> None:
+    async def accept(self, *args: Any, **kwargs: Any) -> Any:
         if self.failures:
             self.failures -= 1
             raise OSError("disk full")
-        await self.real.record_signal(*args, **kwargs)
+        return await self.real.accept(*args, **kwargs)
 
 
 async def test_journal_failure_refuses_the_alert_and_its_retry_is_accepted(
@@ -137,7 +243,7 @@ async def test_journal_failure_refuses_the_alert_and_its_retry_is_accepted(
     payload = body(alert("HighErrors", namespace="shop", deployment="cart"))
     with pytest.raises(AcceptError):
         await subject.accept_alerts(payload)  # the server answers 503: Alertmanager retries
-    assert subject.queue.empty()
+    assert drain(subject) == []
 
     retried = await subject.accept_alerts(payload)
-    assert retried.accepted == 1 and subject.queue.qsize() == 1
+    assert retried.accepted == 1 and len(drain(subject)) == 1
