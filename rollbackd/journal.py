@@ -770,11 +770,14 @@ class Journal:
             "SELECT * FROM decisions WHERE rollback_id = ? ORDER BY at, id", (rollback_id,)
         )
         signal_keys = list(dict.fromkeys(r["signal_key"] for r in decisions if r["signal_key"]))
-        if signal_keys:
+        decision_ids = [r["id"] for r in decisions]
+        if signal_keys or decision_ids:
+            # The signals each decision named, and those it settled with them.
             signals = await self._rows(
                 f"SELECT * FROM signals WHERE key IN ({','.join('?' * len(signal_keys))})"
+                f" OR decision_id IN ({','.join('?' * len(decision_ids))})"
                 " ORDER BY observed_at, id",
-                signal_keys,
+                [*signal_keys, *decision_ids],
             )
             seen: set[str] = set()
             for r in signals:

@@ -313,3 +313,95 @@ async def test_readers_can_refuse_to_create_a_missing_journal(tmp_path: Path) ->
         pass
     async with await Journal.open(missing, create=False) as j:
         assert await j.list_rollbacks() == []
+
+
+# --- the durable queue (schema version 2) ------------------------------------------
+
+
+async def test_accepted_signals_stay_undecided_until_a_decision_covers_them(
+    journal: Journal,
+) -> None:
+    ids = await journal.accept([signal("k1"), signal("k2"), signal("k1")])
+    assert ids[0] is not None and ids[1] is not None and ids[2] is None  # in-batch repeat
+    assert [row_id for row_id, _ in await journal.undecided_signals()] == ids[:2]
+
+    decision = Decision(Action.JOIN, APP, "rollback_in_flight", "joins", rollback_id="rb-1")
+    await journal.record_decision(decision, signal_key="k1", at=at(1), covers=[ids[1]])
+
+    assert await journal.undecided_signals() == []
+    assert await journal.count_undecided() == 0
+
+
+async def test_a_settled_signal_shows_on_the_timeline_of_the_decision_that_settled_it(
+    journal: Journal,
+) -> None:
+    first, second = await journal.accept([signal("k1"), signal("k2")])
+    assert first is not None and second is not None
+    decision = Decision(Action.ROLLBACK, APP, "rollback", "revision 7 broke it", 7, 6)
+    await journal.record_decision(
+        decision, signal_key="k1", at=at(1), rollback_id="rb-1", covers=[first, second]
+    )
+    keys = [e.data["key"] for e in await journal.timeline("rb-1") if e.kind == "signal"]
+    assert keys == ["k1", "k2"]
+
+
+async def test_a_repeat_after_reopening_is_recognised_by_the_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as j:
+        assert (await j.accept([signal("k1")]))[0] is not None
+    async with await Journal.open(path) as j:
+        assert await j.accept([signal("k1")]) == [None]
+        [(_, replayed)] = await j.undecided_signals()
+        assert replayed == signal("k1")  # read back whole, for the dispatcher
+
+
+async def test_concurrent_accepts_share_transactions_and_all_commit(journal: Journal) -> None:
+    results = await asyncio.gather(*(journal.accept([signal(f"k{i}")]) for i in range(200)))
+    ids = [r[0] for r in results]
+    assert None not in ids and len(set(ids)) == 200
+    assert journal.intake_commits < 20
+    assert await journal.count_undecided() == 200
+
+
+async def test_a_failed_group_commit_acknowledges_nothing_of_the_batch(journal: Journal) -> None:
+    bad = signal("k-bad")
+    object.__setattr__(bad, "observed_at", datetime(2026, 3, 1))  # naive: refused
+    results = await asyncio.gather(
+        journal.accept([signal("k-good")]), journal.accept([bad]), return_exceptions=True
+    )
+    assert any(isinstance(r, ValueError) for r in results)
+    # Whatever shared the failed transaction was not committed, so its caller was refused.
+    committed = {s.key for _, s in await journal.undecided_signals()}
+    for r, key in zip(results, ["k-good", "k-bad"], strict=True):
+        assert (key in committed) == (not isinstance(r, BaseException))
+
+
+async def test_a_version_1_journal_is_migrated_and_old_signals_are_not_replayed(
+    tmp_path: Path,
+) -> None:
+    from rollbackd import journal as journal_module
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(journal_module._SCHEMA_V1 + "PRAGMA user_version=1;")
+    conn.execute(
+        "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
+        " observed_at, labels, summary, accepted, note) VALUES"
+        " ('old', 'shop', 'checkout', 'alertmanager', 'E', 'firing', ?, ?, '{}', '', 1, '')",
+        (at(-60).isoformat(), at(0).isoformat()),
+    )
+    for _ in range(3):
+        conn.execute(
+            "INSERT INTO unresolved_alerts (at, fingerprint, alertname, labels, reason)"
+            " VALUES (?, 'fp', 'DiskFull', '{}', 'no namespace label')",
+            (at(0).isoformat(),),
+        )
+    conn.commit()
+    conn.close()
+
+    async with await Journal.open(path) as j:
+        assert await j.schema_version() == SCHEMA_VERSION == 2
+        assert await j.undecided_signals() == []
+        assert await j.signal_seen("old")
+        [row] = await j.unresolved_alerts()
+        assert (row["fingerprint"], row["count"]) == ("fp", 3)
