@@ -3,9 +3,12 @@
 The webhook answers fast and never decides anything: it authenticates, bounds
 the body, and hands the bytes to an ``AlertSink`` (the daemon's intake), which
 validates, dedupes, journals and enqueues. The status codes are chosen for
-Alertmanager's retry behaviour: a body that will never parse gets 400 (4xx is
-not retried), anything that may succeed later gets 503 (retried), so an alert
-is only dropped when retrying could not help.
+Alertmanager's retry behaviour: whatever the body contains that will never
+work is the sender's fault and gets a 4xx (not retried): 400 not JSON, 415 not
+``application/json``, 422 not a usable v4 payload or every alert rejected,
+408 a body slower than ``body_timeout``. Only what may succeed later gets 503
+(retried), so an alert is only dropped when retrying could not help. One bad
+alert costs only itself: the answer lists it under ``rejected``.
 
 Health, readiness, metrics and the OpenAPI document are open (probes and the
 Prometheus scrape carry no credentials); every ``/api/v1`` route requires the
@@ -14,12 +17,13 @@ webhook credentials when they are configured.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -30,6 +34,7 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
+from rollbackd.errors import AcceptError
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
 from rollbackd.model import Rollback, Target
@@ -53,6 +58,9 @@ log = structlog.get_logger("rollbackd.server")
 
 MAX_BODY_BYTES = 1 << 20
 MAX_LIST_LIMIT = 1000
+WEBHOOK_CONTENT_TYPE = "application/json"  # exactly what Alertmanager sends
+# A body of a million broken alerts must not become a multi-megabyte answer.
+MAX_REJECTED_SHOWN = 100
 _REALM = "rollbackd"
 
 
@@ -63,10 +71,8 @@ class AcceptResult:
     accepted: int
     duplicates: int
     unresolved: int
-
-
-class AcceptError(Exception):
-    """The alerts could not be taken in now (journal or queue); the sender should retry."""
+    # Alerts of the body that were invalid: {"index", "path", "reason"} each.
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AlertSink(Protocol):
@@ -168,8 +174,63 @@ def openapi_document() -> tuple[str, dict[str, Any]]:
     return text, yaml.safe_load(text)
 
 
-def _error(status: int, message: str, headers: CIMultiDict[str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+def _error(
+    status: int,
+    message: str,
+    headers: CIMultiDict[str] | None = None,
+    *,
+    path: str | None = None,
+    **extra: Any,
+) -> web.Response:
+    """A JSON error answer: ``{"error": message}``, plus the JSON ``path`` when known."""
+    body: dict[str, Any] = {"error": message}
+    if path is not None:
+        body["path"] = path
+    body.update(extra)
+    return web.json_response(body, status=status, headers=headers)
+
+
+class _BodyRefused(Exception):
+    """The request body was not read; ``response`` says why."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+async def _read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body, or ``_BodyRefused``: 413 too large, 408 too slow, 400 undecodable.
+
+    The deadline covers the whole read, so a client that trickles a byte at a
+    time cannot hold a handler (and its connection) open indefinitely.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        max_bytes = request.app[_MAX_BODY_KEY]
+        raise _BodyRefused(_error(413, f"body larger than {max_bytes} bytes")) from None
+    except web.RequestPayloadError as exc:
+        # The transfer itself is broken (say gzip declared, not sent): the sender's fault.
+        raise _BodyRefused(_error(400, f"body could not be read: {exc}")) from None
+    except TimeoutError:
+        log.warning("request_body_timeout", path=request.path, timeout_s=timeout)
+        response = _error(408, f"request body not received within {timeout:g} s")
+        response.force_close()  # the rest of the body may never come: drop the connection
+        raise _BodyRefused(response) from None
+
+
+def _unsupported_media_type(request: web.Request) -> web.Response | None:
+    """A 415 unless the body is declared as UTF-8 JSON (a charset parameter is allowed)."""
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type == WEBHOOK_CONTENT_TYPE and charset in ("utf-8", "utf8"):
+        return None
+    given = request.headers.get("Content-Type", "(none)")
+    return _error(
+        415,
+        f"Content-Type must be {WEBHOOK_CONTENT_TYPE} (UTF-8), got {given[:100]}",
+        expected=WEBHOOK_CONTENT_TYPE,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -219,6 +280,7 @@ class _Api:
         readiness: Callable[[], tuple[bool, str]],
         auth: AuthSettings | None,
         manual_rollback: ManualRollback | None,
+        body_timeout: float,
     ) -> None:
         self.alert_sink = alert_sink
         self.journal = journal
@@ -226,6 +288,7 @@ class _Api:
         self.readiness = readiness
         self.auth = auth
         self.manual_rollback = manual_rollback
+        self.body_timeout = body_timeout
 
     def unauthorized(self, request: web.Request) -> web.Response | None:
         """A 401 response when auth is configured and the request lacks it."""
@@ -242,18 +305,20 @@ class _Api:
         return response
 
     async def _alerts(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request)
+        denied = self.unauthorized(request) or _unsupported_media_type(request)
         if denied is not None:
             return denied
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {request.app[_MAX_BODY_KEY]} bytes")
+            body = await _read_body(request, self.body_timeout)
+        except _BodyRefused as refused:
+            return refused.response
         try:
             result = await self.alert_sink.accept_alerts(body)
         except PayloadError as exc:
-            log.warning("webhook_payload_rejected", error=str(exc))
-            return _error(400, str(exc))
+            # The body's own fault, whatever the sink says: never a retried 5xx.
+            status = exc.status if 400 <= exc.status < 500 else 400
+            log.warning("webhook_payload_rejected", status=status, path=exc.path, error=str(exc))
+            return _error(status, str(exc), path=exc.path)
         except AcceptError as exc:
             log.warning("webhook_not_accepted", error=str(exc))
             return _error(503, f"not accepted, retry later: {exc}")
@@ -262,13 +327,22 @@ class _Api:
             # rather than lose the alert.
             log.exception("webhook_failed")
             return _error(503, f"not accepted, retry later: {type(exc).__name__}")
-        return web.json_response(
-            {
-                "accepted": result.accepted,
-                "duplicates": result.duplicates,
-                "unresolved": result.unresolved,
-            }
-        )
+        counts: dict[str, Any] = {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "unresolved": result.unresolved,
+            "rejected": result.rejected[:MAX_REJECTED_SHOWN],
+            "rejected_total": len(result.rejected),
+        }
+        if result.rejected and not (result.accepted or result.duplicates or result.unresolved):
+            # Every alert was unusable: resending the same body cannot help.
+            log.warning(
+                "webhook_all_alerts_rejected",
+                rejected=len(result.rejected),
+                first_path=result.rejected[0].get("path"),
+            )
+            return _error(422, "every alert in the body was rejected", path="$.alerts", **counts)
+        return web.json_response(counts)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -338,10 +412,13 @@ class _Api:
             return denied
         assert self.manual_rollback is not None  # the route exists only with it
         try:
-            payload = await request.json()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {request.app[_MAX_BODY_KEY]} bytes")
-        except ValueError:
+            body = await _read_body(request, self.body_timeout)
+        except _BodyRefused as refused:
+            return refused.response
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            # Not UTF-8, not JSON, a number past Python's digit limit, or nested too deep.
             return _error(400, "body must be JSON")
         if not isinstance(payload, dict) or set(payload) - {"target", "dry_run"}:
             return _error(400, 'expected {"target": "NAMESPACE/NAME", "dry_run": false}')
@@ -401,8 +478,15 @@ def create_app(
     auth: AuthSettings | None,
     manual_rollback: ManualRollback | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = 10.0,
 ) -> web.Application:
-    """The aiohttp application; the caller runs it (AppRunner) and owns its lifecycle."""
+    """The aiohttp application; the caller runs it (AppRunner) and owns its lifecycle.
+
+    ``body_timeout`` bounds reading a request body (webhook and manual
+    rollback) from first to last byte; slower clients get 408.
+    """
+    if body_timeout <= 0:
+        raise ValueError("body_timeout must be positive")
     api = _Api(
         alert_sink=alert_sink,
         journal=journal,
@@ -410,6 +494,7 @@ def create_app(
         readiness=readiness,
         auth=auth,
         manual_rollback=manual_rollback,
+        body_timeout=body_timeout,
     )
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
     app[_MAX_BODY_KEY] = max_body_bytes

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import sys
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -11,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from rollbackd.metrics import Metrics
@@ -23,7 +25,12 @@ from rollbackd.server import (
     create_app,
     openapi_document,
 )
-from rollbackd.sources.alertmanager import PayloadError
+from rollbackd.sources.alertmanager import (
+    PayloadError,
+    RejectedAlert,
+    parse_body,
+    validate_alert,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TARGET = Target("shop", "checkout")
@@ -105,7 +112,10 @@ async def make_client() -> AsyncIterator[MakeClient]:
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def make(
-        auth: AuthSettings | None = None, max_body_bytes: int = 1 << 20
+        auth: AuthSettings | None = None,
+        max_body_bytes: int = 1 << 20,
+        body_timeout: float = 10.0,
+        sink: Any = None,
     ) -> tuple[TestClient[web.Request, web.Application], Harness]:
         harness = Harness(FakeSink(), FakeJournal(), Metrics(), [(True, "leader")], [])
 
@@ -118,13 +128,14 @@ async def make_client() -> AsyncIterator[MakeClient]:
             return "rb-manual"
 
         app = create_app(
-            alert_sink=harness.sink,
+            alert_sink=sink or harness.sink,
             journal=harness.journal,
             metrics=harness.metrics,
             readiness=lambda: harness.ready[-1],
             auth=auth,
             manual_rollback=manual,
             max_body_bytes=max_body_bytes,
+            body_timeout=body_timeout,
         )
         client = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()
@@ -145,6 +156,18 @@ def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
+async def post_alerts(
+    client: TestClient[web.Request, web.Application],
+    data: bytes,
+    headers: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
+) -> ClientResponse:
+    """POST a webhook body declared as Alertmanager declares it."""
+    return await client.post(
+        "/api/v1/alerts", data=data, headers={"Content-Type": content_type, **(headers or {})}
+    )
+
+
 # --- webhook -------------------------------------------------------------
 
 
@@ -153,20 +176,140 @@ async def test_webhook_hands_the_body_to_the_sink_and_reports_counts(
 ) -> None:
     client, h = await make_client()
     h.sink.result = AcceptResult(accepted=2, duplicates=3, unresolved=1)
-    resp = await client.post("/api/v1/alerts", data=b'{"version": "4"}')
+    resp = await post_alerts(client, b'{"version": "4"}')
     assert resp.status == 200
-    assert await resp.json() == {"accepted": 2, "duplicates": 3, "unresolved": 1}
+    assert await resp.json() == {
+        "accepted": 2,
+        "duplicates": 3,
+        "unresolved": 1,
+        "rejected": [],
+        "rejected_total": 0,
+    }
     assert h.sink.bodies == [b'{"version": "4"}']
     assert webhook_count(h.metrics, "200") == 1
 
 
-async def test_a_body_that_will_never_parse_is_400_with_the_reason(make_client: MakeClient) -> None:
+@pytest.mark.parametrize(
+    ("error", "status", "path"),
+    [
+        (PayloadError("body is not valid JSON"), 400, "$"),
+        (
+            PayloadError("unsupported webhook version", status=422, path="$.version"),
+            422,
+            "$.version",
+        ),
+        # A PayloadError is the body's fault whatever status it carries: never a retried 5xx.
+        (PayloadError("odd", status=503, path="$.alerts"), 400, "$.alerts"),
+    ],
+)
+async def test_a_body_that_will_never_work_is_4xx_with_the_reason_and_path(
+    make_client: MakeClient, error: PayloadError, status: int, path: str
+) -> None:
     client, h = await make_client()
-    h.sink.error = PayloadError("alerts[0].startsAt: not a timestamp")
-    resp = await client.post("/api/v1/alerts", data=b"{}")
-    assert resp.status == 400
-    assert await resp.json() == {"error": "alerts[0].startsAt: not a timestamp"}
-    assert webhook_count(h.metrics, "400") == 1
+    h.sink.error = error
+    resp = await post_alerts(client, b"{}")
+    assert resp.status == status
+    assert await resp.json() == {"error": str(error), "path": path}
+    assert webhook_count(h.metrics, str(status)) == 1
+
+
+async def test_rejected_alerts_are_listed_beside_the_accepted_ones(make_client: MakeClient) -> None:
+    client, h = await make_client()
+    rejected = [{"index": 1, "path": "$.alerts[1].startsAt", "reason": "out of range"}]
+    h.sink.result = AcceptResult(accepted=2, duplicates=0, unresolved=0, rejected=rejected)
+    resp = await post_alerts(client, b"{}")
+    assert resp.status == 200
+    body = await resp.json()
+    assert (body["accepted"], body["rejected"], body["rejected_total"]) == (2, rejected, 1)
+
+
+@pytest.mark.parametrize(
+    ("counts", "status"),
+    [((0, 0, 0), 422), ((0, 1, 0), 200), ((0, 0, 1), 200), ((1, 0, 0), 200)],
+)
+async def test_a_body_whose_every_alert_is_rejected_is_422(
+    make_client: MakeClient, counts: tuple[int, int, int], status: int
+) -> None:
+    client, h = await make_client()
+    rejected = [{"index": 0, "path": "$.alerts[0].labels", "reason": "no labels"}]
+    h.sink.result = AcceptResult(*counts, rejected=rejected)
+    resp = await post_alerts(client, b"{}")
+    assert resp.status == status
+    body = await resp.json()
+    assert body["rejected"] == rejected
+    if status == 422:
+        assert body["path"] == "$.alerts" and "every alert" in body["error"]
+
+
+async def test_an_empty_alert_list_is_not_all_rejected(make_client: MakeClient) -> None:
+    client, h = await make_client()
+    h.sink.result = AcceptResult(accepted=0, duplicates=0, unresolved=0)
+    assert (await post_alerts(client, b"{}")).status == 200
+
+
+async def test_the_rejected_list_in_the_answer_is_bounded(make_client: MakeClient) -> None:
+    client, h = await make_client()
+    rejected = [{"index": i, "path": f"$.alerts[{i}]", "reason": "x"} for i in range(5000)]
+    h.sink.result = AcceptResult(accepted=1, duplicates=0, unresolved=0, rejected=rejected)
+    body = await (await post_alerts(client, b"{}")).json()
+    assert len(body["rejected"]) == 100
+    assert body["rejected"] == rejected[:100]
+    assert body["rejected_total"] == 5000
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON; charset=UTF-8",
+        'application/json;charset="utf-8"',
+    ],
+)
+async def test_json_content_types_are_accepted(make_client: MakeClient, content_type: str) -> None:
+    client, h = await make_client()
+    resp = await post_alerts(client, b"{}", content_type=content_type)
+    assert resp.status == 200
+    assert h.sink.bodies == [b"{}"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "application/json; charset=iso-8859-1",
+        "application/jsonx",
+        "",
+    ],
+)
+async def test_other_content_types_are_415_naming_the_expected_one(
+    make_client: MakeClient, content_type: str
+) -> None:
+    client, h = await make_client()
+    resp = await post_alerts(client, b"{}", content_type=content_type)
+    assert resp.status == 415
+    body = await resp.json()
+    assert body["expected"] == "application/json"
+    assert "application/json" in body["error"]
+    assert h.sink.bodies == []
+    assert webhook_count(h.metrics, "415") == 1
+
+
+async def test_no_content_type_at_all_is_415(make_client: MakeClient) -> None:
+    client, h = await make_client()
+    # skip_auto_headers keeps aiohttp from adding application/octet-stream.
+    resp = await client.post("/api/v1/alerts", data=b"{}", skip_auto_headers=["Content-Type"])
+    assert resp.status == 415
+    assert h.sink.bodies == []
+
+
+async def test_credentials_are_checked_before_the_content_type(make_client: MakeClient) -> None:
+    client, _ = await make_client(auth=AuthSettings(bearer_token="t"))
+    resp = await post_alerts(client, b"{}", content_type="text/plain")
+    assert resp.status == 401
 
 
 async def test_a_sink_that_cannot_accept_now_answers_503_so_alertmanager_retries(
@@ -174,7 +317,7 @@ async def test_a_sink_that_cannot_accept_now_answers_503_so_alertmanager_retries
 ) -> None:
     client, h = await make_client()
     h.sink.error = AcceptError("journal unavailable")
-    resp = await client.post("/api/v1/alerts", data=b"{}")
+    resp = await post_alerts(client, b"{}")
     assert resp.status == 503
     assert "journal unavailable" in (await resp.json())["error"]
     assert webhook_count(h.metrics, "503") == 1
@@ -183,16 +326,16 @@ async def test_a_sink_that_cannot_accept_now_answers_503_so_alertmanager_retries
 async def test_an_unexpected_sink_failure_is_retryable_not_a_crash(make_client: MakeClient) -> None:
     client, h = await make_client()
     h.sink.error = RuntimeError("boom")
-    resp = await client.post("/api/v1/alerts", data=b"{}")
+    resp = await post_alerts(client, b"{}")
     assert resp.status == 503
     # The server keeps serving after it.
     h.sink.error = None
-    assert (await client.post("/api/v1/alerts", data=b"{}")).status == 200
+    assert (await post_alerts(client, b"{}")).status == 200
 
 
 async def test_an_oversized_body_is_413_and_never_reaches_the_sink(make_client: MakeClient) -> None:
     client, h = await make_client(max_body_bytes=2048)
-    resp = await client.post("/api/v1/alerts", data=b"x" * 4096)
+    resp = await post_alerts(client, b"x" * 4096)
     assert resp.status == 413
     assert "2048" in (await resp.json())["error"]
     assert h.sink.bodies == []
@@ -201,13 +344,9 @@ async def test_an_oversized_body_is_413_and_never_reaches_the_sink(make_client: 
 
 async def test_bearer_token_is_required_when_configured(make_client: MakeClient) -> None:
     client, h = await make_client(auth=AuthSettings(bearer_token="s3cret"))
-    missing = await client.post("/api/v1/alerts", data=b"{}")
-    wrong = await client.post(
-        "/api/v1/alerts", data=b"{}", headers={"Authorization": "Bearer nope"}
-    )
-    right = await client.post(
-        "/api/v1/alerts", data=b"{}", headers={"Authorization": "Bearer s3cret"}
-    )
+    missing = await post_alerts(client, b"{}")
+    wrong = await post_alerts(client, b"{}", {"Authorization": "Bearer nope"})
+    right = await post_alerts(client, b"{}", {"Authorization": "Bearer s3cret"})
     assert (missing.status, wrong.status, right.status) == (401, 401, 200)
     assert missing.headers["WWW-Authenticate"] == 'Bearer realm="rollbackd"'
     assert len(h.sink.bodies) == 1
@@ -220,7 +359,7 @@ async def test_basic_auth_checks_username_and_password(make_client: MakeClient) 
     )
 
     async def status(header: str) -> int:
-        resp = await client.post("/api/v1/alerts", data=b"{}", headers={"Authorization": header})
+        resp = await post_alerts(client, b"{}", {"Authorization": header})
         return resp.status
 
     assert await status(basic("alertmanager", "pw")) == 200
@@ -228,7 +367,7 @@ async def test_basic_auth_checks_username_and_password(make_client: MakeClient) 
     assert await status(basic("someone", "pw")) == 401
     assert await status("Basic !!!not-base64") == 401
     assert await status("Bearer pw") == 401  # bearer is not configured
-    resp = await client.post("/api/v1/alerts", data=b"{}")
+    resp = await post_alerts(client, b"{}")
     assert resp.headers.getall("WWW-Authenticate") == ['Basic realm="rollbackd", charset="UTF-8"']
 
 
@@ -237,9 +376,9 @@ async def test_either_scheme_works_when_both_are_configured(make_client: MakeCli
         auth=AuthSettings(bearer_token="t", basic_username="u", basic_password="p")
     )
     for header in ("Bearer t", basic("u", "p")):
-        resp = await client.post("/api/v1/alerts", data=b"{}", headers={"Authorization": header})
+        resp = await post_alerts(client, b"{}", {"Authorization": header})
         assert resp.status == 200
-    resp = await client.post("/api/v1/alerts", data=b"{}")
+    resp = await post_alerts(client, b"{}")
     assert len(resp.headers.getall("WWW-Authenticate")) == 2
 
 
@@ -248,6 +387,222 @@ def test_auth_settings_need_some_credential() -> None:
         AuthSettings()
     with pytest.raises(ValueError, match="both a username and a password"):
         AuthSettings(basic_username="u")
+
+
+# --- poison bodies, through the real parsing steps --------------------------
+
+
+class ParsingSink:
+    """The intake's parsing steps without its journal: parse_body, then validate_alert each."""
+
+    async def accept_alerts(self, body: bytes) -> AcceptResult:
+        raw = parse_body(body)
+        checked = [validate_alert(i, alert) for i, alert in enumerate(raw.raw_alerts)]
+        rejected = [c.as_json() for c in checked if isinstance(c, RejectedAlert)]
+        return AcceptResult(
+            accepted=len(checked) - len(rejected), duplicates=0, unresolved=0, rejected=rejected
+        )
+
+
+def good_alert(fingerprint: str = "a1b2c3d4e5f60718", **changes: Any) -> dict[str, Any]:
+    return {
+        "status": "firing",
+        "labels": {"alertname": "HighErrorRate", "namespace": "shop", "deployment": "cart"},
+        "annotations": {"summary": "cart 5xx ratio above 5%"},
+        "startsAt": "2024-05-01T12:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": fingerprint,
+        **changes,
+    }
+
+
+def webhook(*alerts: Any) -> bytes:
+    # json.dumps writes a lone surrogate as the escape "\udfff", as a broken sender would.
+    return json.dumps({"version": "4", "status": "firing", "alerts": list(alerts)}).encode()
+
+
+POISON_BODIES: list[tuple[str, bytes, int, str, str | None]] = [
+    # (name, body, status, path of the answer, path of the first rejected alert)
+    (
+        "lone-surrogate-fingerprint",
+        webhook(good_alert(fingerprint="\udfff")),
+        422,
+        "$.alerts",
+        "$.alerts[0].fingerprint",
+    ),
+    (
+        "lone-surrogate-label-value",
+        webhook(good_alert(labels={"alertname": "X", "namespace": "sh\udfffop"})),
+        422,
+        "$.alerts",
+        "$.alerts[0].labels.namespace",
+    ),
+    (
+        "5000-digit-integer",
+        webhook(good_alert()).replace(b'"status": "firing"', b'"n": ' + b"9" * 5000, 1),
+        400,
+        "$",
+        None,
+    ),
+    ("100000-deep-nesting", b"[" * 100_000 + b"]" * 100_000, 400, "$", None),
+    (
+        "starts-before-year-1-in-utc",
+        webhook(good_alert(startsAt="0001-01-01T00:00:00+14:00")),
+        422,
+        "$.alerts",
+        "$.alerts[0].startsAt",
+    ),
+    (
+        "starts-after-year-9999-in-utc",
+        webhook(good_alert(startsAt="9999-12-31T23:59:59-14:00")),
+        422,
+        "$.alerts",
+        "$.alerts[0].startsAt",
+    ),
+    ("not-json", b"alerts=1&version=4", 400, "$", None),
+    ("alerts-not-a-list", b'{"version": "4", "alerts": {}}', 422, "$.alerts", None),
+    ("no-version", b'{"alerts": []}', 422, "$.version", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "path", "alert_path"),
+    [case[1:] for case in POISON_BODIES],
+    ids=[case[0] for case in POISON_BODIES],
+)
+async def test_a_poison_body_is_the_senders_4xx_naming_the_json_path(
+    make_client: MakeClient, body: bytes, status: int, path: str, alert_path: str | None
+) -> None:
+    client, h = await make_client(sink=ParsingSink())
+    resp = await post_alerts(client, body)
+    assert resp.status == status
+    answer = await resp.json()
+    assert answer["path"] == path
+    assert answer["error"]
+    if alert_path is not None:
+        assert [r["path"] for r in answer["rejected"]] == [alert_path]
+    assert webhook_count(h.metrics, str(status)) == 1
+    # The server is unharmed: the next good body is taken.
+    assert (await post_alerts(client, webhook(good_alert()))).status == 200
+
+
+async def test_one_poison_alert_does_not_cost_the_good_ones_beside_it(
+    make_client: MakeClient,
+) -> None:
+    client, _ = await make_client(sink=ParsingSink())
+    body = webhook(
+        good_alert("f0"),
+        good_alert("\udfff"),
+        good_alert("f2"),
+        good_alert("f3", startsAt="9999-12-31T23:59:59-14:00"),
+    )
+    resp = await post_alerts(client, body)
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["accepted"] == 2
+    assert [(r["index"], r["path"]) for r in answer["rejected"]] == [
+        (1, "$.alerts[1].fingerprint"),
+        (3, "$.alerts[3].startsAt"),
+    ]
+
+
+async def test_a_body_that_claims_gzip_but_is_not_is_400(make_client: MakeClient) -> None:
+    client, h = await make_client()
+    resp = await post_alerts(client, webhook(good_alert()), {"Content-Encoding": "gzip"})
+    assert resp.status == 400
+    assert "could not be read" in (await resp.json())["error"]
+    assert h.sink.bodies == []
+
+
+# --- slow bodies ---------------------------------------------------------------
+
+
+@dataclass
+class Trickled:
+    head: bytes  # status line and headers of the answer
+    body_bytes_sent: int
+
+
+async def trickle(
+    client: TestClient[web.Request, web.Application],
+    path: str,
+    *,
+    content_length: int = 10_000,
+    interval: float = 0.02,
+) -> Trickled:
+    """POST over a raw socket, one body byte per ``interval``, until the server answers."""
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    sent = 0
+
+    async def drip() -> None:
+        nonlocal sent
+        while sent < content_length:
+            writer.write(b"{" if sent == 0 else b" ")
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(interval)  # the slow client's pace, not a wait for the server
+
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+    writer.write(head.encode())
+    dripping = asyncio.create_task(drip())
+    try:
+        async with asyncio.timeout(10):  # fail, do not hang, when no answer comes
+            answer = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        dripping.cancel()
+        writer.close()
+    return Trickled(answer, sent)
+
+
+def status_of(head: bytes) -> int:
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_a_webhook_body_slower_than_body_timeout_is_408(make_client: MakeClient) -> None:
+    client, h = await make_client(body_timeout=0.3)
+    result = await trickle(client, "/api/v1/alerts")
+    assert status_of(result.head) == 408
+    assert b"connection: close" in result.head.lower()
+    # Bytes kept arriving well inside the timeout: the deadline covers the whole body.
+    assert result.body_bytes_sent >= 3
+    assert h.sink.bodies == []
+    assert webhook_count(h.metrics, "408") == 1
+
+
+async def test_a_manual_rollback_body_slower_than_body_timeout_is_408(
+    make_client: MakeClient,
+) -> None:
+    client, h = await make_client(body_timeout=0.3)
+    result = await trickle(client, "/api/v1/rollbacks")
+    assert status_of(result.head) == 408
+    assert h.manual_calls == []
+
+
+async def test_a_body_sent_at_once_is_unaffected_by_a_short_body_timeout(
+    make_client: MakeClient,
+) -> None:
+    client, h = await make_client(body_timeout=0.3)
+    assert (await post_alerts(client, b"{}")).status == 200
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    assert resp.status == 202
+    assert (h.sink.bodies, h.manual_calls) == ([b"{}"], [(TARGET, False)])
+
+
+def test_body_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="body_timeout"):
+        create_app(
+            alert_sink=FakeSink(),
+            journal=FakeJournal(),
+            metrics=Metrics(),
+            readiness=lambda: (True, ""),
+            auth=None,
+            body_timeout=0,
+        )
 
 
 # --- health, readiness, metrics -------------------------------------------
@@ -267,9 +622,9 @@ async def test_health_and_readiness(make_client: MakeClient) -> None:
 
 async def test_metrics_page_shows_the_webhook_counts(make_client: MakeClient) -> None:
     client, h = await make_client()
-    await client.post("/api/v1/alerts", data=b"{}")
+    await post_alerts(client, b"{}")
     h.sink.error = PayloadError("bad")
-    await client.post("/api/v1/alerts", data=b"{}")
+    await post_alerts(client, b"{}")
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
@@ -396,6 +751,9 @@ async def test_manual_rollback_starts_and_maps_refusals(make_client: MakeClient)
         b'{"target": "no-slash"}',
         b'{"target": "a/b", "dry_run": "yes"}',
         b'{"target": "a/b", "force": true}',
+        b'{"target": "a/b", "n": ' + b"1" * 5000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"target": "a/\xff"}',
     ],
 )
 async def test_manual_rollback_rejects_bad_requests(make_client: MakeClient, body: bytes) -> None:
