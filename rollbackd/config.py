@@ -499,6 +499,21 @@ class NotifySettings(_Section):
     slack: SlackSettings | None = None
     webhook: WebhookNotifySettings | None = None
     report_base_url: HttpUrl | None = None  # links to /api/v1/rollbacks/{id}/report
+    # The page outbox: a page is retried until delivered or older than max_age.
+    max_age: PositiveDuration = timedelta(hours=24)
+    # A channel holding a page this long hands a copy to the other channels; null: never.
+    failover_after: PositiveDuration | None = timedelta(minutes=5)
+    # Retry backoff: exponential from backoff_initial, capped at backoff_max, jittered.
+    backoff_initial: PositiveDuration = timedelta(seconds=1)
+    backoff_max: PositiveDuration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _check_outbox(self) -> NotifySettings:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError("expected backoff_initial <= backoff_max")
+        if self.failover_after is not None and self.failover_after >= self.max_age:
+            raise ValueError("expected failover_after < max_age (or failover_after: null)")
+        return self
 
     def channel_names(self) -> tuple[str, ...]:
         return tuple(

@@ -86,9 +86,43 @@ class Metrics:
             ["channel", "result"],
             registry=r,
         )
+        # The page outbox, per channel. Only the replica that sends (the
+        # leader) reports pending rows; standbys report 0.
+        self.notifications_pending = Gauge(
+            "rollbackd_notifications_pending",
+            "Pages in the outbox not yet delivered, failed or expired, by channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.notification_delivery_lag_seconds = Gauge(
+            "rollbackd_notification_delivery_lag_seconds",
+            "Age of the oldest undelivered page in the outbox, by channel; 0 when none.",
+            ["channel"],
+            registry=r,
+        )
+        self.notifications_expired_total = Counter(
+            "rollbackd_notifications_expired_total",
+            "Pages given up on after notify.max_age undelivered, by channel.",
+            ["channel"],
+            registry=r,
+        )
         self.unresolved_alerts_total = Counter(
             "rollbackd_unresolved_alerts_total",
             "Alerts whose labels did not map to a Deployment.",
+            registry=r,
+        )
+        # The HTTP listener's guard (rollbackd.serving).
+        self.inbound_connections = Gauge(
+            "rollbackd_inbound_connections",
+            "HTTP connections open on the webhook/API port.",
+            registry=r,
+        )
+        self.inbound_connections_refused_total = Counter(
+            "rollbackd_inbound_connections_refused_total",
+            "HTTP connections closed by the guard, by reason: cap (new connection "
+            "refused, every slot busy with a request), evicted (a connection still "
+            "sending its headers closed to make room), header_timeout.",
+            ["reason"],
             registry=r,
         )
 

@@ -1,44 +1,53 @@
-"""Notifications and the fan-out that delivers them without ever blocking a rollback.
+"""Notifications, and the Notifier that delivers them through a durable outbox.
 
-A rollback must not wait for a pager. ``Notifier.submit`` only appends to one
-bounded in-memory queue per channel and returns; one worker task per channel
-sends, retrying retryable failures with exponential backoff and jitter
-(tenacity), and reports every outcome through ``on_result`` so the caller can
-journal it and count ``rollbackd_notifications_total{channel,result}``. A slow
-or dead channel delays only its own queue.
+A rollback must not wait for a pager, and a page that was meant must not be
+lost (safety rule 14). ``Notifier.enqueue`` writes one row per channel into
+the journal's outbox (``rollbackd.notify.outbox``) and returns once it is
+committed; ``submit`` does the same from synchronous code as a tracked task.
+One worker per channel sends pending rows in order (per dedup key: triggers
+before resolves, then oldest first) and reports every final outcome through
+``on_result`` so the caller can journal it and count
+``rollbackd_notifications_total{channel,result}``.
 
-Overflow policy (per channel, ``max_queue`` entries): when a new notification
-arrives at a full queue, the least severe queued-or-new notification is
-dropped, the oldest first among equals (info before warning). A critical
-notification is never dropped: if everything is critical the queue grows past
-its bound, because losing an escalation page is worse than using memory.
-Dropped notifications are logged and reported with ``ok=False`` and a detail
-starting with ``dropped:``.
+A retryable failure (HTTP 408/425/429/5xx, network) keeps the row pending:
+it is tried again after an exponential backoff with jitter, never sooner
+than the server's Retry-After, until delivered or older than ``max_age``
+(then it expires: logged at error, reported, counted). A failure that
+retrying cannot fix marks the row failed at once. A channel that has held a
+page longer than ``failover_after`` hands a copy to every other channel that
+takes it, saying so in the summary. A slow or dead channel delays only its
+own rows.
+
+Only the leader sends: ``start`` on gaining leadership, ``stop`` on losing
+it. ``stop`` cancels sends in flight and leaves their rows pending; whoever
+starts a Notifier on the same journal next delivers them. Delivery is
+at-least-once: a process killed between a channel's 2xx and the commit of
+"delivered" sends that page again (PagerDuty and Alertmanager fold repeats
+by dedup key / labels).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import enum
+import functools
 import math
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from rollbackd.model import StrEnum, Target
+from rollbackd.notify.outbox import NewRow, OutboxRow, OutboxStore, row_kind
+
+if TYPE_CHECKING:  # journal.py imports this module
+    from rollbackd.journal import Journal
+    from rollbackd.metrics import Metrics
 
 log = structlog.get_logger("rollbackd.notify")
 
@@ -56,6 +65,8 @@ DETAIL_FROM_IMAGES = "from_images"
 DETAIL_TO_IMAGES = "to_images"
 DETAIL_REPORT_URL = "report_url"
 DETAIL_PHASE = "phase"
+# Set on a failover copy: the channel that could not deliver the original.
+DETAIL_FAILOVER_FROM = "failover_from"
 
 
 class NotificationKind(StrEnum):
@@ -161,56 +172,143 @@ def notification_to_json(n: Notification) -> dict[str, Any]:
     }
 
 
+def notification_from_json(body: Mapping[str, Any]) -> Notification:
+    """The Notification ``notification_to_json`` wrote (details come back as JSON values)."""
+    target = body["target"]
+    return Notification(
+        kind=NotificationKind(body["kind"]),
+        severity=body["severity"],
+        dedup_key=body["dedup_key"],
+        target=Target(target["namespace"], target["name"]),
+        summary=body["summary"],
+        details=dict(body.get("details") or {}),
+        created_at=datetime.fromisoformat(body["created_at"]),
+        resolves=bool(body.get("resolves", False)),
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_age(age: timedelta) -> str:
+    """``42s``, ``5m3s``, ``2h5m``: how long a page has waited, for humans."""
+    seconds = max(0, int(age.total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def backoff_delay(
+    attempts: int,
+    *,
+    initial: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after ``attempts`` failed attempts.
+
+    Exponential (``initial * 2**(attempts-1)``, at most ``cap``) with "equal
+    jitter" (half fixed, half random), so replicas and rows spread out without
+    retrying at once; never shorter than the server's Retry-After.
+    """
+    ceiling = min(cap, initial * 2.0 ** min(max(attempts, 1) - 1, 60))
+    delay = ceiling / 2 + rng() * ceiling / 2
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
 @dataclass
 class _Lane:
-    """One channel's queue and worker."""
+    """One channel and its worker."""
 
     channel: Channel
-    queue: collections.deque[Notification] = field(default_factory=collections.deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    current: Notification | None = None  # being sent right now
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    sending: bool = False
+    # A Retry-After speaks for the server, not for one row: hold the channel.
+    hold_until: datetime | None = None
+    # Source rows whose failover copies this process already wrote.
+    failed_over: set[int] = field(default_factory=set)
+    # For the gauges, refreshed by every worker pass.
+    pending: int = 0
+    oldest: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.channel.name
 
 
 class Notifier:
-    """Fan-out to channels: one bounded queue and one worker per channel."""
+    """Fan-out to channels through the journal's outbox; one worker per channel.
+
+    ``journal=None`` gives a private in-memory outbox (tests, tools): nothing
+    in it survives ``stop()``. Timing knobs mirror ``notify`` in the config:
+    ``max_age``, ``failover_after`` (None: no failover), ``initial_backoff``
+    and ``max_backoff`` (seconds).
+    """
 
     def __init__(
         self,
         channels: Sequence[Channel],
         *,
+        journal: Journal | None = None,
         on_result: OnResult | None = None,
-        attempts: int = 5,
-        max_backoff: float = 30.0,
-        initial_backoff: float = 0.5,
-        max_queue: int = 1000,
+        metrics: Metrics | None = None,
+        max_age: timedelta = timedelta(hours=24),
+        failover_after: timedelta | None = timedelta(minutes=5),
+        initial_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        clock: Callable[[], datetime] = utcnow,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         names = [c.name for c in channels]
         if len(set(names)) != len(names):
             raise ValueError(f"channel names must be unique, got {names}")
-        if attempts < 1:
-            raise ValueError("attempts must be >= 1")
-        if max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
+        if max_age <= timedelta(0):
+            raise ValueError("max_age must be greater than zero")
+        if failover_after is not None and failover_after <= timedelta(0):
+            raise ValueError("failover_after must be greater than zero (or None)")
+        if initial_backoff <= 0 or max_backoff < initial_backoff:
+            raise ValueError("expected 0 < initial_backoff <= max_backoff")
         self._lanes = [_Lane(c) for c in channels]
+        self._journal = journal
+        self._own_journal: Journal | None = None
+        self._store: OutboxStore | None = OutboxStore(journal) if journal is not None else None
         self._on_result = on_result
-        self._attempts = attempts
-        self._max_backoff = max_backoff
+        self._metrics = metrics
+        self._max_age = max_age
+        self._failover_after = failover_after
         self._initial_backoff = initial_backoff
-        self._max_queue = max_queue
-        self._idle = asyncio.Condition()
-        self._reports: set[asyncio.Task[None]] = set()
-        self._started = False
-        self._stopped = False
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._rng = rng
+        self._changed = asyncio.Condition()
+        self._enqueues: set[asyncio.Task[None]] = set()
+        self._running = False
 
     @property
     def channel_names(self) -> list[str]:
-        return [lane.channel.name for lane in self._lanes]
+        return [lane.name for lane in self._lanes]
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``stop``: this process sends."""
+        return self._running
+
+    # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
+        """Open the channels and start one worker per channel (again after ``stop``)."""
+        if self._running:
             raise RuntimeError("Notifier already started")
-        self._started = True
+        store = await self._outbox()
         started: list[Channel] = []
         try:
             for lane in self._lanes:
@@ -222,39 +320,45 @@ class Notifier:
             for channel in reversed(started):
                 await _stop_channel(channel)
             raise
+        self._running = True
+        self._export_gauges()
         for lane in self._lanes:
-            lane.task = asyncio.create_task(
-                self._work(lane), name=f"rollbackd-notify-{lane.channel.name}"
-            )
+            lane.hold_until = None
+            lane.task = asyncio.create_task(self._work(lane), name=f"rollbackd-notify-{lane.name}")
+        unknown = sorted(set(await store.channels_with_pending()) - set(self.channel_names))
+        if unknown:
+            # Rows for a channel no longer configured wait until it is again.
+            log.warning("outbox_rows_for_unconfigured_channels", channels=unknown)
 
-    async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Deliver what is queued within ``drain_timeout``, then cancel and close channels.
+    async def stop(self, drain_timeout: float = 0.0) -> None:
+        """Finish pending ``submit`` writes, then stop sending.
 
-        Whatever could not be delivered in time is reported as dropped.
+        With ``drain_timeout`` > 0, first wait up to that long for due rows to
+        go out (a graceful shutdown); on losing leadership pass 0. Rows still
+        pending stay in the outbox for the next ``start``.
         """
-        if self._stopped:
-            # Calling stop again waits for reports of notifications dropped since.
-            await self._flush_reports()
-            return
-        self._stopped = True
-        if self._started:
-            await self.drain(drain_timeout)
-        for lane in self._lanes:
-            if lane.task is not None:
-                if lane.current is not None:
-                    self._report_later(lane.current, lane, "dropped: notifier stopped mid-send")
-                lane.task.cancel()
-        for lane in self._lanes:
-            if lane.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await lane.task
-                lane.task = None
-            while lane.queue:
-                self._report_later(lane.queue.popleft(), lane, "dropped: notifier stopped")
-        await self._flush_reports()
-        if self._started:
+        await self._flush_enqueues()
+        if self._running:
+            if drain_timeout > 0:
+                await self.drain(drain_timeout)
+            for lane in self._lanes:
+                if lane.task is not None:
+                    lane.task.cancel()
+            for lane in self._lanes:
+                if lane.task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await lane.task
+                    lane.task = None
+                lane.sending = False
+                # Not sending: not this replica's lag to report.
+                lane.pending, lane.oldest = 0, None
+            self._running = False
             for lane in self._lanes:
                 await _stop_channel(lane.channel)
+            await self._notify_changed()
+        if self._own_journal is not None:
+            journal, self._own_journal, self._store = self._own_journal, None, None
+            await journal.close()
 
     async def __aenter__(self) -> Notifier:
         await self.start()
@@ -263,166 +367,336 @@ class Notifier:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def submit(self, n: Notification) -> None:
-        """Queue ``n`` for every channel and return at once (never raises for delivery)."""
-        if self._stopped:
-            log.warning("notification after stop dropped", dedup_key=n.dedup_key, kind=str(n.kind))
-            for lane in self._lanes:
-                if channel_accepts(lane.channel, n):
-                    self._report_later(n, lane, "dropped: notifier stopped")
-            return
-        for lane in self._lanes:
-            if not channel_accepts(lane.channel, n):
-                continue
-            lane.queue.append(n)
-            if len(lane.queue) > self._max_queue:
-                victim = _overflow_victim(lane.queue)
-                if victim is not None:
-                    lane.queue.remove(victim)
-                    self._report_later(victim, lane, "dropped: queue full")
-            lane.wakeup.set()
+    # --- intake --------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every queue is empty and no send is in progress; False on timeout."""
-        try:
-            async with asyncio.timeout(timeout), self._idle:
-                await self._idle.wait_for(self._all_idle)
-        except TimeoutError:
-            return False
-        return True
+    async def enqueue(self, n: Notification) -> None:
+        """Write ``n`` for every channel that takes it; returns once committed.
 
-    def pending(self) -> int:
-        """Notifications queued or being sent, over all channels."""
-        return sum(len(lane.queue) + (1 if lane.current is not None else 0) for lane in self._lanes)
-
-    # --- internals -------------------------------------------------------
-
-    def _all_idle(self) -> bool:
-        return self.pending() == 0
-
-    async def _work(self, lane: _Lane) -> None:
-        while True:
-            # Clear before looking, so a submit() between the look and the wait
-            # still wakes us.
-            lane.wakeup.clear()
-            if not lane.queue:
-                async with self._idle:
-                    self._idle.notify_all()
-                await lane.wakeup.wait()
-                continue
-            n = lane.queue.popleft()
-            lane.current = n
-            try:
-                ok, detail = await self._deliver(lane.channel, n)
-                lane.current = None
-                await self._report(n, lane, ok, detail)
-            finally:
-                lane.current = None
-
-    async def _deliver(self, channel: Channel, n: Notification) -> tuple[bool, str]:
-        """Send with retries; returns (ok, detail). Cancellation propagates."""
-        attempts_made = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=self._wait,
-            retry=retry_if_exception(_is_retryable),
-            reraise=True,
-            before_sleep=lambda state: _log_retry(channel.name, n, state),
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts_made += 1
-                    await channel.send(n)
-        except ChannelError as exc:
-            log.warning(
-                "notification failed",
-                channel=channel.name,
+        Idempotent: the same (channel, dedup_key, kind, resolves) is stored
+        once, so re-sending a resumed rollback's pages is safe. A resolve also
+        goes to every channel that has the trigger in its outbox, even when
+        the channel itself no longer remembers it (after a restart).
+        """
+        store = await self._outbox()
+        lanes = await self._routes(store, n)
+        rows = [_new_row(n, lane.name) for lane in lanes]
+        inserted = await store.add(rows, self._clock())
+        for lane, new in zip(lanes, inserted, strict=True):
+            log.info(
+                "notification_enqueued" if new else "notification_already_enqueued",
+                channel=lane.name,
                 dedup_key=n.dedup_key,
                 kind=str(n.kind),
-                attempts=attempts_made,
-                error=str(exc),
+                resolves=n.resolves,
             )
-            return False, f"{exc} (after {attempts_made} attempt(s))"
-        except Exception as exc:  # a channel bug must not kill the worker
-            log.exception("notification channel crashed", channel=channel.name)
-            return False, f"{type(exc).__name__}: {exc}"
-        log.info(
-            "notification sent",
-            channel=channel.name,
-            dedup_key=n.dedup_key,
-            kind=str(n.kind),
-            resolves=n.resolves,
-            attempts=attempts_made,
-        )
-        return True, "sent" if attempts_made == 1 else f"sent after {attempts_made} attempts"
+            lane.wake.set()
+        if not lanes:
+            log.debug("notification_not_routed", dedup_key=n.dedup_key, kind=str(n.kind))
 
-    def _wait(self, state: RetryCallState) -> float:
-        """Exponential backoff with jitter, but never shorter than a server's Retry-After."""
-        backoff = wait_random_exponential(multiplier=self._initial_backoff, max=self._max_backoff)
-        delay = float(backoff(state))
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, ChannelError) and exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, self._max_backoff))
-        return delay
+    def submit(self, n: Notification) -> None:
+        """``enqueue`` from synchronous code: a tracked task that ``stop`` awaits.
+
+        Prefer ``await enqueue(n)``: only then is the page durable when the
+        caller goes on.
+        """
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._enqueue_or_report(n), name=f"rollbackd-enqueue-{n.dedup_key}"
+            )
+        except RuntimeError:
+            log.error("notification_lost", dedup_key=n.dedup_key, kind=str(n.kind), error="no loop")
+            return
+        self._enqueues.add(task)
+        task.add_done_callback(self._enqueues.discard)
+
+    # --- observation ---------------------------------------------------------
+
+    async def pending(self) -> int:
+        """Rows not yet delivered, failed or expired, over this Notifier's channels."""
+        if self._store is None:
+            return 0
+        return await self._store.count_pending(self.channel_names)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every row of these channels is finished; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._enqueues:
+                        await self._flush_enqueues()
+                        continue
+                    async with self._changed:
+                        if not self._enqueues and await self._idle():
+                            return True
+                        await self._changed.wait()
+        except TimeoutError:
+            return False
+
+    async def rows(self) -> list[OutboxRow]:
+        """Every outbox row of every channel, oldest first."""
+        return [] if self._store is None else await self._store.rows()
+
+    # --- internals -----------------------------------------------------------
+
+    async def _outbox(self) -> OutboxStore:
+        if self._store is None:
+            # Imported here: journal.py imports this module.
+            from rollbackd.journal import Journal
+
+            self._own_journal = await Journal.open(":memory:")
+            self._store = OutboxStore(self._own_journal)
+        return self._store
+
+    async def _routes(self, store: OutboxStore, n: Notification) -> list[_Lane]:
+        lanes = []
+        for lane in self._lanes:
+            if channel_accepts(lane.channel, n) or (
+                n.resolves and await store.has_trigger(lane.name, n.dedup_key)
+            ):
+                lanes.append(lane)
+        return lanes
+
+    async def _enqueue_or_report(self, n: Notification) -> None:
+        try:
+            await self.enqueue(n)
+        except Exception as exc:
+            log.exception("notification_lost", dedup_key=n.dedup_key, kind=str(n.kind))
+            for lane in self._lanes:
+                if channel_accepts(lane.channel, n):
+                    await self._report(n, lane, False, f"lost: outbox write failed: {exc}")
+
+    async def _flush_enqueues(self) -> None:
+        while self._enqueues:
+            await asyncio.gather(*list(self._enqueues), return_exceptions=True)
+
+    async def _idle(self) -> bool:
+        if any(lane.sending for lane in self._lanes):
+            return False
+        return await self.pending() == 0
+
+    async def _notify_changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _work(self, lane: _Lane) -> None:
+        """One channel's worker: a pass, then sleep until due or woken; never dies of a bug."""
+        failures = 0
+        while True:
+            # Clear before looking, so an enqueue during the pass still wakes us.
+            lane.wake.clear()
+            try:
+                wait = await self._pass(lane)
+                failures = 0
+            except Exception:
+                wait = min(30.0, 2.0**failures)
+                failures += 1
+                log.exception("outbox_worker_failed", channel=lane.name, retry_in=wait)
+            await self._notify_changed()
+            if wait == 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await lane.wake.wait()
+
+    async def _pass(self, lane: _Lane) -> float | None:
+        """Expire, fail over, send one due row; returns seconds until the next due event.
+
+        0: go again now; None: nothing pending, sleep until woken.
+        """
+        store = await self._outbox()
+        now = self._clock()
+        pending = await store.pending(lane.name)
+        if any(row.created_at < now - self._max_age for row in pending):
+            await self._expire(store, lane, now)
+            pending = await store.pending(lane.name)
+        lane.pending = len(pending)
+        lane.oldest = pending[0].created_at if pending else None
+        if not pending:
+            return None
+        await self._fail_over(store, lane, pending, now)
+        hold = lane.hold_until if lane.hold_until is not None and lane.hold_until > now else None
+        heads = await store.heads(lane.name)
+        due = [row for row in heads if row.next_attempt_at <= now]
+        if due and hold is None:
+            await self._send(store, lane, due[0])
+            return 0
+        wake_at = [max(row.next_attempt_at, hold or row.next_attempt_at) for row in heads]
+        wake_at.append(min(row.created_at for row in pending) + self._max_age)
+        if self._failover_after is not None:
+            wake_at.extend(
+                row.created_at + self._failover_after
+                for row in pending
+                if self._may_fail_over(lane, row)
+            )
+        return max(0.001, (min(wake_at) - now).total_seconds())
+
+    async def _send(self, store: OutboxStore, lane: _Lane, row: OutboxRow) -> None:
+        n = notification_from_json(row.body)
+        attempt = row.attempts + 1
+        fields = {
+            "channel": lane.name,
+            "dedup_key": n.dedup_key,
+            "kind": str(n.kind),
+            "resolves": n.resolves,
+            "attempt": attempt,
+        }
+        lane.sending = True
+        try:
+            await lane.channel.send(n)
+        except ChannelError as exc:
+            now = self._clock()
+            if exc.retryable:
+                delay = backoff_delay(
+                    attempt,
+                    initial=self._initial_backoff,
+                    cap=self._max_backoff,
+                    retry_after=exc.retry_after,
+                    rng=self._rng,
+                )
+                if exc.retry_after is not None:
+                    lane.hold_until = now + timedelta(seconds=exc.retry_after)
+                await asyncio.shield(
+                    store.retry_later(
+                        row.id,
+                        attempts=attempt,
+                        next_attempt_at=now + timedelta(seconds=delay),
+                        error=str(exc),
+                    )
+                )
+                log.warning(
+                    "notification_retry", **fields, error=str(exc), retry_in=round(delay, 3)
+                )
+                return
+            await asyncio.shield(store.failed(row.id, attempts=attempt, at=now, error=str(exc)))
+            log.error("notification_failed", **fields, error=str(exc))
+            await self._report(n, lane, False, f"{exc} (after {attempt} attempt(s))")
+            return
+        except Exception as exc:  # a channel bug must not kill the worker
+            detail = f"{type(exc).__name__}: {exc}"
+            log.exception("notification_channel_crashed", **fields)
+            await asyncio.shield(
+                store.failed(row.id, attempts=attempt, at=self._clock(), error=detail)
+            )
+            await self._report(n, lane, False, detail)
+            return
+        finally:
+            lane.sending = False
+        # The page is out: record it even if we are being cancelled right now.
+        await asyncio.shield(store.delivered(row.id, attempts=attempt, at=self._clock()))
+        log.info("notification_sent", **fields)
+        await self._report(
+            n, lane, True, "sent" if attempt == 1 else f"sent after {attempt} attempts"
+        )
+
+    async def _expire(self, store: OutboxStore, lane: _Lane, now: datetime) -> None:
+        for row in await store.expire(lane.name, created_before=now - self._max_age, at=now):
+            n = notification_from_json(row.body)
+            age = format_age(now - row.created_at)
+            log.error(
+                "notification_expired",
+                channel=lane.name,
+                dedup_key=n.dedup_key,
+                kind=str(n.kind),
+                resolves=n.resolves,
+                age=age,
+                attempts=row.attempts,
+                last_error=row.last_error,
+            )
+            if self._metrics is not None:
+                self._metrics.notifications_expired_total.labels(channel=lane.name).inc()
+            detail = f"expired: undelivered for {age} after {row.attempts} attempt(s)"
+            if row.last_error:
+                detail += f"; last error: {row.last_error}"
+            await self._report(n, lane, False, detail)
+
+    def _may_fail_over(self, lane: _Lane, row: OutboxRow) -> bool:
+        # A copy is not copied again: two channels down would ping-pong.
+        return len(self._lanes) > 1 and not row.is_failover_copy and row.id not in lane.failed_over
+
+    async def _fail_over(
+        self, store: OutboxStore, lane: _Lane, pending: Sequence[OutboxRow], now: datetime
+    ) -> None:
+        """Hand rows pending longer than ``failover_after`` to the other channels, once."""
+        if self._failover_after is None:
+            return
+        for row in pending:
+            age = now - row.created_at
+            if age < self._failover_after or not self._may_fail_over(lane, row):
+                continue
+            n = notification_from_json(row.body)
+            copy = dataclasses.replace(
+                n,
+                summary=f"[{lane.name} undeliverable for {format_age(age)}] {n.summary}",
+                details={**n.details, DETAIL_FAILOVER_FROM: lane.name},
+            )
+            targets: list[_Lane] = []
+            for other in await self._routes(store, copy):
+                if other is lane:
+                    continue
+                # A late trigger after a delivered resolve would reopen the incident.
+                if not copy.resolves and await store.has_delivered_resolve(other.name, n.dedup_key):
+                    continue
+                targets.append(other)
+            rows = [_new_row(copy, other.name, failover_from=lane.name) for other in targets]
+            inserted = await store.add(rows, now)
+            lane.failed_over.add(row.id)
+            for other, new in zip(targets, inserted, strict=True):
+                if not new:
+                    continue
+                log.warning(
+                    "notification_failover",
+                    channel=lane.name,
+                    to_channel=other.name,
+                    dedup_key=n.dedup_key,
+                    kind=str(n.kind),
+                    resolves=n.resolves,
+                    age=format_age(age),
+                    last_error=row.last_error,
+                )
+                other.wake.set()
 
     async def _report(self, n: Notification, lane: _Lane, ok: bool, detail: str) -> None:
         if self._on_result is None:
             return
         try:
-            await self._on_result(n, lane.channel.name, ok, detail)
+            await self._on_result(n, lane.name, ok, detail)
         except Exception:
-            log.exception("on_result callback failed", channel=lane.channel.name)
+            log.exception("on_result_failed", channel=lane.name)
 
-    async def _flush_reports(self) -> None:
-        if self._reports:
-            await asyncio.gather(*self._reports, return_exceptions=True)
-
-    def _report_later(self, n: Notification, lane: _Lane, detail: str) -> None:
-        """Report from synchronous code (submit, overflow): a tracked task, awaited in stop."""
-        log.warning(
-            "notification dropped",
-            channel=lane.channel.name,
-            dedup_key=n.dedup_key,
-            kind=str(n.kind),
-            severity=n.severity,
-            detail=detail,
-        )
-        if self._on_result is None:
+    def _export_gauges(self) -> None:
+        """Pending count and delivery lag per channel, read at scrape time."""
+        if self._metrics is None:
             return
-        try:
-            task = asyncio.get_running_loop().create_task(self._report(n, lane, False, detail))
-        except RuntimeError:  # no loop running: nobody to report to
-            return
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        m = self._metrics
+        for lane in self._lanes:
+            m.notifications_expired_total.labels(channel=lane.name)  # exported as 0
+            m.notifications_pending.labels(channel=lane.name).set_function(
+                functools.partial(_pending_of, lane)
+            )
+            m.notification_delivery_lag_seconds.labels(channel=lane.name).set_function(
+                functools.partial(self._lag, lane)
+            )
+
+    def _lag(self, lane: _Lane) -> float:
+        if lane.oldest is None:
+            return 0.0
+        return max(0.0, (self._clock() - lane.oldest).total_seconds())
 
 
-def _overflow_victim(queue: collections.deque[Notification]) -> Notification | None:
-    """The least severe notification, oldest first; None when all are critical."""
-    victim: Notification | None = None
-    for n in queue:
-        if victim is None or _SEVERITY_RANK[n.severity] < _SEVERITY_RANK[victim.severity]:
-            victim = n
-    if victim is None or victim.severity == "critical":
-        return None
-    return victim
+def _pending_of(lane: _Lane) -> float:
+    return float(lane.pending)
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ChannelError) and exc.retryable
-
-
-def _log_retry(channel: str, n: Notification, state: RetryCallState) -> None:
-    outcome = state.outcome
-    log.info(
-        "notification retry",
+def _new_row(n: Notification, channel: str, *, failover_from: str | None = None) -> NewRow:
+    rollback_id = n.details.get(DETAIL_ROLLBACK_ID)
+    return NewRow(
         channel=channel,
         dedup_key=n.dedup_key,
-        attempt=state.attempt_number,
-        error=str(outcome.exception()) if outcome is not None else "",
-        sleep=round(state.upcoming_sleep, 3),
+        kind=row_kind(n.kind.value, failover_from),
+        resolves=n.resolves,
+        severity=n.severity,
+        rollback_id=str(rollback_id) if rollback_id else None,
+        body=notification_to_json(n),
     )
 
 
@@ -433,4 +707,4 @@ async def _stop_channel(channel: Channel) -> None:
     try:
         await stop()
     except Exception:
-        log.exception("channel stop failed", channel=channel.name)
+        log.exception("channel_stop_failed", channel=channel.name)

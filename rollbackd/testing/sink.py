@@ -63,6 +63,7 @@ class _Rule:
     body: Any
     headers: Mapping[str, str]
     hold: bool = False
+    until: float | None = None  # monotonic deadline of a timed outage (fail_for)
 
 
 @dataclass
@@ -154,6 +155,32 @@ class HttpSink:
             )
         )
 
+    def fail_for(
+        self,
+        path_prefix: str,
+        seconds: float,
+        status: int = 503,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer every request under ``path_prefix`` with ``status`` for ``seconds`` from now.
+
+        Models an outage of the service (PagerDuty answering 503 for a minute).
+        """
+        if seconds <= 0:
+            raise ValueError("seconds must be > 0")
+        self._rules.append(
+            _Rule(
+                path_prefix,
+                status,
+                1,
+                body if body is not None else {"status": "error", "code": status},
+                dict(headers or {}),
+                until=time.monotonic() + seconds,
+            )
+        )
+
     def hold_next(self, path_prefix: str, count: int = 1) -> None:
         """Record the next ``count`` requests but do not answer until ``release()``.
 
@@ -227,8 +254,12 @@ class HttpSink:
     # --- handler ---------------------------------------------------------
 
     def _take_rule(self, path: str) -> _Rule | None:
+        now = time.monotonic()
+        self._rules = [r for r in self._rules if r.until is None or r.until > now]
         for rule in self._rules:
             if path.startswith(rule.path_prefix):
+                if rule.until is not None:
+                    return rule  # a timed outage answers every request until it ends
                 rule.remaining -= 1
                 if rule.remaining <= 0:
                     self._rules.remove(rule)

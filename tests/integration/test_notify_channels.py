@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from rollbackd.journal import Journal
 from rollbackd.model import Target
 from rollbackd.notify import (
     Notification,
@@ -18,6 +19,7 @@ from rollbackd.notify import (
     WebhookChannel,
 )
 from rollbackd.notify.base import Channel
+from rollbackd.notify.outbox import OutboxStore
 from rollbackd.testing.sink import HttpSink
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -78,7 +80,7 @@ async def run_notifier(
     notifications: list[Notification],
     **kwargs: Any,
 ) -> list[Result]:
-    """Submit, wait until everything is delivered or given up, return on_result calls."""
+    """Submit, wait until everything is delivered or finished, return on_result calls."""
     results: list[Result] = []
 
     async def on_result(n: Notification, channel: str, ok: bool, detail: str) -> None:
@@ -180,13 +182,11 @@ async def test_429_then_success_is_retried_and_reported_ok(pager_sink: HttpSink)
     assert results == [("rollback_started", "pagerduty", True, "sent after 3 attempts")]
 
 
-async def test_5xx_retried_until_attempts_are_exhausted(pager_sink: HttpSink) -> None:
+async def test_5xx_is_retried_until_delivered_with_no_attempt_limit(pager_sink: HttpSink) -> None:
     pager_sink.fail_next("/v2/enqueue", 503, count=10)
-    results = await run_notifier([pagerduty(pager_sink)], [escalation()], attempts=3)
-    assert len(pager_sink.requests) == 3
-    [(kind, channel, ok, detail)] = results
-    assert (kind, channel, ok) == ("escalation", "pagerduty", False)
-    assert "HTTP 503" in detail and "after 3 attempt(s)" in detail
+    results = await run_notifier([pagerduty(pager_sink)], [escalation()])
+    assert [r.status for r in pager_sink.requests] == [503] * 10 + [202]
+    assert results == [("escalation", "pagerduty", True, "sent after 11 attempts")]
 
 
 async def test_400_is_not_retried(pager_sink: HttpSink) -> None:
@@ -198,14 +198,17 @@ async def test_400_is_not_retried(pager_sink: HttpSink) -> None:
     assert results[1][2] is True
 
 
-async def test_unreachable_server_is_retried_then_reported_failed() -> None:
+async def test_unreachable_server_is_retried_until_the_page_expires() -> None:
     sink = await HttpSink().start()
     url = sink.url
     await sink.stop()  # nothing listens on this port any more
     channel = PagerDutyChannel(ROUTING_KEY, url=f"{url}/v2/enqueue")
-    [(_, _, ok, detail)] = await run_notifier([channel], [started()], attempts=2)
+    [(_, _, ok, detail)] = await run_notifier(
+        [channel], [started()], max_age=timedelta(seconds=0.5)
+    )
     assert ok is False
-    assert "after 2 attempt(s)" in detail
+    assert detail.startswith("expired: undelivered for 0s after ")
+    assert "ClientConnectorError" in detail  # the last error, for the timeline
 
 
 async def test_a_stalled_channel_does_not_delay_another(
@@ -219,31 +222,36 @@ async def test_a_stalled_channel_does_not_delay_another(
     async def on_result(n: Notification, channel: str, ok: bool, detail: str) -> None:
         results.append((n.kind.value, channel, ok, detail))
 
-    notifier = Notifier(
-        [
-            WebhookChannel(f"{stalled.url}/hook", name="stalled"),
-            WebhookChannel(f"{healthy.url}/hook", name="healthy"),
-        ],
-        on_result=on_result,
-    )
-    await notifier.start()
-    try:
-        notifier.submit(started())
-        notifier.submit(escalation())
-        await healthy.wait_for_count("/hook", 2)
-        await stalled.wait_for_count("/hook", 1)
-        assert len(stalled.requests) == 1  # still stuck on the first one
-        assert not await notifier.drain(0.01)
-    finally:
-        await notifier.stop(drain_timeout=0.01)
-    assert ("rollback_started", "healthy", True, "sent") in results
-    assert ("escalation", "healthy", True, "sent") in results
-    stalled_results = sorted(r for r in results if r[1] == "stalled")
-    assert [(r[0], r[2]) for r in stalled_results] == [
-        ("escalation", False),
-        ("rollback_started", False),
-    ]
-    assert all(r[3].startswith("dropped: notifier stopped") for r in stalled_results)
+    async with await Journal.open(":memory:") as journal:
+        notifier = Notifier(
+            [
+                WebhookChannel(f"{stalled.url}/hook", name="stalled"),
+                WebhookChannel(f"{healthy.url}/hook", name="healthy"),
+            ],
+            journal=journal,
+            on_result=on_result,
+        )
+        await notifier.start()
+        try:
+            notifier.submit(started())
+            notifier.submit(escalation())
+            await healthy.wait_for_count("/hook", 2)
+            await stalled.wait_for_count("/hook", 1)
+            assert len(stalled.requests) == 1  # still stuck on the first one
+            assert not await notifier.drain(0.01)
+        finally:
+            await notifier.stop(drain_timeout=0.01)
+        assert sorted(results) == [
+            ("escalation", "healthy", True, "sent"),
+            ("rollback_started", "healthy", True, "sent"),
+        ]
+        # Stopping gives nothing up: the stalled channel's pages wait in the
+        # outbox for whoever starts a Notifier on this journal next.
+        left = [(r.channel, r.kind, r.state) for r in await OutboxStore(journal).pending()]
+        assert left == [
+            ("stalled", "rollback_started", "pending"),
+            ("stalled", "escalation", "pending"),
+        ]
 
 
 async def test_slack_message_is_short_text_with_blocks(pager_sink: HttpSink) -> None:

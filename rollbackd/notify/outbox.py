@@ -1,0 +1,301 @@
+"""The page outbox: every page meant for a channel, kept in the journal until it is out.
+
+One row per (channel, notification). ``Notifier.enqueue`` writes rows and
+returns once they are committed, so a page that was meant survives a crash,
+a restart and a change of leader; the channel workers read them back here and
+record each attempt. All SQL on the ``outbox`` table (journal schema
+version 2) lives in this module.
+
+Row identity is UNIQUE(channel, dedup_key, kind, resolves): writing the same
+page twice (a resumed rollback re-sending its start page) is a no-op. A
+failover copy (a page carried by another channel because its own channel is
+down) stores ``<kind>+failover_from=<channel>`` in the kind column, so it has
+an identity of its own, once per failed channel, while the page it carries
+keeps its real kind and dedup_key in the body.
+
+Delivery order per channel and dedup_key: triggers before resolves, then by
+id. ``heads`` returns the first pending row of each dedup_key, so a resolve
+is never sent while a trigger for the same key is pending on that channel,
+and one key stuck in backoff does not hold back another.
+
+States: pending -> delivered | failed (not retryable) | expired (older than
+``notify.max_age``). Only pending rows change; every update is guarded by
+``state = 'pending'``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # journal.py imports notify.base, which imports this module
+    import aiosqlite
+
+    from rollbackd.journal import Journal
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+EXPIRED = "expired"
+
+_FAILOVER_MARK = "+failover_from="
+_MAX_ERROR = 500  # last_error is for humans reading the journal, not a log archive
+
+
+def row_kind(kind: str, failover_from: str | None = None) -> str:
+    """The kind column: the notification kind, marked when the row is a failover copy."""
+    return f"{kind}{_FAILOVER_MARK}{failover_from}" if failover_from else kind
+
+
+def _fmt(at: datetime) -> str:
+    # The journal's time format: fixed-width ISO-8601 UTC, so text order is time order.
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"timezone-aware datetime required, got naive {at.isoformat()}")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A page for one channel, as ``OutboxStore.add`` writes it."""
+
+    channel: str
+    dedup_key: str
+    kind: str  # the kind column (see ``row_kind``)
+    resolves: bool
+    severity: str
+    rollback_id: str | None
+    body: dict[str, Any]  # notification_to_json(...)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored row."""
+
+    id: int
+    channel: str
+    dedup_key: str
+    kind: str
+    resolves: bool
+    severity: str
+    rollback_id: str | None
+    body: dict[str, Any]
+    created_at: datetime
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    finished_at: datetime | None
+
+    @property
+    def is_failover_copy(self) -> bool:
+        return _FAILOVER_MARK in self.kind
+
+
+@dataclass(frozen=True)
+class PendingSummary:
+    """How many rows of a channel are pending, and since when the oldest one."""
+
+    count: int
+    oldest: datetime | None
+
+
+def _row(r: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        id=int(r["id"]),
+        channel=r["channel"],
+        dedup_key=r["dedup_key"],
+        kind=r["kind"],
+        resolves=bool(r["resolves"]),
+        severity=r["severity"],
+        rollback_id=r["rollback_id"],
+        body=json.loads(r["body"]),
+        created_at=_parse(r["created_at"]),
+        state=r["state"],
+        attempts=int(r["attempts"]),
+        next_attempt_at=_parse(r["next_attempt_at"]),
+        last_error=r["last_error"],
+        finished_at=_parse(r["finished_at"]) if r["finished_at"] else None,
+    )
+
+
+class OutboxStore:
+    """The outbox table of one journal."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    async def add(self, rows: Sequence[NewRow], at: datetime) -> list[bool]:
+        """Insert ``rows`` in one transaction (INSERT OR IGNORE); True where a row is new.
+
+        Returns after COMMIT: a row reported here is durable.
+        """
+        now = _fmt(at)
+        inserted: list[bool] = []
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            for row in rows:
+                cur = await conn.execute(
+                    "INSERT OR IGNORE INTO outbox (channel, dedup_key, kind, resolves, severity,"
+                    " rollback_id, body, created_at, state, attempts, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (
+                        row.channel,
+                        row.dedup_key,
+                        row.kind,
+                        int(row.resolves),
+                        row.severity,
+                        row.rollback_id,
+                        json.dumps(row.body, sort_keys=True, allow_nan=False),
+                        now,
+                        PENDING,
+                        now,
+                    ),
+                )
+                inserted.append(cur.rowcount == 1)
+                await cur.close()
+
+        if rows:
+            await self._journal.transaction(body)
+        return inserted
+
+    async def has_trigger(self, channel: str, dedup_key: str) -> bool:
+        """True when ``channel`` has (or had) a trigger for ``dedup_key`` still open or sent.
+
+        A resolve goes to every channel that got the trigger, even when the
+        channel's in-memory view (a restarted process) no longer knows it.
+        """
+        rows = await self._journal.query(
+            "SELECT 1 FROM outbox WHERE channel = ? AND dedup_key = ? AND resolves = 0"
+            " AND state IN (?, ?) LIMIT 1",
+            (channel, dedup_key, PENDING, DELIVERED),
+        )
+        return bool(rows)
+
+    async def has_delivered_resolve(self, channel: str, dedup_key: str) -> bool:
+        rows = await self._journal.query(
+            "SELECT 1 FROM outbox WHERE channel = ? AND dedup_key = ? AND resolves = 1"
+            " AND state = ? LIMIT 1",
+            (channel, dedup_key, DELIVERED),
+        )
+        return bool(rows)
+
+    async def heads(self, channel: str) -> list[OutboxRow]:
+        """The next row to send of each dedup_key pending on ``channel``, in id order."""
+        rows = await self._journal.query(
+            "SELECT * FROM outbox AS o WHERE o.channel = ? AND o.state = ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox AS p"
+            "   WHERE p.channel = o.channel AND p.state = ? AND p.dedup_key = o.dedup_key"
+            "   AND (p.resolves < o.resolves OR (p.resolves = o.resolves AND p.id < o.id)))"
+            " ORDER BY o.id",
+            (channel, PENDING, PENDING),
+        )
+        return [_row(r) for r in rows]
+
+    async def pending(self, channel: str | None = None) -> list[OutboxRow]:
+        """Pending rows, oldest first (all channels when ``channel`` is None)."""
+        if channel is None:
+            rows = await self._journal.query(
+                "SELECT * FROM outbox WHERE state = ? ORDER BY id", (PENDING,)
+            )
+        else:
+            rows = await self._journal.query(
+                "SELECT * FROM outbox WHERE channel = ? AND state = ? ORDER BY id",
+                (channel, PENDING),
+            )
+        return [_row(r) for r in rows]
+
+    async def summary(self, channel: str) -> PendingSummary:
+        rows = await self._journal.query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
+            " WHERE channel = ? AND state = ?",
+            (channel, PENDING),
+        )
+        count = int(rows[0]["n"]) if rows else 0
+        oldest = rows[0]["oldest"] if rows else None
+        return PendingSummary(count, _parse(oldest) if oldest else None)
+
+    async def count_pending(self, channels: Sequence[str]) -> int:
+        if not channels:
+            return 0
+        rows = await self._journal.query(
+            f"SELECT COUNT(*) AS n FROM outbox WHERE state = ?"
+            f" AND channel IN ({','.join('?' * len(channels))})",
+            (PENDING, *channels),
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    async def channels_with_pending(self) -> list[str]:
+        rows = await self._journal.query(
+            "SELECT DISTINCT channel FROM outbox WHERE state = ? ORDER BY channel", (PENDING,)
+        )
+        return [r["channel"] for r in rows]
+
+    async def rows(self, channel: str | None = None) -> list[OutboxRow]:
+        """Every row, in id order (for the API, the CLI and tests)."""
+        if channel is None:
+            found = await self._journal.query("SELECT * FROM outbox ORDER BY id")
+        else:
+            found = await self._journal.query(
+                "SELECT * FROM outbox WHERE channel = ? ORDER BY id", (channel,)
+            )
+        return [_row(r) for r in found]
+
+    async def delivered(self, row_id: int, *, attempts: int, at: datetime) -> None:
+        await self._update(
+            "UPDATE outbox SET state = ?, attempts = ?, finished_at = ?, last_error = ''"
+            " WHERE id = ? AND state = ?",
+            (DELIVERED, attempts, _fmt(at), row_id, PENDING),
+        )
+
+    async def retry_later(
+        self, row_id: int, *, attempts: int, next_attempt_at: datetime, error: str
+    ) -> None:
+        await self._update(
+            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?"
+            " WHERE id = ? AND state = ?",
+            (attempts, _fmt(next_attempt_at), error[:_MAX_ERROR], row_id, PENDING),
+        )
+
+    async def failed(self, row_id: int, *, attempts: int, at: datetime, error: str) -> None:
+        await self._update(
+            "UPDATE outbox SET state = ?, attempts = ?, finished_at = ?, last_error = ?"
+            " WHERE id = ? AND state = ?",
+            (FAILED, attempts, _fmt(at), error[:_MAX_ERROR], row_id, PENDING),
+        )
+
+    async def expire(
+        self, channel: str, *, created_before: datetime, at: datetime
+    ) -> list[OutboxRow]:
+        """Mark pending rows of ``channel`` created before ``created_before`` expired; returns them."""
+        expired: list[OutboxRow] = []
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            async with conn.execute(
+                "SELECT * FROM outbox WHERE channel = ? AND state = ? AND created_at < ?"
+                " ORDER BY id",
+                (channel, PENDING, _fmt(created_before)),
+            ) as cur:
+                found = [_row(r) for r in await cur.fetchall()]
+            for row in found:
+                await conn.execute(
+                    "UPDATE outbox SET state = ?, finished_at = ? WHERE id = ?",
+                    (EXPIRED, _fmt(at), row.id),
+                )
+            expired.extend(found)
+
+        await self._journal.transaction(body)
+        return expired
+
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(sql, params)
+
+        await self._journal.transaction(body)
