@@ -367,6 +367,13 @@ class WebhookSettings(_Section):
     bearer_token: SecretStr | None = None  # env only
     basic_auth: BasicAuthSettings | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    # Inbound connections at most; lowered at start to fit RLIMIT_NOFILE (rollbackd.serving).
+    max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    # A connection must deliver complete request headers this soon after opening
+    # (or after its previous response) or it is closed.
+    header_timeout: PositiveDuration = timedelta(seconds=10)
+    # A request body must arrive completely this soon after its headers.
+    body_timeout: PositiveDuration = timedelta(seconds=10)
 
     @model_validator(mode="after")
     def _check(self) -> WebhookSettings:
