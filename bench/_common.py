@@ -157,6 +157,34 @@ def wait_until(probe: Callable[[], T | None], *, timeout: float, what: str) -> T
         time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The command name (field 2) may hold spaces; fields after it are fixed.
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(
+    pid: int, *, busy_below: float = 0.05, window: float = 0.5, timeout: float = 120
+) -> float:
+    """Wait until ``pid`` uses less than ``busy_below`` of a core over ``window`` seconds.
+
+    A server still working off the previous run (a dispatcher backlog, say)
+    would otherwise take CPU from the next measurement, whichever server it
+    measures. Returns the seconds waited; gives up quietly after ``timeout``.
+    """
+    started = time.monotonic()
+    before = cpu_seconds(pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(window)
+        after = cpu_seconds(pid)
+        if (after - before) / window < busy_below:
+            break
+        before = after
+    return time.monotonic() - started
+
+
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of already sorted values (no interpolation hides the tail)."""
     if not sorted_values:

@@ -46,7 +46,7 @@ from _alertmanager import (
     new_prefix,
     repeated_body,
 )
-from _common import Children, ensure_debian_tool, sigterm_as_exit
+from _common import Children, ensure_debian_tool, sigterm_as_exit, wait_quiet
 from _httpload import Body, ClosedLoopResult, LatencyResult, closed_loop, open_loop
 from _servers import (
     WEBHOOK_PATH,
@@ -251,11 +251,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def settle(rollbackd: Rollbackd) -> float:
+    """Let rollbackd finish the previous run's work first, so it takes no CPU from this one."""
+    waited = wait_quiet(rollbackd.child.process.pid)
+    if waited > 1:
+        progress(f"  waited {waited:.1f}s for rollbackd to go quiet")
+    return waited
+
+
 def measure_throughput(
     plan: Plan,
     endpoints: list[Endpoint],
     templates: dict[int, BodyTemplate],
-    journal: Path,
+    rollbackd: Rollbackd,
     workdir: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every (size, mode) cell against both endpoints, and the journal check of unique runs."""
@@ -267,11 +275,12 @@ def measure_throughput(
             for endpoint in endpoints:
                 prefix = new_prefix()
                 progress(f"closed loop: {size:>3}-alert bodies, {mode}, {endpoint.name}")
+                settled = settle(rollbackd)
                 result = closed_run(plan, endpoint, templates[size], mode, prefix, workdir)
-                cell[endpoint.name] = throughput_json(result, size)
+                cell[endpoint.name] = {**throughput_json(result, size), "settle_s": settled}
                 if mode == "unique" and endpoint.name == "rollbackd":
                     integrity[str(size)] = lost_alerts(
-                        journal, prefix, result.ok_fingerprints, result.ok, size
+                        rollbackd.journal, prefix, result.ok_fingerprints, result.ok, size
                     )
             cell["ratio"] = _ratio(cell["rollbackd"]["req_per_s"], cell["baseline"]["req_per_s"])
             cell["target"] = TARGET_RATIO[mode]
@@ -280,7 +289,7 @@ def measure_throughput(
 
 
 def measure_latency(
-    plan: Plan, endpoints: list[Endpoint], template: BodyTemplate, journal: Path
+    plan: Plan, endpoints: list[Endpoint], template: BodyTemplate, rollbackd: Rollbackd
 ) -> dict[str, Any]:
     """Open-loop ack latency against both endpoints, and the journal check for rollbackd."""
     latency: dict[str, Any] = {
@@ -292,11 +301,16 @@ def measure_latency(
     for endpoint in endpoints:
         prefix = new_prefix()
         progress(f"open loop: {plan.latency_rate:g} alerts/s, {endpoint.name}")
+        settled = settle(rollbackd)
         result = latency_run(plan, endpoint, template, prefix)
-        latency[endpoint.name] = latency_json(result)
+        latency[endpoint.name] = {**latency_json(result), "settle_s": settled}
         if endpoint.name == "rollbackd":
             latency["integrity"] = lost_alerts(
-                journal, prefix, result.ok_fingerprints, len(result.latencies), template.alerts
+                rollbackd.journal,
+                prefix,
+                result.ok_fingerprints,
+                len(result.latencies),
+                template.alerts,
             )
     latency["p99_ratio"] = _ratio(latency["rollbackd"]["p99_ms"], latency["baseline"]["p99_ms"])
     return latency
@@ -318,12 +332,8 @@ def measure(plan: Plan, rollbackd: Rollbackd, baseline_url: str, workdir: Path) 
         progress(f"warm-up {endpoint.name}")
         warmup = replace(plan, duration=plan.warmup)
         closed_run(warmup, endpoint, templates[10], "unique", new_prefix(), workdir)
-    throughput, integrity = measure_throughput(
-        plan, endpoints, templates, rollbackd.journal, workdir
-    )
-    latency = measure_latency(
-        plan, endpoints, templates[LATENCY_ALERTS_PER_BODY], rollbackd.journal
-    )
+    throughput, integrity = measure_throughput(plan, endpoints, templates, rollbackd, workdir)
+    latency = measure_latency(plan, endpoints, templates[LATENCY_ALERTS_PER_BODY], rollbackd)
     return {
         "throughput": throughput,
         "integrity": integrity,
