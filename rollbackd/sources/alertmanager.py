@@ -379,7 +379,7 @@ def validate_alert(index: int, raw: Any) -> WebhookAlert | RejectedAlert:
         except ValidationError as exc:
             problems = exc.errors(include_url=False, include_input=False)
             first = problems[0]
-            reason = str(first["msg"])
+            reason = str(first["msg"]).removeprefix("Value error, ")
             if len(problems) > 1:
                 reason += f" (and {len(problems) - 1} more problem(s))"
             return _reject(index, json_path(base, first["loc"]), reason, raw)

@@ -78,14 +78,20 @@ def json_path(base: str, parts: Iterable[str | int]) -> str:
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
-    """Whether objects/arrays in ``value`` nest deeper than ``limit`` (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """Whether objects/arrays in ``value`` nest deeper than ``limit``.
+
+    Level by level, without recursion; only containers are kept between
+    levels, so the cost stays below what ``json.loads`` paid to build them.
+    """
+    level: list[Any] = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        children: Iterable[Any] = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        )
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below.extend([c for c in children if type(c) is dict or type(c) is list])
+        level = below
     return False
