@@ -533,6 +533,8 @@ def test_prometheus_rule_alerts_on_rollbackd_itself_and_passes_promtool(
         "RollbackdPrometheusQueryErrors",
         "RollbackdNoLeader",
         "RollbackdWebhook5xx",
+        "RollbackdPagesUndelivered",
+        "RollbackdPagesExpired",
     }
     exprs = " ".join(r["expr"] for g in spec["groups"] for r in g["rules"])
     for metric in (
@@ -540,6 +542,8 @@ def test_prometheus_rule_alerts_on_rollbackd_itself_and_passes_promtool(
         "rollbackd_prometheus_query_errors_total",
         "rollbackd_is_leader",
         "rollbackd_webhook_requests_total",
+        "rollbackd_notification_delivery_lag_seconds",
+        "rollbackd_notifications_expired_total",
     ):
         assert metric in exprs
     rule_file = tmp_path / "rollbackd-rules.yaml"
