@@ -512,7 +512,7 @@ class NotifySettings(_Section):
     failover_after: PositiveDuration | None = timedelta(minutes=5)
     # Retry backoff: exponential from backoff_initial, capped at backoff_max, jittered.
     backoff_initial: PositiveDuration = timedelta(seconds=1)
-    backoff_max: PositiveDuration = timedelta(minutes=5)
+    backoff_max: PositiveDuration = timedelta(minutes=1)
 
     @model_validator(mode="after")
     def _check_outbox(self) -> NotifySettings:
@@ -530,8 +530,19 @@ class NotifySettings(_Section):
         )
 
 
+class RetentionSettings(_Section):
+    # History older than this is pruned; the live part (rollbacks in flight,
+    # undecided signals, undelivered pages) never is.
+    max_age: PositiveDuration = timedelta(days=30)
+    # Past this many bytes of pages, older history goes first. Half the
+    # chart's 1 GiB volume: room for the WAL and a checkpoint.
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    interval: PositiveDuration = timedelta(hours=1)
+
+
 class JournalSettings(_Section):
     path: NonEmptyStr = "/var/lib/rollbackd/journal.sqlite"
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
 
 class LeaderElectionSettings(_Section):

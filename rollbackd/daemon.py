@@ -43,6 +43,7 @@ from rollbackd.model import (
 )
 from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
 from rollbackd.promql import PromQL
+from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.signals import Evaluation, evaluate_specs
 from rollbackd.sources.alertmanager import TargetMapping
@@ -286,15 +287,39 @@ class Daemon:
             readiness=self._readiness,
             auth=AuthSettings.from_webhook(s.webhook),
             max_body_bytes=s.webhook.max_body_bytes,
+            body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.webhook.host, s.webhook.port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
+        # Hostile clients must not take the descriptors the executor and pager need.
+        from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
+
+        install_accept_error_limiter(asyncio.get_running_loop())
+        _site, bound_host, bound_port = await start_site(
+            self._runner,
+            s.webhook.host,
+            s.webhook.port,
+            max_connections=fd_budget(s.webhook.max_connections),
+            header_timeout=s.webhook.header_timeout.total_seconds(),
+            metrics=self.metrics,
+        )
         self.url = f"http://{bound_host}:{bound_port}"
         log.info("listening", url=self.url, scrape_interval=self.scrape_interval.total_seconds())
+        retention = s.journal.retention
+        self._tasks.append(
+            asyncio.create_task(
+                Retention(
+                    self.journal,
+                    max_age=retention.max_age,
+                    max_bytes=retention.max_bytes,
+                    interval=retention.interval,
+                    clock=self.clock,
+                    on_size=self.metrics.journal_bytes.set,
+                ).run(),
+                name="journal-retention",
+            )
+        )
         if s.leader_election.enabled:
             self._tasks.append(
                 asyncio.create_task(

@@ -33,6 +33,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.journal_bytes = Gauge(
+            "rollbackd_journal_bytes",
+            "Bytes of pages the journal uses (free pages excluded); retention keeps it"
+            " under journal.retention.max_bytes.",
+            registry=r,
+        )
         self.signals_total = Counter(
             "rollbackd_signals_total",
             "Signals accepted from a source, by source and status.",
