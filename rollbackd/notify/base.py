@@ -43,7 +43,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import structlog
 
 from rollbackd.model import StrEnum, Target
-from rollbackd.notify.outbox import NewRow, OutboxRow, OutboxStore, row_kind
+from rollbackd.notify.outbox import (
+    PENDING,
+    NewRow,
+    OutboxRow,
+    OutboxStore,
+    PendingEntry,
+    heads,
+    row_kind,
+)
 
 if TYPE_CHECKING:  # journal.py imports this module
     from rollbackd.journal import Journal
@@ -264,7 +272,7 @@ class Notifier:
         max_age: timedelta = timedelta(hours=24),
         failover_after: timedelta | None = timedelta(minutes=5),
         initial_backoff: float = 1.0,
-        max_backoff: float = 300.0,
+        max_backoff: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -278,7 +286,6 @@ class Notifier:
         if initial_backoff <= 0 or max_backoff < initial_backoff:
             raise ValueError("expected 0 < initial_backoff <= max_backoff")
         self._lanes = [_Lane(c) for c in channels]
-        self._journal = journal
         self._own_journal: Journal | None = None
         self._store: OutboxStore | None = OutboxStore(journal) if journal is not None else None
         self._on_result = on_result
@@ -499,34 +506,38 @@ class Notifier:
                     await lane.wake.wait()
 
     async def _pass(self, lane: _Lane) -> float | None:
-        """Expire, fail over, send one due row; returns seconds until the next due event.
+        """Expire, fail over, send the due rows; returns seconds until the next due event.
 
         0: go again now; None: nothing pending, sleep until woken.
         """
         store = await self._outbox()
         now = self._clock()
-        pending = await store.pending(lane.name)
-        if any(row.created_at < now - self._max_age for row in pending):
+        entries = await store.entries(lane.name)
+        if entries and min(e.created_at for e in entries) < now - self._max_age:
             await self._expire(store, lane, now)
-            pending = await store.pending(lane.name)
-        lane.pending = len(pending)
-        lane.oldest = pending[0].created_at if pending else None
-        if not pending:
+            entries = await store.entries(lane.name)
+        lane.pending = len(entries)
+        lane.oldest = min((e.created_at for e in entries), default=None)
+        if not entries:
             return None
-        await self._fail_over(store, lane, pending, now)
+        if self._failover_after is not None:
+            await self._fail_over(store, lane, entries, now)
         hold = lane.hold_until if lane.hold_until is not None and lane.hold_until > now else None
-        heads = await store.heads(lane.name)
-        due = [row for row in heads if row.next_attempt_at <= now]
-        if due and hold is None:
-            await self._send(store, lane, due[0])
+        first = heads(entries)
+        due = [e for e in first if e.next_attempt_at <= now] if hold is None else []
+        for entry in due:
+            row = await store.get(entry.id)
+            if row is not None and row.state == PENDING:
+                await self._send(store, lane, row)
+            if lane.hold_until is not None and lane.hold_until > self._clock():
+                break  # the service asked us to wait: not another request now
+        if due:
             return 0
-        wake_at = [max(row.next_attempt_at, hold or row.next_attempt_at) for row in heads]
-        wake_at.append(min(row.created_at for row in pending) + self._max_age)
+        wake_at = [max(e.next_attempt_at, hold or e.next_attempt_at) for e in first]
+        wake_at.append(min(e.created_at for e in entries) + self._max_age)
         if self._failover_after is not None:
             wake_at.extend(
-                row.created_at + self._failover_after
-                for row in pending
-                if self._may_fail_over(lane, row)
+                e.created_at + self._failover_after for e in entries if self._may_fail_over(lane, e)
             )
         return max(0.001, (min(wake_at) - now).total_seconds())
 
@@ -609,24 +620,30 @@ class Notifier:
                 detail += f"; last error: {row.last_error}"
             await self._report(n, lane, False, detail)
 
-    def _may_fail_over(self, lane: _Lane, row: OutboxRow) -> bool:
+    def _may_fail_over(self, lane: _Lane, entry: PendingEntry) -> bool:
         # A copy is not copied again: two channels down would ping-pong.
-        return len(self._lanes) > 1 and not row.is_failover_copy and row.id not in lane.failed_over
+        return (
+            len(self._lanes) > 1 and not entry.is_failover_copy and entry.id not in lane.failed_over
+        )
 
     async def _fail_over(
-        self, store: OutboxStore, lane: _Lane, pending: Sequence[OutboxRow], now: datetime
+        self, store: OutboxStore, lane: _Lane, entries: Sequence[PendingEntry], now: datetime
     ) -> None:
         """Hand rows pending longer than ``failover_after`` to the other channels, once."""
-        if self._failover_after is None:
-            return
-        for row in pending:
-            age = now - row.created_at
-            if age < self._failover_after or not self._may_fail_over(lane, row):
+        assert self._failover_after is not None
+        for entry in entries:
+            if now - entry.created_at < self._failover_after or not self._may_fail_over(
+                lane, entry
+            ):
                 continue
+            row = await store.get(entry.id)
+            if row is None:
+                continue
+            age = format_age(now - row.created_at)
             n = notification_from_json(row.body)
             copy = dataclasses.replace(
                 n,
-                summary=f"[{lane.name} undeliverable for {format_age(age)}] {n.summary}",
+                summary=f"[{lane.name} undeliverable for {age}] {n.summary}",
                 details={**n.details, DETAIL_FAILOVER_FROM: lane.name},
             )
             targets: list[_Lane] = []
@@ -650,7 +667,7 @@ class Notifier:
                     dedup_key=n.dedup_key,
                     kind=str(n.kind),
                     resolves=n.resolves,
-                    age=format_age(age),
+                    age=age,
                     last_error=row.last_error,
                 )
                 other.wake.set()

@@ -14,7 +14,7 @@ an identity of its own, once per failed channel, while the page it carries
 keeps its real kind and dedup_key in the body.
 
 Delivery order per channel and dedup_key: triggers before resolves, then by
-id. ``heads`` returns the first pending row of each dedup_key, so a resolve
+id. ``heads`` picks the first pending row of each dedup_key, so a resolve
 is never sent while a trigger for the same key is pending on that channel,
 and one key stuck in backoff does not hold back another.
 
@@ -100,11 +100,34 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
-class PendingSummary:
-    """How many rows of a channel are pending, and since when the oldest one."""
+class PendingEntry:
+    """A pending row's identity and timing, without its body: what a worker pass reads."""
 
-    count: int
-    oldest: datetime | None
+    id: int
+    dedup_key: str
+    kind: str
+    resolves: bool
+    created_at: datetime
+    next_attempt_at: datetime
+
+    @property
+    def is_failover_copy(self) -> bool:
+        return _FAILOVER_MARK in self.kind
+
+
+def heads(entries: Sequence[PendingEntry]) -> list[PendingEntry]:
+    """The next entry to send of each dedup_key, in id order.
+
+    Per dedup_key, triggers go before resolves, then the oldest first; so a
+    resolve waits for every pending trigger of its key, even one enqueued
+    after it. ``entries`` are one channel's.
+    """
+    first: dict[str, PendingEntry] = {}
+    for entry in entries:
+        best = first.get(entry.dedup_key)
+        if best is None or (entry.resolves, entry.id) < (best.resolves, best.id):
+            first[entry.dedup_key] = entry
+    return sorted(first.values(), key=lambda e: e.id)
 
 
 def _row(r: sqlite3.Row) -> OutboxRow:
@@ -187,17 +210,28 @@ class OutboxStore:
         )
         return bool(rows)
 
-    async def heads(self, channel: str) -> list[OutboxRow]:
-        """The next row to send of each dedup_key pending on ``channel``, in id order."""
+    async def entries(self, channel: str) -> list[PendingEntry]:
+        """The pending rows of ``channel`` without their bodies, oldest first (cheap)."""
         rows = await self._journal.query(
-            "SELECT * FROM outbox AS o WHERE o.channel = ? AND o.state = ?"
-            " AND NOT EXISTS (SELECT 1 FROM outbox AS p"
-            "   WHERE p.channel = o.channel AND p.state = ? AND p.dedup_key = o.dedup_key"
-            "   AND (p.resolves < o.resolves OR (p.resolves = o.resolves AND p.id < o.id)))"
-            " ORDER BY o.id",
-            (channel, PENDING, PENDING),
+            "SELECT id, dedup_key, kind, resolves, created_at, next_attempt_at FROM outbox"
+            " WHERE channel = ? AND state = ? ORDER BY id",
+            (channel, PENDING),
         )
-        return [_row(r) for r in rows]
+        return [
+            PendingEntry(
+                id=int(r["id"]),
+                dedup_key=r["dedup_key"],
+                kind=r["kind"],
+                resolves=bool(r["resolves"]),
+                created_at=_parse(r["created_at"]),
+                next_attempt_at=_parse(r["next_attempt_at"]),
+            )
+            for r in rows
+        ]
+
+    async def get(self, row_id: int) -> OutboxRow | None:
+        rows = await self._journal.query("SELECT * FROM outbox WHERE id = ?", (row_id,))
+        return _row(rows[0]) if rows else None
 
     async def pending(self, channel: str | None = None) -> list[OutboxRow]:
         """Pending rows, oldest first (all channels when ``channel`` is None)."""
@@ -211,16 +245,6 @@ class OutboxStore:
                 (channel, PENDING),
             )
         return [_row(r) for r in rows]
-
-    async def summary(self, channel: str) -> PendingSummary:
-        rows = await self._journal.query(
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
-            " WHERE channel = ? AND state = ?",
-            (channel, PENDING),
-        )
-        count = int(rows[0]["n"]) if rows else 0
-        oldest = rows[0]["oldest"] if rows else None
-        return PendingSummary(count, _parse(oldest) if oldest else None)
 
     async def count_pending(self, channels: Sequence[str]) -> int:
         if not channels:
