@@ -73,6 +73,7 @@ class Plan:
     client_note: str
     connections: int
     duration: float
+    rounds: int
     warmup: float
     latency_seconds: float
     latency_rate: float  # alerts/s
@@ -241,6 +242,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         client_note=note,
         connections=args.connections,
         duration=args.duration or (1.0 if args.quick else 10.0),
+        rounds=args.rounds or (1 if args.quick else 2),
         warmup=0.0 if args.quick else 2.0,
         latency_seconds=args.latency_seconds or (2.0 if args.quick else 10.0),
         latency_rate=args.rate,
@@ -259,6 +261,63 @@ def settle(rollbackd: Rollbackd) -> float:
     return waited
 
 
+def _merged(results: list[ClosedLoopResult]) -> ClosedLoopResult:
+    return ClosedLoopResult(
+        client=results[0].client,
+        seconds=sum(r.seconds for r in results),
+        ok=sum(r.ok for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
+def measure_cell(
+    plan: Plan,
+    endpoints: list[Endpoint],
+    template: BodyTemplate,
+    mode: str,
+    rollbackd: Rollbackd,
+    workdir: Path,
+) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """One (size, mode) cell and, for unique bodies, its journal check.
+
+    The servers take turns (A B A B ...) for ``plan.rounds`` rounds, so a
+    neighbour's load on a shared machine hits both alike instead of one.
+    """
+    per_round = replace(plan, duration=plan.duration / plan.rounds)
+    runs: dict[str, list[ClosedLoopResult]] = {endpoint.name: [] for endpoint in endpoints}
+    settled = dict.fromkeys(runs, 0.0)
+    checks: list[dict[str, int]] = []
+    for _ in range(plan.rounds):
+        for endpoint in endpoints:
+            prefix = new_prefix()
+            settled[endpoint.name] += settle(rollbackd)
+            result = closed_run(per_round, endpoint, template, mode, prefix, workdir)
+            runs[endpoint.name].append(result)
+            if mode == "unique" and endpoint.name == "rollbackd":
+                checks.append(
+                    lost_alerts(
+                        rollbackd.journal,
+                        prefix,
+                        result.ok_fingerprints,
+                        result.ok,
+                        template.alerts,
+                    )
+                )
+    cell: dict[str, Any] = {
+        name: {
+            **throughput_json(_merged(results), template.alerts),
+            "rounds_req_per_s": [r.ok / max(r.seconds, 1e-9) for r in results],
+            "settle_s": settled[name],
+        }
+        for name, results in runs.items()
+    }
+    cell["ratio"] = _ratio(cell["rollbackd"]["req_per_s"], cell["baseline"]["req_per_s"])
+    cell["target"] = TARGET_RATIO[mode]
+    integrity = {key: sum(c[key] for c in checks) for key in checks[0]} if checks else None
+    return cell, integrity
+
+
 def measure_throughput(
     plan: Plan,
     endpoints: list[Endpoint],
@@ -266,25 +325,16 @@ def measure_throughput(
     rollbackd: Rollbackd,
     workdir: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every (size, mode) cell against both endpoints, and the journal check of unique runs."""
+    """Every (size, mode) cell against both servers, and the journal check of unique runs."""
     throughput: dict[str, Any] = {mode: {} for mode in MODES}
     integrity: dict[str, Any] = {}
     for size in SIZES:
         for mode in MODES:
-            cell: dict[str, Any] = {}
-            for endpoint in endpoints:
-                prefix = new_prefix()
-                progress(f"closed loop: {size:>3}-alert bodies, {mode}, {endpoint.name}")
-                settled = settle(rollbackd)
-                result = closed_run(plan, endpoint, templates[size], mode, prefix, workdir)
-                cell[endpoint.name] = {**throughput_json(result, size), "settle_s": settled}
-                if mode == "unique" and endpoint.name == "rollbackd":
-                    integrity[str(size)] = lost_alerts(
-                        rollbackd.journal, prefix, result.ok_fingerprints, result.ok, size
-                    )
-            cell["ratio"] = _ratio(cell["rollbackd"]["req_per_s"], cell["baseline"]["req_per_s"])
-            cell["target"] = TARGET_RATIO[mode]
+            progress(f"closed loop: {size:>3}-alert bodies, {mode}")
+            cell, check = measure_cell(plan, endpoints, templates[size], mode, rollbackd, workdir)
             throughput[mode][str(size)] = cell
+            if check is not None:
+                integrity[str(size)] = check
     return throughput, integrity
 
 
@@ -373,6 +423,8 @@ def environment(plan: Plan) -> dict[str, Any]:
         "closed_loop_note": plan.client_note,
         "connections": plan.connections,
         "seconds_per_cell": plan.duration,
+        "rounds_per_cell": plan.rounds,
+        "load_average_at_start": list(os.getloadavg()),
         "quick": plan.quick,
     }
 
@@ -389,7 +441,11 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         "rollbackd webhook intake vs a bare aiohttp JSON handler (same machine, same run)",
         f"closed loop: {env['closed_loop_note']}, {env['connections']} connections, "
-        f"{env['seconds_per_cell']:g} s per cell; req/s counts 2xx answers only",
+        f"{env['seconds_per_cell']:g} s per cell in {env['rounds_per_cell']} alternating rounds; "
+        "req/s counts 2xx answers only",
+        "load average (1 min) at start/end: "
+        f"{env['load_average_at_start'][0]:.2f} / {env['load_average_at_end'][0]:.2f} "
+        f"on {env['cpus']} CPUs (other work on the machine skews the figures)",
         "",
         f"{'alerts/body':>11} {'mode':<9} {'rollbackd req/s':>15} {'alerts/s':>10} "
         f"{'baseline req/s':>14} {'alerts/s':>10} {'ratio':>7} {'target':>7}  {'non-2xx':>7}",
@@ -445,6 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--connections", type=int, default=16, help="closed-loop connections")
     parser.add_argument("--duration", type=float, help="seconds per closed-loop cell")
+    parser.add_argument("--rounds", type=int, help="turns each server takes per cell (A B A B ...)")
     parser.add_argument("--latency-seconds", type=float, help="open-loop duration")
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop alerts/s")
     parser.add_argument("--log-level", default="info", help="rollbackd's logging.level")
@@ -471,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             alive = rollbackd.child.process.poll() is None
             results["rollbackd_alive_at_end"] = alive
+            results["environment"]["load_average_at_end"] = list(os.getloadavg())
     finally:
         if args.keep:
             progress(f"work directory kept: {workdir}")

@@ -65,6 +65,9 @@ def test_every_throughput_cell_has_rates_for_both_servers_and_a_ratio(quick_run:
                 assert _count(figures["ok"]) and figures["ok"] > 0
                 assert _count(figures["non_2xx"]) and _count(figures["errors"])
                 assert _positive(figures["seconds"])
+                rounds = figures["rounds_req_per_s"]
+                assert len(rounds) == results["environment"]["rounds_per_cell"] >= 1
+                assert all(_positive(rate) for rate in rounds)
             assert cell["ratio"] == pytest.approx(
                 cell["rollbackd"]["req_per_s"] / cell["baseline"]["req_per_s"]
             )
