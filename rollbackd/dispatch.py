@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -36,6 +36,8 @@ from rollbackd.pending import Accepted, PendingSignals
 from rollbackd.state import decode_state
 
 log = structlog.get_logger("rollbackd.dispatch")
+
+K = TypeVar("K")
 
 
 class JournalLike(Protocol):
@@ -117,6 +119,32 @@ def rollback_for(decision: Decision, now: datetime, phase: Phase) -> Rollback:
     )
 
 
+class KeyedLocks(Generic[K]):
+    """One asyncio.Lock per key, created on demand and dropped when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 @dataclass
 class _Running:
     rollback: Rollback
@@ -147,6 +175,7 @@ class Dispatcher:
         self._submit = submit_notification
         self._clock = clock
         self._running: dict[Target, _Running] = {}
+        self._locks = KeyedLocks[Target]()
         # Escalations already paged, per (target, reason, anomaly start): one page
         # per anomaly, not one per repeated alert.
         self._escalated: dict[tuple[Target, str, str], datetime] = {}
@@ -233,6 +262,22 @@ class Dispatcher:
         target = signals[0].target
         if any(s.target != target for s in signals):
             raise ValueError("a batch holds signals of one target only")
+        # Every path in (the queue, a manual request, a replay) takes the
+        # target's lock, so two of them can never both decide "rollback".
+        async with self._locks.hold(target):
+            return await self._decide_and_act(
+                signals, covers, adjust_policy=adjust_policy, page_escalations=page_escalations
+            )
+
+    async def _decide_and_act(
+        self,
+        signals: Sequence[Signal],
+        covers: Sequence[int],
+        *,
+        adjust_policy: Callable[[Policy], Policy] | None,
+        page_escalations: bool,
+    ) -> Decision:
+        target = signals[0].target
         now = self._clock()
         facts = self._facts(target, now)
         policy = self._policy_for(target, facts.annotations)

@@ -90,8 +90,10 @@ class FakeJournal:
         self.accepted: dict[int, Signal] = {}  # the durable queue: row id -> signal
         self.settled: set[int] = set()
         self.fail_decisions = 0
+        self.history_delay = 0.0  # also delays record_decision
 
     async def history(self, target: Target) -> History:
+        await asyncio.sleep(self.history_delay)  # a journal read takes time: paths can overlap
         return self.history_value
 
     async def record_decision(
@@ -103,6 +105,7 @@ class FakeJournal:
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
     ) -> None:
+        await asyncio.sleep(self.history_delay)
         if self.fail_decisions:
             self.fail_decisions -= 1
             raise OSError("journal unavailable")
@@ -373,4 +376,27 @@ async def test_overflowed_signals_are_paged_back_in_from_the_journal() -> None:
     await run_until(h, pending, lambda: len(h.journal.settled) == 30)
 
     assert {d.target for d, _ in h.journal.decisions} == set(targets)
+    h.release.set()
+
+
+async def test_a_manual_request_and_an_alert_at_once_start_one_rollback() -> None:
+    h = Harness()
+    h.journal.history_delay = 0.05
+    manual = replace(signal("manual:1"), source=SignalSource.MANUAL, name="manual")
+
+    decisions = await asyncio.gather(
+        h.dispatcher.handle(manual), h.dispatcher.handle_batch([signal("am:1")], covers=[1])
+    )
+
+    assert sorted(d.action for d in decisions) == [Action.JOIN, Action.ROLLBACK]
+    assert len(h.started) == 1
+    assert decisions[0].rollback_id == decisions[1].rollback_id == h.started[0].id
+    h.release.set()
+    await h.dispatcher.wait(CART)
+
+
+async def test_per_target_locks_are_dropped_once_nobody_needs_them() -> None:
+    h = Harness()
+    await asyncio.gather(*(h.dispatcher.handle(signal(f"am:{i}")) for i in range(5)))
+    assert len(h.dispatcher._locks) == 0
     h.release.set()
