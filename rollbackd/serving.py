@@ -246,6 +246,11 @@ class ConnectionGuard:
     def open_connections(self) -> int:
         return len(self._open)
 
+    @property
+    def waiting_for_headers(self) -> int:
+        """Open connections that have not delivered a request's headers yet."""
+        return len(self._waiting)
+
     def __call__(self) -> asyncio.Protocol:
         """A protocol for a just-accepted connection (asyncio's protocol_factory)."""
         if len(self._open) >= self.max_connections:

@@ -143,7 +143,9 @@ async def test_over_the_cap_with_every_slot_busy_is_refused_at_once_with_503(
         reader, writer = await served.connect()
         writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         busy.append((reader, writer))
-    await eventually(lambda: served.guard.open_connections == 3 and not served.guard._waiting)
+    await eventually(
+        lambda: served.guard.open_connections == 3 and not served.guard.waiting_for_headers
+    )
 
     reader, writer = await served.connect()
     started = time.monotonic()
