@@ -20,7 +20,11 @@ Check order, first match wins, and why:
    Deployment's ``rollbackd.io/rollback`` state annotation. It precedes every
    escalation because during verification the restored revision is current
    and a breach there is the verifier's business, not a new incident.
-4. ``restored_revision_breaching`` (ESCALATE): the current revision is one
+4. ``anomaly_before_restore`` (JOIN the finished rollback): the current
+   revision is one rollbackd restored, and the anomaly began before it was
+   ready (the ``ready_at`` of the Deployment's state annotation): the signal
+   is about the replaced revision, never a page (rule 12). Then
+   ``restored_revision_breaching`` (ESCALATE): the current revision is one
    rollbackd restored and it breaches too: no ping-pong (rule 4). This comes
    before the cooldown on purpose: a breach right after our own rollback is
    exactly when a human must be paged, not silenced.
@@ -74,6 +78,7 @@ from rollbackd.model import (
     ClusterFacts,
     Decision,
     History,
+    Phase,
     Policy,
     RevisionInfo,
     Signal,
@@ -93,6 +98,7 @@ class ReasonCode(StrEnum):
     NAMESPACE_NOT_ALLOWED = "namespace_not_allowed"
     OPTED_OUT = "opted_out"
     ROLLBACK_IN_FLIGHT = "rollback_in_flight"
+    ANOMALY_BEFORE_RESTORE = "anomaly_before_restore"
     RESTORED_REVISION_BREACHING = "restored_revision_breaching"
     COOLDOWN = "cooldown"
     PAUSED = "paused"
@@ -311,6 +317,37 @@ def _state_in_flight(facts: ClusterFacts) -> tuple[str, str] | None:
 # --- 4-6. rollbackd's own recent work, humans in control ---------------------
 
 
+def _anomaly_before_restore(inp: _Inputs) -> Decision | None:
+    # Rule 12: an anomaly that began before the restored revision was ready is
+    # about the revision rollbackd replaced (late alerts, slow rules, replays).
+    current = inp.current
+    text = inp.facts.annotations.get(ANNOTATION_ROLLBACK)
+    if current is None or not text:
+        return None
+    try:
+        state = decode_state(text)
+    except ValueError:
+        return None
+    restored_here = current.restored_by == state.rollback_id or (
+        current.restored_by is None and current.revision in inp.history.restored_revisions
+    )
+    if (
+        state.phase is not Phase.ROLLBACK_COMPLETED
+        or state.ready_at is None
+        or not restored_here
+        or inp.signal.started_at >= state.ready_at
+    ):
+        return None
+    return inp.decision(
+        Action.JOIN,
+        ReasonCode.ANOMALY_BEFORE_RESTORE,
+        f"{_signal_phrase(inp.signal)} began {_duration(state.ready_at - inp.signal.started_at)} "
+        f"before revision {current.revision} of {inp.target} was restored and ready "
+        f"(rollback {state.rollback_id}); it is about the replaced revision",
+        rollback_id=state.rollback_id,
+    )
+
+
 def _restored_revision_breaching(inp: _Inputs) -> Decision | None:
     current = inp.current
     if current is None:
@@ -395,6 +432,7 @@ _CHECKS_BEFORE_CHOICE: tuple[Check, ...] = (
     _namespace_not_allowed,
     _opted_out,
     _rollback_in_flight,
+    _anomaly_before_restore,
     _restored_revision_breaching,
     _cooldown,
     _paused,

@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from rollbackd.decide import decide
+from rollbackd.decide import ReasonCode, decide
 from rollbackd.model import (
     ANNOTATION_ROLLBACK,
     Action,
@@ -342,11 +342,14 @@ class Dispatcher:
             )
             await self._launch(new_rollback, decision)
         elif decision.action is Action.JOIN and decision.rollback_id:
+            joined_late = decision.reason_code == ReasonCode.ANOMALY_BEFORE_RESTORE
             await self._note_signal(
                 decision.rollback_id,
                 signal,
-                "signal_joined",
-                f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
+                "signal_attributed" if joined_late else "signal_joined",
+                decision.reason
+                if joined_late
+                else f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
                 now,
             )
         elif decision.action is Action.ESCALATE and repeat_of is not None:

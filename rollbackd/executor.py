@@ -517,7 +517,8 @@ class Executor:
             raise _Abort(result.reason_code, result.reason, failed=True)
         done = self._advance(rollback, Phase.ROLLBACK_COMPLETED, finished=True)
         done = replace(done, reason=result.reason)
-        await self._write_state(done)
+        # ready_at stays on the Deployment: decide attributes later signals by it.
+        await self._write_state(done, ready_at=ready_at)
         await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
         await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
         summary, details = self._with_gitops(

@@ -196,6 +196,7 @@ def test_reason_codes_are_the_stable_snake_case_contract() -> None:
     assert {code.value for code in ReasonCode} == {
         "signal_resolved",
         "stale_signal",
+        "anomaly_before_restore",
         "no_data",
         "target_not_found",
         "namespace_not_allowed",
@@ -363,6 +364,55 @@ def test_revision_the_history_lists_as_restored_escalates_without_ping_pong() ->
         Action.ESCALATE,
         "restored_revision_breaching",
     )
+
+
+def restored_and_ready(ready_ago: timedelta, *, rid: str = "rb-1") -> ClusterFacts:
+    """restored_scenario, finished: the state annotation says when revision 8 was ready."""
+    state = RollbackState(
+        rid,
+        Phase.ROLLBACK_COMPLETED,
+        7,
+        6,
+        NOW - minutes(3),
+        NOW,
+        "rollback",
+        ready_at=NOW - ready_ago,
+    )
+    return dataclasses.replace(
+        restored_scenario(restored_by=rid), annotations={ANNOTATION_ROLLBACK: encode_state(state)}
+    )
+
+
+def test_an_anomaly_that_began_before_the_restore_was_ready_joins_the_finished_rollback() -> None:
+    ready_ago = minutes(1)
+    late = signal(started_ago=ready_ago + timedelta(microseconds=1))
+    decision = run(sig=late, cluster=restored_and_ready(ready_ago))
+    assert (decision.action, decision.reason_code) == (Action.JOIN, "anomaly_before_restore")
+    assert decision.rollback_id == "rb-1"
+    assert "about the replaced revision" in decision.reason
+
+
+def test_an_anomaly_that_began_when_the_restore_was_ready_is_about_the_restored_revision() -> None:
+    ready_ago = minutes(1)
+    decision = run(sig=signal(started_ago=ready_ago), cluster=restored_and_ready(ready_ago))
+    assert (decision.action, decision.reason_code) == (
+        Action.ESCALATE,
+        "restored_revision_breaching",
+    )
+
+
+def test_attribution_needs_the_current_revision_to_be_the_one_restored() -> None:
+    # The state names another rollback than the one that restored revision 8.
+    cluster = restored_and_ready(minutes(1), rid="rb-other")
+    cluster = dataclasses.replace(
+        cluster,
+        revisions=tuple(
+            dataclasses.replace(r, restored_by="rb-1") if r.revision == 8 else r
+            for r in cluster.revisions
+        ),
+    )
+    decision = run(sig=signal(started_ago=minutes(5)), cluster=cluster)
+    assert decision.reason_code != "anomaly_before_restore"
 
 
 def test_restored_revision_breach_pages_even_within_cooldown() -> None:
