@@ -9,6 +9,11 @@ number of Deployments.
 No data is not health (safety rule 8): an empty result, NaN, a failed query,
 or traffic below ``min_traffic`` gives ``Verdict.NO_DATA``, which neither
 triggers a rollback nor passes a verification interval.
+
+Thin evidence is not a breach (safety rule 11): a ratio is judged only when
+the window holds at least ``min_requests`` requests (rate x window). A rate
+gate alone is not enough: ``rate()`` extrapolates, so one failed request in
+a short window can read as a rate above any small ``min_traffic``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from datetime import datetime
 from typing import Literal
 
 from rollbackd.model import StrEnum, Target
-from rollbackd.promql import PromQL, PromQLError, Sample
+from rollbackd.promql import PromQL, PromQLError, Sample, parse_duration
 
 __all__ = [
     "DEFAULT_SIGNALS",
@@ -47,6 +52,7 @@ class SignalSpec:
     comparison: Literal[">", "<"] = ">"
     traffic_query: str | None = None  # requests/s per target, "{window}" placeholder
     min_traffic: float = 0.0  # below this rate a target is not judged
+    min_requests: float = 0.0  # below this many requests in the window, not judged either
     window: str = "1m"
     for_count: int = 2  # consecutive breaching evaluations before FIRING
 
@@ -57,6 +63,8 @@ class SignalSpec:
             raise ValueError(f"signal {self.name}: for_count must be >= 1")
         if self.min_traffic < 0:
             raise ValueError(f"signal {self.name}: min_traffic must be >= 0")
+        if self.min_requests < 0:
+            raise ValueError(f"signal {self.name}: min_requests must be >= 0")
 
     def breaches(self, value: float) -> bool:
         return value > self.threshold if self.comparison == ">" else value < self.threshold
@@ -112,6 +120,7 @@ def evaluate(
     *,
     namespace_label: str = "namespace",
     deployment_label: str = "deployment",
+    window: str | None = None,
 ) -> dict[Target, Evaluation]:
     """Judge every target present in ``samples`` (or in ``traffic``).
 
@@ -120,6 +129,7 @@ def evaluate(
     ``min_traffic`` is NO_DATA: a handful of requests proves nothing.
     """
     values = _group_by_target(samples, namespace_label, deployment_label)
+    window_seconds = parse_duration(window or spec.window).total_seconds()
     rates: dict[Target, float] | None = None
     if traffic is not None:
         rates = {
@@ -136,6 +146,7 @@ def evaluate(
             values.get(target),
             None if rates is None else rates.get(target),
             traffic_known=rates is not None,
+            window_seconds=window_seconds,
         )
         for target in sorted(set(values) | set(rates or {}))
     }
@@ -148,6 +159,7 @@ def _judge(
     rate: float | None,
     *,
     traffic_known: bool,
+    window_seconds: float,
 ) -> Evaluation:
     value = _worst(spec, series or [])
     shown = None if math.isnan(value) else value
@@ -160,6 +172,12 @@ def _judge(
         return result(
             Verdict.NO_DATA,
             f"{spec.name} not judged: {rate_text} traffic (minimum {spec.min_traffic:g} req/s)",
+        )
+    if traffic_known and rate is not None and rate * window_seconds < spec.min_requests:
+        return result(
+            Verdict.NO_DATA,
+            f"{spec.name} not judged: about {rate * window_seconds:.3g} requests in "
+            f"{spec.window}, fewer than the {spec.min_requests:g} needed as evidence",
         )
     if series is None:
         return result(Verdict.NO_DATA, f"{spec.name}: no series for {target}")
@@ -237,6 +255,7 @@ async def evaluate_specs(
             traffic,
             namespace_label=namespace_label,
             deployment_label=deployment_label,
+            window=spec_window,
         )
 
     # return_exceptions: an unexpected error in one spec must not leave the
@@ -287,6 +306,7 @@ DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
         threshold=0.05,
         traffic_query=f"sum {_BY} (rate(http_requests_total[{{window}}]))",
         min_traffic=0.1,
+        min_requests=10,
     ),
     SignalSpec(
         name="latency_p99",
@@ -297,5 +317,6 @@ DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
         threshold=0.5,
         traffic_query=f"sum {_BY} (rate(http_request_duration_seconds_count[{{window}}]))",
         min_traffic=0.1,
+        min_requests=10,
     ),
 )

@@ -48,6 +48,8 @@ groups:
             /
           sum by (namespace, deployment) (rate(http_requests_total[10s]))
             > 0.1
+          and on (namespace, deployment)
+          sum by (namespace, deployment) (rate(http_requests_total[10s])) * 10 >= 10
         for: 2s
         labels:
           severity: page
@@ -58,6 +60,8 @@ groups:
           histogram_quantile(0.99,
             sum by (namespace, deployment, le) (rate(http_request_duration_seconds_bucket[10s])))
             > 0.5
+          and on (namespace, deployment)
+          sum by (namespace, deployment) (rate(http_request_duration_seconds_count[10s])) * 10 >= 10
         for: 2s
         labels:
           severity: page

@@ -46,6 +46,38 @@ class TestEvaluate:
         assert result[CART].threshold == 0.05
         assert result[WEB].verdict is Verdict.HEALTHY
 
+    def test_one_failed_request_in_a_short_window_is_not_evidence(self) -> None:
+        # One pod at 0.05 req/s, every request failing, a 10 s window: rate()
+        # extrapolates one 5xx to about 0.104 req/s, over a 0.1 req/s rate gate.
+        spec = SignalSpec(
+            name="error_ratio",
+            query="ratio[{window}]",
+            threshold=0.05,
+            traffic_query="traffic[{window}]",
+            min_traffic=0.1,
+            min_requests=10,
+            window="10s",
+        )
+        result = evaluate(spec, [sample(CART, 1.0)], [sample(CART, 0.104)])
+        assert result[CART].verdict is Verdict.NO_DATA
+        assert "fewer than the 10 needed" in result[CART].detail
+
+    def test_enough_requests_in_the_window_are_judged(self) -> None:
+        spec = SignalSpec(
+            name="error_ratio",
+            query="ratio[{window}]",
+            threshold=0.05,
+            traffic_query="traffic[{window}]",
+            min_requests=10,
+            window="10s",
+        )
+        assert evaluate(spec, [sample(CART, 1.0)], [sample(CART, 1.0)])[CART].verdict is (
+            Verdict.BREACH
+        )
+        # The window a caller passes (verification narrows it) is the one counted.
+        narrowed = evaluate(spec, [sample(CART, 1.0)], [sample(CART, 1.0)], window="5s")
+        assert narrowed[CART].verdict is Verdict.NO_DATA
+
     def test_exactly_at_threshold_is_not_a_breach(self) -> None:
         result = evaluate(ERRORS, [sample(CART, 0.05)], [sample(CART, 5)])
         assert result[CART].verdict is Verdict.HEALTHY
