@@ -439,10 +439,6 @@ class Notifier:
         except TimeoutError:
             return False
 
-    async def rows(self) -> list[OutboxRow]:
-        """Every outbox row of every channel, oldest first."""
-        return [] if self._store is None else await self._store.rows()
-
     # --- internals -----------------------------------------------------------
 
     async def _outbox(self) -> OutboxStore:
