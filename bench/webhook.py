@@ -403,19 +403,23 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
 
-def environment(plan: Plan) -> dict[str, Any]:
+def _git(*args: str) -> str | None:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+        )
     except OSError:
-        commit = ""
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def environment(plan: Plan) -> dict[str, Any]:
+    commit = _git("rev-parse", "--short", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "commit": commit or None,
+        # Uncommitted changes in the work tree were measured too.
+        "dirty": bool(status) if status is not None else None,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
