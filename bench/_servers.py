@@ -181,11 +181,21 @@ def _listening_url(line: str) -> str | None:
     return None
 
 
-def _ready(url: str) -> bool | None:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
-            return True if response.status == 200 else None
-    except (urllib.error.URLError, OSError):
+class _Readiness:
+    """Polls /readyz; remembers the last answer for the error message."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/readyz"
+        self.last = "no answer yet"
+
+    def __call__(self) -> bool | None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2):
+                return True
+        except urllib.error.HTTPError as exc:
+            self.last = f"{exc.code} {exc.read()[:300].decode(errors='replace')}"
+        except (urllib.error.URLError, OSError) as exc:
+            self.last = str(exc)
         return None
 
 
@@ -204,7 +214,11 @@ def start_rollbackd(
         env=_clean_env(),
     )
     url = child.wait_for_line(_listening_url, timeout=START_TIMEOUT_SECONDS)
-    wait_until(lambda: _ready(url), timeout=START_TIMEOUT_SECONDS, what="rollbackd /readyz")
+    ready = _Readiness(url)
+    try:
+        wait_until(ready, timeout=START_TIMEOUT_SECONDS, what="rollbackd /readyz")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last answer: {ready.last}\n{child.tail()}") from None
     return Rollbackd(child, url, token, Path(settings["journal"]["path"]))
 
 
