@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from rollbackd.config import ConfigError, Settings, format_duration, load_settings
 from rollbackd.model import Rollback, Target
+from rollbackd.redact import redact_text
 
 __all__ = ["main"]
 
@@ -45,7 +46,7 @@ def default_config_path(env: dict[str, str] | os._Environ[str] = os.environ) -> 
 
 
 def _err(message: str) -> None:
-    print(f"rollbackd: {message}", file=sys.stderr)
+    print(f"rollbackd: {redact_text(message)}", file=sys.stderr)
 
 
 def _load(path: str) -> Settings:
@@ -74,20 +75,46 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"config OK: {path}")
     for line in summarize(settings):
         print(f"  {line}")
+    for warning in warnings(settings):
+        print(f"WARNING: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
-def summarize(settings: Settings) -> list[str]:
-    """A few lines an operator can eyeball to confirm what will run."""
-    s = settings
-    auth = [
+def warnings(settings: Settings) -> list[str]:
+    """What is valid but unsafe, said every time the config is checked."""
+    webhook = settings.webhook
+    if not webhook.allow_unauthenticated:
+        return []
+    return [
+        "webhook.allow_unauthenticated is true: anyone who reaches "
+        f"{webhook.listen} may post alerts and read rollbacks"
+    ]
+
+
+def _auth_summary(settings: Settings) -> str:
+    webhook = settings.webhook
+    schemes = [
         name
         for name, on in (
-            ("bearer", s.webhook.bearer_token_value() is not None),
-            ("basic", s.webhook.basic_auth is not None),
+            ("bearer", webhook.bearer_token_value() is not None),
+            ("basic", webhook.basic_auth is not None),
         )
         if on
     ]
+    alerts = " or ".join(schemes)
+    if webhook.allow_unauthenticated:
+        alerts = "NONE (allow_unauthenticated)" + (f", {alerts} accepted" if alerts else "")
+    manual = (
+        "operator token"
+        if webhook.operator_token_value() is not None
+        else "disabled (no webhook.operator_token_file)"
+    )
+    return f"auth {alerts}; manual rollbacks over HTTP: {manual}"
+
+
+def summarize(settings: Settings) -> list[str]:
+    """A few lines an operator can eyeball to confirm what will run; no credential in them."""
+    s = settings
     namespaces = ", ".join(s.cluster.namespaces) or "all"
     dry_run = "on (global)" if s.policy.dry_run else "off"
     if s.cluster.dry_run_namespaces and not s.policy.dry_run:
@@ -97,10 +124,10 @@ def summarize(settings: Settings) -> list[str]:
         if s.leader_election.enabled
         else "disabled"
     )
-    return [
+    lines = [
         f"prometheus: {s.prometheus.url} "
         f"(signals: {', '.join(sig.name for sig in s.prometheus.signals)})",
-        f"webhook: listen {s.webhook.listen}, auth {' or '.join(auth) or 'NONE'}",
+        f"webhook: listen {s.webhook.listen}, {_auth_summary(s)}",
         f"namespaces: {namespaces} (excluded: {', '.join(s.cluster.exclude_namespaces) or 'none'})",
         f"dry-run: {dry_run}",
         f"policy: change window {format_duration(s.policy.change_window)}, "
@@ -110,6 +137,8 @@ def summarize(settings: Settings) -> list[str]:
         f"journal: {s.journal.path}",
         f"leader election: {leader}",
     ]
+    # URLs may carry user:password@ or ?token=: the summary must not show them.
+    return [redact_text(line) for line in lines]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -144,11 +173,26 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     from rollbackd import daemon
 
-    rollback_id = asyncio.run(
-        daemon.manual_rollback(settings, target, dry_run=args.dry_run, reason=args.reason)
-    )
+    try:
+        rollback_id = asyncio.run(
+            daemon.manual_rollback(
+                settings, target, dry_run=args.dry_run, reason=args.reason, force=args.force
+            )
+        )
+    except ValueError as exc:  # daemon.RollbackRefused: the rules said no
+        raise CliError(_refusal(exc, force=args.force)) from None
     print(rollback_id)
     return EXIT_OK
+
+
+def _refusal(exc: ValueError, *, force: bool) -> str:
+    from rollbackd.server import FORCE_OVERRIDES
+
+    decision = getattr(exc, "decision", None)
+    message = f"rollback refused: {exc}"
+    if not force and getattr(decision, "reason_code", None) in FORCE_OVERRIDES:
+        message += "\n  --force overrides the change window and the cooldown (guards still apply)"
+    return message
 
 
 def _journal_path(args: argparse.Namespace) -> str:
@@ -242,13 +286,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  target:    {rollback.target}", file=out)
     print(f"  phase:     {rollback.phase}", file=out)
     print(f"  revisions: {_revisions(rollback)}", file=out)
-    print(f"  reason:    {rollback.reason_code}: {rollback.reason}", file=out)
+    print(f"  reason:    {rollback.reason_code}: {redact_text(rollback.reason)}", file=out)
     print(f"  started:   {_when(rollback.started_at)}", file=out)
     print(f"  updated:   {_when(rollback.updated_at)}", file=out)
     print(f"  finished:  {_when(rollback.finished_at)}", file=out)
     print("timeline:", file=out)
     for entry in timeline:
-        print(f"  {_when(entry.at)}  {entry.kind:<12} {entry.message}", file=out)
+        print(f"  {_when(entry.at)}  {entry.kind:<12} {redact_text(entry.message)}", file=out)
     return EXIT_OK
 
 
@@ -267,7 +311,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         text: str = render_report(rollback, timeline, details)
         return text
 
-    sys.stdout.write(asyncio.run(read()))
+    sys.stdout.write(redact_text(asyncio.run(read())))
     return EXIT_OK
 
 
@@ -329,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("target", metavar="NAMESPACE/NAME")
     rollback.add_argument(
         "--dry-run", action="store_true", help="decide and record, change nothing"
+    )
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="override the change window and the cooldown; the guards (template diff, "
+        "mutable image, GitOps, paused) always apply",
     )
     rollback.add_argument("--reason", default="", help="recorded in the journal and the Event")
     rollback.set_defaults(handler=cmd_rollback)

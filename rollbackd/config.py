@@ -47,6 +47,7 @@ from rollbackd.model import (
     Policy,
     Target,
 )
+from rollbackd.redact import redact_text
 
 if TYPE_CHECKING:
     from rollbackd.signals import SignalSpec
@@ -73,6 +74,7 @@ SECRET_PATHS: tuple[tuple[str, ...], ...] = (
     ("prometheus", "bearer_token"),
     ("webhook", "bearer_token"),
     ("webhook", "basic_auth", "password"),
+    ("webhook", "operator_token"),
     ("notify", "pagerduty", "routing_key"),
     ("notify", "slack", "webhook_url"),
     ("notify", "webhook", "bearer_token"),
@@ -83,7 +85,8 @@ class ConfigError(Exception):
     """The configuration is invalid; ``errors`` lists every problem found."""
 
     def __init__(self, errors: Iterable[str]) -> None:
-        self.errors: tuple[str, ...] = tuple(errors)
+        # Messages quote values back; a URL's credentials must not be among them.
+        self.errors: tuple[str, ...] = tuple(redact_text(error) for error in errors)
         super().__init__("\n".join(self.errors))
 
 
@@ -360,12 +363,24 @@ def _check_listen(listen: str) -> str:
 
 
 class WebhookSettings(_Section):
-    """The HTTP server: Alertmanager webhook, health, metrics and the API."""
+    """The HTTP server: Alertmanager webhook, health, metrics and the API.
+
+    Secure by default: the API needs Alertmanager's credential (a bearer
+    token, basic auth, or both) unless ``allow_unauthenticated`` says
+    otherwise on purpose. Starting a rollback over HTTP needs a separate
+    operator token; without one, manual rollbacks over HTTP are disabled.
+    """
 
     listen: Annotated[str, AfterValidator(_check_listen)] = "0.0.0.0:8080"
+    # Alertmanager's credential: may post alerts and read, never start a rollback.
     bearer_token_file: SecretFromFile | None = None
     bearer_token: SecretStr | None = None  # env only
     basic_auth: BasicAuthSettings | None = None
+    # Accept alerts and reads without credentials; warned about at every start.
+    allow_unauthenticated: bool = False
+    # A human's credential for POST /api/v1/rollbacks; None: manual rollbacks over HTTP are off.
+    operator_token_file: SecretFromFile | None = None
+    operator_token: SecretStr | None = None  # env only
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     # Inbound connections at most; lowered at start to fit RLIMIT_NOFILE (rollbackd.serving).
     max_connections: int = Field(default=512, ge=1, le=1_000_000)
@@ -380,7 +395,38 @@ class WebhookSettings(_Section):
         _one_secret(
             self.bearer_token, self.bearer_token_file, "webhook", "bearer_token", required=False
         )
+        _one_secret(
+            self.operator_token,
+            self.operator_token_file,
+            "webhook",
+            "operator_token",
+            required=False,
+        )
+        if not self.has_credentials and not self.allow_unauthenticated:
+            raise ValueError(
+                "the API has no credentials: set bearer_token_file (or env "
+                f"{_env_name('webhook', 'bearer_token')}) or basic_auth, and give Alertmanager "
+                "the same credential; or set allow_unauthenticated: true to accept "
+                "unauthenticated alerts and reads on purpose"
+            )
+        operator = self.operator_token_value()
+        if operator is not None and operator in (
+            self.bearer_token_value(),
+            self.basic_auth.password_value() if self.basic_auth else None,
+        ):
+            raise ValueError(
+                "operator_token must differ from Alertmanager's credential: "
+                "the alert token must not be able to start rollbacks"
+            )
         return self
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether Alertmanager's credential (bearer token or basic auth) is configured."""
+        return self.bearer_token_value() is not None or self.basic_auth is not None
+
+    def operator_token_value(self) -> str | None:
+        return _secret_value(self.operator_token, self.operator_token_file)
 
     @property
     def host(self) -> str:
@@ -581,7 +627,8 @@ class Settings(_Section):
 
     cluster: ClusterSettings = ClusterSettings()
     prometheus: PrometheusSettings
-    webhook: WebhookSettings = WebhookSettings()
+    # Validated even when absent: an absent section has no credentials, which is an error.
+    webhook: WebhookSettings = Field(default_factory=dict, validate_default=True)
     targets: TargetsSettings = TargetsSettings()
     policy: PolicySettings = PolicySettings()
     rollout: RolloutSettings = RolloutSettings()

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from rollbackd.config import Settings
 from rollbackd.dispatch import Dispatcher, annotated_rollback
+from rollbackd.escalation import Escalations, GroupingPolicy
 from rollbackd.executor import Executor
 from rollbackd.intake import SignalIntake
 from rollbackd.journal import Journal
@@ -66,20 +67,20 @@ def _severity(kind: NotificationKind) -> str:
 
 
 class NotifierPager:
-    """The executor's view of the pager: fire and forget, keyed by rollback id."""
+    """The executor's view of the pager: durable in the outbox, keyed by rollback id."""
 
     def __init__(self, notifier: Notifier, clock: Callable[[], datetime]) -> None:
         self._notifier = notifier
         self._clock = clock
 
-    def notify(
+    async def notify(
         self,
         kind: NotificationKind,
         rollback: Rollback,
         summary: str,
         details: Mapping[str, Any],
     ) -> None:
-        self._notifier.submit(
+        await self._notifier.enqueue(
             Notification(
                 kind=kind,
                 severity=_severity(kind),  # type: ignore[arg-type]
@@ -231,8 +232,18 @@ class Daemon:
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )
         self.specs = list(s.prometheus.signal_specs())
-        self.notifier = Notifier(build_channels(s), on_result=self._on_notification_result)
-        await self.notifier.start()
+        # Pages go through the journal's outbox; only the leader sends them.
+        self.notifier = Notifier(
+            build_channels(s),
+            journal=self.journal,
+            on_result=self._on_notification_result,
+            metrics=self.metrics,
+            max_age=s.notify.max_age,
+            failover_after=s.notify.failover_after,
+            initial_backoff=s.notify.backoff_initial.total_seconds(),
+            max_backoff=s.notify.backoff_max.total_seconds(),
+            clock=self.clock,
+        )
         self.intake = SignalIntake(
             journal=self.journal,
             metrics=self.metrics,
@@ -274,11 +285,12 @@ class Daemon:
             journal=self.journal,
             metrics=self.metrics,
             run_rollback=self.executor.run,
-            submit_notification=self.notifier.submit,
+            escalations=Escalations(self.notifier, self.journal, GroupingPolicy()),
             clock=self.clock,
         )
         if self.one_shot:
             await self.kube.wait_synced(timeout=60)
+            await self.notifier.start()
             return
         app = create_app(
             alert_sink=self.intake,
@@ -361,6 +373,8 @@ class Daemon:
     async def stop(self) -> None:
         if self.one_shot:
             await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        if self.notifier.running:
+            await self.notifier.drain(5.0)  # a clean stop sends what is due first
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -369,7 +383,7 @@ class Daemon:
         await self._lose_leadership()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.notifier.stop(drain_timeout=5.0)
+        await self.notifier.stop()
         await self.kube.close()
         await self.journal.close()
 
@@ -389,6 +403,8 @@ class Daemon:
         self.metrics.is_leader.set(1)
         log.info("leadership_acquired")
         await self.kube.wait_synced(timeout=60)
+        if not self.notifier.running:
+            await self.notifier.start()  # pages left by an earlier leader go out now
         await self._resume_in_flight()
         # Accepted but undecided signals (an earlier process, or this one as a
         # follower) are read back from the journal before new ones are decided.
@@ -420,6 +436,8 @@ class Daemon:
                 await task
         self._active_tasks = []
         await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        # Unsent pages stay in the outbox for whoever leads next.
+        await self.notifier.stop()
 
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
@@ -485,8 +503,14 @@ class Daemon:
             return False, "standby: not the leader"
         return True, "ok"
 
-    async def request_rollback(self, target: Target, dry_run: bool, *, reason: str = "") -> str:
-        """A manual rollback request, through the same decide/executor path."""
+    async def request_rollback(
+        self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
+    ) -> str:
+        """A manual rollback request, through the same decide/executor path.
+
+        Without ``force`` it is decided like any signal. ``force`` lifts the
+        change window and the cooldown only; the guards always apply.
+        """
         now = self.clock()
         signal = Signal(
             target=target,
@@ -496,12 +520,14 @@ class Daemon:
             started_at=now,
             observed_at=now,
             key=f"manual:{target}:{now.isoformat()}",
-            summary=reason or "manual rollback request",
+            summary=(reason or "manual rollback request") + (" (forced)" if force else ""),
         )
         await self.journal.record_signal(signal, accepted=True)
 
         def as_requested(policy: Policy) -> Policy:
-            # An operator asking explicitly is the evidence; the change window and
+            if not force:
+                return replace(policy, dry_run=policy.dry_run or dry_run)
+            # An explicit force is the operator's evidence: the change window and
             # cooldown protect against automatic flapping, not against a human.
             return replace(
                 policy,
@@ -545,14 +571,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
 
 
 async def manual_rollback(
-    settings: Settings, target: Target, *, dry_run: bool = False, reason: str = ""
+    settings: Settings,
+    target: Target,
+    *,
+    dry_run: bool = False,
+    reason: str = "",
+    force: bool = False,
 ) -> str:
     """`rollbackd rollback NS/NAME`: one rollback through the same executor, then exit."""
     configure_logging(settings.logging.level, settings.logging.format)
     daemon = Daemon(settings, one_shot=True)
     await daemon.start()
     try:
-        rollback_id = await daemon.request_rollback(target, dry_run, reason=reason)
+        rollback_id = await daemon.request_rollback(target, dry_run, reason=reason, force=force)
         await daemon.dispatcher.wait(target)
         return rollback_id
     finally:

@@ -13,12 +13,13 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
 from rollbackd.decide import ReasonCode, decide
+from rollbackd.escalation import Escalations
 from rollbackd.model import (
     ANNOTATION_ROLLBACK,
     Action,
@@ -31,7 +32,6 @@ from rollbackd.model import (
     Signal,
     Target,
 )
-from rollbackd.notify.base import Notification, NotificationKind
 from rollbackd.pending import Accepted, PendingSignals
 from rollbackd.state import decode_state
 
@@ -78,24 +78,6 @@ class MetricsLike(Protocol):
 
 class RunRollback(Protocol):
     def __call__(self, rollback: Rollback, decision: Decision) -> Awaitable[Rollback]: ...
-
-
-# The first words of an escalation page, by reason: what the on-call must know first.
-ESCALATION_HEADLINES = {
-    "no_recent_rollout": "not caused by a recent rollout",
-    "rollout_after_anomaly": "not caused by a recent rollout",
-    "no_previous_revision": "manual rollback needed",
-    "no_stable_previous_revision": "manual rollback needed",
-    "restored_revision_breaching": "the restored revision breaches too",
-    "guard_disallowed_fields": "manual rollback needed: the change is not only image/config",
-    "guard_mutable_image": "manual rollback needed: the previous image reference is mutable",
-    "paused": "rollout paused by a human",
-}
-
-
-def escalation_summary(decision: Decision) -> str:
-    headline = ESCALATION_HEADLINES.get(decision.reason_code, "needs a human")
-    return f"{decision.target}: {headline}. {decision.reason}"
 
 
 def new_rollback_id(now: datetime) -> str:
@@ -162,7 +144,7 @@ class Dispatcher:
         journal: JournalLike,
         metrics: MetricsLike,
         run_rollback: RunRollback,
-        submit_notification: Callable[[Notification], None],
+        escalations: Escalations,
         clock: Callable[[], datetime],
         retry_delay: float = 1.0,
     ) -> None:
@@ -172,13 +154,10 @@ class Dispatcher:
         self._journal = journal
         self._metrics = metrics
         self._run_rollback = run_rollback
-        self._submit = submit_notification
+        self._escalations = escalations
         self._clock = clock
         self._running: dict[Target, _Running] = {}
         self._locks = KeyedLocks[Target]()
-        # Escalations already paged, per (target, reason, anomaly start): one page
-        # per anomaly, not one per repeated alert.
-        self._escalated: dict[tuple[Target, str, str], datetime] = {}
 
     @property
     def in_flight(self) -> dict[Target, Rollback]:
@@ -407,43 +386,7 @@ class Dispatcher:
         task.add_done_callback(done)
 
     async def _escalate(self, signal: Signal, decision: Decision, now: datetime) -> None:
-        anomaly = signal.started_at.isoformat()
-        key = (decision.target, decision.reason_code, anomaly)
-        self._forget_old_escalations(now)
-        if key in self._escalated:
-            return
-        self._escalated[key] = now
-        dedup_key = (
-            f"esc-{decision.target.namespace}-{decision.target.name}-"
-            f"{decision.reason_code}-{int(signal.started_at.timestamp())}"
-        )
-        await self._journal.record_event(
-            None,
-            decision.target,
-            "escalated",
-            decision.reason,
-            at=now,
-            data={"reason_code": decision.reason_code, "dedup_key": dedup_key},
-        )
-        self._submit(
-            Notification(
-                kind=NotificationKind.ESCALATION,
-                severity="critical",
-                dedup_key=dedup_key,
-                target=decision.target,
-                summary=escalation_summary(decision),
-                details={
-                    "reason_code": decision.reason_code,
-                    "reason": decision.reason,
-                    "signal": signal.name,
-                    "source": str(signal.source),
-                    "value": signal.value,
-                    "threshold": signal.threshold,
-                    "anomaly_started_at": anomaly,
-                },
-                created_at=now,
-            )
-        )
+        await self._escalations.escalate(signal, decision, now)
 
     async def _note_signal(
         self, rollback_id: str, signal: Signal, kind: str, message: str, now: datetime
@@ -457,12 +400,6 @@ class Dispatcher:
             at=now,
             data={"key": signal.key, "value": signal.value},
         )
-
-    def _forget_old_escalations(self, now: datetime) -> None:
-        horizon = now - timedelta(hours=24)
-        for key, at in list(self._escalated.items()):
-            if at < horizon:
-                del self._escalated[key]
 
     async def _record_dry_run(self, rollback: Rollback, decision: Decision, now: datetime) -> None:
         await self._journal.save_rollback(rollback)

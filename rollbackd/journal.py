@@ -209,6 +209,7 @@ CREATE INDEX outbox_pending ON outbox (channel, id) WHERE state = 'pending';
 CREATE INDEX outbox_created ON outbox (created_at);
 
 CREATE INDEX events_at ON events (at);
+CREATE INDEX events_target ON events (namespace, name, kind, at);
 CREATE INDEX notifications_at ON notifications (at);
 CREATE INDEX decisions_at ON decisions (at);
 """
@@ -760,6 +761,18 @@ class Journal:
             (*params, limit),
         )
         return [_decision_dict(r) for r in rows]
+
+    async def last_event(
+        self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
+    ) -> dict[str, Any] | None:
+        """The data of the newest ``kind`` event for ``target`` at or after ``since``."""
+        sql = "SELECT data FROM events WHERE namespace = ? AND name = ? AND kind = ? AND at >= ?"
+        params: list[Any] = [target.namespace, target.name, kind, format_time(since)]
+        if reason_code is not None:
+            sql += " AND json_extract(data, '$.reason_code') = ?"
+            params.append(reason_code)
+        rows = await self._rows(sql + " ORDER BY at DESC, id DESC LIMIT 1", params)
+        return dict(_loads(rows[0]["data"])) if rows else None
 
     async def unresolved_alerts(self, *, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._rows(

@@ -17,6 +17,8 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import Processor
 
+from rollbackd.redact import redact_event
+
 __all__ = ["LogFormat", "configure_logging"]
 
 LogFormat = Literal["auto", "json", "console"]
@@ -69,7 +71,12 @@ def configure_logging(
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Last before rendering, for structlog and stdlib events alike.
+            redact_event,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)

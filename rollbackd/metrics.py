@@ -80,6 +80,11 @@ class Metrics:
             "1 while this replica holds the leader Lease, 0 on standby.",
             registry=r,
         )
+        self.auth_disabled = Gauge(
+            "rollbackd_auth_disabled",
+            "1 when webhook.allow_unauthenticated lets the API in without credentials.",
+            registry=r,
+        )
         self.prometheus_query_errors_total = Counter(
             "rollbackd_prometheus_query_errors_total",
             "PromQL queries that failed after retries, by signal.",

@@ -10,9 +10,16 @@ work is the sender's fault and gets a 4xx (not retried): 400 not JSON, 415 not
 (retried), so an alert is only dropped when retrying could not help. One bad
 alert costs only itself: the answer lists it under ``rejected``.
 
-Health, readiness, metrics and the OpenAPI document are open (probes and the
-Prometheus scrape carry no credentials); every ``/api/v1`` route requires the
-webhook credentials when they are configured.
+Who may do what (secure by default). Health, readiness, metrics and the
+OpenAPI document are open: probes and the Prometheus scrape carry no
+credentials. Every other path, known or not, needs a credential before
+anything else is looked at, so an unauthenticated caller learns nothing and
+changes nothing (401). Alertmanager's credential (``Role.ALERTS``) may post
+alerts and read; only the separate operator token (``Role.OPERATOR``) may
+start a rollback (403 otherwise), and without an operator token configured
+manual rollbacks over HTTP are off. ``allow_unauthenticated`` opens the alert
+and read routes on purpose, never manual rollbacks, and is logged as a
+warning and exported as ``rollbackd_auth_disabled 1`` at every start.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import enum
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,10 +42,12 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
+from rollbackd.decide import ReasonCode
 from rollbackd.errors import AcceptError
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
 from rollbackd.model import Rollback, Target
+from rollbackd.redact import redact_text, redact_value
 from rollbackd.sources.alertmanager import PayloadError
 
 if TYPE_CHECKING:
@@ -50,6 +60,8 @@ __all__ = [
     "AlertSink",
     "AuthSettings",
     "JournalReader",
+    "ManualRollback",
+    "Role",
     "create_app",
     "openapi_document",
 ]
@@ -103,60 +115,141 @@ class JournalReader(Protocol):
     async def rollback_details(self, rollback_id: str) -> dict[str, Any] | None: ...
 
 
-ManualRollback = Callable[[Target, bool], Awaitable[str]]
+class ManualRollback(Protocol):
+    def __call__(
+        self, target: Target, dry_run: bool, *, force: bool, reason: str
+    ) -> Awaitable[str]:
+        """Start a manual rollback; return its id, raise LookupError or ValueError.
+
+        ``force`` lifts the change window and the cooldown, nothing else: the
+        guards (template diff, mutable image, GitOps, paused) always apply.
+        """
+        ...
+
+
+# The only decisions an explicit force overrides; the guards are never among them.
+FORCE_OVERRIDES = frozenset({ReasonCode.COOLDOWN.value, ReasonCode.NO_RECENT_ROLLOUT.value})
+MAX_REASON_CHARS = 1000
+_MANUAL_KEYS = frozenset({"target", "dry_run", "force", "reason"})
+_MANUAL_SHAPE = '{"target": "NAMESPACE/NAME", "dry_run": false, "force": false, "reason": ""}'
+
+
+def _refused(exc: ValueError, *, force: bool) -> web.Response:
+    """409 for a manual request the rules refused; says when force would have helped."""
+    decision = getattr(exc, "decision", None)
+    code = str(getattr(decision, "reason_code", "") or "")
+    extra: dict[str, Any] = {"reason_code": code} if code else {}
+    if code in FORCE_OVERRIDES and not force:
+        extra["hint"] = (
+            '"force": true overrides the change window and the cooldown (the guards always apply)'
+        )
+    return _error(409, str(exc), **extra)
+
+
+class Role(enum.Enum):
+    """What a caller may do, by the credential it showed."""
+
+    ALERTS = "alerts"  # Alertmanager (or anyone, with allow_unauthenticated): post alerts, read
+    OPERATOR = "operator"  # a human with the operator token: also start rollbacks
+
+
+# Env and file keys an operator sets; named in the 403 that says manual rollbacks are off.
+OPERATOR_TOKEN_KEYS = "webhook.operator_token_file (or env ROLLBACKD__WEBHOOK__OPERATOR_TOKEN)"
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Credentials the API accepts: a bearer token, basic auth, or either."""
+    """Credentials the API accepts.
+
+    Alertmanager's credential is a bearer token, basic auth, or either; it
+    gets ``Role.ALERTS``. ``operator_token`` is a separate bearer token for
+    humans (``Role.OPERATOR``). ``allow_unauthenticated`` gives anyone
+    ``Role.ALERTS``; it must be asked for, never the result of a missing key.
+    """
 
     bearer_token: str | None = None
     basic_username: str | None = None
     basic_password: str | None = None
+    operator_token: str | None = None
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
-        if self.bearer_token is None and self.basic_username is None:
-            raise ValueError("AuthSettings needs a bearer token or basic auth credentials")
+        if (
+            self.bearer_token is None
+            and self.basic_username is None
+            and not self.allow_unauthenticated
+        ):
+            raise ValueError(
+                "AuthSettings needs a bearer token or basic auth credentials "
+                "(or allow_unauthenticated=True, on purpose)"
+            )
         if (self.basic_username is None) != (self.basic_password is None):
             raise ValueError("basic auth needs both a username and a password")
+        if "" in (self.bearer_token, self.basic_password, self.operator_token):
+            raise ValueError("credentials must not be empty")
+        if self.operator_token is not None and self.operator_token in (
+            self.bearer_token,
+            self.basic_password,
+        ):
+            raise ValueError("the operator token must differ from Alertmanager's credential")
 
     @classmethod
-    def from_webhook(cls, webhook: WebhookSettings) -> AuthSettings | None:
-        """The credentials configured in ``webhook``; None when auth is off."""
-        token = webhook.bearer_token_value()
+    def from_webhook(cls, webhook: WebhookSettings) -> AuthSettings:
+        """The credentials configured in ``webhook`` (validated there: never open by accident)."""
         basic = webhook.basic_auth
-        if token is None and basic is None:
-            return None
         return cls(
-            bearer_token=token,
+            bearer_token=webhook.bearer_token_value(),
             basic_username=basic.username if basic else None,
             basic_password=basic.password_value() if basic else None,
+            operator_token=webhook.operator_token_value(),
+            allow_unauthenticated=webhook.allow_unauthenticated,
         )
 
-    def allows(self, header: str | None) -> bool:
-        """Whether an Authorization header carries valid credentials."""
-        if not header:
+    @property
+    def open(self) -> bool:
+        """Whether requests without credentials are let in (alerts and reads only)."""
+        return self.allow_unauthenticated
+
+    def role(self, header: str | None) -> Role | None:
+        """What the Authorization header allows; None: nothing (answer 401)."""
+        if header:
+            scheme, _, credentials = header.strip().partition(" ")
+            scheme = scheme.lower()
+            credentials = credentials.strip()
+            if scheme == "bearer":
+                # Both comparisons always run: timing does not say which token was close.
+                operator = self.operator_token is not None and _same(
+                    credentials, self.operator_token
+                )
+                alerts = self.bearer_token is not None and _same(credentials, self.bearer_token)
+                if operator:
+                    return Role.OPERATOR
+                if alerts:
+                    return Role.ALERTS
+            elif scheme == "basic" and self._basic_matches(credentials):
+                return Role.ALERTS
+        return Role.ALERTS if self.allow_unauthenticated else None
+
+    def _basic_matches(self, credentials: str) -> bool:
+        if self.basic_username is None:
             return False
-        scheme, _, credentials = header.strip().partition(" ")
-        scheme = scheme.lower()
-        credentials = credentials.strip()
-        if scheme == "bearer" and self.bearer_token is not None:
-            return _same(credentials, self.bearer_token)
-        if scheme == "basic" and self.basic_username is not None:
-            try:
-                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return False
-            username, sep, password = decoded.partition(":")
-            # Both comparisons always run: no early exit that leaks which part was wrong.
-            user_ok = _same(username, self.basic_username)
-            password_ok = _same(password, self.basic_password or "")
-            return bool(sep) and user_ok and password_ok
-        return False
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        username, sep, password = decoded.partition(":")
+        # Both comparisons always run: no early exit that leaks which part was wrong.
+        user_ok = _same(username, self.basic_username)
+        password_ok = _same(password, self.basic_password or "")
+        return bool(sep) and user_ok and password_ok
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an Authorization header carries valid credentials (any role)."""
+        return self.role(header) is not None
 
     def challenges(self) -> list[str]:
         out = []
-        if self.bearer_token is not None:
+        if self.bearer_token is not None or self.operator_token is not None:
             out.append(f'Bearer realm="{_REALM}"')
         if self.basic_username is not None:
             out.append(f'Basic realm="{_REALM}", charset="UTF-8"')
@@ -183,7 +276,7 @@ def _error(
     **extra: Any,
 ) -> web.Response:
     """A JSON error answer: ``{"error": message}``, plus the JSON ``path`` when known."""
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": redact_text(message)}
     if path is not None:
         body["path"] = path
     body.update(extra)
@@ -278,7 +371,7 @@ class _Api:
         journal: JournalReader,
         metrics: Metrics,
         readiness: Callable[[], tuple[bool, str]],
-        auth: AuthSettings | None,
+        auth: AuthSettings,
         manual_rollback: ManualRollback | None,
         body_timeout: float,
     ) -> None:
@@ -290,14 +383,34 @@ class _Api:
         self.manual_rollback = manual_rollback
         self.body_timeout = body_timeout
 
-    def unauthorized(self, request: web.Request) -> web.Response | None:
-        """A 401 response when auth is configured and the request lacks it."""
-        if self.auth is None or self.auth.allows(request.headers.get("Authorization")):
-            return None
+    def unauthorized(self) -> web.Response:
+        """The 401 answer, with a challenge per configured scheme."""
         headers: CIMultiDict[str] = CIMultiDict()
         for challenge in self.auth.challenges():
             headers.add("WWW-Authenticate", challenge)
         return _error(401, "authentication required", headers)
+
+    @web.middleware
+    async def authenticate(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Every route but the open ones needs a credential, before anything else happens.
+
+        Unknown paths and wrong methods included: a caller without
+        credentials learns nothing about what exists (401, never 404/405).
+        """
+        route = request.match_info.route
+        if route.name in _OPEN_ROUTES:
+            return await handler(request)
+        role = self.auth.role(request.headers.get("Authorization"))
+        if role is None:
+            if route.name == _ALERTS_ROUTE:
+                self.metrics.webhook_requests_total.labels(code="401").inc()
+            return self.unauthorized()
+        request[_ROLE_KEY] = role
+        return await handler(request)
 
     async def alerts(self, request: web.Request) -> web.Response:
         response = await self._alerts(request)
@@ -305,7 +418,7 @@ class _Api:
         return response
 
     async def _alerts(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request) or _unsupported_media_type(request)
+        denied = _unsupported_media_type(request)
         if denied is not None:
             return denied
         try:
@@ -357,9 +470,6 @@ class _Api:
         )
 
     async def list_rollbacks(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request)
-        if denied is not None:
-            return denied
         query = request.query
         try:
             limit = int(query.get("limit", "50"))
@@ -374,12 +484,10 @@ class _Api:
         if (namespace, name) != (None, None) and target is None:
             return _error(400, "namespace and name must not be empty")
         rollbacks = await self.journal.list_rollbacks(limit=limit, target=target)
-        return web.json_response({"rollbacks": [rollback_json(r) for r in rollbacks]})
+        listed = [redact_value(rollback_json(r)) for r in rollbacks]
+        return web.json_response({"rollbacks": listed})
 
     async def get_rollback(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request)
-        if denied is not None:
-            return denied
         rollback_id = request.match_info["id"]
         rollback = await self.journal.get_rollback(rollback_id)
         if rollback is None:
@@ -389,12 +497,10 @@ class _Api:
         body = rollback_json(rollback)
         body["timeline"] = [_timeline_json(e) for e in timeline]
         body["details"] = details
-        return web.json_response(body, dumps=_dumps)
+        # Errors quoted in the timeline may hold a URL with credentials.
+        return web.json_response(redact_value(body), dumps=_dumps)
 
     async def report(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request)
-        if denied is not None:
-            return denied
         rollback_id = request.match_info["id"]
         rollback = await self.journal.get_rollback(rollback_id)
         if rollback is None:
@@ -403,11 +509,28 @@ class _Api:
 
         timeline = await self.journal.timeline(rollback_id)
         details = await self.journal.rollback_details(rollback_id)
-        text = render_report(rollback, cast(Any, timeline), details)
+        text = redact_text(render_report(rollback, cast(Any, timeline), details))
         return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
+    def _manual_forbidden(self, request: web.Request) -> web.Response | None:
+        """403 unless the caller showed the operator token (and one is configured)."""
+        if self.auth.operator_token is None:
+            return _error(
+                403,
+                "manual rollbacks over HTTP are disabled: no operator credential is "
+                f"configured; set {OPERATOR_TOKEN_KEYS}",
+            )
+        if request.get(_ROLE_KEY) is not Role.OPERATOR:
+            log.warning("manual_rollback_forbidden", remote=request.remote)
+            return _error(
+                403,
+                "starting a rollback needs the operator token; Alertmanager's credential "
+                "may only post alerts and read",
+            )
+        return None
+
     async def start_rollback(self, request: web.Request) -> web.Response:
-        denied = self.unauthorized(request)
+        denied = self._manual_forbidden(request)
         if denied is not None:
             return denied
         assert self.manual_rollback is not None  # the route exists only with it
@@ -420,22 +543,33 @@ class _Api:
         except (ValueError, RecursionError):
             # Not UTF-8, not JSON, a number past Python's digit limit, or nested too deep.
             return _error(400, "body must be JSON")
-        if not isinstance(payload, dict) or set(payload) - {"target", "dry_run"}:
-            return _error(400, 'expected {"target": "NAMESPACE/NAME", "dry_run": false}')
-        dry_run = payload.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            return _error(400, "dry_run must be true or false")
+        if not isinstance(payload, dict) or set(payload) - _MANUAL_KEYS:
+            return _error(400, f"expected {_MANUAL_SHAPE}")
+        for flag in ("dry_run", "force"):
+            if not isinstance(payload.get(flag, False), bool):
+                return _error(400, f"{flag} must be true or false")
+        dry_run, force = payload.get("dry_run", False), payload.get("force", False)
+        reason = payload.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+            return _error(400, f"reason must be text of at most {MAX_REASON_CHARS} characters")
         try:
             target = Target.parse(str(payload.get("target", "")))
         except ValueError as exc:
             return _error(400, f"target: {exc}")
         try:
-            rollback_id = await self.manual_rollback(target, dry_run)
+            rollback_id = await self.manual_rollback(target, dry_run, force=force, reason=reason)
         except LookupError as exc:
             return _error(404, str(exc))
         except ValueError as exc:
-            return _error(409, str(exc))
-        log.info("manual_rollback_requested", target=str(target), rollback_id=rollback_id)
+            return _refused(exc, force=force)
+        # A forced rollback overrides safety timing: it stands out in the log.
+        (log.warning if force else log.info)(
+            "manual_rollback_requested",
+            target=str(target),
+            rollback_id=rollback_id,
+            dry_run=dry_run,
+            force=force,
+        )
         return web.json_response({"rollback_id": rollback_id}, status=202)
 
     async def openapi_yaml(self, request: web.Request) -> web.Response:
@@ -448,6 +582,10 @@ class _Api:
 
 
 _MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+_ROLE_KEY = web.RequestKey("rollbackd_role", Role)  # the Role the credential gave
+_ALERTS_ROUTE = "alerts"
+# Probes and the Prometheus scrape carry no credentials; nothing here changes anything.
+_OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics", "openapi_yaml", "openapi_json"})
 
 
 @web.middleware
@@ -475,18 +613,31 @@ def create_app(
     journal: JournalReader,
     metrics: Metrics,
     readiness: Callable[[], tuple[bool, str]],
-    auth: AuthSettings | None,
+    auth: AuthSettings,
     manual_rollback: ManualRollback | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = 10.0,
 ) -> web.Application:
     """The aiohttp application; the caller runs it (AppRunner) and owns its lifecycle.
 
-    ``body_timeout`` bounds reading a request body (webhook and manual
-    rollback) from first to last byte; slower clients get 408.
+    ``auth`` is required: an open API is ``AuthSettings(allow_unauthenticated=True)``,
+    said on purpose, and is warned about (log and ``rollbackd_auth_disabled``)
+    every time an app is built. ``body_timeout`` bounds reading a request
+    body (webhook and manual rollback) from first to last byte; slower
+    clients get 408.
     """
     if body_timeout <= 0:
         raise ValueError("body_timeout must be positive")
+    if not isinstance(auth, AuthSettings):
+        raise TypeError("auth must be AuthSettings; an open API is allow_unauthenticated=True")
+    metrics.auth_disabled.set(1 if auth.open else 0)
+    if auth.open:
+        log.warning(
+            "api_authentication_disabled",
+            detail="webhook.allow_unauthenticated is true: anyone who reaches this port "
+            "may post alerts and read rollbacks",
+            manual_rollbacks="operator token" if auth.operator_token else "disabled",
+        )
     api = _Api(
         alert_sink=alert_sink,
         journal=journal,
@@ -496,17 +647,20 @@ def create_app(
         manual_rollback=manual_rollback,
         body_timeout=body_timeout,
     )
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[_json_errors, api.authenticate]
+    )
     app[_MAX_BODY_KEY] = max_body_bytes
-    app.router.add_post("/api/v1/alerts", api.alerts)
-    app.router.add_get("/healthz", api.healthz, allow_head=False)
-    app.router.add_get("/readyz", api.readyz, allow_head=False)
-    app.router.add_get("/metrics", api.metrics_page, allow_head=False)
+    # Route names matter: the authenticate middleware lets only _OPEN_ROUTES through.
+    app.router.add_post("/api/v1/alerts", api.alerts, name=_ALERTS_ROUTE)
+    app.router.add_get("/healthz", api.healthz, allow_head=False, name="healthz")
+    app.router.add_get("/readyz", api.readyz, allow_head=False, name="readyz")
+    app.router.add_get("/metrics", api.metrics_page, allow_head=False, name="metrics")
     app.router.add_get("/api/v1/rollbacks", api.list_rollbacks, allow_head=False)
     if manual_rollback is not None:
         app.router.add_post("/api/v1/rollbacks", api.start_rollback)
     app.router.add_get("/api/v1/rollbacks/{id}", api.get_rollback, allow_head=False)
     app.router.add_get("/api/v1/rollbacks/{id}/report", api.report, allow_head=False)
-    app.router.add_get("/openapi.yaml", api.openapi_yaml, allow_head=False)
-    app.router.add_get("/openapi.json", api.openapi_json, allow_head=False)
+    app.router.add_get("/openapi.yaml", api.openapi_yaml, allow_head=False, name="openapi_yaml")
+    app.router.add_get("/openapi.json", api.openapi_json, allow_head=False, name="openapi_json")
     return app

@@ -82,6 +82,7 @@ class NotificationKind(StrEnum):
     ROLLBACK_COMPLETED = "rollback_completed"
     ESCALATION = "escalation"
     DRY_RUN = "dry_run"
+    SUPERSEDED = "superseded"  # info: a human changed the target, rollbackd stepped back
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ class Notifier:
 
     # --- intake --------------------------------------------------------------
 
-    async def enqueue(self, n: Notification) -> None:
+    async def enqueue(self, n: Notification, *, not_before: datetime | None = None) -> None:
         """Write ``n`` for every channel that takes it; returns once committed.
 
         Idempotent: the same (channel, dedup_key, kind, resolves) is stored
@@ -387,7 +388,7 @@ class Notifier:
         store = await self._outbox()
         lanes = await self._routes(store, n)
         rows = [_new_row(n, lane.name) for lane in lanes]
-        inserted = await store.add(rows, self._clock())
+        inserted = await store.add(rows, self._clock(), not_before=not_before)
         for lane, new in zip(lanes, inserted, strict=True):
             log.info(
                 "notification_enqueued" if new else "notification_already_enqueued",
@@ -399,6 +400,18 @@ class Notifier:
             lane.wake.set()
         if not lanes:
             log.debug("notification_not_routed", dedup_key=n.dedup_key, kind=str(n.kind))
+
+    async def withdraw(self, dedup_keys: Sequence[str], *, reason: str) -> int:
+        """Take back pages not yet tried on any channel (grouped into another page)."""
+        store = await self._outbox()
+        count = await store.withdraw(dedup_keys, at=self._clock(), reason=reason)
+        log.info("notifications_withdrawn", count=count, reason=reason)
+        return count
+
+    async def revise(self, n: Notification) -> int:
+        """Replace the content of ``n``'s pages not yet tried (a grouped page that grew)."""
+        store = await self._outbox()
+        return await store.revise(n.dedup_key, row_kind(n.kind.value), notification_to_json(n))
 
     def submit(self, n: Notification) -> None:
         """``enqueue`` from synchronous code: a tracked task that ``stop`` awaits.

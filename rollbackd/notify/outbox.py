@@ -41,6 +41,7 @@ PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 EXPIRED = "expired"
+WITHDRAWN = "withdrawn"  # taken back before any attempt (grouped into another page)
 
 _FAILOVER_MARK = "+failover_from="
 _MAX_ERROR = 500  # last_error is for humans reading the journal, not a log archive
@@ -155,12 +156,16 @@ class OutboxStore:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
 
-    async def add(self, rows: Sequence[NewRow], at: datetime) -> list[bool]:
+    async def add(
+        self, rows: Sequence[NewRow], at: datetime, *, not_before: datetime | None = None
+    ) -> list[bool]:
         """Insert ``rows`` in one transaction (INSERT OR IGNORE); True where a row is new.
 
-        Returns after COMMIT: a row reported here is durable.
+        Returns after COMMIT: a row reported here is durable. ``not_before``
+        holds the rows back until then (a page that may yet be grouped).
         """
         now = _fmt(at)
+        due = _fmt(not_before) if not_before is not None else now
         inserted: list[bool] = []
 
         async def body(conn: aiosqlite.Connection) -> None:
@@ -179,7 +184,7 @@ class OutboxStore:
                         json.dumps(row.body, sort_keys=True, allow_nan=False),
                         now,
                         PENDING,
-                        now,
+                        due,
                     ),
                 )
                 inserted.append(cur.rowcount == 1)
@@ -188,6 +193,43 @@ class OutboxStore:
         if rows:
             await self._journal.transaction(body)
         return inserted
+
+    async def withdraw(self, dedup_keys: Sequence[str], *, at: datetime, reason: str) -> int:
+        """Take back pending rows never tried; rows already tried may have reached a human."""
+        if not dedup_keys:
+            return 0
+        changed = 0
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            nonlocal changed
+            marks = ",".join("?" * len(dedup_keys))
+            cur = await conn.execute(
+                f"UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
+                f" WHERE state = ? AND attempts = 0 AND dedup_key IN ({marks})",
+                (WITHDRAWN, _fmt(at), reason, PENDING, *dedup_keys),
+            )
+            changed = cur.rowcount
+            await cur.close()
+
+        await self._journal.transaction(body)
+        return changed
+
+    async def revise(self, dedup_key: str, kind: str, body_json: dict[str, Any]) -> int:
+        """Replace the body of ``dedup_key``'s pending rows of ``kind`` never tried."""
+        changed = 0
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            nonlocal changed
+            cur = await conn.execute(
+                "UPDATE outbox SET body = ? WHERE dedup_key = ? AND kind = ? AND state = ?"
+                " AND attempts = 0",
+                (json.dumps(body_json, sort_keys=True, allow_nan=False), dedup_key, kind, PENDING),
+            )
+            changed = cur.rowcount
+            await cur.close()
+
+        await self._journal.transaction(body)
+        return changed
 
     async def has_trigger(self, channel: str, dedup_key: str) -> bool:
         """True when ``channel`` has (or had) a trigger for ``dedup_key`` still open or sent.

@@ -72,6 +72,12 @@ groups:
 PAGERDUTY_PATH = "/v2/enqueue"
 SLACK_PATH = "/slack"
 ROUTING_KEY = "test-routing-key-0123456789abcdef"
+# The stack runs secure by default like a real install: Alertmanager's token
+# posts alerts and reads, a separate operator token starts manual rollbacks.
+WEBHOOK_TOKEN = "stack-alertmanager-token-0123456789"
+OPERATOR_TOKEN = "stack-operator-token-0123456789"
+API_HEADERS = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+OPERATOR_HEADERS = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 def knobs(
@@ -143,6 +149,10 @@ def stack_settings(
     key_file.write_text(ROUTING_KEY + "\n")
     slack_file = workdir / "slack.url"
     slack_file.write_text(f"{sink_url}{SLACK_PATH}\n")
+    webhook_token_file = workdir / "webhook.token"
+    webhook_token_file.write_text(WEBHOOK_TOKEN + "\n")
+    operator_token_file = workdir / "operator.token"
+    operator_token_file.write_text(OPERATOR_TOKEN + "\n")
     signals = [{**asdict(spec), "window": "10s", "for_count": 2} for spec in DEFAULT_SIGNALS]
     raw: dict[str, dict[str, Any]] = {
         "cluster": {"kubeconfig": str(kubeconfig), "exclude_namespaces": ["kube-system"]},
@@ -153,7 +163,11 @@ def stack_settings(
             "attempts": 2,
             "signals": signals,
         },
-        "webhook": {"listen": listen},
+        "webhook": {
+            "listen": listen,
+            "bearer_token_file": str(webhook_token_file),
+            "operator_token_file": str(operator_token_file),
+        },
         "policy": {"change_window": "10m", "min_stable": "3s", "cooldown": "10m"},
         "rollout": {"timeout": "60s"},
         "verify": {"intervals": 3, "timeout": "60s"},
@@ -231,7 +245,9 @@ class Stack:
         self.alertmanager = await enter(
             AlertmanagerServer(
                 AlertmanagerConfig(
-                    webhook_url=self.webhook_url, group_by=("alertname", "namespace", "deployment")
+                    webhook_url=self.webhook_url,
+                    bearer_token=WEBHOOK_TOKEN,
+                    group_by=("alertname", "namespace", "deployment"),
                 ),
                 workdir=self._subdir("alertmanager"),
             )

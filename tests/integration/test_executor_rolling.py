@@ -146,7 +146,7 @@ class RecordingRecorder:
 class RecordingPager:
     pages: list[tuple[NotificationKind, str, Mapping[str, Any]]] = field(default_factory=list)
 
-    def notify(
+    async def notify(
         self,
         kind: NotificationKind,
         rollback: Rollback,

@@ -238,10 +238,14 @@ async def test_a_rollback_resumed_after_a_restart_still_says_git_must_be_reverte
     result = await harness.executor().resume(TARGET, state)
 
     assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
-    assert harness.pager.kinds == [NotificationKind.ROLLBACK_COMPLETED]
-    _, summary, details = harness.pager.pages[0]
-    assert "managed by argocd:shop: auto-sync paused" in summary
-    assert details["gitops"] == {"owner": "argocd:shop", "paused": True}
+    # The start page is sent again (the outbox keeps one per rollback), then the resolve.
+    assert harness.pager.kinds == [
+        NotificationKind.ROLLBACK_STARTED,
+        NotificationKind.ROLLBACK_COMPLETED,
+    ]
+    for _, summary, details in harness.pager.pages:
+        assert "managed by argocd:shop: auto-sync paused" in summary
+        assert details["gitops"] == {"owner": "argocd:shop", "paused": True}
 
 
 async def test_missing_owner_escalates_without_touching_the_template(harness: Harness) -> None:

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rollbackd.testing.process import DaemonProcess, nofile_limit
 from rollbackd.testing.stack import (
+    API_HEADERS,
     PAGERDUTY_PATH,
     Stack,
     deployment_manifest,
@@ -220,7 +221,7 @@ async def test_a_bad_rollout_is_rolled_back_and_paged_while_1100_clients_hang(
         stack.daemon_config(), tmp_path / "daemon", rlimits=nofile_limit(DAEMON_NOFILE)
     )
     timeout = aiohttp.ClientTimeout(total=5)
-    async with daemon, aiohttp.ClientSession(timeout=timeout) as api:
+    async with daemon, aiohttp.ClientSession(timeout=timeout, headers=API_HEADERS) as api:
 
         async def ready() -> bool:
             return await get_json(api, f"{daemon.url}/readyz") is not None

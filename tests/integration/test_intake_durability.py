@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from rollbackd.testing.process import DaemonProcess
-from rollbackd.testing.stack import Stack, deployment_manifest, knobs, wait_for
+from rollbackd.testing.stack import API_HEADERS, Stack, deployment_manifest, knobs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -146,7 +146,7 @@ class Storm:
                 async with self._session.post(
                     self.url,
                     data=body(fps, self._starts_at),
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/json", **API_HEADERS},
                 ) as resp:
                     await resp.read()
                     if resp.status == 200:

@@ -21,11 +21,17 @@ from rollbackd.model import Phase, Rollback, Target
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 GOOD = "prometheus:\n  url: http://prom:9090\npolicy:\n  dry_run: true\n"
+API_TOKEN = "alertmanager-t0ken"
 
 
-def config(tmp_path: Path, text: str = GOOD) -> Path:
+def config(tmp_path: Path, text: str = GOOD, *, webhook: str | None = None) -> Path:
+    """``text`` plus a webhook section: Alertmanager's token from a file unless ``webhook``."""
+    if webhook is None:
+        token = tmp_path / "api.token"
+        token.write_text(API_TOKEN + "\n")
+        webhook = f"  bearer_token_file: {token}\n"
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(text)
+    path.write_text(text + "webhook:\n" + webhook)
     return path
 
 
@@ -48,7 +54,77 @@ def test_check_config_ok_prints_a_summary(
     assert out.startswith(f"config OK: {path}\n")
     assert "prometheus: http://prom:9090 (signals: error_ratio, latency_p99)" in out
     assert "dry-run: on (global)" in out
-    assert "webhook: listen 0.0.0.0:8080, auth NONE" in out
+    assert (
+        "webhook: listen 0.0.0.0:8080, auth bearer; "
+        "manual rollbacks over HTTP: disabled (no webhook.operator_token_file)"
+    ) in out
+    assert API_TOKEN not in out
+
+
+def test_check_config_without_api_credentials_names_the_keys_to_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, webhook="  listen: 0.0.0.0:8080\n")
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "webhook: the API has no credentials: set bearer_token_file" in err
+    assert "ROLLBACKD__WEBHOOK__BEARER_TOKEN" in err and "allow_unauthenticated: true" in err
+
+
+def test_check_config_warns_about_an_open_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, webhook="  allow_unauthenticated: true\n")
+    assert cli.main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "webhook: listen 0.0.0.0:8080, auth NONE (allow_unauthenticated); "
+        "manual rollbacks over HTTP: disabled"
+    ) in captured.out
+    assert captured.err == (
+        "WARNING: webhook.allow_unauthenticated is true: anyone who reaches 0.0.0.0:8080 "
+        "may post alerts and read rollbacks\n"
+    )
+
+
+def test_check_config_shows_the_operator_token_is_set_never_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "op.token").write_text("operator-s3cret\n")
+    (tmp_path / "am.token").write_text("am-s3cret\n")
+    webhook = (
+        f"  bearer_token_file: {tmp_path / 'am.token'}\n"
+        f"  operator_token_file: {tmp_path / 'op.token'}\n"
+    )
+    assert cli.main(["check-config", str(config(tmp_path, webhook=webhook))]) == 0
+    captured = capsys.readouterr()
+    assert "auth bearer; manual rollbacks over HTTP: operator token" in captured.out
+    assert "s3cret" not in captured.out + captured.err
+
+
+def test_check_config_redacts_credentials_in_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "prometheus:\n  url: https://rollbackd:hunter2@prom.example:9090/?access_token=s3cr3t\n"
+        "notify:\n  alertmanager: {url: 'http://am:pw0rd@alertmanager:9093'}\n"
+        "  report_base_url: https://reports.example/?key=k3y\n"
+    )
+    assert cli.main(["check-config", str(config(tmp_path, text))]) == 0
+    out = capsys.readouterr().out
+    for secret in ("hunter2", "s3cr3t", "pw0rd", "k3y"):
+        assert secret not in out
+    assert "prometheus: https://rollbackd:***@prom.example:9090/?access_token=*** " in out
+
+
+def test_check_config_errors_redact_credentials_in_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, "prometheus:\n  url: prom://ops:hunter2@prom:9090\n")
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "got 'prom://ops:***@prom:9090'" in err
 
 
 def test_check_config_lists_each_error_on_its_own_line(
@@ -123,6 +199,18 @@ def test_run_with_a_bad_config_never_starts_the_daemon(
     assert "prometheus.url: Field required" in capsys.readouterr().err
 
 
+def test_a_failure_never_prints_url_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def run(settings: Settings) -> int:
+        raise OSError("cannot reach http://ops:hunter2@prom:9090/api/v1/query")
+
+    fake_module(monkeypatch, "daemon", run=run)
+    assert cli.main(["run", "--config", str(config(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert err == "rollbackd: OSError: cannot reach http://ops:***@prom:9090/api/v1/query\n"
+
+
 def test_a_daemon_failure_is_exit_1_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,19 +237,65 @@ def test_demo_gets_its_own_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_rollback_prints_the_rollback_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls: list[tuple[Target, bool, str]] = []
+    calls: list[tuple[Target, bool, str, bool]] = []
 
     async def manual_rollback(
-        settings: Settings, target: Target, *, dry_run: bool, reason: str
+        settings: Settings, target: Target, *, dry_run: bool, reason: str, force: bool
     ) -> str:
-        calls.append((target, dry_run, reason))
+        calls.append((target, dry_run, reason, force))
         return "rb-42"
 
     fake_module(monkeypatch, "daemon", manual_rollback=manual_rollback)
     argv = ["rollback", "shop/checkout", "--dry-run", "--reason", "bad deploy", "--config"]
     assert cli.main([*argv, str(config(tmp_path))]) == 0
     assert capsys.readouterr().out == "rb-42\n"
-    assert calls == [(Target("shop", "checkout"), True, "bad deploy")]
+    # No --force: the change window and the cooldown apply like for any signal.
+    assert calls == [(Target("shop", "checkout"), True, "bad deploy", False)]
+    assert (
+        cli.main(["rollback", "shop/checkout", "--force", "--config", str(config(tmp_path))]) == 0
+    )
+    assert calls[-1] == (Target("shop", "checkout"), False, "", True)
+
+
+@dataclass(frozen=True)
+class FakeDecision:
+    reason_code: str
+
+
+class FakeRefusal(ValueError):
+    """Shaped like daemon.RollbackRefused: a ValueError carrying the decision."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        super().__init__(f"{reason_code}: {message}")
+        self.decision = FakeDecision(reason_code)
+
+
+@pytest.mark.parametrize(
+    ("reason_code", "argv", "hinted"),
+    [
+        ("cooldown", [], True),
+        ("no_recent_rollout", [], True),
+        ("cooldown", ["--force"], False),
+        ("guard_mutable_image", [], False),
+        ("guard_disallowed_fields", [], False),
+    ],
+)
+def test_a_refused_rollback_says_when_force_would_override_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    reason_code: str,
+    argv: list[str],
+    hinted: bool,
+) -> None:
+    async def manual_rollback(settings: Settings, target: Target, **_: Any) -> str:
+        raise FakeRefusal(reason_code, "refused by the rules")
+
+    fake_module(monkeypatch, "daemon", manual_rollback=manual_rollback)
+    assert cli.main(["rollback", "shop/a", *argv, "--config", str(config(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert f"rollback refused: {reason_code}: refused by the rules" in err
+    assert ("--force overrides the change window and the cooldown" in err) is hinted
 
 
 def test_rollback_refused_is_exit_1(
@@ -281,6 +415,29 @@ def test_show_prints_the_rollback_and_its_timeline(
     assert "rollback rb-1" in out
     assert "reason:    verification_failed: error ratio still 0.2" in out
     assert out.count("phase") == 3  # the phase line and two timeline entries
+
+
+def test_show_and_report_redact_credentials_in_urls(
+    journal: tuple[FakeJournal, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake, path = journal
+    leaky = "page failed: POST https://hooks.slack.com/services/T0/B0/s3cr3t: 500"
+    monkeypatch.setattr(fake, "timeline", _timeline_with(leaky))
+    fake_module(monkeypatch, "report", render_report=lambda *_: f"# rb-1\n{leaky}\n")
+    assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
+    assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out
+    assert out.count("POST https://hooks.slack.com/***: 500") == 2
+
+
+def _timeline_with(message: str) -> Any:
+    async def timeline(rollback_id: str) -> list[Entry]:
+        return [Entry(T0, "notify", message)]
+
+    return timeline
 
 
 def test_show_of_an_unknown_id_is_exit_1(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +24,8 @@ from rollbackd.signals import DEFAULT_SIGNALS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "rollbackd.example.yaml"
 URL_ONLY = {"ROLLBACKD__PROMETHEUS__URL": "http://prom:9090"}
-ENV_ONLY_SECRETS = {"bearer_token", "routing_key", "webhook_url", "password"}
+ENV_ONLY_SECRETS = {"bearer_token", "routing_key", "webhook_url", "password", "operator_token"}
+API_TOKEN = {"ROLLBACKD__WEBHOOK__BEARER_TOKEN": "alertmanager-token"}
 
 
 def write(tmp_path: Path, text: str, name: str = "rollbackd.yaml") -> Path:
@@ -41,13 +43,22 @@ def errors_of(path: Path | None, env: Mapping[str, str] | None = None) -> tuple[
 
 
 def minimal(tmp_path: Path, extra: str = "") -> Path:
-    return write(tmp_path, "prometheus:\n  url: http://prom:9090\n" + extra)
+    """The Prometheus URL, Alertmanager's token (unless ``extra`` has a webhook section), ``extra``.
+
+    ``extra`` may continue the prometheus section (lines indented by two spaces).
+    """
+    webhook = ""
+    if not re.search(r"^webhook:", extra, re.MULTILINE):
+        token = tmp_path / "api.token"
+        token.write_text("alertmanager-token\n")
+        webhook = f"webhook:\n  bearer_token_file: {token}\n"
+    return write(tmp_path, webhook + "prometheus:\n  url: http://prom:9090\n" + extra)
 
 
 # --- defaults and the example file ---------------------------------------------
 
 
-def test_only_the_prometheus_url_is_required(tmp_path: Path) -> None:
+def test_only_the_prometheus_url_and_an_api_credential_are_required(tmp_path: Path) -> None:
     settings = load_settings(minimal(tmp_path), env={})
     assert settings.prometheus.url == "http://prom:9090"
     assert settings.prometheus.timeout == timedelta(seconds=10)
@@ -65,10 +76,12 @@ def test_only_the_prometheus_url_is_required(tmp_path: Path) -> None:
 
 
 def test_missing_url_is_reported_with_its_path(tmp_path: Path) -> None:
-    assert errors_of(write(tmp_path, "policy: {dry_run: true}\n")) == (
+    assert errors_of(write(tmp_path, "policy: {dry_run: true}\n"), API_TOKEN) == (
         "prometheus: Field required",
     )
-    assert errors_of(write(tmp_path, "prometheus: {}\n")) == ("prometheus.url: Field required",)
+    assert errors_of(write(tmp_path, "prometheus: {}\n"), API_TOKEN) == (
+        "prometheus.url: Field required",
+    )
 
 
 def test_default_policy_is_the_model_default(tmp_path: Path) -> None:
@@ -89,8 +102,11 @@ def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
 
 
 def test_example_file_validates_and_equals_the_defaults() -> None:
-    example = load_settings(EXAMPLE, env={})
-    defaults = load_settings(None, env={"ROLLBACKD__PROMETHEUS__URL": example.prometheus.url})
+    # The example, like the defaults, needs Alertmanager's credential to be given.
+    example = load_settings(EXAMPLE, env=API_TOKEN)
+    defaults = load_settings(
+        None, env={"ROLLBACKD__PROMETHEUS__URL": example.prometheus.url, **API_TOKEN}
+    )
     assert example == defaults
 
 
@@ -276,6 +292,7 @@ def test_env_alone_can_configure_everything_needed() -> None:
         None,
         env={
             "ROLLBACKD__PROMETHEUS__URL": "http://prom:9090",
+            "ROLLBACKD__WEBHOOK__BEARER_TOKEN": "0123abc",
             "ROLLBACKD__NOTIFY__PAGERDUTY__ROUTING_KEY": "0123",
         },
     )
@@ -380,6 +397,102 @@ def test_a_secret_from_two_places_is_ambiguous(tmp_path: Path) -> None:
     assert errors_of(path, {"ROLLBACKD__WEBHOOK__BEARER_TOKEN": "from-env"}) == (
         "webhook: set either bearer_token_file or env ROLLBACKD__WEBHOOK__BEARER_TOKEN, not both",
     )
+
+
+# --- secure by default: the API's credentials ------------------------------------
+
+
+NO_CREDENTIALS = (
+    "webhook: the API has no credentials: set bearer_token_file (or env "
+    "ROLLBACKD__WEBHOOK__BEARER_TOKEN) or basic_auth, and give Alertmanager the same "
+    "credential; or set allow_unauthenticated: true to accept unauthenticated alerts "
+    "and reads on purpose"
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "webhook:\n",
+        "webhook: {listen: '127.0.0.1:8080'}\n",
+        "webhook: {allow_unauthenticated: false}\n",
+    ],
+    ids=["absent", "empty", "listen-only", "explicitly-closed"],
+)
+def test_an_api_without_credentials_is_an_error_naming_the_keys_to_set(
+    tmp_path: Path, text: str
+) -> None:
+    path = write(tmp_path, "prometheus:\n  url: http://prom:9090\n" + text)
+    assert errors_of(path) == (NO_CREDENTIALS,)
+
+
+def test_an_open_api_must_be_asked_for(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "prometheus:\n  url: http://prom:9090\nwebhook:\n  allow_unauthenticated: true\n"
+    )
+    webhook = load_settings(path, env={}).webhook
+    assert (webhook.allow_unauthenticated, webhook.has_credentials) == (True, False)
+    assert webhook.operator_token_value() is None
+
+
+def test_basic_auth_alone_is_a_credential(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("pa55\n")
+    extra = f"webhook:\n  basic_auth: {{username: am, password_file: {tmp_path / 'pw'}}}\n"
+    webhook = load_settings(minimal(tmp_path, extra), env={}).webhook
+    assert webhook.has_credentials and webhook.bearer_token_value() is None
+
+
+def test_the_operator_token_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "op").write_text("operator-secret\n")
+    (tmp_path / "am").write_text("alertmanager-secret\n")
+    from_file = minimal(
+        tmp_path,
+        f"webhook:\n  bearer_token_file: {tmp_path / 'am'}\n"
+        f"  operator_token_file: {tmp_path / 'op'}\n",
+    )
+    assert load_settings(from_file, env={}).webhook.operator_token_value() == "operator-secret"
+    from_env = load_settings(minimal(tmp_path), env={"ROLLBACKD__WEBHOOK__OPERATOR_TOKEN": "0p"})
+    assert from_env.webhook.operator_token_value() == "0p"
+    inline = minimal(tmp_path, "webhook:\n  bearer_token_file: x\n  operator_token: 0p\n")
+    assert (
+        "webhook.operator_token: secrets are not accepted in the config file; "
+        "use operator_token_file or env ROLLBACKD__WEBHOOK__OPERATOR_TOKEN"
+    ) in errors_of(inline)
+
+
+def test_the_operator_token_must_differ_from_alertmanagers(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("same\n")
+    as_bearer = {
+        **API_TOKEN,
+        "ROLLBACKD__WEBHOOK__OPERATOR_TOKEN": API_TOKEN["ROLLBACKD__WEBHOOK__BEARER_TOKEN"],
+    }
+    path = write(tmp_path, "prometheus:\n  url: http://prom:9090\n")
+    expected = (
+        "webhook: operator_token must differ from Alertmanager's credential: "
+        "the alert token must not be able to start rollbacks"
+    )
+    assert errors_of(path, as_bearer) == (expected,)
+    as_password = minimal(
+        tmp_path, f"webhook:\n  basic_auth: {{username: am, password_file: {tmp_path / 'pw'}}}\n"
+    )
+    assert errors_of(as_password, {"ROLLBACKD__WEBHOOK__OPERATOR_TOKEN": "same"}) == (expected,)
+
+
+# --- redaction in errors ----------------------------------------------------------------
+
+
+def test_config_errors_never_quote_url_credentials(tmp_path: Path) -> None:
+    path = minimal(
+        tmp_path, "notify:\n  report_base_url: ftp://ops:hunter2@reports/?token=s3cr3t\n"
+    )
+    errors = errors_of(path, {"ROLLBACKD__PROMETHEUS__URL": "ftp://admin:pa55@prom:9090"})
+    assert set(errors) == {
+        "prometheus.url: expected an http:// or https:// URL, got 'ftp://admin:***@prom:9090' "
+        "(from env ROLLBACKD__PROMETHEUS__URL)",
+        "notify.report_base_url: expected an http:// or https:// URL, "
+        "got 'ftp://ops:***@reports/?token=***'",
+    }
 
 
 def test_notify_webhook_headers_must_not_carry_credentials(tmp_path: Path) -> None:

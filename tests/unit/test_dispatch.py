@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rollbackd.dispatch import Dispatcher
+from rollbackd.escalation import Escalations
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
     Action,
@@ -112,6 +113,11 @@ class FakeJournal:
         self.decisions.append((decision, rollback_id))
         self.settled.update(covers)
 
+    async def last_event(
+        self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
+    ) -> dict[str, Any] | None:
+        return None
+
     async def undecided_signals(
         self, *, after_id: int = 0, limit: int = 1000
     ) -> list[tuple[int, Signal]]:
@@ -154,9 +160,19 @@ class Harness:
             journal=self.journal,
             metrics=self.metrics,
             run_rollback=self.run_rollback,
-            submit_notification=self.pages.append,
+            escalations=Escalations(self, self.journal),
             clock=lambda: NOW,
         )
+
+    # The pager, as the escalation logic sees it.
+    async def enqueue(self, n: Notification, *, not_before: datetime | None = None) -> None:
+        self.pages.append(n)
+
+    async def withdraw(self, dedup_keys: Sequence[str], *, reason: str) -> int:
+        return 0
+
+    async def revise(self, n: Notification) -> int:
+        return 0
 
     async def run_rollback(self, rollback: Rollback, decision: Decision) -> Rollback:
         self.started.append(rollback)
@@ -184,7 +200,7 @@ async def test_alerts_and_polls_for_one_regression_start_exactly_one_rollback() 
     assert h.dispatcher.in_flight == {}
 
 
-async def test_escalation_pages_once_per_anomaly_not_once_per_alert() -> None:
+async def test_escalation_pages_once_per_incident_not_once_per_alert() -> None:
     h = Harness()
     only_revision = facts(
         RevisionInfo(1, "cart-a", "u1", NOW - timedelta(minutes=5), template("cart:1"), ("cart:1",))
@@ -199,10 +215,9 @@ async def test_escalation_pages_once_per_anomaly_not_once_per_alert() -> None:
     page = h.pages[0]
     assert page.kind is NotificationKind.ESCALATION and page.severity == "critical"
     assert page.summary.startswith("shop/cart: manual rollback needed")
-    # A new anomaly later is a new page.
+    # Another anomaly start for the same Deployment and reason is the same incident.
     await h.dispatcher.handle(signal("am:9", started_at=NOW - timedelta(seconds=5)))
-    assert len(h.pages) == 2
-    assert h.pages[0].dedup_key != h.pages[1].dedup_key
+    assert len(h.pages) == 1
 
 
 async def test_breach_after_an_escalated_rollback_does_not_page_again() -> None:
@@ -285,7 +300,11 @@ async def test_the_decision_is_journaled_before_the_page_goes_out() -> None:
         RevisionInfo(1, "cart-a", "u1", NOW - timedelta(minutes=5), template("cart:1"), ("cart:1",))
     )
     journaled_when_paged: list[int] = []
-    h.dispatcher._submit = lambda n: journaled_when_paged.append(len(h.journal.decisions))
+
+    async def enqueue(n: Notification, *, not_before: datetime | None = None) -> None:
+        journaled_when_paged.append(len(h.journal.decisions))
+
+    h.enqueue = enqueue  # type: ignore[method-assign]
 
     await h.dispatcher.handle(signal("am:1"))
 

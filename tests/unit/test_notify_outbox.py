@@ -134,7 +134,11 @@ def test_details_come_back_as_json_values() -> None:
 
 def _settings_file(tmp_path: Path, notify: str) -> Path:
     path = tmp_path / "rollbackd.yaml"
-    path.write_text("prometheus:\n  url: http://prom:9090\nnotify:\n" + notify)
+    path.write_text(
+        "prometheus:\n  url: http://prom:9090\n"
+        "webhook:\n  allow_unauthenticated: true\n"
+        "notify:\n" + notify
+    )
     return path
 
 

@@ -1,4 +1,9 @@
-"""The HTTP server: webhook status mapping, auth, health, metrics, rollback API, OpenAPI."""
+"""The HTTP server: webhook status mapping, auth, health, metrics, rollback API, OpenAPI.
+
+Clients made by ``make_client`` without an explicit ``auth`` talk to a
+server that requires credentials (Alertmanager's token and a separate
+operator token) and send Alertmanager's token by default.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ import json
 import sys
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from rollbackd.metrics import Metrics
 from rollbackd.model import Phase, Rollback, Target
@@ -34,6 +40,11 @@ from rollbackd.sources.alertmanager import (
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TARGET = Target("shop", "checkout")
+ALERT_TOKEN = "alertmanager-t0ken"
+OPERATOR_TOKEN = "operator-t0ken"
+AS_ALERTMANAGER = {"Authorization": f"Bearer {ALERT_TOKEN}"}
+AS_OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+DEFAULT_AUTH = AuthSettings(bearer_token=ALERT_TOKEN, operator_token=OPERATOR_TOKEN)
 ROLLBACK = Rollback(
     id="rb-1",
     target=TARGET,
@@ -101,7 +112,8 @@ class Harness:
     journal: FakeJournal
     metrics: Metrics
     ready: list[tuple[bool, str]]
-    manual_calls: list[tuple[Target, bool]]
+    manual_calls: list[tuple[Target, bool, bool]]  # target, dry_run, force
+    refusal: ValueError | None = None  # what the manual rollback raises, when set
 
 
 MakeClient = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Application], Harness]]]
@@ -116,11 +128,19 @@ async def make_client() -> AsyncIterator[MakeClient]:
         max_body_bytes: int = 1 << 20,
         body_timeout: float = 10.0,
         sink: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[TestClient[web.Request, web.Application], Harness]:
+        """A client; with the default auth it sends Alertmanager's token unless ``headers``."""
         harness = Harness(FakeSink(), FakeJournal(), Metrics(), [(True, "leader")], [])
+        default_headers = dict(headers if headers is not None else {})
+        if auth is None:
+            auth = DEFAULT_AUTH
+            default_headers = dict(AS_ALERTMANAGER if headers is None else headers)
 
-        async def manual(target: Target, dry_run: bool) -> str:
-            harness.manual_calls.append((target, dry_run))
+        async def manual(target: Target, dry_run: bool, *, force: bool, reason: str) -> str:
+            harness.manual_calls.append((target, dry_run, force))
+            if harness.refusal is not None:
+                raise harness.refusal
             if target.name == "missing":
                 raise LookupError("no Deployment shop/missing")
             if target.name == "busy":
@@ -137,7 +157,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
             max_body_bytes=max_body_bytes,
             body_timeout=body_timeout,
         )
-        client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+        client = TestClient(TestServer(app, host="127.0.0.1", port=0), headers=default_headers)
         await client.start_server()
         clients.append(client)
         return client, harness
@@ -389,6 +409,226 @@ def test_auth_settings_need_some_credential() -> None:
         AuthSettings(basic_username="u")
 
 
+def test_the_operator_token_must_differ_from_alertmanagers_credential() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        AuthSettings(bearer_token="same", operator_token="same")
+    with pytest.raises(ValueError, match="must differ"):
+        AuthSettings(basic_username="am", basic_password="same", operator_token="same")
+    with pytest.raises(ValueError, match="must not be empty"):
+        AuthSettings(bearer_token="")
+
+
+# --- secure by default: who may do what -----------------------------------------
+
+# Every /api/v1 route, plus what only exists to be probed (unknown paths, wrong methods).
+API_REQUESTS = [
+    ("POST", "/api/v1/alerts"),
+    ("GET", "/api/v1/rollbacks"),
+    ("POST", "/api/v1/rollbacks"),
+    ("GET", "/api/v1/rollbacks/rb-1"),
+    ("GET", "/api/v1/rollbacks/rb-1/report"),
+    ("POST", "/api/v1/rollbacks/rb-1"),
+    ("DELETE", "/api/v1/rollbacks/rb-1"),
+    ("POST", "/api/v1/rollbacks/rb-1/approve"),
+    ("GET", "/api/v1/nope"),
+    ("GET", "/api/v2/rollbacks"),
+    ("GET", "/nope"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), API_REQUESTS)
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong", "Bearer", "Basic " + "x" * 8, "t0ken"], ids=repr
+)
+async def test_without_valid_credentials_every_api_request_is_401_and_nothing_happens(
+    make_client: MakeClient, method: str, path: str, header: str | None
+) -> None:
+    client, h = await make_client(headers={"Authorization": header} if header else {})
+    resp = await client.request(
+        method, path, json={"target": "shop/checkout", "force": True, "alerts": []}
+    )
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="rollbackd"'
+    assert (await resp.json())["error"] == "authentication required"
+    assert (h.sink.bodies, h.manual_calls, h.journal.list_calls) == ([], [], [])
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/openapi.yaml", "/openapi.json"]
+)
+async def test_probes_metrics_and_the_document_need_no_credentials(
+    make_client: MakeClient, path: str
+) -> None:
+    client, _ = await make_client(headers={})
+    assert (await client.get(path)).status == 200
+
+
+async def test_alertmanagers_token_posts_alerts_and_reads_but_cannot_start_a_rollback(
+    make_client: MakeClient,
+) -> None:
+    client, h = await make_client(headers=AS_ALERTMANAGER)
+    assert (await post_alerts(client, b"{}")).status == 200
+    assert (await client.get("/api/v1/rollbacks")).status == 200
+    assert (await client.get("/api/v1/rollbacks/rb-1")).status == 200
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout", "force": True})
+    assert resp.status == 403
+    assert "operator token" in (await resp.json())["error"]
+    assert h.manual_calls == []
+
+
+async def test_basic_auth_is_alertmanagers_credential_too_never_an_operators(
+    make_client: MakeClient,
+) -> None:
+    auth = AuthSettings(basic_username="am", basic_password="pw", operator_token=OPERATOR_TOKEN)
+    client, h = await make_client(auth=auth, headers={"Authorization": basic("am", "pw")})
+    assert (await post_alerts(client, b"{}")).status == 200
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    assert resp.status == 403
+    assert h.manual_calls == []
+
+
+async def test_the_operator_token_starts_a_rollback_and_reads(make_client: MakeClient) -> None:
+    client, h = await make_client(headers=AS_OPERATOR)
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    assert resp.status == 202
+    assert (await client.get("/api/v1/rollbacks")).status == 200
+    assert h.manual_calls == [(TARGET, False, False)]
+
+
+@pytest.mark.parametrize("allow_unauthenticated", [False, True])
+async def test_without_an_operator_token_manual_rollbacks_are_disabled(
+    make_client: MakeClient, allow_unauthenticated: bool
+) -> None:
+    auth = AuthSettings(bearer_token=ALERT_TOKEN, allow_unauthenticated=allow_unauthenticated)
+    client, h = await make_client(auth=auth, headers=AS_ALERTMANAGER)
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    assert resp.status == 403
+    error = (await resp.json())["error"]
+    assert "manual rollbacks over HTTP are disabled" in error
+    assert "webhook.operator_token_file" in error
+    assert h.manual_calls == []
+
+
+async def test_allow_unauthenticated_opens_alerts_and_reads_never_manual_rollbacks(
+    make_client: MakeClient,
+) -> None:
+    auth = AuthSettings(allow_unauthenticated=True, operator_token=OPERATOR_TOKEN)
+    with capture_logs() as logs:
+        client, h = await make_client(auth=auth, headers={})
+    assert (await post_alerts(client, b"{}")).status == 200
+    assert (await client.get("/api/v1/rollbacks")).status == 200
+    anonymous = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    assert anonymous.status == 403
+    operator = await client.post(
+        "/api/v1/rollbacks", json={"target": "shop/checkout"}, headers=AS_OPERATOR
+    )
+    assert operator.status == 202
+    assert h.manual_calls == [(TARGET, False, False)]
+    # Said at start, and visible to whoever scrapes the metrics.
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "api_authentication_disabled"
+    ]
+    assert h.metrics.registry.get_sample_value("rollbackd_auth_disabled") == 1
+    assert "rollbackd_auth_disabled 1.0" in await (await client.get("/metrics")).text()
+
+
+async def test_auth_disabled_metric_is_0_when_credentials_are_required(
+    make_client: MakeClient,
+) -> None:
+    with capture_logs() as logs:
+        _, h = await make_client()
+    assert h.metrics.registry.get_sample_value("rollbackd_auth_disabled") == 0
+    assert not [e for e in logs if e["event"] == "api_authentication_disabled"]
+
+
+def test_an_app_without_auth_settings_is_refused() -> None:
+    with pytest.raises(TypeError, match="allow_unauthenticated"):
+        create_app(
+            alert_sink=FakeSink(),
+            journal=FakeJournal(),
+            metrics=Metrics(),
+            readiness=lambda: (True, ""),
+            auth=None,  # type: ignore[arg-type]
+        )
+
+
+# --- manual rollbacks: force, refusals ----------------------------------------------
+
+
+async def test_force_is_passed_only_when_asked_for(make_client: MakeClient) -> None:
+    client, h = await make_client(headers=AS_OPERATOR)
+    for body in (
+        {"target": "shop/checkout"},
+        {"target": "shop/checkout", "force": False},
+        {"target": "shop/checkout", "force": True, "dry_run": True, "reason": "bad config"},
+    ):
+        assert (await client.post("/api/v1/rollbacks", json=body)).status == 202
+    assert h.manual_calls == [(TARGET, False, False), (TARGET, False, False), (TARGET, True, True)]
+
+
+@dataclass(frozen=True)
+class FakeDecision:
+    reason_code: str
+
+
+class FakeRefusal(ValueError):
+    """Shaped like daemon.RollbackRefused: a ValueError carrying the decision."""
+
+    def __init__(self, reason_code: str) -> None:
+        super().__init__(f"{reason_code}: refused")
+        self.decision = FakeDecision(reason_code)
+
+
+@pytest.mark.parametrize(
+    ("reason_code", "force", "hinted"),
+    [
+        ("cooldown", False, True),
+        ("no_recent_rollout", False, True),
+        ("cooldown", True, False),
+        ("guard_mutable_image", False, False),
+        ("guard_disallowed_fields", False, False),
+        ("paused", False, False),
+    ],
+)
+async def test_a_refusal_says_when_force_would_override_it(
+    make_client: MakeClient, reason_code: str, force: bool, hinted: bool
+) -> None:
+    client, h = await make_client(headers=AS_OPERATOR)
+    h.refusal = FakeRefusal(reason_code)
+    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout", "force": force})
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["reason_code"] == reason_code
+    assert ("hint" in body) is hinted
+
+
+# --- redaction -------------------------------------------------------------------------
+
+
+async def test_errors_records_and_reports_never_show_url_credentials(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaky = "GET http://am:hunter2@prom:9090/api/v1/query?access_token=s3cr3t failed"
+    monkeypatch.setitem(
+        sys.modules,
+        "rollbackd.report",
+        types.SimpleNamespace(render_report=lambda *_: f"# Rollback\n{leaky}\n"),
+    )
+    client, h = await make_client(headers=AS_OPERATOR)
+    h.journal.rollbacks = [replace(ROLLBACK, reason=leaky)]
+    h.refusal = FakeRefusal("no_previous_revision")
+    h.refusal.args = (leaky,)
+    texts = [
+        await (await client.post("/api/v1/rollbacks", json={"target": "a/b"})).text(),
+        await (await client.get("/api/v1/rollbacks")).text(),
+        await (await client.get("/api/v1/rollbacks/rb-1")).text(),
+        await (await client.get("/api/v1/rollbacks/rb-1/report")).text(),
+    ]
+    for text in texts:
+        assert "hunter2" not in text and "s3cr3t" not in text, text
+        assert "am:***@prom:9090" in text, text
+
+
 # --- poison bodies, through the real parsing steps --------------------------
 
 
@@ -530,6 +770,7 @@ async def trickle(
     *,
     content_length: int = 10_000,
     interval: float = 0.02,
+    headers: Mapping[str, str] = AS_ALERTMANAGER,
 ) -> Trickled:
     """POST over a raw socket, one body byte per ``interval``, until the server answers."""
     server = client.server
@@ -544,8 +785,9 @@ async def trickle(
             sent += 1
             await asyncio.sleep(interval)  # the slow client's pace, not a wait for the server
 
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
     )
     writer.write(head.encode())
@@ -578,7 +820,7 @@ async def test_a_manual_rollback_body_slower_than_body_timeout_is_408(
     make_client: MakeClient,
 ) -> None:
     client, h = await make_client(body_timeout=0.3)
-    result = await trickle(client, "/api/v1/rollbacks")
+    result = await trickle(client, "/api/v1/rollbacks", headers=AS_OPERATOR)
     assert status_of(result.head) == 408
     assert h.manual_calls == []
 
@@ -588,9 +830,11 @@ async def test_a_body_sent_at_once_is_unaffected_by_a_short_body_timeout(
 ) -> None:
     client, h = await make_client(body_timeout=0.3)
     assert (await post_alerts(client, b"{}")).status == 200
-    resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout"})
+    resp = await client.post(
+        "/api/v1/rollbacks", json={"target": "shop/checkout"}, headers=AS_OPERATOR
+    )
     assert resp.status == 202
-    assert (h.sink.bodies, h.manual_calls) == ([b"{}"], [(TARGET, False)])
+    assert (h.sink.bodies, h.manual_calls) == ([b"{}"], [(TARGET, False, False)])
 
 
 def test_body_timeout_must_be_positive() -> None:
@@ -600,7 +844,7 @@ def test_body_timeout_must_be_positive() -> None:
             journal=FakeJournal(),
             metrics=Metrics(),
             readiness=lambda: (True, ""),
-            auth=None,
+            auth=DEFAULT_AUTH,
             body_timeout=0,
         )
 
@@ -732,11 +976,11 @@ async def test_api_reads_need_credentials_when_auth_is_configured(make_client: M
 
 
 async def test_manual_rollback_starts_and_maps_refusals(make_client: MakeClient) -> None:
-    client, h = await make_client()
+    client, h = await make_client(headers=AS_OPERATOR)
     resp = await client.post("/api/v1/rollbacks", json={"target": "shop/checkout", "dry_run": True})
     assert resp.status == 202
     assert await resp.json() == {"rollback_id": "rb-manual"}
-    assert h.manual_calls == [(TARGET, True)]
+    assert h.manual_calls == [(TARGET, True, False)]
     missing = await client.post("/api/v1/rollbacks", json={"target": "shop/missing"})
     busy = await client.post("/api/v1/rollbacks", json={"target": "shop/busy"})
     assert (missing.status, busy.status) == (404, 409)
@@ -750,14 +994,16 @@ async def test_manual_rollback_starts_and_maps_refusals(make_client: MakeClient)
         b"[]",
         b'{"target": "no-slash"}',
         b'{"target": "a/b", "dry_run": "yes"}',
-        b'{"target": "a/b", "force": true}',
+        b'{"target": "a/b", "force": "yes"}',
+        b'{"target": "a/b", "reason": 5}',
+        b'{"target": "a/b", "approve": true}',
         b'{"target": "a/b", "n": ' + b"1" * 5000 + b"}",
         b"[" * 100_000 + b"]" * 100_000,
         b'{"target": "a/\xff"}',
     ],
 )
 async def test_manual_rollback_rejects_bad_requests(make_client: MakeClient, body: bytes) -> None:
-    client, h = await make_client()
+    client, h = await make_client(headers=AS_OPERATOR)
     resp = await client.post(
         "/api/v1/rollbacks", data=body, headers={"Content-Type": "application/json"}
     )

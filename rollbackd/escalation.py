@@ -1,0 +1,284 @@
+"""Escalation pages, grouped so a storm pages a few humans once, not once per alert.
+
+Two rules, in the spirit of Alertmanager's grouping:
+
+- One page per (Deployment, reason) per incident window: a later escalation
+  for the same Deployment and reason inside the window is noted on the
+  record, not paged again. The window is found in the journal, so a restart
+  does not page again either.
+- "Not a deploy problem" (no recent rollout) across a namespace: such pages
+  wait ``group_wait`` in the outbox before they go out. If ``group_min``
+  Deployments of one namespace escalate that way within the wait, their
+  individual pages are withdrawn and one grouped page says "N Deployments in
+  namespace X breaching; none recently rolled out: not a deploy problem".
+  Later ones join the open group silently. The waiting pages are durable
+  outbox rows: a crash during the wait sends them individually, never loses
+  them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from rollbackd.decide import ReasonCode
+from rollbackd.model import Decision, Signal, Target
+from rollbackd.notify.base import Notification, NotificationKind
+
+__all__ = [
+    "ESCALATION_HEADLINES",
+    "EscalationJournal",
+    "EscalationPager",
+    "Escalations",
+    "GroupingPolicy",
+    "escalation_summary",
+]
+
+log = structlog.get_logger("rollbackd.escalation")
+
+# The first words of an escalation page, by reason: what the on-call must know first.
+ESCALATION_HEADLINES = {
+    ReasonCode.NO_RECENT_ROLLOUT: "not caused by a recent rollout",
+    "rollout_after_anomaly": "not caused by a recent rollout",
+    ReasonCode.NO_PREVIOUS_REVISION: "manual rollback needed",
+    ReasonCode.NO_STABLE_PREVIOUS_REVISION: "manual rollback needed",
+    ReasonCode.RESTORED_REVISION_BREACHING: "the restored revision breaches too",
+    ReasonCode.GUARD_DISALLOWED_FIELDS: "manual rollback needed: the change is not only image/config",
+    ReasonCode.GUARD_MUTABLE_IMAGE: "manual rollback needed: the previous image reference is mutable",
+    ReasonCode.PAUSED: "rollout paused by a human",
+}
+
+# Reasons that say "the deploy did not do this": many of them at once in a
+# namespace is one infrastructure incident, not N application incidents.
+NOT_A_DEPLOY_PROBLEM = frozenset({ReasonCode.NO_RECENT_ROLLOUT.value})
+
+KIND_ESCALATED = "escalated"
+KIND_REPEATED = "escalation_repeated"
+KIND_GROUPED = "escalation_grouped"
+KIND_GROUP = "escalation_group"
+GROUP_NAME = "*"  # the journal's name for a namespace-wide record
+
+
+def escalation_summary(decision: Decision) -> str:
+    headline = ESCALATION_HEADLINES.get(decision.reason_code, "needs a human")
+    return f"{decision.target}: {headline}. {decision.reason}"
+
+
+@dataclass(frozen=True)
+class GroupingPolicy:
+    incident_window: timedelta = timedelta(minutes=30)
+    group_wait: timedelta = timedelta(seconds=10)
+    group_min: int = 3
+
+
+class EscalationPager(Protocol):
+    async def enqueue(self, n: Notification, *, not_before: datetime | None = None) -> None: ...
+    async def withdraw(self, dedup_keys: Sequence[str], *, reason: str) -> int: ...
+    async def revise(self, n: Notification) -> int:
+        """Replace the body of ``n.dedup_key``'s pages not yet sent; how many were."""
+        ...
+
+
+class EscalationJournal(Protocol):
+    async def record_event(
+        self,
+        rollback_id: str | None,
+        target: Target,
+        kind: str,
+        message: str,
+        *,
+        at: datetime,
+        data: dict[str, Any] | None = None,
+    ) -> None: ...
+    async def last_event(
+        self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
+    ) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class _Group:
+    """Not-a-deploy-problem escalations of one namespace, waiting or grouped."""
+
+    started_at: datetime
+    members: dict[Target, str] = field(default_factory=dict)  # target -> its page's dedup key
+    dedup_key: str | None = None  # set once the grouped page is queued
+    reason_code: str = ""
+
+
+class Escalations:
+    """Decides which escalations page, which join an open incident, which are grouped."""
+
+    def __init__(
+        self,
+        pager: EscalationPager,
+        journal: EscalationJournal,
+        policy: GroupingPolicy | None = None,
+    ) -> None:
+        self._pager = pager
+        self._journal = journal
+        self._policy = policy or GroupingPolicy()
+        self._open: dict[tuple[Target, str], tuple[str, datetime]] = {}
+        self._groups: dict[str, _Group] = {}
+
+    async def escalate(self, signal: Signal, decision: Decision, now: datetime) -> str:
+        """Page (or not) for ``decision``; returns the dedup key of the page it belongs to."""
+        target, reason = decision.target, decision.reason_code
+        open_key = await self._open_incident(target, reason, now)
+        if open_key is not None:
+            await self._note(target, KIND_REPEATED, decision, now, open_key)
+            return open_key
+        if reason in NOT_A_DEPLOY_PROBLEM:
+            group = await self._group_for(target.namespace, now)
+            if group.dedup_key is not None:
+                self._open[(target, reason)] = (group.dedup_key, now)
+                await self._note(target, KIND_GROUPED, decision, now, group.dedup_key)
+                if target not in group.members:
+                    group.members[target] = group.dedup_key
+                    # Still waiting to go out: the page grows; once sent, the
+                    # journal's group record keeps the list.
+                    await self._pager.revise(_group_page(namespace_of(group), group, now))
+                return group.dedup_key
+        dedup_key = f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
+        self._open[(target, reason)] = (dedup_key, now)
+        await self._journal.record_event(
+            None,
+            target,
+            KIND_ESCALATED,
+            decision.reason,
+            at=now,
+            data={"reason_code": reason, "dedup_key": dedup_key},
+        )
+        page = _page(signal, decision, dedup_key, now)
+        if reason not in NOT_A_DEPLOY_PROBLEM:
+            await self._pager.enqueue(page)
+            return dedup_key
+        await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
+        group = self._groups[target.namespace]
+        group.members[target] = dedup_key
+        if len(group.members) >= self._policy.group_min:
+            return await self._open_group(target.namespace, group, decision, now)
+        return dedup_key
+
+    async def _open_incident(self, target: Target, reason: str, now: datetime) -> str | None:
+        since = now - self._policy.incident_window
+        known = self._open.get((target, reason))
+        if known is not None and known[1] >= since:
+            return known[0]
+        found = await self._journal.last_event(
+            target, KIND_ESCALATED, since=since, reason_code=reason
+        )
+        if found is None:
+            return None
+        dedup_key = str(found["dedup_key"])
+        self._open[(target, reason)] = (dedup_key, now)
+        return dedup_key
+
+    async def _group_for(self, namespace: str, now: datetime) -> _Group:
+        group = self._groups.get(namespace)
+        window = (
+            self._policy.incident_window if group and group.dedup_key else self._policy.group_wait
+        )
+        if group is not None and now - group.started_at <= window:
+            return group
+        group = _Group(started_at=now)
+        found = await self._journal.last_event(
+            Target(namespace, GROUP_NAME), KIND_GROUP, since=now - self._policy.incident_window
+        )
+        if found is not None:  # a grouped page from before a restart is still open
+            group.dedup_key = str(found["dedup_key"])
+        self._groups[namespace] = group
+        return group
+
+    async def _open_group(
+        self, namespace: str, group: _Group, decision: Decision, now: datetime
+    ) -> str:
+        dedup_key = f"esc-group-{namespace}-not-a-deploy-problem-{int(now.timestamp())}"
+        group.dedup_key = dedup_key
+        group.reason_code = decision.reason_code
+        individual = list(group.members.values())
+        withdrawn = await self._pager.withdraw(individual, reason=f"grouped into {dedup_key}")
+        for target in group.members:
+            group.members[target] = dedup_key
+            self._open[(target, decision.reason_code)] = (dedup_key, now)
+        page = _group_page(namespace, group, now)
+        await self._journal.record_event(
+            None,
+            Target(namespace, GROUP_NAME),
+            KIND_GROUP,
+            page.summary,
+            at=now,
+            data={"dedup_key": dedup_key, "members": sorted(t.name for t in group.members)},
+        )
+        log.warning(
+            "escalations_grouped",
+            namespace=namespace,
+            deployments=len(group.members),
+            withdrawn=withdrawn,
+            dedup_key=dedup_key,
+        )
+        # It waits one more group_wait, so the rest of the storm joins it before it goes out.
+        await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
+        return dedup_key
+
+    async def _note(
+        self, target: Target, kind: str, decision: Decision, now: datetime, dedup_key: str
+    ) -> None:
+        await self._journal.record_event(
+            None,
+            target,
+            kind,
+            decision.reason,
+            at=now,
+            data={"reason_code": decision.reason_code, "dedup_key": dedup_key},
+        )
+
+
+def namespace_of(group: _Group) -> str:
+    return next(iter(group.members)).namespace
+
+
+def _group_page(namespace: str, group: _Group, now: datetime) -> Notification:
+    names = sorted(t.name for t in group.members)
+    assert group.dedup_key is not None
+    return Notification(
+        kind=NotificationKind.ESCALATION,
+        severity="critical",
+        dedup_key=group.dedup_key,
+        target=Target(namespace, GROUP_NAME),
+        summary=(
+            f"{len(names)} Deployments in namespace {namespace} breaching; none recently "
+            "rolled out: not a deploy problem"
+        ),
+        details={
+            "reason_code": group.reason_code,
+            "namespace": namespace,
+            "deployments": names,
+            "hint": "many Deployments breach at once and none was recently rolled out: "
+            "look at what they share (database, network, nodes)",
+        },
+        created_at=now,
+    )
+
+
+def _page(signal: Signal, decision: Decision, dedup_key: str, now: datetime) -> Notification:
+    return Notification(
+        kind=NotificationKind.ESCALATION,
+        severity="critical",
+        dedup_key=dedup_key,
+        target=decision.target,
+        summary=escalation_summary(decision),
+        details={
+            "reason_code": decision.reason_code,
+            "reason": decision.reason,
+            "signal": signal.name,
+            "source": str(signal.source),
+            "value": signal.value,
+            "threshold": signal.threshold,
+            "anomaly_started_at": signal.started_at.isoformat(),
+        },
+        created_at=now,
+    )
