@@ -49,6 +49,16 @@ def templates_differ(current: Mapping[str, Any], candidate: Mapping[str, Any]) -
     return bool(template_diff_paths(current, candidate))
 
 
+def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """The one template comparison: equal exactly when the guard sees no diff.
+
+    The strategy (which ReplicaSet is current, is the restored template still
+    ours) and the guard (what a rollback would change) must never disagree,
+    e.g. on ``emptyDir: {}`` against an absent key.
+    """
+    return not template_diff_paths(a, b)
+
+
 def field_of(path: str) -> str:
     """The allow-list field a diff path belongs to.
 

@@ -25,10 +25,26 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rollbackd.guard import templates_equal
+from rollbackd.kubeerrors import (
+    ConflictError,
+    ConnectionFailedError,
+    ForbiddenError,
+    GoneError,
+    InvalidError,
+    KubeError,
+    NotFoundError,
+    ServerError,
+    TooManyRequestsError,
+    error_from_exception,
+    error_from_response,
+)
+from rollbackd.kuberetry import RetryBudget, budget_scope, current_budget, with_retries
 from rollbackd.model import (
     ANNOTATION_RESTORED,
     ANNOTATION_ROLLBACK,
@@ -45,18 +61,24 @@ from rollbackd.strategies.rolling import (
     revision_history,
     revision_of,
     strip_hash,
-    templates_equal,
 )
 from rollbackd.verify import ReadinessReport, ServiceEndpoints
 
 __all__ = [
     "ConflictError",
+    "ConnectionFailedError",
+    "ForbiddenError",
+    "GoneError",
+    "InvalidError",
     "Kube",
     "KubeError",
     "NotFoundError",
     "ReadinessReport",
+    "RetryBudget",
     "RolloutOutcome",
     "RolloutStatus",
+    "ServerError",
+    "TooManyRequestsError",
     "gitops_owner",
 ]
 
@@ -72,22 +94,6 @@ _GITOPS_LABELS: tuple[tuple[str, str], ...] = (
     ("helm.toolkit.fluxcd.io/name", "flux:helmrelease/{}"),
 )
 _ARGOCD_TRACKING_ID = "argocd.argoproj.io/tracking-id"
-
-
-class KubeError(Exception):
-    """The API server refused or failed a request."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ConflictError(KubeError):
-    """The object changed since it was read (resourceVersion precondition failed)."""
-
-
-class NotFoundError(KubeError):
-    """The object does not exist."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,13 @@ def _tested_resource_version(ops: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def _generation(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("generation", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _escape_pointer(segment: str) -> str:
     return segment.replace("~", "~0").replace("/", "~1")
 
@@ -201,8 +214,12 @@ class Kube:
         request_timeout: float = 30.0,
         watch_timeout: int = 300,
         identity: str | None = None,
+        retry_budget: float = 0.0,
     ) -> None:
         self._api = api
+        # Seconds a call outside any budget_scope may spend on transient
+        # faults; a rollback brings its own budget (see kuberetry).
+        self._retry_budget = retry_budget
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
         self._request_timeout = request_timeout
@@ -221,15 +238,26 @@ class Kube:
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
 
     @classmethod
-    async def connect(cls, *, kubeconfig: str | None = None, context: str | None = None) -> Kube:
-        """Connect with a kubeconfig file, or the in-cluster service account when None."""
+    async def connect(
+        cls,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        retry_budget: float = 0.0,
+    ) -> Kube:
+        """Connect with a kubeconfig file, or the in-cluster service account when None.
+
+        ``retry_budget``: seconds a call made outside a rollback's
+        :func:`~rollbackd.kuberetry.budget_scope` may spend retrying
+        transient faults (0: fail on the first one).
+        """
         if kubeconfig is None:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             api = ApiClient(configuration=configuration)
         else:
             api = await config.new_client_from_config(config_file=kubeconfig, context=context)
-        return cls(api)
+        return cls(api, retry_budget=retry_budget)
 
     async def close(self) -> None:
         """Stop the watches (awaiting them) and close the HTTP session."""
@@ -267,7 +295,27 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        """One API call returning the decoded JSON body; maps errors to our exceptions."""
+        """One API call returning the decoded JSON body; transient faults are retried.
+
+        Retries draw on the budget in scope (a rollback's), else on a fresh
+        budget of the adapter's default. Every failure surfaces as a typed
+        :class:`KubeError`.
+        """
+        budget = current_budget() or RetryBudget(self._retry_budget)
+        return await with_retries(
+            lambda: self._request_once(method, path, query, body, content_type),
+            budget=budget,
+            describe=f"{method} {path}",
+        )
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        body: Any,
+        content_type: str,
+    ) -> dict[str, Any]:
         try:
             response = await self._api.call_api(
                 path,
@@ -280,26 +328,24 @@ class Kube:
                 _request_timeout=self._request_timeout,
             )
         except ApiException as exc:
+            # Raised before sending (a request the client cannot encode).
             raise KubeError(f"{method} {path}: {exc.reason}", exc.status or 0) from exc
-        except (TimeoutError, OSError) as exc:
-            raise KubeError(f"{method} {path}: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise error_from_exception(method, path, exc) from exc
         try:
             raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise error_from_exception(method, path, exc) from exc
         finally:
             response.release()
         status = response.status
+        if not 200 <= status < 300:
+            raise error_from_response(method, path, status, raw, response.headers)
         try:
             data = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            data = {"message": raw[:200].decode("utf-8", "replace")}
-        if 200 <= status < 300:
-            return data if isinstance(data, dict) else {}
-        message = f"{method} {path}: {status} {data.get('message', '')}".strip()
-        if status == 404:
-            raise NotFoundError(message, status)
-        if status == 409:
-            raise ConflictError(message, status)
-        raise KubeError(message, status)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise KubeError(f"{method} {path}: {status} with a body that is not JSON") from exc
+        return data if isinstance(data, dict) else {}
 
     @staticmethod
     def _deployment_path(target: Target) -> str:
@@ -368,6 +414,11 @@ class Kube:
 
     async def _watch_loop(self, spec: _WatchSpec) -> None:
         """List, then watch from the list's resourceVersion; never returns until cancelled."""
+        # The loop backs off on its own; a per-request retry would only delay that.
+        with budget_scope(RetryBudget(0.0)):
+            await self._list_and_watch(spec)
+
+    async def _list_and_watch(self, spec: _WatchSpec) -> None:
         backoff = 0.2
         resource_version: str | None = None
         while True:
@@ -406,7 +457,7 @@ class Kube:
                 backoff = await self._backoff(backoff)
             except Exception as exc:
                 log.warning("watch %s failed: %r", spec.kind, exc)
-                if isinstance(exc, KubeError) and exc.status == 410:
+                if isinstance(exc, GoneError):
                     resource_version = None
                 backoff = await self._backoff(backoff)
 
@@ -698,16 +749,16 @@ class Kube:
                 body=ops,
                 content_type="application/json-patch+json",
             )
-        except KubeError as exc:
+        except InvalidError as exc:
             tested = _tested_resource_version(ops)
-            if exc.status != 422 or tested is None or isinstance(exc, ConflictError):
+            if tested is None:
                 raise
             # 422 is any op that cannot apply; it is a conflict when our
             # resourceVersion test is what failed, i.e. the object moved on.
             current = await self.read_deployment(target)
             if current.get("metadata", {}).get("resourceVersion") != tested:
                 raise ConflictError(
-                    f"{target} changed since resourceVersion {tested}", 409
+                    f"{target} changed since resourceVersion {tested}", 409, reason="Conflict"
                 ) from exc
             raise
 
@@ -726,7 +777,9 @@ class Kube:
         """
         deployment = await self.read_deployment(target)
         if deployment.get("metadata", {}).get("resourceVersion") != resource_version:
-            raise ConflictError(f"{target} changed since resourceVersion {resource_version}", 409)
+            raise ConflictError(
+                f"{target} changed since resourceVersion {resource_version}", 409, reason="Conflict"
+            )
         changes: dict[str, str | None] = {
             ANNOTATION_ROLLBACK: encode_state(state) if state else None
         }
@@ -761,38 +814,49 @@ class Kube:
         type: str = "Normal",
         uid: str | None = None,
     ) -> None:
-        """A core/v1 Event on the Deployment; failures are logged, never raised."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{target.name}.{uuid.uuid4().hex[:16]}",
-                "namespace": target.namespace,
-            },
-            "involvedObject": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": target.name,
-                "namespace": target.namespace,
-                **({"uid": uid} if uid else {}),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": type,
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": {"component": "rollbackd", "host": self._identity},
-            "reportingComponent": "rollbackd",
-            "reportingInstance": self._identity,
-        }
+        """A core/v1 Event on the Deployment; failures are logged, never raised.
+
+        Transient faults are retried, but only for a request timeout's worth
+        of the budget in scope: an Event is worth less than the rollback's
+        next step.
+        """
         try:
-            await self._request(
-                "POST", f"/api/v1/namespaces/{quote(target.namespace)}/events", body=body
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            body = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": f"{target.name}.{uuid.uuid4().hex[:16]}",
+                    "namespace": target.namespace,
+                },
+                "involvedObject": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": target.name,
+                    "namespace": target.namespace,
+                    **({"uid": uid} if uid else {}),
+                },
+                "reason": reason,
+                "message": message[:1024],
+                "type": type,
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": "rollbackd", "host": self._identity},
+                "reportingComponent": "rollbackd",
+                "reportingInstance": self._identity,
+            }
+            budget = (current_budget() or RetryBudget(self._retry_budget)).child(
+                self._request_timeout
             )
-        except KubeError as exc:
-            log.warning("could not emit event %s on %s: %s", reason, target, exc)
+            with budget_scope(budget):
+                await self._request(
+                    "POST", f"/api/v1/namespaces/{quote(target.namespace)}/events", body=body
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an Event is best effort, whatever went wrong
+            log.warning("could not emit event %s on %s: %r", reason, target, exc)
 
     # ------------------------------------------------------------- rollouts
 
@@ -847,6 +911,50 @@ class Kube:
                     return RolloutOutcome(RolloutStatus.GONE, f"deployment {target} not found")
                 except KubeError as exc:
                     log.warning("rollout status read failed for %s: %s", target, exc)
+
+    async def wait_template_change(
+        self,
+        target: Target,
+        template: Mapping[str, Any],
+        *,
+        poll_interval: float = 5.0,
+    ) -> dict[str, Any]:
+        """Return the Deployment once its pod template is no longer ``template``.
+
+        The watch cache wakes us and a fresh GET decides: the cache may still
+        hold the object from before rollbackd's own write. Only a newer
+        ``metadata.generation`` can carry a spec change, so status churn
+        during a rollout costs no request; a poll every ``poll_interval`` is
+        the safety net for a broken watch. Raises NotFoundError when the
+        Deployment is deleted; other read errors wait for the next poll.
+        """
+        checked = -1  # the generation whose template was last confirmed unchanged
+        with self._subscribe(target) as changed:
+            due = True
+            while True:
+                changed.clear()
+                cached = self.cached_deployment(target)
+                if cached is None or _generation(cached) > checked:
+                    due = True
+                if due:
+                    due = False
+                    try:
+                        current = await self.read_deployment(target)
+                    except NotFoundError:
+                        raise
+                    except KubeError as exc:
+                        log.warning("template check of %s failed: %s", target, exc)
+                    else:
+                        if not templates_equal(
+                            current.get("spec", {}).get("template") or {}, template
+                        ):
+                            return current
+                        checked = _generation(current)
+                try:
+                    async with asyncio.timeout(poll_interval):
+                        await changed.wait()
+                except TimeoutError:
+                    due = True
 
     # -------------------------------------------------------- leader election
 

@@ -126,6 +126,9 @@ class Phase(StrEnum):
     ESCALATED = "ESCALATED"
     SKIPPED = "SKIPPED"
     DRY_RUN = "DRY_RUN"
+    # A human changed the pod template while rollbackd rolled back or
+    # verified: rollbackd stepped back and left their version alone.
+    SUPERSEDED = "SUPERSEDED"
 
     @property
     def terminal(self) -> bool:
@@ -133,8 +136,16 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES = frozenset(
-    {Phase.ROLLBACK_COMPLETED, Phase.ESCALATED, Phase.SKIPPED, Phase.DRY_RUN}
+    {Phase.ROLLBACK_COMPLETED, Phase.ESCALATED, Phase.SKIPPED, Phase.DRY_RUN, Phase.SUPERSEDED}
 )
+
+# Reason codes of a rollback that ended because the cluster could not be
+# worked with for its whole retry budget (API errors, endless write
+# conflicts), not because rolling back was wrong: the next signal may try
+# again, so they start no cooldown.
+REASON_KUBE_UNAVAILABLE = "kube_api_unavailable"
+REASON_WRITE_CONFLICTS = "write_conflicts"
+RETRYABLE_REASON_CODES = frozenset({REASON_KUBE_UNAVAILABLE, REASON_WRITE_CONFLICTS})
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ DEFAULT_PAGED_KINDS: frozenset[NotificationKind] = frozenset(
         NotificationKind.ROLLBACK_STARTED,
         NotificationKind.ROLLBACK_COMPLETED,
         NotificationKind.ESCALATION,
+        # Updates the started page: rollbackd stepped back, a human is in control.
+        NotificationKind.SUPERSEDED,
     }
 )
 

@@ -24,6 +24,7 @@ _TITLES = {
     NotificationKind.ROLLBACK_COMPLETED: ":white_check_mark: Rollback verified",
     NotificationKind.ESCALATION: ":rotating_light: Escalation: human needed",
     NotificationKind.DRY_RUN: ":memo: Dry run: would roll back",
+    NotificationKind.SUPERSEDED: ":raised_hands: Rollback superseded by a human change",
 }
 _MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rollbackd.guard import templates_equal
 from rollbackd.model import (
     ANNOTATION_REVISION,
     ANNOTATION_REVISION_HISTORY,
@@ -77,21 +78,6 @@ def strip_hash(template: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(labels, dict):
         labels.pop(LABEL_POD_TEMPLATE_HASH, None)
     return result
-
-
-def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """kubectl's equalIgnoreHash: equal apart from the hash label; empty == absent."""
-    return _normalise(strip_hash(a)) == _normalise(strip_hash(b))
-
-
-def _normalise(value: Any) -> Any:
-    # Semantic equality in apimachinery treats nil and empty maps/slices alike.
-    if isinstance(value, Mapping):
-        items = {k: _normalise(v) for k, v in value.items()}
-        return {k: v for k, v in items.items() if v not in (None, {}, [])}
-    if isinstance(value, list):
-        return [_normalise(v) for v in value]
-    return value
 
 
 def select_replicaset(

@@ -17,6 +17,8 @@ import binascii
 import bisect
 import contextlib
 import json
+import socket
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,7 @@ from .errors import (
     path_not_found,
     unsupported_media_type,
 )
-from .faults import FaultInjector
+from .faults import FaultInjector, ResetConnection
 from .resources import (
     REGISTRY,
     ResourceType,
@@ -248,6 +250,18 @@ def _success_status(rtype: ResourceType, obj: Obj) -> Obj:
     }
 
 
+def _reset_connection(request: web.Request) -> None:
+    """Close the client's connection with a TCP RST (linger 0), as a dying proxy does."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 # ------------------------------------------------------------------------ the API
 
 
@@ -292,6 +306,11 @@ class KubeApi:
                 delay, error = self.faults.check(verb, request.path)
                 if delay:
                     await asyncio.sleep(delay)
+                if isinstance(error, ResetConnection):
+                    _reset_connection(request)
+                    # Nobody reads this: the connection is gone, and aiohttp
+                    # drops a response to a closed transport quietly.
+                    return web.Response(status=500)
                 if error is not None:
                     raise error
             response: web.StreamResponse = await handler(request)
