@@ -255,6 +255,9 @@ class SignalSettings(_Section):
     comparison: Literal[">", "<"] = ">"
     traffic_query: str | None = None
     min_traffic: float = Field(default=0.1, ge=0, allow_inf_nan=False)
+    # Requests the window must hold before the ratio is judged (rate x window):
+    # one failed request must never be enough to roll back.
+    min_requests: float = Field(default=10, ge=0, allow_inf_nan=False)
     window: str = "1m"
     for_count: int = Field(default=2, ge=1)
 
@@ -289,6 +292,7 @@ def _default_signals() -> tuple[SignalSettings, ...]:
             comparison=spec.comparison,
             traffic_query=spec.traffic_query,
             min_traffic=spec.min_traffic,
+            min_requests=spec.min_requests,
             window=spec.window,
             for_count=spec.for_count,
         )
@@ -544,6 +548,15 @@ class WebhookNotifySettings(_Section):
         return _secret_value(self.bearer_token, self.bearer_token_file)
 
 
+class EscalationSettings(_Section):
+    # One page per (Deployment, reason) per incident window; repeats are noted, not paged.
+    incident_window: PositiveDuration = timedelta(minutes=30)
+    # "No recent rollout" pages wait this long; from group_min Deployments of one
+    # namespace they become one grouped "not a deploy problem" page.
+    group_wait: PositiveDuration = timedelta(seconds=10)
+    group_min: int = Field(default=3, ge=2)
+
+
 class NotifySettings(_Section):
     """Channels for pages and notices; a channel is on when its section is set."""
 
@@ -559,6 +572,7 @@ class NotifySettings(_Section):
     # Retry backoff: exponential from backoff_initial, capped at backoff_max, jittered.
     backoff_initial: PositiveDuration = timedelta(seconds=1)
     backoff_max: PositiveDuration = timedelta(minutes=1)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
 
     @model_validator(mode="after")
     def _check_outbox(self) -> NotifySettings:

@@ -29,6 +29,7 @@ from rollbackd.executor import Executor
 from rollbackd.intake import SignalIntake
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
+from rollbackd.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
@@ -285,7 +286,15 @@ class Daemon:
             journal=self.journal,
             metrics=self.metrics,
             run_rollback=self.executor.run,
-            escalations=Escalations(self.notifier, self.journal, GroupingPolicy()),
+            escalations=Escalations(
+                self.notifier,
+                self.journal,
+                GroupingPolicy(
+                    incident_window=s.notify.escalation.incident_window,
+                    group_wait=s.notify.escalation.group_wait,
+                    group_min=s.notify.escalation.group_min,
+                ),
+            ),
             clock=self.clock,
         )
         if self.one_shot:
@@ -343,6 +352,11 @@ class Daemon:
 
     async def _campaign(self) -> None:
         le = self.settings.leader_election
+        # Fencing (safety rule 13): a replica not sure it holds the Lease
+        # writes nothing (the Kube client asks the fence) and pages nothing.
+        self.notifier.gate = self.kube.fence.may_act
+        # A label left by an earlier process in this pod must not draw webhooks.
+        await self._leader_label().release()
         await self.kube.run_leader_election(
             namespace=le.namespace,
             lease_name=le.lease_name,
@@ -354,6 +368,14 @@ class Daemon:
             on_started=self._become_leader,
             on_stopped=self._lose_leadership,
         )
+
+    def _leader_label(self) -> LeaderLabel:
+        """This replica's pod label (created on first use: start() does not know it)."""
+        label: LeaderLabel | None = getattr(self, "_pod_label", None)
+        if label is None:
+            label = LeaderLabel.from_env(self.kube.api_client, self.kube.fence)
+            self._pod_label = label
+        return label
 
     async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body`` forever: a crash is logged and retried, never silently fatal."""
@@ -401,7 +423,9 @@ class Daemon:
             return
         self._leader = True
         self.metrics.is_leader.set(1)
-        log.info("leadership_acquired")
+        log.info("leadership_acquired", term=str(self.kube.fence.term or "unfenced"))
+        # The webhook Service selects the leader's pod by this label.
+        await self._leader_label().claim()
         await self.kube.wait_synced(timeout=60)
         if not self.notifier.running:
             await self.notifier.start()  # pages left by an earlier leader go out now
@@ -435,9 +459,14 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._active_tasks = []
-        await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        # With a Lease, rollbacks in flight stop now: their annotation keeps
+        # the phase and the next leader resumes them (a late step would only
+        # be fenced). Alone, there is nobody to resume: give them the grace.
+        grace = 0.0 if self.kube.fence.leased else SHUTDOWN_GRACE_SECONDS
+        await self.dispatcher.stop(grace=grace)
         # Unsent pages stay in the outbox for whoever leads next.
         await self.notifier.stop()
+        await self._leader_label().release()
 
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
@@ -497,11 +526,22 @@ class Daemon:
         return self.settings.policy_for(target, facts.annotations)[0]
 
     def _readiness(self) -> tuple[bool, str]:
+        """Every healthy replica is Ready; the leader label, not readiness, routes webhooks.
+
+        A standby that could take over is as ready as the leader; a Lease that
+        cannot be used as configured makes every replica unready, saying why.
+        """
         if not self.kube.synced:
             return False, "kubernetes watches not synced"
-        if self.settings.leader_election.enabled and not self._leader:
-            return False, "standby: not the leader"
-        return True, "ok"
+        if not self.settings.leader_election.enabled:
+            return True, "ok"
+        election = self.kube.election
+        if election is not None and election.problem is not None:
+            return False, f"leader election cannot work: {election.problem}"
+        if self._leader:
+            return True, "ok: leader"
+        holder = election.holder if election is not None else None
+        return True, f"standby: following {holder}" if holder else "standby: no leader yet"
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
