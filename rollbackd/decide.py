@@ -74,6 +74,7 @@ from rollbackd.model import (
     ANNOTATION_DRY_RUN,
     ANNOTATION_ENABLED,
     ANNOTATION_ROLLBACK,
+    RETRYABLE_REASON_CODES,
     Action,
     ClusterFacts,
     Decision,
@@ -366,7 +367,8 @@ def _restored_revision_breaching(inp: _Inputs) -> Decision | None:
 
 def _cooldown(inp: _Inputs) -> Decision | None:
     last = inp.history.last_finished
-    if last is None:
+    # A rollback stopped by a failing API (budget spent) changed nothing to wait out: retry.
+    if last is None or last.reason_code in RETRYABLE_REASON_CODES:
         return None
     finished_at = last.finished_at or last.updated_at
     elapsed = inp.now - finished_at
