@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from rollbackd.fencing import FencedError
 from rollbackd.gitops import GitOpsError, PauseResult, pause
 from rollbackd.guard import (
     disallowed_changes,
@@ -288,7 +289,8 @@ class Executor:
         """
         try:
             return await steps
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, FencedError):
+            # Fenced: this replica may no longer lead; the leader resumes it.
             raise
         except _Superseded as superseded:
             latest = self._latest.get(rollback.id, rollback)
@@ -419,6 +421,8 @@ class Executor:
     async def _plan(self, rollback: Rollback) -> _Plan:
         """Choose the ReplicaSet like ``kubectl rollout undo`` and re-check every rule."""
         deployment = await self._read(rollback.target)
+        # The template patch is guarded by this read's resourceVersion.
+        self._kube.check_state_term(deployment, f"rollback of {rollback.target}")
         current = revision_of(deployment)
         if rollback.from_revision is not None and current != rollback.from_revision:
             raise _Abort(
@@ -835,6 +839,9 @@ class Executor:
             updated_at=rollback.updated_at,
             reason_code=rollback.reason_code,
             ready_at=ready_at,
+            # Fencing: the term this state is written in (None without a Lease).
+            holder=term.holder if (term := self._kube.fence.term) else None,
+            term=term.number if term else None,
         )
 
     async def _write_state(
@@ -890,8 +897,8 @@ class Executor:
     async def _best_effort_state(self, rollback: Rollback) -> None:
         try:
             await self._write_state(rollback)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, FencedError):
+            raise  # fenced: no page either
         except Exception as exc:  # the page matters more than the annotation
             log.warning("could not record %s on %s: %s", rollback.phase, rollback.target, exc)
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import socket
 import uuid
@@ -30,6 +31,8 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rollbackd.fencing import Fence, check_state_term
+from rollbackd.fencing import install as install_fence
 from rollbackd.guard import templates_equal
 from rollbackd.kubeerrors import (
     ConflictError,
@@ -45,6 +48,7 @@ from rollbackd.kubeerrors import (
     error_from_response,
 )
 from rollbackd.kuberetry import RetryBudget, budget_scope, current_budget, with_retries
+from rollbackd.lease import LeaseElector, LeaseProblem, LeaseSettings
 from rollbackd.model import (
     ANNOTATION_RESTORED,
     ANNOTATION_ROLLBACK,
@@ -236,6 +240,11 @@ class Kube:
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+        # Safety rule 13: every write this client sends asks the fence first
+        # (open until leader election turns it on).
+        self.fence = Fence()
+        install_fence(api, self.fence)
+        self.election: LeaseElector | None = None
 
     @classmethod
     async def connect(
@@ -762,6 +771,16 @@ class Kube:
                 ) from exc
             raise
 
+    def check_state_term(self, deployment: Mapping[str, Any], what: str) -> None:
+        """Raise StaleTermError when ``deployment`` carries state from a later term than ours.
+
+        Call it on the fresh read a guarded write is based on: the
+        resourceVersion precondition then makes the check hold at the write.
+        """
+        recorded = _recorded_state(deployment)
+        if recorded is not None:
+            check_state_term(self.fence, recorded.holder, recorded.term, what)
+
     async def write_state(
         self,
         target: Target,
@@ -780,6 +799,7 @@ class Kube:
             raise ConflictError(
                 f"{target} changed since resourceVersion {resource_version}", 409, reason="Conflict"
             )
+        self.check_state_term(deployment, f"state write on {target}")
         changes: dict[str, str | None] = {
             ANNOTATION_ROLLBACK: encode_state(state) if state else None
         }
@@ -969,50 +989,42 @@ class Kube:
         retry_period: float,
         on_started: Callable[[], Awaitable[None]],
         on_stopped: Callable[[], Awaitable[None]],
+        on_problem: Callable[[LeaseProblem | None], None] | None = None,
     ) -> None:
         """Campaign for the Lease until cancelled; ``on_started`` runs while leading.
 
-        The library returns after losing the lease; we campaign again so a
-        replica that lost leadership (e.g. a network blip) becomes a standby.
+        Turns fencing on: from here, this client writes only while the Lease
+        is certainly held (see :mod:`rollbackd.fencing` and
+        :mod:`rollbackd.lease`). A replica that loses the Lease becomes a
+        standby and campaigns again. ``on_problem`` hears about a Lease that
+        cannot be used as configured (None once it can).
         """
-        from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
-        from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+        self.fence.require_lease()
+        # Audit logs (and kubesim's request log) tell the replicas apart.
+        self._api.user_agent = f"rollbackd/{_version()} ({identity})"
+        self._identity = identity
+        self.election = LeaseElector(
+            self._lease_request,
+            self.fence,
+            LeaseSettings(
+                namespace=namespace,
+                name=lease_name,
+                identity=identity,
+                lease_duration=max(1, math.ceil(lease_duration)),
+                renew_deadline=renew_deadline,
+                retry_period=retry_period,
+            ),
+        )
+        await self.election.run(on_started, on_stopped, on_problem=on_problem)
 
-        # The library runs on_started in a task it only cancels when the lease
-        # is lost; track it so cancelling us (shutdown) never leaks it.
-        leading: set[asyncio.Task[Any]] = set()
+    async def _lease_request(self, method: str, path: str, *, body: Any = None) -> dict[str, Any]:
+        # No retries inside one attempt: the elector retries every retry
+        # period, and a renewal must not outlive the renew deadline waiting.
+        with budget_scope(RetryBudget(0.0)):
+            return await self._request(method, path, body=body)
 
-        async def started() -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                leading.add(task)
-            try:
-                await on_started()
-            finally:
-                if task is not None:
-                    leading.discard(task)
 
-        async def stopped() -> None:
-            await on_stopped()
+def _version() -> str:
+    from rollbackd import __version__
 
-        try:
-            while True:
-                lock = LeaseLock(lease_name, namespace, identity, self._api)
-                election = leaderelection.LeaderElection(
-                    electionconfig.Config(
-                        lock,
-                        lease_duration=lease_duration,
-                        renew_deadline=renew_deadline,
-                        retry_period=retry_period,
-                        onstarted_leading=started,
-                        onstopped_leading=stopped,
-                    )
-                )
-                await election.run()
-                await asyncio.sleep(retry_period)
-        finally:
-            for task in list(leading):
-                task.cancel()
-            for task in list(leading):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    return __version__

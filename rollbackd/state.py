@@ -32,6 +32,11 @@ class RollbackState:
     # When the restored version reported the rollout complete: verification
     # only uses samples taken after this moment.
     ready_at: datetime | None = None
+    # Fencing: the Lease holder and transition count (term) that wrote this
+    # state; a replica never replaces state from a later term. None without
+    # leader election.
+    holder: str | None = None
+    term: int | None = None
 
 
 def encode_state(s: RollbackState) -> str:
@@ -47,6 +52,9 @@ def encode_state(s: RollbackState) -> str:
         "reason_code": s.reason_code,
         "ready_at": _encode_time(s.ready_at) if s.ready_at is not None else None,
     }
+    if s.term is not None:
+        payload["holder"] = s.holder
+        payload["term"] = s.term
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
@@ -83,7 +91,24 @@ def decode_state(text: str) -> RollbackState:
         updated_at=_decode_time(raw.get("updated_at"), "updated_at"),
         reason_code=reason_code,
         ready_at=None if ready_raw is None else _decode_time(ready_raw, "ready_at"),
+        holder=_decode_holder(raw),
+        term=_decode_term(raw),
     )
+
+
+def _decode_holder(raw: dict[str, Any]) -> str | None:
+    value = raw.get("holder")
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError("rollback state field holder must be a string or null")
+
+
+def _decode_term(raw: dict[str, Any]) -> int | None:
+    value = raw.get("term")
+    # A Lease's transition count starts at 0; bool is not a count.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("rollback state field term must be a non-negative integer or null")
 
 
 def _encode_time(at: datetime) -> str:

@@ -263,6 +263,10 @@ class Notifier:
     and ``max_backoff`` (seconds).
     """
 
+    # Fencing (safety rule 13): when set, pages are accepted and sent only
+    # while it returns True; the daemon sets it to the Lease fence.
+    gate: Callable[[], bool] | None = None
+
     def __init__(
         self,
         channels: Sequence[Channel],
@@ -385,6 +389,10 @@ class Notifier:
         goes to every channel that has the trigger in its outbox, even when
         the channel itself no longer remembers it (after a restart).
         """
+        if self.gate is not None and not self.gate():
+            # A replica not sure it leads pages nothing; the leader pages for itself.
+            log.warning("notification_fenced", dedup_key=n.dedup_key, kind=str(n.kind))
+            return
         store = await self._outbox()
         lanes = await self._routes(store, n)
         rows = [_new_row(n, lane.name) for lane in lanes]
@@ -560,6 +568,11 @@ class Notifier:
             "resolves": n.resolves,
             "attempt": attempt,
         }
+        if self.gate is not None and not self.gate():
+            # Fenced (e.g. woken from a freeze past the Lease): the row stays pending.
+            lane.hold_until = self._clock() + timedelta(seconds=1)
+            log.warning("notification_send_fenced", **fields)
+            return
         lane.sending = True
         try:
             await lane.channel.send(n)
