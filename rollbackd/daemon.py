@@ -137,7 +137,7 @@ class JournalRecorder:
             phase=str(rollback.phase),
             message=message,
         )
-        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED):
+        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED, Phase.SUPERSEDED):
             self._metrics.rollbacks_total.labels(result=str(rollback.phase)).inc()
             self._metrics.rollback_duration_seconds.observe(
                 (now - rollback.started_at).total_seconds()
@@ -265,6 +265,8 @@ class Daemon:
             intervals=s.verify.intervals,
             clock=self.clock,
             sleep=asyncio.sleep,
+            timeout=s.verify.timeout.total_seconds(),
+            require_endpoints=s.verify.require_endpoints,
         )
         self.executor = Executor(
             self.kube,

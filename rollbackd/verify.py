@@ -7,8 +7,12 @@ plus a little slack, so at least two fresh scrapes exist for ``rate()``; its
 window is exactly ``at - ready_at`` (whole seconds, rounded down) so no rate
 window reaches back into the bad period. An interval is healthy only if every
 signal is HEALTHY (no data is not health: safety rule 8), every desired pod is
-Ready and every Service selecting the pods has ready endpoints. The first
-unhealthy interval ends verification: waiting longer cannot undo a breach.
+Ready and (``require_endpoints``, config ``verify.require_endpoints``) every
+Service selecting the pods has ready endpoints. The first unhealthy interval
+ends verification: waiting longer cannot undo a breach. Verification as a
+whole is bounded by ``timeout`` (config ``verify.timeout``): a query or a
+readiness check that hangs past it ends verification unhealthy
+(``verify_timeout``), never healthy.
 """
 
 from __future__ import annotations
@@ -48,10 +52,16 @@ class ReadinessReport:
     services: tuple[ServiceEndpoints, ...] = ()
 
     @property
+    def pods_ok(self) -> bool:
+        return self.ready >= self.desired
+
+    @property
+    def endpoints_ok(self) -> bool:
+        return all(s.ready_addresses > 0 for s in self.services) or self.desired == 0
+
+    @property
     def ok(self) -> bool:
-        pods_ok = self.ready >= self.desired
-        endpoints_ok = all(s.ready_addresses > 0 for s in self.services) or self.desired == 0
-        return pods_ok and endpoints_ok
+        return self.pods_ok and self.endpoints_ok
 
     @property
     def detail(self) -> str:
@@ -74,7 +84,9 @@ class IntervalResult:
 class VerifyResult:
     healthy: bool
     intervals: tuple[IntervalResult, ...]
-    reason_code: str  # verified | verify_breach | verify_no_data | verify_not_ready
+    reason_code: (
+        str  # verified | verify_breach | verify_no_data | verify_not_ready | verify_timeout
+    )
     reason: str
 
 
@@ -96,6 +108,8 @@ class Verifier:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         slack: timedelta | None = None,
         evaluation_timeout: float = 30.0,
+        timeout: float | None = None,
+        require_endpoints: bool = True,
     ) -> None:
         if intervals < 1:
             raise ValueError("verification needs at least one interval")
@@ -110,6 +124,16 @@ class Verifier:
         # Slack lets Prometheus ingest the scrape that lands on the boundary.
         self._slack = slack if slack is not None else min(scrape_interval / 4, timedelta(seconds=5))
         self._evaluation_timeout = evaluation_timeout
+        self._require_endpoints = require_endpoints
+        self._timeout = timeout
+        if timeout is not None:
+            needed = (self.schedule(datetime.min)[-1][0] - datetime.min).total_seconds()
+            if timeout < needed:
+                # Every verification would time out: a config error, said at start.
+                raise ValueError(
+                    f"verify.timeout {timeout:g}s is shorter than the {needed:g}s that "
+                    f"{intervals} scrape intervals of {scrape_interval.total_seconds():g}s need"
+                )
 
     def schedule(self, ready_at: datetime) -> list[tuple[datetime, str]]:
         """Evaluation times and their windows, e.g. ``[(t, "2s"), ...]``."""
@@ -127,6 +151,23 @@ class Verifier:
 
     async def verify(self, target: Target, ready_at: datetime) -> VerifyResult:
         results: list[IntervalResult] = []
+        if self._timeout is None:
+            return await self._intervals_from(target, ready_at, results)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._intervals_from(target, ready_at, results)
+        except TimeoutError:
+            return VerifyResult(
+                False,
+                tuple(results),
+                "verify_timeout",
+                f"verification did not finish within {self._timeout:g}s "
+                f"({len(results)}/{self._intervals} intervals judged)",
+            )
+
+    async def _intervals_from(
+        self, target: Target, ready_at: datetime, results: list[IntervalResult]
+    ) -> VerifyResult:
         for index, (at, window) in enumerate(self.schedule(ready_at), start=1):
             delay = (at - self._clock()).total_seconds()
             if delay > 0:
@@ -161,7 +202,8 @@ class Verifier:
             error = "" if evaluations else "no signal evaluations (no data)"
         try:
             report = await self._readiness(target)
-            readiness_ok, readiness_detail = report.ok, report.detail
+            readiness_ok = report.pods_ok and (report.endpoints_ok or not self._require_endpoints)
+            readiness_detail = report.detail
         except Exception as exc:
             readiness_ok, readiness_detail = False, f"readiness check failed: {exc}"
 

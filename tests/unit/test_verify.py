@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -55,7 +57,7 @@ class FakeWorld:
     async def readiness(self, target: Target) -> ReadinessReport:
         return self.ready
 
-    def verifier(self, intervals: int = 3) -> Verifier:
+    def verifier(self, intervals: int = 3, **options: Any) -> Verifier:
         return Verifier(
             self.evaluate,
             self.readiness,
@@ -64,6 +66,7 @@ class FakeWorld:
             clock=self.clock,
             sleep=self.sleep,
             slack=timedelta(seconds=1),
+            **options,
         )
 
 
@@ -176,3 +179,49 @@ def test_sub_second_intervals_still_never_reach_back_before_ready() -> None:
     )
     for at, window in verifier.schedule(READY_AT):
         assert at - timedelta(seconds=int(window.rstrip("s"))) >= READY_AT
+
+
+async def test_endpoints_are_not_judged_when_not_required() -> None:
+    report = ReadinessReport(desired=3, ready=3, services=(ServiceEndpoints("checkout", 0),))
+    world = FakeWorld([[healthy()]] * 3, report)
+    result = await world.verifier(require_endpoints=False).verify(TARGET, READY_AT)
+    assert result.healthy, result.reason
+    # The detail still says what the endpoints were: the review should see it.
+    assert "service checkout: 0 ready endpoints" in result.intervals[0].detail
+
+
+async def test_pods_are_judged_even_when_endpoints_are_not_required() -> None:
+    world = FakeWorld([[healthy()]] * 3, ReadinessReport(desired=3, ready=2))
+    result = await world.verifier(require_endpoints=False).verify(TARGET, READY_AT)
+    assert result.reason_code == "verify_not_ready"
+
+
+async def test_verification_that_hangs_past_the_timeout_is_not_health() -> None:
+    world = FakeWorld([[healthy()]] * 3, ALL_READY)
+
+    async def hangs(target: Target) -> ReadinessReport:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    verifier = Verifier(
+        world.evaluate,
+        hangs,
+        scrape_interval=timedelta(milliseconds=10),
+        clock=world.clock,
+        sleep=world.sleep,
+        slack=timedelta(0),
+        timeout=1.5,
+    )
+    async with asyncio.timeout(10):
+        result = await verifier.verify(TARGET, READY_AT)
+    assert not result.healthy
+    assert result.reason_code == "verify_timeout"
+    assert "within 1.5s (0/3 intervals judged)" in result.reason
+
+
+def test_a_timeout_shorter_than_the_intervals_is_refused_at_start() -> None:
+    world = FakeWorld([], ALL_READY)
+    # 3 intervals of 15 s end 61 s after ready (the fourth scrape plus 1 s slack).
+    with pytest.raises(ValueError, match=r"verify.timeout 60s is shorter than the 61s"):
+        world.verifier(timeout=60.0)
+    assert world.verifier(timeout=61.0) is not None
