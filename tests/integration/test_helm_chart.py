@@ -9,6 +9,8 @@ that names the problem.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import shutil
 import subprocess
@@ -185,10 +187,11 @@ def test_chart_passes_strict_lint(
 # --- what gets installed -------------------------------------------------------------
 
 
-def test_default_install_creates_the_daemon_and_its_rbac_only(
+def test_default_install_creates_the_daemon_its_rbac_and_its_api_token_only(
     default_objects: list[dict[str, Any]],
 ) -> None:
     assert _kinds(default_objects) == {
+        "Secret",
         "ServiceAccount",
         "ConfigMap",
         "ClusterRole",
@@ -363,7 +366,10 @@ def test_default_config_is_the_values_plus_what_the_chart_owns(
     assert _rollbackd_yaml(default_objects) == {
         "prometheus": {"url": "http://prometheus-operated.monitoring.svc:9090"},
         "logging": {"level": "info", "format": "json"},
-        "webhook": {"listen": "0.0.0.0:8080"},
+        "webhook": {
+            "listen": "0.0.0.0:8080",
+            "bearer_token_file": "/var/run/secrets/rollbackd/webhook-bearer-token",
+        },
         "journal": {"path": "/var/lib/rollbackd/journal.sqlite"},
         "leader_election": {"enabled": True, "namespace": NAMESPACE, "lease_name": "rollbackd"},
     }
@@ -426,19 +432,133 @@ def test_rendered_config_is_accepted_by_rollbackd(
     assert settings.leader_election.namespace == NAMESPACE
 
 
+def _load_rendered_config(objects: list[dict[str, Any]], tmp_path: Path) -> Any:
+    """rollbackd's own loader on the ConfigMap, the chart's Secrets written where mounted."""
+    from rollbackd.config import load_settings
+
+    text = _one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    secrets_dir = str(_mount_path(objects, "secrets"))
+    local_secrets = tmp_path / "secrets"
+    local_secrets.mkdir()
+    for secret in (o for o in objects if o["kind"] == "Secret"):
+        for item in _projected_items(objects, secret["metadata"]["name"]):
+            value = base64.b64decode(secret["data"][item["key"]])
+            (local_secrets / item["path"]).write_bytes(value)
+    config_file = tmp_path / "rollbackd.yaml"
+    config_file.write_text(text.replace(secrets_dir, str(local_secrets)))
+    return load_settings(config_file, env={})
+
+
+def _projected_items(objects: list[dict[str, Any]], secret_name: str) -> list[dict[str, str]]:
+    volumes = _one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == "secrets"]
+    sources = {s["secret"]["name"]: s["secret"]["items"] for s in volume["projected"]["sources"]}
+    items: list[dict[str, str]] = sources[secret_name]
+    return items
+
+
 def test_default_config_is_accepted_by_rollbackd(
     default_objects: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    from rollbackd.config import load_settings
-
-    config_file = tmp_path / "rollbackd.yaml"
-    config_file.write_text(_one(default_objects, "ConfigMap")["data"]["rollbackd.yaml"])
-
-    settings = load_settings(config_file, env={})
+    settings = _load_rendered_config(default_objects, tmp_path)
 
     assert str(settings.prometheus.url).startswith("http://prometheus-operated.monitoring.svc")
     assert settings.journal.path == "/var/lib/rollbackd/journal.sqlite"
     assert settings.leader_election.enabled is True
+    # Secure by default: Alertmanager's token is required, manual rollbacks over HTTP are off.
+    assert settings.webhook.allow_unauthenticated is False
+    assert settings.webhook.bearer_token_value() == _token(
+        default_objects, "rollbackd-webhook-token"
+    )
+    assert settings.webhook.operator_token_value() is None
+
+
+# --- the API's credentials ----------------------------------------------------------
+
+
+def _token(objects: list[dict[str, Any]], secret_name: str, key: str = "token") -> str:
+    (secret,) = [
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == secret_name
+    ]
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_default_install_generates_a_random_webhook_token_and_mounts_it(
+    helm_env: dict[str, str], tmp_path: Path, default_objects: list[dict[str, Any]]
+) -> None:
+    (secret,) = [o for o in default_objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "rollbackd-webhook-token"
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["type"] == "Opaque"
+    token = _token(default_objects, "rollbackd-webhook-token")
+    assert len(token) == 48 and token.isalnum()
+    # Random per install (an upgrade reads the live one back: see the kubesim test).
+    assert _token(_template(helm_env, tmp_path), "rollbackd-webhook-token") != token
+    assert _projected_items(default_objects, "rollbackd-webhook-token") == [
+        {"key": "token", "path": "webhook-bearer-token"}
+    ]
+    webhook = _rollbackd_yaml(default_objects)["webhook"]
+    mounted = _mount_path(default_objects, "secrets") / "webhook-bearer-token"
+    assert webhook["bearer_token_file"] == str(mounted)
+    assert "operator_token_file" not in webhook
+
+
+def test_an_existing_secret_replaces_the_generated_token(
+    feature_objects: list[dict[str, Any]],
+) -> None:
+    assert "Secret" not in _kinds(feature_objects)
+    assert _projected_items(feature_objects, "rollbackd-webhook") == [
+        {"key": "token", "path": "webhook-bearer-token"}
+    ]
+
+
+def test_an_operator_token_is_optional_and_separate(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    objects = _template(helm_env, tmp_path, {"secrets": {"operatorToken": {"create": True}}})
+    names = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    assert names == {"rollbackd-webhook-token", "rollbackd-operator-token"}
+    assert _projected_items(objects, "rollbackd-operator-token") == [
+        {"key": "token", "path": "webhook-operator-token"}
+    ]
+    settings = _load_rendered_config(objects, tmp_path)
+    operator = settings.webhook.operator_token_value()
+    assert operator == _token(objects, "rollbackd-operator-token")
+    assert operator != settings.webhook.bearer_token_value()
+
+
+def test_an_existing_operator_secret_is_mounted_not_created(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    values = {"secrets": {"operatorToken": {"existingSecret": "sre-operators", "key": "t"}}}
+    objects = _template(helm_env, tmp_path, values)
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"} == {
+        "rollbackd-webhook-token"
+    }
+    assert _projected_items(objects, "sre-operators") == [
+        {"key": "t", "path": "webhook-operator-token"}
+    ]
+
+
+def test_an_open_api_must_be_asked_for_in_the_values(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    values = {
+        "secrets": {"webhookBearerToken": {"create": False}},
+        "config": {"webhook": {"allow_unauthenticated": True}},
+    }
+    objects = _template(helm_env, tmp_path, values)
+    assert "Secret" not in _kinds(objects)
+    settings = _load_rendered_config_without_secrets(objects, tmp_path)
+    assert settings.webhook.allow_unauthenticated is True
+
+
+def _load_rendered_config_without_secrets(objects: list[dict[str, Any]], tmp_path: Path) -> Any:
+    from rollbackd.config import load_settings
+
+    config_file = tmp_path / "rollbackd.yaml"
+    config_file.write_text(_one(objects, "ConfigMap")["data"]["rollbackd.yaml"])
+    return load_settings(config_file, env={})
 
 
 # --- install notes ----------------------------------------------------------------
@@ -452,14 +572,73 @@ def _notes(env: Mapping[str, str], tmp: Path, values: Mapping[str, Any] | None) 
     return result.stdout.partition("NOTES:")[2]
 
 
-def test_notes_warn_about_an_open_webhook_and_nobody_to_page(
+def test_notes_warn_about_nobody_to_page_and_missing_monitoring_apis(
     helm_env: dict[str, str], tmp_path: Path
 ) -> None:
     notes = _notes(helm_env, tmp_path, {"serviceMonitor": {"enabled": True}})
     assert "http://rollbackd.rollbackd.svc:8080/api/v1/alerts" in notes
-    assert "the webhook accepts alerts without authentication" in notes
     assert "no notification channel is configured" in notes
     assert "does not serve\nmonitoring.coreos.com/v1 ServiceMonitor" in notes
+    # The default install is not open: no such warning.
+    assert "allow_unauthenticated" not in notes
+
+
+def test_notes_warn_about_an_api_opened_on_purpose(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    values = {"config": {"webhook": {"allow_unauthenticated": True}}}
+    notes = _notes(helm_env, tmp_path, values)
+    assert "WARNING: config.webhook.allow_unauthenticated is true" in notes
+
+
+def _receiver_snippet(notes: str) -> dict[str, Any]:
+    """The alertmanager.yml receiver the notes print, parsed."""
+    start = notes.index("  receivers:")
+    block = notes[start:].split("\n\n", 1)[0]
+    snippet: dict[str, Any] = yaml.safe_load(block)
+    return snippet
+
+
+def test_notes_print_the_alertmanager_snippet_with_the_charts_real_names(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    notes = _notes(helm_env, tmp_path, None)
+    (receiver,) = _receiver_snippet(notes)["receivers"]
+    (webhook,) = receiver["webhook_configs"]
+    assert webhook["url"] == "http://rollbackd.rollbackd.svc:8080/api/v1/alerts"
+    assert webhook["http_config"] == {
+        "authorization": {
+            "type": "Bearer",
+            # Where the Prometheus Operator mounts a Secret listed in spec.secrets.
+            "credentials_file": "/etc/alertmanager/secrets/rollbackd-webhook-token/token",
+        }
+    }
+    assert "get secret rollbackd-webhook-token -o jsonpath='{.data.token}'" in notes
+    # The repository's receiver file says the same thing.
+    (documented,) = yaml.safe_load(RECEIVER.read_text())["receivers"]
+    documented_webhook = documented["webhook_configs"][0]
+    assert webhook["http_config"] == documented_webhook["http_config"]
+    assert webhook["url"] == documented_webhook["url"]
+    assert webhook["send_resolved"] is documented_webhook["send_resolved"] is True
+    # Without an operator token the notes say manual rollbacks over HTTP are off.
+    assert "Manual rollbacks over HTTP are disabled" in notes
+
+
+def test_notes_name_an_existing_secret_and_the_operator_token(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    values = {
+        "secrets": {
+            "webhookBearerToken": {"existingSecret": "am-to-rollbackd", "key": "bearer"},
+            "operatorToken": {"create": True},
+        }
+    }
+    notes = _notes(helm_env, tmp_path, values)
+    (receiver,) = _receiver_snippet(notes)["receivers"]
+    authorization = receiver["webhook_configs"][0]["http_config"]["authorization"]
+    assert authorization["credentials_file"] == "/etc/alertmanager/secrets/am-to-rollbackd/bearer"
+    assert "generated" not in notes.split("Manual rollbacks", 1)[0]
+    assert "need the operator token, in Secret\nrollbackd-operator-token, key token" in notes
 
 
 def test_notes_stay_quiet_when_auth_and_paging_are_set_up(
@@ -475,6 +654,66 @@ def test_notes_stay_quiet_when_auth_and_paging_are_set_up(
     assert "http://rollbackd.rollbackd.svc:8080/api/v1/alerts" in notes
     assert "WARNING" not in notes
     assert "NOTE:" not in notes
+
+
+# --- a real install and upgrade (kubesim) ----------------------------------------
+
+# kubesim serves Deployments, Services, ConfigMaps and Secrets; not (yet) RBAC or PDBs.
+KUBESIM_VALUES = (
+    "--set", "rbac.create=false",
+    "--set", "serviceAccount.create=false",
+    "--set", "serviceAccount.name=default",
+    "--set", "podDisruptionBudget.enabled=false",
+    "--set", "replicaCount=1",
+)  # fmt: skip
+
+
+async def _helm_async(env: Mapping[str, str], kubeconfig: Path, *args: str) -> str:
+    """helm without blocking the event loop that serves kubesim."""
+    process = await asyncio.create_subprocess_exec(
+        str(HELM), *args, "--kubeconfig", str(kubeconfig), "-n", NAMESPACE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(env),
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"helm {' '.join(args)} did not finish within 60 s") from None
+    assert process.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.timeout(180)
+async def test_upgrades_keep_the_generated_tokens(helm_env: dict[str, str], kubesim: Any) -> None:
+    def live_token(name: str) -> str:
+        secret = kubesim.store.get("v1/secrets", NAMESPACE, name)
+        return base64.b64decode(secret["data"]["token"]).decode()
+
+    chart = (str(CHART), *KUBESIM_VALUES)
+    await _helm_async(
+        helm_env, kubesim.kubeconfig, "install", RELEASE, *chart, "--create-namespace"
+    )
+    webhook_token = live_token("rollbackd-webhook-token")
+    assert len(webhook_token) == 48
+
+    # A config change, then the operator token switched on: Alertmanager's token never moves.
+    await _helm_async(
+        helm_env,
+        kubesim.kubeconfig,
+        "upgrade",
+        RELEASE,
+        *chart,
+        "--set",
+        "config.policy.dry_run=true",
+    )
+    assert live_token("rollbackd-webhook-token") == webhook_token
+    on = ("--set", "secrets.operatorToken.create=true")
+    await _helm_async(helm_env, kubesim.kubeconfig, "upgrade", RELEASE, *chart, *on)
+    operator_token = live_token("rollbackd-operator-token")
+    await _helm_async(helm_env, kubesim.kubeconfig, "upgrade", RELEASE, *chart, *on)
+    assert live_token("rollbackd-webhook-token") == webhook_token
+    assert live_token("rollbackd-operator-token") == operator_token != webhook_token
 
 
 # --- optional features ------------------------------------------------------------
@@ -589,6 +828,18 @@ def test_other_release_names_are_prefixed(helm_env: dict[str, str], tmp_path: Pa
             },
             "config.webhook.bearer_token_file is set by the chart from secrets.webhookBearerToken",
         ),
+        (
+            {"secrets": {"webhookBearerToken": {"create": False}}},
+            "the API needs credentials: keep secrets.webhookBearerToken.create: true",
+        ),
+        (
+            {
+                "secrets": {"operatorToken": {"create": True}},
+                "config": {"webhook": {"operator_token_file": "/x"}},
+            },
+            "config.webhook.operator_token_file is set by the chart from secrets.operatorToken",
+        ),
+        ({"secrets": {"operatorToken": {"create": "yes"}}}, "/secrets/operatorToken/create"),
     ],
     ids=[
         "zero-replicas",
@@ -599,6 +850,9 @@ def test_other_release_names_are_prefixed(helm_env: dict[str, str], tmp_path: Pa
         "journal-path-contradicts-the-mount",
         "pager-without-secret",
         "secret-path-set-twice",
+        "api-without-credentials",
+        "operator-token-path-set-twice",
+        "operator-create-not-a-boolean",
     ],
 )
 def test_bad_values_fail_at_install_time_naming_the_problem(

@@ -65,6 +65,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The secrets the chart knows how to wire: values key, the config section path
 and *_file key it fills, and the file name under the secrets directory.
+`generated` is the suffix of the Secret the chart creates (random token,
+kept across upgrades) when the values say `create: true` and name no
+existingSecret.
 Rendered as YAML because templates can only return strings.
 */}}
 {{- define "rollbackd.secretSpecs" -}}
@@ -72,6 +75,12 @@ Rendered as YAML because templates can only return strings.
   section: [webhook]
   key: bearer_token_file
   file: webhook-bearer-token
+  generated: webhook-token
+- value: operatorToken
+  section: [webhook]
+  key: operator_token_file
+  file: webhook-operator-token
+  generated: operator-token
 - value: pagerdutyRoutingKey
   section: [notify, pagerduty]
   key: routing_key_file
@@ -88,16 +97,45 @@ Rendered as YAML because templates can only return strings.
   file: prometheus-bearer-token
 {{- end }}
 
-{{/* The secrets that are set, as a list of specs plus their values entry. */}}
+{{/*
+The secrets that are set, as a list of specs plus their values entry:
+secretName/secretKey to mount, and `create` when the chart makes the Secret.
+*/}}
 {{- define "rollbackd.enabledSecrets" -}}
 {{- $enabled := list }}
 {{- range $spec := include "rollbackd.secretSpecs" . | fromYamlArray }}
 {{- $secret := get $.Values.secrets $spec.value }}
 {{- if $secret.existingSecret }}
-{{- $enabled = append $enabled (merge (dict "secretName" $secret.existingSecret "secretKey" $secret.key) $spec) }}
+{{- $enabled = append $enabled (merge (dict "secretName" $secret.existingSecret "secretKey" $secret.key "create" false) $spec) }}
+{{- else if and $spec.generated $secret.create }}
+{{- $name := printf "%s-%s" (include "rollbackd.fullname" $) $spec.generated }}
+{{- $enabled = append $enabled (merge (dict "secretName" $name "secretKey" $secret.key "create" true) $spec) }}
 {{- end }}
 {{- end }}
 {{- toYaml $enabled }}
+{{- end }}
+
+{{/* One enabled secret by values key ("webhookBearerToken"), or an empty map. */}}
+{{- define "rollbackd.enabledSecret" -}}
+{{- $found := dict }}
+{{- range $spec := include "rollbackd.enabledSecrets" .root | fromYamlArray }}
+{{- if eq $spec.value $.value }}
+{{- $found = $spec }}
+{{- end }}
+{{- end }}
+{{- toYaml $found }}
+{{- end }}
+
+{{/*
+rollbackd refuses to start without API credentials unless the config opens
+the API on purpose: say so at install time instead of in a crash loop.
+*/}}
+{{- define "rollbackd.checkApiAuth" -}}
+{{- $webhook := dig "webhook" dict (default dict .Values.config) }}
+{{- $webhookSecret := include "rollbackd.enabledSecret" (dict "root" . "value" "webhookBearerToken") | fromYaml }}
+{{- if not (or $webhookSecret (get $webhook "basic_auth") (get $webhook "allow_unauthenticated")) }}
+{{- fail "the API needs credentials: keep secrets.webhookBearerToken.create: true (a random token), set secrets.webhookBearerToken.existingSecret, or set config.webhook.allow_unauthenticated: true on purpose" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -157,6 +195,7 @@ rollbackd.yaml: the user's `config` with the keys the chart owns filled in.
 {{- include "rollbackd.checkManaged" (dict "user" $config "managed" $managed) }}
 {{- $config = mustMergeOverwrite $config $managed }}
 {{- include "rollbackd.checkRequiredSecrets" (dict "Values" .Values "config" $config) }}
+{{- include "rollbackd.checkApiAuth" . }}
 {{- range $spec := include "rollbackd.enabledSecrets" . | fromYamlArray }}
 {{- $node := $config }}
 {{- $where := "config" }}
