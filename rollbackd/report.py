@@ -50,6 +50,7 @@ _OUTCOMES: Mapping[Phase, str] = {
     Phase.ROLLBACK_FAILED: "Rollback failed; escalation in progress",
     Phase.DRY_RUN: "Dry run: nothing was changed",
     Phase.SKIPPED: "Skipped: nothing was changed",
+    Phase.SUPERSEDED: "Superseded: a human changed the Deployment; rollbackd stepped back",
     Phase.PENDING: "In progress (pending)",
     Phase.PLANNING: "In progress (planning)",
     Phase.ROLLING_BACK: "In progress (rolling back)",
@@ -61,6 +62,7 @@ _ICONS: Mapping[Phase, str] = {
     Phase.ROLLBACK_FAILED: "❌",
     Phase.DRY_RUN: "📝",
     Phase.SKIPPED: "⏭️",
+    Phase.SUPERSEDED: "🙋",
 }
 
 
@@ -193,6 +195,15 @@ def _header(f: _Facts) -> list[str]:
         lines += ["", f"> {rb.reason}"]
     if rb.phase is Phase.ESCALATED:
         lines += ["", f"**Action needed:** a human must resolve `{rb.target}` ({rb.reason_code})."]
+    change = f.first_value("superseded_by")
+    if rb.phase is Phase.SUPERSEDED and isinstance(change, Mapping):
+        images = ", ".join(f"`{i}`" for i in change.get("images") or []) or "none"
+        lines += [
+            "",
+            f"**Now running:** generation {_number(change.get('generation'))}, "
+            f"revision {_number(change.get('revision'))}, images {images}; "
+            "rollbackd left it alone.",
+        ]
     return lines
 
 
