@@ -49,6 +49,8 @@ class KubeSim:
         self.store = Store(history=watch_history)
         self.faults = FaultInjector()
         self.api = KubeApi(self.store, self.faults, bookmark_interval=bookmark_interval)
+        # Every API request with its client (User-Agent), arrival and answer.
+        self.requests = self.api.requests
         self.controller: Any = None
         self.workload: Any = None
         self.url = ""

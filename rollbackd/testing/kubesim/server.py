@@ -16,6 +16,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import functools
 import json
 import socket
 import struct
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, patch, protobuf
+from . import discovery, patch, protobuf, requestlog
 from .errors import (
     ApiError,
     bad_request,
@@ -282,8 +283,16 @@ class KubeApi:
         self.server_address = "127.0.0.1:0"
         self._stream_tasks: set[asyncio.Task[Any]] = set()
         faults.watch_dropper = self.hub.drop
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        # Every request, its client and its answer (see requestlog).
+        self.requests = requestlog.RequestLog()
+        self.app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            middlewares=[requestlog.middleware(self.requests), self._middleware],
+        )
         self.app.router.add_route("*", "/_kubesim/faults", self._faults_admin)
+        self.app.router.add_route(
+            "*", "/_kubesim/requests", functools.partial(requestlog.admin, self.requests)
+        )
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
