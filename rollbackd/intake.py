@@ -14,6 +14,7 @@ an alert naming no known Deployment is recorded once per fingerprint.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from rollbackd.sources.alertmanager import (
     UnresolvedAlert,
     WebhookAlert,
     alert_to_signal,
+    may_hold_surrogates,
     parse_body,
     raw_alert_key,
     validate_alert,
@@ -43,6 +45,9 @@ log = structlog.get_logger("rollbackd.intake")
 # rollbackd's own escalation alert comes back through Alertmanager when the
 # receiver routes everything here; acting on it would be a feedback loop.
 OWN_ALERTNAMES = frozenset({"RollbackdEscalation"})
+
+# Bodies remembered for the repeat fast path (16-byte digests: about 2 MB).
+_MAX_REMEMBERED_BODIES = 20_000
 
 
 class SeenKeys:
@@ -92,20 +97,30 @@ class SignalIntake:
         self._committed = SeenKeys()
         # Unmappable alerts are remembered briefly: the Deployment may appear.
         self._unresolved = SeenKeys(max_entries=50_000, ttl=unresolved_ttl)
+        # Whole bodies whose every alert is journaled: digest -> (alerts, when).
+        self._repeated_bodies: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self._repeat_ttl = 3600.0
 
     async def accept_alerts(self, body: bytes) -> AcceptResult:
         """Handle one Alertmanager webhook body (raises PayloadError on a bad envelope)."""
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        repeated = self._repeated_bodies.get(digest)
+        if repeated is not None and time.monotonic() - repeated[1] < self._repeat_ttl:
+            # Alertmanager re-sends whole groups every group_interval: byte for
+            # byte a body whose every alert is already journaled.
+            return AcceptResult(accepted=0, duplicates=repeated[0], unresolved=0)
         payload = parse_body(body)
         now = self._clock()
         duplicates = 0
         rejected: list[RejectedAlert] = []
         fresh: list[tuple[str | None, WebhookAlert]] = []
+        check_surrogates = may_hold_surrogates(body)
         for index, raw in enumerate(payload.raw_alerts):
             key = raw_alert_key(raw)
             if key is not None and (key in self._committed or key in self._unresolved):
                 duplicates += 1
                 continue
-            checked = validate_alert(index, raw)
+            checked = validate_alert(index, raw, check_surrogates=check_surrogates)
             if isinstance(checked, RejectedAlert):
                 rejected.append(checked)
             else:
@@ -163,12 +178,20 @@ class SignalIntake:
                 self._unresolved.add(key)
         for r in rejected:
             log.warning("alert_rejected", index=r.index, path=r.path, reason=r.reason)
+        if not rejected and not unresolved and payload.raw_alerts:
+            self._remember_body(digest, len(payload.raw_alerts))
         return AcceptResult(
             accepted=accepted,
             duplicates=duplicates,
             unresolved=len(unresolved),
             rejected=[r.as_json() for r in rejected],
         )
+
+    def _remember_body(self, digest: bytes, alerts: int) -> None:
+        self._repeated_bodies[digest] = (alerts, time.monotonic())
+        self._repeated_bodies.move_to_end(digest)
+        while len(self._repeated_bodies) > _MAX_REMEMBERED_BODIES:
+            self._repeated_bodies.popitem(last=False)
 
     async def accept(self, signal: Signal) -> bool:
         """Accept one signal (the poller's); False when it repeats one already accepted."""

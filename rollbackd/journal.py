@@ -860,11 +860,18 @@ def _signal_row(signal: Signal, *, accepted: bool, note: str = "") -> tuple[Any,
         format_time(signal.observed_at),
         to_jsonable(signal.value),
         to_jsonable(signal.threshold),
-        _dumps(signal.labels),
+        _dumps_labels(signal.labels),
         signal.summary,
         int(accepted),
         note,
     )
+
+
+def _dumps_labels(labels: Mapping[str, str]) -> str:
+    # Labels are text to text (validated at intake): skip the general converter.
+    if all(type(v) is str for v in labels.values()):
+        return json.dumps(labels, sort_keys=True)
+    return _dumps(labels)
 
 
 def _signal(row: sqlite3.Row) -> Signal:

@@ -247,3 +247,34 @@ async def test_journal_failure_refuses_the_alert_and_its_retry_is_accepted(
 
     retried = await subject.accept_alerts(payload)
     assert retried.accepted == 1 and len(drain(subject)) == 1
+
+
+async def test_a_byte_identical_resend_is_answered_from_memory_as_duplicates(
+    journal: Journal,
+) -> None:
+    subject = intake(journal)
+    payload = body(
+        alert("E", fingerprint="a", namespace="shop", deployment="cart"),
+        alert("E", fingerprint="b", namespace="shop", deployment="cart"),
+    )
+    await subject.accept_alerts(payload)
+    commits = journal.intake_commits
+
+    again = await subject.accept_alerts(payload)
+
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert journal.intake_commits == commits  # no journal work for a resend
+
+
+async def test_a_resent_body_with_a_bad_alert_is_judged_again_not_cached(
+    journal: Journal,
+) -> None:
+    subject = intake(journal)
+    bad = alert("E", fingerprint="bad", namespace="shop", deployment="cart")
+    bad["labels"]["namespace"] = "\udfff"
+    payload = json.dumps(json.loads(body(bad)), ensure_ascii=True).encode()
+    assert b"\\udfff" in payload  # the escape as Alertmanager's JSON would carry it
+
+    for _ in range(2):
+        result = await subject.accept_alerts(payload)
+        assert [r["path"] for r in result.rejected] == ["$.alerts[0].labels.namespace"]
