@@ -783,14 +783,14 @@ class Executor:
             reason_code=REASON_SUPERSEDED,
             reason=message,
         )
-        details: dict[str, Any] = {
-            "during": str(during),
+        change: dict[str, Any] = {
             "images": new_images,
             "generation": generation,
             "revision": revision_of(deployment),
         }
         if cause and not str(cause).startswith("rollbackd "):
-            details["change_cause"] = cause
+            change["change_cause"] = cause
+        details: dict[str, Any] = {"during": str(during), "superseded_by": change}
         await self._best_effort_state(superseded)
         try:
             await self._recorder.phase(superseded, message, details)

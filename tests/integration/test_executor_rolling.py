@@ -20,6 +20,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
 
 from rollbackd.executor import Executor
+from rollbackd.journal import DETAIL_RESTORED_REVISION
 from rollbackd.kube import Kube
 from rollbackd.model import (
     ANNOTATION_CHANGE_CAUSE,
@@ -111,6 +112,7 @@ class RecordingRecorder:
 
     kube: Kube
     phases: list[tuple[Phase, Phase | None]] = field(default_factory=list)
+    data: list[tuple[Phase, Mapping[str, Any] | None]] = field(default_factory=list)
     events: list[tuple[str, str, Mapping[str, Any] | None]] = field(default_factory=list)
     on_phase: Callable[[Rollback], Awaitable[None]] | None = None
     on_event: Callable[[str], Awaitable[None]] | None = None
@@ -123,6 +125,7 @@ class RecordingRecorder:
         ) or {}
         raw = annotations.get(ANNOTATION_ROLLBACK)
         self.phases.append((rollback.phase, decode_state(raw).phase if raw else None))
+        self.data.append((rollback.phase, data))
         if self.on_phase is not None:
             await self.on_phase(rollback)
 
@@ -595,3 +598,105 @@ async def test_a_progress_deadline_exceeded_fails_the_rollback(harness: Harness)
     assert result.phase is Phase.ESCALATED
     assert result.reason_code == "rollout_failed"
     assert "progress deadline" in result.reason
+
+
+async def test_the_restored_revision_is_written_to_the_journal(harness: Harness) -> None:
+    await harness.deploy_v1_then_v2()
+    await harness.executor().run(*rollback_to_v1())
+
+    verifying = [data for phase, data in harness.recorder.data if phase is Phase.VERIFYING]
+    # The journal's half of the no-ping-pong rule: the number the controller gave v1 back.
+    assert verifying == [{DETAIL_RESTORED_REVISION: 3}]
+
+
+def human_deploys_v3_when(harness: Harness, phase: Phase) -> None:
+    async def deploy(rollback: Rollback) -> None:
+        if rollback.phase is phase:
+            await harness.human.set_image("web:3.0")
+
+    harness.recorder.on_phase = deploy
+
+
+async def assert_superseded_and_v3_untouched(
+    harness: Harness, result: Rollback, during: Phase
+) -> None:
+    assert result.phase is Phase.SUPERSEDED, result.reason
+    assert result.reason_code == "superseded"
+    assert result.finished_at is not None
+    assert Phase.ROLLBACK_COMPLETED not in harness.recorder.phase_names
+    assert Phase.ROLLBACK_FAILED not in harness.recorder.phase_names
+    # The human's version is left alone, and the controller rolls it out.
+    await harness.rolled_out()
+    current = await harness.kube.read_deployment(TARGET)
+    assert current["spec"]["template"]["spec"]["containers"][0]["image"] == "web:3.0"
+    state = decode_state(current["metadata"]["annotations"][ANNOTATION_ROLLBACK])
+    assert state.phase is Phase.SUPERSEDED
+    # An info page says what changed and that rollbackd stepped back.
+    assert harness.pager.kinds[-1] is NotificationKind.SUPERSEDED
+    assert NotificationKind.ROLLBACK_COMPLETED not in harness.pager.kinds
+    assert NotificationKind.ESCALATION not in harness.pager.kinds
+    _, summary, details = harness.pager.pages[-1]
+    assert "stepped back" in summary and "web:3.0" in summary
+    assert details["during"] == str(during)
+    assert details["superseded_by"]["images"] == ["web:3.0"]
+    assert details["superseded_by"]["generation"] == current["metadata"]["generation"]
+    reasons = [reason for reason, _ in rollbackd_events(harness.sim)]
+    assert ("RollbackSuperseded", "Normal") in rollbackd_events(harness.sim)
+    assert "RollbackVerified" not in reasons
+
+
+async def test_a_human_deploy_during_verification_supersedes_the_rollback(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    human_deploys_v3_when(harness, Phase.VERIFYING)
+
+    result = await harness.executor().run(*rollback_to_v1())
+
+    await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
+    # Verification stopped: no interval judged the human's version as rollbackd's.
+    assert harness.signals.windows == []
+
+
+async def test_a_human_deploy_while_rolling_back_supersedes_the_rollback(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    human_deploys_v3_when(harness, Phase.ROLLING_BACK)
+
+    result = await harness.executor().run(*rollback_to_v1())
+
+    await assert_superseded_and_v3_untouched(harness, result, Phase.ROLLING_BACK)
+    assert Phase.VERIFYING not in harness.recorder.phase_names
+
+
+async def test_a_human_deploy_after_the_last_interval_is_never_declared_completed(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    intervals = 0
+
+    async def deploy_after_the_third(kind: str) -> None:
+        nonlocal intervals
+        if kind == "verify_interval":
+            intervals += 1
+            if intervals == 3:
+                await harness.human.set_image("web:3.0")
+
+    harness.recorder.on_event = deploy_after_the_third
+
+    result = await harness.executor().run(*rollback_to_v1())
+
+    await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
+
+
+async def test_a_human_deploy_while_rollbackd_was_down_supersedes_on_resume(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    state = await crash_in(harness, Phase.VERIFYING)
+    await harness.human.set_image("web:3.0")
+
+    result = await harness.executor().resume(TARGET, state)
+
+    await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
