@@ -99,6 +99,7 @@ async def test_the_request_log_records_client_call_and_answer(
     ]
     assert {r.user_agent for r in records} == {"spec/1"}
     assert [r.is_write for r in records] == [False, True, False]
+    assert [r.verb for r in records] == ["list", "create", "get"]
 
     async with session.get(f"{kubesim.url}/_kubesim/requests?since={mark}") as response:
         listed = (await response.json())["requests"]

@@ -34,6 +34,7 @@ class RequestRecord:
     path: str
     query: str
     user_agent: str
+    verb: str = ""  # the Kubernetes verb (get, list, watch, create, patch, ...)
     status: int = 0  # the HTTP answer; 0 while unknown or when no answer was sent
 
     @property
@@ -49,10 +50,12 @@ class RequestLog:
         self._seq = itertools.count(1)
         self._last = 0
 
-    def add(self, method: str, path: str, query: str, user_agent: str) -> RequestRecord:
+    def add(
+        self, method: str, path: str, query: str, user_agent: str, verb: str = ""
+    ) -> RequestRecord:
         seq = next(self._seq)
         self._last = seq
-        record = RequestRecord(seq, time.monotonic(), method, path, query, user_agent)
+        record = RequestRecord(seq, time.monotonic(), method, path, query, user_agent, verb)
         self._records.append(record)
         return record
 
@@ -76,8 +79,11 @@ class RequestLog:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(log: RequestLog) -> Any:
-    """An aiohttp middleware recording every API request (not the admin ones) in ``log``."""
+def middleware(log: RequestLog, verb_of: Callable[[web.Request], str] | None = None) -> Any:
+    """An aiohttp middleware recording every API request (not the admin ones) in ``log``.
+
+    ``verb_of`` names the Kubernetes verb of a request (the server knows its routes).
+    """
 
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -88,6 +94,7 @@ def middleware(log: RequestLog) -> Any:
             request.path,
             request.query_string,
             request.headers.get("User-Agent", ""),
+            verb_of(request) if verb_of is not None else "",
         )
         response = await handler(request)
         # A dropped connection (an injected reset) answered nobody.

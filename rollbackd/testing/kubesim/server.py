@@ -251,6 +251,10 @@ def _success_status(rtype: ResourceType, obj: Obj) -> Obj:
     }
 
 
+def _verb_of(request: web.Request) -> str:
+    return request_verb(request.method, parse_route(request.path), request.query)
+
+
 def _reset_connection(request: web.Request) -> None:
     """Close the client's connection with a TCP RST (linger 0), as a dying proxy does."""
     transport = request.transport
@@ -287,7 +291,7 @@ class KubeApi:
         self.requests = requestlog.RequestLog()
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
-            middlewares=[requestlog.middleware(self.requests), self._middleware],
+            middlewares=[requestlog.middleware(self.requests, _verb_of), self._middleware],
         )
         self.app.router.add_route("*", "/_kubesim/faults", self._faults_admin)
         self.app.router.add_route(
