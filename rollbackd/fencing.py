@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import structlog
 
 __all__ = [
@@ -186,11 +187,15 @@ def check_state_term(fence: Fence, holder: str | None, term: int | None, what: s
 
 
 def install(api_client: Any, fence: Fence) -> None:
-    """Check ``fence`` before every write the ApiClient sends.
+    """Check ``fence`` before every write the ApiClient sends, as late as possible.
 
-    The hook sits on the REST client's single ``request`` method, so it
-    covers every path to the API server: the adapter's own calls (each retry
-    too), typed calls such as the GitOps pause, anything added later.
+    Two hooks. The REST client's single ``request`` method refuses a write
+    before any I/O: every path to the API server goes through it (the
+    adapter's calls and each retry, typed calls such as the GitOps pause,
+    anything added later). Then the HTTP session's request class checks
+    again when the connection is ready and right before the first byte is
+    written, so a process stopped in between (waiting for a connection,
+    under load) does not send on waking what it checked before sleeping.
     """
     rest = api_client.rest_client
     send = rest.request
@@ -201,3 +206,32 @@ def install(api_client: Any, fence: Fence) -> None:
         return await send(method, url, *args, **kwargs)
 
     rest.request = fenced_request
+    session = getattr(rest, "pool_manager", None)
+    if isinstance(session, aiohttp.ClientSession) and hasattr(session, "_request_class"):
+        # aiohttp takes request_class only at construction; the client built it.
+        session._request_class = _fenced_request_class(fence)
+    else:
+        log.warning("fence_late_check_unavailable", reason="unexpected HTTP client")
+
+
+def _fenced_request_class(fence: Fence) -> type[aiohttp.ClientRequest]:
+    class FencedClientRequest(aiohttp.ClientRequest):
+        def _what(self) -> str:
+            return f"{self.method} {self.url.path}"
+
+        async def send(self, conn: Any) -> aiohttp.ClientResponse:
+            if self.method not in _READ_METHODS:
+                fence.check(self._what())
+            return await super().send(conn)
+
+        async def write_bytes(self, writer: Any, conn: Any, content_length: Any = None) -> None:
+            # The body (and the headers buffered with it) leaves the process in
+            # the same step as this check: nothing written yet, so drop the
+            # connection instead; the caller's next attempt is refused cleanly.
+            if self.method not in _READ_METHODS and not fence.may_act() and not _EXEMPT.get():
+                log.warning("write_fenced", action=self._what(), stage="before the first byte")
+                conn.close()
+                return
+            await super().write_bytes(writer, conn, content_length)
+
+    return FencedClientRequest
