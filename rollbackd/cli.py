@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rollbackd.config import ConfigError, Settings, format_duration, load_settings
-from rollbackd.model import Rollback, Target
+from rollbackd.model import RecordKind, Rollback, Target
 from rollbackd.redact import redact_text
 
 __all__ = ["main"]
@@ -230,7 +230,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     async def read() -> list[Rollback]:
         async with open_journal_read_only(path) as journal:
             rollbacks: list[Rollback] = await journal.list_rollbacks(
-                limit=args.limit, target=target
+                limit=args.limit, target=target, kind=RecordKind(args.kind) if args.kind else None
             )
             return rollbacks
 
@@ -242,10 +242,11 @@ def print_history(rollbacks: Sequence[Rollback], out: TextIO) -> None:
     if not rollbacks:
         print("no rollbacks recorded", file=out)
         return
-    rows = [("ID", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON")]
+    rows = [("ID", "KIND", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON")]
     rows += [
         (
             r.id,
+            str(r.kind),
             str(r.target),
             str(r.phase),
             _revisions(r),
@@ -353,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--limit", type=_positive_int, default=20)
     history.add_argument("--target", metavar="NAMESPACE/NAME")
+    history.add_argument(
+        "--kind",
+        choices=[k.value for k in RecordKind],
+        help="only rollbacks, dry runs or escalations (pages with no rollback)",
+    )
     history.set_defaults(handler=cmd_history)
 
     show = commands.add_parser(

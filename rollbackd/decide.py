@@ -38,7 +38,9 @@ Check order, first match wins, and why:
 9. ``guard_disallowed_fields``, ``guard_mutable_image`` (ESCALATE): the
    rollback itself would be unsafe (rules 6 and 7); only known once the
    target revision is chosen.
-10. ``dry_run`` (DRY_RUN), else ``rollback`` (ROLLBACK). Dry-run is last so it
+10. ``dry_run_recorded`` (JOIN the dry-run record): the same would-be
+    rollback was recorded within the cooldown, so another report of the
+    anomaly joins it. ``dry_run`` (DRY_RUN), else ``rollback`` (ROLLBACK). Dry-run is last so it
     reports exactly what would have been done; skips, joins and escalations
     above stay what they are.
 
@@ -109,6 +111,7 @@ class ReasonCode(StrEnum):
     GUARD_DISALLOWED_FIELDS = "guard_disallowed_fields"
     GUARD_MUTABLE_IMAGE = "guard_mutable_image"
     DRY_RUN = "dry_run"
+    DRY_RUN_RECORDED = "dry_run_recorded"
     ROLLBACK = "rollback"
 
 
@@ -540,6 +543,23 @@ def _mutable_refs(revision: RevisionInfo) -> list[str]:
 def _rollback_or_dry_run(inp: _Inputs, chosen: RevisionInfo) -> Decision:
     plan = _plan_sentence(inp, chosen)
     dry_run_by = _dry_run_source(inp)
+    recorded = inp.history.last_dry_run
+    if (
+        dry_run_by is not None
+        and recorded is not None
+        and recorded.to_revision == chosen.revision
+        and recorded.from_revision == inp.current_revision
+        and inp.now - recorded.started_at <= inp.policy.cooldown
+    ):
+        # The same would-be rollback, reported again (the poller and
+        # Alertmanager, or a repeat): one record per incident.
+        return inp.decision(
+            Action.JOIN,
+            ReasonCode.DRY_RUN_RECORDED,
+            f"dry run {recorded.id} already records this: would {plan}",
+            to_revision=chosen.revision,
+            rollback_id=recorded.id,
+        )
     if dry_run_by is not None:
         return inp.decision(
             Action.DRY_RUN,

@@ -28,6 +28,7 @@ from rollbackd.model import (
     History,
     Phase,
     Policy,
+    RecordKind,
     Rollback,
     Signal,
     Target,
@@ -50,7 +51,8 @@ class JournalLike(Protocol):
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
-    ) -> None: ...
+    ) -> int: ...
+    async def link_decision(self, decision_id: int, record_id: str) -> None: ...
     async def undecided_signals(
         self, *, after_id: int = 0, limit: int = 1000
     ) -> list[tuple[int, Signal]]: ...
@@ -98,6 +100,7 @@ def rollback_for(decision: Decision, now: datetime, phase: Phase) -> Rollback:
         reason_code=decision.reason_code,
         reason=decision.reason,
         finished_at=now if phase.terminal else None,
+        kind=RecordKind.DRY_RUN if phase is Phase.DRY_RUN else RecordKind.ROLLBACK,
     )
 
 
@@ -282,10 +285,16 @@ class Dispatcher:
             already_escalated(history, signal) if decision.action is Action.ESCALATE else None
         )
         rollback_id = new_rollback.id if new_rollback else decision.rollback_id or repeat_of
-        await self._journal.record_decision(
+        decision_id = await self._journal.record_decision(
             decision, signal_key=signal.key, at=now, rollback_id=rollback_id, covers=covers
         )
-        await self._act(signal, decision, now, new_rollback, repeat_of, page_escalations)
+        record_id = await self._act(
+            signal, decision, now, new_rollback, repeat_of, page_escalations
+        )
+        if record_id is not None and rollback_id is None:
+            # The escalation's record exists only now: link the decision to it.
+            await self._journal.link_decision(decision_id, record_id)
+            rollback_id = record_id
         return replace(decision, rollback_id=rollback_id)
 
     @staticmethod
@@ -314,7 +323,8 @@ class Dispatcher:
         new_rollback: Rollback | None,
         repeat_of: str | None,
         page_escalations: bool,
-    ) -> None:
+    ) -> str | None:
+        """Do what ``decision`` says; the id of an escalation record it opened or joined."""
         if decision.action is Action.ROLLBACK and new_rollback is not None:
             self._metrics.time_to_detect_seconds.observe(
                 max(0.0, (now - signal.started_at).total_seconds())
@@ -341,9 +351,10 @@ class Dispatcher:
                 now,
             )
         elif decision.action is Action.ESCALATE and page_escalations:
-            await self._escalate(signal, decision, now)
+            return await self._escalations.escalate(signal, decision, now)
         elif decision.action is Action.DRY_RUN and new_rollback is not None:
             await self._record_dry_run(new_rollback, decision, now)
+        return None
 
     async def _launch(self, rollback: Rollback, decision: Decision) -> None:
         """Record the rollback, then start its executor task."""
@@ -384,9 +395,6 @@ class Dispatcher:
                 )
 
         task.add_done_callback(done)
-
-    async def _escalate(self, signal: Signal, decision: Decision, now: datetime) -> None:
-        await self._escalations.escalate(signal, decision, now)
 
     async def _note_signal(
         self, rollback_id: str, signal: Signal, kind: str, message: str, now: datetime

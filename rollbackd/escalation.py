@@ -18,7 +18,7 @@ Two rules, in the spirit of Alertmanager's grouping:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import structlog
 
 from rollbackd.decide import ReasonCode
-from rollbackd.model import Decision, Signal, Target
+from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
 from rollbackd.notify.base import Notification, NotificationKind
 
 __all__ = [
@@ -97,6 +97,9 @@ class EscalationJournal(Protocol):
     async def last_event(
         self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
     ) -> dict[str, Any] | None: ...
+    async def save_rollback(
+        self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -144,8 +147,13 @@ class Escalations:
                 return group.dedup_key
         dedup_key = f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
         self._open[(target, reason)] = (dedup_key, now)
+        # A record of its own, so the API and `rollbackd history` list every page.
+        await self._journal.save_rollback(
+            _record(dedup_key, target, decision.reason_code, decision.reason, now),
+            details={"signal": signal.name, "source": str(signal.source)},
+        )
         await self._journal.record_event(
-            None,
+            dedup_key,
             target,
             KIND_ESCALATED,
             decision.reason,
@@ -205,8 +213,12 @@ class Escalations:
             group.members[target] = dedup_key
             self._open[(target, decision.reason_code)] = (dedup_key, now)
         page = _group_page(namespace, group, now)
+        await self._journal.save_rollback(
+            _record(dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now),
+            details={"members": sorted(t.name for t in group.members)},
+        )
         await self._journal.record_event(
-            None,
+            dedup_key,
             Target(namespace, GROUP_NAME),
             KIND_GROUP,
             page.summary,
@@ -228,13 +240,29 @@ class Escalations:
         self, target: Target, kind: str, decision: Decision, now: datetime, dedup_key: str
     ) -> None:
         await self._journal.record_event(
-            None,
+            dedup_key,
             target,
             kind,
             decision.reason,
             at=now,
             data={"reason_code": decision.reason_code, "dedup_key": dedup_key},
         )
+
+
+def _record(
+    record_id: str, target: Target, reason_code: str, reason: str, now: datetime
+) -> Rollback:
+    return Rollback(
+        id=record_id,
+        target=target,
+        phase=Phase.ESCALATED,
+        started_at=now,
+        updated_at=now,
+        reason_code=reason_code,
+        reason=reason,
+        finished_at=now,
+        kind=RecordKind.ESCALATION,
+    )
 
 
 def namespace_of(group: _Group) -> str:

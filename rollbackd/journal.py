@@ -42,6 +42,7 @@ from rollbackd.model import (
     Decision,
     History,
     Phase,
+    RecordKind,
     Rollback,
     Signal,
     SignalSource,
@@ -208,6 +209,12 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox (channel, id) WHERE state = 'pending';
 CREATE INDEX outbox_created ON outbox (created_at);
 
+-- What a record is: a rollback, a dry run (would-be rollback) or an escalation
+-- with no rollback, so every decision that pages is listed, and history
+-- (cooldown, in flight, restored revisions) counts real rollbacks only.
+ALTER TABLE rollbacks ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollback';
+UPDATE rollbacks SET kind = 'dry_run' WHERE phase = 'DRY_RUN';
+CREATE INDEX rollbacks_kind ON rollbacks (kind, namespace, name, started_at);
 CREATE INDEX events_at ON events (at);
 CREATE INDEX events_target ON events (namespace, name, kind, at);
 CREATE INDEX notifications_at ON notifications (at);
@@ -535,8 +542,8 @@ class Journal:
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
-    ) -> None:
-        """Record ``decision`` and mark as decided the signals it answers.
+    ) -> int:
+        """Record ``decision`` and mark as decided the signals it answers; its row id.
 
         ``covers`` lists the row ids of every accepted signal this decision
         settles (the dispatcher decides once for all signals of a target);
@@ -544,8 +551,10 @@ class Journal:
         replayed.
         """
         stamp = format_time(at)
+        decision_id = 0
 
         async def body() -> None:
+            nonlocal decision_id
             cursor = await self._conn.execute(
                 "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
                 " reason, from_revision, to_revision, rollback_id)"
@@ -563,7 +572,7 @@ class Journal:
                     rollback_id or decision.rollback_id,
                 ),
             )
-            decision_id = cursor.lastrowid
+            decision_id = int(cursor.lastrowid or 0)
             if signal_key:
                 await self._conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"
@@ -580,6 +589,13 @@ class Journal:
                 )
 
         await self._transaction(body)
+        return decision_id
+
+    async def link_decision(self, decision_id: int, record_id: str) -> None:
+        """Attach a decision to the record its action produced (an escalation's page)."""
+        await self._write(
+            "UPDATE decisions SET rollback_id = ? WHERE id = ?", (record_id, decision_id)
+        )
 
     async def save_rollback(
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
@@ -596,6 +612,7 @@ class Journal:
             rollback.to_revision,
             rollback.reason_code,
             rollback.reason,
+            str(rollback.kind),
         )
         new_details = to_jsonable(dict(details or {}))
 
@@ -607,8 +624,8 @@ class Journal:
             if row is None:
                 await self._conn.execute(
                     "INSERT INTO rollbacks (id, namespace, name, phase, started_at, updated_at,"
-                    " finished_at, from_revision, to_revision, reason_code, reason, details)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " finished_at, from_revision, to_revision, reason_code, reason, kind, details)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rollback.id, *values, _dumps(new_details)),
                 )
                 return
@@ -620,7 +637,7 @@ class Journal:
             await self._conn.execute(
                 "UPDATE rollbacks SET namespace = ?, name = ?, phase = ?, started_at = ?,"
                 " updated_at = ?, finished_at = ?, from_revision = ?, to_revision = ?,"
-                " reason_code = ?, reason = ?, details = ? WHERE id = ?",
+                " reason_code = ?, reason = ?, kind = ?, details = ? WHERE id = ?",
                 (*values, _dumps(merged), rollback.id),
             )
 
@@ -688,21 +705,28 @@ class Journal:
         return dict(_loads(rows[0]["details"])) if rows else None
 
     async def list_rollbacks(
-        self, *, limit: int = 50, target: Target | None = None
+        self,
+        *,
+        limit: int = 50,
+        target: Target | None = None,
+        kind: RecordKind | None = None,
     ) -> list[Rollback]:
-        """Newest first."""
+        """Records newest first: rollbacks, dry runs and escalations (``kind`` filters)."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        if target is None:
-            rows = await self._rows(
-                "SELECT * FROM rollbacks ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
-            )
-        else:
-            rows = await self._rows(
-                "SELECT * FROM rollbacks WHERE namespace = ? AND name = ?"
-                " ORDER BY started_at DESC, id DESC LIMIT ?",
-                (target.namespace, target.name, limit),
-            )
+        where: list[str] = []
+        params: list[Any] = []
+        if target is not None:
+            where.append("namespace = ? AND name = ?")
+            params += [target.namespace, target.name]
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(str(kind))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._rows(
+            f"SELECT * FROM rollbacks {clause} ORDER BY started_at DESC, id DESC LIMIT ?",
+            (*params, limit),
+        )
         return [_rollback(r) for r in rows]
 
     async def history(self, target: Target) -> History:
@@ -714,22 +738,28 @@ class Journal:
         restored_revisions: revisions recorded under ``restored_revision``
         in rollback details, newest first.
         """
-        key = (target.namespace, target.name)
+        key = (target.namespace, target.name, str(RecordKind.ROLLBACK))
         in_flight = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ?"
+            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
             f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
             " ORDER BY started_at DESC, id DESC LIMIT 1",
             (*key, *_NON_TERMINAL),
         )
         finished = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND phase IN (?, ?)"
+            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+            f" AND phase IN ({','.join('?' * len(_ACTED_TERMINAL))})"
             " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
             (*key, *_ACTED_TERMINAL),
         )
         restored_rows = await self._rows(
-            "SELECT details FROM rollbacks WHERE namespace = ? AND name = ?"
+            "SELECT details FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
             " ORDER BY started_at DESC, id DESC",
             key,
+        )
+        dry_run = await self._rows(
+            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+            " ORDER BY started_at DESC, id DESC LIMIT 1",
+            (target.namespace, target.name, str(RecordKind.DRY_RUN)),
         )
         restored: list[int] = []
         for row in restored_rows:
@@ -740,6 +770,7 @@ class Journal:
             in_flight=_rollback(in_flight[0]) if in_flight else None,
             last_finished=_rollback(finished[0]) if finished else None,
             restored_revisions=tuple(restored),
+            last_dry_run=_rollback(dry_run[0]) if dry_run else None,
         )
 
     async def decisions(
@@ -845,6 +876,7 @@ def _rollback(row: sqlite3.Row) -> Rollback:
         reason_code=row["reason_code"],
         reason=row["reason"],
         finished_at=_opt_time(row["finished_at"]),
+        kind=RecordKind(row["kind"]),
     )
 
 

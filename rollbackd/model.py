@@ -148,9 +148,17 @@ REASON_WRITE_CONFLICTS = "write_conflicts"
 RETRYABLE_REASON_CODES = frozenset({REASON_KUBE_UNAVAILABLE, REASON_WRITE_CONFLICTS})
 
 
+class RecordKind(StrEnum):
+    """What a record in the journal is: a rollback, a would-be one, or a page with no rollback."""
+
+    ROLLBACK = "rollback"
+    DRY_RUN = "dry_run"
+    ESCALATION = "escalation"
+
+
 @dataclass(frozen=True)
 class Rollback:
-    """A rollback rollbackd started (or recorded as would-be), as it stands now."""
+    """A rollback rollbackd started (or recorded as would-be, or an escalation), as it stands now."""
 
     id: str
     target: Target
@@ -162,6 +170,7 @@ class Rollback:
     reason_code: str = ""
     reason: str = ""
     finished_at: datetime | None = None
+    kind: RecordKind = RecordKind.ROLLBACK
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,8 @@ class History:
     last_finished: Rollback | None = None
     # Revisions rollbackd created by restoring them, newest first.
     restored_revisions: tuple[int, ...] = ()
+    # The newest dry-run record: later reports of the same anomaly join it.
+    last_dry_run: Rollback | None = None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from rollbackd.decide import ReasonCode
 from rollbackd.errors import AcceptError
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
-from rollbackd.model import Rollback, Target
+from rollbackd.model import RecordKind, Rollback, Target
 from rollbackd.redact import redact_text, redact_value
 from rollbackd.sources.alertmanager import PayloadError
 
@@ -108,7 +108,7 @@ class JournalReader(Protocol):
     """The journal's read side, as much of it as the API needs."""
 
     async def list_rollbacks(
-        self, *, limit: int = 50, target: Target | None = None
+        self, *, limit: int = 50, target: Target | None = None, kind: RecordKind | None = None
     ) -> list[Rollback]: ...
     async def get_rollback(self, rollback_id: str) -> Rollback | None: ...
     async def timeline(self, rollback_id: str) -> Sequence[TimelineEntryLike]: ...
@@ -333,6 +333,7 @@ def _iso(value: datetime | None) -> str | None:
 def rollback_json(rollback: Rollback) -> dict[str, Any]:
     return {
         "id": rollback.id,
+        "kind": str(rollback.kind),
         "target": str(rollback.target),
         "namespace": rollback.target.namespace,
         "name": rollback.target.name,
@@ -483,7 +484,14 @@ class _Api:
         target = Target(namespace, name) if namespace and name else None
         if (namespace, name) != (None, None) and target is None:
             return _error(400, "namespace and name must not be empty")
-        rollbacks = await self.journal.list_rollbacks(limit=limit, target=target)
+        kind = None
+        if "kind" in query:
+            try:
+                kind = RecordKind(query["kind"])
+            except ValueError:
+                kinds = ", ".join(k.value for k in RecordKind)
+                return _error(400, f"kind must be one of {kinds}")
+        rollbacks = await self.journal.list_rollbacks(limit=limit, target=target, kind=kind)
         listed = [redact_value(rollback_json(r)) for r in rollbacks]
         return web.json_response({"rollbacks": listed})
 

@@ -345,10 +345,10 @@ class FakeJournal:
         self.list_calls: list[tuple[int, Target | None]] = []
 
     async def list_rollbacks(
-        self, *, limit: int = 50, target: Target | None = None
+        self, *, limit: int = 50, target: Target | None = None, kind: object = None
     ) -> list[Rollback]:
         self.list_calls.append((limit, target))
-        return [ROLLBACK]
+        return [ROLLBACK] if kind in (None, ROLLBACK.kind) else []
 
     async def get_rollback(self, rollback_id: str) -> Rollback | None:
         return ROLLBACK if rollback_id == "rb-1" else None
@@ -383,9 +383,10 @@ def test_history_lists_rollbacks(
     argv = ["history", "--journal", str(path), "--limit", "5", "--target", "shop/checkout"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON"]
+    assert lines[0].split() == ["ID", "KIND", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON"]
     assert lines[1].split() == [
         "rb-1",
+        "rollback",
         "shop/checkout",
         "ESCALATED",
         "7",
@@ -395,6 +396,15 @@ def test_history_lists_rollbacks(
         "verification_failed",
     ]
     assert fake.list_calls == [(5, Target("shop", "checkout"))]
+
+
+def test_history_filters_by_kind(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    assert cli.main(["history", "--journal", str(path), "--kind", "escalation"]) == 0
+    assert "no rollbacks recorded" in capsys.readouterr().out
+    assert cli.main(["history", "--journal", str(path), "--kind", "outage"]) != 0
 
 
 def test_history_reads_the_journal_named_in_the_config(

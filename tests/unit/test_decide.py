@@ -28,6 +28,7 @@ from rollbackd.model import (
     History,
     Phase,
     Policy,
+    RecordKind,
     RevisionInfo,
     Rollback,
     Signal,
@@ -211,6 +212,7 @@ def test_reason_codes_are_the_stable_snake_case_contract() -> None:
         "guard_disallowed_fields",
         "guard_mutable_image",
         "dry_run",
+        "dry_run_recorded",
         "rollback",
     }
     assert type(run().reason_code) is str  # a plain string for journal and metric labels
@@ -667,6 +669,35 @@ def test_dry_run_policy_reports_the_rollback_it_would_do() -> None:
     assert (decision.action, decision.reason_code) == (Action.DRY_RUN, "dry_run")
     assert (decision.from_revision, decision.to_revision) == (7, 6)
     assert decision.reason.startswith("dry run (policy): would roll back shop/cart from revision 7")
+
+
+def test_the_same_would_be_rollback_reported_again_joins_its_dry_run_record() -> None:
+    earlier = dataclasses.replace(
+        rollback_record(Phase.DRY_RUN, finished_ago=minutes(1)), kind=RecordKind.DRY_RUN
+    )
+    decision = run(policy=Policy(dry_run=True), history=History(last_dry_run=earlier))
+    assert (decision.action, decision.reason_code) == (Action.JOIN, "dry_run_recorded")
+    assert decision.rollback_id == "rb-1"
+
+
+def test_a_dry_run_record_older_than_the_cooldown_is_a_new_incident() -> None:
+    earlier = dataclasses.replace(
+        rollback_record(Phase.DRY_RUN, finished_ago=minutes(40)), kind=RecordKind.DRY_RUN
+    )
+    decision = run(
+        policy=Policy(dry_run=True, cooldown=minutes(30)), history=History(last_dry_run=earlier)
+    )
+    assert decision.action is Action.DRY_RUN
+
+
+def test_a_dry_run_record_of_another_revision_pair_is_a_new_incident() -> None:
+    earlier = dataclasses.replace(
+        rollback_record(Phase.DRY_RUN, finished_ago=minutes(1)),
+        kind=RecordKind.DRY_RUN,
+        from_revision=6,
+    )
+    decision = run(policy=Policy(dry_run=True), history=History(last_dry_run=earlier))
+    assert decision.action is Action.DRY_RUN
 
 
 def test_dry_run_annotation_reports_the_rollback_it_would_do() -> None:

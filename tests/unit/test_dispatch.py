@@ -105,13 +105,18 @@ class FakeJournal:
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
-    ) -> None:
+    ) -> int:
         await asyncio.sleep(self.history_delay)
         if self.fail_decisions:
             self.fail_decisions -= 1
             raise OSError("journal unavailable")
         self.decisions.append((decision, rollback_id))
         self.settled.update(covers)
+        return len(self.decisions)
+
+    async def link_decision(self, decision_id: int, record_id: str) -> None:
+        decision, _ = self.decisions[decision_id - 1]
+        self.decisions[decision_id - 1] = (decision, record_id)
 
     async def last_event(
         self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None

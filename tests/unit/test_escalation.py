@@ -10,7 +10,15 @@ import pytest
 
 from rollbackd.escalation import Escalations, GroupingPolicy
 from rollbackd.journal import Journal
-from rollbackd.model import Action, Decision, Signal, SignalSource, SignalStatus, Target
+from rollbackd.model import (
+    Action,
+    Decision,
+    RecordKind,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
 from rollbackd.notify.base import Notification
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -153,3 +161,31 @@ async def test_deploy_problems_are_never_grouped_away(journal: Journal) -> None:
     for i in range(5):
         await subject.escalate(signal(f"s{i}"), escalation(f"s{i}", "guard_mutable_image"), NOW)
     assert len(pager.sent()) == 5 and pager.withdrawn == set()
+
+
+async def test_every_escalation_page_is_a_record_with_its_timeline(journal: Journal) -> None:
+    pager = RecordingPager()
+    subject = Escalations(pager, journal, POLICY)
+    d = escalation("cart", "no_previous_revision")
+    key = await subject.escalate(signal("cart"), d, NOW)
+    await subject.escalate(signal("cart"), d, NOW + timedelta(seconds=5))
+
+    [record] = await journal.list_rollbacks(kind=RecordKind.ESCALATION)
+    assert (record.id, record.target, record.reason_code) == (key, d.target, d.reason_code)
+    kinds = [e.kind for e in await journal.timeline(key)]
+    assert kinds == ["escalated", "escalation_repeated"]
+    # An escalation record is not a rollback: no cooldown, nothing in flight.
+    history = await journal.history(d.target)
+    assert history.last_finished is None and history.in_flight is None
+
+
+async def test_a_grouped_page_is_one_record_naming_its_members(journal: Journal) -> None:
+    subject = Escalations(RecordingPager(), journal, POLICY)
+    for name in ("a", "b", "c"):
+        await subject.escalate(signal(name), escalation(name), NOW)
+    groups = [
+        r for r in await journal.list_rollbacks(kind=RecordKind.ESCALATION) if r.target.name == "*"
+    ]
+    [group] = groups
+    assert group.reason.startswith("3 Deployments in namespace shop")
+    assert (await journal.rollback_details(group.id)) == {"members": ["a", "b", "c"]}

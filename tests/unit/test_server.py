@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from rollbackd.metrics import Metrics
-from rollbackd.model import Phase, Rollback, Target
+from rollbackd.model import Phase, RecordKind, Rollback, Target
 from rollbackd.server import (
     AcceptError,
     AcceptResult,
@@ -88,10 +88,14 @@ class FakeJournal:
     list_calls: list[tuple[int, Target | None]] = field(default_factory=list)
 
     async def list_rollbacks(
-        self, *, limit: int = 50, target: Target | None = None
+        self, *, limit: int = 50, target: Target | None = None, kind: RecordKind | None = None
     ) -> list[Rollback]:
         self.list_calls.append((limit, target))
-        return [r for r in self.rollbacks if target is None or r.target == target][:limit]
+        return [
+            r
+            for r in self.rollbacks
+            if (target is None or r.target == target) and (kind is None or r.kind == kind)
+        ][:limit]
 
     async def get_rollback(self, rollback_id: str) -> Rollback | None:
         return next((r for r in self.rollbacks if r.id == rollback_id), None)
@@ -891,6 +895,7 @@ async def test_lists_rollbacks_with_limit_and_target_filter(make_client: MakeCli
         "rollbacks": [
             {
                 "id": "rb-1",
+                "kind": "rollback",
                 "target": "shop/checkout",
                 "namespace": "shop",
                 "name": "checkout",
