@@ -16,8 +16,10 @@ from rollbackd.guard import (
     mutable_images,
     template_diff_paths,
     templates_differ,
+    templates_equal,
 )
 from rollbackd.model import Policy
+from rollbackd.strategies import rolling
 
 DEFAULT_ALLOWED = Policy().allowed_template_fields
 
@@ -55,6 +57,17 @@ def test_empty_mapping_is_not_an_absent_field_because_it_selects_a_volume_type()
     with_empty_dir = pod(app(), volumes=[{"name": "scratch", "emptyDir": {}}])
     without_source = pod(app(), volumes=[{"name": "scratch"}])
     assert template_diff_paths(with_empty_dir, without_source) == ["spec.volumes[scratch].emptyDir"]
+
+
+def test_guard_and_strategy_use_one_template_comparison() -> None:
+    # They used to disagree here: the strategy called these equal, the guard did not.
+    with_empty_dir = pod(app(), volumes=[{"name": "scratch", "emptyDir": {}}])
+    without_source = pod(app(), volumes=[{"name": "scratch"}])
+    assert rolling.templates_equal is templates_equal
+    assert not templates_equal(with_empty_dir, without_source)
+    replicaset_copy = pod(app(args=None, env=[]))
+    replicaset_copy["metadata"]["labels"]["pod-template-hash"] = "5d8f9c7b6"
+    assert templates_equal(pod(app()), replicaset_copy)
 
 
 def test_image_change_is_reported_under_the_container_name() -> None:
@@ -260,6 +273,7 @@ def test_diff_is_symmetric_and_empty_exactly_when_templates_match(
         return {"labels": labels, "containers": containers}
 
     assert (paths == []) == (without_hash(a) == without_hash(b))
+    assert templates_equal(a, b) is (paths == [])
 
 
 @given(_templates, _templates)
