@@ -40,9 +40,9 @@ Check order, first match wins, and why:
    target revision is chosen.
 10. ``dry_run_recorded`` (JOIN the dry-run record): the same would-be
     rollback was recorded within the cooldown, so another report of the
-    anomaly joins it. ``dry_run`` (DRY_RUN), else ``rollback`` (ROLLBACK). Dry-run is last so it
-    reports exactly what would have been done; skips, joins and escalations
-    above stay what they are.
+    anomaly joins it. Then ``dry_run`` (DRY_RUN), else ``rollback``
+    (ROLLBACK). Dry-run is last so it reports exactly what would have been
+    done; skips, joins and escalations above stay what they are.
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
