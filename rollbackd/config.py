@@ -602,6 +602,9 @@ class RetentionSettings(_Section):
 
 class JournalSettings(_Section):
     path: NonEmptyStr = "/var/lib/rollbackd/journal.sqlite"
+    # normal: a 2xx survives any process crash; full: also a power cut (an
+    # fsync per commit), for a journal on a persistent volume.
+    synchronous: Literal["normal", "full"] = "normal"
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
 

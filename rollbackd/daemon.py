@@ -222,7 +222,7 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
-        self.journal = await Journal.open(s.journal.path)
+        self.journal = await Journal.open(s.journal.path, synchronous=s.journal.synchronous)
         self.kube = await Kube.connect(kubeconfig=s.cluster.kubeconfig, context=s.cluster.context)
         await self.kube.start_watches(list(s.cluster.namespaces) or None)
         token = s.prometheus.bearer_token_value()

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import aiosqlite
 
@@ -301,17 +301,25 @@ class Journal:
         self._conn = conn
         self._conn.row_factory = sqlite3.Row
         self._write_lock = asyncio.Lock()
+        self._synchronous = "NORMAL"
         self._intake_commit: GroupCommit[Signal | UnresolvedRecord, int | None] = GroupCommit(
             self._flush_intake
         )
         self.path = path
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        synchronous: Literal["normal", "full"] = "normal",
+    ) -> Journal:
         """Open (creating file, parent directory and schema as needed) and migrate.
 
         ``create=False`` is for readers (CLI history/show/report): a mistyped
-        path is an error instead of a new, empty journal.
+        path is an error instead of a new, empty journal. ``synchronous`` is
+        SQLite's durability level (see ``_prepare``).
         """
         text = os.fspath(path)
         if not create and text != ":memory:" and not await asyncio.to_thread(os.path.isfile, text):
@@ -327,6 +335,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"journal {text}: cannot open: {exc}") from exc
         journal = cls(conn, text)
+        journal._synchronous = synchronous.upper()
         try:
             await journal._prepare()
         except BaseException:
@@ -355,11 +364,14 @@ class Journal:
             # retention can then give freed pages back (PRAGMA incremental_vacuum).
             await self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             await self._conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before the webhook answers 2xx, even
-            # across a power cut (NORMAL in WAL mode survives only a process
-            # crash). Group commit amortises the fsync over every request in
-            # flight, so the stronger promise costs little.
-            await self._conn.execute("PRAGMA synchronous=FULL")
+            # NORMAL (the default): in WAL mode a commit survives the process
+            # dying at any instant (SIGKILL, OOM, a crash), which is what the
+            # 2xx promises; only a power cut or kernel crash can lose the last
+            # commits, and the chart's emptyDir journal does not outlive its
+            # node anyway. It spares an fsync per commit, a few milliseconds
+            # on every webhook answer. FULL adds that fsync, for a journal on
+            # a persistent volume that must survive a power cut.
+            await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
             await self._conn.execute("PRAGMA busy_timeout=5000")
             await self._conn.execute("PRAGMA foreign_keys=ON")
             version = await self._scalar("PRAGMA user_version")

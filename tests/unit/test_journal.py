@@ -405,3 +405,12 @@ async def test_a_version_1_journal_is_migrated_and_old_signals_are_not_replayed(
         assert await j.signal_seen("old")
         [row] = await j.unresolved_alerts()
         assert (row["fingerprint"], row["count"]) == ("fp", 3)
+
+
+@pytest.mark.parametrize(("level", "pragma"), [("normal", 1), ("full", 2)])
+async def test_the_durability_level_is_the_one_configured(
+    tmp_path: Path, level: str, pragma: int
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite", synchronous=level) as j:  # type: ignore[arg-type]
+        assert (await j.query("PRAGMA synchronous"))[0][0] == pragma
+        assert (await j.query("PRAGMA journal_mode"))[0][0] == "wal"
