@@ -18,6 +18,7 @@ from rollbackd.model import Target
 from rollbackd.report import render_report
 from rollbackd.testing.stack import (
     PAGERDUTY_PATH,
+    WEBHOOK_TOKEN,
     Stack,
     deployment_manifest,
     knobs,
@@ -38,6 +39,12 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
         _say(started, f"Prometheus       {stack.prometheus.url}")
         _say(started, f"Alertmanager     {stack.alertmanager.url}")
         _say(started, f"rollbackd        {stack.daemon.url}  (webhook {stack.webhook_url})")
+        # The API needs credentials, as in a real install; the demo's token is no secret.
+        _say(
+            started,
+            f'API              curl -H "Authorization: Bearer {WEBHOOK_TOKEN}" '
+            f"{stack.daemon.url}/api/v1/rollbacks",
+        )
 
         await stack.create_deployment(
             deployment_manifest(
