@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -215,11 +215,11 @@ class SignalIntake:
     def _publish(self, signals: Sequence[Signal], ids: Sequence[int | None]) -> int:
         """Count and hand committed signals to the dispatcher; how many were new."""
         fresh = [Accepted(row_id, s) for row_id, s in zip(ids, signals, strict=True) if row_id]
+        counts = Counter((item.signal.source, item.signal.status) for item in fresh)
+        for (source, status), count in counts.items():
+            self._metrics.signals_total.labels(source=str(source), status=str(status)).inc(count)
         for item in fresh:
             signal = item.signal
-            self._metrics.signals_total.labels(
-                source=str(signal.source), status=str(signal.status)
-            ).inc()
             if signal.status is SignalStatus.NO_DATA:
                 log.warning(
                     "signal_no_data",

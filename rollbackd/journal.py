@@ -25,6 +25,7 @@ events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
@@ -271,8 +272,12 @@ class TimelineEntry:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(at: datetime) -> str:
-    """ISO-8601 UTC with microseconds; naive datetimes are refused (which zone?)."""
+    """ISO-8601 UTC with microseconds; naive datetimes are refused (which zone?).
+
+    Cached: a storm repeats a few anomaly starts and one arrival time per batch.
+    """
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"timezone-aware datetime required, got naive {at.isoformat()}")
     return at.astimezone(UTC).isoformat(timespec="microseconds")
