@@ -52,6 +52,7 @@ class KubeSim:
         # Every API request with its client (User-Agent), arrival and answer.
         self.requests = self.api.requests
         self.controller: Any = None
+        self.disruption: Any = None
         self.workload: Any = None
         self.url = ""
         self.metrics_url = ""
@@ -88,6 +89,10 @@ class KubeSim:
             return
         self.controller = Controller(self.store, pod_ready_delay=self.pod_ready_delay)
         await self.controller.start()
+        from .disruption import DisruptionController
+
+        self.disruption = DisruptionController(self.store)
+        await self.disruption.start()
         self.workload = WorkloadMetrics(self.store)
         self.metrics_url = await self.workload.start(self.host, self.metrics_port)
 
@@ -102,6 +107,9 @@ class KubeSim:
         if self.workload is not None:
             await self.workload.stop()
             self.workload = None
+        if self.disruption is not None:
+            await self.disruption.stop()
+            self.disruption = None
         if self.controller is not None:
             await self.controller.stop()
             self.controller = None

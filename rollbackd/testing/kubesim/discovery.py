@@ -58,6 +58,8 @@ def _resource_entries(rtype: ResourceType) -> list[dict[str, Any]]:
         }
         if sub == "scale":
             sub_entry.update(group="autoscaling", version="v1", kind="Scale")
+        elif sub == "eviction":
+            sub_entry.update(group="policy", version="v1", kind="Eviction", verbs=["create"])
         entries.append(sub_entry)
     return entries
 

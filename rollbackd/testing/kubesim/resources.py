@@ -54,13 +54,27 @@ class ResourceType:
 
 
 # Kinds without a .spec: generation is not maintained for them.
-_NO_SPEC = frozenset({"configmaps", "secrets", "endpoints", "events"})
+_NO_SPEC = frozenset(
+    {
+        "configmaps",
+        "secrets",
+        "endpoints",
+        "events",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "clusterroles",
+        "clusterrolebindings",
+    }
+)
 
 _ALL = "all"
 
 _TYPES = (
     ResourceType("", "v1", "namespaces", "Namespace", False, "namespace", ("ns",), ("status",)),
-    ResourceType("", "v1", "pods", "Pod", True, "pod", ("po",), ("status",), categories=(_ALL,)),
+    ResourceType(
+        "", "v1", "pods", "Pod", True, "pod", ("po",), ("status", "eviction"), categories=(_ALL,)
+    ),
     ResourceType(
         "", "v1", "services", "Service", True, "service", ("svc",), ("status",), categories=(_ALL,)
     ),
@@ -92,6 +106,34 @@ _TYPES = (
     ),
     ResourceType("events.k8s.io", "v1", "events", "Event", True, "event", ("ev",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
+    # What a Helm chart installs next to its workload (stored, not enforced;
+    # PodDisruptionBudgets are: see disruption.py).
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount", ("sa",)),
+    ResourceType(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        True,
+        "poddisruptionbudget",
+        ("pdb",),
+        ("status",),
+    ),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True, "role"),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, "rolebinding"
+    ),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, "clusterrole"
+    ),
+    ResourceType(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        False,
+        "clusterrolebinding",
+    ),
     ResourceType(
         "argoproj.io",
         "v1alpha1",

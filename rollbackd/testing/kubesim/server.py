@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 
 from . import discovery, patch, protobuf, requestlog
+from .disruption import evict
 from .errors import (
     ApiError,
     bad_request,
@@ -396,6 +397,10 @@ class KubeApi:
             "delete": self._delete,
             "deletecollection": self._delete_collection,
         }
+        if route.subresource == "eviction" and route.name is not None and verb == "create":
+            assert route.namespace is not None
+            body = await _read_body(request)
+            return _json_response(evict(self.store, route.namespace, route.name, body), 201)
         handler = handlers.get(verb)
         if handler is None:
             raise method_not_allowed(
