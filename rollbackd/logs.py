@@ -17,7 +17,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import Processor
 
-from rollbackd.redact import redact_event
+from rollbackd.redact import redact_event, redacted_exceptions
 
 __all__ = ["LogFormat", "configure_logging"]
 
@@ -45,7 +45,10 @@ def configure_logging(
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=out.isatty(),
+            exception_formatter=redacted_exceptions(structlog.dev.default_exception_formatter),
+        )
     )
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,

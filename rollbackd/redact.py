@@ -23,11 +23,19 @@ still says which host and path were meant.
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
-__all__ = ["MASK", "redact_event", "redact_text", "redact_url", "redact_value"]
+__all__ = [
+    "MASK",
+    "redact_event",
+    "redact_text",
+    "redact_url",
+    "redact_value",
+    "redacted_exceptions",
+]
 
 MASK = "***"
 
@@ -94,3 +102,20 @@ def redact_value(value: Any) -> Any:
 def redact_event(_logger: Any, _method: str, event_dict: Any) -> Any:
     """structlog processor: no log line carries a credential found in a URL or header."""
     return {key: redact_value(item) for key, item in event_dict.items()}
+
+
+def redacted_exceptions(
+    formatter: Callable[[TextIO, Any], None],
+) -> Callable[[TextIO, Any], None]:
+    """A console exception formatter whose tracebacks are redacted like everything else.
+
+    The console renderer formats ``exc_info`` itself, after every processor
+    ran, so ``redact_event`` never sees that text.
+    """
+
+    def render(out: TextIO, exc_info: Any) -> None:
+        buffer = io.StringIO()
+        formatter(buffer, exc_info)
+        out.write(redact_text(buffer.getvalue()))
+
+    return render

@@ -105,3 +105,18 @@ def test_log_lines_never_carry_url_credentials(fmt: str) -> None:
     if fmt == "json":
         events = [json.loads(line) for line in text.splitlines()]
         assert events[0]["error"] == "GET http://am:***@prom:9090/q failed"
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_logged_tracebacks_never_carry_url_credentials(fmt: str) -> None:
+    out = io.StringIO()
+    configure_logging("info", fmt, stream=out)  # type: ignore[arg-type]
+    try:
+        raise ConnectionError("cannot connect to https://svc:hunter2@pager.example/v2")
+    except ConnectionError:
+        structlog.get_logger("rollbackd.test").exception("notification_failed")
+    text = out.getvalue()
+    assert "ConnectionError" in text and "Traceback" in text
+    assert "hunter2" not in text
+    assert "https://svc:***@pager.example/v2" in text
