@@ -8,6 +8,14 @@ jitter, and only for failures that a retry can fix (connection errors,
 timeouts, 5xx, 429). A bad query (4xx) fails at once. When attempts are
 exhausted, ``PromQLError`` is raised; callers treat that as "no data", never
 as health (safety rule 8).
+
+Large answers stay off the event loop: the JSON is decoded and folded into
+``{(namespace, deployment): value}`` in the same worker thread that made the
+request (``query_vector``), so a poll of 10 000 Deployments builds no object
+per sample and hands the loop one small dict per query. The HTTP session is
+ours (passed to the client), and a response hook turns a non-200 answer into
+a ``PromQLError`` carrying its status, so nothing reads the client's private
+attributes or parses its exception text.
 """
 
 from __future__ import annotations
@@ -19,11 +27,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import requests
 import yaml
-from prometheus_api_client import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from tenacity import (
     AsyncRetrying,
@@ -35,16 +42,24 @@ from tenacity import (
 from urllib3.util.retry import Retry
 
 __all__ = [
+    "Combine",
     "PromQL",
     "PromQLError",
     "Sample",
+    "TargetKey",
     "format_duration",
     "parse_duration",
+    "reduce_vector",
 ]
 
 T = TypeVar("T")
 
-_STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
+TargetKey = tuple[str, str]
+"""(namespace, deployment): the key every grouped signal query is folded into."""
+
+Combine = Literal["max", "min", "sum"]
+"""How several series of one target fold into one value (worst, or total traffic)."""
+
 _DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
 _UNIT_SECONDS = {
     "y": 365 * 86400.0,
@@ -102,42 +117,113 @@ def _to_float(raw: Any) -> float:
         return math.nan
 
 
-def _parse_result(result: Any) -> list[Sample]:
-    """Turn the API's ``data.result`` into samples.
-
-    ``custom_query`` drops ``resultType``, so the shape tells: a scalar is
-    ``[ts, "v"]``, a vector is a list of ``{"metric", "value"}`` objects.
-    """
-    if (
+def _is_scalar(result: Any) -> bool:
+    # ``custom_query`` drops ``resultType``, so the shape tells: a scalar is ``[ts, "v"]``.
+    return (
         isinstance(result, list)
         and len(result) == 2
         and isinstance(result[0], int | float)
         and not isinstance(result[0], bool)
-    ):
+    )
+
+
+def _not_a_vector() -> PromQLError:
+    return PromQLError(
+        "expected an instant vector (a range vector or string came back)", retryable=False
+    )
+
+
+def _parse_result(result: Any) -> list[Sample]:
+    """Turn the API's ``data.result`` into samples (a scalar is one sample without labels)."""
+    if _is_scalar(result):
         return [Sample(labels={}, value=_to_float(result[1]), timestamp=float(result[0]))]
     if not isinstance(result, list):
         raise PromQLError(f"unexpected query result: {result!r:.200}", retryable=False)
     samples = []
     for item in result:
         if not isinstance(item, dict) or "value" not in item:
-            raise PromQLError(
-                "expected an instant vector (a range vector or string came back)",
-                retryable=False,
-            )
+            raise _not_a_vector()
         timestamp, raw = item["value"]
         labels = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
         samples.append(Sample(labels=labels, value=_to_float(raw), timestamp=float(timestamp)))
     return samples
 
 
+def reduce_vector(
+    result: Any,
+    *,
+    combine: Combine = "max",
+    namespace_label: str = "namespace",
+    deployment_label: str = "deployment",
+) -> dict[TargetKey, float]:
+    """Fold an instant vector into one value per (namespace, deployment), no object per sample.
+
+    Series without both labels are ignored; a scalar has none, so it folds
+    to nothing. A target with several series (a query that is not fully
+    aggregated) gets its worst value (``max``/``min``, NaN only when every
+    series is NaN) or their ``sum`` (traffic; NaN counts as no traffic).
+    """
+    if _is_scalar(result):
+        return {}
+    if not isinstance(result, list):
+        raise PromQLError(f"unexpected query result: {result!r:.200}", retryable=False)
+    folded: dict[TargetKey, float] = {}
+    get = folded.get
+    try:
+        for item in result:
+            metric = item["metric"]
+            namespace = metric.get(namespace_label)
+            name = metric.get(deployment_label)
+            if not namespace or not name:
+                continue
+            raw = item["value"][1]
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                value = math.nan
+            key = (namespace, name)
+            current = get(key)
+            if combine == "sum":
+                if value != value:  # NaN
+                    value = 0.0
+                folded[key] = value if current is None else current + value
+            elif current is None or current != current:
+                folded[key] = value
+            elif (combine == "max" and value > current) or (combine == "min" and value < current):
+                folded[key] = value
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise _not_a_vector() from exc
+    return folded
+
+
+def _retryable_status(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+def _raise_for_status(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    """Session response hook: an error answer becomes a PromQLError with its status.
+
+    It runs inside the client's request call, before the client would wrap
+    the status into the text of its own exception. Redirects pass (the hook
+    sees every hop; ``/`` redirects to the UI).
+    """
+    if response.status_code < 400:
+        return
+    status = response.status_code
+    detail = ""
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            detail = f"{body.get('errorType', '')}: {body.get('error', '')}".strip(": ")
+    except ValueError:
+        detail = response.text[:200].strip()
+    message = f"Prometheus answered HTTP {status}" + (f" ({detail})" if detail else "")
+    raise PromQLError(message[:500], retryable=_retryable_status(status))
+
+
 def _classify(exc: Exception) -> PromQLError:
     if isinstance(exc, PromQLError):
         return exc
-    if isinstance(exc, PrometheusApiClientException):
-        match = _STATUS_RE.search(str(exc))
-        status = int(match.group(1)) if match else 0
-        retryable = status == 0 or status >= 500 or status in (408, 429)
-        return PromQLError(f"Prometheus answered {exc}"[:500], retryable=retryable)
     if isinstance(exc, requests.RequestException | ValueError):
         # Connection refused, timeouts, a proxy's HTML error page: transient.
         return PromQLError(f"Prometheus unreachable: {exc}"[:500], retryable=True)
@@ -162,32 +248,80 @@ class PromQL:
         self._timeout = timeout
         self._attempts = attempts
         self._max_backoff = max_backoff
+        self._headers = dict(headers or {})
+        self._session = requests.Session()
+        self._session.hooks["response"].append(_raise_for_status)
         self._client = PrometheusConnect(
             url=self.url,
-            headers=dict(headers or {}),
+            headers=self._headers,
             # The client's own urllib3 retries would multiply ours and sleep
             # inside a thread we cannot cancel; tenacity owns retrying.
             retry=Retry(total=0, raise_on_status=False),
+            session=self._session,
             timeout=timeout,  # type: ignore[arg-type]  # the client annotates int; float works
         )
 
     async def close(self) -> None:
         """Release the HTTP connection pool."""
-        await asyncio.to_thread(self._client.close)
+        await asyncio.to_thread(self._session.close)
+
+    def _params(self, at: datetime | None) -> dict[str, Any]:
+        return {} if at is None else {"time": f"{at.timestamp():.3f}"}
+
+    def _result(self, expr: str, params: dict[str, Any]) -> Any:
+        # Runs in a worker thread: the request and the JSON decoding.
+        return self._client.custom_query(
+            query=expr,
+            params=params,
+            timeout=self._timeout,  # type: ignore[arg-type]  # annotated int; requests takes float
+        )
 
     async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
         """Instant query; ``at`` evaluates at that time (else Prometheus's now)."""
-        params: dict[str, Any] = {}
-        if at is not None:
-            params["time"] = f"{at.timestamp():.3f}"
-        result = await self._call(
-            lambda: self._client.custom_query(
-                query=expr,
-                params=params,
-                timeout=self._timeout,  # type: ignore[arg-type]  # annotated int; requests takes float
+        params = self._params(at)
+        return await self._call(lambda: _parse_result(self._result(expr, params)))
+
+    async def query_vector(
+        self,
+        expr: str,
+        *,
+        at: datetime | None = None,
+        combine: Combine = "max",
+        namespace_label: str = "namespace",
+        deployment_label: str = "deployment",
+    ) -> dict[TargetKey, float]:
+        """Instant query folded into ``{(namespace, deployment): value}`` off the event loop."""
+        params = self._params(at)
+        return await self._call(
+            lambda: reduce_vector(
+                self._result(expr, params),
+                combine=combine,
+                namespace_label=namespace_label,
+                deployment_label=deployment_label,
             )
         )
-        return _parse_result(result)
+
+    async def scrape_landings(self) -> list[float]:
+        """When each active target's latest scrape became queryable (epoch seconds).
+
+        A sample carries its scrape's start time; it can be read once the
+        scrape finished, so start plus ``scrape_duration_seconds`` (both kept
+        by Prometheus for every target) is when fresh data landed.
+        """
+        expr = "timestamp(scrape_duration_seconds) + scrape_duration_seconds"
+
+        def landings() -> list[float]:
+            result = self._result(expr, {})
+            if _is_scalar(result) or not isinstance(result, list):
+                return []
+            found = []
+            for item in result:
+                value = _to_float(item.get("value", (0, None))[1]) if isinstance(item, dict) else 0
+                if math.isfinite(value) and value > 0:
+                    found.append(value)
+            return found
+
+        return await self._call(landings)
 
     async def scrape_interval(self) -> timedelta | None:
         """The most common ``scrapeInterval`` of active targets; None when unknown.
@@ -223,14 +357,10 @@ class PromQL:
             return None
 
     def _fetch_config(self) -> Any:
-        # PrometheusConnect has no call for /api/v1/status/config; use its session.
-        response = self._client._session.get(
-            f"{self.url}/api/v1/status/config",
-            headers=self._client.headers,
-            timeout=self._timeout,
+        # PrometheusConnect has no call for /api/v1/status/config; the session is ours.
+        response = self._session.get(
+            f"{self.url}/api/v1/status/config", headers=self._headers, timeout=self._timeout
         )
-        if response.status_code != 200:
-            raise PrometheusApiClientException(f"HTTP Status Code {response.status_code}")
         return response.json()
 
     async def healthy(self) -> bool:

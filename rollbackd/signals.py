@@ -21,21 +21,31 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from rollbackd.model import StrEnum, Target
-from rollbackd.promql import PromQL, PromQLError, Sample, parse_duration
+from rollbackd.promql import (
+    Combine,
+    PromQL,
+    PromQLError,
+    Sample,
+    TargetKey,
+    parse_duration,
+    reduce_vector,
+)
 
 __all__ = [
     "DEFAULT_SIGNALS",
     "Evaluation",
+    "Judgement",
     "SignalSpec",
     "Verdict",
     "evaluate",
     "evaluate_specs",
+    "judge_spec",
     "render_query",
 ]
 
@@ -93,24 +103,110 @@ def render_query(template: str, window: str) -> str:
     return template.replace(WINDOW_PLACEHOLDER, window)
 
 
-def _group_by_target(
-    samples: Sequence[Sample], namespace_label: str, deployment_label: str
-) -> dict[Target, list[float]]:
-    grouped: dict[Target, list[float]] = {}
-    for sample in samples:
-        namespace = sample.labels.get(namespace_label)
-        name = sample.labels.get(deployment_label)
-        if namespace and name:
-            grouped.setdefault(Target(namespace, name), []).append(sample.value)
-    return grouped
+def _fold_samples(
+    samples: Sequence[Sample], combine: Combine, namespace_label: str, deployment_label: str
+) -> dict[TargetKey, float]:
+    # The same folding as the adapter's, for callers holding samples.
+    as_vector = [{"metric": s.labels, "value": [s.timestamp, s.value]} for s in samples]
+    return reduce_vector(
+        as_vector,
+        combine=combine,
+        namespace_label=namespace_label,
+        deployment_label=deployment_label,
+    )
 
 
-def _worst(spec: SignalSpec, values: list[float]) -> float:
-    """One value per target; if a query is not fully aggregated, judge its worst series."""
-    real = [v for v in values if not math.isnan(v)]
-    if not real:
-        return math.nan
-    return max(real) if spec.comparison == ">" else min(real)
+def _worst(spec: SignalSpec) -> Combine:
+    """One value per target; a query that is not fully aggregated is judged by its worst series."""
+    return "max" if spec.comparison == ">" else "min"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One signal's answer for every target, folded per (namespace, deployment).
+
+    Verdicts are computed on demand: a poll of 10 000 healthy Deployments
+    asks only for ``breaching()`` (one comparison per target) and builds an
+    ``Evaluation`` for the few targets it tracks.
+    """
+
+    spec: SignalSpec
+    values: Mapping[TargetKey, float]
+    rates: Mapping[TargetKey, float] | None  # None: the spec has no traffic query
+    window: str
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window).total_seconds()
+
+    def targets(self) -> set[TargetKey]:
+        """Every target that has a value or a traffic rate."""
+        return set(self.values) | set(self.rates or ())
+
+    def _judged(self, rate: float | None, window_seconds: float) -> bool:
+        spec = self.spec
+        return (
+            rate is not None
+            and rate >= spec.min_traffic
+            and (rate * window_seconds >= spec.min_requests)
+        )
+
+    def breaching(self) -> list[TargetKey]:
+        """Targets whose verdict is BREACH, without building an Evaluation for anyone."""
+        spec = self.spec
+        threshold = spec.threshold
+        if spec.comparison == ">":
+            candidates = [key for key, value in self.values.items() if value > threshold]
+        else:
+            candidates = [key for key, value in self.values.items() if value < threshold]
+        if self.rates is None:
+            return candidates
+        window_seconds = self.window_seconds
+        rates = self.rates
+        return [key for key in candidates if self._judged(rates.get(key), window_seconds)]
+
+    def evaluation(self, key: TargetKey) -> Evaluation:
+        """The verdict for one target (NO_DATA when it is absent or its evidence is thin)."""
+        spec = self.spec
+        target = Target(*key)
+        raw = self.values.get(key)
+        value = math.nan if raw is None else raw
+        shown = None if math.isnan(value) else value
+
+        def result(verdict: Verdict, detail: str) -> Evaluation:
+            return Evaluation(target, spec.name, verdict, shown, spec.threshold, detail)
+
+        if self.rates is not None:
+            rate = self.rates.get(key)
+            # "not >=" so a NaN rate is no traffic, as in ``breaching()``.
+            if rate is None or not rate >= spec.min_traffic:
+                rate_text = "no" if rate is None else f"{rate:.3g} req/s"
+                return result(
+                    Verdict.NO_DATA,
+                    f"{spec.name} not judged: {rate_text} traffic "
+                    f"(minimum {spec.min_traffic:g} req/s)",
+                )
+            requests = rate * self.window_seconds
+            if not requests >= spec.min_requests:
+                return result(
+                    Verdict.NO_DATA,
+                    f"{spec.name} not judged: about {requests:.3g} requests in "
+                    f"{self.window}, fewer than the {spec.min_requests:g} needed as evidence",
+                )
+        if raw is None:
+            return result(Verdict.NO_DATA, f"{spec.name}: no series for {target}")
+        if math.isnan(value):
+            return result(Verdict.NO_DATA, f"{spec.name} is NaN for {target}")
+        if spec.breaches(value):
+            return result(
+                Verdict.BREACH,
+                f"{spec.name} {value:.4g} {spec.comparison} threshold {spec.threshold:g}",
+            )
+        return result(
+            Verdict.HEALTHY,
+            f"{spec.name} {value:.4g} within threshold "
+            f"({spec.comparison} {spec.threshold:g} breaches)",
+        )
 
 
 def evaluate(
@@ -128,70 +224,15 @@ def evaluate(
     judged); otherwise a target whose request rate is missing, NaN or below
     ``min_traffic`` is NO_DATA: a handful of requests proves nothing.
     """
-    values = _group_by_target(samples, namespace_label, deployment_label)
-    window_seconds = parse_duration(window or spec.window).total_seconds()
-    rates: dict[Target, float] | None = None
-    if traffic is not None:
-        rates = {
-            target: sum(v for v in series if not math.isnan(v))
-            for target, series in _group_by_target(
-                traffic, namespace_label, deployment_label
-            ).items()
-        }
-
-    return {
-        target: _judge(
-            spec,
-            target,
-            values.get(target),
-            None if rates is None else rates.get(target),
-            traffic_known=rates is not None,
-            window_seconds=window_seconds,
-        )
-        for target in sorted(set(values) | set(rates or {}))
-    }
-
-
-def _judge(
-    spec: SignalSpec,
-    target: Target,
-    series: list[float] | None,
-    rate: float | None,
-    *,
-    traffic_known: bool,
-    window_seconds: float,
-) -> Evaluation:
-    value = _worst(spec, series or [])
-    shown = None if math.isnan(value) else value
-
-    def result(verdict: Verdict, detail: str) -> Evaluation:
-        return Evaluation(target, spec.name, verdict, shown, spec.threshold, detail)
-
-    if traffic_known and (rate is None or rate < spec.min_traffic):
-        rate_text = "no" if rate is None else f"{rate:.3g} req/s"
-        return result(
-            Verdict.NO_DATA,
-            f"{spec.name} not judged: {rate_text} traffic (minimum {spec.min_traffic:g} req/s)",
-        )
-    if traffic_known and rate is not None and rate * window_seconds < spec.min_requests:
-        return result(
-            Verdict.NO_DATA,
-            f"{spec.name} not judged: about {rate * window_seconds:.3g} requests in "
-            f"{spec.window}, fewer than the {spec.min_requests:g} needed as evidence",
-        )
-    if series is None:
-        return result(Verdict.NO_DATA, f"{spec.name}: no series for {target}")
-    if math.isnan(value):
-        return result(Verdict.NO_DATA, f"{spec.name} is NaN for {target}")
-    if spec.breaches(value):
-        return result(
-            Verdict.BREACH,
-            f"{spec.name} {value:.4g} {spec.comparison} threshold {spec.threshold:g}",
-        )
-    return result(
-        Verdict.HEALTHY,
-        f"{spec.name} {value:.4g} within threshold ({spec.comparison} {spec.threshold:g} breaches)",
+    judgement = Judgement(
+        spec,
+        _fold_samples(samples, _worst(spec), namespace_label, deployment_label),
+        None
+        if traffic is None
+        else _fold_samples(traffic, "sum", namespace_label, deployment_label),
+        window or spec.window,
     )
+    return {Target(*key): judgement.evaluation(key) for key in sorted(judgement.targets())}
 
 
 def _promql_string(value: str) -> str:
@@ -214,6 +255,48 @@ def _restrict_to(query: str, target: Target, namespace_label: str, deployment_la
     return f"({query}) and on ({namespace_label}, {deployment_label}) {marker}"
 
 
+async def judge_spec(
+    promql: PromQL,
+    spec: SignalSpec,
+    *,
+    window: str | None = None,
+    at: datetime | None = None,
+    target: Target | None = None,
+    namespace_label: str = "namespace",
+    deployment_label: str = "deployment",
+) -> Judgement:
+    """Run one spec's value and traffic queries (at once) and fold them per target.
+
+    Raises ``PromQLError`` when either query fails: half an answer is no data.
+    """
+    spec_window = window or spec.window
+
+    async def ask(template: str, combine: Combine) -> dict[TargetKey, float]:
+        expr = render_query(template, spec_window)
+        if target is not None:
+            expr = _restrict_to(expr, target, namespace_label, deployment_label)
+        return await promql.query_vector(
+            expr,
+            at=at,
+            combine=combine,
+            namespace_label=namespace_label,
+            deployment_label=deployment_label,
+        )
+
+    asks = [ask(spec.query, _worst(spec))]
+    if spec.traffic_query:
+        asks.append(ask(spec.traffic_query, "sum"))
+    # return_exceptions: neither query is left running unawaited when the other fails.
+    answers = await asyncio.gather(*asks, return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    values = answers[0]
+    rates = answers[1] if spec.traffic_query else None
+    assert not isinstance(values, BaseException) and not isinstance(rates, BaseException)
+    return Judgement(spec, values, rates, spec_window)
+
+
 async def evaluate_specs(
     promql: PromQL,
     specs: Sequence[SignalSpec],
@@ -229,34 +312,26 @@ async def evaluate_specs(
 
     With ``target`` (verification) only that target is asked for, and it is
     always present in the result: NO_DATA when its query failed or returned
-    nothing. Without it (polling), a failed spec contributes no entries.
-    ``on_error(spec_name, exc)`` is called for each failed query.
+    nothing. Without it, a failed spec contributes no entries.
+    ``on_error(spec_name, exc)`` is called for each failed query. The poller
+    uses ``judge_spec`` instead, which builds no Evaluation for healthy targets.
     """
 
-    async def run_one(spec: SignalSpec) -> dict[Target, Evaluation] | PromQLError:
-        spec_window = window or spec.window
-
-        async def ask(template: str) -> list[Sample]:
-            expr = render_query(template, spec_window)
-            if target is not None:
-                expr = _restrict_to(expr, target, namespace_label, deployment_label)
-            return await promql.query(expr, at=at)
-
+    async def run_one(spec: SignalSpec) -> Judgement | PromQLError:
         try:
-            samples = await ask(spec.query)
-            traffic = await ask(spec.traffic_query) if spec.traffic_query else None
+            return await judge_spec(
+                promql,
+                spec,
+                window=window,
+                at=at,
+                target=target,
+                namespace_label=namespace_label,
+                deployment_label=deployment_label,
+            )
         except PromQLError as exc:
             if on_error is not None:
                 on_error(spec.name, exc)
             return exc
-        return evaluate(
-            spec,
-            samples,
-            traffic,
-            namespace_label=namespace_label,
-            deployment_label=deployment_label,
-            window=spec_window,
-        )
 
     # return_exceptions: an unexpected error in one spec must not leave the
     # other queries running unawaited; it is re-raised once all have finished.
@@ -277,18 +352,12 @@ async def evaluate_specs(
                     f"{spec.name} query failed: {outcome}",
                 )
             continue
-        for found, evaluation in outcome.items():
-            if target is None or found == target:
-                results[(found, spec.name)] = evaluation
-        if target is not None and (target, spec.name) not in results:
-            results[(target, spec.name)] = Evaluation(
-                target,
-                spec.name,
-                Verdict.NO_DATA,
-                None,
-                spec.threshold,
-                f"{spec.name}: no series for {target}",
-            )
+        if target is not None:
+            key = (target.namespace, target.name)
+            results[(target, spec.name)] = outcome.evaluation(key)
+            continue
+        for key in sorted(outcome.targets()):
+            results[(Target(*key), spec.name)] = outcome.evaluation(key)
     return results
 
 

@@ -9,9 +9,19 @@ from typing import Any, cast
 import pytest
 
 from rollbackd.model import Target
-from rollbackd.promql import PromQL, PromQLError, Sample, format_duration, parse_duration
+from rollbackd.promql import (
+    Combine,
+    PromQL,
+    PromQLError,
+    Sample,
+    TargetKey,
+    format_duration,
+    parse_duration,
+    reduce_vector,
+)
 from rollbackd.signals import (
     DEFAULT_SIGNALS,
+    Judgement,
     SignalSpec,
     Verdict,
     evaluate,
@@ -155,21 +165,39 @@ class TestEvaluate:
             SignalSpec(name="x", query="q", threshold=1.0, **bad)
 
 
+def vector(samples: list[Sample]) -> list[dict[str, Any]]:
+    """Samples as the HTTP API's ``data.result`` of an instant vector."""
+    return [{"metric": dict(s.labels), "value": [s.timestamp, repr(s.value)]} for s in samples]
+
+
 class FakePromQL:
-    """Answers queries from a table; records what was asked."""
+    """Answers queries from a table, folded as the real adapter folds; records what was asked."""
 
     def __init__(self, answers: dict[str, list[Sample] | Exception]) -> None:
         self.answers = answers
         self.asked: list[tuple[str, datetime | None]] = []
 
-    async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
+    async def query_vector(
+        self,
+        expr: str,
+        *,
+        at: datetime | None = None,
+        combine: Combine = "max",
+        namespace_label: str = "namespace",
+        deployment_label: str = "deployment",
+    ) -> dict[TargetKey, float]:
         self.asked.append((expr, at))
         for needle, answer in self.answers.items():
             if needle in expr:
                 if isinstance(answer, Exception):
                     raise answer
-                return answer
-        return []
+                return reduce_vector(
+                    vector(answer),
+                    combine=combine,
+                    namespace_label=namespace_label,
+                    deployment_label=deployment_label,
+                )
+        return {}
 
 
 def as_promql(fake: FakePromQL) -> PromQL:
@@ -244,7 +272,115 @@ class TestEvaluateSpecs:
         other = SignalSpec(name="other", query="other[{window}]", threshold=5.0)
         with pytest.raises(RuntimeError, match="bug"):
             await evaluate_specs(as_promql(fake), [ERRORS, other])
-        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "other[1m]"]
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]", "other[1m]"]
+
+
+class TestReduceVector:
+    """The adapter folds a vector per target without an object per sample."""
+
+    def test_one_value_per_target(self) -> None:
+        folded = reduce_vector(vector([sample(CART, 0.2), sample(WEB, 0.01)]))
+        assert folded == {("shop", "cart"): 0.2, ("shop", "web"): 0.01}
+
+    @pytest.mark.parametrize(("combine", "expected"), [("max", 3.0), ("min", 0.5), ("sum", 3.5)])
+    def test_several_series_of_a_target_fold_by_the_combiner(
+        self, combine: Combine, expected: float
+    ) -> None:
+        samples = [sample(CART, 0.5, pod="a"), sample(CART, 3.0, pod="b")]
+        assert reduce_vector(vector(samples), combine=combine) == {("shop", "cart"): expected}
+
+    def test_nan_is_kept_only_when_every_series_is_nan(self) -> None:
+        mixed = [sample(CART, math.nan, pod="a"), sample(CART, 0.7, pod="b")]
+        assert reduce_vector(vector(mixed), combine="max") == {("shop", "cart"): 0.7}
+        only_nan = reduce_vector(vector([sample(CART, math.nan)]), combine="min")
+        assert math.isnan(only_nan[("shop", "cart")])
+        # Traffic: a NaN rate is no traffic.
+        assert reduce_vector(vector(mixed), combine="sum") == {("shop", "cart"): 0.7}
+        assert reduce_vector(vector([sample(CART, math.nan)]), combine="sum") == {
+            ("shop", "cart"): 0.0
+        }
+
+    def test_series_without_both_labels_and_scalars_fold_to_nothing(self) -> None:
+        stray = [{"metric": {"namespace": "shop"}, "value": [0, "1"]}]
+        assert reduce_vector(stray) == {}
+        assert reduce_vector([1_700_000_000.0, "1"]) == {}
+
+    def test_custom_label_names(self) -> None:
+        found = [{"metric": {"ns": "shop", "app": "cart"}, "value": [0, "+Inf"]}]
+        folded = reduce_vector(found, namespace_label="ns", deployment_label="app")
+        assert folded == {("shop", "cart"): math.inf}
+
+    @pytest.mark.parametrize(
+        "result",
+        [
+            [{"metric": {"namespace": "a", "deployment": "b"}, "values": [[0, "1"]]}],  # matrix
+            "a string",
+            [["not", "a", "sample"]],
+        ],
+    )
+    def test_anything_but_an_instant_vector_is_a_bad_query(self, result: Any) -> None:
+        with pytest.raises(PromQLError) as refused:
+            reduce_vector(result)
+        assert not refused.value.retryable
+
+
+class TestJudgement:
+    """``breaching()`` answers for the fleet; ``evaluation()`` for one target, the same way."""
+
+    SPEC = SignalSpec(
+        name="error_ratio",
+        query="q",
+        threshold=0.05,
+        traffic_query="t",
+        min_traffic=1.0,
+        min_requests=10,
+        window="10s",
+    )
+
+    def test_breaching_applies_threshold_and_both_evidence_gates(self) -> None:
+        values = {
+            ("shop", "bad"): 0.5,
+            ("shop", "fine"): 0.01,
+            ("shop", "quiet"): 0.9,  # 0.5 req/s: under min_traffic
+            ("shop", "thin"): 0.9,  # 1 req/s over 10 s is exactly 10 requests: judged
+            ("shop", "silent"): 0.9,  # no traffic series at all
+            ("shop", "nan"): math.nan,
+        }
+        rates = {
+            ("shop", "bad"): 5.0,
+            ("shop", "fine"): 5.0,
+            ("shop", "quiet"): 0.5,
+            ("shop", "thin"): 1.0,
+            ("shop", "nan"): 5.0,
+        }
+        judgement = Judgement(self.SPEC, values, rates, "10s")
+        assert sorted(judgement.breaching()) == [("shop", "bad"), ("shop", "thin")]
+        narrowed = Judgement(self.SPEC, values, rates, "5s")  # 1 req/s x 5 s is too thin
+        assert narrowed.breaching() == [("shop", "bad")]
+
+    def test_breaching_and_evaluation_always_agree(self) -> None:
+        below = SignalSpec(name="success", query="q", threshold=0.99, comparison="<")
+        grid = [0.0, 0.04, 0.05, 0.06, 0.98, 0.99, 1.0, math.inf, -math.inf, math.nan]
+        for spec in (self.SPEC, below):
+            values = {("ns", f"v{i}-r{j}"): v for i, v in enumerate(grid) for j in range(4)}
+            rates = {
+                ("ns", f"v{i}-r{j}"): r
+                for i in range(len(grid))
+                for j, r in enumerate([0.5, 1.0, 2.0, math.nan])
+            }
+            for traffic in (rates, None):
+                judgement = Judgement(spec, values, traffic, "10s")
+                breaching = set(judgement.breaching())
+                for key in judgement.targets():
+                    verdict = judgement.evaluation(key).verdict
+                    assert (verdict is Verdict.BREACH) == (key in breaching), (spec.name, key)
+
+    def test_a_target_with_traffic_but_no_value_is_no_data(self) -> None:
+        judgement = Judgement(self.SPEC, {}, {("shop", "cart"): 5.0}, "10s")
+        assert judgement.breaching() == []
+        evaluation = judgement.evaluation(("shop", "cart"))
+        assert evaluation.verdict is Verdict.NO_DATA
+        assert evaluation.target == CART
 
 
 class TestDefaults:
