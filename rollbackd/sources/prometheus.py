@@ -1,7 +1,7 @@
 """Prometheus poller: rollbackd's own eyes on the signals, independent of alert rules.
 
 Every ``interval`` the poller runs each signal's query once for all targets
-(``signals.evaluate_specs``) and keeps a small state per (target, signal):
+(``signals.judge_spec``) and keeps a small state per (target, signal):
 
 - BREACH counts consecutive breaching cycles; at ``for_count`` it emits
   FIRING, and repeats FIRING with the same key every cycle while breaching
@@ -12,13 +12,21 @@ Every ``interval`` the poller runs each signal's query once for all targets
   "for" means consecutive observed breaches. A firing state survives so the
   anomaly keeps its start time if the breach is still there afterwards.
 
-State is kept only for targets that are not healthy, so memory follows the
-number of troubled targets, not the fleet.
+State is kept only for targets that are not healthy, and a cycle looks only
+at those and at the targets breaching now (one comparison per target, no
+object per healthy target), so its cost on the event loop follows the
+number of troubled targets, not the fleet. Responses are decoded and folded
+in worker threads (``PromQL.query_vector``).
+
+Polls run on a grid placed just after Prometheus's scrapes land
+(``pollgrid``), relearnt every few minutes, so a breach is read a fraction of
+a second after its scrape instead of half an interval later on average.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,12 +34,19 @@ from datetime import datetime
 import structlog
 
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
-from rollbackd.promql import PromQL
-from rollbackd.signals import Evaluation, SignalSpec, Verdict, evaluate_specs
+from rollbackd.promql import PromQL, PromQLError
+from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict, judge_spec
+from rollbackd.sources.pollgrid import PollGrid, best_phase
 
 __all__ = ["PrometheusPoller"]
 
 log = structlog.get_logger(__name__)
+
+# How often the scrape phase is relearnt (targets come and go, Prometheus restarts).
+PHASE_RELEARN_SECONDS = 300.0
+
+# (namespace, deployment, signal name)
+_Key = tuple[str, str, str]
 
 
 @dataclass
@@ -56,6 +71,7 @@ class PrometheusPoller:
         emit: Callable[[Signal], Awaitable[None]],
         clock: Callable[[], datetime],
         on_query_error: Callable[[str, Exception], None] | None = None,
+        align_to_scrapes: bool = True,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -65,30 +81,42 @@ class PrometheusPoller:
         self._emit = emit
         self._clock = clock
         self._on_query_error = on_query_error
-        self._streaks: dict[tuple[Target, str], _Streak] = {}
+        self._align = align_to_scrapes
+        self._grid = PollGrid(interval)
+        self._phase_learnt_at: float | None = None
+        self._streaks: dict[_Key, _Streak] = {}
+
+    async def _judge_all(self) -> tuple[dict[str, Judgement], dict[str, Exception]]:
+        specs = list(self._specs.values())
+        outcomes = await asyncio.gather(
+            *(judge_spec(self._promql, spec) for spec in specs), return_exceptions=True
+        )
+        judgements: dict[str, Judgement] = {}
+        failed: dict[str, Exception] = {}
+        for spec, outcome in zip(specs, outcomes, strict=True):
+            if isinstance(outcome, PromQLError):
+                failed[spec.name] = outcome
+                if self._on_query_error is not None:
+                    self._on_query_error(spec.name, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug, not an outage: the cycle fails loudly
+            else:
+                judgements[spec.name] = outcome
+        return judgements, failed
 
     async def evaluate_once(self) -> list[Signal]:
         """One cycle: query, update streaks, emit and return the signals produced."""
         now = self._clock()
-        failed: dict[str, Exception] = {}
-
-        def on_error(name: str, exc: Exception) -> None:
-            failed[name] = exc
-            if self._on_query_error is not None:
-                self._on_query_error(name, exc)
-
-        results = await evaluate_specs(self._promql, list(self._specs.values()), on_error=on_error)
+        judgements, failed = await self._judge_all()
+        # Only tracked targets and those breaching now can change state.
+        keys: set[_Key] = set(self._streaks)
+        for name, judgement in judgements.items():
+            keys.update(
+                (namespace, deployment, name) for namespace, deployment in judgement.breaching()
+            )
         signals: list[Signal] = []
-        # Tracked targets missing from this cycle's results count as no data.
-        for key in sorted(set(results) | set(self._streaks)):
-            evaluation = results.get(key)
-            if evaluation is None:
-                target, name = key
-                why = f"query failed: {failed[name]}" if name in failed else "no series"
-                evaluation = Evaluation(
-                    target, name, Verdict.NO_DATA, None, self._specs[name].threshold, why
-                )
-            signal = self._step(key, evaluation, now)
+        for key in sorted(keys):
+            signal = self._step(key, self._evaluation(key, judgements, failed), now)
             if signal is not None:
                 signals.append(signal)
         for signal in signals:
@@ -99,10 +127,22 @@ class PrometheusPoller:
                 log.exception("poller_emit_failed", key=signal.key)
         return signals
 
-    def _step(
-        self, key: tuple[Target, str], evaluation: Evaluation, now: datetime
-    ) -> Signal | None:
-        spec = self._specs[key[1]]
+    def _evaluation(
+        self, key: _Key, judgements: dict[str, Judgement], failed: dict[str, Exception]
+    ) -> Evaluation:
+        namespace, deployment, name = key
+        judgement = judgements.get(name)
+        if judgement is not None and (namespace, deployment) in judgement.targets():
+            return judgement.evaluation((namespace, deployment))
+        # A tracked target missing from this cycle's results counts as no data.
+        why = f"query failed: {failed[name]}" if name in failed else "no series"
+        threshold = self._specs[name].threshold
+        return Evaluation(
+            Target(namespace, deployment), name, Verdict.NO_DATA, None, threshold, why
+        )
+
+    def _step(self, key: _Key, evaluation: Evaluation, now: datetime) -> Signal | None:
+        spec = self._specs[key[2]]
         streak = self._streaks.get(key)
         if evaluation.verdict is Verdict.BREACH:
             if streak is None:
@@ -161,21 +201,39 @@ class PrometheusPoller:
         )
 
     async def run(self) -> None:
-        """Poll until cancelled; ticks stay on a fixed grid and a bad cycle is only logged."""
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        """Poll until cancelled, on the scrape-aligned grid; a bad cycle is only logged."""
         while True:
+            started = time.time()
             try:
                 await self.evaluate_once()
             except Exception:
                 log.exception("poller_cycle_failed")
-            next_tick += self._interval
-            now = loop.time()
-            if next_tick < now:
-                # A slow cycle skips the ticks it overran instead of bursting.
-                missed = int((now - next_tick) // self._interval) + 1
-                next_tick += missed * self._interval
-            await asyncio.sleep(next_tick - now)
+            if self._align:
+                await self._learn_phase()
+            tick = self._grid.next_tick(time.time(), started)
+            # Clamped: a wall clock stepped backwards must not stall the poller.
+            await asyncio.sleep(min(max(0.0, tick - time.time()), 2 * self._interval))
+
+    async def _learn_phase(self) -> None:
+        now = time.monotonic()
+        if (
+            self._phase_learnt_at is not None
+            and now - self._phase_learnt_at < PHASE_RELEARN_SECONDS
+        ):
+            return
+        try:
+            landings = await self._promql.scrape_landings()
+        except PromQLError as exc:
+            log.info("poll_phase_unknown", error=str(exc))
+            return
+        phase = best_phase(landings, self._interval)
+        if phase is None:
+            return  # nothing scraped yet: ask again after the next cycle
+        self._phase_learnt_at = now
+        self._grid.align(phase)
+        log.info(
+            "poll_phase_aligned", targets=len(landings), phase=round(self._grid.phase or 0.0, 3)
+        )
 
     @property
     def tracked(self) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,8 +17,9 @@ import pytest
 from aiohttp import web
 
 from rollbackd.model import Signal, SignalStatus, Target
-from rollbackd.promql import PromQL, PromQLError, Sample
+from rollbackd.promql import Combine, PromQL, PromQLError, TargetKey
 from rollbackd.signals import DEFAULT_SIGNALS, SignalSpec, Verdict, evaluate_specs
+from rollbackd.sources.pollgrid import landing_margin
 from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.testing.promstack import MetricsEndpoint, PrometheusServer, poll_until
 
@@ -87,9 +90,9 @@ class CountingPromQL(PromQL):
         super().__init__(url, attempts=2, max_backoff=0.2, timeout=5.0)
         self.queries: list[str] = []
 
-    async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
+    async def query_vector(self, expr: str, **options: Any) -> dict[TargetKey, float]:
         self.queries.append(expr)
-        return await super().query(expr, at)
+        return await super().query_vector(expr, **options)
 
 
 @dataclass
@@ -339,28 +342,40 @@ async def test_adapter_retries_transient_errors_but_not_bad_queries() -> None:
         await runner.cleanup()
 
 
+Folded = dict[TargetKey, float]
+
+
 class ScriptedPromQL:
     """Stands in for the adapter in loop tests: each query pops the next scripted answer."""
 
-    def __init__(self, script: list[list[Sample] | Exception]) -> None:
+    def __init__(
+        self, script: list[Folded | Exception], landings: list[float] | None = None
+    ) -> None:
         self.script = script
+        self.landings = landings or []
         self.calls = 0
+        self.called_at: list[float] = []
         self.exhausted = asyncio.Event()
 
-    async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
+    async def query_vector(
+        self, expr: str, *, at: datetime | None = None, combine: Combine = "max", **_: str
+    ) -> Folded:
         self.calls += 1
+        self.called_at.append(time.time())
         if not self.script:
             self.exhausted.set()
-            return []
+            return {}
         answer = self.script.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
+    async def scrape_landings(self) -> list[float]:
+        return self.landings
 
-def _breach(target: Target) -> list[Sample]:
-    labels = {"namespace": target.namespace, "deployment": target.name}
-    return [Sample(labels=labels, value=1.0, timestamp=0.0)]
+
+def _breach(target: Target) -> Folded:
+    return {(target.namespace, target.name): 1.0}
 
 
 async def test_run_survives_a_failing_cycle_and_stops_cleanly_when_cancelled() -> None:
@@ -389,7 +404,7 @@ async def test_run_survives_a_failing_cycle_and_stops_cleanly_when_cancelled() -
 
 async def test_a_firing_target_that_vanishes_from_results_is_no_data() -> None:
     spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
-    scripted = ScriptedPromQL([_breach(CART), []])
+    scripted = ScriptedPromQL([_breach(CART), {}])
     emitted: list[Signal] = []
 
     async def emit(signal: Signal) -> None:
@@ -410,7 +425,7 @@ async def test_a_firing_target_that_vanishes_from_results_is_no_data() -> None:
 
 async def test_a_failing_emit_does_not_hide_the_other_signals() -> None:
     spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
-    scripted = ScriptedPromQL([_breach(CART) + _breach(WEB)])
+    scripted = ScriptedPromQL([_breach(CART) | _breach(WEB)])
     received: list[Target] = []
 
     async def emit(signal: Signal) -> None:
@@ -427,3 +442,87 @@ async def test_a_failing_emit_does_not_hide_the_other_signals() -> None:
     )
     await poller.evaluate_once()
     assert received == [WEB]
+
+
+async def test_a_cycle_judges_only_breaching_and_tracked_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 000 healthy Deployments and one breaching: one Evaluation is built, not 10 001.
+    from rollbackd.signals import Judgement
+
+    fleet: Folded = {("fleet", f"svc{i}"): 0.0 for i in range(10_000)}
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=2)
+    scripted = ScriptedPromQL([fleet | _breach(CART), fleet | _breach(CART)])
+    built: list[TargetKey] = []
+    original = Judgement.evaluation
+
+    def counting(self: Judgement, key: TargetKey) -> Any:
+        built.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(Judgement, "evaluation", counting)
+    emitted: list[Signal] = []
+
+    async def emit(signal: Signal) -> None:
+        emitted.append(signal)
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=1.0,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    assert await poller.evaluate_once() == []
+    assert [s.status for s in await poller.evaluate_once()] == [SignalStatus.FIRING]
+    assert built == [("shop", "cart"), ("shop", "cart")]
+    assert poller.tracked == 1
+
+
+async def test_polls_run_just_after_the_scrapes_land() -> None:
+    interval = 0.5
+    landing = time.time() - 3.21  # any past landing: only its phase matters
+    spec = SignalSpec(name="x", query="q", threshold=0.5)
+    scripted = ScriptedPromQL([{} for _ in range(6)], landings=[landing])
+
+    async def emit(signal: Signal) -> None:
+        raise AssertionError("nothing breaches")
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=interval,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.wait_for(scripted.exhausted.wait(), 20)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    expected = (landing + landing_margin(interval)) % interval
+    # The first poll runs at start; every later one on the aligned grid, one interval apart.
+    later = scripted.called_at[1:]
+    offsets = [((t - expected + interval / 2) % interval) - interval / 2 for t in later]
+    assert all(-0.005 <= offset < 0.1 for offset in offsets), offsets
+    gaps = [b - a for a, b in itertools.pairwise(later)]
+    assert all(gap > interval * 0.8 for gap in gaps), gaps
+
+
+async def test_adapter_folds_vectors_and_reads_scrape_landings(rig: Rig) -> None:
+    await rig.wait_verdict(CART, ERROR_RATIO, Verdict.HEALTHY)
+    folded = await rig.promql.query_vector(
+        "sum by (namespace, deployment) (rate(http_requests_total[5s]))", combine="sum"
+    )
+    assert set(folded) == {("shop", "cart"), ("shop", "web")}
+    assert all(rate > 0 for rate in folded.values())
+
+    landings = await rig.promql.scrape_landings()
+    assert len(landings) == 1  # one scrape target
+    assert time.time() - 5 < landings[0] <= time.time() + 0.1
+
+    with pytest.raises(PromQLError, match="HTTP 400") as bad:
+        await rig.promql.query_vector("sum(")
+    assert not bad.value.retryable
