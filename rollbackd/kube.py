@@ -6,6 +6,11 @@ watch cache answers in microseconds). Every write starts from a fresh GET and
 carries a resourceVersion precondition (safety rule 10), so a human's
 concurrent deploy surfaces as ConflictError instead of being overwritten.
 
+Every failure leaves as a typed :class:`KubeError` built from the Status body
+(:mod:`rollbackd.kubeerrors`); transient ones (429, 5xx, connection errors,
+timeouts) are retried first, within the retry budget in scope
+(:mod:`rollbackd.kuberetry`: a rollback brings its own).
+
 Objects are handled as plain Kubernetes JSON (camelCase dicts): pod templates
 are compared and restored byte-for-byte, which typed models would obscure.
 """
