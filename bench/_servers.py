@@ -20,7 +20,7 @@ import secrets
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,13 +200,21 @@ class _Readiness:
 
 
 def start_rollbackd(
-    children: Children, sim: KubeSimProcess, workdir: Path, *, log_level: str = "info"
+    children: Children,
+    sim: KubeSimProcess,
+    workdir: Path,
+    *,
+    log_level: str = "info",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Rollbackd:
+    """``overrides`` update whole config sections, e.g. a real Prometheus for the poll bench."""
     token = secrets.token_urlsafe(24)
     token_file = workdir / "webhook-token"
     token_file.write_text(token + "\n")
     config = workdir / "rollbackd.yaml"
     settings = rollbackd_config(sim, workdir, token_file, log_level)
+    for section, values in (overrides or {}).items():
+        settings.setdefault(section, {}).update(values)
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     child = children.start(
         "rollbackd",
