@@ -96,7 +96,8 @@ class NotifierPager:
                     **details,
                 },
                 created_at=self._clock(),
-                resolves=kind is NotificationKind.ROLLBACK_COMPLETED,
+                # A rollback that stepped back for a human closes its page too.
+                resolves=kind in (NotificationKind.ROLLBACK_COMPLETED, NotificationKind.SUPERSEDED),
             )
         )
 

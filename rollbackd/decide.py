@@ -290,7 +290,7 @@ def _rollback_in_flight(inp: _Inputs) -> Decision | None:
         # The Deployment's own state annotation also counts: another replica
         # may have started the rollback before a leader change.
         state = _state_in_flight(inp.facts)
-        if state is None:
+        if state is None or state[0] == inp.history.ended_on_record:
             return None
         rollback_id, phase = state
     return inp.decision(

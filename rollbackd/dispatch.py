@@ -53,6 +53,7 @@ class JournalLike(Protocol):
         covers: Sequence[int] = (),
     ) -> int: ...
     async def link_decision(self, decision_id: int, record_id: str) -> None: ...
+    async def get_rollback(self, rollback_id: str) -> Rollback | None: ...
     async def undecided_signals(
         self, *, after_id: int = 0, limit: int = 1000
     ) -> list[tuple[int, Signal]]: ...
@@ -313,7 +314,13 @@ class Dispatcher:
         # The journal may still list a rollback that died with an earlier
         # process; the Deployment's phase annotation is what another rollbackd
         # (a one-shot CLI run, or a leader being replaced) is working on now.
-        return replace(history, in_flight=annotated_rollback(facts))
+        annotated = annotated_rollback(facts)
+        if annotated is not None:
+            recorded = await self._journal.get_rollback(annotated.id)
+            if recorded is not None and recorded.phase.terminal:
+                # Its final state write failed (the API was down): it has ended.
+                return replace(history, in_flight=None, ended_on_record=annotated.id)
+        return replace(history, in_flight=annotated)
 
     async def _act(
         self,

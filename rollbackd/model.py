@@ -183,6 +183,9 @@ class History:
     restored_revisions: tuple[int, ...] = ()
     # The newest dry-run record: later reports of the same anomaly join it.
     last_dry_run: Rollback | None = None
+    # A rollback the Deployment's state annotation still calls running although
+    # the journal recorded its end (the final write failed): not in flight.
+    ended_on_record: str | None = None
 
 
 @dataclass(frozen=True)

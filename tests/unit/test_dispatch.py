@@ -15,6 +15,7 @@ from rollbackd.dispatch import Dispatcher
 from rollbackd.escalation import Escalations
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
+    ANNOTATION_ROLLBACK,
     Action,
     ClusterFacts,
     Decision,
@@ -30,6 +31,7 @@ from rollbackd.model import (
 )
 from rollbackd.notify.base import Notification, NotificationKind
 from rollbackd.pending import Accepted, PendingSignals
+from rollbackd.state import RollbackState, encode_state
 from rollbackd.testing.stack import wait_for
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -113,6 +115,9 @@ class FakeJournal:
         self.decisions.append((decision, rollback_id))
         self.settled.update(covers)
         return len(self.decisions)
+
+    async def get_rollback(self, rollback_id: str) -> Rollback | None:
+        return self.rollbacks.get(rollback_id)
 
     async def link_decision(self, decision_id: int, record_id: str) -> None:
         decision, _ = self.decisions[decision_id - 1]
@@ -424,3 +429,30 @@ async def test_per_target_locks_are_dropped_once_nobody_needs_them() -> None:
     await asyncio.gather(*(h.dispatcher.handle(signal(f"am:{i}")) for i in range(5)))
     assert len(h.dispatcher._locks) == 0
     h.release.set()
+
+
+async def test_a_rollback_whose_final_state_write_failed_does_not_hold_the_target() -> None:
+    # The journal says rb-old ended; the Deployment still says VERIFYING
+    # because the API was down when the terminal state was written.
+    h = Harness()
+    state = encode_state(RollbackState("rb-old", Phase.VERIFYING, 2, 1, NOW, NOW, "rollback"))
+    h.facts = replace(h.facts, annotations={ANNOTATION_ROLLBACK: state})
+    h.journal.rollbacks["rb-old"] = Rollback(
+        id="rb-old",
+        target=CART,
+        phase=Phase.ESCALATED,
+        started_at=NOW,
+        updated_at=NOW,
+        finished_at=NOW,
+    )
+    decision = await h.dispatcher.handle(signal("am:1"))
+    assert decision.action is not Action.JOIN
+    assert decision.rollback_id != "rb-old"
+
+
+async def test_an_annotated_rollback_the_journal_does_not_know_is_joined() -> None:
+    h = Harness()
+    state = encode_state(RollbackState("rb-other", Phase.VERIFYING, 2, 1, NOW, NOW, "rollback"))
+    h.facts = replace(h.facts, annotations={ANNOTATION_ROLLBACK: state})
+    decision = await h.dispatcher.handle(signal("am:1"))
+    assert (decision.action, decision.rollback_id) == (Action.JOIN, "rb-other")
