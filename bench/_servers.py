@@ -52,6 +52,7 @@ class KubeSimProcess:
     url: str
     kubeconfig: Path
     token: str
+    metrics_url: str = ""  # the workload /metrics a Prometheus scrapes
 
 
 def start_kubesim(children: Children, workdir: Path) -> KubeSimProcess:
@@ -72,11 +73,13 @@ def start_kubesim(children: Children, workdir: Path) -> KubeSimProcess:
         env=_clean_env(),
     )
     child.wait_for_line(_key_value("kubeconfig="), timeout=START_TIMEOUT_SECONDS)
+    metrics_url = child.wait_for_line(_key_value("metrics_url="), timeout=START_TIMEOUT_SECONDS)
     document = yaml.safe_load(kubeconfig.read_text())
     return KubeSimProcess(
         url=document["clusters"][0]["cluster"]["server"],
         kubeconfig=kubeconfig,
         token=document["users"][0]["user"]["token"],
+        metrics_url=str(metrics_url),
     )
 
 
