@@ -544,7 +544,7 @@ class Daemon:
         if self._leader:
             return True, "ok: leader"
         holder = election.holder if election is not None else None
-        return True, f"standby: following {holder}" if holder else "standby: no leader yet"
+        return True, f"standby: following {holder}" if holder else "standby: leader not known yet"
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
