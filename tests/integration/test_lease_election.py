@@ -14,16 +14,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from rollbackd.fencing import FencedError
+from rollbackd.fencing import FencedError, StaleTermError
 from rollbackd.kube import Kube, NotFoundError
 from rollbackd.lease import LeaseProblem
-from rollbackd.model import Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
+from rollbackd.state import RollbackState, encode_state
 from rollbackd.testing.kubesim import KubeSim
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -224,3 +226,53 @@ async def test_a_forbidden_lease_says_what_to_grant(
     assert "refuses to get the Lease default/rollbackd" in problem.message
     assert "get, create and update on leases" in problem.message
     assert not a.leading.is_set() and not a.kube.fence.may_act()
+
+
+async def test_a_leader_never_replaces_state_written_in_a_later_term(
+    kubesim: KubeSim, replicas: dict[str, Replica]
+) -> None:
+    a = replicas["replica-a"]
+    a.campaign()
+    await asyncio.wait_for(a.leading.wait(), 10)
+    ours = a.kube.fence.term
+    assert ours is not None
+    at = datetime.now(UTC)
+    theirs = RollbackState(
+        rollback_id="rb-1",
+        phase=Phase.VERIFYING,
+        from_revision=2,
+        to_revision=1,
+        started_at=at,
+        updated_at=at,
+        reason_code="rollback",
+        holder="replica-b",
+        term=ours.number + 1,
+    )
+    kubesim.store.create(
+        "apps/v1/deployments",
+        {
+            "metadata": {
+                "name": "web",
+                "namespace": "default",
+                "annotations": {ANNOTATION_ROLLBACK: encode_state(theirs)},
+            },
+            "spec": {
+                "replicas": 0,  # no pods: nothing moves the object after the read below
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+                },
+            },
+        },
+    )
+    mine = replace(theirs, phase=Phase.ROLLBACK_COMPLETED, holder=ours.holder, term=ours.number)
+    target = Target("default", "web")
+    await kubesim.controller.settle()
+    current = await a.kube.read_deployment(target)
+    with pytest.raises(StaleTermError, match="written by replica-b in term"):
+        await a.kube.write_state(
+            target, mine, resource_version=current["metadata"]["resourceVersion"]
+        )
+    stored = kubesim.store.get("apps/v1/deployments", "default", "web")
+    assert stored["metadata"]["annotations"][ANNOTATION_ROLLBACK] == encode_state(theirs)
