@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, SignalSource, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Phase, RecordKind, SignalSource, Target
 from rollbackd.signals import DEFAULT_SIGNALS
 from rollbackd.testing.promstack import instant_query
 from rollbackd.testing.stack import (
@@ -141,6 +141,14 @@ async def assert_single_completed_rollback(stack: Stack, v1: dict[str, Any]) -> 
     assert metric(found, "rollbackd_decisions_total", action="rollback") == 1
 
 
+async def assert_only_an_escalation_record(stack: Stack, dedup_key: str) -> None:
+    """No rollback happened; the page is a record of its own, listed by kind."""
+    journal = stack.daemon.journal
+    assert await journal.list_rollbacks(target=SHOP, kind=RecordKind.ROLLBACK) == []
+    [record] = await journal.list_rollbacks(target=SHOP, kind=RecordKind.ESCALATION)
+    assert record.id == dedup_key and record.phase is Phase.ESCALATED
+
+
 async def signals_of(stack: Stack, rollback_id: str) -> list[dict[str, Any]]:
     """The signals the journal links to a rollback (the trigger and those that joined)."""
     timeline = await stack.daemon.journal.timeline(rollback_id)
@@ -241,7 +249,7 @@ async def test_anomaly_without_recent_rollout_escalates_without_rollback(
     assert all(d["action"] != "rollback" for d in decisions)
     after = await stack.deployment(SHOP.name)
     assert after["spec"]["template"] == before["spec"]["template"]
-    assert await stack.daemon.journal.list_rollbacks(target=SHOP) == []
+    await assert_only_an_escalation_record(stack, page.json["dedup_key"])
 
 
 async def test_single_revision_escalates_manual_rollback_needed(make_stack: StackFactory) -> None:
@@ -257,7 +265,7 @@ async def test_single_revision_escalates_manual_rollback_needed(make_stack: Stac
     assert "manual rollback needed" in page.json["payload"]["summary"]
     decisions = await stack.daemon.journal.decisions(target=SHOP, limit=500)
     assert "no_previous_revision" in {d["reason_code"] for d in decisions}
-    assert await stack.daemon.journal.list_rollbacks(target=SHOP) == []
+    await assert_only_an_escalation_record(stack, page.json["dedup_key"])
     assert await stack.revision(SHOP.name) == 1
 
 
