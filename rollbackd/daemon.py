@@ -24,6 +24,7 @@ from aiohttp import web
 
 from rollbackd.config import Settings
 from rollbackd.dispatch import Dispatcher, annotated_rollback
+from rollbackd.errors import NotLeaderError
 from rollbackd.escalation import Escalations, GroupingPolicy
 from rollbackd.executor import Executor
 from rollbackd.intake import SignalIntake
@@ -554,6 +555,10 @@ class Daemon:
         Without ``force`` it is decided like any signal. ``force`` lifts the
         change window and the cooldown only; the guards always apply.
         """
+        if not self.one_shot and self.settings.leader_election.enabled and not self._leader:
+            # Only the Lease holder acts; nothing is recorded here, so a retry
+            # against the leader (the webhook Service selects it) is clean.
+            raise NotLeaderError("this replica is a standby: send the request to the leader")
         now = self.clock()
         signal = Signal(
             target=target,

@@ -6,8 +6,12 @@ layer imports another just for an exception class.
 
 from __future__ import annotations
 
-__all__ = ["AcceptError"]
+__all__ = ["AcceptError", "NotLeaderError"]
 
 
 class AcceptError(Exception):
     """Nothing was recorded, so nothing may be acknowledged: the sender should retry (503)."""
+
+
+class NotLeaderError(Exception):
+    """This replica does not hold the Lease, so it may not act: ask the leader (503)."""

@@ -43,7 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from rollbackd.decide import ReasonCode
-from rollbackd.errors import AcceptError
+from rollbackd.errors import AcceptError, NotLeaderError
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
 from rollbackd.model import RecordKind, Rollback, Target
@@ -566,6 +566,8 @@ class _Api:
             return _error(400, f"target: {exc}")
         try:
             rollback_id = await self.manual_rollback(target, dry_run, force=force, reason=reason)
+        except NotLeaderError as exc:
+            return _error(503, str(exc))
         except LookupError as exc:
             return _error(404, str(exc))
         except ValueError as exc:

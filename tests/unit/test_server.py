@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from rollbackd.metrics import Metrics
+from rollbackd.errors import NotLeaderError
 from rollbackd.model import Phase, RecordKind, Rollback, Target
 from rollbackd.server import (
     AcceptError,
@@ -149,6 +150,8 @@ async def make_client() -> AsyncIterator[MakeClient]:
                 raise LookupError("no Deployment shop/missing")
             if target.name == "busy":
                 raise ValueError("a rollback is already in flight")
+            if target.name == "standby":
+                raise NotLeaderError("this replica is a standby: send the request to the leader")
             return "rb-manual"
 
         app = create_app(
@@ -990,6 +993,9 @@ async def test_manual_rollback_starts_and_maps_refusals(make_client: MakeClient)
     busy = await client.post("/api/v1/rollbacks", json={"target": "shop/busy"})
     assert (missing.status, busy.status) == (404, 409)
     assert "in flight" in (await busy.json())["error"]
+    standby = await client.post("/api/v1/rollbacks", json={"target": "shop/standby"})
+    assert standby.status == 503  # retryable: the leader can take it
+    assert "standby" in (await standby.json())["error"]
 
 
 @pytest.mark.parametrize(
