@@ -22,8 +22,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from rollbackd.metrics import Metrics
 from rollbackd.errors import NotLeaderError
+from rollbackd.metrics import Metrics
 from rollbackd.model import Phase, RecordKind, Rollback, Target
 from rollbackd.server import (
     AcceptError,
