@@ -1,7 +1,7 @@
-"""Fixtures for real servers on loopback, shared by every test package."""
+"""Fixtures for real servers on loopback, shared by every test package.
 
-pytest_plugins = [
-    "rollbackd.testing.kubesim.fixture",
-    "rollbackd.testing.promstack",
-    "rollbackd.testing.sink",
-]
+They live in a plugin of the tests, not in ``rollbackd.testing``: the runtime
+package (and the demo built on it) imports no test framework.
+"""
+
+pytest_plugins = ["tests.plugins.rollbackd_fixtures"]

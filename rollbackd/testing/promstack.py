@@ -12,10 +12,9 @@ Lifecycle is explicit: ``async with PrometheusServer(...) as prom`` or
 and the data directory, which is what an outage test needs: the poller keeps
 its URL and Prometheus comes back with its history.
 
-This module is also a pytest plugin providing the ``prometheus_factory`` and
-``alertmanager_factory`` fixtures, which start servers on demand and stop
-them at teardown. A missing binary fails the test with a clear message; it is
-never a silent skip.
+The pytest fixtures that start these servers per test live in the tests'
+plugin (tests/plugins/rollbackd_fixtures.py): this module is runtime code for
+the demo and must import no test framework.
 """
 
 from __future__ import annotations
@@ -27,33 +26,31 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-import pytest
-import pytest_asyncio
 import yaml
 from aiohttp import web
 
 __all__ = [
     "AlertmanagerConfig",
+    "AlertmanagerFactory",
     "AlertmanagerServer",
     "BinaryNotFoundError",
     "MetricsEndpoint",
     "PrometheusConfig",
+    "PrometheusFactory",
     "PrometheusServer",
     "ServerStartError",
-    "alertmanager_factory",
     "find_binary",
     "free_port",
     "instant_query",
     "poll_until",
-    "prometheus_factory",
 ]
 
 PROMETHEUS_BINARIES = ("prometheus",)
@@ -488,73 +485,7 @@ class MetricsEndpoint:
         await self.stop()
 
 
-@dataclass
-class _Started:
-    servers: list[_ServerProcess] = field(default_factory=list)
-
-    async def start(self, make: Callable[[], _S]) -> _S:
-        """Build, track (so teardown stops it even if start fails) and start a server."""
-        try:
-            server = make()
-        except BinaryNotFoundError as exc:
-            _fail_on_missing_binary(exc)
-        self.servers.append(server)
-        await server.start()
-        return server
-
-    async def close_all(self) -> None:
-        for server in reversed(self.servers):
-            await server.close()
-
-
-def _fail_on_missing_binary(exc: BinaryNotFoundError) -> NoReturn:
-    pytest.fail(f"required binary missing: {exc}", pytrace=False)
-
-
+# The signatures of the ``prometheus_factory`` and ``alertmanager_factory``
+# fixtures (tests/plugins/rollbackd_fixtures.py), for test annotations.
 PrometheusFactory = Callable[..., Awaitable[PrometheusServer]]
 AlertmanagerFactory = Callable[..., Awaitable[AlertmanagerServer]]
-
-
-@pytest_asyncio.fixture
-async def prometheus_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[PrometheusFactory]:
-    """``await prometheus_factory(targets=[...], rules=..., alertmanager_url=...)`` -> started server."""
-    started = _Started()
-
-    async def make(
-        targets: Sequence[str] = (),
-        rules: str | None = None,
-        alertmanager_url: str | None = None,
-        **options: Any,
-    ) -> PrometheusServer:
-        config = PrometheusConfig(
-            targets=tuple(targets), rules=rules, alertmanager_url=alertmanager_url, **options
-        )
-        return await started.start(
-            lambda: PrometheusServer(config, workdir=tmp_path_factory.mktemp("prometheus"))
-        )
-
-    try:
-        yield make
-    finally:
-        await started.close_all()
-
-
-@pytest_asyncio.fixture
-async def alertmanager_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[AlertmanagerFactory]:
-    """``await alertmanager_factory(webhook_url, bearer_token=None, ...)`` -> started server."""
-    started = _Started()
-
-    async def make(webhook_url: str, **options: Any) -> AlertmanagerServer:
-        config = AlertmanagerConfig(webhook_url=webhook_url, **options)
-        return await started.start(
-            lambda: AlertmanagerServer(config, workdir=tmp_path_factory.mktemp("alertmanager"))
-        )
-
-    try:
-        yield make
-    finally:
-        await started.close_all()

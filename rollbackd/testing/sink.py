@@ -6,7 +6,8 @@ answers every request the way PagerDuty's Events API does (202 and
 the exact bodies rollbackd sent, and can be told to fail or to hold the next
 requests so retries and a down channel can be exercised without sleeps.
 
-Also a pytest plugin: the ``pager_sink`` fixture yields a started sink.
+The ``pager_sink`` and ``http_sink_factory`` fixtures live in the tests' plugin
+(tests/plugins/rollbackd_fixtures.py); this module imports no test framework.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import pytest_asyncio
 from aiohttp import web
 
 _T = TypeVar("_T")
@@ -294,30 +294,3 @@ class HttpSink:
         if isinstance(payload, bytes | str):
             return web.Response(status=status, body=payload, headers=headers)
         return web.json_response(payload, status=status, headers=headers)
-
-
-async def _started_sink() -> AsyncIterator[HttpSink]:
-    async with HttpSink() as sink:
-        yield sink
-
-
-@pytest_asyncio.fixture
-async def pager_sink() -> AsyncIterator[HttpSink]:
-    """A started ``HttpSink`` (PagerDuty-like 202 answers), stopped after the test."""
-    async for sink in _started_sink():
-        yield sink
-
-
-@pytest_asyncio.fixture
-async def http_sink_factory() -> AsyncIterator[Callable[..., Any]]:
-    """Start more sinks in one test: ``sink = await http_sink_factory()``; all stopped after."""
-    sinks: list[HttpSink] = []
-
-    async def make(**kwargs: Any) -> HttpSink:
-        sink = await HttpSink(**kwargs).start()
-        sinks.append(sink)
-        return sink
-
-    yield make
-    for sink in reversed(sinks):
-        await sink.stop()

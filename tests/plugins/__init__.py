@@ -1,0 +1,1 @@
+"""pytest plugins the test suite loads (see tests/conftest.py)."""
