@@ -1,0 +1,55 @@
+"""What rollbackd may do: target labels, policy, rollout and verification."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from pydantic import (
+    Field,
+)
+
+from rollbackd.model import (
+    Policy,
+)
+
+if TYPE_CHECKING:
+    pass
+from rollbackd.config.types import (
+    NonEmptyStr,
+    NonNegativeDuration,
+    PositiveDuration,
+    _Section,
+)
+
+
+class TargetsSettings(_Section):
+    """Alert labels that name the Deployment an alert is about, tried in order."""
+
+    namespace_labels: tuple[NonEmptyStr, ...] = Field(default=("namespace",), min_length=1)
+    deployment_labels: tuple[NonEmptyStr, ...] = Field(default=("deployment",), min_length=1)
+    pod_labels: tuple[NonEmptyStr, ...] = Field(default=("pod",), min_length=1)
+
+
+_DEFAULT_POLICY = Policy()
+
+
+class PolicySettings(_Section):
+    """Global policy; namespaces and annotations refine it per target."""
+
+    change_window: PositiveDuration = _DEFAULT_POLICY.change_window
+    min_stable: NonNegativeDuration = _DEFAULT_POLICY.min_stable
+    cooldown: NonNegativeDuration = _DEFAULT_POLICY.cooldown
+    dry_run: bool = _DEFAULT_POLICY.dry_run
+    allowed_template_fields: tuple[NonEmptyStr, ...] = _DEFAULT_POLICY.allowed_template_fields
+    allow_mutable_images: bool = _DEFAULT_POLICY.allow_mutable_images
+
+
+class RolloutSettings(_Section):
+    timeout: PositiveDuration = timedelta(minutes=10)
+
+
+class VerifySettings(_Section):
+    intervals: int = Field(default=3, ge=1, le=20)
+    timeout: PositiveDuration = timedelta(minutes=5)
+    require_endpoints: bool = True
