@@ -9,13 +9,14 @@ timeouts, 5xx, 429). A bad query (4xx) fails at once. When attempts are
 exhausted, ``PromQLError`` is raised; callers treat that as "no data", never
 as health (safety rule 8).
 
-Large answers stay off the event loop: the JSON is decoded and folded into
-``{(namespace, deployment): value}`` in the same worker thread that made the
-request (``query_vector``), so a poll of 10 000 Deployments builds no object
-per sample and hands the loop one small dict per query. The HTTP session is
-ours (passed to the client), and a response hook turns a non-200 answer into
-a ``PromQLError`` carrying its status, so nothing reads the client's private
-attributes or parses its exception text.
+The HTTP session is ours (passed to the client) and its response hook does
+two things, so nothing reads the client's private attributes or parses its
+exception text: an error answer becomes a ``PromQLError`` carrying its
+status, and a successful query answer reaches the client undecoded
+(``promvector.UndecodedQueryResponse``). Large answers are then folded into
+``{(namespace, deployment): value}`` on the event loop in slices of a couple
+of milliseconds (``query_vector``): a poll of 10 000 Deployments builds no
+object per sample and never holds the loop, or the GIL, for long.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -41,6 +43,18 @@ from tenacity import (
 )
 from urllib3.util.retry import Retry
 
+from rollbackd.promvector import (
+    Combine,
+    NotAVectorError,
+    TargetKey,
+    UndecodedQueryResponse,
+    decoded_result,
+    each_item,
+    fold_answer,
+    is_scalar,
+    reduce_vector,
+)
+
 __all__ = [
     "Combine",
     "PromQL",
@@ -53,12 +67,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-TargetKey = tuple[str, str]
-"""(namespace, deployment): the key every grouped signal query is folded into."""
-
-Combine = Literal["max", "min", "sum"]
-"""How several series of one target fold into one value (worst, or total traffic)."""
 
 _DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
 _UNIT_SECONDS = {
@@ -117,16 +125,6 @@ def _to_float(raw: Any) -> float:
         return math.nan
 
 
-def _is_scalar(result: Any) -> bool:
-    # ``custom_query`` drops ``resultType``, so the shape tells: a scalar is ``[ts, "v"]``.
-    return (
-        isinstance(result, list)
-        and len(result) == 2
-        and isinstance(result[0], int | float)
-        and not isinstance(result[0], bool)
-    )
-
-
 def _not_a_vector() -> PromQLError:
     return PromQLError(
         "expected an instant vector (a range vector or string came back)", retryable=False
@@ -135,7 +133,7 @@ def _not_a_vector() -> PromQLError:
 
 def _parse_result(result: Any) -> list[Sample]:
     """Turn the API's ``data.result`` into samples (a scalar is one sample without labels)."""
-    if _is_scalar(result):
+    if is_scalar(result):
         return [Sample(labels={}, value=_to_float(result[1]), timestamp=float(result[0]))]
     if not isinstance(result, list):
         raise PromQLError(f"unexpected query result: {result!r:.200}", retryable=False)
@@ -149,51 +147,7 @@ def _parse_result(result: Any) -> list[Sample]:
     return samples
 
 
-def reduce_vector(
-    result: Any,
-    *,
-    combine: Combine = "max",
-    namespace_label: str = "namespace",
-    deployment_label: str = "deployment",
-) -> dict[TargetKey, float]:
-    """Fold an instant vector into one value per (namespace, deployment), no object per sample.
-
-    Series without both labels are ignored; a scalar has none, so it folds
-    to nothing. A target with several series (a query that is not fully
-    aggregated) gets its worst value (``max``/``min``, NaN only when every
-    series is NaN) or their ``sum`` (traffic; NaN counts as no traffic).
-    """
-    if _is_scalar(result):
-        return {}
-    if not isinstance(result, list):
-        raise PromQLError(f"unexpected query result: {result!r:.200}", retryable=False)
-    folded: dict[TargetKey, float] = {}
-    get = folded.get
-    try:
-        for item in result:
-            metric = item["metric"]
-            namespace = metric.get(namespace_label)
-            name = metric.get(deployment_label)
-            if not namespace or not name:
-                continue
-            raw = item["value"][1]
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                value = math.nan
-            key = (namespace, name)
-            current = get(key)
-            if combine == "sum":
-                if value != value:  # NaN
-                    value = 0.0
-                folded[key] = value if current is None else current + value
-            elif current is None or current != current:
-                folded[key] = value
-            elif (combine == "max" and value > current) or (combine == "min" and value < current):
-                folded[key] = value
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise _not_a_vector() from exc
-    return folded
+_QUERY_PATH = "/api/v1/query"
 
 
 def _retryable_status(status: int) -> bool:
@@ -208,6 +162,9 @@ def _raise_for_status(response: requests.Response, *_args: Any, **_kwargs: Any) 
     sees every hop; ``/`` redirects to the UI).
     """
     if response.status_code < 400:
+        if response.status_code == 200 and urlsplit(response.url).path.endswith(_QUERY_PATH):
+            # The client calls .json() next; see promvector.UndecodedQueryResponse.
+            response.__class__ = UndecodedQueryResponse
         return
     status = response.status_code
     detail = ""
@@ -224,6 +181,8 @@ def _raise_for_status(response: requests.Response, *_args: Any, **_kwargs: Any) 
 def _classify(exc: Exception) -> PromQLError:
     if isinstance(exc, PromQLError):
         return exc
+    if isinstance(exc, NotAVectorError):
+        return PromQLError(str(exc)[:500], retryable=False)
     if isinstance(exc, requests.RequestException | ValueError):
         # Connection refused, timeouts, a proxy's HTML error page: transient.
         return PromQLError(f"Prometheus unreachable: {exc}"[:500], retryable=True)
@@ -279,7 +238,7 @@ class PromQL:
     async def query(self, expr: str, at: datetime | None = None) -> list[Sample]:
         """Instant query; ``at`` evaluates at that time (else Prometheus's now)."""
         params = self._params(at)
-        return await self._call(lambda: _parse_result(self._result(expr, params)))
+        return await self._call(lambda: _parse_result(decoded_result(self._result(expr, params))))
 
     async def query_vector(
         self,
@@ -290,16 +249,22 @@ class PromQL:
         namespace_label: str = "namespace",
         deployment_label: str = "deployment",
     ) -> dict[TargetKey, float]:
-        """Instant query folded into ``{(namespace, deployment): value}`` off the event loop."""
+        """Instant query folded into ``{(namespace, deployment): value}``.
+
+        The request runs in a worker thread; the answer is folded on the
+        loop in short slices (``promvector.fold_answer``).
+        """
         params = self._params(at)
-        return await self._call(
-            lambda: reduce_vector(
-                self._result(expr, params),
+        answer = await self._call(lambda: self._result(expr, params))
+        try:
+            return await fold_answer(
+                answer,
                 combine=combine,
                 namespace_label=namespace_label,
                 deployment_label=deployment_label,
             )
-        )
+        except NotAVectorError as exc:
+            raise _classify(exc) from exc
 
     async def scrape_landings(self) -> list[float]:
         """When each active target's latest scrape became queryable (epoch seconds).
@@ -309,19 +274,19 @@ class PromQL:
         by Prometheus for every target) is when fresh data landed.
         """
         expr = "timestamp(scrape_duration_seconds) + scrape_duration_seconds"
+        answer = await self._call(lambda: self._result(expr, {}))
+        landings: list[float] = []
 
-        def landings() -> list[float]:
-            result = self._result(expr, {})
-            if _is_scalar(result) or not isinstance(result, list):
-                return []
-            found = []
-            for item in result:
-                value = _to_float(item.get("value", (0, None))[1]) if isinstance(item, dict) else 0
-                if math.isfinite(value) and value > 0:
-                    found.append(value)
-            return found
+        def visit(item: Any) -> None:
+            value = _to_float(item["value"][1]) if isinstance(item, dict) else math.nan
+            if math.isfinite(value) and value > 0:
+                landings.append(value)
 
-        return await self._call(landings)
+        try:
+            await each_item(answer, visit)
+        except (NotAVectorError, KeyError, IndexError, TypeError) as exc:
+            raise PromQLError(f"unexpected scrape_duration_seconds answer: {exc}") from exc
+        return landings
 
     async def scrape_interval(self) -> timedelta | None:
         """The most common ``scrapeInterval`` of active targets; None when unknown.

@@ -526,3 +526,6 @@ async def test_adapter_folds_vectors_and_reads_scrape_landings(rig: Rig) -> None
     with pytest.raises(PromQLError, match="HTTP 400") as bad:
         await rig.promql.query_vector("sum(")
     assert not bad.value.retryable
+    with pytest.raises(PromQLError, match="instant vector") as matrix:
+        await rig.promql.query_vector("http_requests_total[5s]")
+    assert not matrix.value.retryable

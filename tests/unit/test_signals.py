@@ -275,55 +275,6 @@ class TestEvaluateSpecs:
         assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]", "other[1m]"]
 
 
-class TestReduceVector:
-    """The adapter folds a vector per target without an object per sample."""
-
-    def test_one_value_per_target(self) -> None:
-        folded = reduce_vector(vector([sample(CART, 0.2), sample(WEB, 0.01)]))
-        assert folded == {("shop", "cart"): 0.2, ("shop", "web"): 0.01}
-
-    @pytest.mark.parametrize(("combine", "expected"), [("max", 3.0), ("min", 0.5), ("sum", 3.5)])
-    def test_several_series_of_a_target_fold_by_the_combiner(
-        self, combine: Combine, expected: float
-    ) -> None:
-        samples = [sample(CART, 0.5, pod="a"), sample(CART, 3.0, pod="b")]
-        assert reduce_vector(vector(samples), combine=combine) == {("shop", "cart"): expected}
-
-    def test_nan_is_kept_only_when_every_series_is_nan(self) -> None:
-        mixed = [sample(CART, math.nan, pod="a"), sample(CART, 0.7, pod="b")]
-        assert reduce_vector(vector(mixed), combine="max") == {("shop", "cart"): 0.7}
-        only_nan = reduce_vector(vector([sample(CART, math.nan)]), combine="min")
-        assert math.isnan(only_nan[("shop", "cart")])
-        # Traffic: a NaN rate is no traffic.
-        assert reduce_vector(vector(mixed), combine="sum") == {("shop", "cart"): 0.7}
-        assert reduce_vector(vector([sample(CART, math.nan)]), combine="sum") == {
-            ("shop", "cart"): 0.0
-        }
-
-    def test_series_without_both_labels_and_scalars_fold_to_nothing(self) -> None:
-        stray = [{"metric": {"namespace": "shop"}, "value": [0, "1"]}]
-        assert reduce_vector(stray) == {}
-        assert reduce_vector([1_700_000_000.0, "1"]) == {}
-
-    def test_custom_label_names(self) -> None:
-        found = [{"metric": {"ns": "shop", "app": "cart"}, "value": [0, "+Inf"]}]
-        folded = reduce_vector(found, namespace_label="ns", deployment_label="app")
-        assert folded == {("shop", "cart"): math.inf}
-
-    @pytest.mark.parametrize(
-        "result",
-        [
-            [{"metric": {"namespace": "a", "deployment": "b"}, "values": [[0, "1"]]}],  # matrix
-            "a string",
-            [["not", "a", "sample"]],
-        ],
-    )
-    def test_anything_but_an_instant_vector_is_a_bad_query(self, result: Any) -> None:
-        with pytest.raises(PromQLError) as refused:
-            reduce_vector(result)
-        assert not refused.value.retryable
-
-
 class TestJudgement:
     """``breaching()`` answers for the fleet; ``evaluation()`` for one target, the same way."""
 
