@@ -50,7 +50,8 @@ from rollbackd.model import (
     SignalStatus,
     Target,
 )
-from rollbackd.notify.base import Notification, to_jsonable
+from rollbackd.jsonable import to_jsonable
+from rollbackd.notify.model import Notification
 
 SCHEMA_VERSION = 2
 

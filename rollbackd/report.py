@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from rollbackd.durations import format_elapsed
 from rollbackd.model import Phase, Rollback
 
 
@@ -73,23 +74,6 @@ def _time(at: datetime | None) -> str:
     if at is None:
         return "—"
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def _duration(delta: timedelta | None) -> str:
-    if delta is None:
-        return "—"
-    seconds = delta.total_seconds()
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 1:
-        return f"{sign}{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{sign}{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{sign}{hours} h {minutes} min {secs} s"
-    return f"{sign}{minutes} min {secs} s"
 
 
 def _between(start: datetime | None, end: datetime | None) -> timedelta | None:
@@ -221,14 +205,14 @@ def _summary(f: _Facts) -> list[str]:
         ("Rollback started", _time(f.rollback_started)),
         ("Rollout ready", _time(f.ready_at)),
         (ended, _time(f.finished_at)),
-        ("Time to detect", _duration(_between(f.anomaly_began, f.detected_at))),
+        ("Time to detect", format_elapsed(_between(f.anomaly_began, f.detected_at))),
         (
             "Time to rollback (detected → ready)",
-            _duration(_between(f.detected_at or rb.started_at, f.ready_at)),
+            format_elapsed(_between(f.detected_at or rb.started_at, f.ready_at)),
         ),
         (
             "Impact window (anomaly → verified)",
-            _duration(_between(f.anomaly_began, f.finished_at))
+            format_elapsed(_between(f.anomaly_began, f.finished_at))
             if rb.phase is Phase.ROLLBACK_COMPLETED
             else "—",
         ),
@@ -369,7 +353,9 @@ def _timeline(f: _Facts) -> list[str]:
     if not f.timeline:
         return [*lines, "Nothing was recorded."]
     origin = f.timeline[0].at
-    rows = [(_time(e.at), "+" + _duration(e.at - origin), e.kind, e.message) for e in f.timeline]
+    rows = [
+        (_time(e.at), "+" + format_elapsed(e.at - origin), e.kind, e.message) for e in f.timeline
+    ]
     return [*lines, *_table(["Time", "Offset", "Kind", "What happened"], rows)]
 
 

@@ -1,0 +1,272 @@
+"""The Notifier's workers: send due rows, retry, expire, fail over, report outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import structlog
+
+from rollbackd.durations import format_age
+from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
+from rollbackd.notify.lane import Lane, backoff_delay, new_row
+from rollbackd.notify.model import DETAIL_FAILOVER_FROM, Notification, notification_from_json
+from rollbackd.notify.outbox import (
+    PENDING,
+    OutboxRow,
+    OutboxStore,
+    PendingEntry,
+    heads,
+)
+
+if TYPE_CHECKING:
+    from rollbackd.journal import Journal
+    from rollbackd.metrics import Metrics
+
+log = structlog.get_logger("rollbackd.notify")
+
+
+class Delivery:
+    """Sending half of the Notifier; ``Notifier`` sets these attributes in ``__init__``."""
+
+    # Fencing (safety rule 13): when set, pages are accepted and sent only
+    # while it returns True; the daemon sets it to the Lease fence.
+    gate: Callable[[], bool] | None = None
+    _lanes: list[Lane]
+    _own_journal: Journal | None
+    _store: OutboxStore | None
+    _on_result: OnResult | None
+    _metrics: Metrics | None
+    _max_age: timedelta
+    _failover_after: timedelta | None
+    _initial_backoff: float
+    _max_backoff: float
+    _clock: Callable[[], datetime]
+    _rng: Callable[[], float]
+    _changed: asyncio.Condition
+
+    async def _outbox(self) -> OutboxStore:
+        if self._store is None:
+            # Imported here: journal.py imports this module.
+            from rollbackd.journal import Journal
+
+            self._own_journal = await Journal.open(":memory:")
+            self._store = OutboxStore(self._own_journal)
+        return self._store
+
+    async def _routes(self, store: OutboxStore, n: Notification) -> list[Lane]:
+        lanes = []
+        for lane in self._lanes:
+            if channel_accepts(lane.channel, n) or (
+                n.resolves and await store.has_trigger(lane.name, n.dedup_key)
+            ):
+                lanes.append(lane)
+        return lanes
+
+    async def _notify_changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _work(self, lane: Lane) -> None:
+        """One channel's worker: a pass, then sleep until due or woken; never dies of a bug."""
+        failures = 0
+        while True:
+            # Clear before looking, so an enqueue during the pass still wakes us.
+            lane.wake.clear()
+            try:
+                wait = await self._pass(lane)
+                failures = 0
+            except Exception:
+                wait = min(30.0, 2.0**failures)
+                failures += 1
+                log.exception("outbox_worker_failed", channel=lane.name, retry_in=wait)
+            await self._notify_changed()
+            if wait == 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await lane.wake.wait()
+
+    async def _pass(self, lane: Lane) -> float | None:
+        """Expire, fail over, send the due rows; returns seconds until the next due event.
+
+        0: go again now; None: nothing pending, sleep until woken.
+        """
+        store = await self._outbox()
+        now = self._clock()
+        entries = await store.entries(lane.name)
+        if entries and min(e.created_at for e in entries) < now - self._max_age:
+            await self._expire(store, lane, now)
+            entries = await store.entries(lane.name)
+        lane.pending = len(entries)
+        lane.oldest = min((e.created_at for e in entries), default=None)
+        if not entries:
+            return None
+        if self._failover_after is not None:
+            await self._fail_over(store, lane, entries, now)
+        hold = lane.hold_until if lane.hold_until is not None and lane.hold_until > now else None
+        first = heads(entries)
+        due = [e for e in first if e.next_attempt_at <= now] if hold is None else []
+        for entry in due:
+            row = await store.get(entry.id)
+            if row is not None and row.state == PENDING:
+                await self._send(store, lane, row)
+            if lane.hold_until is not None and lane.hold_until > self._clock():
+                break  # the service asked us to wait: not another request now
+        if due:
+            return 0
+        wake_at = [max(e.next_attempt_at, hold or e.next_attempt_at) for e in first]
+        wake_at.append(min(e.created_at for e in entries) + self._max_age)
+        if self._failover_after is not None:
+            wake_at.extend(
+                e.created_at + self._failover_after for e in entries if self._may_fail_over(lane, e)
+            )
+        return max(0.001, (min(wake_at) - now).total_seconds())
+
+    async def _send(self, store: OutboxStore, lane: Lane, row: OutboxRow) -> None:
+        n = notification_from_json(row.body)
+        attempt = row.attempts + 1
+        fields = {
+            "channel": lane.name,
+            "dedup_key": n.dedup_key,
+            "kind": str(n.kind),
+            "resolves": n.resolves,
+            "attempt": attempt,
+        }
+        if self.gate is not None and not self.gate():
+            # Fenced (e.g. woken from a freeze past the Lease): the row stays pending.
+            lane.hold_until = self._clock() + timedelta(seconds=1)
+            log.warning("notification_send_fenced", **fields)
+            return
+        lane.sending = True
+        try:
+            await lane.channel.send(n)
+        except ChannelError as exc:
+            now = self._clock()
+            if exc.retryable:
+                delay = backoff_delay(
+                    attempt,
+                    initial=self._initial_backoff,
+                    cap=self._max_backoff,
+                    retry_after=exc.retry_after,
+                    rng=self._rng,
+                )
+                if exc.retry_after is not None:
+                    lane.hold_until = now + timedelta(seconds=exc.retry_after)
+                await asyncio.shield(
+                    store.retry_later(
+                        row.id,
+                        attempts=attempt,
+                        next_attempt_at=now + timedelta(seconds=delay),
+                        error=str(exc),
+                    )
+                )
+                log.warning(
+                    "notification_retry", **fields, error=str(exc), retry_in=round(delay, 3)
+                )
+                return
+            await asyncio.shield(store.failed(row.id, attempts=attempt, at=now, error=str(exc)))
+            log.error("notification_failed", **fields, error=str(exc))
+            await self._report(n, lane, False, f"{exc} (after {attempt} attempt(s))")
+            return
+        except Exception as exc:  # a channel bug must not kill the worker
+            detail = f"{type(exc).__name__}: {exc}"
+            log.exception("notification_channel_crashed", **fields)
+            await asyncio.shield(
+                store.failed(row.id, attempts=attempt, at=self._clock(), error=detail)
+            )
+            await self._report(n, lane, False, detail)
+            return
+        finally:
+            lane.sending = False
+        # The page is out: record it even if we are being cancelled right now.
+        await asyncio.shield(store.delivered(row.id, attempts=attempt, at=self._clock()))
+        log.info("notification_sent", **fields)
+        await self._report(
+            n, lane, True, "sent" if attempt == 1 else f"sent after {attempt} attempts"
+        )
+
+    async def _expire(self, store: OutboxStore, lane: Lane, now: datetime) -> None:
+        for row in await store.expire(lane.name, created_before=now - self._max_age, at=now):
+            n = notification_from_json(row.body)
+            age = format_age(now - row.created_at)
+            log.error(
+                "notification_expired",
+                channel=lane.name,
+                dedup_key=n.dedup_key,
+                kind=str(n.kind),
+                resolves=n.resolves,
+                age=age,
+                attempts=row.attempts,
+                last_error=row.last_error,
+            )
+            if self._metrics is not None:
+                self._metrics.notifications_expired_total.labels(channel=lane.name).inc()
+            detail = f"expired: undelivered for {age} after {row.attempts} attempt(s)"
+            if row.last_error:
+                detail += f"; last error: {row.last_error}"
+            await self._report(n, lane, False, detail)
+
+    def _may_fail_over(self, lane: Lane, entry: PendingEntry) -> bool:
+        # A copy is not copied again: two channels down would ping-pong.
+        return (
+            len(self._lanes) > 1 and not entry.is_failover_copy and entry.id not in lane.failed_over
+        )
+
+    async def _fail_over(
+        self, store: OutboxStore, lane: Lane, entries: Sequence[PendingEntry], now: datetime
+    ) -> None:
+        """Hand rows pending longer than ``failover_after`` to the other channels, once."""
+        assert self._failover_after is not None
+        for entry in entries:
+            if now - entry.created_at < self._failover_after or not self._may_fail_over(
+                lane, entry
+            ):
+                continue
+            row = await store.get(entry.id)
+            if row is None:
+                continue
+            age = format_age(now - row.created_at)
+            n = notification_from_json(row.body)
+            copy = dataclasses.replace(
+                n,
+                summary=f"[{lane.name} undeliverable for {age}] {n.summary}",
+                details={**n.details, DETAIL_FAILOVER_FROM: lane.name},
+            )
+            targets: list[Lane] = []
+            for other in await self._routes(store, copy):
+                if other is lane:
+                    continue
+                # A late trigger after a delivered resolve would reopen the incident.
+                if not copy.resolves and await store.has_delivered_resolve(other.name, n.dedup_key):
+                    continue
+                targets.append(other)
+            rows = [new_row(copy, other.name, failover_from=lane.name) for other in targets]
+            inserted = await store.add(rows, now)
+            lane.failed_over.add(row.id)
+            for other, new in zip(targets, inserted, strict=True):
+                if not new:
+                    continue
+                log.warning(
+                    "notification_failover",
+                    channel=lane.name,
+                    to_channel=other.name,
+                    dedup_key=n.dedup_key,
+                    kind=str(n.kind),
+                    resolves=n.resolves,
+                    age=age,
+                    last_error=row.last_error,
+                )
+                other.wake.set()
+
+    async def _report(self, n: Notification, lane: Lane, ok: bool, detail: str) -> None:
+        if self._on_result is None:
+            return
+        try:
+            await self._on_result(n, lane.name, ok, detail)
+        except Exception:
+            log.exception("on_result_failed", channel=lane.name)
