@@ -38,6 +38,7 @@ from typing import Any, Literal, cast
 import aiosqlite
 
 from rollbackd.groupcommit import GroupCommit
+from rollbackd.jsonable import to_jsonable
 from rollbackd.model import (
     Action,
     Decision,
@@ -50,7 +51,6 @@ from rollbackd.model import (
     SignalStatus,
     Target,
 )
-from rollbackd.jsonable import to_jsonable
 from rollbackd.notify.model import Notification
 
 SCHEMA_VERSION = 2
