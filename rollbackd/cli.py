@@ -179,7 +179,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 settings, target, dry_run=args.dry_run, reason=args.reason, force=args.force
             )
         )
-    except ValueError as exc:  # daemon.RollbackRefused: the rules said no
+    except ValueError as exc:  # manual.RollbackRefused: the rules said no
         raise CliError(_refusal(exc, force=args.force)) from None
     print(rollback_id)
     return EXIT_OK

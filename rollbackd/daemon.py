@@ -1,10 +1,9 @@
-"""Wiring: build every stage from Settings, run them, stop them in order.
+"""One rollbackd process: open, serve, lead, stop in order.
 
-Lifecycle, in order: journal -> Kubernetes watches -> HTTP server (webhooks
-are accepted from here on) -> leadership -> (as leader) resume rollbacks in
-flight, start the dispatcher and the Prometheus poller. Shutdown is the
-reverse; a rollback cut short keeps its phase annotation, so whoever leads
-next resumes it.
+Start: journal -> Kubernetes watches -> HTTP server (webhooks are accepted,
+and journaled, from here on) -> leadership -> as leader: resume rollbacks in
+flight, replay undecided signals, run the dispatcher and the poller. Stop is
+the reverse; a rollback cut short keeps its phase annotation for the next leader.
 """
 
 from __future__ import annotations
@@ -14,218 +13,80 @@ import contextlib
 import functools
 import math
 import signal as signal_module
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
 
 import structlog
 from aiohttp import web
 
 from rollbackd.config import Settings
-from rollbackd.dispatch import Dispatcher, annotated_rollback
+from rollbackd.records import annotated_rollback
 from rollbackd.errors import NotLeaderError
-from rollbackd.escalation import Escalations, GroupingPolicy
-from rollbackd.executor import Executor
-from rollbackd.intake import SignalIntake
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
 from rollbackd.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
+from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics
-from rollbackd.model import (
-    ANNOTATION_ROLLBACK,
-    Decision,
-    Phase,
-    Policy,
-    Rollback,
-    Signal,
-    SignalSource,
-    SignalStatus,
-    Target,
-)
-from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
+from rollbackd.model import ANNOTATION_ROLLBACK, Policy, Signal, Target, utcnow
+from rollbackd.notify.base import Notification, Notifier
 from rollbackd.promql import PromQL
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
+from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
 from rollbackd.signals import Evaluation, evaluate_specs
-from rollbackd.sources.alertmanager import TargetMapping
 from rollbackd.sources.prometheus import PrometheusPoller
+from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_interval
 from rollbackd.state import decode_state
-from rollbackd.verify import Verifier
+from rollbackd.supervision import Supervisor, retrying
 
 log = structlog.get_logger("rollbackd.daemon")
 
-DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+class Daemon:
+    """One rollbackd process. ``start`` returns once the HTTP server listens.
 
-
-def _severity(kind: NotificationKind) -> str:
-    return "critical" if kind is NotificationKind.ESCALATION else "info"
-
-
-class NotifierPager:
-    """The executor's view of the pager: durable in the outbox, keyed by rollback id."""
-
-    def __init__(self, notifier: Notifier, clock: Callable[[], datetime]) -> None:
-        self._notifier = notifier
-        self._clock = clock
-
-    async def notify(
-        self,
-        kind: NotificationKind,
-        rollback: Rollback,
-        summary: str,
-        details: Mapping[str, Any],
-    ) -> None:
-        await self._notifier.enqueue(
-            Notification(
-                kind=kind,
-                severity=_severity(kind),  # type: ignore[arg-type]
-                dedup_key=rollback.id,
-                target=rollback.target,
-                summary=summary,
-                details={
-                    "rollback_id": rollback.id,
-                    "phase": str(rollback.phase),
-                    "from_revision": rollback.from_revision,
-                    "to_revision": rollback.to_revision,
-                    **details,
-                },
-                created_at=self._clock(),
-                # A rollback that stepped back for a human closes its page too.
-                resolves=kind in (NotificationKind.ROLLBACK_COMPLETED, NotificationKind.SUPERSEDED),
-            )
-        )
-
-
-class JournalRecorder:
-    """The executor's view of the record: journal, metrics and logs for every step."""
+    Everything ``start`` opens is registered on an exit stack as it is
+    opened, so a start that fails half-way closes what it opened (and the
+    process can exit), and ``stop`` closes in the reverse order.
+    """
 
     def __init__(
         self,
-        journal: Journal,
-        metrics: Metrics,
-        clock: Callable[[], datetime],
-        on_phase: Callable[[Rollback], None] = lambda _: None,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
+        one_shot: bool = False,  # `rollbackd rollback`: no HTTP, no leadership, no poller
     ) -> None:
-        self._journal = journal
-        self._metrics = metrics
-        self._clock = clock
-        self._on_phase = on_phase
-
-    async def phase(
-        self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
-    ) -> None:
-        now = self._clock()
-        self._on_phase(rollback)
-        await self._journal.save_rollback(rollback, details=data)
-        await self._journal.record_event(
-            rollback.id,
-            rollback.target,
-            f"phase:{rollback.phase}",
-            message,
-            at=now,
-            data=data,
-        )
-        log.info(
-            "rollback_phase",
-            rollback_id=rollback.id,
-            target=str(rollback.target),
-            phase=str(rollback.phase),
-            message=message,
-        )
-        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED, Phase.SUPERSEDED):
-            self._metrics.rollbacks_total.labels(result=str(rollback.phase)).inc()
-            self._metrics.rollback_duration_seconds.observe(
-                (now - rollback.started_at).total_seconds()
-            )
-
-    async def event(
-        self,
-        rollback: Rollback,
-        kind: str,
-        message: str,
-        data: Mapping[str, Any] | None = None,
-    ) -> None:
-        await self._journal.record_event(
-            rollback.id, rollback.target, kind, message, at=self._clock(), data=data
-        )
-        log.info(
-            "rollback_event",
-            rollback_id=rollback.id,
-            target=str(rollback.target),
-            kind=kind,
-            message=message,
-        )
-
-
-def build_channels(settings: Settings) -> list[Channel]:
-    """Instantiate the configured notification channels (all optional)."""
-    from rollbackd.notify.alertmanager import AlertmanagerPushChannel
-    from rollbackd.notify.pagerduty import PagerDutyChannel
-    from rollbackd.notify.slack import SlackChannel
-    from rollbackd.notify.webhook import WebhookChannel
-
-    notify = settings.notify
-    report_url = (
-        f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
-        if notify.report_base_url
-        else None
-    )
-    channels: list[Channel] = []
-    if notify.pagerduty is not None:
-        channels.append(
-            PagerDutyChannel(
-                notify.pagerduty.routing_key_value(),
-                url=str(notify.pagerduty.url),
-                report_url_template=report_url,
-            )
-        )
-    if notify.alertmanager is not None:
-        channels.append(
-            AlertmanagerPushChannel(str(notify.alertmanager.url), report_url_template=report_url)
-        )
-    if notify.slack is not None:
-        channels.append(
-            SlackChannel(notify.slack.webhook_url_value(), report_url_template=report_url)
-        )
-    if notify.webhook is not None:
-        headers = dict(notify.webhook.headers)
-        token = notify.webhook.bearer_token_value()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        channels.append(WebhookChannel(str(notify.webhook.url), headers=headers))
-    return channels
-
-
-@dataclass
-class Daemon:
-    """One rollbackd process. ``start`` returns once the HTTP server listens."""
-
-    settings: Settings
-    clock: Callable[[], datetime] = utcnow
-    metrics: Metrics = field(default_factory=Metrics)
-    # One-shot mode (`rollbackd rollback`): no HTTP server, no leadership, no poller.
-    one_shot: bool = False
-
-    def __post_init__(self) -> None:
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._active_tasks: list[asyncio.Task[Any]] = []
-        self._runner: web.AppRunner | None = None
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.one_shot = one_shot
+        self.supervisor = Supervisor()
+        self._exit = contextlib.AsyncExitStack()
         self._leader = False
+        self._stopped = False
         self.url = ""
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._open()
+        except BaseException:
+            await self.supervisor.cancel()
+            await self._exit.aclose()
+            raise
+
+    async def _open(self) -> None:
         s = self.settings
         self.journal = await Journal.open(s.journal.path, synchronous=s.journal.synchronous)
+        self._exit.push_async_callback(self.journal.close)
         self.kube = await Kube.connect(kubeconfig=s.cluster.kubeconfig, context=s.cluster.context)
+        self._exit.push_async_callback(self.kube.close)
         await self.kube.start_watches(list(s.cluster.namespaces) or None)
         token = s.prometheus.bearer_token_value()
         self.promql = PromQL(
@@ -234,6 +95,7 @@ class Daemon:
             attempts=s.prometheus.attempts,
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )
+        self._exit.push_async_callback(self.promql.close)
         self.specs = list(s.prometheus.signal_specs())
         # Pages go through the journal's outbox; only the leader sends them.
         self.notifier = Notifier(
@@ -247,64 +109,56 @@ class Daemon:
             max_backoff=s.notify.backoff_max.total_seconds(),
             clock=self.clock,
         )
-        self.intake = SignalIntake(
-            journal=self.journal,
-            metrics=self.metrics,
-            mapping=TargetMapping(
-                namespace_labels=tuple(s.targets.namespace_labels),
-                deployment_labels=tuple(s.targets.deployment_labels),
-                pod_labels=tuple(s.targets.pod_labels),
-            ),
-            resolve_pod=self.kube.resolve_pod,
-            target_known=self._target_known,
-            clock=self.clock,
-        )
-        self.scrape_interval = await self._scrape_interval()
-        self.verifier = Verifier(
-            self._evaluate_target,
-            self.kube.readiness,
-            scrape_interval=self.scrape_interval,
-            intervals=s.verify.intervals,
-            clock=self.clock,
-            sleep=asyncio.sleep,
-            timeout=s.verify.timeout.total_seconds(),
-            require_endpoints=s.verify.require_endpoints,
-        )
-        self.executor = Executor(
-            self.kube,
-            self.verifier,
-            JournalRecorder(
-                self.journal,
-                self.metrics,
-                self.clock,
-                on_phase=lambda r: self.dispatcher.observe(r),
-            ),
-            NotifierPager(self.notifier, self.clock),
-            rollout_timeout=s.rollout.timeout.total_seconds(),
-            clock=self.clock,
-            policy_for=self._policy_for_target,
-        )
-        self.dispatcher = Dispatcher(
-            facts=lambda target, now: self.kube.facts(target, now=now),
-            policy_for=lambda target, annotations: s.policy_for(target, annotations)[0],
-            journal=self.journal,
-            metrics=self.metrics,
-            run_rollback=self.executor.run,
-            escalations=Escalations(
-                self.notifier,
-                self.journal,
-                GroupingPolicy(
-                    incident_window=s.notify.escalation.incident_window,
-                    group_wait=s.notify.escalation.group_wait,
-                    group_min=s.notify.escalation.group_min,
-                ),
-            ),
-            clock=self.clock,
-        )
+        self._exit.push_async_callback(self.notifier.stop)
+        self.scrape_interval = await scrape_interval(self.promql, s.prometheus.scrape_interval)
+        self._build_pipeline()
         if self.one_shot:
             await self.kube.wait_synced(timeout=60)
             await self.notifier.start()
             return
+        await self._serve()
+        retention = s.journal.retention
+        self.supervisor.spawn(
+            "journal-retention",
+            Retention(
+                self.journal,
+                max_age=retention.max_age,
+                max_bytes=retention.max_bytes,
+                interval=retention.interval,
+                clock=self.clock,
+                on_size=self.metrics.journal_bytes.set,
+            ).run(),
+        )
+        if s.leader_election.enabled:
+            self.supervisor.spawn(
+                "leader-election",
+                retrying("leader-election", self._campaign, on_error=self._lose_leadership),
+            )
+        else:
+            await self._become_leader()
+
+    def _build_pipeline(self) -> None:
+        """Intake -> dispatcher -> executor, each built before anything refers to it."""
+        pipeline = build_pipeline(
+            self.settings,
+            journal=self.journal,
+            kube=self.kube,
+            notifier=self.notifier,
+            metrics=self.metrics,
+            clock=self.clock,
+            scrape_interval=self.scrape_interval,
+            evaluate_target=self._evaluate_target,
+            target_known=self._target_known,
+            policy_for_target=self._policy_for_target,
+        )
+        self.intake = pipeline.intake
+        self.verifier = pipeline.verifier
+        self.executor = pipeline.executor
+        self.dispatcher = pipeline.dispatcher
+
+    async def _serve(self) -> None:
+        """The HTTP server; from here on webhooks are accepted (and journaled)."""
+        s = self.settings
         app = create_app(
             alert_sink=self.intake,
             journal=self.journal,
@@ -315,14 +169,13 @@ class Daemon:
             body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
         )
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._exit.push_async_callback(runner.cleanup)
         # Hostile clients must not take the descriptors the executor and pager need.
-        from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
-
         install_accept_error_limiter(asyncio.get_running_loop())
         _site, bound_host, bound_port = await start_site(
-            self._runner,
+            runner,
             s.webhook.host,
             s.webhook.port,
             max_connections=fd_budget(s.webhook.max_connections),
@@ -331,28 +184,6 @@ class Daemon:
         )
         self.url = f"http://{bound_host}:{bound_port}"
         log.info("listening", url=self.url, scrape_interval=self.scrape_interval.total_seconds())
-        retention = s.journal.retention
-        self._tasks.append(
-            asyncio.create_task(
-                Retention(
-                    self.journal,
-                    max_age=retention.max_age,
-                    max_bytes=retention.max_bytes,
-                    interval=retention.interval,
-                    clock=self.clock,
-                    on_size=self.metrics.journal_bytes.set,
-                ).run(),
-                name="journal-retention",
-            )
-        )
-        if s.leader_election.enabled:
-            self._tasks.append(
-                asyncio.create_task(
-                    self._supervised("leader-election", self._campaign), name="leader-election"
-                )
-            )
-        else:
-            await self._become_leader()
 
     async def _campaign(self) -> None:
         le = self.settings.leader_election
@@ -381,37 +212,19 @@ class Daemon:
             self._pod_label = label
         return label
 
-    async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` forever: a crash is logged and retried, never silently fatal."""
-        delay = 1.0
-        while True:
-            try:
-                await body()
-                delay = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background_task_failed", task=name, retry_in=delay)
-                await self._lose_leadership()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
     async def stop(self) -> None:
+        """Stop in order: finish what is due, hand over leadership, close what was opened."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.one_shot:
             await self.dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
         if self.notifier.running:
             await self.notifier.drain(5.0)  # a clean stop sends what is due first
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.cancel("journal-retention", "leader-election")
         await self._lose_leadership()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.notifier.stop()
-        await self.kube.close()
-        await self.journal.close()
+        await self.supervisor.cancel()
+        await self._exit.aclose()
 
     async def __aenter__(self) -> Daemon:
         await self.start()
@@ -446,10 +259,10 @@ class Daemon:
             clock=self.clock,
             on_query_error=self._on_query_error,
         )
-        self._active_tasks = [
-            asyncio.create_task(self.dispatcher.run(self.intake.pending), name="dispatcher"),
-            asyncio.create_task(poller.run(), name="prometheus-poller"),
-        ]
+        # Essential while leading: if one dies, the daemon stops (and a new
+        # process replays the journal) rather than looking alive and deciding nothing.
+        self.supervisor.spawn("dispatcher", self.dispatcher.run(self.intake.pending))
+        self.supervisor.spawn("prometheus-poller", poller.run())
 
     async def _lose_leadership(self) -> None:
         if not self._leader:
@@ -457,12 +270,7 @@ class Daemon:
         self._leader = False
         self.metrics.is_leader.set(0)
         log.info("leadership_released")
-        for task in self._active_tasks:
-            task.cancel()
-        for task in self._active_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._active_tasks = []
+        await self.supervisor.cancel("dispatcher", "prometheus-poller")
         # With a Lease, rollbacks in flight stop now: their annotation keeps
         # the phase and the next leader resumes them (a late step would only
         # be fenced). Alone, there is nobody to resume: give them the grace.
@@ -481,24 +289,11 @@ class Daemon:
             if rollback is None:
                 continue
             state = decode_state(facts.annotations[ANNOTATION_ROLLBACK])
+            resume = functools.partial(self.executor.resume, target, state)
+            self.dispatcher.adopt(rollback, resume)
             log.info("resuming_rollback", target=str(target), rollback_id=rollback.id)
-            self.dispatcher.adopt(rollback, functools.partial(self.executor.resume, target, state))
 
     # -- adapters between stages ---------------------------------------------------------
-
-    async def _scrape_interval(self) -> timedelta:
-        configured = self.settings.prometheus.scrape_interval
-        if configured is not None:
-            return configured
-        try:
-            found = await self.promql.scrape_interval()
-        except Exception as exc:
-            log.warning("scrape_interval_unknown", error=str(exc))
-            found = None
-        if found is None:
-            log.warning("scrape_interval_default", seconds=DEFAULT_SCRAPE_INTERVAL.total_seconds())
-            return DEFAULT_SCRAPE_INTERVAL
-        return found
 
     async def _evaluate_target(self, target: Target, window: str, at: datetime) -> list[Evaluation]:
         found = await evaluate_specs(self.promql, self.specs, window=window, at=at, target=target)
@@ -530,74 +325,32 @@ class Daemon:
         return self.settings.policy_for(target, facts.annotations)[0]
 
     def _readiness(self) -> tuple[bool, str]:
-        """Every healthy replica is Ready; the leader label, not readiness, routes webhooks.
-
-        A standby that could take over is as ready as the leader; a Lease that
-        cannot be used as configured makes every replica unready, saying why.
-        """
-        if not self.kube.synced:
-            return False, "kubernetes watches not synced"
-        if not self.settings.leader_election.enabled:
-            return True, "ok"
-        election = self.kube.election
-        if election is not None and election.problem is not None:
-            return False, f"leader election cannot work: {election.problem}"
-        if self._leader:
-            return True, "ok: leader"
-        holder = election.holder if election is not None else None
-        return True, f"standby: following {holder}" if holder else "standby: leader not known yet"
+        election = self.kube.election if self.settings.leader_election.enabled else None
+        return readiness(
+            synced=self.kube.synced,
+            elected=self.settings.leader_election.enabled,
+            problem=election.problem if election is not None else None,
+            holder=election.holder if election is not None else None,
+            leader=self._leader,
+        )
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
     ) -> str:
-        """A manual rollback request, through the same decide/executor path.
-
-        Without ``force`` it is decided like any signal. ``force`` lifts the
-        change window and the cooldown only; the guards always apply.
-        """
+        """A manual rollback request, through the same decide/executor path (see ``manual``)."""
         if not self.one_shot and self.settings.leader_election.enabled and not self._leader:
             # Only the Lease holder acts; nothing is recorded here, so a retry
             # against the leader (the webhook Service selects it) is clean.
             raise NotLeaderError("this replica is a standby: send the request to the leader")
-        now = self.clock()
-        signal = Signal(
-            target=target,
-            source=SignalSource.MANUAL,
-            name="manual",
-            status=SignalStatus.FIRING,
-            started_at=now,
-            observed_at=now,
-            key=f"manual:{target}:{now.isoformat()}",
-            summary=(reason or "manual rollback request") + (" (forced)" if force else ""),
+        return await request_rollback(
+            self.dispatcher,
+            self.journal,
+            target,
+            now=self.clock(),
+            dry_run=dry_run,
+            reason=reason,
+            force=force,
         )
-        await self.journal.record_signal(signal, accepted=True)
-
-        def as_requested(policy: Policy) -> Policy:
-            if not force:
-                return replace(policy, dry_run=policy.dry_run or dry_run)
-            # An explicit force is the operator's evidence: the change window and
-            # cooldown protect against automatic flapping, not against a human.
-            return replace(
-                policy,
-                change_window=timedelta(days=3650),
-                cooldown=timedelta(0),
-                dry_run=policy.dry_run or dry_run,
-            )
-
-        decision = await self.dispatcher.handle(
-            signal, adjust_policy=as_requested, page_escalations=False
-        )
-        if decision.rollback_id is None:
-            raise RollbackRefused(decision)
-        return decision.rollback_id
-
-
-class RollbackRefused(ValueError):
-    """A manual rollback that the safety rules do not allow."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(f"{decision.reason_code}: {decision.reason}")
-        self.decision = decision
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
@@ -611,11 +364,18 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     daemon = Daemon(settings)
     await daemon.start()
     try:
-        await stop.wait()
-        log.info("shutting_down")
+        stopping = asyncio.ensure_future(stop.wait())
+        failing = asyncio.ensure_future(daemon.supervisor.failed.wait())
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, failing):
+            waiter.cancel()
+        if daemon.supervisor.failure is not None:
+            log.error("shutting_down_after_failure", failure=daemon.supervisor.failure)
+        else:
+            log.info("shutting_down")
     finally:
         await daemon.stop()
-    return 0
+    return 1 if daemon.supervisor.failure is not None else 0
 
 
 async def manual_rollback(

@@ -10,35 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.decide import ReasonCode, decide
+from rollbackd.reasons import ReasonCode
 from rollbackd.escalation import Escalations
+from rollbackd.keyedlocks import KeyedLocks
 from rollbackd.model import (
-    ANNOTATION_ROLLBACK,
     Action,
     ClusterFacts,
     Decision,
     History,
     Phase,
     Policy,
-    RecordKind,
     Rollback,
     Signal,
     Target,
 )
-from rollbackd.pending import Accepted, PendingSignals
-from rollbackd.state import decode_state
+from rollbackd.pending import PendingSignals
+from rollbackd.records import already_escalated, annotated_rollback, rollback_for
+from rollbackd.weigh import strongest
 
 log = structlog.get_logger("rollbackd.dispatch")
-
-K = TypeVar("K")
 
 
 class JournalLike(Protocol):
@@ -81,54 +78,6 @@ class MetricsLike(Protocol):
 
 class RunRollback(Protocol):
     def __call__(self, rollback: Rollback, decision: Decision) -> Awaitable[Rollback]: ...
-
-
-def new_rollback_id(now: datetime) -> str:
-    """Sortable, unique, short enough for a PagerDuty dedup key and an annotation."""
-    return f"rb-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def rollback_for(decision: Decision, now: datetime, phase: Phase) -> Rollback:
-    """A new rollback record for ``decision``, starting now in ``phase``."""
-    return Rollback(
-        id=new_rollback_id(now),
-        target=decision.target,
-        phase=phase,
-        started_at=now,
-        updated_at=now,
-        from_revision=decision.from_revision,
-        to_revision=decision.to_revision,
-        reason_code=decision.reason_code,
-        reason=decision.reason,
-        finished_at=now if phase.terminal else None,
-        kind=RecordKind.DRY_RUN if phase is Phase.DRY_RUN else RecordKind.ROLLBACK,
-    )
-
-
-class KeyedLocks(Generic[K]):
-    """One asyncio.Lock per key, created on demand and dropped when nobody holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: K) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 @dataclass
@@ -178,7 +127,7 @@ class Dispatcher:
         while True:
             await pending.wait()
             if pending.reload_needed and not len(pending):
-                await self._reload(pending)
+                await pending.reload(self._journal.undecided_signals)
                 continue
             taken = pending.take()
             if taken is None:
@@ -194,20 +143,6 @@ class Dispatcher:
                 pending.request_reload()
             # Let the webhook run between decisions; and the reverse holds in intake.
             await asyncio.sleep(0)
-
-    async def _reload(self, pending: PendingSignals) -> None:
-        """Page undecided signals back in from the journal (start, election, overflow)."""
-        pending.reload_needed = False
-        after, loaded = 0, 0
-        while not pending.reload_needed:
-            rows = await self._journal.undecided_signals(after_id=after, limit=_RELOAD_PAGE)
-            if not rows:
-                break
-            pending.add(Accepted(row_id, signal) for row_id, signal in rows)
-            loaded += len(rows)
-            after = rows[-1][0]
-        if loaded:
-            log.info("undecided_signals_replayed", count=loaded, more=pending.reload_needed)
 
     async def handle(
         self,
@@ -447,82 +382,6 @@ class Dispatcher:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-# Most actionable first: a batch's decision is the first of these it can reach.
-_ACTION_RANK = {
-    Action.ROLLBACK: 0,
-    Action.DRY_RUN: 1,
-    Action.JOIN: 2,
-    Action.ESCALATE: 3,
-    Action.SKIP: 4,
-}
-# Distinct anomalies weighed per batch; an alert storm repeats a few of them.
-_MAX_WEIGHED = 64
-_RELOAD_PAGE = 1000
-
-
-def strongest(
-    signals: Sequence[Signal],
-    facts: ClusterFacts,
-    history: History,
-    policy: Policy,
-    now: datetime,
-) -> tuple[Signal, Decision]:
-    """The signal whose decision is the most actionable, and that decision.
-
-    Signals that differ only in labels or values decide alike, so one of
-    each (status, anomaly start, name, source) is weighed; ties go to the
-    earliest in the batch.
-    """
-    weighed: dict[tuple[object, ...], Signal] = {}
-    for signal in signals:
-        key = (signal.status, signal.started_at, signal.name, signal.source)
-        if key not in weighed and len(weighed) < _MAX_WEIGHED:
-            weighed[key] = signal
-    best: tuple[Signal, Decision] | None = None
-    for signal in weighed.values():
-        decision = decide(signal, facts, history, policy, now)
-        if best is None or _ACTION_RANK[decision.action] < _ACTION_RANK[best[1].action]:
-            best = (signal, decision)
-    assert best is not None
-    return best
-
-
-def already_escalated(history: History, signal: Signal) -> str | None:
-    """The failed rollback that already paged for this anomaly, if any."""
-    last = history.last_finished
-    if (
-        last is not None
-        and last.phase is Phase.ESCALATED
-        and last.finished_at is not None
-        and signal.started_at <= last.finished_at
-    ):
-        return last.id
-    return None
-
-
-def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
-    """The non-terminal rollback recorded on the Deployment, if any."""
-    raw = facts.annotations.get(ANNOTATION_ROLLBACK)
-    if not raw:
-        return None
-    try:
-        state = decode_state(raw)
-    except ValueError:
-        return None
-    if state.phase.terminal:
-        return None
-    return Rollback(
-        id=state.rollback_id,
-        target=facts.target,
-        phase=state.phase,
-        started_at=state.started_at,
-        updated_at=state.updated_at,
-        from_revision=state.from_revision,
-        to_revision=state.to_revision,
-        reason_code=state.reason_code,
-    )
 
 
 async def _as_coroutine(factory: Callable[[], Awaitable[Rollback]]) -> Rollback:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.decide import ReasonCode
+from rollbackd.reasons import ReasonCode
 from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
 from rollbackd.notify.base import Notification, NotificationKind
 
@@ -43,7 +43,6 @@ log = structlog.get_logger("rollbackd.escalation")
 # The first words of an escalation page, by reason: what the on-call must know first.
 ESCALATION_HEADLINES = {
     ReasonCode.NO_RECENT_ROLLOUT: "not caused by a recent rollout",
-    "rollout_after_anomaly": "not caused by a recent rollout",
     ReasonCode.NO_PREVIOUS_REVISION: "manual rollback needed",
     ReasonCode.NO_STABLE_PREVIOUS_REVISION: "manual rollback needed",
     ReasonCode.RESTORED_REVISION_BREACHING: "the restored revision breaches too",

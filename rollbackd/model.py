@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +24,11 @@ ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
+
+
+def utcnow() -> datetime:
+    """The one wall clock; everything else takes ``now`` or a clock as an argument."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, order=True)

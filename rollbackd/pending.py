@@ -15,12 +15,28 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
 
 from rollbackd.model import Signal, Target
 
-__all__ = ["Accepted", "PendingSignals"]
+__all__ = ["Accepted", "PendingSignals", "ReadPage"]
+
+log = structlog.get_logger("rollbackd.pending")
+
+# Undecided signals read back from the journal per query.
+RELOAD_PAGE = 1000
+
+
+class ReadPage(Protocol):
+    """The journal's ``undecided_signals``: (row id, signal) pairs after ``after_id``."""
+
+    def __call__(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> Awaitable[list[tuple[int, Signal]]]: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,21 @@ class PendingSignals:
         target, batch = self._by_target.popitem(last=False)
         self._size -= len(batch)
         return target, [Accepted(row_id, signal) for row_id, signal in batch.items()]
+
+    async def reload(self, read_page: ReadPage) -> int:
+        """Page undecided signals back in from the journal (start, election, overflow)."""
+        self.reload_needed = False
+        after, loaded = 0, 0
+        while not self.reload_needed:
+            rows = await read_page(after_id=after, limit=RELOAD_PAGE)
+            if not rows:
+                break
+            self.add(Accepted(row_id, signal) for row_id, signal in rows)
+            loaded += len(rows)
+            after = rows[-1][0]
+        if loaded:
+            log.info("undecided_signals_replayed", count=loaded, more=self.reload_needed)
+        return loaded
 
     async def wait(self) -> None:
         """Until something was added or a reload was requested."""

@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.daemon import RollbackRefused, manual_rollback
+from rollbackd.daemon import manual_rollback
+from rollbackd.manual import RollbackRefused
 from rollbackd.model import Target
 from rollbackd.testing.promstack import instant_query
 from rollbackd.testing.stack import (

@@ -91,3 +91,17 @@ async def test_a_daemon_that_cannot_start_fails_fast_with_its_log(tmp_path: Path
         await daemon.start()
     assert time.monotonic() - started < 10
     assert not daemon.running
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened_and_exits(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # The journal opens (a worker thread), then the kubeconfig is missing: the
+    # process must still exit, not hang on what it had already opened.
+    config = stack.daemon_config(cluster={"kubeconfig": str(tmp_path / "missing-kubeconfig")})
+    daemon = DaemonProcess(config, tmp_path / "daemon", start_timeout=30)
+    started = time.monotonic()
+    with pytest.raises(DaemonStartError, match=r"exited with code 1"):
+        await daemon.start()
+    assert time.monotonic() - started < 15
+    assert (tmp_path / "stack" / "journal.sqlite").exists()  # it had got that far

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.daemon import RollbackRefused, manual_rollback
+from rollbackd.daemon import manual_rollback
 from rollbackd.journal import Journal
+from rollbackd.manual import RollbackRefused
 from rollbackd.model import Phase, Target
 from rollbackd.testing.stack import Stack, deployment_manifest, knobs
 

@@ -579,7 +579,7 @@ class FakeDecision:
 
 
 class FakeRefusal(ValueError):
-    """Shaped like daemon.RollbackRefused: a ValueError carrying the decision."""
+    """Shaped like manual.RollbackRefused: a ValueError carrying the decision."""
 
     def __init__(self, reason_code: str) -> None:
         super().__init__(f"{reason_code}: refused")

@@ -1,0 +1,81 @@
+"""Rollback records: new ids, new records, and what the history and annotations say.
+
+Pure functions of plain values, shared by the dispatcher and the daemon.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from rollbackd.model import (
+    ANNOTATION_ROLLBACK,
+    ClusterFacts,
+    Decision,
+    History,
+    Phase,
+    RecordKind,
+    Rollback,
+    Signal,
+)
+from rollbackd.state import decode_state
+
+__all__ = ["already_escalated", "annotated_rollback", "new_rollback_id", "rollback_for"]
+
+
+def new_rollback_id(now: datetime) -> str:
+    """Sortable, unique, short enough for a PagerDuty dedup key and an annotation."""
+    return f"rb-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def rollback_for(decision: Decision, now: datetime, phase: Phase) -> Rollback:
+    """A new rollback record for ``decision``, starting now in ``phase``."""
+    return Rollback(
+        id=new_rollback_id(now),
+        target=decision.target,
+        phase=phase,
+        started_at=now,
+        updated_at=now,
+        from_revision=decision.from_revision,
+        to_revision=decision.to_revision,
+        reason_code=decision.reason_code,
+        reason=decision.reason,
+        finished_at=now if phase.terminal else None,
+        kind=RecordKind.DRY_RUN if phase is Phase.DRY_RUN else RecordKind.ROLLBACK,
+    )
+
+
+def already_escalated(history: History, signal: Signal) -> str | None:
+    """The failed rollback that already paged for this anomaly, if any."""
+    last = history.last_finished
+    if (
+        last is not None
+        and last.phase is Phase.ESCALATED
+        and last.finished_at is not None
+        and signal.started_at <= last.finished_at
+    ):
+        return last.id
+    return None
+
+
+def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
+    """The non-terminal rollback recorded on the Deployment, if any."""
+    raw = facts.annotations.get(ANNOTATION_ROLLBACK)
+    if not raw:
+        return None
+    try:
+        state = decode_state(raw)
+    except ValueError:
+        return None
+    if state.phase.terminal:
+        return None
+    return Rollback(
+        id=state.rollback_id,
+        target=facts.target,
+        phase=state.phase,
+        started_at=state.started_at,
+        updated_at=state.updated_at,
+        from_revision=state.from_revision,
+        to_revision=state.to_revision,
+        reason_code=state.reason_code,
+    )

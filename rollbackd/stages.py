@@ -1,0 +1,295 @@
+"""Adapters between stages: the executor's pager and recorder, the configured channels.
+
+Small, one concern each, so the daemon only wires them: the executor sees a
+``Pager`` and a ``Recorder`` protocol, not the notifier or the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from rollbackd.config import Settings
+from rollbackd.dispatch import Dispatcher
+from rollbackd.escalation import Escalations, GroupingPolicy
+from rollbackd.executor import Executor
+from rollbackd.intake import SignalIntake
+from rollbackd.journal import Journal
+from rollbackd.kube import Kube
+from rollbackd.metrics import Metrics
+from rollbackd.model import Phase, Policy, Rollback, Target
+from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
+from rollbackd.promql import PromQL
+from rollbackd.signals import Evaluation
+from rollbackd.sources.alertmanager import TargetMapping
+from rollbackd.verify import Verifier
+
+__all__ = [
+    "JournalRecorder",
+    "NotifierPager",
+    "Pipeline",
+    "build_channels",
+    "build_pipeline",
+    "readiness",
+    "scrape_interval",
+]
+
+DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
+
+log = structlog.get_logger("rollbackd.stages")
+
+
+def _severity(kind: NotificationKind) -> str:
+    return "critical" if kind is NotificationKind.ESCALATION else "info"
+
+
+class NotifierPager:
+    """The executor's view of the pager: durable in the outbox, keyed by rollback id."""
+
+    def __init__(self, notifier: Notifier, clock: Callable[[], datetime]) -> None:
+        self._notifier = notifier
+        self._clock = clock
+
+    async def notify(
+        self,
+        kind: NotificationKind,
+        rollback: Rollback,
+        summary: str,
+        details: Mapping[str, Any],
+    ) -> None:
+        await self._notifier.enqueue(
+            Notification(
+                kind=kind,
+                severity=_severity(kind),  # type: ignore[arg-type]
+                dedup_key=rollback.id,
+                target=rollback.target,
+                summary=summary,
+                details={
+                    "rollback_id": rollback.id,
+                    "phase": str(rollback.phase),
+                    "from_revision": rollback.from_revision,
+                    "to_revision": rollback.to_revision,
+                    **details,
+                },
+                created_at=self._clock(),
+                # A rollback that stepped back for a human closes its page too.
+                resolves=kind in (NotificationKind.ROLLBACK_COMPLETED, NotificationKind.SUPERSEDED),
+            )
+        )
+
+
+class JournalRecorder:
+    """The executor's view of the record: journal, metrics and logs for every step."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._journal = journal
+        self._metrics = metrics
+        self._clock = clock
+        # Who else follows phase changes (the dispatcher's in-flight view);
+        # set once it exists, so nothing refers to a collaborator not yet built.
+        self.on_phase: Callable[[Rollback], None] = lambda _: None
+
+    async def phase(
+        self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
+    ) -> None:
+        now = self._clock()
+        self.on_phase(rollback)
+        await self._journal.save_rollback(rollback, details=data)
+        await self._journal.record_event(
+            rollback.id,
+            rollback.target,
+            f"phase:{rollback.phase}",
+            message,
+            at=now,
+            data=data,
+        )
+        log.info(
+            "rollback_phase",
+            rollback_id=rollback.id,
+            target=str(rollback.target),
+            phase=str(rollback.phase),
+            message=message,
+        )
+        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED, Phase.SUPERSEDED):
+            self._metrics.rollbacks_total.labels(result=str(rollback.phase)).inc()
+            self._metrics.rollback_duration_seconds.observe(
+                (now - rollback.started_at).total_seconds()
+            )
+
+    async def event(
+        self,
+        rollback: Rollback,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._journal.record_event(
+            rollback.id, rollback.target, kind, message, at=self._clock(), data=data
+        )
+        log.info(
+            "rollback_event",
+            rollback_id=rollback.id,
+            target=str(rollback.target),
+            kind=kind,
+            message=message,
+        )
+
+
+def build_channels(settings: Settings) -> list[Channel]:
+    """Instantiate the configured notification channels (all optional)."""
+    from rollbackd.notify.alertmanager import AlertmanagerPushChannel
+    from rollbackd.notify.pagerduty import PagerDutyChannel
+    from rollbackd.notify.slack import SlackChannel
+    from rollbackd.notify.webhook import WebhookChannel
+
+    notify = settings.notify
+    report_url = (
+        f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
+        if notify.report_base_url
+        else None
+    )
+    channels: list[Channel] = []
+    if notify.pagerduty is not None:
+        channels.append(
+            PagerDutyChannel(
+                notify.pagerduty.routing_key_value(),
+                url=str(notify.pagerduty.url),
+                report_url_template=report_url,
+            )
+        )
+    if notify.alertmanager is not None:
+        channels.append(
+            AlertmanagerPushChannel(str(notify.alertmanager.url), report_url_template=report_url)
+        )
+    if notify.slack is not None:
+        channels.append(
+            SlackChannel(notify.slack.webhook_url_value(), report_url_template=report_url)
+        )
+    if notify.webhook is not None:
+        headers = dict(notify.webhook.headers)
+        token = notify.webhook.bearer_token_value()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        channels.append(WebhookChannel(str(notify.webhook.url), headers=headers))
+    return channels
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    intake: SignalIntake
+    verifier: Verifier
+    executor: Executor
+    dispatcher: Dispatcher
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    journal: Journal,
+    kube: Kube,
+    notifier: Notifier,
+    metrics: Metrics,
+    clock: Callable[[], datetime],
+    scrape_interval: timedelta,
+    evaluate_target: Callable[[Target, str, datetime], Awaitable[list[Evaluation]]],
+    target_known: Callable[[Target], bool | None],
+    policy_for_target: Callable[[Target], Policy],
+) -> Pipeline:
+    """Intake -> dispatcher -> executor, each built before anything refers to it."""
+    s = settings
+    intake = SignalIntake(
+        journal=journal,
+        metrics=metrics,
+        mapping=TargetMapping(
+            namespace_labels=tuple(s.targets.namespace_labels),
+            deployment_labels=tuple(s.targets.deployment_labels),
+            pod_labels=tuple(s.targets.pod_labels),
+        ),
+        resolve_pod=kube.resolve_pod,
+        target_known=target_known,
+        clock=clock,
+    )
+    verifier = Verifier(
+        evaluate_target,
+        kube.readiness,
+        scrape_interval=scrape_interval,
+        intervals=s.verify.intervals,
+        clock=clock,
+        sleep=asyncio.sleep,
+        timeout=s.verify.timeout.total_seconds(),
+        require_endpoints=s.verify.require_endpoints,
+    )
+    recorder = JournalRecorder(journal, metrics, clock)
+    executor = Executor(
+        kube,
+        verifier,
+        recorder,
+        NotifierPager(notifier, clock),
+        rollout_timeout=s.rollout.timeout.total_seconds(),
+        clock=clock,
+        policy_for=policy_for_target,
+    )
+    escalation = s.notify.escalation
+    dispatcher = Dispatcher(
+        facts=lambda target, now: kube.facts(target, now=now),
+        policy_for=lambda target, annotations: s.policy_for(target, annotations)[0],
+        journal=journal,
+        metrics=metrics,
+        run_rollback=executor.run,
+        escalations=Escalations(
+            notifier,
+            journal,
+            GroupingPolicy(
+                incident_window=escalation.incident_window,
+                group_wait=escalation.group_wait,
+                group_min=escalation.group_min,
+            ),
+        ),
+        clock=clock,
+    )
+    recorder.on_phase = dispatcher.observe
+    return Pipeline(intake, verifier, executor, dispatcher)
+
+
+async def scrape_interval(promql: PromQL, configured: timedelta | None) -> timedelta:
+    """The configured scrape interval, else Prometheus's own, else 15 s (said in the log)."""
+    if configured is not None:
+        return configured
+    try:
+        found = await promql.scrape_interval()
+    except Exception as exc:
+        log.warning("scrape_interval_unknown", error=str(exc))
+        found = None
+    if found is None:
+        log.warning("scrape_interval_default", seconds=DEFAULT_SCRAPE_INTERVAL.total_seconds())
+        return DEFAULT_SCRAPE_INTERVAL
+    return found
+
+
+def readiness(
+    *, synced: bool, elected: bool, problem: str | None, holder: str | None, leader: bool
+) -> tuple[bool, str]:
+    """Every healthy replica is Ready; the leader label, not readiness, routes webhooks.
+
+    A standby that could take over is as ready as the leader; a Lease that
+    cannot be used as configured makes every replica unready, saying why.
+    """
+    if not synced:
+        return False, "kubernetes watches not synced"
+    if not elected:
+        return True, "ok"
+    if problem is not None:
+        return False, f"leader election cannot work: {problem}"
+    if leader:
+        return True, "ok: leader"
+    return True, f"standby: following {holder}" if holder else "standby: leader not known yet"

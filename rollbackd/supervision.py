@@ -1,0 +1,95 @@
+"""Supervised background tasks: a crash is logged, and an essential one stops the daemon.
+
+The idea is kopf's guarded tasks: a long-lived task (the dispatcher, the
+poller, leader election, retention) must never die silently. A task that
+ends with an exception is logged with its name; when it is essential, the
+supervisor's ``failed`` event is set, and the daemon's main loop shuts down
+in order (a restarted process replays the journal, which is safer than a
+daemon that looks alive but decides nothing). Cancellation is the normal
+way to stop a task and is not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+__all__ = ["Supervisor", "retrying"]
+
+log = structlog.get_logger("rollbackd.supervision")
+
+
+class Supervisor:
+    """Owns named tasks; ``failed`` is set when an essential one dies."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+
+    def spawn(self, name: str, body: Awaitable[None], *, essential: bool = True) -> None:
+        """Run ``body`` as the task ``name`` (a name runs once at a time)."""
+        if name in self._tasks and not self._tasks[name].done():
+            raise RuntimeError(f"task {name} is already running")
+        task = asyncio.create_task(self._guard(name, body, essential), name=f"rollbackd-{name}")
+        self._tasks[name] = task
+
+    async def cancel(self, *names: str) -> None:
+        """Cancel the named tasks (all when none are named) and wait for them to end."""
+        chosen = [self._tasks.pop(n) for n in (names or tuple(self._tasks)) if n in self._tasks]
+        for task in chosen:
+            task.cancel()
+        for task in chosen:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def running(self) -> list[str]:
+        return [name for name, task in self._tasks.items() if not task.done()]
+
+    async def _guard(self, name: str, body: Awaitable[None], essential: bool) -> None:
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task_crashed", task=name, essential=essential)
+            if essential and not self.failed.is_set():
+                self.failure = f"{name}: {type(exc).__name__}: {exc}"
+                self.failed.set()
+            return
+        if essential and not self.failed.is_set():
+            # An essential task never ends on its own: that is a bug too.
+            log.error("task_ended", task=name)
+            self.failure = f"{name} ended"
+            self.failed.set()
+
+
+async def retrying(
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    on_error: Callable[[], Awaitable[None]] | None = None,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> None:
+    """Run ``body`` again and again; an error is logged, ``on_error`` runs, backoff grows.
+
+    For tasks whose failures are expected to be transient (leader election
+    against a flaky API server): they must come back, not stop the daemon.
+    """
+    delay = first_delay
+    while True:
+        try:
+            await body()
+            delay = first_delay
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task_failed_retrying", task=name, retry_in=delay)
+            if on_error is not None:
+                await on_error()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)

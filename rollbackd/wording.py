@@ -1,0 +1,55 @@
+"""How decisions say things: durations, lists and signal phrases for the reason sentences.
+
+Relative durations only (``4m after``, ``3d ago``), so a decision's sentence
+is the same when all its input times shift.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rollbackd.model import Signal
+
+__all__ = ["MANUAL", "MAX_LISTED_PATHS", "ago", "duration", "listing", "signal_phrase"]
+
+# Escalation sentences end with what the human has to do.
+MANUAL = "manual rollback needed"
+# How many diff paths an escalation sentence lists before "and N more".
+MAX_LISTED_PATHS = 5
+
+
+def signal_phrase(signal: Signal) -> str:
+    """``error_ratio at 0.12 (threshold 0.05)``, or just the name without numbers."""
+    phrase = signal.name or "the signal"
+    if signal.value is not None:
+        phrase += f" at {signal.value:g}"
+        if signal.threshold is not None:
+            phrase += f" (threshold {signal.threshold:g})"
+    return phrase
+
+
+def listing(paths: list[str]) -> str:
+    shown = ", ".join(paths[:MAX_LISTED_PATHS])
+    hidden = len(paths) - MAX_LISTED_PATHS
+    return f"{shown} and {hidden} more" if hidden > 0 else shown
+
+
+def ago(elapsed: timedelta) -> str:
+    if elapsed < timedelta(0):
+        return f"{duration(elapsed)} in the future (clock skew)"
+    return f"{duration(elapsed)} ago"
+
+
+def duration(delta: timedelta) -> str:
+    """Compact human duration: ``2h``, ``1h30m``, ``4m10s``, ``3d2h``, ``0s``.
+
+    Seconds are left out from one hour on; they are noise at that scale.
+    """
+    seconds = int(abs(delta.total_seconds()))
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3_600)
+    minutes, seconds = divmod(seconds, 60)
+    if days or hours:
+        seconds = 0
+    units = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
+    return "".join(f"{n}{unit}" for n, unit in units if n) or "0s"
