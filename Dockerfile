@@ -19,7 +19,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/rollbackd
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# .dockerignore leaves rollbackd/testing (kubesim, the test servers) out of the
+# context, so the image carries only the daemon.
 COPY rollbackd ./rollbackd
+# Only the runtime dependencies: no demo or test extra (jsonpatch, pytest).
 # pip compiles the bytecode at install time: the read-only image cannot later.
 RUN /opt/rollbackd/bin/pip install . \
  && mkdir -p /image/var/lib/rollbackd
@@ -28,6 +31,10 @@ RUN /opt/rollbackd/bin/pip install . \
 RUN /opt/rollbackd/bin/rollbackd --help >/dev/null \
  && /opt/rollbackd/bin/python -c "import importlib.resources as r; r.files('rollbackd').joinpath('openapi.yaml').read_text()" \
  || { echo "installed rollbackd is incomplete (package data in pyproject.toml?)" >&2; exit 1; }
+# ... and must carry no test or demo code: `rollbackd demo` says what it needs.
+RUN /opt/rollbackd/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('pytest', 'jsonpatch', 'rollbackd.testing')))" \
+ && /opt/rollbackd/bin/rollbackd demo 2>&1 | grep -q "needs the demo extra" \
+ || { echo "the runtime image carries test or demo code, or rollbackd demo needs it" >&2; exit 1; }
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="rollbackd" \

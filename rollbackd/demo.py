@@ -4,24 +4,30 @@ Starts kubesim, the real Prometheus and Alertmanager, a pager sink and
 rollbackd; deploys a healthy v1, then a v2 that fails 30 % of its requests,
 and shows rollbackd detect, roll back, verify and resolve, ending with the
 post-incident report. Nothing leaves loopback.
+
+The loopback stack is ``rollbackd.testing`` with the ``demo`` extra
+(kubesim needs ``jsonpatch``); the daemon's image carries neither, so there
+the command says what to install instead of failing on an import.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rollbackd.model import Target
 from rollbackd.report import render_report
-from rollbackd.testing.stack import (
-    PAGERDUTY_PATH,
-    WEBHOOK_TOKEN,
-    Stack,
-    deployment_manifest,
-    knobs,
+
+# What is missing when the demo extra is not installed, or the package was
+# installed without rollbackd.testing (the container image).
+_DEMO_EXTRA_MODULES = ("rollbackd.testing", "jsonpatch")
+NEEDS_DEMO_EXTRA = (
+    "rollbackd demo needs the demo extra (kubesim, the Prometheus/Alertmanager "
+    "harness and the pager sink): pip install 'rollbackd[demo]' from a source checkout"
 )
 
 TARGET = Target("default", "checkout")
@@ -32,6 +38,14 @@ def _say(started: float, message: str) -> None:
 
 
 async def run_demo(*, workdir: Path | None, hold: float) -> int:
+    from rollbackd.testing.stack import (
+        PAGERDUTY_PATH,
+        WEBHOOK_TOKEN,
+        Stack,
+        deployment_manifest,
+        knobs,
+    )
+
     started = time.monotonic()
     _say(started, "starting kubesim, Prometheus, Alertmanager, a pager sink and rollbackd ...")
     async with Stack(workdir) as stack:
@@ -112,6 +126,18 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
         return 0 if str(final.phase) == "ROLLBACK_COMPLETED" else 1
 
 
+def demo_extra_installed() -> bool:
+    """Whether the loopback stack imports; False only for the demo extra's modules."""
+    try:
+        import rollbackd.testing.stack  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not any(missing == m or missing.startswith(m + ".") for m in _DEMO_EXTRA_MODULES):
+            raise
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollbackd demo", description=__doc__)
     parser.add_argument(
@@ -124,4 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to keep everything running at the end, to explore with kubectl",
     )
     args = parser.parse_args(argv)
+    if not demo_extra_installed():
+        print(NEEDS_DEMO_EXTRA, file=sys.stderr)
+        return 1
     return asyncio.run(run_demo(workdir=args.workdir, hold=args.hold))

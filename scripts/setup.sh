@@ -50,7 +50,8 @@ PY
   rm -rf "$tmp"
 fi
 
-# 3. The virtualenv with the package and its dev extras; reinstall only when pyproject changes.
+# 3. The virtualenv with the package and its dev extra (which pulls the test and demo
+#    extras: pytest, kubesim's jsonpatch); reinstall only when pyproject changes.
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"

@@ -3,7 +3,8 @@
 No engine runs where the tests run, so the image cannot be built here; these
 tests pin what a cluster relies on instead: a pinned base, a numeric non-root
 user, `rollbackd` as the entry point, writable paths that match the chart,
-and a build context that carries the package but nothing else.
+and a build context that carries the runtime package but nothing else: no
+tests, no `rollbackd.testing`, no demo or test extra.
 """
 
 from __future__ import annotations
@@ -242,6 +243,41 @@ def test_build_smoke_tests_the_installed_package(instructions: list[Instruction]
     assert "openapi.yaml" in runs
 
 
+def test_builder_installs_only_the_runtime_dependencies(instructions: list[Instruction]) -> None:
+    builder = stages(instructions)[0]
+    installs = [
+        i.args for i in builder if i.keyword == "RUN" and "/opt/rollbackd/bin/pip install" in i.args
+    ]
+    assert len(installs) == 1
+    target = installs[0].split("pip install", 1)[1].split("&&", 1)[0].split()
+    assert target == ["."], f"the image installs {target}, not the bare package"
+
+
+def test_build_fails_when_the_image_carries_test_or_demo_code(
+    instructions: list[Instruction],
+) -> None:
+    """The build itself proves the image has no pytest, jsonpatch or rollbackd.testing,
+    and that `rollbackd demo` there names the extra it needs."""
+    builder = stages(instructions)[0]
+    runs = " ".join(i.args for i in builder if i.keyword == "RUN")
+    assert "('pytest', 'jsonpatch', 'rollbackd.testing')" in runs
+    assert '/opt/rollbackd/bin/rollbackd demo 2>&1 | grep -q "needs the demo extra"' in runs
+
+
+def test_test_and_demo_packages_are_extras_not_runtime_dependencies() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    runtime = names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert not runtime & {"jsonpatch", "pytest", "pytest-asyncio", "hypothesis"}
+    assert "jsonpatch" in names(extras["demo"])
+    assert "rollbackd[demo]" in extras["test"] and "pytest" in names(extras["test"])
+    assert "rollbackd[test]" in extras["dev"]
+
+
 def test_no_healthcheck_kubernetes_probes_do_that(instructions: list[Instruction]) -> None:
     assert all(i.keyword != "HEALTHCHECK" for i in instructions)
 
@@ -282,6 +318,8 @@ def test_build_copies_files_that_exist_and_are_in_the_context(
         "rollbackd/__pycache__/cli.cpython-311.pyc",
         "journal.sqlite",
         "rollbackd/journal.sqlite-wal",
+        "rollbackd/testing/__init__.py",
+        "rollbackd/testing/kubesim/server.py",
     ],
 )
 def test_context_leaves_out_everything_else(ignore_patterns: list[str], path: str) -> None:
