@@ -20,7 +20,6 @@ import structlog
 from aiohttp import web
 
 from rollbackd.config import Settings
-from rollbackd.records import annotated_rollback
 from rollbackd.errors import NotLeaderError
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
@@ -28,16 +27,17 @@ from rollbackd.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
 from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics
-from rollbackd.model import ANNOTATION_ROLLBACK, Policy, Signal, Target, utcnow
+from rollbackd.model import Policy, Signal, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.promql import PromQL
+from rollbackd.records import annotated_rollback
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
 from rollbackd.signals import Evaluation, evaluate_specs
 from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_interval
-from rollbackd.state import decode_state
+from rollbackd.state import state_from_annotations
 from rollbackd.supervision import Supervisor, retrying
 
 log = structlog.get_logger("rollbackd.daemon")
@@ -288,7 +288,8 @@ class Daemon:
             rollback = annotated_rollback(facts)
             if rollback is None:
                 continue
-            state = decode_state(facts.annotations[ANNOTATION_ROLLBACK])
+            state = state_from_annotations(facts.annotations)
+            assert state is not None  # annotated_rollback read it
             resume = functools.partial(self.executor.resume, target, state)
             self.dispatcher.adopt(rollback, resume)
             log.info("resuming_rollback", target=str(target), rollback_id=rollback.id)

@@ -70,7 +70,6 @@ from rollbackd.decide_target import (
 )
 from rollbackd.model import (
     ANNOTATION_ENABLED,
-    ANNOTATION_ROLLBACK,
     RETRYABLE_REASON_CODES,
     Action,
     ClusterFacts,
@@ -82,7 +81,7 @@ from rollbackd.model import (
     SignalStatus,
 )
 from rollbackd.reasons import ReasonCode
-from rollbackd.state import decode_state
+from rollbackd.state import state_from_annotations
 from rollbackd.wording import MANUAL, ago, duration, signal_phrase
 
 __all__ = ["ReasonCode", "decide"]
@@ -216,16 +215,8 @@ def _rollback_in_flight(inp: Inputs) -> Decision | None:
 
 def _state_in_flight(facts: ClusterFacts) -> tuple[str, str] | None:
     """(rollback id, phase) from the state annotation when it records a running rollback."""
-    text = facts.annotations.get(ANNOTATION_ROLLBACK)
-    if not text:
-        return None
-    try:
-        state = decode_state(text)
-    except ValueError:
-        # Unreadable state is not evidence of a rollback in flight; the
-        # executor reports it when it next reads the annotation.
-        return None
-    if state.phase.terminal:
+    state = state_from_annotations(facts.annotations)
+    if state is None or state.phase.terminal:
         return None
     return state.rollback_id, state.phase.value
 
@@ -237,12 +228,8 @@ def _anomaly_before_restore(inp: Inputs) -> Decision | None:
     # Rule 12: an anomaly that began before the restored revision was ready is
     # about the revision rollbackd replaced (late alerts, slow rules, replays).
     current = inp.current
-    text = inp.facts.annotations.get(ANNOTATION_ROLLBACK)
-    if current is None or not text:
-        return None
-    try:
-        state = decode_state(text)
-    except ValueError:
+    state = state_from_annotations(inp.facts.annotations)
+    if current is None or state is None:
         return None
     restored_here = current.restored_by == state.rollback_id or (
         current.restored_by is None and current.revision in inp.history.restored_revisions

@@ -9,7 +9,6 @@ import secrets
 from datetime import datetime
 
 from rollbackd.model import (
-    ANNOTATION_ROLLBACK,
     ClusterFacts,
     Decision,
     History,
@@ -18,7 +17,7 @@ from rollbackd.model import (
     Rollback,
     Signal,
 )
-from rollbackd.state import decode_state
+from rollbackd.state import state_from_annotations
 
 __all__ = ["already_escalated", "annotated_rollback", "new_rollback_id", "rollback_for"]
 
@@ -60,14 +59,8 @@ def already_escalated(history: History, signal: Signal) -> str | None:
 
 def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
     """The non-terminal rollback recorded on the Deployment, if any."""
-    raw = facts.annotations.get(ANNOTATION_ROLLBACK)
-    if not raw:
-        return None
-    try:
-        state = decode_state(raw)
-    except ValueError:
-        return None
-    if state.phase.terminal:
+    state = state_from_annotations(facts.annotations)
+    if state is None or state.phase.terminal:
         return None
     return Rollback(
         id=state.rollback_id,
