@@ -330,7 +330,7 @@ class Daemon:
         return readiness(
             synced=self.kube.synced,
             elected=self.settings.leader_election.enabled,
-            problem=election.problem if election is not None else None,
+            problem=str(election.problem) if election and election.problem is not None else None,
             holder=election.holder if election is not None else None,
             leader=self._leader,
         )
