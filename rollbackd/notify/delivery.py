@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from rollbackd.durations import format_age
+from rollbackd.journal import Journal
 from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
 from rollbackd.notify.lane import Lane, backoff_delay, new_row
 from rollbackd.notify.model import DETAIL_FAILOVER_FROM, Notification, notification_from_json
@@ -24,7 +25,6 @@ from rollbackd.notify.outbox import (
 )
 
 if TYPE_CHECKING:
-    from rollbackd.journal import Journal
     from rollbackd.metrics import Metrics
 
 log = structlog.get_logger("rollbackd.notify")
@@ -51,9 +51,6 @@ class Delivery:
 
     async def _outbox(self) -> OutboxStore:
         if self._store is None:
-            # Imported here: journal.py imports this module.
-            from rollbackd.journal import Journal
-
             self._own_journal = await Journal.open(":memory:")
             self._store = OutboxStore(self._own_journal)
         return self._store

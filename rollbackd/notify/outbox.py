@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # journal.py imports notify.base, which imports this module
+if TYPE_CHECKING:
     import aiosqlite
 
     from rollbackd.journal import Journal

@@ -379,11 +379,11 @@ async def test_a_failed_group_commit_acknowledges_nothing_of_the_batch(journal: 
 async def test_a_version_1_journal_is_migrated_and_old_signals_are_not_replayed(
     tmp_path: Path,
 ) -> None:
-    from rollbackd import journal as journal_module
+    from rollbackd.journal.schema import SCHEMA_V1
 
     path = tmp_path / "v1.sqlite"
     conn = sqlite3.connect(path)
-    conn.executescript(journal_module._SCHEMA_V1 + "PRAGMA user_version=1;")
+    conn.executescript(SCHEMA_V1 + "PRAGMA user_version=1;")
     conn.execute(
         "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
         " observed_at, labels, summary, accepted, note) VALUES"

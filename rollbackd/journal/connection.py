@@ -1,0 +1,110 @@
+"""One SQLite connection: pragmas and migrations, queries, one write transaction at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aiosqlite
+
+from rollbackd.journal.rows import JournalError
+from rollbackd.journal.schema import MIGRATIONS, SCHEMA_VERSION
+
+# Parameters per statement for ``IN (...)`` lists, well under SQLite's limit.
+SQL_CHUNK = 500
+
+
+class Connection:
+    """The connection and its write lock, shared by the journal's stores."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self._conn.row_factory = sqlite3.Row
+        self._write_lock = asyncio.Lock()
+        self._synchronous = "NORMAL"
+        self.path = path
+
+    async def _prepare(self) -> None:
+        try:
+            # Takes effect only on a file with no tables yet (a new journal):
+            # retention can then give freed pages back (PRAGMA incremental_vacuum).
+            await self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL (the default): in WAL mode a commit survives the process
+            # dying at any instant (SIGKILL, OOM, a crash), which is what the
+            # 2xx promises; only a power cut or kernel crash can lose the last
+            # commits, and the chart's emptyDir journal does not outlive its
+            # node anyway. It spares an fsync per commit, a few milliseconds
+            # on every webhook answer. FULL adds that fsync, for a journal on
+            # a persistent volume that must survive a power cut.
+            await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            version = await self._scalar("PRAGMA user_version")
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path}: not a usable SQLite file: {exc}") from exc
+        version = int(version or 0)
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path}: schema version {version} is newer than this "
+                f"rollbackd understands ({SCHEMA_VERSION}); upgrade rollbackd"
+            )
+        for target_version in range(version + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS[target_version - 1]
+            # executescript commits; the version bump is in the same script so
+            # a crash mid-migration leaves the old version and the script re-runs.
+            await self._conn.executescript(
+                f"BEGIN;\n{script}\nPRAGMA user_version={target_version};\nCOMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        return int(await self._scalar("PRAGMA user_version") or 0)
+
+    # --- low-level helpers -------------------------------------------------
+
+    async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            rows = await cur.fetchall()
+        return list(rows)
+
+    # Public for the stores that keep their tables in this file (the outbox,
+    # retention): one connection, one write lock, one place that commits.
+    async def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return await self._rows(sql, params)
+
+    async def transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
+        """Run ``body(connection)`` inside one write transaction (BEGIN IMMEDIATE .. COMMIT)."""
+        await self._transaction(lambda: body(self._conn))
+
+    async def release_free_pages(self) -> None:
+        """Give free pages back to the file system (journals with incremental auto-vacuum).
+
+        Under the write lock, so no transaction is open; executescript, because
+        a plain execute steps the pragma once and frees a single page.
+        """
+        async with self._write_lock:
+            await self._conn.executescript("PRAGMA incremental_vacuum;")
+
+    async def _write(self, sql: str, params: Iterable[Any]) -> None:
+        """One statement in its own transaction, committed before returning."""
+        await self._transaction(lambda: self._conn.execute(sql, tuple(params)))
+
+    async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
+        # aiosqlite runs calls in order on one thread, but two coroutines'
+        # statements would interleave between BEGIN and COMMIT on the shared
+        # connection; the lock keeps each write in a transaction of its own.
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await body()
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")

@@ -1,0 +1,153 @@
+"""The intake side: accepted signals in shared commits, the undecided queue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import cast
+
+import aiosqlite
+
+from rollbackd.groupcommit import GroupCommit
+from rollbackd.journal.connection import SQL_CHUNK, Connection
+from rollbackd.journal.rows import (
+    UnresolvedRecord,
+    signal_from_row,
+    signal_to_row,
+    unresolved_to_row,
+)
+from rollbackd.model import (
+    Signal,
+)
+
+_INSERT_SIGNAL = (
+    "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
+    " observed_at, value, threshold, labels, summary, accepted, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# One row per fingerprint: a repeat bumps the count and the last time.
+_UPSERT_UNRESOLVED = (
+    "INSERT INTO unresolved_alerts (fingerprint, first_at, at, count, alertname, labels, reason)"
+    " VALUES (?, ?, ?, 1, ?, ?, ?)"
+    " ON CONFLICT (fingerprint) DO UPDATE SET at = excluded.at, count = count + 1,"
+    " alertname = excluded.alertname, labels = excluded.labels, reason = excluded.reason"
+)
+
+
+class IntakeStore(Connection):
+    """Signals and unmappable alerts; accepted ones wait here until a decision settles them."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        super().__init__(conn, path)
+        self._intake_commit: GroupCommit[Signal | UnresolvedRecord, int | None] = GroupCommit(
+            self._flush_intake
+        )
+
+    @property
+    def intake_commits(self) -> int:
+        """Transactions the intake has used so far (group commit shares them)."""
+        return self._intake_commit.flushes
+
+    async def record_signal(self, signal: Signal, *, accepted: bool, note: str = "") -> None:
+        """One signal, outside the intake (a manual request, a test)."""
+        if accepted:
+            await self.accept([signal])
+            return
+        await self._write(_INSERT_SIGNAL, signal_to_row(signal, accepted=False, note=note))
+
+    async def accept(
+        self, signals: Sequence[Signal], unresolved: Sequence[UnresolvedRecord] = ()
+    ) -> list[int | None]:
+        """Journal accepted signals (and unmappable alerts) durably, in a shared commit.
+
+        Returns, per signal, its row id, or None when a signal with the same
+        key was accepted before (a re-send, or a repeat after a restart). When
+        this returns, the signals are committed: the caller may answer 2xx.
+        When it raises, nothing of the call was committed.
+        """
+        items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
+        results = await self._intake_commit.submit(items)
+        return results[: len(signals)]
+
+    async def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
+        results: list[int | None] = [None] * len(items)
+        signal_at = [i for i, item in enumerate(items) if isinstance(item, Signal)]
+        unresolved = [item for item in items if isinstance(item, UnresolvedRecord)]
+
+        async def body() -> None:
+            signals = [cast(Signal, items[i]) for i in signal_at]
+            seen = await self._accepted_keys([s.key for s in signals if s.key])
+            fresh: list[int] = []  # positions in ``items``
+            for position, signal in zip(signal_at, signals, strict=True):
+                if signal.key:
+                    if signal.key in seen:
+                        continue
+                    seen.add(signal.key)
+                fresh.append(position)
+            if fresh:
+                await self._conn.executemany(
+                    _INSERT_SIGNAL,
+                    [signal_to_row(cast(Signal, items[p]), accepted=True) for p in fresh],
+                )
+                # One transaction holding the write lock, AUTOINCREMENT, no
+                # deletes in between: the new ids are consecutive and end here.
+                last = int(await self._scalar("SELECT last_insert_rowid()"))
+                for offset, position in enumerate(fresh):
+                    results[position] = last - len(fresh) + 1 + offset
+            if unresolved:
+                await self._conn.executemany(
+                    _UPSERT_UNRESOLVED, [unresolved_to_row(u) for u in unresolved]
+                )
+
+        await self._transaction(body)
+        return results
+
+    async def _accepted_keys(self, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            rows = await self._rows(
+                f"SELECT key FROM signals WHERE accepted = 1 AND key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    async def signal_seen(self, key: str) -> bool:
+        """True when a signal with ``key`` was recorded as accepted (survives restarts)."""
+        if not key:
+            return False
+        found = await self._scalar(
+            "SELECT 1 FROM signals WHERE key = ? AND accepted = 1 LIMIT 1", (key,)
+        )
+        return found is not None
+
+    async def undecided_signals(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Signal]]:
+        """Accepted signals with no decision yet, oldest first: the durable queue."""
+        rows = await self._rows(
+            "SELECT * FROM signals WHERE accepted = 1 AND decided_at IS NULL AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [(int(r["id"]), signal_from_row(r)) for r in rows]
+
+    async def count_undecided(self) -> int:
+        return int(
+            await self._scalar(
+                "SELECT COUNT(*) FROM signals WHERE accepted = 1 AND decided_at IS NULL"
+            )
+            or 0
+        )
+
+    async def record_unresolved_alert(
+        self,
+        fingerprint: str,
+        alertname: str,
+        labels: Mapping[str, str],
+        reason: str,
+        at: datetime,
+    ) -> None:
+        await self.accept([], [UnresolvedRecord(fingerprint, alertname, labels, reason, at)])
