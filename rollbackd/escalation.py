@@ -41,7 +41,7 @@ __all__ = [
 log = structlog.get_logger("rollbackd.escalation")
 
 # The first words of an escalation page, by reason: what the on-call must know first.
-ESCALATION_HEADLINES = {
+ESCALATION_HEADLINES: dict[str, str] = {
     ReasonCode.NO_RECENT_ROLLOUT: "not caused by a recent rollout",
     ReasonCode.NO_PREVIOUS_REVISION: "manual rollback needed",
     ReasonCode.NO_STABLE_PREVIOUS_REVISION: "manual rollback needed",

@@ -1,19 +1,25 @@
-"""The one set of reason codes: every decision and every ending carries one.
+"""The one set of reason codes: every decision and every ending of a rollback.
 
-Stable and snake_case, because they are metric labels, journal columns and
-API values; a closed set, so label cardinality stays bounded.
+Stable and snake_case, because they are metric labels, journal columns, API
+values and part of the state annotation; closed, so a code is a member here
+or it is a bug. Members are ``str`` values, so records written before this
+enum read back unchanged.
 """
 
 from __future__ import annotations
 
-from rollbackd.model import StrEnum
-
-__all__ = ["ReasonCode"]
+from rollbackd.kube.rollout import RolloutStatus
+from rollbackd.model import REASON_KUBE_UNAVAILABLE, REASON_WRITE_CONFLICTS, StrEnum
 
 
 class ReasonCode(StrEnum):
-    """Stable, snake_case reason codes (metric labels, journal, API)."""
+    """Every reason code rollbackd gives: decisions, and how a rollback ended.
 
+    One closed set of stable snake_case values: metric labels, journal
+    columns, API values and the state annotation all draw from it.
+    """
+
+    # decisions (decide.py): what to do about a signal
     SIGNAL_RESOLVED = "signal_resolved"
     NO_DATA = "no_data"
     STALE_SIGNAL = "stale_signal"
@@ -33,3 +39,38 @@ class ReasonCode(StrEnum):
     DRY_RUN = "dry_run"
     DRY_RUN_RECORDED = "dry_run_recorded"
     ROLLBACK = "rollback"
+    # how a rollback ended (executor, verification, strategies)
+
+    # verification
+    VERIFIED = "verified"
+    VERIFY_BREACH = "verify_breach"
+    VERIFY_NO_DATA = "verify_no_data"
+    VERIFY_NOT_READY = "verify_not_ready"
+    VERIFY_TIMEOUT = "verify_timeout"
+    # the restored version's rollout
+    ROLLOUT_FAILED = "rollout_failed"
+    ROLLOUT_TIMEOUT = "rollout_timeout"
+    ROLLOUT_GONE = "rollout_gone"
+    ROLLOUT_PROGRESSING = "rollout_progressing"
+    ROLLOUT_COMPLETE = "rollout_complete"
+    # planning (strategy and re-checked rules)
+    REVISION_NOT_FOUND = "revision_not_found"
+    ALREADY_AT_REVISION = "already_at_revision"
+    TARGET_CHANGED = "target_changed"
+    GITOPS_PAUSE_FAILED = "gitops_pause_failed"
+    # endings
+    SUPERSEDED = "superseded"
+    ROLLBACK_FAILED = "rollback_failed"
+    KUBE_UNAVAILABLE = REASON_KUBE_UNAVAILABLE
+    WRITE_CONFLICTS = REASON_WRITE_CONFLICTS
+    KUBE_FORBIDDEN = "kube_forbidden"
+    EXECUTOR_ERROR = "executor_error"
+
+
+# The executor's and verifier's name for the same enum.
+RollbackReason = ReasonCode
+
+
+def rollout_reason(status: RolloutStatus) -> RollbackReason:
+    """The ending of a rollout that did not complete: ``rollout_<status>``."""
+    return RollbackReason(f"rollout_{status}")
