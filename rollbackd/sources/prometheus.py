@@ -42,8 +42,10 @@ __all__ = ["PrometheusPoller"]
 
 log = structlog.get_logger(__name__)
 
-# How often the scrape phase is relearnt (targets come and go, Prometheus restarts).
+# How often the scrape phase is relearnt (targets come and go, Prometheus restarts),
+# and how soon a failed attempt is retried once a phase is known.
 PHASE_RELEARN_SECONDS = 300.0
+PHASE_RETRY_SECONDS = 60.0
 
 # (namespace, deployment, signal name)
 _Key = tuple[str, str, str]
@@ -83,7 +85,7 @@ class PrometheusPoller:
         self._on_query_error = on_query_error
         self._align = align_to_scrapes
         self._grid = PollGrid(interval)
-        self._phase_learnt_at: float | None = None
+        self._next_phase_learning = 0.0  # monotonic time
         self._streaks: dict[_Key, _Streak] = {}
 
     async def _judge_all(self) -> tuple[dict[str, Judgement], dict[str, Exception]]:
@@ -216,20 +218,21 @@ class PrometheusPoller:
 
     async def _learn_phase(self) -> None:
         now = time.monotonic()
-        if (
-            self._phase_learnt_at is not None
-            and now - self._phase_learnt_at < PHASE_RELEARN_SECONDS
-        ):
+        if now < self._next_phase_learning:
             return
         try:
             landings = await self._promql.scrape_landings()
         except PromQLError as exc:
-            log.info("poll_phase_unknown", error=str(exc))
-            return
+            landings = []
+            log.debug("poll_phase_unknown", error=str(exc))
         phase = best_phase(landings, self._interval)
         if phase is None:
-            return  # nothing scraped yet: ask again after the next cycle
-        self._phase_learnt_at = now
+            # Nothing scraped yet, or Prometheus is down. Never learnt: ask
+            # again after the next cycle. Learnt before: keep that grid a while.
+            if self._next_phase_learning > 0:
+                self._next_phase_learning = now + PHASE_RETRY_SECONDS
+            return
+        self._next_phase_learning = now + PHASE_RELEARN_SECONDS
         self._grid.align(phase)
         log.info(
             "poll_phase_aligned", targets=len(landings), phase=round(self._grid.phase or 0.0, 3)

@@ -355,6 +355,7 @@ class ScriptedPromQL:
         self.landings = landings or []
         self.calls = 0
         self.called_at: list[float] = []
+        self.landing_asks = 0
         self.exhausted = asyncio.Event()
 
     async def query_vector(
@@ -371,6 +372,7 @@ class ScriptedPromQL:
         return answer
 
     async def scrape_landings(self) -> list[float]:
+        self.landing_asks += 1
         return self.landings
 
 
@@ -529,3 +531,31 @@ async def test_adapter_folds_vectors_and_reads_scrape_landings(rig: Rig) -> None
     with pytest.raises(PromQLError, match="instant vector") as matrix:
         await rig.promql.query_vector("http_requests_total[5s]")
     assert not matrix.value.retryable
+
+
+@pytest.mark.parametrize(("landings", "asks"), [([], {5, 6}), ([1_700_000_000.25], {1})])
+async def test_the_phase_is_asked_for_until_known_then_kept(
+    landings: list[float], asks: set[int]
+) -> None:
+    spec = SignalSpec(name="x", query="q", threshold=0.5)
+    scripted = ScriptedPromQL([{} for _ in range(5)], landings=landings)
+
+    async def emit(signal: Signal) -> None:
+        raise AssertionError("nothing breaches")
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=0.05,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.wait_for(scripted.exhausted.wait(), 20)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # Five scripted cycles ran, and maybe the sixth that found the script empty.
+    assert scripted.landing_asks in asks
