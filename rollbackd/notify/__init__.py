@@ -5,13 +5,9 @@ blocking the caller; each channel module builds one service's request body.
 """
 
 from rollbackd.notify.alertmanager import AlertmanagerPushChannel
-from rollbackd.notify.base import (
-    Channel,
-    ChannelError,
-    Notification,
-    NotificationKind,
-    Notifier,
-)
+from rollbackd.notify.channel import Channel, ChannelError
+from rollbackd.notify.model import Notification, NotificationKind
+from rollbackd.notify.notifier import Notifier
 from rollbackd.notify.pagerduty import PagerDutyChannel
 from rollbackd.notify.slack import SlackChannel
 from rollbackd.notify.webhook import WebhookChannel

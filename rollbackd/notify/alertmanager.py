@@ -18,7 +18,8 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from rollbackd.notify.base import (
+from rollbackd.notify.http import HttpChannel, SessionFactory
+from rollbackd.notify.model import (
     DETAIL_FROM_REVISION,
     DETAIL_REASON,
     DETAIL_ROLLBACK_ID,
@@ -26,9 +27,10 @@ from rollbackd.notify.base import (
     Notification,
     NotificationKind,
 )
-from rollbackd.notify.http import HttpChannel, SessionFactory
 from rollbackd.notify.pagerduty import report_url_for
 
+# The alert rollbackd raises; the intake ignores it when Alertmanager routes it
+# back (the one place the name is written).
 ALERTNAME = "RollbackdEscalation"
 _REMEMBERED = 10_000  # open alerts remembered for resolves; oldest forgotten first
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from rollbackd.notify.base import ChannelError
+from rollbackd.notify.channel import ChannelError
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from rollbackd.notify.base import (
+from rollbackd.jsonable import to_jsonable
+from rollbackd.notify.http import HttpChannel, SessionFactory
+from rollbackd.notify.model import (
     DETAIL_REPORT_URL,
     DETAIL_ROLLBACK_ID,
     Notification,
     NotificationKind,
-    to_jsonable,
 )
-from rollbackd.notify.http import HttpChannel, SessionFactory
 
 DEFAULT_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _MAX_SUMMARY = 1024  # PagerDuty truncates longer summaries; do it ourselves, visibly

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollbackd.notify.base import (
+from rollbackd.notify.http import HttpChannel, SessionFactory
+from rollbackd.notify.model import (
     DETAIL_FROM_REVISION,
     DETAIL_REASON,
     DETAIL_TO_REVISION,
     Notification,
     NotificationKind,
 )
-from rollbackd.notify.http import HttpChannel, SessionFactory
 from rollbackd.notify.pagerduty import report_url_for
 
 _TITLES = {

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rollbackd.notify.base import Notification, notification_to_json
 from rollbackd.notify.http import HttpChannel, SessionFactory
+from rollbackd.notify.model import Notification, notification_to_json
 
 
 class WebhookChannel(HttpChannel):
