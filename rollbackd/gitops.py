@@ -15,21 +15,21 @@ what was switched off) so a human can restore it exactly once Git is fixed.
 Every write is guarded by the owner's resourceVersion (safety rule 10) and
 re-tried on a fresh read when the controller updated the object meanwhile.
 
-Owner objects are handled as plain JSON through ``CustomObjectsApi`` on
-:class:`~rollbackd.kube.Kube`'s ApiClient.
+Owner objects are handled as plain JSON through the adapter's one request
+path, so their errors arrive typed and transient faults are retried like
+every other call (:mod:`rollbackd.kube.errors`, :mod:`rollbackd.kube.retry`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from rollbackd.kube import Kube, KubeError
+from rollbackd.kube.errors import ConflictError, InvalidError, KubeError, NotFoundError
+from rollbackd.kube.patch import annotation_path, precondition
 from rollbackd.model import Target
 
 __all__ = [
@@ -184,14 +184,10 @@ def _argocd_automated(app: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return automated
 
 
-def _escape_pointer(segment: str) -> str:
-    return segment.replace("~", "~0").replace("/", "~1")
-
-
 def _argocd_patch(app: Mapping[str, Any], record: str) -> tuple[str, Any]:
     meta = app.get("metadata") or {}
     ops: list[dict[str, Any]] = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        precondition(meta.get("resourceVersion")),
         {"op": "remove", "path": "/spec/syncPolicy/automated"},
     ]
     if meta.get("annotations") is None:
@@ -199,7 +195,7 @@ def _argocd_patch(app: Mapping[str, Any], record: str) -> tuple[str, Any]:
     ops.append(
         {
             "op": "add",
-            "path": f"/metadata/annotations/{_escape_pointer(ANNOTATION_PAUSED_SYNC)}",
+            "path": annotation_path(ANNOTATION_PAUSED_SYNC),
             "value": record,
         }
     )
@@ -219,70 +215,65 @@ def _flux_patch(obj: Mapping[str, Any], record: str) -> tuple[str, Any]:
     return "application/merge-patch+json", body
 
 
-class _Owners:
-    """CustomObjectsApi calls with errors mapped to GitOpsError."""
+class OwnerApi(Protocol):
+    """What pausing needs of the Kubernetes adapter."""
 
-    def __init__(self, kube: Kube, owner: str, ref: OwnerObject) -> None:
-        self._api = client.CustomObjectsApi(kube.api_client)
-        self._timeout = kube.request_timeout
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]: ...
+
+    async def read_deployment(self, target: Target) -> dict[str, Any]: ...
+
+
+def _why(exc: KubeError) -> str:
+    return f"{exc.status} {exc.reason or exc}" if exc.status else str(exc)
+
+
+class _Owners:
+    """Reads and guarded writes of one owner object, errors mapped to GitOpsError."""
+
+    def __init__(self, kube: OwnerApi, owner: str, ref: OwnerObject) -> None:
+        self._kube = kube
         self._owner = owner
         self._ref = ref
+        self._path = (
+            f"/apis/{ref.group}/{ref.version}/namespaces/{quote(ref.namespace)}/"
+            f"{ref.plural}/{quote(ref.name)}"
+        )
 
     async def get(self) -> dict[str, Any]:
-        ref = self._ref
         try:
-            obj = await self._api.get_namespaced_custom_object(
-                ref.group,
-                ref.version,
-                ref.namespace,
-                ref.plural,
-                ref.name,
-                _request_timeout=self._timeout,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise GitOpsError(self._owner, f"{ref} not found") from exc
-            raise GitOpsError(
-                self._owner, f"reading {ref} failed: {exc.status} {exc.reason}"
-            ) from exc
-        except (TimeoutError, OSError) as exc:
-            raise GitOpsError(self._owner, f"reading {ref} failed: {exc!r}") from exc
-        return dict(obj) if isinstance(obj, Mapping) else {}
+            return await self._kube.request("GET", self._path)
+        except NotFoundError as exc:
+            raise GitOpsError(self._owner, f"{self._ref} not found") from exc
+        except KubeError as exc:
+            raise GitOpsError(self._owner, f"reading {self._ref} failed: {_why(exc)}") from exc
 
     async def patch(self, content_type: str, body: Any, resource_version: str) -> bool:
         """Apply; False when the guard failed because the object moved on."""
-        ref = self._ref
         try:
-            await self._api.patch_namespaced_custom_object(
-                ref.group,
-                ref.version,
-                ref.namespace,
-                ref.plural,
-                ref.name,
-                body,
-                # Chosen here: the client would send a dict as a JSON patch. The
-                # stubs omit this runtime keyword.
-                _content_type=content_type,  # type: ignore[call-arg]
-                _request_timeout=self._timeout,
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
+            await self._kube.request("PATCH", self._path, body=body, content_type=content_type)
+        except ConflictError:
+            return False
+        except InvalidError as exc:
             # A failed JSON patch ``test`` is a 422: a conflict when the object moved.
-            if exc.status == 422:
-                current = await self.get()
-                if (current.get("metadata") or {}).get("resourceVersion") != resource_version:
-                    return False
-            raise GitOpsError(
-                self._owner, f"pausing {ref} failed: {exc.status} {exc.reason}"
-            ) from exc
-        except (TimeoutError, OSError) as exc:
-            raise GitOpsError(self._owner, f"pausing {ref} failed: {exc!r}") from exc
+            current = await self.get()
+            if (current.get("metadata") or {}).get("resourceVersion") != resource_version:
+                return False
+            raise GitOpsError(self._owner, f"pausing {self._ref} failed: {_why(exc)}") from exc
+        except KubeError as exc:
+            raise GitOpsError(self._owner, f"pausing {self._ref} failed: {_why(exc)}") from exc
         return True
 
 
 async def pause(
-    kube: Kube,
+    kube: OwnerApi,
     target: Target,
     owner: str,
     *,

@@ -4,16 +4,25 @@ The annotation is the durable record of a rollback in flight: it is written
 before each step, so a restarted (or newly elected) daemon reads it back and
 resumes instead of starting a second rollback. It is JSON with a version field
 so an older daemon refuses a newer format loudly instead of misreading it.
+
+This module is also the one reader of the ``rollbackd.io/restored`` annotation
+(which pod template a rollback restored, and the revision it became): the
+no-ping-pong rule and resumption depend on both sides reading it the same way.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rollbackd.model import Phase
+import structlog
+
+from rollbackd.model import ANNOTATION_RESTORED, ANNOTATION_ROLLBACK, Phase
+
+log = structlog.get_logger("rollbackd.state")
 
 STATE_VERSION = 1
 
@@ -135,3 +144,53 @@ def _decode_revision(raw: dict[str, Any], name: str) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
     raise ValueError(f"rollback state field {name} must be a positive integer or null")
+
+
+def state_from_annotations(annotations: Mapping[str, str]) -> RollbackState | None:
+    """The state recorded in ``annotations``; None when absent or unreadable.
+
+    Unreadable state is not evidence of a rollback in flight: every reader
+    treats it as none (the executor replaces it with its own).
+    """
+    text = annotations.get(ANNOTATION_ROLLBACK)
+    if not text:
+        return None
+    try:
+        return decode_state(text)
+    except ValueError:
+        return None
+
+
+def recorded_state(obj: Mapping[str, Any]) -> RollbackState | None:
+    """:func:`state_from_annotations` of a Deployment; an unreadable one is logged."""
+    annotations = _annotations(obj)
+    state = state_from_annotations(annotations)
+    if state is None and annotations.get(ANNOTATION_ROLLBACK):
+        log.warning("rollback_state_unreadable", annotation=ANNOTATION_ROLLBACK)
+    return state
+
+
+def restored_record(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``rollbackd.io/restored`` record of a Deployment; {} when absent or unreadable.
+
+    Keys: ``rollback_id``, ``template_hash`` (of the restored ReplicaSet) and
+    ``revision`` (predicted by the plan, then the one the controller assigned).
+    """
+    text = _annotations(obj).get(ANNOTATION_RESTORED)
+    if not text:
+        return {}
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        log.warning("restored_record_unreadable", annotation=ANNOTATION_RESTORED)
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def encode_restored(record: Mapping[str, Any]) -> str:
+    """Serialise a ``rollbackd.io/restored`` record (key-sorted JSON)."""
+    return json.dumps(dict(record), sort_keys=True)
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}

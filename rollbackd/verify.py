@@ -22,52 +22,19 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from rollbackd.model import Target
+from rollbackd.readiness import ReadinessReport, ServiceEndpoints
+from rollbackd.reasons import RollbackReason
+from rollbackd.signals import Evaluation, Verdict
 
-if TYPE_CHECKING:
-    from rollbackd.signals import Evaluation
-
-# Verdict values (rollbackd.signals.Verdict is a str enum): compared by value so
-# the adapters that only need ReadinessReport do not import the PromQL stack.
-HEALTHY = "healthy"
-BREACH = "breach"
-
-
-@dataclass(frozen=True)
-class ServiceEndpoints:
-    """A Service that selects the target's pods, and its ready endpoint count."""
-
-    name: str
-    ready_addresses: int
-
-
-@dataclass(frozen=True)
-class ReadinessReport:
-    """Pods Ready versus desired, and whether selecting Services have endpoints."""
-
-    desired: int
-    ready: int
-    services: tuple[ServiceEndpoints, ...] = ()
-
-    @property
-    def pods_ok(self) -> bool:
-        return self.ready >= self.desired
-
-    @property
-    def endpoints_ok(self) -> bool:
-        return all(s.ready_addresses > 0 for s in self.services) or self.desired == 0
-
-    @property
-    def ok(self) -> bool:
-        return self.pods_ok and self.endpoints_ok
-
-    @property
-    def detail(self) -> str:
-        parts = [f"{self.ready}/{self.desired} pods ready"]
-        parts += [f"service {s.name}: {s.ready_addresses} ready endpoints" for s in self.services]
-        return ", ".join(parts)
+__all__ = [
+    "IntervalResult",
+    "ReadinessReport",
+    "ServiceEndpoints",
+    "Verifier",
+    "VerifyResult",
+]
 
 
 @dataclass(frozen=True)
@@ -84,13 +51,11 @@ class IntervalResult:
 class VerifyResult:
     healthy: bool
     intervals: tuple[IntervalResult, ...]
-    reason_code: (
-        str  # verified | verify_breach | verify_no_data | verify_not_ready | verify_timeout
-    )
+    reason_code: RollbackReason  # VERIFIED or one of the VERIFY_* codes
     reason: str
 
 
-EvaluateFn = Callable[[Target, str, datetime], Awaitable["list[Evaluation]"]]
+EvaluateFn = Callable[[Target, str, datetime], Awaitable[list[Evaluation]]]
 ReadinessFn = Callable[[Target], Awaitable[ReadinessReport]]
 
 
@@ -160,7 +125,7 @@ class Verifier:
             return VerifyResult(
                 False,
                 tuple(results),
-                "verify_timeout",
+                RollbackReason.VERIFY_TIMEOUT,
                 f"verification did not finish within {self._timeout:g}s "
                 f"({len(results)}/{self._intervals} intervals judged)",
             )
@@ -184,13 +149,13 @@ class Verifier:
         return VerifyResult(
             True,
             tuple(results),
-            "verified",
+            RollbackReason.VERIFIED,
             f"healthy for {self._intervals} scrape intervals after the rollback became ready",
         )
 
     async def _interval(
         self, target: Target, index: int, at: datetime, window: str
-    ) -> tuple[IntervalResult, str]:
+    ) -> tuple[IntervalResult, RollbackReason]:
         try:
             async with asyncio.timeout(self._evaluation_timeout):
                 evaluations = tuple(await self._evaluate(target, window, at))
@@ -207,8 +172,8 @@ class Verifier:
         except Exception as exc:
             readiness_ok, readiness_detail = False, f"readiness check failed: {exc}"
 
-        breaches = [e for e in evaluations if e.verdict == BREACH]
-        missing = [e for e in evaluations if e.verdict not in (HEALTHY, BREACH)]
+        breaches = [e for e in evaluations if e.verdict == Verdict.BREACH]
+        missing = [e for e in evaluations if e.verdict not in (Verdict.HEALTHY, Verdict.BREACH)]
         details = [
             f"{e.signal}={e.value if e.value is not None else 'n/a'} "
             f"({e.verdict}, threshold {e.threshold})"
@@ -218,14 +183,14 @@ class Verifier:
             details.append(error)
         details.append(readiness_detail)
         if breaches:
-            code = "verify_breach"
+            code = RollbackReason.VERIFY_BREACH
         elif error or missing:
-            code = "verify_no_data"
+            code = RollbackReason.VERIFY_NO_DATA
         elif not readiness_ok:
-            code = "verify_not_ready"
+            code = RollbackReason.VERIFY_NOT_READY
         else:
-            code = "verified"
-        healthy = code == "verified"
+            code = RollbackReason.VERIFIED
+        healthy = code is RollbackReason.VERIFIED
         return (
             IntervalResult(index, at, evaluations, readiness_ok, healthy, "; ".join(details)),
             code,

@@ -50,7 +50,7 @@ __all__ = [
     "install",
 ]
 
-log = structlog.get_logger("rollbackd.fencing")
+log = structlog.get_logger("rollbackd.kube.fencing")
 
 # Methods that change nothing on the server.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -30,11 +30,11 @@ import structlog
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rollbackd.fencing import Fence, FencedError
+from rollbackd.kube.fencing import Fence, FencedError
 
 __all__ = ["LEADER_LABEL", "LeaderLabel"]
 
-log = structlog.get_logger("rollbackd.leader_label")
+log = structlog.get_logger("rollbackd.kube.leader_label")
 
 LEADER_LABEL = "rollbackd.io/leader"
 # The pod labels that say which release a pod belongs to (the chart's selector).

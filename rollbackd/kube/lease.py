@@ -6,7 +6,7 @@ different machines are never compared); the leader renews every
 ``retry_period`` and gives up when it has not renewed for ``renew_deadline``.
 What this module adds for rollbackd:
 
-- every successful acquire or renew grants the :class:`~rollbackd.fencing.Fence`
+- every successful acquire or renew grants the :class:`~rollbackd.kube.fencing.Fence`
   until ``renew_deadline`` after the request was sent, so a leader that
   stalls is fenced by the clock, not by the renew loop noticing;
 - the Lease's ``leaseTransitions`` is the term: it goes up every time a
@@ -35,12 +35,12 @@ from urllib.parse import quote
 
 import structlog
 
-from rollbackd.fencing import Fence, Term
-from rollbackd.kubeerrors import ConflictError, ForbiddenError, KubeError, NotFoundError
+from rollbackd.kube.errors import ConflictError, ForbiddenError, KubeError, NotFoundError
+from rollbackd.kube.fencing import Fence, Term
 
 __all__ = ["LeaseElector", "LeaseProblem", "LeaseSettings"]
 
-log = structlog.get_logger("rollbackd.lease")
+log = structlog.get_logger("rollbackd.kube.lease")
 
 # The config key a misconfigured Lease is fixed with.
 NAMESPACE_KEY = "leader_election.namespace"

@@ -26,7 +26,7 @@ from typing import TypeVar
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from rollbackd.kubeerrors import KubeError
+from rollbackd.kube.errors import KubeError
 
 __all__ = [
     "BACKOFF_CAP",

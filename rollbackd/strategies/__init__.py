@@ -1,68 +1,36 @@
-"""How a rollback is applied and when it counts as rolled out.
+"""How a rollback is planned, applied and waited for: the Strategy interface.
 
-The executor owns the state machine; a strategy owns the two things that
-differ between rolling, blue/green and canary rollbacks: the patch that
-restores the old version, and the predicate that says the restored version is
-fully rolled out. Both work on plain Kubernetes JSON (dicts), so they are
-tested without a cluster.
+The executor owns the state machine; a strategy owns what differs between
+rolling, blue/green and canary rollbacks (Flagger's router idea: a tiny
+interface and a factory, :mod:`rollbackd.strategies.factory`):
+
+- ``plan``: which old version to restore, from plain Kubernetes JSON;
+- ``patch`` and ``apply``: the guarded write that restores it, built then sent;
+- ``wait``: until the restored version is rolled out (or cannot be);
+- ``status``: the completion predicate ``wait`` uses, over one object.
+
+``plan`` and ``status`` are pure, so they are tested without a cluster;
+``apply`` and ``wait`` get only the part of the adapter they need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rollbackd.model import StrEnum
+from rollbackd.kube.rollout import RolloutOutcome, RolloutStatus, StatusFn
+from rollbackd.model import Target
 
-
-class RolloutStatus(StrEnum):
-    COMPLETE = "complete"
-    PROGRESSING = "progressing"
-    FAILED = "failed"  # the controller gave up (ProgressDeadlineExceeded)
-    TIMEOUT = "timeout"  # rollbackd's own deadline passed first
-    GONE = "gone"  # the Deployment was deleted while waiting
-
-
-@dataclass(frozen=True)
-class RolloutOutcome:
-    """Where a rollout stands, with kubectl-style wording for humans."""
-
-    status: RolloutStatus
-    message: str
-
-    @property
-    def complete(self) -> bool:
-        return self.status is RolloutStatus.COMPLETE
-
-    @property
-    def finished(self) -> bool:
-        """True when waiting longer cannot change the outcome."""
-        return self.status is not RolloutStatus.PROGRESSING
-
-
-class Strategy(Protocol):
-    """The strategy-specific half of a rollback."""
-
-    name: str
-
-    def build_patch(
-        self,
-        deployment: Mapping[str, Any],
-        replicaset: Mapping[str, Any],
-        *,
-        annotations: Mapping[str, str],
-    ) -> list[dict[str, Any]]:
-        """JSON patch ops restoring ``replicaset``'s template on ``deployment``.
-
-        Must start with a ``test`` of ``/metadata/resourceVersion`` (safety rule
-        10) and set ``annotations`` on top of what the strategy keeps.
-        """
-        ...
-
-    def rollout_status(self, deployment: Mapping[str, Any]) -> RolloutOutcome:
-        """Completion predicate over a Deployment object (never TIMEOUT/GONE)."""
-        ...
+__all__ = [
+    "Patcher",
+    "PlanError",
+    "Restore",
+    "RolloutOutcome",
+    "RolloutStatus",
+    "RolloutWaiter",
+    "Strategy",
+]
 
 
 class PlanError(Exception):
@@ -72,3 +40,71 @@ class PlanError(Exception):
         super().__init__(message)
         self.reason_code = reason_code
         self.message = message
+
+
+@dataclass(frozen=True)
+class Restore:
+    """What a strategy chose to restore, and what it will look like once restored."""
+
+    replicaset: Mapping[str, Any]  # the old version's ReplicaSet
+    to_revision: int
+    template: Mapping[str, Any]  # the pod template that will run (no pod-template-hash)
+    template_hash: str  # the old ReplicaSet's pod-template-hash
+    predicted_revision: int  # the revision number the controller will give it
+
+
+class Patcher(Protocol):
+    """The adapter's guarded write (a failed precondition raises ConflictError)."""
+
+    async def patch_deployment(
+        self, target: Target, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+
+class RolloutWaiter(Protocol):
+    """The adapter's wait on a Deployment, judged by a strategy's predicate."""
+
+    async def wait_rollout_complete(
+        self, target: Target, *, timeout: float, poll_interval: float = ..., status: StatusFn = ...
+    ) -> RolloutOutcome: ...
+
+
+class Strategy(Protocol):
+    """The strategy-specific half of a rollback."""
+
+    name: str
+
+    def plan(
+        self,
+        deployment: Mapping[str, Any],
+        replicasets: Sequence[Mapping[str, Any]],
+        to_revision: int | None,
+    ) -> Restore:
+        """Choose what to restore (``to_revision`` None: the previous one); raises PlanError."""
+        ...
+
+    def patch(
+        self,
+        deployment: Mapping[str, Any],
+        restore: Restore,
+        *,
+        annotations: Mapping[str, str],
+    ) -> list[dict[str, Any]]:
+        """The JSON patch restoring ``restore`` on ``deployment`` (the journal records it).
+
+        Must start with a ``test`` of ``deployment``'s resourceVersion (safety
+        rule 10) and set ``annotations`` on top of what the strategy keeps.
+        """
+        ...
+
+    async def apply(self, kube: Patcher, target: Target, patch: list[dict[str, Any]]) -> None:
+        """Send ``patch``; a failed precondition raises ConflictError."""
+        ...
+
+    async def wait(self, kube: RolloutWaiter, target: Target, *, timeout: float) -> RolloutOutcome:
+        """Until the restored version is rolled out, failed, gone, or ``timeout`` passed."""
+        ...
+
+    def status(self, deployment: Mapping[str, Any]) -> RolloutOutcome:
+        """Completion predicate over a Deployment object (never TIMEOUT/GONE)."""
+        ...

@@ -10,17 +10,25 @@ reuses the old ReplicaSet and gives it a new revision number.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rollbackd.guard import templates_equal
-from rollbackd.model import (
-    ANNOTATION_REVISION,
-    ANNOTATION_REVISION_HISTORY,
-    LABEL_POD_TEMPLATE_HASH,
+from rollbackd.kube.patch import precondition
+from rollbackd.kube.rollout import deployment_status
+from rollbackd.model import ANNOTATION_REVISION, ANNOTATION_REVISION_HISTORY, Target
+from rollbackd.readiness import template_hash
+from rollbackd.reasons import RollbackReason
+from rollbackd.revisions import owned_replicasets, revision_of, strip_hash
+from rollbackd.strategies import (
+    Patcher,
+    PlanError,
+    Restore,
+    RolloutOutcome,
+    RolloutWaiter,
 )
-from rollbackd.strategies import PlanError, RolloutOutcome, RolloutStatus
+
+__all__ = ["RollingStrategy", "select_replicaset", "templates_equal"]
 
 # Deployment annotations kubectl keeps from the Deployment instead of taking
 # them from the ReplicaSet (they describe the Deployment, not the revision).
@@ -37,47 +45,6 @@ ANNOTATIONS_TO_SKIP = frozenset(
 # rollbackd's own per-target settings may have been added after the old
 # revision was created; a rollback must not silently drop an opt-out.
 KEPT_ANNOTATION_PREFIX = "rollbackd.io/"
-
-
-def revision_of(obj: Mapping[str, Any]) -> int | None:
-    """The ``deployment.kubernetes.io/revision`` of a Deployment or ReplicaSet."""
-    text = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REVISION)
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def revision_history(obj: Mapping[str, Any]) -> list[int]:
-    """Earlier revisions this ReplicaSet had before it was reused (oldest first)."""
-    text = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REVISION_HISTORY, "")
-    return [int(part) for part in text.split(",") if part.strip().isdigit()]
-
-
-def controller_uid(obj: Mapping[str, Any]) -> str | None:
-    """UID of the object's controlling owner (the ownerReference with controller=true)."""
-    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            uid = ref.get("uid")
-            return str(uid) if uid else None
-    return None
-
-
-def owned_replicasets(
-    deployment: Mapping[str, Any], replicasets: Iterable[Mapping[str, Any]]
-) -> list[Mapping[str, Any]]:
-    """ReplicaSets whose controller is this Deployment (by UID, as kubectl filters)."""
-    uid = deployment.get("metadata", {}).get("uid")
-    return [rs for rs in replicasets if uid and controller_uid(rs) == uid]
-
-
-def strip_hash(template: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a pod template without the controller-added ``pod-template-hash`` label."""
-    result = copy.deepcopy(dict(template))
-    labels = (result.get("metadata") or {}).get("labels")
-    if isinstance(labels, dict):
-        labels.pop(LABEL_POD_TEMPLATE_HASH, None)
-    return result
 
 
 def select_replicaset(
@@ -97,20 +64,22 @@ def select_replicaset(
     if to_revision is None:
         if len(numbered) < 2:
             raise PlanError(
-                "no_previous_revision", "no rollout history found: no previous revision"
+                RollbackReason.NO_PREVIOUS_REVISION,
+                "no rollout history found: no previous revision",
             )
         chosen = numbered[1][1]
     else:
         matches = [rs for rev, rs in numbered if rev == to_revision]
         if not matches:
             raise PlanError(
-                "revision_not_found", f"unable to find the ReplicaSet of revision {to_revision}"
+                RollbackReason.REVISION_NOT_FOUND,
+                f"unable to find the ReplicaSet of revision {to_revision}",
             )
         chosen = matches[0]
     template = deployment.get("spec", {}).get("template") or {}
     if templates_equal(chosen.get("spec", {}).get("template") or {}, template):
         raise PlanError(
-            "already_at_revision",
+            RollbackReason.ALREADY_AT_REVISION,
             f"current template already matches revision {revision_of(chosen)}",
         )
     return chosen
@@ -120,6 +89,48 @@ class RollingStrategy:
     """Restore the old template in place and let the controller roll it out."""
 
     name = "rolling"
+
+    def plan(
+        self,
+        deployment: Mapping[str, Any],
+        replicasets: Sequence[Mapping[str, Any]],
+        to_revision: int | None,
+    ) -> Restore:
+        """kubectl's choice of ReplicaSet; the controller will reuse it as the next revision."""
+        chosen = select_replicaset(deployment, replicasets, to_revision)
+        numbers = [revision_of(rs) or 0 for rs in replicasets]
+        return Restore(
+            replicaset=chosen,
+            to_revision=revision_of(chosen) or 0,
+            template=strip_hash(chosen.get("spec", {}).get("template") or {}),
+            template_hash=str(template_hash(chosen) or ""),
+            predicted_revision=max(numbers, default=0) + 1,
+        )
+
+    def patch(
+        self,
+        deployment: Mapping[str, Any],
+        restore: Restore,
+        *,
+        annotations: Mapping[str, str],
+    ) -> list[dict[str, Any]]:
+        """kubectl's rollback patch for the chosen ReplicaSet."""
+        return self.build_patch(deployment, restore.replicaset, annotations=annotations)
+
+    async def apply(self, kube: Patcher, target: Target, patch: list[dict[str, Any]]) -> None:
+        """One guarded JSON patch: the controller then rolls the old template out."""
+        await kube.patch_deployment(target, patch)
+
+    async def wait(self, kube: RolloutWaiter, target: Target, *, timeout: float) -> RolloutOutcome:
+        """``kubectl rollout status`` until ``timeout``."""
+        return await kube.wait_rollout_complete(target, timeout=timeout, status=self.status)
+
+    def status(self, deployment: Mapping[str, Any]) -> RolloutOutcome:
+        """The rules of ``kubectl rollout status`` for a Deployment."""
+        return deployment_status(deployment)
+
+    # The name the kubectl parity tests know the predicate by.
+    rollout_status = status
 
     def build_patch(
         self,
@@ -145,11 +156,7 @@ class RollingStrategy:
         restored.update({k: v for k, v in current.items() if k.startswith(KEPT_ANNOTATION_PREFIX)})
         restored.update(annotations)
         return [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": metadata["resourceVersion"],
-            },
+            precondition(metadata["resourceVersion"]),
             {
                 "op": "replace",
                 "path": "/spec/template",
@@ -158,43 +165,3 @@ class RollingStrategy:
             # "add" replaces an existing member and also works when there is none.
             {"op": "add", "path": "/metadata/annotations", "value": restored},
         ]
-
-    def rollout_status(self, deployment: Mapping[str, Any]) -> RolloutOutcome:
-        """The rules of ``kubectl rollout status`` for a Deployment."""
-        name = deployment.get("metadata", {}).get("name", "?")
-        generation = deployment.get("metadata", {}).get("generation", 0)
-        status = deployment.get("status") or {}
-        if generation > status.get("observedGeneration", 0):
-            return RolloutOutcome(
-                RolloutStatus.PROGRESSING, "waiting for deployment spec update to be observed"
-            )
-        for condition in status.get("conditions") or []:
-            if (
-                condition.get("type") == "Progressing"
-                and condition.get("reason") == "ProgressDeadlineExceeded"
-            ):
-                return RolloutOutcome(
-                    RolloutStatus.FAILED, f"deployment {name!r} exceeded its progress deadline"
-                )
-        desired = deployment.get("spec", {}).get("replicas")
-        updated = status.get("updatedReplicas", 0)
-        replicas = status.get("replicas", 0)
-        available = status.get("availableReplicas", 0)
-        if desired is not None and updated < desired:
-            return RolloutOutcome(
-                RolloutStatus.PROGRESSING,
-                f"{updated} out of {desired} new replicas have been updated",
-            )
-        if replicas > updated:
-            return RolloutOutcome(
-                RolloutStatus.PROGRESSING,
-                f"{replicas - updated} old replicas are pending termination",
-            )
-        if available < updated:
-            return RolloutOutcome(
-                RolloutStatus.PROGRESSING,
-                f"{available} of {updated} updated replicas are available",
-            )
-        return RolloutOutcome(
-            RolloutStatus.COMPLETE, f"deployment {name!r} successfully rolled out"
-        )

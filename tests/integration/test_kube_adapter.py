@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import pathlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from structlog.testing import capture_logs
 
 from rollbackd.kube import ConflictError, Kube, NotFoundError
 from rollbackd.model import ANNOTATION_RESTORED, ANNOTATION_ROLLBACK, Phase, Target
@@ -300,10 +300,13 @@ async def test_leader_election_takes_the_lease(sim: KubeSim, kube: Kube) -> None
     assert stopped_leading.is_set()
 
 
-async def test_a_watch_that_fell_too_far_behind_relists(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="rollbackd.kube")
+async def test_a_watch_that_fell_too_far_behind_relists(tmp_path: pathlib.Path) -> None:
+    with capture_logs() as logs:
+        await _watch_relists_after_410(tmp_path)
+    assert any(e["event"] == "watch_expired_relisting" for e in logs)
+
+
+async def _watch_relists_after_410(tmp_path: pathlib.Path) -> None:
     async with KubeSim(kubeconfig_path=tmp_path / "kubeconfig", watch_history=5) as small:
         async with await Kube.connect(kubeconfig=str(small.kubeconfig)) as adapter:
             await adapter.start_watches()
@@ -324,25 +327,22 @@ async def test_a_watch_that_fell_too_far_behind_relists(
                 return (cached.get("metadata", {}).get("annotations") or {}).get("note") == "19"
 
             await wait_until(caught_up)
-            assert "re-listing" in caplog.text
             assert adapter.synced
 
 
-async def test_the_watch_rides_out_api_errors_on_reconnect(
-    sim: KubeSim, kube: Kube, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="rollbackd.kube")
+async def test_the_watch_rides_out_api_errors_on_reconnect(sim: KubeSim, kube: Kube) -> None:
     sim.store.create(DEPLOYMENTS, deployment("web:1.0"))
     await rolled_out(kube, 1)
-
-    # The reconnecting watch meets three 503s before it gets through.
-    sim.faults.fail("watch", r"/apis/apps/v1/deployments$", 503, count=3)
-    sim.faults.drop_watches(r"deployments")
-    set_image(sim, "web:2.0")
 
     def cached_image() -> str:
         cached = kube.cached_deployment(TARGET) or {}
         return str(cached["spec"]["template"]["spec"]["containers"][0]["image"])
 
-    await wait_until(lambda: cached_image() == "web:2.0")
-    assert caplog.text.count("watch deployments failed") == 3
+    with capture_logs() as logs:
+        # The reconnecting watch meets three 503s before it gets through.
+        sim.faults.fail("watch", r"/apis/apps/v1/deployments$", 503, count=3)
+        sim.faults.drop_watches(r"deployments")
+        set_image(sim, "web:2.0")
+        await wait_until(lambda: cached_image() == "web:2.0")
+    failures = [e for e in logs if e["event"] == "watch_failed" and e["kind"] == "deployments"]
+    assert len(failures) == 3

@@ -30,7 +30,7 @@ from rollbackd.kube import (
     ServerError,
     TooManyRequestsError,
 )
-from rollbackd.kuberetry import budget_scope
+from rollbackd.kube.retry import budget_scope
 from rollbackd.model import Target
 from rollbackd.testing.kubesim import KubeSim
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from rollbackd.fencing import FencedError, StaleTermError
 from rollbackd.kube import Kube, NotFoundError
-from rollbackd.lease import LeaseProblem
+from rollbackd.kube.fencing import FencedError, StaleTermError
+from rollbackd.kube.lease import LeaseProblem
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.testing.kubesim import KubeSim

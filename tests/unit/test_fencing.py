@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from rollbackd.fencing import Fence, FencedError, StaleTermError, Term, check_state_term, install
+from rollbackd.kube.fencing import (
+    Fence,
+    FencedError,
+    StaleTermError,
+    Term,
+    check_state_term,
+    install,
+)
 from rollbackd.model import Phase
 from rollbackd.state import RollbackState, decode_state, encode_state
 

@@ -1,0 +1,44 @@
+"""The rollback itself: a state machine split by phase.
+
+- :mod:`~rollbackd.executor.runner`: :class:`Executor`, entry points and the ending of every run
+- :mod:`~rollbackd.executor.ports`: what it needs of the world (protocols), Event reasons
+- :mod:`~rollbackd.executor.core`: phase writes, fresh reads, conflicts, GitOps on pages
+- :mod:`~rollbackd.executor.planning`: PLANNING (fresh re-check, the strategy's plan, GitOps pause)
+- :mod:`~rollbackd.executor.applying`: ROLLING_BACK (the strategy's write; adoption on resume)
+- :mod:`~rollbackd.executor.verifying`: the rollout wait and VERIFYING
+- :mod:`~rollbackd.executor.endings`: ROLLBACK_FAILED, ESCALATED, SUPERSEDED
+
+Nothing here is strategy-specific: the strategy plans, writes and waits.
+"""
+
+from rollbackd.executor.ports import (
+    EVENT_ESCALATED,
+    EVENT_FAILED,
+    EVENT_GITOPS_PAUSED,
+    EVENT_PLANNED,
+    EVENT_READY,
+    EVENT_STARTED,
+    EVENT_SUPERSEDED,
+    EVENT_VERIFIED,
+    KubePort,
+    Pager,
+    Recorder,
+    VerifierPort,
+)
+from rollbackd.executor.runner import Executor
+
+__all__ = [
+    "EVENT_ESCALATED",
+    "EVENT_FAILED",
+    "EVENT_GITOPS_PAUSED",
+    "EVENT_PLANNED",
+    "EVENT_READY",
+    "EVENT_STARTED",
+    "EVENT_SUPERSEDED",
+    "EVENT_VERIFIED",
+    "Executor",
+    "KubePort",
+    "Pager",
+    "Recorder",
+    "VerifierPort",
+]

@@ -1,0 +1,124 @@
+"""The terminal phases: ROLLBACK_FAILED, ESCALATED and SUPERSEDED, each with its page.
+
+SUPERSEDED: a template change not made by rollbackd while it rolls back or
+verifies means a human took over. Rollbackd stops, leaves their version
+alone, records and pages (info) what changed; it never declares
+ROLLBACK_COMPLETED for a revision that is not running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from rollbackd.executor.ports import (
+    EVENT_ESCALATED,
+    EVENT_FAILED,
+    EVENT_SUPERSEDED,
+    Abort,
+)
+from rollbackd.executor.verifying import Verifying
+from rollbackd.guard import images, templates_equal
+from rollbackd.journal import DETAIL_RESTORED_REVISION
+from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Phase, Rollback
+from rollbackd.notify.base import NotificationKind
+from rollbackd.reasons import RollbackReason
+from rollbackd.revisions import revision_of
+
+
+class Endings(Verifying):
+    """Record, mark the Deployment, and page: the way every rollback stops."""
+
+    async def _fail(self, rollback: Rollback, abort: Abort) -> Rollback:
+        deployment = await self._fresh_or_none(rollback.target)
+        data: dict[str, Any] = {"reason_code": abort.reason_code}
+        template = self._restored.get(rollback.id)
+        if deployment is not None and template is not None:
+            if not templates_equal(deployment["spec"]["template"], template):
+                # What failed was someone else's version: they took over.
+                return await self._supersede(rollback, deployment)
+            revision = revision_of(deployment)
+            if revision is not None:
+                data[DETAIL_RESTORED_REVISION] = revision
+        failed = replace(
+            self._advance(rollback, Phase.ROLLBACK_FAILED),
+            reason_code=abort.reason_code,
+            reason=abort.message,
+        )
+        await self._best_effort_state(failed)
+        await self._recorder.phase(failed, abort.message, data)
+        await self._kube.emit_event(
+            failed.target, reason=EVENT_FAILED, message=abort.message, type="Warning"
+        )
+        return await self._escalate(failed, abort.reason_code, abort.message)
+
+    async def _escalate(self, rollback: Rollback, reason_code: str, message: str) -> Rollback:
+        """Terminal: record, mark the Deployment, and page a human."""
+        escalated = replace(
+            self._advance(rollback, Phase.ESCALATED, finished=True),
+            reason_code=reason_code,
+            reason=message,
+        )
+        await self._best_effort_state(escalated)
+        try:
+            await self._recorder.phase(escalated, message, {"reason_code": reason_code})
+        finally:
+            await self._kube.emit_event(
+                escalated.target,
+                reason=EVENT_ESCALATED,
+                message=f"{reason_code}: {message}",
+                type="Warning",
+            )
+            summary, details = self._with_gitops(
+                escalated,
+                f"rollbackd could not roll back {escalated.target}: {message}",
+                {"reason_code": reason_code, "reason": message},
+            )
+            await self._pager.notify(NotificationKind.ESCALATION, escalated, summary, details)
+        return escalated
+
+    async def _supersede(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
+        """Terminal: a human changed the template; step back, record it and say so (info)."""
+        during = rollback.phase
+        change = _change_by_someone_else(deployment)
+        doing = "verifying" if during is Phase.VERIFYING else "rolling back"
+        message = (
+            f"the pod template of {rollback.target} was changed by someone else while "
+            f"rollbackd was {doing} (now generation {change['generation']}, images "
+            f"{', '.join(change['images']) or 'none'}); rollbackd stepped back and left that "
+            "version alone"
+        )
+        superseded = replace(
+            self._advance(rollback, Phase.SUPERSEDED, finished=True),
+            reason_code=RollbackReason.SUPERSEDED,
+            reason=message,
+        )
+        details: dict[str, Any] = {"during": str(during), "superseded_by": change}
+        await self._best_effort_state(superseded)
+        try:
+            await self._recorder.phase(superseded, message, details)
+        finally:
+            await self._kube.emit_event(superseded.target, reason=EVENT_SUPERSEDED, message=message)
+            summary, page = self._with_gitops(
+                superseded,
+                f"rollbackd stepped back from {superseded.target}: its rollback to revision "
+                f"{superseded.to_revision} was superseded; {message}",
+                {**details, "reason_code": RollbackReason.SUPERSEDED, "reason": message},
+            )
+            await self._pager.notify(NotificationKind.SUPERSEDED, superseded, summary, page)
+        return superseded
+
+
+def _change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page says about the version that replaced rollbackd's."""
+    meta = deployment.get("metadata", {})
+    change: dict[str, Any] = {
+        "images": list(images(deployment.get("spec", {}).get("template") or {})),
+        "generation": meta.get("generation"),
+        "revision": revision_of(deployment),
+    }
+    cause = (meta.get("annotations") or {}).get(ANNOTATION_CHANGE_CAUSE)
+    if cause and not str(cause).startswith("rollbackd "):
+        change["change_cause"] = cause
+    return change

@@ -1,0 +1,343 @@
+"""The watch cache: list+watch of Deployments, ReplicaSets and Pods, kept in memory.
+
+Reads for decisions come from here (one query per alert would not scale, and
+a watch cache answers in microseconds). Objects pass through a per-kind
+transform before they are stored (pods are trimmed to what the resolver and
+readiness need: they are the bulk of the cache). ReplicaSets are indexed by
+their controller's UID, so the facts of one Deployment never scan the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from rollbackd.kube.client import namespace_prefix
+from rollbackd.kube.errors import GoneError
+from rollbackd.kube.retry import RetryBudget, budget_scope
+from rollbackd.model import Target
+from rollbackd.revisions import controller_uid
+
+log = structlog.get_logger("rollbackd.kube")
+
+DEPLOYMENTS = "deployments"
+REPLICASETS = "replicasets"
+PODS = "pods"
+
+Key = tuple[str, str]
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+ListFn = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep what the resolver and readiness need; pods are the bulk of the cache."""
+    meta = pod.get("metadata", {})
+    status = pod.get("status") or {}
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
+            if k in meta
+        },
+        "status": {
+            "conditions": status.get("conditions") or [],
+            "containerStatuses": status.get("containerStatuses") or [],
+        },
+    }
+
+
+DEFAULT_TRANSFORMS: Mapping[str, Transform] = {PODS: trim_pod}
+
+
+def object_key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata", {})
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One list+watch loop: a kind in one namespace (None: all)."""
+
+    kind: str
+    list_path: str
+    lister: Callable[..., Awaitable[Any]]  # typed list function, used by watch.Watch
+    namespace: str | None
+
+
+class WatchCache:
+    """In-memory Deployments, ReplicaSets and (trimmed) Pods, fed by list+watch."""
+
+    def __init__(
+        self,
+        list_call: ListFn,
+        apps: client.AppsV1Api,
+        core: client.CoreV1Api,
+        *,
+        watch_timeout: int = 300,
+        transforms: Mapping[str, Transform] = DEFAULT_TRANSFORMS,
+    ) -> None:
+        self._list = list_call
+        self._apps = apps
+        self._core = core
+        self._watch_timeout = watch_timeout
+        self._transforms = dict(transforms)
+        self._objects: dict[str, dict[Key, dict[str, Any]]] = {
+            DEPLOYMENTS: {},
+            REPLICASETS: {},
+            PODS: {},
+        }
+        self._rs_by_owner: dict[str, set[Key]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending_sync: set[tuple[str, str | None]] = set()
+        self._synced = asyncio.Event()
+        self._waiters: dict[Key, set[asyncio.Event]] = {}
+
+    def specs(self, namespaces: Sequence[str] | None) -> list[WatchSpec]:
+        """The three loops per namespace (or one set for all namespaces)."""
+        scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        specs: list[WatchSpec] = []
+        for ns in scopes:
+            prefix = namespace_prefix(ns)
+            specs += [
+                WatchSpec(
+                    DEPLOYMENTS,
+                    f"/apis/apps/v1{prefix}/deployments",
+                    self._apps.list_namespaced_deployment
+                    if ns
+                    else self._apps.list_deployment_for_all_namespaces,
+                    ns,
+                ),
+                WatchSpec(
+                    REPLICASETS,
+                    f"/apis/apps/v1{prefix}/replicasets",
+                    self._apps.list_namespaced_replica_set
+                    if ns
+                    else self._apps.list_replica_set_for_all_namespaces,
+                    ns,
+                ),
+                WatchSpec(
+                    PODS,
+                    f"/api/v1{prefix}/pods",
+                    self._core.list_namespaced_pod
+                    if ns
+                    else self._core.list_pod_for_all_namespaces,
+                    ns,
+                ),
+            ]
+        return specs
+
+    def start(self, namespaces: Sequence[str] | None = None) -> None:
+        """Start list+watch loops (all namespaces when None); returns at once."""
+        if self._tasks:
+            raise RuntimeError("watches already started")
+        specs = self.specs(namespaces)
+        self._pending_sync = {(s.kind, s.namespace) for s in specs}
+        self._synced.clear()
+        for spec in specs:
+            name = f"kube-watch-{spec.kind}-{spec.namespace or 'all'}"
+            self._tasks.append(asyncio.create_task(self._watch_loop(spec), name=name))
+
+    async def stop(self) -> None:
+        """Cancel the loops and wait for them to end."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    @property
+    def synced(self) -> bool:
+        """True once every watched resource has been listed at least once."""
+        return self._synced.is_set()
+
+    async def wait_synced(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- loops
+
+    async def _watch_loop(self, spec: WatchSpec) -> None:
+        """List, then watch from the list's resourceVersion; never returns until cancelled."""
+        # The loop backs off on its own; a per-request retry would only delay that.
+        with budget_scope(RetryBudget(0.0)):
+            await self._list_and_watch(spec)
+
+    async def _list_and_watch(self, spec: WatchSpec) -> None:
+        cursor = _Cursor()
+        while True:
+            try:
+                if cursor.resource_version is None:
+                    cursor.resource_version = await self._relist(spec)
+                await self._watch(spec, cursor)
+                # The server ended the watch (timeout or dropped stream): resume.
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _expired(exc):
+                    cursor.resource_version = None
+                    if isinstance(exc, ApiException):
+                        log.info("watch_expired_relisting", kind=spec.kind, status=410)
+                        continue
+                reason = exc.reason if isinstance(exc, ApiException) else repr(exc)
+                log.warning("watch_failed", kind=spec.kind, error=reason)
+                await cursor.back_off()
+
+    async def _relist(self, spec: WatchSpec) -> str:
+        listing = await self._list(spec.list_path)
+        self._replace(spec.kind, spec.namespace, listing.get("items") or [])
+        self._pending_sync.discard((spec.kind, spec.namespace))
+        if not self._pending_sync:
+            self._synced.set()
+        return str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+    async def _watch(self, spec: WatchSpec, cursor: _Cursor) -> None:
+        """Apply events until the server ends the stream, moving ``cursor`` along."""
+        args = (spec.namespace,) if spec.namespace else ()
+        async with watch.Watch(return_type="object") as stream:
+            async for event in stream.stream(
+                spec.lister,
+                *args,
+                resource_version=cursor.resource_version,
+                timeout_seconds=self._watch_timeout,
+                allow_watch_bookmarks=True,
+            ):
+                obj = event["raw_object"]
+                cursor.advance(obj.get("metadata", {}).get("resourceVersion"))
+                self._apply_event(spec.kind, event["type"], obj)
+
+    # ----------------------------------------------------------------- store
+
+    def _replace(self, kind: str, namespace: str | None, items: list[dict[str, Any]]) -> None:
+        store = self._objects[kind]
+        for key in [k for k in store if namespace is None or k[0] == namespace]:
+            self._put(kind, key, None)
+        for item in items:
+            self._put(kind, object_key(item), item)
+        if kind == DEPLOYMENTS:
+            for key in list(self._waiters):
+                self._notify(key)
+
+    def _apply_event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "BOOKMARK":
+            return
+        if event_type == "DELETED":
+            self._put(kind, object_key(obj), None)
+        elif event_type in ("ADDED", "MODIFIED"):
+            self._put(kind, object_key(obj), obj)
+        if kind == DEPLOYMENTS:
+            self._notify(object_key(obj))
+
+    def _put(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
+        """Store or (None) drop one object, keeping the ReplicaSet owner index in step."""
+        store = self._objects[kind]
+        if kind == REPLICASETS:
+            self._reindex_owner(key, store.get(key), obj)
+        if obj is None:
+            store.pop(key, None)
+            return
+        transform = self._transforms.get(kind)
+        store[key] = transform(obj) if transform else obj
+
+    def _reindex_owner(
+        self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        old_owner = controller_uid(old or {})
+        if old_owner and old_owner in self._rs_by_owner:
+            self._rs_by_owner[old_owner].discard(key)
+            if not self._rs_by_owner[old_owner]:
+                del self._rs_by_owner[old_owner]
+        new_owner = controller_uid(new or {})
+        if new_owner:
+            self._rs_by_owner.setdefault(new_owner, set()).add(key)
+
+    # ----------------------------------------------------------- subscribers
+
+    def _notify(self, key: Key) -> None:
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, target: Target) -> Iterator[asyncio.Event]:
+        """An event set whenever ``target``'s Deployment changes in the cache."""
+        key = (target.namespace, target.name)
+        event = asyncio.Event()
+        self._waiters.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            self._waiters[key].discard(event)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    # ----------------------------------------------------------------- reads
+
+    def targets(self) -> list[Target]:
+        return sorted(Target(ns, name) for ns, name in self._objects[DEPLOYMENTS])
+
+    def deployment(self, target: Target) -> dict[str, Any] | None:
+        return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
+
+    def owned_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
+        """Cached ReplicaSets controlled by ``uid`` (indexed: no scan of the cluster)."""
+        store = self._objects[REPLICASETS]
+        return [
+            store[key]
+            for key in self._rs_by_owner.get(uid, ())
+            if key[0] == namespace and key in store
+        ]
+
+    def resolve_pod(self, namespace: str, pod: str) -> Target | None:
+        """Pod -> ReplicaSet -> Deployment through controller ownerReferences."""
+        cached = self._objects[PODS].get((namespace, pod))
+        if cached is None:
+            return None
+        rs_name = _controller_name(cached, "ReplicaSet")
+        rs = self._objects[REPLICASETS].get((namespace, rs_name or ""))
+        if rs is None:
+            return None
+        deployment = _controller_name(rs, "Deployment")
+        return Target(namespace, deployment) if deployment else None
+
+
+def _controller_name(obj: Mapping[str, Any], kind: str) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind:
+            return str(ref.get("name"))
+    return None
+
+
+def _expired(exc: Exception) -> bool:
+    """The watch's resourceVersion fell out of the server's history (410 Gone)."""
+    return (isinstance(exc, ApiException) and exc.status == 410) or isinstance(exc, GoneError)
+
+
+class _Cursor:
+    """Where one watch loop stands: the resourceVersion to resume from, the next backoff."""
+
+    def __init__(self) -> None:
+        self.resource_version: str | None = None
+        self.backoff = 0.2
+
+    def advance(self, resource_version: str | None) -> None:
+        """An event arrived: resume after it, and the stream is healthy again."""
+        if resource_version:
+            self.resource_version = resource_version
+        self.backoff = 0.2
+
+    async def back_off(self) -> None:
+        # Full jitter keeps many replicas from reconnecting in lock-step.
+        await asyncio.sleep(random.uniform(self.backoff / 2, self.backoff))
+        self.backoff = min(self.backoff * 2, 10.0)

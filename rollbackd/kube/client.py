@@ -1,0 +1,199 @@
+"""The HTTP half of the Kubernetes adapter: one call, typed errors, retries, fresh reads.
+
+Every failure leaves as a typed :class:`~rollbackd.kube.errors.KubeError`
+built from the Status body, connection errors and timeouts included;
+transient ones (429, 5xx, connection errors, timeouts) are retried first,
+within the retry budget in scope (:mod:`rollbackd.kube.retry`: a rollback
+brings its own). Every write this client sends asks the fence first
+(:mod:`rollbackd.kube.fencing`).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from rollbackd.kube.errors import KubeError, error_from_exception, error_from_response
+from rollbackd.kube.fencing import Fence
+from rollbackd.kube.fencing import install as install_fence
+from rollbackd.kube.retry import RetryBudget, current_budget, with_retries
+from rollbackd.model import Target
+from rollbackd.revisions import controller_uid
+
+
+def namespace_prefix(namespace: str | None) -> str:
+    """``/namespaces/<ns>`` for a namespaced path, empty for all namespaces."""
+    return f"/namespaces/{quote(namespace)}" if namespace else ""
+
+
+def deployment_path(target: Target) -> str:
+    """The API path of ``target``'s Deployment."""
+    return f"/apis/apps/v1/namespaces/{quote(target.namespace)}/deployments/{quote(target.name)}"
+
+
+def selector_query(deployment: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A ``labelSelector`` query from the Deployment's ``matchLabels``."""
+    match = (deployment.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+    if not match:
+        return []
+    return [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(match.items())))]
+
+
+class KubeClient:
+    """Typed, retried API calls on one kubernetes-asyncio ApiClient."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        request_timeout: float = 30.0,
+        identity: str | None = None,
+        retry_budget: float = 0.0,
+    ) -> None:
+        self._api = api
+        # Seconds a call outside any budget_scope may spend on transient
+        # faults; a rollback brings its own budget (see kube.retry).
+        self._retry_budget = retry_budget
+        self._apps = client.AppsV1Api(api)
+        self._core = client.CoreV1Api(api)
+        self._request_timeout = request_timeout
+        self._identity = identity or socket.gethostname()
+        # Only the Lease holder writes: every write asks the fence first
+        # (open until leader election turns it on).
+        self.fence = Fence()
+        install_fence(api, self.fence)
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        retry_budget: float = 0.0,
+    ) -> Self:
+        """Connect with a kubeconfig file, or the in-cluster service account when None.
+
+        ``retry_budget``: seconds a call made outside a rollback's
+        :func:`~rollbackd.kube.retry.budget_scope` may spend retrying
+        transient faults (0: fail on the first one).
+        """
+        if kubeconfig is None:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            api = ApiClient(configuration=configuration)
+        else:
+            api = await config.new_client_from_config(config_file=kubeconfig, context=context)
+        return cls(api, retry_budget=retry_budget)
+
+    @property
+    def api_client(self) -> ApiClient:
+        """The shared ApiClient (its session carries the fence)."""
+        return self._api
+
+    @property
+    def request_timeout(self) -> float:
+        return self._request_timeout
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._api.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One API call returning the decoded JSON body; transient faults are retried.
+
+        Retries draw on the budget in scope (a rollback's), else on a fresh
+        budget of the adapter's default. Every failure surfaces as a typed
+        :class:`KubeError`.
+        """
+        budget = current_budget() or RetryBudget(self._retry_budget)
+        return await with_retries(
+            lambda: self._request_once(method, path, query, body, content_type),
+            budget=budget,
+            describe=f"{method} {path}",
+        )
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        body: Any,
+        content_type: str,
+    ) -> dict[str, Any]:
+        try:
+            response = await self._api.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._request_timeout,
+            )
+        except ApiException as exc:
+            # Raised before sending (a request the client cannot encode).
+            raise KubeError(f"{method} {path}: {exc.reason}", exc.status or 0) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise error_from_exception(method, path, exc) from exc
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise error_from_exception(method, path, exc) from exc
+        finally:
+            response.release()
+        status = response.status
+        if not 200 <= status < 300:
+            raise error_from_response(method, path, status, raw, response.headers)
+        try:
+            data = json.loads(raw) if raw else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise KubeError(f"{method} {path}: {status} with a body that is not JSON") from exc
+        return data if isinstance(data, dict) else {}
+
+    # ---------------------------------------------------------- fresh reads
+
+    async def read_deployment(self, target: Target) -> dict[str, Any]:
+        """A fresh GET: every write path starts here."""
+        return await self.request("GET", deployment_path(target))
+
+    async def list_replicasets(self, target: Target) -> list[dict[str, Any]]:
+        """ReplicaSets controlled by the Deployment's UID, freshly listed."""
+        deployment = await self.read_deployment(target)
+        listing = await self.request(
+            "GET",
+            f"/apis/apps/v1/namespaces/{quote(target.namespace)}/replicasets",
+            query=selector_query(deployment),
+        )
+        uid = deployment.get("metadata", {}).get("uid")
+        return [rs for rs in listing.get("items") or [] if controller_uid(rs) == uid]
+
+    async def target_pods(self, target: Target) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The Deployment, freshly read, and the pods its selector matches."""
+        deployment = await self.read_deployment(target)
+        listing = await self.request(
+            "GET",
+            f"/api/v1/namespaces/{quote(target.namespace)}/pods",
+            query=selector_query(deployment),
+        )
+        return deployment, list(listing.get("items") or [])
+
+    async def list_items(self, path: str) -> list[dict[str, Any]]:
+        """The ``items`` of a list call."""
+        return list((await self.request("GET", path)).get("items") or [])

@@ -1,0 +1,84 @@
+"""Guarded writes to a Deployment: JSON patches and the rollback state annotation.
+
+Every write starts from a fresh GET and carries a resourceVersion
+precondition, so a human's concurrent deploy surfaces as ConflictError
+instead of being overwritten; state from a later leader's term is never
+replaced (fencing by term).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rollbackd.kube.client import KubeClient, deployment_path
+from rollbackd.kube.errors import ConflictError, InvalidError
+from rollbackd.kube.fencing import check_state_term
+from rollbackd.kube.patch import annotation_ops, precondition, tested_resource_version
+from rollbackd.model import ANNOTATION_ROLLBACK, Target
+from rollbackd.state import RollbackState, encode_state, recorded_state
+
+
+def _conflict(target: Target, resource_version: str) -> ConflictError:
+    return ConflictError(
+        f"{target} changed since resourceVersion {resource_version}", 409, reason="Conflict"
+    )
+
+
+class DeploymentWrites(KubeClient):
+    """Patches and state writes, each guarded by a resourceVersion."""
+
+    async def patch_deployment(self, target: Target, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """Apply a JSON patch; a failed resourceVersion ``test`` raises ConflictError."""
+        try:
+            return await self.request(
+                "PATCH",
+                deployment_path(target),
+                body=ops,
+                content_type="application/json-patch+json",
+            )
+        except InvalidError as exc:
+            tested = tested_resource_version(ops)
+            if tested is None:
+                raise
+            # 422 is any op that cannot apply; it is a conflict when our
+            # resourceVersion test is what failed, i.e. the object moved on.
+            current = await self.read_deployment(target)
+            if current.get("metadata", {}).get("resourceVersion") != tested:
+                raise _conflict(target, tested) from exc
+            raise
+
+    def check_state_term(self, deployment: Mapping[str, Any], what: str) -> None:
+        """Raise StaleTermError when ``deployment`` carries state from a later term than ours.
+
+        Call it on the fresh read a guarded write is based on: the
+        resourceVersion precondition then makes the check hold at the write.
+        """
+        recorded = recorded_state(deployment)
+        if recorded is not None:
+            check_state_term(self.fence, recorded.holder, recorded.term, what)
+
+    async def write_state(
+        self,
+        target: Target,
+        state: RollbackState | None,
+        *,
+        resource_version: str,
+        extra: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Set (or, with None, remove) the rollbackd.io/rollback annotation.
+
+        ``extra`` sets or removes (None) further annotations in the same write.
+        Guarded by ``resource_version`` like every write.
+        """
+        deployment = await self.read_deployment(target)
+        if deployment.get("metadata", {}).get("resourceVersion") != resource_version:
+            raise _conflict(target, resource_version)
+        self.check_state_term(deployment, f"state write on {target}")
+        changes: dict[str, str | None] = {
+            ANNOTATION_ROLLBACK: encode_state(state) if state else None
+        }
+        changes.update(extra or {})
+        existing = deployment.get("metadata", {}).get("annotations")
+        ops = [precondition(resource_version), *annotation_ops(existing, changes)]
+        return await self.patch_deployment(target, ops)
