@@ -269,7 +269,9 @@ class Notifier(Delivery):
 
     async def _flush_enqueues(self) -> None:
         while self._enqueues:
-            await asyncio.gather(*list(self._enqueues), return_exceptions=True)
+            # Shielded: a caller's timeout (``drain``) must not cancel the
+            # outbox writes themselves, or a submitted page would be lost.
+            await asyncio.shield(asyncio.gather(*list(self._enqueues), return_exceptions=True))
 
     async def _idle(self) -> bool:
         if any(lane.sending for lane in self._lanes):
