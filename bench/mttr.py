@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -74,6 +75,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "first_bad_sample_to_rule_true": ("first_bad_sample", "rule_true"),
     "first_bad_sample_to_poller_firing": ("first_bad_sample", "poller_firing"),
     "first_bad_sample_to_patch": ("first_bad_sample", "patch"),
+    "poller_firing_to_patch": ("poller_firing", "patch"),
     "ready_to_patch": ("bad_ready", "patch"),
     "first_bad_pod_ready_to_patch": ("first_bad_pod_ready", "patch"),
     "patch_to_rollback_ready": ("patch", "rollback_ready"),
@@ -220,7 +222,14 @@ async def measure_run(plan: RunPlan, workdir: Path) -> dict[str, Any]:
     finally:
         await stack.stop()
     completed = sum(1 for r in rollouts if r["phase"] == "ROLLBACK_COMPLETED")
+    signals = stack.settings.prometheus.signals
     return {
+        "config": {
+            "poll_interval_s": _seconds(stack.settings.prometheus.poll_interval),
+            "signal_windows": sorted({str(s.window) for s in signals}),
+            "for_count": sorted({s.for_count for s in signals}),
+            "rule_for": sorted(set(re.findall(r"for: (\S+)", plan.rules))),
+        },
         "scrape_interval_s": plan.scrape_seconds,
         "alert_rules": plan.rules != NO_RULES,
         "note": plan.note,
@@ -228,6 +237,10 @@ async def measure_run(plan: RunPlan, workdir: Path) -> dict[str, Any]:
         "completed": completed,
         "summary": summarise(rollouts),
     }
+
+
+def _seconds(value: Any) -> float | None:
+    return value.total_seconds() if hasattr(value, "total_seconds") else None
 
 
 def _fmt(value: float | None) -> str:
@@ -296,6 +309,12 @@ def report(results: dict[str, Any]) -> str:
                 for src in sorted({str(r["trigger"]) for r in run["rollouts"]})
             ),
         ]
+        config = run["config"]
+        lines.append(
+            f"  poll every {config['poll_interval_s']:g} s, signal window "
+            f"{'/'.join(config['signal_windows'])}, for_count {config['for_count']}, "
+            f"alert rules for: {'/'.join(config['rule_for']) or '-'}"
+        )
         for stage, figures in run["summary"].items():
             if figures["n"] == 0:
                 continue

@@ -15,7 +15,9 @@ each N, in the same run:
 - RSS and start-up of ``rollbackd run`` at ``/readyz`` against a bare script
   that lists the same Deployments, ReplicaSets and Pods (``_bare_list.py``);
 - webhook ack latency at 500 alerts/s (10-alert bodies, open loop) while that
-  daemon polls every second, against a bare aiohttp handler.
+  daemon polls every second (15 times production's rate at a 15 s scrape, so
+  the whole run is measured near a poll), against a bare aiohttp handler and
+  against the same daemon with its poller idle.
 
     .venv/bin/python bench/poll.py [--quick] [--json out.json] [--sizes 100,1000,10000]
 
@@ -71,6 +73,7 @@ QUICK_SIZES = (50,)
 TICK_SECONDS = 0.002
 LATENCY_ALERTS_PER_BODY = 10
 DAEMON_POLL_SECONDS = 1.0
+IDLE_POLL_SECONDS = 3600.0  # one cycle at start, then none during the measurement
 TARGETS = {
     "cpu_ratio_max": 1.5,
     "rss_ratio_max": 0.5,
@@ -294,8 +297,15 @@ def bare_list(children: Children, sim: KubeSimProcess, name: str) -> dict[str, f
 
 
 def start_daemon(
-    children: Children, sim: KubeSimProcess, workdir: Path, prometheus_url: str, scrape: float
+    children: Children,
+    sim: KubeSimProcess,
+    workdir: Path,
+    prometheus_url: str,
+    scrape: float,
+    poll_seconds: float,
 ) -> tuple[Rollbackd, float]:
+    """``rollbackd run`` against kubesim and the real Prometheus; seconds to /readyz."""
+    workdir.mkdir()
     started = time.monotonic()
     daemon = start_rollbackd(
         children,
@@ -306,7 +316,7 @@ def start_daemon(
             "prometheus": {
                 "url": prometheus_url,
                 "scrape_interval": f"{scrape:g}s",
-                "poll_interval": f"{DAEMON_POLL_SECONDS:g}s",
+                "poll_interval": f"{poll_seconds:g}s",
                 "timeout": "60s",
                 "attempts": 1,
             }
@@ -332,40 +342,92 @@ def latency_json(result: LatencyResult) -> dict[str, Any]:
     }
 
 
-async def measure_ack(
-    plan: Plan, daemon: Rollbackd, baseline_url: str, prometheus_url: str
+async def ack_run(
+    plan: Plan, url: str, headers: dict[str, str], daemon: Rollbackd, prometheus_url: str
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {
+    """Open-loop ack latency against ``url``; what the daemon did meanwhile."""
+    # Bodies are made before the clock starts: the client's own work must not shift the schedule.
+    request_rate = plan.latency_rate / LATENCY_ALERTS_PER_BODY
+    bodies = unique_bodies(max(1, round(request_rate * plan.latency_seconds)), stream=1)
+    warmup = unique_bodies(3, stream=0)
+    await asyncio.to_thread(wait_quiet, daemon.child.process.pid, timeout=30)
+    queries_before = prometheus_queries_answered(prometheus_url)
+    cpu_before = cpu_seconds(daemon.child.process.pid)
+    result = await open_loop(url, headers, bodies, rate=request_rate, warmup=warmup)
+    figures = latency_json(result)
+    queries = prometheus_queries_answered(prometheus_url) - queries_before
+    figures["poll_cycles_during_run"] = queries / len(signal_queries())
+    figures["daemon_cpu_s"] = cpu_seconds(daemon.child.process.pid) - cpu_before
+    return figures
+
+
+def _webhook(daemon: Rollbackd) -> tuple[str, dict[str, str]]:
+    return daemon.url + WEBHOOK_PATH, {"Authorization": f"Bearer {daemon.token}"}
+
+
+# -- one size ---------------------------------------------------------------------------------
+
+
+async def measure_daemon(
+    plan: Plan,
+    size: int,
+    children: Children,
+    sim: KubeSimProcess,
+    prometheus_url: str,
+    baseline_url: str,
+    workdir: Path,
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """RSS and start-up at /readyz, then ack latency: bare handler, daemon polling, daemon idle."""
+    progress(f"{size}: bare list, then rollbackd run to /readyz")
+    bare = bare_list(children, sim, f"bare-list-{size}")
+    polling, startup = start_daemon(
+        children,
+        sim,
+        workdir / f"rollbackd-{size}",
+        prometheus_url,
+        plan.scrape_seconds,
+        DAEMON_POLL_SECONDS,
+    )
+    rss = rss_kib(polling.child.process.pid)
+    memory = {
+        "rollbackd_rss_mb": rss / 1024,
+        "bare_list_rss_mb": bare["rss_kib"] / 1024,
+        "ratio": rss / bare["rss_kib"],
+        "objects_listed": int(bare["objects"]),
+        "rollbackd_startup_s": startup,
+        "bare_list_s": bare["seconds"],
+        "startup_ratio": startup / bare["seconds"] if bare["seconds"] > 0 else math.nan,
+    }
+    ack: dict[str, Any] = {
         "alerts_per_s": plan.latency_rate,
         "alerts_per_body": LATENCY_ALERTS_PER_BODY,
         "seconds": plan.latency_seconds,
         "daemon_poll_interval_s": DAEMON_POLL_SECONDS,
     }
-    endpoints = [
-        ("baseline", baseline_url + WEBHOOK_PATH, {}),
-        ("rollbackd", daemon.url + WEBHOOK_PATH, {"Authorization": f"Bearer {daemon.token}"}),
-    ]
-    for name, url, headers in endpoints:
-        # Bodies are made before the clock starts: the client's own work must not shift the schedule.
-        request_rate = plan.latency_rate / LATENCY_ALERTS_PER_BODY
-        bodies = unique_bodies(max(1, round(request_rate * plan.latency_seconds)), stream=1)
-        warmup = unique_bodies(3, stream=0)
-        await asyncio.to_thread(wait_quiet, daemon.child.process.pid, timeout=30)
-        queries_before = prometheus_queries_answered(prometheus_url)
-        cpu_before = cpu_seconds(daemon.child.process.pid)
-        result = await open_loop(url, headers, bodies, rate=request_rate, warmup=warmup)
-        figures = latency_json(result)
-        if name == "rollbackd":
-            queries = prometheus_queries_answered(prometheus_url) - queries_before
-            figures["poll_cycles_during_run"] = queries / len(signal_queries())
-            figures["daemon_cpu_s"] = cpu_seconds(daemon.child.process.pid) - cpu_before
-        results[name] = figures
-    base = results["baseline"]["p99_ms"]
-    results["p99_ratio"] = results["rollbackd"]["p99_ms"] / base if base > 0 else math.nan
-    return results
-
-
-# -- one size ---------------------------------------------------------------------------------
+    progress(f"{size}: webhook ack latency, bare handler")
+    ack["baseline"] = await ack_run(plan, baseline_url + WEBHOOK_PATH, {}, polling, prometheus_url)
+    progress(f"{size}: webhook ack latency while the daemon polls every {DAEMON_POLL_SECONDS:g} s")
+    ack["rollbackd"] = await ack_run(plan, *_webhook(polling), polling, prometheus_url)
+    alive = polling.child.process.poll() is None
+    polling.child.stop()
+    # The same daemon with its poller idle: what the intake costs without polling.
+    idle, _ = start_daemon(
+        children,
+        sim,
+        workdir / f"rollbackd-idle-{size}",
+        prometheus_url,
+        plan.scrape_seconds,
+        IDLE_POLL_SECONDS,
+    )
+    progress(f"{size}: webhook ack latency, daemon not polling")
+    ack["rollbackd_not_polling"] = await ack_run(plan, *_webhook(idle), idle, prometheus_url)
+    alive = alive and idle.child.process.poll() is None
+    idle.child.stop()
+    base = ack["baseline"]["p99_ms"]
+    ack["p99_ratio"] = ack["rollbackd"]["p99_ms"] / base if base > 0 else math.nan
+    quiet = ack["rollbackd_not_polling"]["p99_ms"]
+    ack["p99_ratio_to_not_polling"] = ack["rollbackd"]["p99_ms"] / quiet if quiet > 0 else math.nan
+    return memory, ack, alive
 
 
 async def measure_size(
@@ -389,26 +451,9 @@ async def measure_size(
     cpu = await measure_cpu(prometheus.url, plan.cpu_rounds)
     progress(f"{size}: longest event-loop stall")
     stall = await measure_stall(prometheus.url, plan.stall_cycles)
-
-    progress(f"{size}: bare list, then rollbackd run to /readyz")
-    bare = bare_list(children, sim, f"bare-list-{size}")
-    daemon_dir = workdir / f"rollbackd-{size}"
-    daemon_dir.mkdir()
-    daemon, startup = start_daemon(children, sim, daemon_dir, prometheus.url, plan.scrape_seconds)
-    rss = rss_kib(daemon.child.process.pid)
-    progress(f"{size}: webhook ack latency while the daemon polls every {DAEMON_POLL_SECONDS:g} s")
-    ack = await measure_ack(plan, daemon, baseline_url, prometheus.url)
-    alive = daemon.child.process.poll() is None
-    daemon.child.stop()
-    memory = {
-        "rollbackd_rss_mb": rss / 1024,
-        "bare_list_rss_mb": bare["rss_kib"] / 1024,
-        "ratio": rss / bare["rss_kib"],
-        "objects_listed": int(bare["objects"]),
-        "rollbackd_startup_s": startup,
-        "bare_list_s": bare["seconds"],
-        "startup_ratio": startup / bare["seconds"] if bare["seconds"] > 0 else math.nan,
-    }
+    memory, ack, alive = await measure_daemon(
+        plan, size, children, sim, prometheus.url, baseline_url, workdir
+    )
     return {
         "deployments": expected,
         "cpu": cpu,
@@ -449,7 +494,8 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"{'deployments':>11} {'queries':>7} {'cpu/cycle ms':>12} {'minimal ms':>10} {'ratio':>6} "
         f"{'stall ms':>8} {'idle ms':>7} {'RSS MB':>7} {'bare MB':>7} {'ratio':>6} "
-        f"{'start s':>7} {'bare s':>6} {'ack p99':>8} {'bare p99':>8} {'ratio':>6}",
+        f"{'start s':>7} {'bare s':>6} {'ack p99':>8} {'bare p99':>8} {'ratio':>6} "
+        f"{'no-poll p99':>11}",
     ]
     for size, cell in results["sizes"].items():
         cpu, stall, mem, ack = cell["cpu"], cell["stall"], cell["memory"], cell["ack"]
@@ -460,15 +506,17 @@ def report(results: dict[str, Any]) -> str:
             f"{mem['rollbackd_rss_mb']:>7.0f} {mem['bare_list_rss_mb']:>7.0f} {mem['ratio']:>5.2f}x "
             f"{mem['rollbackd_startup_s']:>7.1f} {mem['bare_list_s']:>6.1f} "
             f"{ack['rollbackd']['p99_ms']:>8.1f} {ack['baseline']['p99_ms']:>8.1f} "
-            f"{ack['p99_ratio']:>5.2f}x"
+            f"{ack['p99_ratio']:>5.2f}x {ack['rollbackd_not_polling']['p99_ms']:>11.1f}"
         )
     lines.append("")
     for size, cell in results["sizes"].items():
-        ack = cell["ack"]["rollbackd"]
+        ack, quiet = cell["ack"]["rollbackd"], cell["ack"]["rollbackd_not_polling"]
         lines.append(
             f"{int(size):>6}: ack p50/p99/max {ack['p50_ms']:.1f}/{ack['p99_ms']:.1f}/"
             f"{ack['max_ms']:.1f} ms over {ack['ok']} requests with "
-            f"{ack['poll_cycles_during_run']:.0f} poll cycles in the daemon; "
+            f"{ack['poll_cycles_during_run']:.0f} poll cycles in the daemon "
+            f"(not polling: {quiet['p50_ms']:.1f}/{quiet['p99_ms']:.1f}/{quiet['max_ms']:.1f} ms, "
+            f"{quiet['poll_cycles_during_run']:.0f} cycles); "
             f"poll wall {cell['cpu']['rollbackd_wall_ms']:.0f} ms (minimal "
             f"{cell['cpu']['minimal_wall_ms']:.0f} ms); "
             f"{cell['cpu']['deployments_per_query']} Deployments per query"
