@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from rollbackd.model import ANNOTATION_RESTORED, ANNOTATION_ROLLBACK, Phase
+from rollbackd.model import ANNOTATION_RESTORED, ANNOTATION_ROLLBACK, Phase, Rollback, Target
 
 log = structlog.get_logger("rollbackd.state")
 
@@ -46,6 +46,19 @@ class RollbackState:
     # leader election.
     holder: str | None = None
     term: int | None = None
+
+    def rollback(self, target: Target) -> Rollback:
+        """The rollback this state records, as the executor and dispatcher know it."""
+        return Rollback(
+            id=self.rollback_id,
+            target=target,
+            phase=self.phase,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            from_revision=self.from_revision,
+            to_revision=self.to_revision,
+            reason_code=self.reason_code,
+        )
 
 
 def encode_state(s: RollbackState) -> str:

@@ -78,16 +78,7 @@ class Executor(Endings):
             return await self._resume(target, state)
 
     async def _resume(self, target: Target, state: RollbackState) -> Rollback:
-        rollback = Rollback(
-            id=state.rollback_id,
-            target=target,
-            phase=state.phase,
-            started_at=state.started_at,
-            updated_at=state.updated_at,
-            from_revision=state.from_revision,
-            to_revision=state.to_revision,
-            reason_code=state.reason_code,
-        )
+        rollback = state.rollback(target)
         if state.phase.terminal:
             return rollback
         await self._recorder.event(

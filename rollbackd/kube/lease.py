@@ -24,82 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
 import structlog
 
 from rollbackd.kube.errors import ConflictError, ForbiddenError, KubeError, NotFoundError
 from rollbackd.kube.fencing import Fence, Term
+from rollbackd.kube.leaserecord import (
+    NAMESPACE_KEY,
+    PROBLEM_BACKOFF_CAP,
+    LeaseProblem,
+    LeaseSettings,
+    Misconfigured,
+    Outcome,
+    Request,
+    micro_time,
+    utcnow,
+)
 
 __all__ = ["LeaseElector", "LeaseProblem", "LeaseSettings"]
 
 log = structlog.get_logger("rollbackd.kube.lease")
-
-# The config key a misconfigured Lease is fixed with.
-NAMESPACE_KEY = "leader_election.namespace"
-# Backoff ceiling while the Lease cannot be used at all.
-PROBLEM_BACKOFF_CAP = 30.0
-
-
-class Request(Protocol):
-    """One API call returning the decoded JSON body, raising typed ``KubeError``s."""
-
-    def __call__(
-        self, method: str, path: str, *, body: Any = None
-    ) -> Awaitable[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class LeaseSettings:
-    namespace: str
-    name: str
-    identity: str
-    lease_duration: int  # Lease.spec.leaseDurationSeconds is an integer
-    renew_deadline: float
-    retry_period: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("expected 0 < retry_period < renew_deadline < lease_duration")
-
-
-@dataclass(frozen=True)
-class LeaseProblem:
-    """The Lease cannot be used as configured; ``key`` is the setting to fix."""
-
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
-
-
-class _Misconfigured(Exception):
-    def __init__(self, problem: LeaseProblem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
-
-
-class Outcome(enum.Enum):
-    LEADING = "leading"  # acquired or renewed: the fence is granted
-    HELD = "held"  # another replica holds a live Lease
-    FAILED = "failed"  # the attempt failed; the Lease may or may not be ours
-
-
-def _micro_time(at: datetime) -> str:
-    """A metav1.MicroTime."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class LeaseElector:
@@ -263,7 +213,7 @@ class LeaseElector:
         try:
             with self._fence.exempt("lease"):
                 outcome = await self._acquire_or_renew(started)
-        except _Misconfigured as exc:
+        except Misconfigured as exc:
             self._set_problem(exc.problem)
             return Outcome.FAILED
         except KubeError as exc:
@@ -301,7 +251,7 @@ class LeaseElector:
         transitions = int(spec.get("leaseTransitions") or 0)
         if not renewing:
             transitions += 1  # a new term: this process was not leading
-        wall = _micro_time(self._now())
+        wall = micro_time(self._now())
         lease["spec"] = {
             **spec,
             "holderIdentity": s.identity,
@@ -322,7 +272,7 @@ class LeaseElector:
 
     async def _create(self, started: float) -> Outcome:
         s = self.settings
-        wall = _micro_time(self._now())
+        wall = micro_time(self._now())
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -340,7 +290,7 @@ class LeaseElector:
         except ConflictError:
             return Outcome.FAILED  # created by another replica just now
         except NotFoundError as exc:
-            raise _Misconfigured(
+            raise Misconfigured(
                 LeaseProblem(
                     NAMESPACE_KEY,
                     f'namespace "{s.namespace}" does not exist, so the Lease '
@@ -368,7 +318,7 @@ class LeaseElector:
         if not (isinstance(exc, ForbiddenError) or exc.status in (401, 403)):
             return
         s = self.settings
-        raise _Misconfigured(
+        raise Misconfigured(
             LeaseProblem(
                 NAMESPACE_KEY,
                 f"the API server refuses to {verb} the Lease {s.namespace}/{s.name} "
@@ -391,7 +341,7 @@ class LeaseElector:
                     spec = lease.get("spec") or {}
                     if spec.get("holderIdentity") != s.identity:
                         return
-                    wall = _micro_time(self._now())
+                    wall = micro_time(self._now())
                     lease["spec"] = {
                         **spec,
                         "holderIdentity": "",
