@@ -27,7 +27,7 @@ def precondition(resource_version: Any) -> dict[str, Any]:
     return {"op": "test", "path": RESOURCE_VERSION_PATH, "value": resource_version}
 
 
-def tested_resource_version(ops: Sequence[Mapping[str, Any]]) -> str | None:
+def precondition_of(ops: Sequence[Mapping[str, Any]]) -> str | None:
     """The resourceVersion a patch's precondition tests, if it has one."""
     for op in ops:
         if op.get("op") == "test" and op.get("path") == RESOURCE_VERSION_PATH:

@@ -14,7 +14,7 @@ from typing import Any
 from rollbackd.kube.client import KubeClient, deployment_path
 from rollbackd.kube.errors import ConflictError, InvalidError
 from rollbackd.kube.fencing import check_state_term
-from rollbackd.kube.patch import annotation_ops, precondition, tested_resource_version
+from rollbackd.kube.patch import annotation_ops, precondition, precondition_of
 from rollbackd.model import ANNOTATION_ROLLBACK, Target
 from rollbackd.state import RollbackState, encode_state, recorded_state
 
@@ -38,7 +38,7 @@ class DeploymentWrites(KubeClient):
                 content_type="application/json-patch+json",
             )
         except InvalidError as exc:
-            tested = tested_resource_version(ops)
+            tested = precondition_of(ops)
             if tested is None:
                 raise
             # 422 is any op that cannot apply; it is a conflict when our
