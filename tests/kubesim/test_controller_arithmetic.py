@@ -8,17 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollbackd.testing.kubesim.controller import (
-    ANNOTATIONS_TO_SKIP,
-    equal_ignore_hash,
-    image_id,
+from rollbackd.testing.kubesim.controllers.kubelet import image_id, parse_duration
+from rollbackd.testing.kubesim.controllers.podtemplate import equal_ignore_hash, template_hash
+from rollbackd.testing.kubesim.controllers.replicas import (
     max_surge,
     max_unavailable,
-    parse_duration,
     resolve_fenceposts,
     scaled_value,
+)
+from rollbackd.testing.kubesim.controllers.revisions import (
+    ANNOTATIONS_TO_SKIP,
     set_new_rs_annotations,
-    template_hash,
 )
 
 REVISION = "deployment.kubernetes.io/revision"

@@ -82,11 +82,9 @@ class KubeSim:
 
     async def _start_simulation(self) -> None:
         """Start the controller and workload metrics (owned by the controller side)."""
-        try:
-            from .controller import Controller
-            from .workload import WorkloadMetrics
-        except ImportError:  # the API server alone, while the controller is being written
-            return
+        from .controller import Controller
+        from .workload import WorkloadMetrics
+
         self.controller = Controller(self.store, pod_ready_delay=self.pod_ready_delay)
         await self.controller.start()
         from .disruption import DisruptionController

@@ -27,7 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .controller import is_pod_ready, parse_time
+from .controllers.objects import parse_time
+from .controllers.pods import is_pod_ready
 from .store import Store
 
 log = logging.getLogger(__name__)
