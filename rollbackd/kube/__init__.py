@@ -15,37 +15,19 @@ Nothing here imports verification or a strategy: a strategy is handed the
 adapter, never the other way round.
 """
 
-from rollbackd.kube.adapter import Kube
-from rollbackd.kube.errors import (
-    ConflictError,
-    ConnectionFailedError,
-    ForbiddenError,
-    GoneError,
-    InvalidError,
-    KubeError,
-    NotFoundError,
-    ServerError,
-    TooManyRequestsError,
-)
-from rollbackd.kube.retry import RetryBudget
-from rollbackd.kube.rollout import RolloutOutcome, RolloutStatus
-from rollbackd.readiness import ReadinessReport
-from rollbackd.revisions import gitops_owner
-
-__all__ = [
-    "ConflictError",
-    "ConnectionFailedError",
-    "ForbiddenError",
-    "GoneError",
-    "InvalidError",
-    "Kube",
-    "KubeError",
-    "NotFoundError",
-    "ReadinessReport",
-    "RetryBudget",
-    "RolloutOutcome",
-    "RolloutStatus",
-    "ServerError",
-    "TooManyRequestsError",
-    "gitops_owner",
-]
+# Re-exported (``X as X``) for the daemon, the dispatcher and the tests.
+from rollbackd.kube.adapter import Kube as Kube
+from rollbackd.kube.errors import ConflictError as ConflictError
+from rollbackd.kube.errors import ConnectionFailedError as ConnectionFailedError
+from rollbackd.kube.errors import ForbiddenError as ForbiddenError
+from rollbackd.kube.errors import GoneError as GoneError
+from rollbackd.kube.errors import InvalidError as InvalidError
+from rollbackd.kube.errors import KubeError as KubeError
+from rollbackd.kube.errors import NotFoundError as NotFoundError
+from rollbackd.kube.errors import ServerError as ServerError
+from rollbackd.kube.errors import TooManyRequestsError as TooManyRequestsError
+from rollbackd.kube.retry import RetryBudget as RetryBudget
+from rollbackd.kube.rollout import RolloutOutcome as RolloutOutcome
+from rollbackd.kube.rollout import RolloutStatus as RolloutStatus
+from rollbackd.readiness import ReadinessReport as ReadinessReport
+from rollbackd.revisions import gitops_owner as gitops_owner
