@@ -5,22 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-from pydantic import (
-    ValidationError,
-)
+from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    pass
 from rollbackd.config.settings import Settings
-from rollbackd.config.types import (
-    ENV_PREFIX,
-    SECRET_PATHS,
-    ConfigError,
-    _env_name,
-)
+from rollbackd.config.types import ENV_PREFIX, SECRET_PATHS, ConfigError, _env_name
 
 
 def load_settings(

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
-from pydantic import (
-    Field,
-    SecretStr,
-    model_validator,
-)
+from pydantic import Field, SecretStr, model_validator
 
-if TYPE_CHECKING:
-    pass
 from rollbackd.config.types import (
     HttpUrl,
     PositiveDuration,

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from rollbackd.model import (
-    Policy,
-)
-
-if TYPE_CHECKING:
-    pass
-from rollbackd.config.types import (
-    NonEmptyStr,
-    NonNegativeDuration,
-    PositiveDuration,
-    _Section,
-)
+from rollbackd.config.types import NonEmptyStr, NonNegativeDuration, PositiveDuration, _Section
+from rollbackd.model import Policy
 
 
 class TargetsSettings(_Section):

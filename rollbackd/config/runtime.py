@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import socket
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    BeforeValidator,
-    Field,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, model_validator
 
-if TYPE_CHECKING:
-    pass
-from rollbackd.config.types import (
-    NamespaceName,
-    NonEmptyStr,
-    PositiveDuration,
-    _Section,
-)
+from rollbackd.config.types import NamespaceName, NonEmptyStr, PositiveDuration, _Section
 
 
 class RetentionSettings(_Section):

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from rollbackd.model import (
-    ANNOTATION_DRY_RUN,
-    ANNOTATION_ENABLED,
-    Policy,
-    Target,
-)
-
-if TYPE_CHECKING:
-    pass
-from rollbackd.config.notify import (
-    NotifySettings,
-)
+from rollbackd.config.notify import NotifySettings
 from rollbackd.config.policy import PolicySettings, RolloutSettings, TargetsSettings, VerifySettings
-from rollbackd.config.runtime import (
-    JournalSettings,
-    LeaderElectionSettings,
-    LoggingSettings,
-)
+from rollbackd.config.runtime import JournalSettings, LeaderElectionSettings, LoggingSettings
 from rollbackd.config.sources import ClusterSettings, PrometheusSettings
 from rollbackd.config.types import (
     ANNOTATION_CHANGE_WINDOW,
@@ -38,6 +21,7 @@ from rollbackd.config.types import (
 )
 from rollbackd.config.webhook import WebhookSettings
 from rollbackd.durations import parse_duration
+from rollbackd.model import ANNOTATION_DRY_RUN, ANNOTATION_ENABLED, Policy, Target
 
 
 class Settings(_Section):

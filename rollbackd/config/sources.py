@@ -6,14 +6,8 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import (
-    Field,
-    SecretStr,
-    model_validator,
-)
+from pydantic import Field, SecretStr, model_validator
 
-if TYPE_CHECKING:
-    from rollbackd.signals import SignalSpec
 from rollbackd.config.types import (
     HttpUrl,
     NamespaceName,
@@ -24,6 +18,9 @@ from rollbackd.config.types import (
     _Section,
 )
 from rollbackd.durations import is_prometheus_duration
+
+if TYPE_CHECKING:
+    from rollbackd.signals import SignalSpec
 
 
 class ClusterSettings(_Section):

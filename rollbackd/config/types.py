@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,14 +22,9 @@ from pydantic import (
     SecretStr,
 )
 
-from rollbackd.model import (
-    ANNOTATION_PREFIX,
-)
-from rollbackd.redact import redact_text
-
-if TYPE_CHECKING:
-    pass
 from rollbackd.durations import parse_duration
+from rollbackd.model import ANNOTATION_PREFIX
+from rollbackd.redact import redact_text
 
 ENV_PREFIX = "ROLLBACKD__"
 ANNOTATION_CHANGE_WINDOW = ANNOTATION_PREFIX + "change-window"

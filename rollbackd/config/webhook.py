@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    Field,
-    SecretStr,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-if TYPE_CHECKING:
-    pass
 from rollbackd.config.types import (
     NonEmptyStr,
     PositiveDuration,

@@ -16,9 +16,7 @@ from rollbackd.journal.rows import (
     signal_to_row,
     unresolved_to_row,
 )
-from rollbackd.model import (
-    Signal,
-)
+from rollbackd.model import Signal
 
 _INSERT_SIGNAL = (
     "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"

@@ -16,14 +16,7 @@ from rollbackd.journal.rows import (
     rollback_from_row,
 )
 from rollbackd.jsonable import to_jsonable
-from rollbackd.model import (
-    Decision,
-    History,
-    Phase,
-    RecordKind,
-    Rollback,
-    Target,
-)
+from rollbackd.model import Decision, History, Phase, RecordKind, Rollback, Target
 
 if TYPE_CHECKING:  # only the type: the journal does not need notify to run
     from rollbackd.notify.model import Notification

@@ -9,11 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from rollbackd.journal.connection import Connection
-from rollbackd.journal.rows import (
-    decision_from_row,
-    loads_json,
-    parse_time,
-)
+from rollbackd.journal.rows import decision_from_row, loads_json, parse_time
 
 # Timeline order for entries with the same timestamp: cause before effect.
 _ORDER = {"signal": 0, "decision": 1, "event": 2, "notification": 3}

@@ -16,13 +16,7 @@ from rollbackd.journal import Journal
 from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
 from rollbackd.notify.lane import Lane, backoff_delay, new_row
 from rollbackd.notify.model import DETAIL_FAILOVER_FROM, Notification, notification_from_json
-from rollbackd.notify.outbox import (
-    PENDING,
-    OutboxRow,
-    OutboxStore,
-    PendingEntry,
-    heads,
-)
+from rollbackd.notify.outbox import PENDING, OutboxRow, OutboxStore, PendingEntry, heads
 
 if TYPE_CHECKING:
     from rollbackd.metrics import Metrics

@@ -10,10 +10,7 @@ from datetime import datetime
 
 from rollbackd.notify.channel import Channel
 from rollbackd.notify.model import DETAIL_ROLLBACK_ID, Notification, notification_to_json
-from rollbackd.notify.outbox import (
-    NewRow,
-    row_kind,
-)
+from rollbackd.notify.outbox import NewRow, row_kind
 
 
 def backoff_delay(

@@ -42,10 +42,7 @@ from rollbackd.notify.channel import Channel, OnResult, channel_accepts, stop_ch
 from rollbackd.notify.delivery import Delivery
 from rollbackd.notify.lane import Lane, new_row, pending_of
 from rollbackd.notify.model import Notification, notification_to_json, utcnow
-from rollbackd.notify.outbox import (
-    OutboxStore,
-    row_kind,
-)
+from rollbackd.notify.outbox import OutboxStore, row_kind
 
 if TYPE_CHECKING:
     from rollbackd.journal import Journal

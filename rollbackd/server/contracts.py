@@ -1,0 +1,61 @@
+"""What the API needs from the daemon: the alert sink, the journal's read side, manual rollbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from rollbackd.model import RecordKind, Rollback, Target
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """How many alerts of one webhook body were accepted, repeated, or unmapped."""
+
+    accepted: int
+    duplicates: int
+    unresolved: int
+    # Alerts of the body that were invalid: {"index", "path", "reason"} each.
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class AlertSink(Protocol):
+    async def accept_alerts(self, body: bytes) -> AcceptResult:
+        """Validate, dedupe, journal and enqueue; raise PayloadError or AcceptError."""
+        ...
+
+
+class TimelineEntryLike(Protocol):
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any] | None: ...
+
+
+class JournalReader(Protocol):
+    """The journal's read side, as much of it as the API needs."""
+
+    async def list_rollbacks(
+        self, *, limit: int = 50, target: Target | None = None, kind: RecordKind | None = None
+    ) -> list[Rollback]: ...
+    async def get_rollback(self, rollback_id: str) -> Rollback | None: ...
+    async def timeline(self, rollback_id: str) -> Sequence[TimelineEntryLike]: ...
+    async def rollback_details(self, rollback_id: str) -> dict[str, Any] | None: ...
+
+
+class ManualRollback(Protocol):
+    def __call__(
+        self, target: Target, dry_run: bool, *, force: bool, reason: str
+    ) -> Awaitable[str]:
+        """Start a manual rollback; return its id, raise LookupError or ValueError.
+
+        ``force`` lifts the change window and the cooldown, nothing else: the
+        guards (template diff, mutable image, GitOps, paused) always apply.
+        """
+        ...
