@@ -27,7 +27,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -389,9 +389,6 @@ class PrometheusServer(_ServerProcess):
         """Swap the scrape targets/rules/alerting and apply them without a restart."""
         self.config = config
         await self._post_reload()
-
-    async def set_targets(self, targets: Sequence[str]) -> None:
-        await self.reload(replace(self.config, targets=tuple(targets)))
 
 
 class AlertmanagerServer(_ServerProcess):

@@ -21,6 +21,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .controllers.objects import controller_ref
+from .controllers.pods import is_pod_ready
 from .errors import ApiError, bad_request, not_found
 from .selectors import selector_from_label_selector_object
 from .store import Obj, Store, clone
@@ -35,12 +37,8 @@ __all__ = ["DisruptionController", "budget_status", "evict"]
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return bool(condition.get("status") == "True")
-    return False
+    """Ready and not being deleted: the pods a budget counts as healthy."""
+    return not pod.get("metadata", {}).get("deletionTimestamp") and is_pod_ready(pod)
 
 
 def _scaled(value: Any, total: int) -> int:
@@ -50,25 +48,18 @@ def _scaled(value: Any, total: int) -> int:
     return int(value)
 
 
-def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return ref
-    return None
-
-
 def _expected_from_controllers(store: Store, namespace: str, pods: Sequence[Obj]) -> int:
     """The desired scale of the pods' controllers, each counted once."""
     scales: dict[tuple[str, str], int] = {}
     for pod in pods:
-        ref = _controller(pod)
+        ref = controller_ref(pod)
         if ref is None:
             continue
         owner: Obj | None = None
         key = (str(ref.get("kind")), str(ref.get("name")))
         if ref.get("kind") == "ReplicaSet":
             rs = store.peek(REPLICASETS, namespace, str(ref.get("name")))
-            rs_ref = _controller(rs) if rs is not None else None
+            rs_ref = controller_ref(rs) if rs is not None else None
             if rs_ref is not None and rs_ref.get("kind") == "Deployment":
                 key = ("Deployment", str(rs_ref.get("name")))
                 owner = store.peek(DEPLOYMENTS, namespace, key[1])

@@ -135,30 +135,12 @@ def _merge_map(
         raise bad_request(f"Unknown patch type: {directive}")
     result: dict[str, Any] = clone(dict(original)) if original else {}
     retain = body.pop("$retainKeys", None)
-    orders: dict[str, list[Any]] = {}
-    deletions: dict[str, list[Any]] = {}
-    for key in list(body):
-        if key.startswith("$setElementOrder/"):
-            orders[key.split("/", 1)[1]] = body.pop(key) or []
-        elif key.startswith("$deleteFromPrimitiveList/"):
-            deletions[key.split("/", 1)[1]] = body.pop(key) or []
+    orders = _pop_list_directives(body, "$setElementOrder/")
+    deletions = _pop_list_directives(body, "$deleteFromPrimitiveList/")
     for key, value in body.items():
         if key.startswith("$"):
             raise bad_request(f"unknown strategic merge patch directive {key!r}")
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict):
-            merged = _merge_map(
-                result.get(key) if isinstance(result.get(key), dict) else None, value
-            )
-            if merged is None:
-                result.pop(key, None)
-            else:
-                result[key] = merged
-        elif isinstance(value, list):
-            result[key] = _merge_list(key, result.get(key), value)
-        else:
-            result[key] = value
+        _merge_field(result, key, value)
     for key, values in deletions.items():
         if isinstance(result.get(key), list):
             result[key] = [item for item in result[key] if item not in values]
@@ -170,6 +152,30 @@ def _merge_map(
             raise bad_request("$retainKeys must be a list of field names")
         result = {k: v for k, v in result.items() if k in retain}
     return result
+
+
+def _pop_list_directives(body: dict[str, Any], prefix: str) -> dict[str, list[Any]]:
+    """Remove the ``prefix<field>`` directives from ``body``: {field: its list}."""
+    found: dict[str, list[Any]] = {}
+    for key in [k for k in body if k.startswith(prefix)]:
+        found[key.split("/", 1)[1]] = body.pop(key) or []
+    return found
+
+
+def _merge_field(result: dict[str, Any], key: str, value: Any) -> None:
+    """One field of a patch into ``result``: null deletes, maps and lists merge."""
+    if value is None:
+        result.pop(key, None)
+    elif isinstance(value, dict):
+        merged = _merge_map(result.get(key) if isinstance(result.get(key), dict) else None, value)
+        if merged is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged
+    elif isinstance(value, list):
+        result[key] = _merge_list(key, result.get(key), value)
+    else:
+        result[key] = value
 
 
 def _merge_key(field: str, items: list[Any]) -> str | None:

@@ -174,19 +174,11 @@ REGISTRY: dict[str, ResourceType] = {rtype.key: rtype for rtype in _TYPES}
 _BY_GVR: dict[tuple[str, str, str], ResourceType] = {
     (rtype.group, rtype.version, rtype.plural): rtype for rtype in _TYPES
 }
-_BY_KIND: dict[tuple[str, str], ResourceType] = {
-    (rtype.api_version, rtype.kind): rtype for rtype in _TYPES
-}
 
 
 def by_gvr(group: str, version: str, plural: str) -> ResourceType | None:
     """The type served at ``/apis/{group}/{version}/{plural}`` (group "" = ``/api/v1``)."""
     return _BY_GVR.get((group, version, plural))
-
-
-def by_kind(api_version: str, kind: str) -> ResourceType | None:
-    """The type for an object's ``apiVersion`` and ``kind``."""
-    return _BY_KIND.get((api_version, kind))
 
 
 def group_versions() -> dict[str, list[str]]:
@@ -207,7 +199,6 @@ DEPLOYMENTS = REGISTRY["apps/v1/deployments"]
 REPLICASETS = REGISTRY["apps/v1/replicasets"]
 PODS = REGISTRY["v1/pods"]
 NAMESPACES = REGISTRY["v1/namespaces"]
-CORE_EVENTS = REGISTRY["v1/events"]
 
 
 # ---------------------------------------------------------------------------

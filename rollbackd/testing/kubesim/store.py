@@ -389,11 +389,5 @@ class Store:
                 if name in by_namespace.get(namespace, {}):
                     self.delete(key, namespace, name)
 
-    def check_exists(self, key: str, namespace: str | None, name: str) -> None:
-        """Raise 404 unless the object exists (cheap: no copy)."""
-        if self.peek(key, namespace, name) is None:
-            rtype = _rtype(key)
-            raise not_found(rtype.plural, name, rtype.group)
-
 
 __all__ = ["ApiError", "Obj", "Store", "WatchEvent", "clone", "rfc3339"]

@@ -133,10 +133,6 @@ class WatchHub:
                         dropped += 1
         return dropped
 
-    @property
-    def open_watches(self) -> int:
-        return sum(len(w) for by_ns in self._watchers.values() for w in by_ns.values())
-
     def _on_change(self, event_type: str, key: str, obj: Obj) -> None:
         by_namespace = self._watchers.get(key)
         if not by_namespace:
