@@ -304,8 +304,8 @@ def test_fd_budget_keeps_a_reserve_below_the_soft_limit(
     expected_soft: int,
 ) -> None:
     limits = FakeLimits(soft, hard)
-    monkeypatch.setattr(serving.resource, "getrlimit", limits.getrlimit)
-    monkeypatch.setattr(serving.resource, "setrlimit", limits.setrlimit)
+    monkeypatch.setattr(serving.budget.resource, "getrlimit", limits.getrlimit)
+    monkeypatch.setattr(serving.budget.resource, "setrlimit", limits.setrlimit)
     with capture_logs() as logs:
         assert fd_budget(requested) == expected_cap
     assert limits.soft == expected_soft
@@ -318,8 +318,8 @@ def test_fd_budget_works_with_the_limit_it_has_when_raising_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     limits = FakeLimits(1024, 8192, may_raise=False)
-    monkeypatch.setattr(serving.resource, "getrlimit", limits.getrlimit)
-    monkeypatch.setattr(serving.resource, "setrlimit", limits.setrlimit)
+    monkeypatch.setattr(serving.budget.resource, "getrlimit", limits.getrlimit)
+    monkeypatch.setattr(serving.budget.resource, "setrlimit", limits.setrlimit)
     with capture_logs() as logs:
         assert fd_budget(2000) == 512
     assert limits.set_calls == [(8192, 8192)]
