@@ -26,6 +26,7 @@ from rollbackd.errors import AcceptError
 from rollbackd.journal import Journal, UnresolvedRecord
 from rollbackd.metrics import Metrics
 from rollbackd.model import Signal, SignalStatus, Target
+from rollbackd.notify.alertmanager import ALERTNAME
 from rollbackd.pending import Accepted, PendingSignals
 from rollbackd.server import AcceptResult
 from rollbackd.sources.alertmanager import (
@@ -44,7 +45,7 @@ log = structlog.get_logger("rollbackd.intake")
 
 # rollbackd's own escalation alert comes back through Alertmanager when the
 # receiver routes everything here; acting on it would be a feedback loop.
-OWN_ALERTNAMES = frozenset({"RollbackdEscalation"})
+OWN_ALERTNAMES = frozenset({ALERTNAME})
 
 # Bodies remembered for the repeat fast path (16-byte digests: about 2 MB).
 _MAX_REMEMBERED_BODIES = 20_000
