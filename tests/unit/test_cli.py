@@ -372,7 +372,7 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeJourna
         opened.append(p)
         yield fake
 
-    monkeypatch.setattr(cli, "open_journal_read_only", open_journal)
+    monkeypatch.setattr(cli.records, "open_journal_read_only", open_journal)
     return fake, path
 
 

@@ -1,0 +1,137 @@
+"""``history``, ``show`` and ``report``: the journal, read only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rollbackd.cli.common import EXIT_OK, EXIT_USAGE, CliError, load
+from rollbackd.model import RecordKind, Rollback, Target
+from rollbackd.redact import redact_text
+
+
+def _journal_path(args: argparse.Namespace) -> str:
+    """The journal to read; it must exist: a typo must not look like 'no history'."""
+    path = str(args.journal) if args.journal else load(args.config).journal.path
+    if not Path(path).is_file():
+        raise CliError(
+            f"journal {path} does not exist: nothing was recorded yet, "
+            "or --config/--journal points at the wrong place"
+        )
+    return path
+
+
+@asynccontextmanager
+async def open_journal_read_only(path: str) -> AsyncIterator[Any]:
+    """Open a journal that ``_journal_path`` found; the CLI only reads from it."""
+    from rollbackd.journal import Journal
+
+    journal = await Journal.open(path, create=False)
+    try:
+        yield journal
+    finally:
+        await journal.close()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    target = None
+    if args.target:
+        try:
+            target = Target.parse(args.target)
+        except ValueError as exc:
+            raise CliError(f"--target: {exc}", EXIT_USAGE) from None
+    path = _journal_path(args)
+
+    async def read() -> list[Rollback]:
+        async with open_journal_read_only(path) as journal:
+            rollbacks: list[Rollback] = await journal.list_rollbacks(
+                limit=args.limit, target=target, kind=RecordKind(args.kind) if args.kind else None
+            )
+            return rollbacks
+
+    print_history(asyncio.run(read()), sys.stdout)
+    return EXIT_OK
+
+
+def print_history(rollbacks: Sequence[Rollback], out: TextIO) -> None:
+    if not rollbacks:
+        print("no rollbacks recorded", file=out)
+        return
+    rows = [("ID", "KIND", "TARGET", "PHASE", "REVISIONS", "STARTED", "REASON")]
+    rows += [
+        (
+            r.id,
+            str(r.kind),
+            str(r.target),
+            str(r.phase),
+            _revisions(r),
+            _when(r.started_at),
+            r.reason_code,
+        )
+        for r in rollbacks
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]), file=out)
+
+
+def _revisions(rollback: Rollback) -> str:
+    if rollback.from_revision is None and rollback.to_revision is None:
+        return "-"
+    return f"{rollback.from_revision or '?'} -> {rollback.to_revision or '?'}"
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = _journal_path(args)
+
+    async def read() -> tuple[Rollback, list[Any]]:
+        async with open_journal_read_only(path) as journal:
+            rollback = await journal.get_rollback(args.id)
+            if rollback is None:
+                raise CliError(f"no rollback with id {args.id!r} in {path}")
+            return rollback, list(await journal.timeline(args.id))
+
+    rollback, timeline = asyncio.run(read())
+    out = sys.stdout
+    print(f"rollback {rollback.id}", file=out)
+    print(f"  target:    {rollback.target}", file=out)
+    print(f"  phase:     {rollback.phase}", file=out)
+    print(f"  revisions: {_revisions(rollback)}", file=out)
+    print(f"  reason:    {rollback.reason_code}: {redact_text(rollback.reason)}", file=out)
+    print(f"  started:   {_when(rollback.started_at)}", file=out)
+    print(f"  updated:   {_when(rollback.updated_at)}", file=out)
+    print(f"  finished:  {_when(rollback.finished_at)}", file=out)
+    print("timeline:", file=out)
+    for entry in timeline:
+        print(f"  {_when(entry.at)}  {entry.kind:<12} {redact_text(entry.message)}", file=out)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = _journal_path(args)
+
+    async def read() -> str:
+        async with open_journal_read_only(path) as journal:
+            rollback = await journal.get_rollback(args.id)
+            if rollback is None:
+                raise CliError(f"no rollback with id {args.id!r} in {path}")
+            timeline = await journal.timeline(args.id)
+            details = await journal.rollback_details(args.id)
+        from rollbackd.report import render_report
+
+        text: str = render_report(rollback, timeline, details)
+        return text
+
+    sys.stdout.write(redact_text(asyncio.run(read())))
+    return EXIT_OK
