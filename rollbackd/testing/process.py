@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -39,6 +38,8 @@ import yaml
 from pydantic import SecretStr
 
 from rollbackd.config import Settings, format_duration
+
+from .lifecycle import StartStop
 
 __all__ = [
     "DaemonProcess",
@@ -187,7 +188,7 @@ def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
 # --- the process -------------------------------------------------------------------
 
 
-class DaemonProcess:
+class DaemonProcess(StartStop):
     """One ``rollbackd run --config FILE`` child process on a fixed loopback port.
 
     ``config`` is a Settings-shaped dict (see ``settings_to_config`` and
@@ -400,17 +401,6 @@ class DaemonProcess:
         if self._proc is None:
             raise RuntimeError("the daemon has not been started")
         return self._proc
-
-    async def __aenter__(self) -> DaemonProcess:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _as_dict(config: Mapping[str, Any] | str) -> dict[str, Any]:

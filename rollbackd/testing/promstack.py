@@ -29,13 +29,14 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
 from aiohttp import web
+
+from .lifecycle import StartStop
 
 __all__ = [
     "AlertmanagerConfig",
@@ -212,7 +213,7 @@ class AlertmanagerConfig:
         return yaml.safe_dump(config, sort_keys=False)
 
 
-class _ServerProcess:
+class _ServerProcess(StartStop):
     """A binary on a loopback port: start, wait ready, stop, restart, reload."""
 
     name = "server"
@@ -338,20 +339,8 @@ class _ServerProcess:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    async def __aenter__(self: _S) -> _S:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-_S = TypeVar("_S", bound=_ServerProcess)
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()  # the working directory goes too
 
 
 class PrometheusServer(_ServerProcess):
@@ -434,7 +423,7 @@ class AlertmanagerServer(_ServerProcess):
                 )
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(StartStop):
     """A tiny ``/metrics`` HTTP server whose exposition text the test controls.
 
     ``render`` is called on every scrape, so a test changes what Prometheus
@@ -468,18 +457,6 @@ class MetricsEndpoint:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> MetricsEndpoint:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 # The signatures of the ``prometheus_factory`` and ``alertmanager_factory``

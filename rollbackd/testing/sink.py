@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .lifecycle import StartStop
+
 _T = TypeVar("_T")
 
 DEFAULT_STATUS = 202
@@ -71,7 +73,7 @@ class _Held:
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class HttpSink:
+class HttpSink(StartStop):
     """Records every request; answers 202 ``{"status": "success"}`` unless told otherwise.
 
     Use it as an async context manager (or ``start``/``stop``). ``fail_next``
@@ -117,12 +119,6 @@ class HttpSink:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> HttpSink:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

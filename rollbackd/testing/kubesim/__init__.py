@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from ..lifecycle import StartStop
 from .faults import FaultInjector
 from .kubeconfig import write_kubeconfig
 from .server import KubeApi, ensure_namespaces
@@ -28,7 +28,7 @@ from .store import DEFAULT_HISTORY, Store
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
 
 
-class KubeSim:
+class KubeSim(StartStop):
     """A started kubesim: API server, controller and workload metrics."""
 
     def __init__(
@@ -117,18 +117,6 @@ class KubeSim:
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
-
-    async def __aenter__(self) -> KubeSim:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 __all__ = ["FaultInjector", "KubeSim", "Store"]
