@@ -154,13 +154,10 @@ class Controller:
         index, enqueue = self._ctx.index, self._ctx.enqueue
         ref = controller_ref(obj)
         owner = ref["name"] if ref and ref.get("kind") == "Deployment" and not deleted else None
-        previous = index.rs_owner.pop((namespace, name), None)
+        previous = _reown(index.rs_owner, index.rs_by_deployment, (namespace, name), owner)
         if previous is not None and previous != owner:
-            _unindex(index.rs_by_deployment, (namespace, previous), name)
             enqueue(("deployment", namespace, previous))
         if owner is not None:
-            index.rs_owner[(namespace, name)] = owner
-            index.rs_by_deployment.setdefault((namespace, owner), set()).add(name)
             enqueue(("deployment", namespace, owner))
         if not deleted and self._ctx.current != ("replicaset", namespace, name):
             enqueue(("replicaset", namespace, name))
@@ -169,16 +166,11 @@ class Controller:
         index, enqueue = self._ctx.index, self._ctx.enqueue
         ref = controller_ref(obj)
         owner = ref["name"] if ref and ref.get("kind") == "ReplicaSet" and not deleted else None
-        previous = index.pod_owner.pop((namespace, name), None)
-        if previous is not None and previous != owner:
-            _unindex(index.pods_by_rs, (namespace, previous), name)
+        previous = _reown(index.pod_owner, index.pods_by_rs, (namespace, name), owner)
         for rs_name in {previous, owner}:
             # The ReplicaSet's own sync already accounts for the pods it creates or deletes.
             if rs_name is not None and self._ctx.current != ("replicaset", namespace, rs_name):
                 enqueue(("replicaset", namespace, rs_name))
-        if owner is not None:
-            index.pod_owner[(namespace, name)] = owner
-            index.pods_by_rs.setdefault((namespace, owner), set()).add(name)
         # Endpoints of every Service whose selector matched before or matches now.
         labels_in_ns = index.pod_labels.setdefault(namespace, {})
         old_labels = labels_in_ns.pop(name, None)
@@ -235,13 +227,25 @@ class Controller:
             sync(namespace, name)
 
 
-def _unindex(index: dict[tuple[str, str], set[str]], owner: tuple[str, str], name: str) -> None:
-    """Drop ``name`` from ``owner``'s set, and the set once it is empty."""
-    members = index.get(owner)
-    if members is not None:
-        members.discard(name)
-        if not members:
-            del index[owner]
+def _reown(
+    owners: dict[tuple[str, str], str],
+    members: dict[tuple[str, str], set[str]],
+    key: tuple[str, str],
+    owner: str | None,
+) -> str | None:
+    """Index ``key`` (namespace, name) under ``owner`` (None: no owner); the previous owner."""
+    namespace, name = key
+    previous = owners.pop(key, None)
+    if previous is not None and previous != owner:
+        siblings = members.get((namespace, previous))
+        if siblings is not None:
+            siblings.discard(name)
+            if not siblings:
+                del members[(namespace, previous)]
+    if owner is not None:
+        owners[key] = owner
+        members.setdefault((namespace, owner), set()).add(name)
+    return previous
 
 
 # bench/_timeline.py reads pod readiness from here.

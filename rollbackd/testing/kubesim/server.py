@@ -671,13 +671,7 @@ class KubeApi:
                 )
                 return _json_response(created, 201)
             raise self._not_found(route)
-        if route.subresource == "scale":
-            return _json_response(self._write_scale(route, current, body, dry_run))
-        if route.subresource == "status":
-            updated = self.store.update(rtype.key, body, subresource="status", dry_run=dry_run)
-            return _json_response(updated)
-        obj = self._validated(rtype, body, current)
-        return _json_response(self.store.update(rtype.key, obj, dry_run=dry_run))
+        return self._write(route, current, body, dry_run)
 
     def _write_scale(self, route: Route, current: Obj, scale: Obj, dry_run: bool) -> Obj:
         replicas = (scale.get("spec") or {}).get("replicas")
@@ -730,6 +724,11 @@ class KubeApi:
         base = scale_of(current) if route.subresource == "scale" else current
         patched = self._apply_patch(patch_type, base, document)
         body = self._prepare_body(route, patched, expect_name=route.name)
+        return self._write(route, current, body, dry_run)
+
+    def _write(self, route: Route, current: Obj, body: Obj, dry_run: bool) -> web.Response:
+        """Store an update (PUT) or a patched object over ``current``, by subresource."""
+        rtype = route.rtype
         if route.subresource == "scale":
             return _json_response(self._write_scale(route, current, body, dry_run))
         if route.subresource == "status":
