@@ -12,6 +12,7 @@ from rollbackd.config.types import (
     SecretFromFile,
     _env_name,
     _one_secret,
+    _required_secret,
     _secret_value,
     _Section,
 )
@@ -35,9 +36,7 @@ class PagerDutySettings(_Section):
         return self
 
     def routing_key_value(self) -> str:
-        value = _secret_value(self.routing_key, self.routing_key_file)
-        assert value is not None  # guaranteed by _check
-        return value
+        return _required_secret(self.routing_key, self.routing_key_file)
 
 
 class AlertmanagerPushSettings(_Section):
@@ -56,9 +55,7 @@ class SlackSettings(_Section):
         return self
 
     def webhook_url_value(self) -> str:
-        value = _secret_value(self.webhook_url, self.webhook_url_file)
-        assert value is not None  # guaranteed by _check
-        return value
+        return _required_secret(self.webhook_url, self.webhook_url_file)
 
 
 class WebhookNotifySettings(_Section):

@@ -151,5 +151,12 @@ def _secret_value(inline: SecretStr | None, from_file: SecretFile | None) -> str
     return None
 
 
+def _required_secret(inline: SecretStr | None, from_file: SecretFile | None) -> str:
+    """A secret ``_one_secret(..., required=True)`` has already checked is set."""
+    value = _secret_value(inline, from_file)
+    assert value is not None  # guaranteed by the section's validator
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -13,6 +13,7 @@ from rollbackd.config.types import (
     SecretFromFile,
     _env_name,
     _one_secret,
+    _required_secret,
     _secret_value,
     _Section,
 )
@@ -31,9 +32,7 @@ class BasicAuthSettings(_Section):
         return self
 
     def password_value(self) -> str:
-        value = _secret_value(self.password, self.password_file)
-        assert value is not None  # guaranteed by _check
-        return value
+        return _required_secret(self.password, self.password_file)
 
 
 def _split_listen(listen: str) -> tuple[str, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rollbackd.model import RecordKind, Rollback, Target
+
+if TYPE_CHECKING:  # the report module loads only when a report is asked for
+    from rollbackd.report import TimelineEntryLike
 
 
 @dataclass(frozen=True)
@@ -25,17 +27,6 @@ class AlertSink(Protocol):
     async def accept_alerts(self, body: bytes) -> AcceptResult:
         """Validate, dedupe, journal and enqueue; raise PayloadError or AcceptError."""
         ...
-
-
-class TimelineEntryLike(Protocol):
-    @property
-    def at(self) -> datetime: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def message(self) -> str: ...
-    @property
-    def data(self) -> Mapping[str, Any] | None: ...
 
 
 class JournalReader(Protocol):

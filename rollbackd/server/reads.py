@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
-from rollbackd.model import RecordKind, Target
+from rollbackd.model import RecordKind, Rollback, Target
 from rollbackd.redact import redact_text, redact_value
 from rollbackd.server.contracts import JournalReader
 from rollbackd.server.responses import (
@@ -19,6 +19,10 @@ from rollbackd.server.responses import (
     rollback_json,
     timeline_json,
 )
+
+if TYPE_CHECKING:  # the report module loads only when a report is asked for
+    from rollbackd.report import TimelineEntryLike
+
 
 MAX_LIST_LIMIT = 1000
 
@@ -74,12 +78,10 @@ class ReadApi:
         return web.json_response({"rollbacks": listed})
 
     async def get_rollback(self, request: web.Request) -> web.Response:
-        rollback_id = request.match_info["id"]
-        rollback = await self.journal.get_rollback(rollback_id)
-        if rollback is None:
-            return error(404, f"no rollback with id {rollback_id!r}")
-        timeline = await self.journal.timeline(rollback_id)
-        details = await self.journal.rollback_details(rollback_id)
+        found = await self._record(request.match_info["id"])
+        if isinstance(found, web.Response):
+            return found
+        rollback, timeline, details = found
         body = rollback_json(rollback)
         body["timeline"] = [timeline_json(e) for e in timeline]
         body["details"] = details
@@ -87,16 +89,24 @@ class ReadApi:
         return web.json_response(redact_value(body), dumps=dumps_json)
 
     async def report(self, request: web.Request) -> web.Response:
-        rollback_id = request.match_info["id"]
+        found = await self._record(request.match_info["id"])
+        if isinstance(found, web.Response):
+            return found
+        from rollbackd.report import render_report  # imported late: optional at start-up
+
+        text = redact_text(render_report(*found))
+        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+
+    async def _record(
+        self, rollback_id: str
+    ) -> tuple[Rollback, Sequence[TimelineEntryLike], dict[str, Any] | None] | web.Response:
+        """The record, its timeline and details; or the 404 answer."""
         rollback = await self.journal.get_rollback(rollback_id)
         if rollback is None:
             return error(404, f"no rollback with id {rollback_id!r}")
-        from rollbackd.report import render_report  # imported late: optional at start-up
-
         timeline = await self.journal.timeline(rollback_id)
         details = await self.journal.rollback_details(rollback_id)
-        text = redact_text(render_report(rollback, cast(Any, timeline), details))
-        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+        return rollback, timeline, details
 
     async def openapi_yaml(self, request: web.Request) -> web.Response:
         text, _ = openapi_document()

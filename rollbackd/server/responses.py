@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import yaml
@@ -16,7 +16,9 @@ from multidict import CIMultiDict
 
 from rollbackd.model import Rollback
 from rollbackd.redact import redact_text
-from rollbackd.server.contracts import TimelineEntryLike
+
+if TYPE_CHECKING:  # the report module loads only when a report is asked for
+    from rollbackd.report import TimelineEntryLike
 
 log = structlog.get_logger("rollbackd.server")
 
