@@ -1,8 +1,9 @@
 """kubesim: a faithful Kubernetes API server and deployment controller on loopback.
 
 ``KubeSim`` wires the pieces: a ``Store`` behind the aiohttp API server, the
-simulated deployment controller acting on the store, and the emulated
-workload's ``/metrics`` endpoint. Use it as an async context manager::
+controllers acting on the store (``controller.Controller`` runs those of
+``controllers/``; ``disruption`` keeps PodDisruptionBudgets), and the
+emulated workload's ``/metrics`` endpoint. Use it as an async context manager::
 
     async with KubeSim() as sim:
         ...  # sim.url, sim.kubeconfig, sim.store, sim.faults
@@ -15,15 +16,17 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Any
 
 from aiohttp import web
 
 from ..lifecycle import StartStop
+from .controller import Controller
+from .disruption import DisruptionController
 from .faults import FaultInjector
 from .kubeconfig import write_kubeconfig
 from .server import KubeApi, ensure_namespaces
 from .store import DEFAULT_HISTORY, Store
+from .workload import WorkloadMetrics
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
 
@@ -51,9 +54,9 @@ class KubeSim(StartStop):
         self.api = KubeApi(self.store, self.faults, bookmark_interval=bookmark_interval)
         # Every API request with its client (User-Agent), arrival and answer.
         self.requests = self.api.requests
-        self.controller: Any = None
-        self.disruption: Any = None
-        self.workload: Any = None
+        self.controller: Controller | None = None
+        self.disruption: DisruptionController | None = None
+        self.workload: WorkloadMetrics | None = None
         self.url = ""
         self.metrics_url = ""
         self._kubeconfig_path = kubeconfig_path
@@ -81,14 +84,9 @@ class KubeSim(StartStop):
             raise
 
     async def _start_simulation(self) -> None:
-        """Start the controller and workload metrics (owned by the controller side)."""
-        from .controller import Controller
-        from .workload import WorkloadMetrics
-
+        """Start the controllers and the workload metrics."""
         self.controller = Controller(self.store, pod_ready_delay=self.pod_ready_delay)
         await self.controller.start()
-        from .disruption import DisruptionController
-
         self.disruption = DisruptionController(self.store)
         await self.disruption.start()
         self.workload = WorkloadMetrics(self.store)
