@@ -11,5 +11,7 @@
 - ``context``, ``workqueue``: what the controllers share (store, clock, owner
   indexes, the de-duplicating queue and its timers).
 
-``rollbackd.testing.kubesim.controller.Controller`` runs them all.
+``rollbackd.testing.kubesim.controller.Controller`` runs them all. The
+disruption controller (PodDisruptionBudgets) lives beside the Eviction API it
+serves, in ``..disruption``.
 """
