@@ -23,7 +23,7 @@ every other call (:mod:`rollbackd.kube.errors`, :mod:`rollbackd.kube.retry`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -219,13 +219,7 @@ class OwnerApi(Protocol):
     """What pausing needs of the Kubernetes adapter."""
 
     async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Sequence[tuple[str, str]] = (),
-        body: Any = None,
-        content_type: str = "application/json",
+        self, method: str, path: str, *, body: Any = ..., content_type: str = ...
     ) -> dict[str, Any]: ...
 
     async def read_deployment(self, target: Target) -> dict[str, Any]: ...

@@ -30,6 +30,10 @@ EVENT_GITOPS_PAUSED = "GitOpsPaused"
 EVENT_SUPERSEDED = "RollbackSuperseded"
 
 
+# Annotations to set, or (None) to remove, in one write.
+Changes = Mapping[str, str | None] | None
+
+
 class KubePort(Patcher, RolloutWaiter, OwnerApi, Protocol):
     """The Kubernetes adapter as the executor uses it."""
 
@@ -40,22 +44,11 @@ class KubePort(Patcher, RolloutWaiter, OwnerApi, Protocol):
     def check_state_term(self, deployment: Mapping[str, Any], what: str) -> None: ...
 
     async def write_state(
-        self,
-        target: Target,
-        state: RollbackState | None,
-        *,
-        resource_version: str,
-        extra: Mapping[str, str | None] | None = None,
+        self, target: Target, state: RollbackState, *, resource_version: str, extra: Changes
     ) -> dict[str, Any]: ...
 
     async def emit_event(
-        self,
-        target: Target,
-        *,
-        reason: str,
-        message: str,
-        type: str = "Normal",
-        uid: str | None = None,
+        self, target: Target, *, reason: str, message: str, type: str = ..., uid: str | None = ...
     ) -> None: ...
 
     async def wait_template_change(
@@ -79,11 +72,7 @@ class Recorder(Protocol):
     ) -> None: ...
 
     async def event(
-        self,
-        rollback: Rollback,
-        kind: str,
-        message: str,
-        data: Mapping[str, Any] | None = None,
+        self, rollback: Rollback, kind: str, message: str, data: Mapping[str, Any] | None = ...
     ) -> None: ...
 
 
@@ -94,11 +83,7 @@ class Pager(Protocol):
     """
 
     async def notify(
-        self,
-        kind: NotificationKind,
-        rollback: Rollback,
-        summary: str,
-        details: Mapping[str, Any],
+        self, kind: NotificationKind, rollback: Rollback, summary: str, details: Mapping[str, Any]
     ) -> None: ...
 
 

@@ -22,7 +22,13 @@ from typing import Any, Protocol
 from rollbackd.kube.rollout import RolloutOutcome, RolloutStatus, StatusFn
 from rollbackd.model import Target
 
+# A Kubernetes object as plain JSON, and a JSON patch.
+Obj = Mapping[str, Any]
+Ops = list[dict[str, Any]]
+
 __all__ = [
+    "Obj",
+    "Ops",
     "Patcher",
     "PlanError",
     "Restore",
@@ -74,22 +80,11 @@ class Strategy(Protocol):
 
     name: str
 
-    def plan(
-        self,
-        deployment: Mapping[str, Any],
-        replicasets: Sequence[Mapping[str, Any]],
-        to_revision: int | None,
-    ) -> Restore:
+    def plan(self, deployment: Obj, replicasets: Sequence[Obj], to_revision: int | None) -> Restore:
         """Choose what to restore (``to_revision`` None: the previous one); raises PlanError."""
         ...
 
-    def patch(
-        self,
-        deployment: Mapping[str, Any],
-        restore: Restore,
-        *,
-        annotations: Mapping[str, str],
-    ) -> list[dict[str, Any]]:
+    def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:
         """The JSON patch restoring ``restore`` on ``deployment`` (the journal records it).
 
         Must start with a ``test`` of ``deployment``'s resourceVersion (safety
@@ -97,7 +92,7 @@ class Strategy(Protocol):
         """
         ...
 
-    async def apply(self, kube: Patcher, target: Target, patch: list[dict[str, Any]]) -> None:
+    async def apply(self, kube: Patcher, target: Target, patch: Ops) -> None:
         """Send ``patch``; a failed precondition raises ConflictError."""
         ...
 

@@ -21,6 +21,8 @@ from rollbackd.readiness import template_hash
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import owned_replicasets, revision_of, strip_hash
 from rollbackd.strategies import (
+    Obj,
+    Ops,
     Patcher,
     PlanError,
     Restore,
@@ -90,12 +92,7 @@ class RollingStrategy:
 
     name = "rolling"
 
-    def plan(
-        self,
-        deployment: Mapping[str, Any],
-        replicasets: Sequence[Mapping[str, Any]],
-        to_revision: int | None,
-    ) -> Restore:
+    def plan(self, deployment: Obj, replicasets: Sequence[Obj], to_revision: int | None) -> Restore:
         """kubectl's choice of ReplicaSet; the controller will reuse it as the next revision."""
         chosen = select_replicaset(deployment, replicasets, to_revision)
         numbers = [revision_of(rs) or 0 for rs in replicasets]
@@ -107,17 +104,11 @@ class RollingStrategy:
             predicted_revision=max(numbers, default=0) + 1,
         )
 
-    def patch(
-        self,
-        deployment: Mapping[str, Any],
-        restore: Restore,
-        *,
-        annotations: Mapping[str, str],
-    ) -> list[dict[str, Any]]:
+    def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:
         """kubectl's rollback patch for the chosen ReplicaSet."""
         return self.build_patch(deployment, restore.replicaset, annotations=annotations)
 
-    async def apply(self, kube: Patcher, target: Target, patch: list[dict[str, Any]]) -> None:
+    async def apply(self, kube: Patcher, target: Target, patch: Ops) -> None:
         """One guarded JSON patch: the controller then rolls the old template out."""
         await kube.patch_deployment(target, patch)
 
