@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
+from structlog.testing import capture_logs
 
 from rollbackd.executor import Executor
 from rollbackd.kube import Kube
@@ -362,3 +364,32 @@ async def test_an_api_down_longer_than_the_budget_ends_retryable_and_changes_not
     assert 1.0 <= elapsed < 10.0, elapsed  # gave up on the budget, not on the first error
     assert world.image(target) == "web:2.0"
     assert world.pager.pages == [("rb-faults-down", NotificationKind.ESCALATION)]
+
+
+async def test_every_line_a_rollback_logs_names_its_rollback_and_target(world: World) -> None:
+    """Concurrent rollbacks log through shared code; contextvars keep their lines apart."""
+    targets = [Target("logs-a", "web"), Target("logs-b", "web")]
+    await asyncio.gather(*(world.deploy_v1_then_v2(t) for t in targets))
+    for target in targets:  # one retried 503 each, logged deep inside the adapter
+        path = f"^/apis/apps/v1/namespaces/{target.namespace}/deployments/web$"
+        world.sim.faults.fail("get", path, 503, count=1)
+
+    executor = world.executor()
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(
+                *(executor.run(*rollback_to_v1(t, f"log-{i}")) for i, t in enumerate(targets))
+            )
+
+    assert [r.phase for r in results] == [Phase.ROLLBACK_COMPLETED] * 2
+    retries = [e for e in logs if e["event"] == "kube_request_retry"]
+    assert len(retries) == 2
+    for event in retries:
+        # The retried request was made for the rollback the line names.
+        namespace = event["request"].split("/namespaces/")[1].split("/")[0]
+        assert event["target"] == f"{namespace}/web"
+    assert {(e["rollback_id"], e["target"]) for e in retries} == {
+        (r.id, str(r.target)) for r in results
+    }
+    # Nothing stays bound once the rollbacks are over.
+    assert "rollback_id" not in structlog.contextvars.get_contextvars()
