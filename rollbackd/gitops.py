@@ -31,6 +31,7 @@ from urllib.parse import quote
 from rollbackd.kube.errors import ConflictError, InvalidError, KubeError, NotFoundError
 from rollbackd.kube.patch import annotation_path, precondition
 from rollbackd.model import Target
+from rollbackd.revisions import ARGOCD_INSTANCE, ARGOCD_TRACKING_ID, metadata_value
 
 __all__ = [
     "ANNOTATION_PAUSED_SYNC",
@@ -48,8 +49,6 @@ DEFAULT_ARGOCD_NAMESPACE = "argocd"
 # Guarded writes tried before giving up on an owner the controller keeps updating.
 PAUSE_ATTEMPTS = 3
 
-_ARGOCD_TRACKING_ID = "argocd.argoproj.io/tracking-id"
-_ARGOCD_INSTANCE = "argocd.argoproj.io/instance"
 # Flux labels its objects with the owner's namespace next to its name.
 _FLUX_NAMESPACE_LABELS = {
     "kustomization": "kustomize.toolkit.fluxcd.io/namespace",
@@ -98,13 +97,6 @@ class PauseResult:
         return asdict(self)
 
 
-def _metadata_value(deployment: Mapping[str, Any], key: str) -> str | None:
-    """A label, or the annotation of the same key (kube.py detects owners from both)."""
-    meta = deployment.get("metadata") or {}
-    value = (meta.get("labels") or {}).get(key) or (meta.get("annotations") or {}).get(key)
-    return str(value) if value else None
-
-
 def _argocd_namespace(app: str, deployment: Mapping[str, Any], default: str) -> tuple[str, str]:
     """(namespace, name) of the Application.
 
@@ -114,9 +106,9 @@ def _argocd_namespace(app: str, deployment: Mapping[str, Any], default: str) -> 
     ``<namespace>_<name>`` in the app part (of the tracking id and of the
     instance label); names cannot contain ``_``, so the split is unambiguous.
     """
-    tracking = _metadata_value(deployment, _ARGOCD_TRACKING_ID)
+    tracking = metadata_value(deployment, ARGOCD_TRACKING_ID)
     instance = (
-        tracking.split(":", 1)[0] if tracking else _metadata_value(deployment, _ARGOCD_INSTANCE)
+        tracking.split(":", 1)[0] if tracking else metadata_value(deployment, ARGOCD_INSTANCE)
     )
     for candidate in (app, instance or ""):
         namespace, sep, name = candidate.partition("_")
@@ -142,7 +134,7 @@ def locate(
     kind, _, name = ref.partition("/")
     kind = kind.lower()
     if tool == "flux" and name and kind in _FLUX_NAMESPACE_LABELS:
-        namespace = _metadata_value(deployment, _FLUX_NAMESPACE_LABELS[kind]) or target.namespace
+        namespace = metadata_value(deployment, _FLUX_NAMESPACE_LABELS[kind]) or target.namespace
         if kind == "kustomization":
             return OwnerObject(
                 "flux",

@@ -25,12 +25,13 @@ from rollbackd.model import (
 from rollbackd.readiness import template_hash
 from rollbackd.state import recorded_state, restored_record
 
+ARGOCD_INSTANCE = "argocd.argoproj.io/instance"
+ARGOCD_TRACKING_ID = "argocd.argoproj.io/tracking-id"
 _GITOPS_LABELS: tuple[tuple[str, str], ...] = (
-    ("argocd.argoproj.io/instance", "argocd:{}"),
+    (ARGOCD_INSTANCE, "argocd:{}"),
     ("kustomize.toolkit.fluxcd.io/name", "flux:kustomization/{}"),
     ("helm.toolkit.fluxcd.io/name", "flux:helmrelease/{}"),
 )
-ARGOCD_TRACKING_ID = "argocd.argoproj.io/tracking-id"
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -81,15 +82,20 @@ def strip_hash(template: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def metadata_value(obj: Mapping[str, Any], key: str) -> str | None:
+    """A label, or else the annotation of the same key (GitOps tools write either)."""
+    meta = obj.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(key) or (meta.get("annotations") or {}).get(key)
+    return str(value) if value else None
+
+
 def gitops_owner(deployment: Mapping[str, Any]) -> str | None:
     """``argocd:<app>`` / ``flux:<kind>/<name>`` when a GitOps controller manages the object."""
-    meta = deployment.get("metadata", {})
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
     for label, fmt in _GITOPS_LABELS:
-        value = labels.get(label) or annotations.get(label)
+        value = metadata_value(deployment, label)
         if value:
             return fmt.format(value)
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     tracking = annotations.get(ARGOCD_TRACKING_ID)
     if tracking:
         # "<app>:<group>/<kind>:<namespace>/<name>": the application is the first part.
