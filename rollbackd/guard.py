@@ -44,11 +44,6 @@ def template_diff_paths(current: Mapping[str, Any], candidate: Mapping[str, Any]
     return sorted(paths)
 
 
-def templates_differ(current: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:
-    """True when restoring ``candidate`` would change the running pod template."""
-    return bool(template_diff_paths(current, candidate))
-
-
 def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """The one template comparison: equal exactly when the guard sees no diff.
 

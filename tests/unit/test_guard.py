@@ -15,7 +15,6 @@ from rollbackd.guard import (
     is_mutable_image,
     mutable_images,
     template_diff_paths,
-    templates_differ,
     templates_equal,
 )
 from rollbackd.model import Policy
@@ -39,7 +38,7 @@ def app(image: str = "shop/cart:7", **fields: Any) -> dict[str, Any]:
 def test_identical_templates_have_no_diff() -> None:
     template = pod(app(env=[{"name": "A", "value": "1"}]))
     assert template_diff_paths(template, template) == []
-    assert not templates_differ(template, template)
+    assert templates_equal(template, template)
 
 
 def test_pod_template_hash_label_is_not_a_difference() -> None:
