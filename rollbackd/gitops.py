@@ -1,4 +1,4 @@
-"""Pause the GitOps controller that owns a Deployment (safety rule 9).
+"""Pause the GitOps controller that owns a Deployment (safety rule 9 in docs/architecture.md).
 
 A rollback of an Argo CD- or Flux-managed Deployment is undone by the
 controller at its next reconcile, because Git still says "the bad version".

@@ -4,7 +4,7 @@ A rollback is only safe to do unattended when the old and the current pod
 template differ in things a release normally changes (image, env, args, ...).
 A diff in resources, volumes or the service account means the old revision
 was built for a different pod shape: restoring it could do more harm than the
-bad release, so the decision escalates instead (DESIGN.md safety rule 6).
+bad release, so the decision escalates instead (safety rule 6 in docs/architecture.md).
 Restoring a mutable image reference would not restore what actually ran
 before, so that is refused too (safety rule 7).
 

@@ -6,8 +6,8 @@ rollbackd evaluates every signal at each of the next N scrape intervals
 plus a little slack, so at least two fresh scrapes exist for ``rate()``; its
 window is exactly ``at - ready_at`` (whole seconds, rounded down) so no rate
 window reaches back into the bad period. An interval is healthy only if every
-signal is HEALTHY (no data is not health: safety rule 8), every desired pod is
-Ready and (``require_endpoints``, config ``verify.require_endpoints``) every
+signal is HEALTHY (no data is not health: safety rule 8 in docs/architecture.md),
+every desired pod is Ready and (``require_endpoints``, config ``verify.require_endpoints``) every
 Service selecting the pods has ready endpoints. The first unhealthy interval
 ends verification: waiting longer cannot undo a breach. Verification as a
 whole is bounded by ``timeout`` (config ``verify.timeout``): a query or a

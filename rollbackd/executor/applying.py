@@ -51,7 +51,7 @@ class Applying(Planning):
         }
 
     async def _apply(self, rollback: Rollback, plan: Plan) -> Rollback:
-        """Patch the template; re-read and re-plan on conflict (safety rule 10).
+        """Patch the template; re-read and re-plan on conflict (safety rule 10, docs/architecture.md).
 
         A patch whose answer was lost (a reset connection) but that landed is
         recognised by our own restored record, never applied twice.
