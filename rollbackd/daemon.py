@@ -23,7 +23,7 @@ from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
-from rollbackd.leader_label import LeaderLabel
+from rollbackd.kube.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
 from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.reasons import ReasonCode
 from rollbackd.escalation import Escalations
 from rollbackd.keyedlocks import KeyedLocks
 from rollbackd.model import (
@@ -32,6 +31,7 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.pending import PendingSignals
+from rollbackd.reasons import ReasonCode
 from rollbackd.records import already_escalated, annotated_rollback, rollback_for
 from rollbackd.weigh import strongest
 

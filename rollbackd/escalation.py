@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.reasons import ReasonCode
 from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
 from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.reasons import ReasonCode
 
 __all__ = [
     "ESCALATION_HEADLINES",

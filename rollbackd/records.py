@@ -62,13 +62,4 @@ def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
     state = state_from_annotations(facts.annotations)
     if state is None or state.phase.terminal:
         return None
-    return Rollback(
-        id=state.rollback_id,
-        target=facts.target,
-        phase=state.phase,
-        started_at=state.started_at,
-        updated_at=state.updated_at,
-        from_revision=state.from_revision,
-        to_revision=state.to_revision,
-        reason_code=state.reason_code,
-    )
+    return state.rollback(facts.target)

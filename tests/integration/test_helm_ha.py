@@ -31,7 +31,7 @@ import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rollbackd.leader_label import LEADER_LABEL
+from rollbackd.kube.leader_label import LEADER_LABEL
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.process import DaemonProcess
 from tests.kubesim.kubectl_helpers import Kubectl, make_kubectl

@@ -193,8 +193,8 @@ def test_a_signal_replayed_within_its_max_age_is_still_decided_on_its_merits() -
     assert run(signal(observed_at=NOW - timedelta(hours=1))).action is Action.ROLLBACK
 
 
-def test_reason_codes_are_the_stable_snake_case_contract() -> None:
-    assert {code.value for code in ReasonCode} == {
+DECISION_CODES = frozenset(
+    {
         "signal_resolved",
         "stale_signal",
         "anomaly_before_restore",
@@ -215,6 +215,15 @@ def test_reason_codes_are_the_stable_snake_case_contract() -> None:
         "dry_run_recorded",
         "rollback",
     }
+)
+
+
+def test_reason_codes_are_the_stable_snake_case_contract() -> None:
+    # Decision codes are part of the one closed set (which also holds how
+    # rollbacks end); they are stable snake_case metric labels.
+    codes = {code.value for code in ReasonCode}
+    assert DECISION_CODES <= codes
+    assert all(c.islower() and " " not in c and "-" not in c for c in codes)
     assert type(run().reason_code) is str  # a plain string for journal and metric labels
 
 
@@ -1099,3 +1108,9 @@ def test_decision_depends_on_relative_times_only_never_on_the_wall_clock(
     scenario: Scenario, by: timedelta
 ) -> None:
     assert _shift(scenario, by).decide() == scenario.decide()
+
+
+@given(scenarios())
+def test_every_decision_carries_a_decision_code(scenario: Scenario) -> None:
+    decision = decide(scenario.signal, scenario.facts, scenario.history, scenario.policy, NOW)
+    assert decision.reason_code in DECISION_CODES
