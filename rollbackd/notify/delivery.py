@@ -102,13 +102,12 @@ class Delivery:
         hold = lane.hold_until if lane.hold_until is not None and lane.hold_until > now else None
         first = heads(entries)
         due = [e for e in first if e.next_attempt_at <= now] if hold is None else []
-        for entry in due:
-            row = await store.get(entry.id)
+        if due:
+            # One row a pass, then look again: delivering a trigger makes its
+            # resolve a head, and that resolve is older than later triggers.
+            row = await store.get(due[0].id)
             if row is not None and row.state == PENDING:
                 await self._send(store, lane, row)
-            if lane.hold_until is not None and lane.hold_until > self._clock():
-                break  # the service asked us to wait: not another request now
-        if due:
             return 0
         wake_at = [max(e.next_attempt_at, hold or e.next_attempt_at) for e in first]
         wake_at.append(min(e.created_at for e in entries) + self._max_age)
