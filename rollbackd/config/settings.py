@@ -57,31 +57,16 @@ class Settings(_Section):
         """
         p = self.policy
         problems: list[str] = []
-        enabled = True
-        raw_enabled = annotations.get(ANNOTATION_ENABLED)
-        if raw_enabled is not None:
-            flag = _parse_flag(raw_enabled)
-            if flag is None:
-                problems.append(
-                    _bad_annotation(ANNOTATION_ENABLED, raw_enabled, '"true" or "false"')
-                )
-            else:
-                enabled = flag
+        enabled = _annotation_flag(annotations, ANNOTATION_ENABLED, problems) is not False
         dry_run = p.dry_run or target.namespace in self.cluster.dry_run_namespaces
-        raw_dry_run = annotations.get(ANNOTATION_DRY_RUN)
-        if raw_dry_run is not None:
-            flag = _parse_flag(raw_dry_run)
-            if flag is None:
-                problems.append(
-                    _bad_annotation(ANNOTATION_DRY_RUN, raw_dry_run, '"true" or "false"')
-                )
-            elif flag:
-                dry_run = True
-            elif dry_run:
-                problems.append(
-                    f'{ANNOTATION_DRY_RUN}: "false" ignored: dry-run is set globally '
-                    "or for the namespace"
-                )
+        flag = _annotation_flag(annotations, ANNOTATION_DRY_RUN, problems)
+        if flag:
+            dry_run = True
+        elif flag is False and dry_run:
+            problems.append(
+                f'{ANNOTATION_DRY_RUN}: "false" ignored: dry-run is set globally '
+                "or for the namespace"
+            )
         change_window = _annotation_duration(
             annotations, ANNOTATION_CHANGE_WINDOW, p.change_window, _positive, problems
         )
@@ -107,6 +92,17 @@ def _parse_flag(text: str) -> bool | None:
 
 def _bad_annotation(key: str, value: str, expected: str) -> str:
     return f"{key}: ignored bad value {value!r}, expected {expected}"
+
+
+def _annotation_flag(annotations: Mapping[str, str], key: str, problems: list[str]) -> bool | None:
+    """The annotation's true/false, or None when absent or bad (a bad one is reported)."""
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    flag = _parse_flag(raw)
+    if flag is None:
+        problems.append(_bad_annotation(key, raw, '"true" or "false"'))
+    return flag
 
 
 def _annotation_duration(
