@@ -208,6 +208,8 @@ class PromQL:
         self._attempts = attempts
         self._max_backoff = max_backoff
         self._headers = dict(headers or {})
+        # One fold at a time: concurrent folds would each take a slice per loop turn.
+        self._fold_turn = asyncio.Lock()
         self._session = requests.Session()
         self._session.hooks["response"].append(_raise_for_status)
         self._client = PrometheusConnect(
@@ -257,12 +259,13 @@ class PromQL:
         params = self._params(at)
         answer = await self._call(lambda: self._result(expr, params))
         try:
-            return await fold_answer(
-                answer,
-                combine=combine,
-                namespace_label=namespace_label,
-                deployment_label=deployment_label,
-            )
+            async with self._fold_turn:
+                return await fold_answer(
+                    answer,
+                    combine=combine,
+                    namespace_label=namespace_label,
+                    deployment_label=deployment_label,
+                )
         except NotAVectorError as exc:
             raise _classify(exc) from exc
 
