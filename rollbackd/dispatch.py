@@ -361,6 +361,7 @@ class Dispatcher:
             f"{decision.from_revision} to {decision.to_revision}",
             at=now,
         )
+        await self._escalations.announce_dry_run(rollback, decision, now)
 
     async def wait(self, target: Target) -> Rollback | None:
         """Wait for the rollback in flight for ``target`` (if any) to finish."""

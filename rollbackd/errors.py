@@ -1,12 +1,26 @@
-"""Error types shared across layers, in a module of their own.
+"""Types shared across layers, in a module of their own: errors and the intake's answer.
 
 Each layer raises these and the HTTP layer maps them to status codes, so no
-layer imports another just for an exception class.
+layer imports another just for an exception class or a result shape.
 """
 
 from __future__ import annotations
 
-__all__ = ["AcceptError", "NotLeaderError"]
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AcceptError", "AcceptResult", "NotLeaderError"]
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """How many alerts of one webhook body were accepted, repeated, unmapped or rejected."""
+
+    accepted: int
+    duplicates: int
+    unresolved: int
+    # Alerts of the body that were invalid: {"index", "path", "reason"} each.
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AcceptError(Exception):

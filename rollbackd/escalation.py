@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import structlog
 
 from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
-from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.reasons import ReasonCode
 
 __all__ = [
@@ -169,6 +169,25 @@ class Escalations:
         if len(group.members) >= self._policy.group_min:
             return await self._open_group(target.namespace, group, decision, now)
         return dedup_key
+
+    async def announce_dry_run(self, record: Rollback, decision: Decision, now: datetime) -> None:
+        """Say what a dry run would have done (chat channels; PagerDuty does not page it)."""
+        await self._pager.enqueue(
+            Notification(
+                kind=NotificationKind.DRY_RUN,
+                severity="info",
+                dedup_key=record.id,
+                target=record.target,
+                summary=decision.reason,
+                details={
+                    "rollback_id": record.id,
+                    "reason_code": decision.reason_code,
+                    "from_revision": decision.from_revision,
+                    "to_revision": decision.to_revision,
+                },
+                created_at=now,
+            )
+        )
 
     async def _open_incident(self, target: Target, reason: str, now: datetime) -> str | None:
         since = now - self._policy.incident_window

@@ -22,13 +22,12 @@ from datetime import datetime
 
 import structlog
 
-from rollbackd.errors import AcceptError
+from rollbackd.errors import AcceptError, AcceptResult
 from rollbackd.journal import Journal, UnresolvedRecord
 from rollbackd.metrics import Metrics
 from rollbackd.model import Signal, SignalStatus, Target
 from rollbackd.notify.alertmanager import ALERTNAME
 from rollbackd.pending import Accepted, PendingSignals
-from rollbackd.server import AcceptResult
 from rollbackd.sources.alertmanager import (
     RejectedAlert,
     TargetMapping,

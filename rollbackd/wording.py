@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from rollbackd.durations import format_brief as duration
 from rollbackd.model import Signal
 
 __all__ = ["MANUAL", "MAX_LISTED_PATHS", "ago", "duration", "listing", "signal_phrase"]
@@ -38,18 +39,3 @@ def ago(elapsed: timedelta) -> str:
     if elapsed < timedelta(0):
         return f"{duration(elapsed)} in the future (clock skew)"
     return f"{duration(elapsed)} ago"
-
-
-def duration(delta: timedelta) -> str:
-    """Compact human duration: ``2h``, ``1h30m``, ``4m10s``, ``3d2h``, ``0s``.
-
-    Seconds are left out from one hour on; they are noise at that scale.
-    """
-    seconds = int(abs(delta.total_seconds()))
-    days, seconds = divmod(seconds, 86_400)
-    hours, seconds = divmod(seconds, 3_600)
-    minutes, seconds = divmod(seconds, 60)
-    if days or hours:
-        seconds = 0
-    units = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
-    return "".join(f"{n}{unit}" for n, unit in units if n) or "0s"

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rollbackd.errors import AcceptResult
 from rollbackd.model import RecordKind, Rollback, Target
 
 if TYPE_CHECKING:  # the report module loads only when a report is asked for
     from rollbackd.report import TimelineEntryLike
-
-
-@dataclass(frozen=True)
-class AcceptResult:
-    """How many alerts of one webhook body were accepted, repeated, or unmapped."""
-
-    accepted: int
-    duplicates: int
-    unresolved: int
-    # Alerts of the body that were invalid: {"index", "path", "reason"} each.
-    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AlertSink(Protocol):

@@ -277,6 +277,13 @@ async def test_dry_run_records_the_would_be_rollback_and_starts_nothing() -> Non
     (recorded,) = h.journal.rollbacks.values()
     assert recorded.phase is Phase.DRY_RUN
     assert (recorded.from_revision, recorded.to_revision) == (2, 1)
+    # Chat hears what would have been done; the notice is keyed by the record.
+    [notice] = h.pages
+    assert (notice.kind, notice.severity, notice.dedup_key) == (
+        NotificationKind.DRY_RUN,
+        "info",
+        recorded.id,
+    )
 
 
 async def test_a_crashing_rollback_task_frees_the_target_for_the_next_signal() -> None:
