@@ -17,7 +17,8 @@ each N, in the same run:
 - webhook ack latency at 500 alerts/s (10-alert bodies, open loop) while that
   daemon polls every second (15 times production's rate at a 15 s scrape, so
   the whole run is measured near a poll), against a bare aiohttp handler and
-  against the same daemon with its poller idle.
+  against the same daemon with its poller idle while this bench runs the
+  same queries back to back (Prometheus and the machine as busy).
 
     .venv/bin/python bench/poll.py [--quick] [--json out.json] [--sizes 100,1000,10000]
 
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -151,6 +153,14 @@ def prometheus_queries_answered(url: str) -> float:
             ):
                 total += sample.value
     return total
+
+
+async def wait_queries_answered(url: str, count: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while prometheus_queries_answered(url) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Prometheus answered fewer than {count:g} queries")
+        await asyncio.sleep(0.2)
 
 
 # -- CPU per cycle and the longest stall (in this process) --------------------------------------
@@ -373,22 +383,70 @@ def latency_json(result: LatencyResult) -> dict[str, Any]:
     }
 
 
+def thread_runqueue_wait(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has waited for a CPU (Linux schedstat)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+class BackgroundPolling:
+    """The minimal poller in a thread, cycle after cycle, until the block ends.
+
+    Keeps Prometheus (and the machine) as busy as a polling daemon does, so
+    an idle daemon's latency is measured under the same load.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._poller = MinimalPoller(url, signal_queries())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="background-polling", daemon=True)
+        self.cycles = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poller.cycle()
+            self.cycles += 1
+
+    def __enter__(self) -> BackgroundPolling:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        self._poller.close()
+
+
 async def ack_run(
-    plan: Plan, url: str, headers: dict[str, str], daemon: Rollbackd, prometheus_url: str
+    plan: Plan,
+    url: str,
+    headers: dict[str, str],
+    daemon: Rollbackd,
+    prometheus_url: str,
+    load: BackgroundPolling | None = None,
 ) -> dict[str, Any]:
     """Open-loop ack latency against ``url``; what the daemon did meanwhile."""
     # Bodies are made before the clock starts: the client's own work must not shift the schedule.
     request_rate = plan.latency_rate / LATENCY_ALERTS_PER_BODY
     bodies = unique_bodies(max(1, round(request_rate * plan.latency_seconds)), stream=1)
     warmup = unique_bodies(3, stream=0)
-    await asyncio.to_thread(wait_quiet, daemon.child.process.pid, timeout=30)
+    pid = daemon.child.process.pid
+    await asyncio.to_thread(wait_quiet, pid, timeout=30)
     queries_before = prometheus_queries_answered(prometheus_url)
-    cpu_before = cpu_seconds(daemon.child.process.pid)
+    external_before = load.cycles if load is not None else 0
+    cpu_before, waited_before = cpu_seconds(pid), thread_runqueue_wait(pid)
     result = await open_loop(url, headers, bodies, rate=request_rate, warmup=warmup)
     figures = latency_json(result)
+    external = (load.cycles if load is not None else 0) - external_before
     queries = prometheus_queries_answered(prometheus_url) - queries_before
-    figures["poll_cycles_during_run"] = queries / len(signal_queries())
-    figures["daemon_cpu_s"] = cpu_seconds(daemon.child.process.pid) - cpu_before
+    figures["poll_cycles_during_run"] = max(0.0, queries / len(signal_queries()) - external)
+    figures["bench_poll_cycles_during_run"] = external
+    figures["daemon_cpu_s"] = cpu_seconds(pid) - cpu_before
+    # How long the daemon's loop thread was runnable but had no CPU (the machine is shared).
+    figures["daemon_loop_runqueue_wait_s"] = thread_runqueue_wait(pid) - waited_before
     return figures
 
 
@@ -441,7 +499,9 @@ async def measure_daemon(
     ack["rollbackd"] = await ack_run(plan, *_webhook(polling), polling, prometheus_url)
     alive = polling.child.process.poll() is None
     polling.child.stop()
-    # The same daemon with its poller idle: what the intake costs without polling.
+    # The same daemon with its poller idle while the bench runs the same queries back
+    # to back: the intake under the same load on Prometheus and the machine, unpolled.
+    answered = prometheus_queries_answered(prometheus_url)
     idle, _ = start_daemon(
         children,
         sim,
@@ -450,8 +510,13 @@ async def measure_daemon(
         plan.scrape_seconds,
         IDLE_POLL_SECONDS,
     )
-    progress(f"{size}: webhook ack latency, daemon not polling")
-    ack["rollbackd_not_polling"] = await ack_run(plan, *_webhook(idle), idle, prometheus_url)
+    # Its one cycle at start is over before the measurement begins.
+    await wait_queries_answered(prometheus_url, answered + len(signal_queries()), timeout=300)
+    progress(f"{size}: webhook ack latency, daemon not polling, the bench polling instead")
+    with BackgroundPolling(prometheus_url) as load:
+        ack["rollbackd_not_polling"] = await ack_run(
+            plan, *_webhook(idle), idle, prometheus_url, load
+        )
     alive = alive and idle.child.process.poll() is None
     idle.child.stop()
     base = ack["baseline"]["p99_ms"]
@@ -553,8 +618,11 @@ def report(results: dict[str, Any]) -> str:
             f"{int(size):>6}: ack p50/p99/max {ack['p50_ms']:.1f}/{ack['p99_ms']:.1f}/"
             f"{ack['max_ms']:.1f} ms over {ack['ok']} requests with "
             f"{ack['poll_cycles_during_run']:.0f} poll cycles in the daemon "
+            f"and its loop thread {ack['daemon_loop_runqueue_wait_s']:.1f} s waiting for a CPU "
             f"(not polling: {quiet['p50_ms']:.1f}/{quiet['p99_ms']:.1f}/{quiet['max_ms']:.1f} ms, "
-            f"{quiet['poll_cycles_during_run']:.0f} cycles); "
+            f"{quiet['poll_cycles_during_run']:.0f} cycles, the bench polled "
+            f"{quiet['bench_poll_cycles_during_run']} times, "
+            f"{quiet['daemon_loop_runqueue_wait_s']:.1f} s waiting for a CPU); "
             f"poll wall {cell['cpu']['rollbackd_wall_ms']:.0f} ms (minimal "
             f"{cell['cpu']['minimal_wall_ms']:.0f} ms); "
             f"{cell['cpu']['deployments_per_query']} Deployments per query"
