@@ -597,7 +597,7 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"{'deployments':>11} {'queries':>7} {'cpu/cycle ms':>12} {'minimal ms':>10} {'ratio':>6} "
         f"{'stall ms':>8} {'idle ms':>7} {'RSS MB':>7} {'bare MB':>7} {'ratio':>6} "
-        f"{'start s':>7} {'bare s':>6} {'ack p99':>8} {'bare p99':>8} {'ratio':>6} "
+        f"{'start s':>7} {'bare s':>6} {'ratio':>6} {'ack p99':>8} {'bare p99':>8} {'ratio':>6} "
         f"{'no-poll p99':>11}",
     ]
     for size, cell in results["sizes"].items():
@@ -608,6 +608,7 @@ def report(results: dict[str, Any]) -> str:
             f"{stall['rollbackd_longest_stall_ms']:>8.1f} {stall['idle_longest_stall_ms']:>7.1f} "
             f"{mem['rollbackd_rss_mb']:>7.0f} {mem['bare_list_rss_mb']:>7.0f} {mem['ratio']:>5.2f}x "
             f"{mem['rollbackd_startup_s']:>7.1f} {mem['bare_list_s']:>6.1f} "
+            f"{mem['startup_ratio']:>5.1f}x "
             f"{ack['rollbackd']['p99_ms']:>8.1f} {ack['baseline']['p99_ms']:>8.1f} "
             f"{ack['p99_ratio']:>5.2f}x {ack['rollbackd_not_polling']['p99_ms']:>11.1f}"
         )
