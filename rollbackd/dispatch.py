@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.escalation import Escalations
+from rollbackd.escalation import Escalations, RecordsWriter
 from rollbackd.keyedlocks import KeyedLocks
 from rollbackd.model import (
     Action,
@@ -38,7 +38,7 @@ from rollbackd.weigh import strongest
 log = structlog.get_logger("rollbackd.dispatch")
 
 
-class JournalLike(Protocol):
+class JournalLike(RecordsWriter, Protocol):
     async def history(self, target: Target) -> History: ...
     async def record_decision(
         self,
@@ -54,19 +54,6 @@ class JournalLike(Protocol):
     async def undecided_signals(
         self, *, after_id: int = 0, limit: int = 1000
     ) -> list[tuple[int, Signal]]: ...
-    async def save_rollback(
-        self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
-    ) -> None: ...
-    async def record_event(
-        self,
-        rollback_id: str | None,
-        target: Target,
-        kind: str,
-        message: str,
-        *,
-        at: datetime,
-        data: Mapping[str, Any] | None = None,
-    ) -> None: ...
 
 
 class MetricsLike(Protocol):

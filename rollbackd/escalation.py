@@ -82,7 +82,9 @@ class EscalationPager(Protocol):
         ...
 
 
-class EscalationJournal(Protocol):
+class RecordsWriter(Protocol):
+    """What the dispatcher and the escalations write to the journal's records."""
+
     async def record_event(
         self,
         rollback_id: str | None,
@@ -91,14 +93,17 @@ class EscalationJournal(Protocol):
         message: str,
         *,
         at: datetime,
-        data: dict[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None: ...
-    async def last_event(
-        self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
-    ) -> dict[str, Any] | None: ...
     async def save_rollback(
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
     ) -> None: ...
+
+
+class EscalationJournal(RecordsWriter, Protocol):
+    async def last_event(
+        self, target: Target, kind: str, *, since: datetime, reason_code: str | None = None
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass
