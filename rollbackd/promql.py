@@ -270,13 +270,15 @@ class PromQL:
             raise _classify(exc) from exc
 
     async def scrape_landings(self) -> list[float]:
-        """When each active target's latest scrape became queryable (epoch seconds).
+        """When each active target's scrapes become queryable (epoch seconds, latest scrape).
 
         A sample carries its scrape's start time; it can be read once the
-        scrape finished, so start plus ``scrape_duration_seconds`` (both kept
-        by Prometheus for every target) is when fresh data landed.
+        scrape finished. Prometheus keeps both for every target, so the
+        latest start plus the longest duration of the last five minutes is
+        when fresh data can be counted on: a busy target that scrapes slowly
+        now and then is not read too early.
         """
-        expr = "timestamp(scrape_duration_seconds) + scrape_duration_seconds"
+        expr = "timestamp(scrape_duration_seconds) + max_over_time(scrape_duration_seconds[5m])"
         answer = await self._call(lambda: self._result(expr, {}))
         landings: list[float] = []
 

@@ -23,8 +23,12 @@ __all__ = ["PollGrid", "best_phase", "landing_margin"]
 
 
 def landing_margin(interval: float) -> float:
-    """Slack after the last observed landing: scrape durations and ingestion vary a little."""
-    return min(0.5, max(0.03, 0.05 * interval))
+    """Slack after the observed landing: ingestion and scrape durations vary.
+
+    A poll that runs before its scrape landed reads the previous one and
+    costs a whole interval; 10 % of the interval (50 ms to 0.5 s) is cheap.
+    """
+    return min(0.5, max(0.05, 0.1 * interval))
 
 
 def best_phase(landings: Sequence[float], interval: float) -> float | None:

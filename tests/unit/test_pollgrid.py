@@ -62,7 +62,7 @@ class TestPollGrid:
         assert tick == pytest.approx(12.0 + landing_margin(1.0))
 
     def test_margin_grows_with_the_interval_within_bounds(self) -> None:
-        assert landing_margin(0.1) == pytest.approx(0.03)
-        assert landing_margin(1.0) == pytest.approx(0.05)
+        assert landing_margin(0.1) == pytest.approx(0.05)
+        assert landing_margin(1.0) == pytest.approx(0.1)
         assert landing_margin(15.0) == pytest.approx(0.5)
         assert landing_margin(120.0) == pytest.approx(0.5)
