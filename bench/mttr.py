@@ -95,6 +95,7 @@ class RunPlan:
     rules: str
     rollouts: int
     note: str
+    window: str  # the poller's signal window (and the floor rule's)
 
 
 def rules_for(scrape_seconds: float) -> str:
@@ -110,15 +111,15 @@ def rules_for(scrape_seconds: float) -> str:
     )
 
 
-def overrides_for(scrape_seconds: float) -> dict[str, dict[str, Any]]:
-    if scrape_seconds == 1:
-        return {}
-    window = signal_window(scrape_seconds)  # 1m at 15 s: the default signals' window
-    signals = [{**asdict(spec), "window": window, "for_count": 2} for spec in DEFAULT_SIGNALS]
-    interval = f"{int(scrape_seconds)}s"
+def overrides_for(plan: RunPlan) -> dict[str, dict[str, Any]]:
+    signals = [{**asdict(spec), "window": plan.window, "for_count": 2} for spec in DEFAULT_SIGNALS]
+    if plan.scrape_seconds == 1:
+        # The stack's own settings, with this run's signal window.
+        return {"prometheus": {"signals": signals}}
+    interval = f"{int(plan.scrape_seconds)}s"
     return {
         "prometheus": {"signals": signals, "poll_interval": interval, "scrape_interval": interval},
-        "verify": {"intervals": 3, "timeout": f"{int(6 * scrape_seconds + 60)}s"},
+        "verify": {"intervals": 3, "timeout": f"{int(6 * plan.scrape_seconds + 60)}s"},
         "rollout": {"timeout": "120s"},
     }
 
@@ -134,11 +135,10 @@ def signal_window(scrape_seconds: float) -> str:
 
 async def start_stack(plan: RunPlan, workdir: Path) -> Stack:
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-    window = signal_window(plan.scrape_seconds)
     stack = Stack(
         workdir,
-        overrides=overrides_for(plan.scrape_seconds),
-        alert_rules=with_floor_rule(plan.rules, plan.scrape_seconds, window),
+        overrides=overrides_for(plan),
+        alert_rules=with_floor_rule(plan.rules, plan.scrape_seconds, plan.window),
         with_daemon=False,
     )
     await stack.start()
@@ -291,15 +291,17 @@ def plans(args: argparse.Namespace) -> list[RunPlan]:
     rollouts = args.rollouts or (1 if args.quick else 10)
     slow_rollouts = args.slow_rollouts or (1 if args.quick else 3)
     slow = args.slow_scrape or (2.0 if args.quick else 15.0)
+    window = args.window or signal_window(1)
     return [
-        RunPlan("loop", 1.0, ALERT_RULES, rollouts, "alert rules (for: 2s) and the poller"),
-        RunPlan("poller", 1.0, NO_RULES, rollouts, "the poller alone, no alert rules"),
+        RunPlan("loop", 1.0, ALERT_RULES, rollouts, "alert rules (for: 2s) and the poller", window),
+        RunPlan("poller", 1.0, NO_RULES, rollouts, "the poller alone, no alert rules", window),
         RunPlan(
             "slow",
             slow,
             rules_for(slow),
             slow_rollouts,
             f"{slow:g} s scrape: alert rules and the poller, windows of four scrapes",
+            signal_window(slow),
         ),
     ]
 
@@ -380,6 +382,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-rollouts", type=int, help="bad rollouts in the slow run (3)")
     parser.add_argument("--slow-scrape", type=float, help="scrape seconds of the slow run (15)")
     parser.add_argument("--only", choices=("loop", "poller", "slow"), action="append")
+    parser.add_argument(
+        "--window", help="the poller's signal window in the 1 s runs (default the stack's 10s)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return parser.parse_args(argv)
 
