@@ -111,6 +111,7 @@ class Dispatcher:
         undecided in the journal and is read back after a pause: one bad
         signal never stops the loop, and no accepted signal is dropped.
         """
+        failures = 0
         while True:
             await pending.wait()
             if pending.reload_needed and not len(pending):
@@ -122,11 +123,14 @@ class Dispatcher:
             target, batch = taken
             try:
                 await self.handle_batch([a.signal for a in batch], covers=[a.row_id for a in batch])
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
+                failures += 1
                 log.exception("signal_handling_failed", target=str(target), signals=len(batch))
-                await asyncio.sleep(self._retry_delay)
+                # Backs off while it keeps failing (a journal that is full, say).
+                await asyncio.sleep(min(self._retry_delay * 2 ** (failures - 1), 30.0))
                 pending.request_reload()
             # Let the webhook run between decisions; and the reverse holds in intake.
             await asyncio.sleep(0)
