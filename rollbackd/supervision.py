@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -27,6 +28,7 @@ class Supervisor:
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._bodies: dict[str, Awaitable[None]] = {}
         self.failed = asyncio.Event()
         self.failure: str | None = None
 
@@ -36,15 +38,21 @@ class Supervisor:
             raise RuntimeError(f"task {name} is already running")
         task = asyncio.create_task(self._guard(name, body, essential), name=f"rollbackd-{name}")
         self._tasks[name] = task
+        self._bodies[name] = body
 
     async def cancel(self, *names: str) -> None:
         """Cancel the named tasks (all when none are named) and wait for them to end."""
-        chosen = [self._tasks.pop(n) for n in (names or tuple(self._tasks)) if n in self._tasks]
-        for task in chosen:
+        chosen = [n for n in (names or tuple(self._tasks)) if n in self._tasks]
+        tasks = [self._tasks.pop(n) for n in chosen]
+        for task in tasks:
             task.cancel()
-        for task in chosen:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for name in chosen:
+            body = self._bodies.pop(name)
+            if inspect.iscoroutine(body):
+                body.close()  # cancelled before it ever ran: close it, do not leak it
 
     def running(self) -> list[str]:
         return [name for name, task in self._tasks.items() if not task.done()]
