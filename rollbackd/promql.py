@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from tenacity import (
 )
 from urllib3.util.retry import Retry
 
+from rollbackd.durations import format_range, parse_prometheus_duration
 from rollbackd.promvector import (
     Combine,
     NotAVectorError,
@@ -68,16 +68,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
-_UNIT_SECONDS = {
-    "y": 365 * 86400.0,
-    "w": 7 * 86400.0,
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 0.001,
-}
+# Prometheus durations, under the names this module always exported.
+parse_duration = parse_prometheus_duration
+format_duration = format_range
 
 
 @dataclass(frozen=True)
@@ -95,26 +88,6 @@ class PromQLError(Exception):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse a Prometheus duration ("15s", "1m30s", "500ms"); raises ValueError."""
-    text = text.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return timedelta(seconds=total)
-
-
-def format_duration(delta: timedelta) -> str:
-    """A range-selector duration in whole seconds, at least 1s ("37s")."""
-    return f"{max(1, round(delta.total_seconds()))}s"
 
 
 def _to_float(raw: Any) -> float:
