@@ -224,6 +224,7 @@ def build_pipeline(
         kube.readiness,
         scrape_interval=scrape_interval,
         intervals=s.verify.intervals,
+        max_inconclusive=s.verify.max_inconclusive,
         clock=clock,
         sleep=asyncio.sleep,
         timeout=s.verify.timeout.total_seconds(),

@@ -8,8 +8,16 @@ window is exactly ``at - ready_at`` (whole seconds, rounded down) so no rate
 window reaches back into the bad period. An interval is healthy only if every
 signal is HEALTHY (no data is not health: safety rule 8 in docs/architecture.md),
 every desired pod is Ready and (``require_endpoints``, config ``verify.require_endpoints``) every
-Service selecting the pods has ready endpoints. The first unhealthy interval
-ends verification: waiting longer cannot undo a breach. Verification as a
+Service selecting the pods has ready endpoints.
+
+A breach ends verification at once: waiting longer cannot undo it. An
+interval without data, or with pods or endpoints not yet ready, is
+*inconclusive*: it is recorded, never counted as healthy, and the next scrape
+interval is judged instead (its window one scrape wider). Up to
+``max_inconclusive`` (config ``verify.max_inconclusive``) such intervals are
+tolerated, because a late scrape or a lagging endpoints controller on a loaded
+cluster is not evidence against the restored version; one more ends
+verification unhealthy with the last inconclusive reason. Verification as a
 whole is bounded by ``timeout`` (config ``verify.timeout``): a query or a
 readiness check that hangs past it ends verification unhealthy
 (``verify_timeout``), never healthy.
@@ -75,15 +83,19 @@ class Verifier:
         evaluation_timeout: float = 30.0,
         timeout: float | None = None,
         require_endpoints: bool = True,
+        max_inconclusive: int = 0,
     ) -> None:
         if intervals < 1:
             raise ValueError("verification needs at least one interval")
+        if max_inconclusive < 0:
+            raise ValueError("max_inconclusive cannot be negative")
         if scrape_interval <= timedelta(0):
             raise ValueError("scrape_interval must be positive")
         self._evaluate = evaluate
         self._readiness = readiness
         self._scrape = scrape_interval
         self._intervals = intervals
+        self._max_inconclusive = max_inconclusive
         self._clock = clock
         self._sleep = sleep
         # Slack lets Prometheus ingest the scrape that lands on the boundary.
@@ -101,18 +113,18 @@ class Verifier:
                 )
 
     def schedule(self, ready_at: datetime) -> list[tuple[datetime, str]]:
-        """Evaluation times and their windows, e.g. ``[(t, "2s"), ...]``."""
-        plan = []
-        for index in range(1, self._intervals + 1):
-            at = ready_at + (index + 1) * self._scrape + self._slack
-            seconds = math.floor((at - ready_at).total_seconds())
-            if seconds < 1:
-                # Sub-second scrape intervals (tests): wait for a whole-second
-                # window rather than let the window reach back before ready_at.
-                seconds = 1
-                at = ready_at + timedelta(seconds=1)
-            plan.append((at, f"{seconds}s"))
-        return plan
+        """Evaluation times and windows of the planned intervals, e.g. ``[(t, "2s"), ...]``."""
+        return [self._slot(ready_at, index) for index in range(1, self._intervals + 1)]
+
+    def _slot(self, ready_at: datetime, index: int) -> tuple[datetime, str]:
+        at = ready_at + (index + 1) * self._scrape + self._slack
+        seconds = math.floor((at - ready_at).total_seconds())
+        if seconds < 1:
+            # Sub-second scrape intervals (tests): wait for a whole-second
+            # window rather than let the window reach back before ready_at.
+            seconds = 1
+            at = max(at, ready_at + timedelta(seconds=1))
+        return at, f"{seconds}s"
 
     async def verify(self, target: Target, ready_at: datetime) -> VerifyResult:
         results: list[IntervalResult] = []
@@ -133,25 +145,44 @@ class Verifier:
     async def _intervals_from(
         self, target: Target, ready_at: datetime, results: list[IntervalResult]
     ) -> VerifyResult:
-        for index, (at, window) in enumerate(self.schedule(ready_at), start=1):
+        healthy = inconclusive = 0
+        index = 0
+        while healthy < self._intervals:
+            index += 1
+            at, window = self._slot(ready_at, index)
             delay = (at - self._clock()).total_seconds()
             if delay > 0:
                 await self._sleep(delay)
             result, code = await self._interval(target, index, at, window)
             results.append(result)
-            if not result.healthy:
-                return VerifyResult(
-                    False,
-                    tuple(results),
-                    code,
-                    f"interval {index}/{self._intervals} unhealthy: {result.detail}",
-                )
+            if result.healthy:
+                healthy += 1
+                continue
+            if code is not RollbackReason.VERIFY_BREACH:
+                inconclusive += 1
+                if inconclusive <= self._max_inconclusive:
+                    continue
+            return VerifyResult(
+                False,
+                tuple(results),
+                code,
+                f"interval {healthy + 1}/{self._intervals} unhealthy"
+                f"{self._inconclusive_note(inconclusive)}: {result.detail}",
+            )
         return VerifyResult(
             True,
             tuple(results),
             RollbackReason.VERIFIED,
-            f"healthy for {self._intervals} scrape intervals after the rollback became ready",
+            f"healthy for {self._intervals} scrape intervals after the rollback became ready"
+            f"{self._inconclusive_note(inconclusive)}",
         )
+
+    @staticmethod
+    def _inconclusive_note(inconclusive: int) -> str:
+        if not inconclusive:
+            return ""
+        plural = "s" if inconclusive > 1 else ""
+        return f" ({inconclusive} inconclusive interval{plural} without data or readiness)"
 
     async def _interval(
         self, target: Target, index: int, at: datetime, window: str

@@ -38,5 +38,7 @@ class RolloutSettings(_Section):
 
 class VerifySettings(_Section):
     intervals: int = Field(default=3, ge=1, le=20)
+    # Intervals without data or readiness that are judged again, not failed.
+    max_inconclusive: int = Field(default=3, ge=0, le=20)
     timeout: PositiveDuration = timedelta(minutes=5)
     require_endpoints: bool = True

@@ -225,3 +225,43 @@ def test_a_timeout_shorter_than_the_intervals_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match=r"verify.timeout 60s is shorter than the 61s"):
         world.verifier(timeout=60.0)
     assert world.verifier(timeout=61.0) is not None
+
+
+async def test_an_interval_without_data_is_judged_again_and_never_counted_healthy() -> None:
+    world = FakeWorld([[no_data()], [healthy()], [healthy()], [healthy()]], ALL_READY)
+    result = await world.verifier(max_inconclusive=1).verify(TARGET, READY_AT)
+    assert result.healthy, result.reason
+    assert [i.healthy for i in result.intervals] == [False, True, True, True]
+    assert "1 inconclusive interval" in result.reason
+    # The retry is one scrape later, its window one scrape wider, still after ready.
+    assert [window for _, window, _, _ in world.calls] == ["31s", "46s", "61s", "76s"]
+
+
+async def test_unready_endpoints_are_inconclusive_until_the_budget_runs_out() -> None:
+    lagging = ReadinessReport(desired=3, ready=3, services=(ServiceEndpoints("checkout", 0),))
+    world = FakeWorld([[healthy()]] * 5, lagging)
+    result = await world.verifier(max_inconclusive=2).verify(TARGET, READY_AT)
+    assert not result.healthy
+    assert result.reason_code == "verify_not_ready"
+    assert len(result.intervals) == 3
+    assert "interval 1/3 unhealthy (3 inconclusive intervals" in result.reason
+
+
+async def test_a_breach_after_an_inconclusive_interval_fails_at_once() -> None:
+    world = FakeWorld([[no_data()], [breach()], [healthy()]], ALL_READY)
+    result = await world.verifier(max_inconclusive=3).verify(TARGET, READY_AT)
+    assert result.reason_code == "verify_breach"
+    assert len(world.calls) == 2
+
+
+async def test_data_that_never_comes_fails_verification_as_no_data() -> None:
+    world = FakeWorld([[no_data()]] * 4, ALL_READY)
+    result = await world.verifier(max_inconclusive=3).verify(TARGET, READY_AT)
+    assert not result.healthy
+    assert result.reason_code == "verify_no_data"
+    assert len(world.calls) == 4
+
+
+def test_a_negative_inconclusive_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_inconclusive"):
+        FakeWorld([], ALL_READY).verifier(max_inconclusive=-1)
