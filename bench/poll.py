@@ -403,12 +403,23 @@ class BackgroundPolling:
         self._poller = MinimalPoller(url, signal_queries())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="background-polling", daemon=True)
+        self._between_cycles = threading.Lock()
         self.cycles = 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._poller.cycle()
-            self.cycles += 1
+            with self._between_cycles:
+                self._poller.cycle()
+                self.cycles += 1
+
+    def between_cycles(self, read: Callable[[], float]) -> tuple[float, int]:
+        """``read()`` and the cycles done, taken while no cycle is half done.
+
+        With Prometheus's own query counter as ``read``, a cycle that
+        straddles the reading is never counted as the daemon's.
+        """
+        with self._between_cycles:
+            return read(), self.cycles
 
     def __enter__(self) -> BackgroundPolling:
         self._thread.start()
@@ -435,19 +446,26 @@ async def ack_run(
     warmup = unique_bodies(3, stream=0)
     pid = daemon.child.process.pid
     await asyncio.to_thread(wait_quiet, pid, timeout=30)
-    queries_before = prometheus_queries_answered(prometheus_url)
-    external_before = load.cycles if load is not None else 0
+    queries_before, external_before = _query_counts(prometheus_url, load)
     cpu_before, waited_before = cpu_seconds(pid), thread_runqueue_wait(pid)
     result = await open_loop(url, headers, bodies, rate=request_rate, warmup=warmup)
     figures = latency_json(result)
-    external = (load.cycles if load is not None else 0) - external_before
-    queries = prometheus_queries_answered(prometheus_url) - queries_before
+    queries_after, external_after = _query_counts(prometheus_url, load)
+    external = external_after - external_before
+    queries = queries_after - queries_before
     figures["poll_cycles_during_run"] = max(0.0, queries / len(signal_queries()) - external)
     figures["bench_poll_cycles_during_run"] = external
     figures["daemon_cpu_s"] = cpu_seconds(pid) - cpu_before
     # How long the daemon's loop thread was runnable but had no CPU (the machine is shared).
     figures["daemon_loop_runqueue_wait_s"] = thread_runqueue_wait(pid) - waited_before
     return figures
+
+
+def _query_counts(prometheus_url: str, load: BackgroundPolling | None) -> tuple[float, int]:
+    """Queries Prometheus answered and the bench's own cycles, read at one quiet moment."""
+    if load is None:
+        return prometheus_queries_answered(prometheus_url), 0
+    return load.between_cycles(lambda: prometheus_queries_answered(prometheus_url))
 
 
 def _webhook(daemon: Rollbackd) -> tuple[str, dict[str, str]]:
