@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+# Benchmarks load the whole machine: they run alone, after the parallel part.
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 
 ORDER = ("bad_ready", "first_bad_sample", "patch", "rollback_ready", "completed")

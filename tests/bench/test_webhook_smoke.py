@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+# Benchmarks load the whole machine: they run alone, after the parallel part.
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = ("1", "10", "100")
 MODES = ("repeated", "unique")

@@ -40,7 +40,8 @@ from rollbackd.testing.stack import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+# 1 100 connections and a file-descriptor limit: alone, after the parallel part.
+pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(150)]
 
 ATTACKERS = 1_100
 DAEMON_NOFILE = 1_024
