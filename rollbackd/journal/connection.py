@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -14,6 +16,10 @@ from rollbackd.journal.schema import MIGRATIONS, SCHEMA_VERSION
 
 # Parameters per statement for ``IN (...)`` lists, well under SQLite's limit.
 SQL_CHUNK = 500
+
+# Test-only: cap the journal at this many pages, so a test can fill it as a
+# full disk would (SQLITE_FULL) without root or a small mount.
+MAX_PAGES_ENV = "ROLLBACKD_TEST_JOURNAL_MAX_PAGES"
 
 
 class Connection:
@@ -58,6 +64,9 @@ class Connection:
             await self._conn.executescript(
                 f"BEGIN;\n{script}\nPRAGMA user_version={target_version};\nCOMMIT;"
             )
+        max_pages = os.environ.get(MAX_PAGES_ENV, "")
+        if max_pages.isdigit():
+            await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
 
     async def schema_version(self) -> int:
         return int(await self._scalar("PRAGMA user_version") or 0)
@@ -104,7 +113,11 @@ class Connection:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 await body()
+                await self._conn.execute("COMMIT")
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (SQLITE_FULL, IOERR): a
+                # failing ROLLBACK must not hide the cause, and a failed COMMIT
+                # must not leave the transaction open for the next BEGIN.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._conn.execute("ROLLBACK")
                 raise
-            await self._conn.execute("COMMIT")
