@@ -258,6 +258,7 @@ class Daemon:
             emit=self._emit_polled,
             clock=self.clock,
             on_query_error=self._on_query_error,
+            on_cycle=lambda result: self.metrics.poll_cycles_total.labels(result=result).inc(),
         )
         # Essential while leading: if one dies, the daemon stops (and a new
         # process replays the journal) rather than looking alive and deciding nothing.

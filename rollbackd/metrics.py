@@ -91,6 +91,12 @@ class Metrics:
             ["signal"],
             registry=r,
         )
+        self.poll_cycles_total = Counter(
+            "rollbackd_poll_cycles_total",
+            "Prometheus poll cycles finished: ok, degraded (a query failed) or failed.",
+            ["result"],
+            registry=r,
+        )
         self.notifications_total = Counter(
             "rollbackd_notifications_total",
             "Notifications delivered or given up on, by channel and result.",

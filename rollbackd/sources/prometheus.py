@@ -73,6 +73,7 @@ class PrometheusPoller:
         emit: Callable[[Signal], Awaitable[None]],
         clock: Callable[[], datetime],
         on_query_error: Callable[[str, Exception], None] | None = None,
+        on_cycle: Callable[[str], None] | None = None,
         align_to_scrapes: bool = True,
     ) -> None:
         if interval <= 0:
@@ -83,6 +84,8 @@ class PrometheusPoller:
         self._emit = emit
         self._clock = clock
         self._on_query_error = on_query_error
+        self._on_cycle = on_cycle
+        self._last_cycle_degraded = False
         self._align = align_to_scrapes
         self._grid = PollGrid(interval)
         self._next_phase_learning = 0.0  # monotonic time
@@ -110,6 +113,7 @@ class PrometheusPoller:
         """One cycle: query, update streaks, emit and return the signals produced."""
         now = self._clock()
         judgements, failed = await self._judge_all()
+        self._last_cycle_degraded = bool(failed)
         # Only tracked targets and those breaching now can change state.
         keys: set[_Key] = set(self._streaks)
         for name, judgement in judgements.items():
@@ -208,8 +212,13 @@ class PrometheusPoller:
             started = time.time()
             try:
                 await self.evaluate_once()
+                result = "degraded" if self._last_cycle_degraded else "ok"
             except Exception:
                 log.exception("poller_cycle_failed")
+                result = "failed"
+            if self._on_cycle is not None:
+                # Counted cycles let operators (and tests) see the poller is alive.
+                self._on_cycle(result)
             if self._align:
                 await self._learn_phase()
             tick = self._grid.next_tick(time.time(), started)

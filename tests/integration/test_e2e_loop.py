@@ -93,6 +93,21 @@ def metric(
     )
 
 
+async def wait_poll_cycles(stack: Stack, cycles: int) -> None:
+    """Until the poller has finished ``cycles`` more cycles: "nothing happened" means
+    nothing happened while rollbackd was looking, however slow the machine."""
+
+    async def finished() -> float:
+        return metric(await metrics_of(stack), "rollbackd_poll_cycles_total")
+
+    target = await finished() + cycles
+
+    async def reached() -> bool:
+        return await finished() >= target
+
+    await wait_for(reached, 10 + 3 * cycles, f"{cycles} more poll cycles")
+
+
 def untouched_view(dep: dict[str, Any]) -> dict[str, Any]:
     """What any write by rollbackd would change: spec, generation and annotations."""
     return {
@@ -215,7 +230,7 @@ async def test_rollback_that_does_not_help_fails_and_pages_critical_once(
     assert critical.json["event_action"] == "trigger"
 
     # The breach goes on, signals keep coming: still one rollback, no ping-pong.
-    await asyncio.sleep(5)
+    await wait_poll_cycles(stack, 5)
     assert [r.id for r in await stack.daemon.journal.list_rollbacks(target=SHOP)] == [rollback.id]
     assert await stack.revision(SHOP.name) == 3
     assert [p["payload"]["severity"] for p in pages(stack) if p["event_action"] == "trigger"] == [
@@ -283,7 +298,8 @@ async def test_one_breaching_sample_below_for_count_does_nothing(make_stack: Sta
     stack.sim.workload.degrade(SHOP.namespace, SHOP.name, error_rate=0.5)
     await asyncio.sleep(1.5)
     stack.sim.workload.degrade(SHOP.namespace, SHOP.name, error_rate=None)
-    await asyncio.sleep(8)
+    # Long enough for the poller to have judged the whole spike and its end.
+    await wait_poll_cycles(stack, 8)
 
     # The spike was real and visible to Prometheus ...
     spike = await instant_query(
@@ -336,7 +352,7 @@ async def test_opted_out_deployment_is_never_patched(make_stack: StackFactory) -
         return any(d["reason_code"] == "opted_out" for d in decisions)
 
     await wait_for(opted_out, 60, "the opt-out decision to be recorded")
-    await asyncio.sleep(3)
+    await wait_poll_cycles(stack, 3)
     dep = await stack.deployment(SHOP.name)
     assert untouched_view(dep) == before  # no write from rollbackd
     assert ANNOTATION_ROLLBACK not in dep["metadata"].get("annotations", {})
@@ -354,7 +370,7 @@ async def test_dry_run_records_the_would_be_rollback_without_patching(
 
     rollback = await stack.wait_rollback(SHOP, phases=("DRY_RUN",), timeout=60)
     assert (rollback.from_revision, rollback.to_revision) == (2, 1)
-    await asyncio.sleep(3)
+    await wait_poll_cycles(stack, 3)
     dep = await stack.deployment(SHOP.name)
     assert untouched_view(dep) == before
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == V2

@@ -559,3 +559,29 @@ async def test_the_phase_is_asked_for_until_known_then_kept(
             await task
     # Five scripted cycles ran, and maybe the sixth that found the script empty.
     assert scripted.landing_asks in asks
+
+
+async def test_every_cycle_reports_whether_it_was_ok_degraded_or_failed() -> None:
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1)
+    scripted = ScriptedPromQL(
+        [RuntimeError("a bug"), PromQLError("prometheus down"), _breach(CART), {}]
+    )
+    results: list[str] = []
+
+    async def emit(signal: Signal) -> None:
+        pass
+
+    poller = PrometheusPoller(
+        scripted,  # type: ignore[arg-type]
+        [spec],
+        interval=0.01,
+        emit=emit,
+        clock=lambda: datetime.now(UTC),
+        on_cycle=results.append,
+    )
+    task = asyncio.create_task(poller.run())
+    await asyncio.wait_for(scripted.exhausted.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert results[:4] == ["failed", "degraded", "ok", "ok"]
