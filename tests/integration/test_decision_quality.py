@@ -60,9 +60,13 @@ async def test_one_failed_request_in_the_window_never_rolls_back(stack: Stack) -
         return bool(found) and float(found[0]["value"][1]) > 0
 
     await wait_for(failed_request_in_window, 60, "a 5xx inside the 10 s window", interval=0.5)
+
     # The failed request stays in the window for 10 s: the poller (1 s, for_count 2)
-    # and the alert rule (for: 2s) see it throughout.
-    await asyncio.sleep(10)
+    # and the alert rule (for: 2s) see it throughout. Judged once it has left.
+    async def window_clear_again() -> bool:
+        return not await failed_request_in_window()
+
+    await wait_for(window_clear_again, 60, "the 5xx to leave the 10 s window", interval=0.5)
 
     assert await stack.daemon.journal.list_rollbacks(target=SHOP) == []
     decisions = await stack.daemon.journal.decisions(target=SHOP, limit=100)
