@@ -198,7 +198,12 @@ async def test_a_missing_lease_namespace_is_one_problem_naming_the_key(
     a = replicas["replica-a"]
     a.campaign(namespace="rollbackd-system", retry_period=0.1, renew_deadline=1.0)
     await until(lambda: a.problems, 10, "a problem report")
-    await asyncio.sleep(1.0)  # several retries
+    mark = kubesim.requests.mark()
+    await until(
+        lambda: len([r for r in kubesim.requests.since(mark) if "/leases" in r.path]) >= 3,
+        10,
+        "three more tries at the Lease",
+    )
     (problem,) = a.problems  # reported once, however often it is retried
     assert problem is not None
     assert problem.key == "leader_election.namespace"
