@@ -221,6 +221,11 @@ class Escalations:
         )
         if found is not None:  # a grouped page from before a restart is still open
             group.dedup_key = str(found["dedup_key"])
+            # Its members too: a later member's revision must not drop them from the page.
+            group.reason_code = str(found.get("reason_code", ReasonCode.NO_RECENT_ROLLOUT.value))
+            group.members = {
+                Target(namespace, m): group.dedup_key for m in found.get("members", ())
+            }
         self._groups[namespace] = group
         return group
 
@@ -231,11 +236,14 @@ class Escalations:
         group.dedup_key = dedup_key
         group.reason_code = decision.reason_code
         individual = list(group.members.values())
-        withdrawn = await self._pager.withdraw(individual, reason=f"grouped into {dedup_key}")
         for target in group.members:
             group.members[target] = dedup_key
             self._open[(target, decision.reason_code)] = (dedup_key, now)
         page = _group_page(namespace, group, now)
+        # Queued before the individual pages are withdrawn, so that a crash in
+        # between sends both rather than neither. It waits one more
+        # group_wait, so the rest of the storm joins it before it goes out.
+        await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
         await self._journal.save_rollback(
             _record(dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now),
             details={"members": sorted(t.name for t in group.members)},
@@ -246,8 +254,13 @@ class Escalations:
             KIND_GROUP,
             page.summary,
             at=now,
-            data={"dedup_key": dedup_key, "members": sorted(t.name for t in group.members)},
+            data={
+                "dedup_key": dedup_key,
+                "members": sorted(t.name for t in group.members),
+                "reason_code": group.reason_code,
+            },
         )
+        withdrawn = await self._pager.withdraw(individual, reason=f"grouped into {dedup_key}")
         log.warning(
             "escalations_grouped",
             namespace=namespace,
@@ -255,8 +268,6 @@ class Escalations:
             withdrawn=withdrawn,
             dedup_key=dedup_key,
         )
-        # It waits one more group_wait, so the rest of the storm joins it before it goes out.
-        await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
         return dedup_key
 
     async def _note(
