@@ -24,6 +24,7 @@ from kubernetes_asyncio.client import ApiClient
 from rollbackd.kube.cache import WatchCache
 from rollbackd.kube.election import LeaderElection
 from rollbackd.kube.events import DeploymentEvents
+from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
 from rollbackd.kube.writes import DeploymentWrites
 from rollbackd.model import ClusterFacts, Target
@@ -42,15 +43,16 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         watch_timeout: int = 300,
         identity: str | None = None,
         retry_budget: float = 0.0,
+        list_page_size: int = PAGE_SIZE,
     ) -> None:
         super().__init__(
             api, request_timeout=request_timeout, identity=identity, retry_budget=retry_budget
         )
         self.cache = WatchCache(
-            lambda path: self.request("GET", path),
-            self._apps,
-            self._core,
+            lambda path, query, accept: self.request("GET", path, query=query, accept=accept),
+            self.open_watch,
             watch_timeout=watch_timeout,
+            page_size=list_page_size,
         )
 
     async def close(self) -> None:

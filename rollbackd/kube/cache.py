@@ -2,9 +2,14 @@
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
-transform before they are stored (pods are trimmed to what the resolver and
-readiness need: they are the bulk of the cache). ReplicaSets are indexed by
-their controller's UID, so the facts of one Deployment never scan the cluster.
+transform before they are stored (client-go's ``SetTransform``). Pods are the
+bulk of a cluster and the cache needs only their names and owners (to resolve
+an alert's pod to its Deployment), so pods are listed and watched as
+metadata only (``PartialObjectMetadata``, as client-go's metadata informers
+do); readiness and images are read on demand for one Deployment's pods (see
+:mod:`rollbackd.kube.adapter`). Lists are paginated (:mod:`~rollbackd.kube.pager`).
+ReplicaSets are indexed by their controller's UID, so the facts of one
+Deployment never scan the cluster.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rollbackd.kube.client import namespace_prefix
+from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespace_prefix
 from rollbackd.kube.errors import GoneError
+from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
@@ -32,29 +38,34 @@ DEPLOYMENTS = "deployments"
 REPLICASETS = "replicasets"
 PODS = "pods"
 
+JSON = "application/json"
+
 Key = tuple[str, str]
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
-ListFn = Callable[[str], Awaitable[dict[str, Any]]]
+# open_watch(path, accept=..., **lister keywords) -> the raw streaming response
+OpenWatch = Callable[..., Awaitable[Any]]
+_POD_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
 
 
 def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep what the resolver and readiness need; pods are the bulk of the cache."""
+    """A pod (whole or PartialObjectMetadata) as the cache keeps it: the resolver's fields."""
     meta = pod.get("metadata", {})
-    status = pod.get("status") or {}
-    return {
-        "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
-            if k in meta
-        },
-        "status": {
-            "conditions": status.get("conditions") or [],
-            "containerStatuses": status.get("containerStatuses") or [],
-        },
-    }
+    return {"metadata": {k: meta[k] for k in _POD_METADATA if k in meta}}
 
 
-DEFAULT_TRANSFORMS: Mapping[str, Transform] = {PODS: trim_pod}
+def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply bookkeeping: often the largest part of an object, never read here."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
+DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
+    DEPLOYMENTS: drop_managed_fields,
+    REPLICASETS: drop_managed_fields,
+    PODS: trim_pod,
+}
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -64,29 +75,30 @@ def object_key(obj: Mapping[str, Any]) -> Key:
 
 @dataclass(frozen=True)
 class WatchSpec:
-    """One list+watch loop: a kind in one namespace (None: all)."""
+    """One list+watch loop: a kind in one namespace (None: all), and the Accept of each."""
 
     kind: str
-    list_path: str
-    lister: Callable[..., Awaitable[Any]]  # typed list function, used by watch.Watch
+    path: str
     namespace: str | None
+    list_accept: str = JSON
+    watch_accept: str = JSON
 
 
 class WatchCache:
-    """In-memory Deployments, ReplicaSets and (trimmed) Pods, fed by list+watch."""
+    """In-memory Deployments, ReplicaSets and pod metadata, fed by list+watch."""
 
     def __init__(
         self,
-        list_call: ListFn,
-        apps: client.AppsV1Api,
-        core: client.CoreV1Api,
+        list_call: ListCall,
+        open_watch: OpenWatch,
         *,
         watch_timeout: int = 300,
+        page_size: int = PAGE_SIZE,
         transforms: Mapping[str, Transform] = DEFAULT_TRANSFORMS,
     ) -> None:
         self._list = list_call
-        self._apps = apps
-        self._core = core
+        self._open_watch = open_watch
+        self._page_size = page_size
         self._watch_timeout = watch_timeout
         self._transforms = dict(transforms)
         self._objects: dict[str, dict[Key, dict[str, Any]]] = {
@@ -100,37 +112,17 @@ class WatchCache:
         self._synced = asyncio.Event()
         self._waiters: dict[Key, set[asyncio.Event]] = {}
 
-    def specs(self, namespaces: Sequence[str] | None) -> list[WatchSpec]:
+    @staticmethod
+    def specs(namespaces: Sequence[str] | None) -> list[WatchSpec]:
         """The three loops per namespace (or one set for all namespaces)."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
         specs: list[WatchSpec] = []
         for ns in scopes:
             prefix = namespace_prefix(ns)
             specs += [
-                WatchSpec(
-                    DEPLOYMENTS,
-                    f"/apis/apps/v1{prefix}/deployments",
-                    self._apps.list_namespaced_deployment
-                    if ns
-                    else self._apps.list_deployment_for_all_namespaces,
-                    ns,
-                ),
-                WatchSpec(
-                    REPLICASETS,
-                    f"/apis/apps/v1{prefix}/replicasets",
-                    self._apps.list_namespaced_replica_set
-                    if ns
-                    else self._apps.list_replica_set_for_all_namespaces,
-                    ns,
-                ),
-                WatchSpec(
-                    PODS,
-                    f"/api/v1{prefix}/pods",
-                    self._core.list_namespaced_pod
-                    if ns
-                    else self._core.list_pod_for_all_namespaces,
-                    ns,
-                ),
+                WatchSpec(DEPLOYMENTS, f"/apis/apps/v1{prefix}/deployments", ns),
+                WatchSpec(REPLICASETS, f"/apis/apps/v1{prefix}/replicasets", ns),
+                WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
             ]
         return specs
 
@@ -196,20 +188,28 @@ class WatchCache:
                 await cursor.back_off()
 
     async def _relist(self, spec: WatchSpec) -> str:
-        listing = await self._list(spec.list_path)
-        self._replace(spec.kind, spec.namespace, listing.get("items") or [])
+        """List in pages, each item transformed as its page arrives; the list's resourceVersion."""
+        transform = self._transforms.get(spec.kind) or _same
+        items, resource_version = await list_all(
+            self._list, spec.path, spec.list_accept, transform, page_size=self._page_size
+        )
+        self._replace(spec.kind, spec.namespace, items)
         self._pending_sync.discard((spec.kind, spec.namespace))
         if not self._pending_sync:
             self._synced.set()
-        return str(listing.get("metadata", {}).get("resourceVersion", ""))
+        return resource_version
 
     async def _watch(self, spec: WatchSpec, cursor: _Cursor) -> None:
         """Apply events until the server ends the stream, moving ``cursor`` along."""
-        args = (spec.namespace,) if spec.namespace else ()
-        async with watch.Watch(return_type="object") as stream:
+
+        async def open_stream(**params: Any) -> Any:
+            """One watch request; Watch passes the keywords a typed lister takes."""
+            return await self._open_watch(spec.path, accept=spec.watch_accept, **params)
+
+        # No return type: events stay the decoded dicts (no model round trip).
+        async with watch.Watch(return_type=None) as stream:
             async for event in stream.stream(
-                spec.lister,
-                *args,
+                open_stream,
                 resource_version=cursor.resource_version,
                 timeout_seconds=self._watch_timeout,
                 allow_watch_bookmarks=True,
@@ -221,11 +221,12 @@ class WatchCache:
     # ----------------------------------------------------------------- store
 
     def _replace(self, kind: str, namespace: str | None, items: list[dict[str, Any]]) -> None:
+        """Swap in a fresh list of (already transformed) items for ``kind`` in ``namespace``."""
         store = self._objects[kind]
         for key in [k for k in store if namespace is None or k[0] == namespace]:
-            self._put(kind, key, None)
+            self._store(kind, key, None)
         for item in items:
-            self._put(kind, object_key(item), item)
+            self._store(kind, object_key(item), item)
         if kind == DEPLOYMENTS:
             for key in list(self._waiters):
                 self._notify(key)
@@ -241,15 +242,19 @@ class WatchCache:
             self._notify(object_key(obj))
 
     def _put(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
+        """Transform and store, or (None) drop, one object from a watch event."""
+        transform = self._transforms.get(kind)
+        self._store(kind, key, transform(obj) if transform and obj is not None else obj)
+
+    def _store(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
         """Store or (None) drop one object, keeping the ReplicaSet owner index in step."""
         store = self._objects[kind]
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
         if obj is None:
             store.pop(key, None)
-            return
-        transform = self._transforms.get(kind)
-        store[key] = transform(obj) if transform else obj
+        else:
+            store[key] = obj
 
     def _reindex_owner(
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
@@ -299,6 +304,10 @@ class WatchCache:
             if key[0] == namespace and key in store
         ]
 
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod's cached metadata (``{"metadata": {...}}``), or None."""
+        return self._objects[PODS].get((namespace, name))
+
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences."""
         cached = self._objects[PODS].get((namespace, pod))
@@ -310,6 +319,10 @@ class WatchCache:
             return None
         deployment = _controller_name(rs, "Deployment")
         return Target(namespace, deployment) if deployment else None
+
+
+def _same(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 def _controller_name(obj: Mapping[str, Any], kind: str) -> str | None:

@@ -28,6 +28,19 @@ from rollbackd.kube.retry import RetryBudget, current_budget, with_retries
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 
+# What client-go's metadata client asks for: metadata only, in meta.k8s.io/v1.
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+# Watch keywords (as the typed listers name them) -> query parameters.
+_WATCH_QUERY = {
+    "resource_version": "resourceVersion",
+    "timeout_seconds": "timeoutSeconds",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "label_selector": "labelSelector",
+}
+
 
 def namespace_prefix(namespace: str | None) -> str:
     """``/namespaces/<ns>`` for a namespaced path, empty for all namespaces."""
@@ -114,16 +127,18 @@ class KubeClient:
         query: Sequence[tuple[str, str]] = (),
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """One API call returning the decoded JSON body; transient faults are retried.
 
         Retries draw on the budget in scope (a rollback's), else on a fresh
         budget of the adapter's default. Every failure surfaces as a typed
-        :class:`KubeError`.
+        :class:`KubeError`. ``accept`` may ask for a conversion such as
+        :data:`METADATA_LIST_ACCEPT`.
         """
         budget = current_budget() or RetryBudget(self._retry_budget)
         return await with_retries(
-            lambda: self._request_once(method, path, query, body, content_type),
+            lambda: self._request_once(method, path, query, body, content_type, accept),
             budget=budget,
             describe=f"{method} {path}",
         )
@@ -135,13 +150,14 @@ class KubeClient:
         query: Sequence[tuple[str, str]],
         body: Any,
         content_type: str,
+        accept: str,
     ) -> dict[str, Any]:
         try:
             response = await self._api.call_api(
                 path,
                 method,
                 query_params=list(query),
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params={"Accept": accept, "Content-Type": content_type},
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -166,6 +182,31 @@ class KubeClient:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise KubeError(f"{method} {path}: {status} with a body that is not JSON") from exc
         return data if isinstance(data, dict) else {}
+
+    async def open_watch(
+        self, path: str, *, accept: str = "application/json", **params: Any
+    ) -> aiohttp.ClientResponse:
+        """Open a watch stream on ``path``: the raw response, for kubernetes_asyncio's Watch.
+
+        ``params`` are the keywords a typed lister takes (``resource_version``,
+        ``timeout_seconds``, ``allow_watch_bookmarks``; Watch adds ``watch``);
+        ``accept`` may ask for a conversion such as :data:`METADATA_ACCEPT`,
+        which the typed listers cannot (they set Accept themselves).
+        """
+        query = [("watch", "true")]
+        for keyword, name in _WATCH_QUERY.items():
+            value = params.get(keyword)
+            if value is not None:
+                query.append((name, str(value).lower() if isinstance(value, bool) else str(value)))
+        response: aiohttp.ClientResponse = await self._api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": accept},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+        )
+        return response
 
     # ---------------------------------------------------------- fresh reads
 

@@ -22,6 +22,7 @@ class ApiError(Exception):
         *,
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        list_meta: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -30,13 +31,15 @@ class ApiError(Exception):
         self.details = details
         # Extra response headers, e.g. Retry-After on 429.
         self.headers = dict(headers or {})
+        # The Status's own ListMeta, e.g. the inconsistent continue token of a 410.
+        self.list_meta = dict(list_meta or {})
 
     def status_body(self) -> dict[str, Any]:
         """The ``metav1.Status`` object for this error."""
         body: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": dict(self.list_meta),
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
@@ -114,6 +117,24 @@ def bad_request(message: str) -> ApiError:
 
 def gone(message: str) -> ApiError:
     return ApiError(410, "Expired", message)
+
+
+# The etcd3 store's words when a continue token outlived the history (storage/etcd3/store.go).
+INCONSISTENT_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. "
+    "You can start a new list without the continue parameter, or use the continue token "
+    "in this response to retrieve the remainder of the results. Continuing with the "
+    "provided token results in an inconsistent list - objects that were created, "
+    "modified, or deleted between the time the first chunk was returned and now may "
+    "show up in the list."
+)
+
+
+def continue_expired(inconsistent_token: str) -> ApiError:
+    """410 for a continue token whose snapshot is gone, offering an inconsistent one."""
+    return ApiError(
+        410, "Expired", INCONSISTENT_CONTINUE, list_meta={"continue": inconsistent_token}
+    )
 
 
 def unsupported_media_type(message: str) -> ApiError:

@@ -36,6 +36,7 @@ class RequestRecord:
     user_agent: str
     verb: str = ""  # the Kubernetes verb (get, list, watch, create, patch, ...)
     status: int = 0  # the HTTP answer; 0 while unknown or when no answer was sent
+    accept: str = ""  # the Accept header: which representation the client asked for
 
     @property
     def is_write(self) -> bool:
@@ -96,6 +97,7 @@ def middleware(log: RequestLog, verb_of: Callable[[web.Request], str] | None = N
             request.headers.get("User-Agent", ""),
             verb_of(request) if verb_of is not None else "",
         )
+        entry.accept = request.headers.get("Accept", "")
         response = await handler(request)
         # A dropped connection (an injected reset) answered nobody.
         transport = request.transport

@@ -27,12 +27,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, patch, protobuf, requestlog
+from . import discovery, media, patch, protobuf, requestlog
 from .disruption import evict
 from .errors import (
     ApiError,
     bad_request,
     conflict,
+    continue_expired,
     internal_error,
     invalid,
     method_not_allowed,
@@ -50,7 +51,7 @@ from .resources import (
 )
 from .selectors import label_selector_string, parse_field_selector, parse_label_selector
 from .store import Obj, Store, clone
-from .tables import TableEventEncoder, as_table, wants_table
+from .tables import TableEventEncoder, as_table
 from .watches import Watcher, WatchHub, event_line
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the real server's default request size limit
@@ -141,16 +142,22 @@ def request_verb(method: str, route: Route | None, query: Any) -> str:
 # ----------------------------------------------------------------- pagination
 
 
+# A continue token is opaque to clients: the snapshot's resourceVersion and the
+# last key sent. resourceVersion -1 continues at the latest state, as the token
+# the real server offers with "continue parameter is too old" does.
+_INCONSISTENT = -1
+
+
 def _encode_continue(resource_version: int, namespace: str, name: str) -> str:
     raw = _dumps({"rv": resource_version, "start": [namespace, name]})
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def _decode_continue(token: str) -> tuple[str, str]:
+def _decode_continue(token: str) -> tuple[int, tuple[str, str]]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         namespace, name = data["start"]
-        return str(namespace), str(name)
+        return int(data["rv"]), (str(namespace), str(name))
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise bad_request("invalid continue token") from None
 
@@ -430,33 +437,60 @@ class KubeApi:
             raise self._not_found(route)
         if route.subresource == "scale":
             return _json_response(scale_of(obj))
-        if route.subresource is None and wants_table(request.headers.get("Accept", "")):
+        output = media.negotiate(request.headers.get("Accept", ""))
+        if route.subresource is not None:
+            return _json_response(obj)
+        if output.kind == media.TABLE:
             metadata = {"resourceVersion": obj["metadata"]["resourceVersion"]}
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
                 as_table(route.rtype, [obj], metadata, include, self.store.clock())
             )
-        return _json_response(obj)
+        media.check_single(output, route.rtype)
+        return _json_response(media.partial_object(obj, output) if output.partial else obj)
 
     def _not_found(self, route: Route) -> ApiError:
         return not_found(route.rtype.plural, route.name or "", route.rtype.group)
 
-    async def _list(self, request: web.Request, route: Route) -> web.Response:
-        query = request.query
-        resource_version = self.store.resource_version
-        items = self.store.list(
-            route.rtype.key,
-            route.namespace,
-            label_selector=query.get("labelSelector"),
-            field_selector=query.get("fieldSelector"),
-            copy=False,
-        )
-        metadata: dict[str, Any] = {"resourceVersion": str(resource_version)}
+    def _snapshot(self, route: Route, query: Any) -> tuple[int, list[Obj]]:
+        """The list's resourceVersion and items: now, or a continue token's snapshot."""
+        labels, fields = query.get("labelSelector"), query.get("fieldSelector")
         token = query.get("continue")
+        snapshot, start = _decode_continue(token) if token else (_INCONSISTENT, ("", ""))
+        if snapshot == _INCONSISTENT:
+            resource_version = self.store.resource_version
+            items = self.store.list(
+                route.rtype.key,
+                route.namespace,
+                label_selector=labels,
+                field_selector=fields,
+                copy=False,
+            )
+        else:
+            resource_version = snapshot
+            try:
+                items = self.store.list_at(
+                    route.rtype.key,
+                    snapshot,
+                    route.namespace,
+                    label_selector=labels,
+                    field_selector=fields,
+                )
+            except ApiError as error:
+                if error.code != 410:
+                    raise
+                raise continue_expired(_encode_continue(_INCONSISTENT, *start)) from None
         if token:
-            start = _decode_continue(token)
             positions = [_position(obj) for obj in items]
             items = items[bisect.bisect_right(positions, start) :]
+        return resource_version, items
+
+    async def _list(self, request: web.Request, route: Route) -> web.Response:
+        query = request.query
+        output = media.negotiate(request.headers.get("Accept", ""))
+        media.check_list(output, route.rtype)
+        resource_version, items = self._snapshot(route, query)
+        metadata: dict[str, Any] = {"resourceVersion": str(resource_version)}
         limit_text = query.get("limit")
         if limit_text:
             try:
@@ -468,11 +502,13 @@ class KubeApi:
                 items = items[:limit]
                 metadata["continue"] = _encode_continue(resource_version, *_position(items[-1]))
                 metadata["remainingItemCount"] = remaining
-        if wants_table(request.headers.get("Accept", "")):
+        if output.kind == media.TABLE:
             include = query.get("includeObject", "Metadata")
             return _json_response(
                 as_table(route.rtype, items, metadata, include, self.store.clock())
             )
+        if output.partial:
+            return _json_response(media.partial_list(items, metadata, output))
         body = {
             "kind": route.rtype.list_kind,
             "apiVersion": route.rtype.api_version,
@@ -483,19 +519,7 @@ class KubeApi:
 
     async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
         query = request.query
-        encoder = None
-        if wants_table(request.headers.get("Accept", "")):
-            encoder = TableEventEncoder(
-                route.rtype, query.get("includeObject", "Metadata"), self.store.clock
-            ).encode
-        watcher = Watcher(
-            route.rtype,
-            route.namespace,
-            parse_label_selector(query.get("labelSelector")),
-            parse_field_selector(query.get("fieldSelector"), route.rtype.key),
-            request.path,
-            encoder,
-        )
+        watcher = self._watcher(request, route)
         timeout = self._timeout_seconds(query.get("timeoutSeconds"))
         bookmarks = query.get("allowWatchBookmarks") in _TRUE
         initial_bookmark = query.get("sendInitialEvents") in _TRUE
@@ -512,7 +536,7 @@ class KubeApi:
                 if watcher.wants(obj):
                     watcher.lines.append(watcher.encode("ADDED", obj))
             if initial_bookmark:
-                watcher.lines.append(self._bookmark_line(route.rtype, initial_events_end=True))
+                watcher.lines.append(self._bookmark_line(watcher, initial_events_end=True))
         else:
             try:
                 for event in self.store.events_since(start):
@@ -543,6 +567,30 @@ class KubeApi:
             await response.write_eof()
         return response
 
+    def _watcher(self, request: web.Request, route: Route) -> Watcher:
+        """A watcher for this request: its selectors and the encoding its Accept asks for."""
+        query = request.query
+        output = media.negotiate(request.headers.get("Accept", ""))
+        encoder: Callable[[str, Obj], bytes] | None = None
+        if output.kind == media.TABLE:
+            encoder = TableEventEncoder(
+                route.rtype, query.get("includeObject", "Metadata"), self.store.clock
+            ).encode
+        elif output.partial:
+            # Upstream converts each event's object on its own, which a list
+            # target cannot fit; kubesim refuses it up front (406) instead.
+            media.check_single(output, route.rtype)
+            encoder = functools.partial(_partial_event, output)
+        return Watcher(
+            route.rtype,
+            route.namespace,
+            parse_label_selector(query.get("labelSelector")),
+            parse_field_selector(query.get("fieldSelector"), route.rtype.key),
+            request.path,
+            encoder,
+            share_key=f"partial/{output.version}" if output.partial else "json",
+        )
+
     def _timeout_seconds(self, text: str | None) -> float | None:
         if not text:
             return None
@@ -552,11 +600,14 @@ class KubeApi:
             raise bad_request(f"invalid timeoutSeconds {text!r}") from None
         return value if value > 0 else None
 
-    def _bookmark_line(self, rtype: ResourceType, *, initial_events_end: bool = False) -> bytes:
+    def _bookmark_line(self, watcher: Watcher, *, initial_events_end: bool = False) -> bytes:
         metadata: dict[str, Any] = {"resourceVersion": str(self.store.resource_version)}
         if initial_events_end:
             metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+        rtype = watcher.rtype
         obj = {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": metadata}
+        if watcher.share_key is not None and watcher.encoder is not None:
+            return watcher.encode("BOOKMARK", obj)  # a bookmark is converted like any object
         return event_line("BOOKMARK", obj)
 
     async def _stream(
@@ -579,7 +630,7 @@ class KubeApi:
             if deadline is not None and now >= deadline:
                 return
             if bookmarks and now >= next_bookmark:
-                await response.write(self._bookmark_line(watcher.rtype))
+                await response.write(self._bookmark_line(watcher))
                 next_bookmark = now + self.bookmark_interval
             transport = request.transport
             if transport is None or transport.is_closing():
@@ -822,6 +873,10 @@ class KubeApi:
             "items": deleted,
         }
         return _json_response(body)
+
+
+def _partial_event(output: media.Output, event_type: str, obj: Obj) -> bytes:
+    return event_line(event_type, media.partial_object(obj, output))
 
 
 def _decode_json(raw: bytes) -> Any:

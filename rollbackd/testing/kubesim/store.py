@@ -12,6 +12,7 @@ callers that may mutate it is a copy.
 
 from __future__ import annotations
 
+import builtins
 import random
 import uuid
 from collections import deque
@@ -54,7 +55,7 @@ class WatchEvent:
     key: str
     namespace: str
     obj: Obj  # the stored object itself: read-only
-    previous: Obj | None = None  # the version this MODIFIED event replaced (read-only)
+    previous: Obj | None = None  # the version a MODIFIED or DELETED event replaced (read-only)
 
 
 def _rtype(key: str) -> ResourceType:
@@ -71,6 +72,12 @@ def _meta(obj: Obj) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise bad_request("metadata must be an object")
     return meta
+
+
+def _position(obj: Obj) -> tuple[str, str]:
+    """Where an object sorts in a list: (namespace, name)."""
+    meta = obj["metadata"]
+    return meta.get("namespace") or "", meta["name"]
 
 
 def _owner_uids(obj: Obj) -> set[str]:
@@ -152,6 +159,45 @@ class Store:
                     continue
                 result.append(clone(obj) if copy else obj)
         return result
+
+    def list_at(
+        self,
+        key: str,
+        resource_version: int,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> builtins.list[Obj]:
+        """Matching objects as they were at ``resource_version`` (stored dicts, read-only).
+
+        What etcd gives a continued list: the snapshot of the first page.
+        Rebuilt from the current objects by undoing the history after
+        ``resource_version``; 410 Gone once that history has been compacted.
+        """
+        rtype = _rtype(key)
+        undone: dict[tuple[str, str], Obj | None] = {}
+        # Newest first, so the oldest change after the snapshot decides.
+        for event in reversed(list(self.events_since(resource_version))):
+            if event.key == rtype.key:
+                undone[(event.namespace, event.obj["metadata"]["name"])] = event.previous
+        current = self.list(
+            key, namespace, label_selector=label_selector, field_selector=field_selector, copy=False
+        )
+        if not undone:
+            return current
+        labels = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, rtype.key)
+        namespace = namespace or exact_field(field_selector, "metadata.namespace") or None
+        kept = [obj for obj in current if _position(obj) not in undone]
+        for (ns, _name), obj in undone.items():
+            if obj is None or (namespace is not None and ns != namespace):
+                continue
+            if labels is not None and not labels.matches(obj["metadata"].get("labels")):
+                continue
+            if fields is None or fields(obj):
+                kept.append(obj)
+        return sorted(kept, key=_position)
 
     @property
     def last_event(self) -> WatchEvent | None:
@@ -289,7 +335,7 @@ class Store:
         deleted = {**stored, "metadata": dict(stored["metadata"])}
         self._rv += 1
         deleted["metadata"]["resourceVersion"] = str(self._rv)
-        self._record("DELETED", rtype.key, ns, deleted)
+        self._record("DELETED", rtype.key, ns, deleted, previous=stored)
         self._collect_dependents(stored["metadata"]["uid"], propagation)
         if rtype is NAMESPACES:
             self._delete_namespace_contents(name)

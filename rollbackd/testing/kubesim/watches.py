@@ -36,10 +36,15 @@ class Watcher:
         fields: FieldMatcher | None,
         path: str,
         encoder: Callable[[str, Obj], bytes] | None = None,
+        *,
+        share_key: str | None = "json",
     ) -> None:
         self.rtype = rtype
-        # None: the plain JSON encoding, shared by all watchers of one change.
+        # None: the plain JSON encoding.
         self.encoder = encoder
+        # Watchers with the same key get the same bytes for one change, encoded
+        # once; None: this watcher's encoding is its own (a Table's header state).
+        self.share_key = share_key if encoder is None or share_key != "json" else None
         self.namespace = namespace
         self.labels = labels
         self.fields = fields
@@ -140,15 +145,16 @@ class WatchHub:
         namespace = obj["metadata"].get("namespace")
         event = self._store.last_event
         previous = event.previous if event is not None and event.obj is obj else None
-        shared: dict[str, bytes] = {}
+        shared: dict[tuple[str, str], bytes] = {}
         for group in (by_namespace.get(namespace), by_namespace.get(None) if namespace else None):
             for watcher in group or ():
                 seen_as = watcher.event_type(event_type, obj, previous)
                 if seen_as is None:
                     continue
-                if watcher.encoder is not None:
+                if watcher.share_key is None:
                     watcher.offer(watcher.encode(seen_as, obj))
                     continue
-                if seen_as not in shared:
-                    shared[seen_as] = event_line(seen_as, obj)
-                watcher.offer(shared[seen_as])
+                encoding = (watcher.share_key, seen_as)
+                if encoding not in shared:
+                    shared[encoding] = watcher.encode(seen_as, obj)
+                watcher.offer(shared[encoding])

@@ -1,0 +1,62 @@
+"""Paginated lists with ``limit`` and ``continue``, as client-go's pager makes them.
+
+A list of a large cluster in one response costs the API server and the client
+the whole body at once; in pages, the client holds one page of raw JSON at a
+time, and each item is transformed (trimmed) as its page arrives. All pages
+come from the snapshot of the first one. If that snapshot expires mid-way
+(410), the pager falls back to one full list, as client-go's
+``FullListIfExpired`` does: the caller needs a consistent list more than it
+needs pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+
+from rollbackd.kube.errors import GoneError
+
+log = structlog.get_logger("rollbackd.kube")
+
+PAGE_SIZE = 500  # client-go's pager default
+
+T = TypeVar("T")
+ListCall = Callable[[str, Sequence[tuple[str, str]], str], Awaitable[dict[str, Any]]]
+
+
+async def list_all(
+    call: ListCall,
+    path: str,
+    accept: str,
+    each: Callable[[dict[str, Any]], T],
+    *,
+    page_size: int = PAGE_SIZE,
+) -> tuple[list[T], str]:
+    """Every item of the list at ``path`` through ``each``, and the list's resourceVersion.
+
+    ``call(path, query, accept)`` performs one GET. ``page_size`` 0 lists in
+    one request.
+    """
+    items: list[T] = []
+    token = ""
+    pages = 0
+    while True:
+        query = [("limit", str(page_size))] if page_size > 0 else []
+        if token:
+            query.append(("continue", token))
+        try:
+            page = await call(path, query, accept)
+        except GoneError:
+            if not token:
+                raise
+            log.info("list_continue_expired", path=path, pages_read=pages)
+            page = await call(path, [], accept)
+            items, token = [], ""
+        pages += 1
+        items.extend(each(item) for item in page.get("items") or [])
+        metadata = page.get("metadata") or {}
+        token = str(metadata.get("continue") or "")
+        if not token:
+            return items, str(metadata.get("resourceVersion", ""))

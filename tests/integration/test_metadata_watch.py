@@ -1,0 +1,201 @@
+"""rollbackd's watch cache against kubesim: pods as metadata only, lists in pages.
+
+The cache lists and watches pods as ``PartialObjectMetadata`` (client-go's
+metadata informers), keeps only what resolving a pod to its Deployment needs,
+and lists every kind with ``limit``/``continue``, first at start and again
+after a 410, falling back to one full list when a continue token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import pytest_asyncio
+from kubernetes_asyncio import config
+
+from rollbackd.kube import Kube
+from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT
+from rollbackd.kube.pager import list_all
+from rollbackd.model import Target
+from rollbackd.testing.kubesim import KubeSim
+
+pytestmark = pytest.mark.integration
+
+TARGET = Target("default", "web")
+PODS = "/api/v1/pods"
+POD_METADATA_KEYS = {"name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion"}
+
+
+def deployment(replicas: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": TARGET.name, "namespace": TARGET.namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "web:1.0"}]},
+            },
+        },
+    }
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until ``predicate`` holds; fails the test at the deadline."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+def web_pods(sim: KubeSim) -> list[str]:
+    return [p["metadata"]["name"] for p in sim.store.list("v1/pods", "default", copy=False)]
+
+
+async def connect(sim: KubeSim, page_size: int) -> Kube:
+    api = await config.new_client_from_config(config_file=str(sim.kubeconfig))
+    return Kube(api, list_page_size=page_size)
+
+
+@pytest_asyncio.fixture
+async def sim(tmp_path: pathlib.Path) -> AsyncIterator[KubeSim]:
+    async with KubeSim(kubeconfig_path=tmp_path / "kubeconfig", pod_ready_delay=0.05) as sim:
+        sim.store.create("apps/v1/deployments", deployment(replicas=5))
+        await wait_until(lambda: len(web_pods(sim)) == 5)
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def kube(sim: KubeSim) -> AsyncIterator[Kube]:
+    adapter = await connect(sim, page_size=2)
+    async with adapter:
+        await adapter.start_watches()
+        assert await adapter.wait_synced(10), "watch cache never synced"
+        yield adapter
+
+
+async def test_pods_are_listed_in_pages_and_watched_as_metadata_only(
+    sim: KubeSim, kube: Kube
+) -> None:
+    pod_lists = [r for r in sim.requests if r.verb == "list" and r.path == PODS]
+    assert len(pod_lists) == 3  # five pods, two a page
+    assert {r.accept for r in pod_lists} == {METADATA_LIST_ACCEPT}
+    queries = [parse_qs(r.query) for r in pod_lists]
+    assert all(q["limit"] == ["2"] for q in queries)
+    assert "continue" not in queries[0] and all("continue" in q for q in queries[1:])
+    await wait_until(lambda: any(r.verb == "watch" and r.path == PODS for r in sim.requests))
+    watches = [r for r in sim.requests if r.verb == "watch" and r.path == PODS]
+    assert {r.accept for r in watches} == {METADATA_ACCEPT}
+
+    for name in web_pods(sim):
+        cached = kube.cache.pod("default", name)
+        assert cached is not None and set(cached) == {"metadata"}
+        assert set(cached["metadata"]) <= POD_METADATA_KEYS
+        assert kube.resolve_pod("default", name) == TARGET
+
+
+async def test_pods_added_and_removed_later_arrive_through_the_metadata_watch(
+    sim: KubeSim, kube: Kube
+) -> None:
+    before = set(web_pods(sim))
+    current = sim.store.get("apps/v1/deployments", "default", "web")
+    current["spec"]["replicas"] = 7
+    sim.store.update("apps/v1/deployments", current)
+    await wait_until(lambda: len(web_pods(sim)) == 7)
+    added = set(web_pods(sim)) - before
+    await wait_until(lambda: all(kube.resolve_pod("default", name) == TARGET for name in added))
+
+    gone = sorted(before)[0]
+    sim.store.delete("v1/pods", "default", gone)
+    await wait_until(lambda: kube.resolve_pod("default", gone) is None)
+    assert kube.cache.pod("default", gone) is None
+
+
+async def test_readiness_and_images_are_read_on_demand_for_one_deployment(
+    sim: KubeSim, kube: Kube
+) -> None:
+    def all_ready() -> bool:
+        status = sim.store.get("apps/v1/deployments", "default", "web").get("status") or {}
+        return status.get("readyReplicas") == 5
+
+    await wait_until(all_ready)
+    report = await kube.readiness(TARGET)
+    assert (report.desired, report.ready) == (5, 5)
+    images = await kube.pod_images(TARGET)
+    assert list(images) == ["app"] and images["app"]
+    selected = [r for r in sim.requests if r.verb == "list" and r.path.endswith("/pods")]
+    assert any("labelSelector=app" in r.query for r in selected)
+
+
+async def test_a_relist_after_410_is_paginated_and_replaces_the_pods(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with KubeSim(
+        kubeconfig_path=tmp_path / "kc", pod_ready_delay=0.05, watch_history=3
+    ) as sim:
+        sim.store.create("apps/v1/deployments", deployment(replicas=3))
+        await wait_until(lambda: len(web_pods(sim)) == 3)
+        async with await connect(sim, page_size=2) as kube:
+            kube.cache._watch_timeout = 1  # short watches: resume soon after the writes
+            await kube.start_watches()
+            assert await kube.wait_synced(10)
+            mark = sim.requests.mark()
+            sim.faults.drop_watches()
+            # More writes than the history keeps: resuming is a 410, then a relist.
+            for index in range(6):
+                sim.store.create(
+                    "v1/configmaps", {"metadata": {"name": f"c{index}", "namespace": "default"}}
+                )
+            victim = web_pods(sim)[0]
+            sim.store.delete("v1/pods", "default", victim)
+
+            def relisted() -> bool:
+                lists = [r for r in sim.requests.since(mark) if r.verb == "list" and r.path == PODS]
+                return len(lists) >= 2
+
+            await wait_until(relisted)
+            await wait_until(lambda: kube.resolve_pod("default", victim) is None)
+            lists = [r for r in sim.requests.since(mark) if r.verb == "list" and r.path == PODS]
+            assert all("limit=2" in r.query for r in lists)
+
+
+async def test_an_expired_continue_token_falls_back_to_one_full_list(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with KubeSim(kubeconfig_path=tmp_path / "kc", watch_history=2) as sim:
+        names = [f"cm-{index}" for index in range(5)]
+        for name in names:
+            sim.store.create("v1/configmaps", {"metadata": {"name": name, "namespace": "default"}})
+        async with await connect(sim, page_size=2) as kube:
+            calls: list[Sequence[tuple[str, str]]] = []
+
+            async def call(path: str, query: Sequence[tuple[str, str]], accept: str) -> Any:
+                calls.append(query)
+                page = await kube.request("GET", path, query=query, accept=accept)
+                if len(calls) == 1:  # churn past the history after the first page
+                    for extra in ("x1", "x2", "x3"):
+                        sim.store.create(
+                            "v1/configmaps", {"metadata": {"name": extra, "namespace": "default"}}
+                        )
+                return page
+
+            items, resource_version = await list_all(
+                call,
+                "/api/v1/namespaces/default/configmaps",
+                METADATA_LIST_ACCEPT,
+                _name,
+                page_size=2,
+            )
+        assert items == [*names, "x1", "x2", "x3"]  # one consistent list, no duplicates
+        assert resource_version == str(sim.store.resource_version)
+        assert [dict(q).get("limit") for q in calls] == ["2", "2", None]
+
+
+def _name(item: dict[str, Any]) -> str:
+    return str(item["metadata"]["name"])
