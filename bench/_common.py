@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
+import platform
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -215,3 +218,55 @@ def ensure_debian_tool(command: str, package: str, *, install: bool) -> str | No
             print(f"install it with: {hint}", file=sys.stderr)
             return None
     return shutil.which(command)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def base_environment() -> dict[str, Any]:
+    """What every bench's figures were measured on: the commit, the machine, its load."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD") or None,
+        # Uncommitted changes in the work tree were measured too.
+        "dirty": bool(status) if status is not None else None,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def progress_printer(name: str) -> Callable[[str], None]:
+    """A bench's progress lines: on stderr, so stdout keeps only the report."""
+
+    def progress(message: str) -> None:
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+@contextlib.contextmanager
+def work_directory(name: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh directory for logs and journals, removed at the end unless ``keep``."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"rollbackd-bench-{name}-"))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"[{name}] work directory kept: {workdir}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def publish(report: str, results: Mapping[str, Any], json_path: Path | None) -> None:
+    """The report on stdout, and the figures as JSON when asked."""
+    print(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")

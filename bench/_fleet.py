@@ -13,29 +13,19 @@ import json
 from typing import Any
 
 import aiohttp
-from _servers import KubeSimProcess
+from _servers import KubeSimProcess, deployment_manifest
 
 CONCURRENCY = 16
 
 
 def fleet_deployment(name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {"kubesim.rollbackd.io/ready-after": "10ms"},
-                },
-                "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.0"}]},
-            },
-        },
-    }
+    # One pod that is Ready at once: the fleet is about numbers, not rollouts.
+    return deployment_manifest(
+        name,
+        "registry.local/app:1.0",
+        replicas=1,
+        pod_annotations={"kubesim.rollbackd.io/ready-after": "10ms"},
+    )
 
 
 async def create_fleet(sim: KubeSimProcess, namespace: str, names: list[str]) -> None:

@@ -95,17 +95,27 @@ def _kube(sim: KubeSimProcess, method: str, path: str, body: Any = None) -> Any:
         return json.load(response)
 
 
-def _deployment(name: str, image: str) -> dict[str, Any]:
+def deployment_manifest(
+    name: str,
+    image: str,
+    *,
+    replicas: int = 2,
+    pod_annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A minimal Deployment labelled ``app: <name>``, as the benches create them."""
     labels = {"app": name}
+    pod_metadata: dict[str, Any] = {"labels": labels}
+    if pod_annotations:
+        pod_metadata["annotations"] = dict(pod_annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "labels": labels},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": pod_metadata,
                 "spec": {"containers": [{"name": "app", "image": image}]},
             },
         },
@@ -135,10 +145,10 @@ def create_deployments(sim: KubeSimProcess, namespace: str, names: Sequence[str]
     """Each Deployment at v1, then a rollout to v2: the recent change the alerts blame."""
     base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     for name in names:
-        _kube(sim, "POST", base, _deployment(name, f"registry.local/shop/{name}:1.0.0"))
+        _kube(sim, "POST", base, deployment_manifest(name, f"registry.local/shop/{name}:1.0.0"))
     for name in names:
         _wait_rolled_out(sim, namespace, name, "v1")
-        patch = _deployment(name, f"registry.local/shop/{name}:1.1.0")
+        patch = deployment_manifest(name, f"registry.local/shop/{name}:1.1.0")
         _kube(sim, "PATCH", f"{base}/{name}", {"spec": patch["spec"]})
     for name in names:
         _wait_rolled_out(sim, namespace, name, "v2")

@@ -31,20 +31,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from _common import base_environment, progress_printer, publish, work_directory
 from _floor import FLOOR_PATH, FloorAlertmanagerConfig, first_floor_alert, with_floor_rule
 from _timeline import (
     ClusterWatch,
@@ -124,8 +120,7 @@ def overrides_for(plan: RunPlan) -> dict[str, dict[str, Any]]:
     }
 
 
-def progress(message: str) -> None:
-    print(f"[mttr] {message}", file=sys.stderr, flush=True)
+progress = progress_printer("mttr")
 
 
 def signal_window(scrape_seconds: float) -> str:
@@ -262,24 +257,9 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-        )
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def environment(quick: bool) -> dict[str, Any]:
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(status) if status is not None else None,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()),
+        **base_environment(),
         "quick": quick,
         "bad_error_rate": BAD_ERROR_RATE,
         "rps_per_pod": RPS,
@@ -406,20 +386,13 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="rollbackd-bench-mttr-"))
-    log = (workdir / "rollbackd.log").open("w")
-    configure_logging("info", "json", stream=log)
-    try:
+    with (
+        work_directory("mttr", keep=args.keep) as workdir,
+        (workdir / "rollbackd.log").open("w") as log,
+    ):
+        configure_logging("info", "json", stream=log)
         results = asyncio.run(run_all(args, workdir))
-    finally:
-        log.close()
-        if args.keep:
-            progress(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    publish(report(results), results, args.json)
     completed = all(run["completed"] == len(run["rollouts"]) for run in results["runs"].values())
     return 0 if completed else 1
 

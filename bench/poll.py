@@ -29,15 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -48,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from _alertmanager import DEPLOYMENTS, NAMESPACE, BodyTemplate, UniqueBodies, new_prefix
-from _common import Children, cpu_seconds, sigterm_as_exit, wait_quiet
+from _common import (
+    Children,
+    base_environment,
+    cpu_seconds,
+    progress_printer,
+    publish,
+    sigterm_as_exit,
+    wait_quiet,
+    work_directory,
+)
 from _fleet import create_fleet
 from _httpload import LatencyResult, open_loop
 from _minimal_poller import MinimalPoller
@@ -97,8 +101,7 @@ class Plan:
     latency_rate: float
 
 
-def progress(message: str) -> None:
-    print(f"[poll] {message}", file=sys.stderr, flush=True)
+progress = progress_printer("poll")
 
 
 def signal_queries() -> list[str]:
@@ -668,25 +671,12 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=HERE)
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def environment(plan: Plan) -> dict[str, Any]:
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(status) if status is not None else None,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        **base_environment(),
         "quick": plan.quick,
         "scrape_interval_s": plan.scrape_seconds,
         "series_per_pod": 16,
-        "load_average_at_start": list(os.getloadavg()),
     }
 
 
@@ -733,18 +723,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
-    workdir = Path(tempfile.mkdtemp(prefix="rollbackd-bench-poll-"))
-    try:
-        with sigterm_as_exit():
-            results = asyncio.run(run(plan, workdir))
-    finally:
-        if args.keep:
-            progress(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    with work_directory("poll", keep=args.keep) as workdir, sigterm_as_exit():
+        results = asyncio.run(run(plan, workdir))
+    publish(report(results), results, args.json)
     alive = all(cell["rollbackd_alive_at_end"] for cell in results["sizes"].values())
     return 0 if alive else 1
 

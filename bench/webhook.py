@@ -21,16 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
-import platform
 import re
-import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -46,7 +41,16 @@ from _alertmanager import (
     new_prefix,
     repeated_body,
 )
-from _common import Children, ensure_debian_tool, sigterm_as_exit, wait_quiet
+from _common import (
+    Children,
+    base_environment,
+    ensure_debian_tool,
+    progress_printer,
+    publish,
+    sigterm_as_exit,
+    wait_quiet,
+    work_directory,
+)
 from _httpload import Body, ClosedLoopResult, LatencyResult, closed_loop, open_loop
 from _servers import (
     WEBHOOK_PATH,
@@ -249,8 +253,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+progress = progress_printer("webhook")
 
 
 def settle(rollbackd: Rollbackd) -> float:
@@ -403,32 +406,15 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-        )
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def environment(plan: Plan) -> dict[str, Any]:
-    commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "commit": commit or None,
-        # Uncommitted changes in the work tree were measured too.
-        "dirty": bool(status) if status is not None else None,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        **base_environment(),
         "aiohttp": aiohttp.__version__,
         "closed_loop_client": plan.client,
         "closed_loop_note": plan.client_note,
         "connections": plan.connections,
         "seconds_per_cell": plan.duration,
         "rounds_per_cell": plan.rounds,
-        "load_average_at_start": list(os.getloadavg()),
         "quick": plan.quick,
     }
 
@@ -518,29 +504,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
-    workdir = Path(tempfile.mkdtemp(prefix="rollbackd-bench-webhook-"))
-    try:
-        with sigterm_as_exit(), Children(workdir) as children:
-            progress("starting kubesim, rollbackd and the baseline")
-            sim = start_kubesim(children, workdir)
-            create_deployments(sim, NAMESPACE, DEPLOYMENTS)
-            rollbackd = start_rollbackd(children, sim, workdir, log_level=args.log_level)
-            baseline_url = start_baseline(children)
-            results = {
-                "environment": environment(plan),
-                **measure(plan, rollbackd, baseline_url, workdir),
-            }
-            alive = rollbackd.child.process.poll() is None
-            results["rollbackd_alive_at_end"] = alive
-            results["environment"]["load_average_at_end"] = list(os.getloadavg())
-    finally:
-        if args.keep:
-            progress(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    with (
+        work_directory("webhook", keep=args.keep) as workdir,
+        sigterm_as_exit(),
+        Children(workdir) as children,
+    ):
+        progress("starting kubesim, rollbackd and the baseline")
+        sim = start_kubesim(children, workdir)
+        create_deployments(sim, NAMESPACE, DEPLOYMENTS)
+        rollbackd = start_rollbackd(children, sim, workdir, log_level=args.log_level)
+        baseline_url = start_baseline(children)
+        results = {
+            "environment": environment(plan),
+            **measure(plan, rollbackd, baseline_url, workdir),
+        }
+        alive = rollbackd.child.process.poll() is None
+        results["rollbackd_alive_at_end"] = alive
+        results["environment"]["load_average_at_end"] = list(os.getloadavg())
+    publish(report(results), results, args.json)
     return 0 if results["lost"] == 0 and results["lost_open_loop"] == 0 else 1
 
 

@@ -7,36 +7,22 @@ and that the Prometheus+Alertmanager floor was measured in every run.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.bench._quick import run_quick
+
 # Benchmarks load the whole machine: they run alone, after the parallel part.
 pytestmark = pytest.mark.serial
 
-ROOT = Path(__file__).resolve().parents[2]
 
 ORDER = ("bad_ready", "first_bad_sample", "patch", "rollback_ready", "completed")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench") / "mttr.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "mttr.py"), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
-    results: dict[str, Any] = json.loads(out.read_text())
-    return results
+    return run_quick("mttr", tmp_path_factory)[1]
 
 
 def test_every_run_rolls_back_every_bad_rollout(quick_run: dict[str, Any]) -> None:

@@ -8,45 +8,21 @@ writes JSON a later run can be compared with.
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.bench._quick import positive, run_quick
+
 # Benchmarks load the whole machine: they run alone, after the parallel part.
 pytestmark = pytest.mark.serial
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench") / "poll.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "poll.py"), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
+    done, results = run_quick("poll", tmp_path_factory)
     assert "targets at" in done.stdout
-    results: dict[str, Any] = json.loads(out.read_text())
     return results
-
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, float | int)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def _cells(results: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -67,7 +43,7 @@ def test_a_cycle_is_four_queries_that_see_the_whole_fleet(quick_run: dict[str, A
 def test_cpu_per_cycle_is_reported_beside_the_minimal_poller(quick_run: dict[str, Any]) -> None:
     for _, cell in _cells(quick_run):
         cpu = cell["cpu"]
-        assert _positive(cpu["rollbackd_cpu_ms"]) and _positive(cpu["minimal_cpu_ms"])
+        assert positive(cpu["rollbackd_cpu_ms"]) and positive(cpu["minimal_cpu_ms"])
         assert cpu["ratio"] == pytest.approx(cpu["rollbackd_cpu_ms"] / cpu["minimal_cpu_ms"])
         assert len(cpu["rollbackd_cpu_ms_rounds"]) == len(cpu["minimal_cpu_ms_rounds"])
         assert len(cpu["rollbackd_cpu_ms_rounds"]) == cpu["rounds"] >= 1
@@ -76,16 +52,16 @@ def test_cpu_per_cycle_is_reported_beside_the_minimal_poller(quick_run: dict[str
 def test_stall_memory_and_start_up_have_their_baselines(quick_run: dict[str, Any]) -> None:
     for _, cell in _cells(quick_run):
         stall, memory = cell["stall"], cell["memory"]
-        assert _positive(stall["rollbackd_longest_stall_ms"])
-        assert _positive(stall["idle_longest_stall_ms"])
+        assert positive(stall["rollbackd_longest_stall_ms"])
+        assert positive(stall["idle_longest_stall_ms"])
         assert stall["cycles"] >= 1
-        assert _positive(memory["rollbackd_rss_mb"]) and _positive(memory["bare_list_rss_mb"])
+        assert positive(memory["rollbackd_rss_mb"]) and positive(memory["bare_list_rss_mb"])
         assert memory["ratio"] == pytest.approx(
             memory["rollbackd_rss_mb"] / memory["bare_list_rss_mb"]
         )
         # Deployments, their ReplicaSets (v1 and v2 for the five rolled out) and pods.
         assert memory["objects_listed"] >= 3 * cell["deployments"]
-        assert _positive(memory["rollbackd_startup_s"]) and _positive(memory["bare_list_s"])
+        assert positive(memory["rollbackd_startup_s"]) and positive(memory["bare_list_s"])
 
 
 def test_ack_latency_is_measured_while_the_daemon_polls(quick_run: dict[str, Any]) -> None:

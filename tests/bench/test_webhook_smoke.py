@@ -8,20 +8,18 @@ a later run can be compared with. wrk is used when present and not needed.
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.bench._quick import positive, run_quick
+
 # Benchmarks load the whole machine: they run alone, after the parallel part.
 pytestmark = pytest.mark.serial
 
-ROOT = Path(__file__).resolve().parents[2]
+
 SIZES = ("1", "10", "100")
 MODES = ("repeated", "unique")
 
@@ -30,26 +28,7 @@ MODES = ("repeated", "unique")
 def quick_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    out = tmp_path_factory.mktemp("bench") / "webhook.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "webhook.py"), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
-    return done, json.loads(out.read_text())
-
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, float | int)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    return run_quick("webhook", tmp_path_factory)
 
 
 def _count(value: object) -> bool:
@@ -63,14 +42,14 @@ def test_every_throughput_cell_has_rates_for_both_servers_and_a_ratio(quick_run:
             cell = results["throughput"][mode][size]
             for server in ("rollbackd", "baseline"):
                 figures = cell[server]
-                assert _positive(figures["req_per_s"]), (mode, size, server, figures)
+                assert positive(figures["req_per_s"]), (mode, size, server, figures)
                 assert figures["alerts_per_s"] == pytest.approx(figures["req_per_s"] * int(size))
                 assert _count(figures["ok"]) and figures["ok"] > 0
                 assert _count(figures["non_2xx"]) and _count(figures["errors"])
-                assert _positive(figures["seconds"])
+                assert positive(figures["seconds"])
                 rounds = figures["rounds_req_per_s"]
                 assert len(rounds) == results["environment"]["rounds_per_cell"] >= 1
-                assert all(_positive(rate) for rate in rounds)
+                assert all(positive(rate) for rate in rounds)
             assert cell["ratio"] == pytest.approx(
                 cell["rollbackd"]["req_per_s"] / cell["baseline"]["req_per_s"]
             )
@@ -100,7 +79,7 @@ def test_open_loop_latency_is_reported_for_both_servers(quick_run: Any) -> None:
         assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"], figures
         assert figures["ok"] > 0
         assert figures["ok"] + figures["non_2xx"] + figures["errors"] == figures["scheduled"]
-    assert _positive(latency["p99_ratio"])
+    assert positive(latency["p99_ratio"])
     assert latency["integrity"]["lost"] == 0
 
 
