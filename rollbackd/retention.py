@@ -5,7 +5,9 @@ may go, oldest first: finished rollbacks and everything recorded about them,
 decided signals, decisions, events, notification outcomes, delivered or
 abandoned outbox rows, unresolved-alert rows. What never goes: a rollback
 not in a terminal phase, an accepted signal without a decision, an outbox
-row still pending (a page that was meant and not yet delivered).
+row still pending (a page that was meant and not yet delivered), and the
+newest record of each kind per Deployment with what it recorded (the next
+decision reads its cooldown, restored revision and open incident there).
 
 By age first (``max_age``); then, while the journal still uses more than
 ``max_bytes``, the age is halved, down to ``min_age``, so the newest history
@@ -39,7 +41,12 @@ _IN = ",".join("?" * len(_TERMINAL))
 _STATEMENTS: tuple[tuple[str, str], ...] = (
     (
         "rollbacks",
-        f"DELETE FROM rollbacks WHERE phase IN ({_IN}) AND COALESCE(finished_at, updated_at) < ?",
+        f"DELETE FROM rollbacks WHERE phase IN ({_IN}) AND COALESCE(finished_at, updated_at) < ?"
+        # The newest record of each kind per target is the next decision's
+        # memory (cooldown, restored revision, open incident): it stays.
+        " AND id NOT IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY"
+        " namespace, name, kind ORDER BY started_at DESC, id DESC) AS newest"
+        " FROM rollbacks) WHERE newest = 1)",
     ),
     (
         "events",
