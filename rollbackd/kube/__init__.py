@@ -3,7 +3,8 @@
 - :mod:`~rollbackd.kube.client`: one typed, retried API call; fresh reads
 - :mod:`~rollbackd.kube.errors`: typed errors from the Status body (and connection errors)
 - :mod:`~rollbackd.kube.retry`: the one retry policy and the per-rollback budget
-- :mod:`~rollbackd.kube.cache`: the watch cache (list+watch, per-kind transforms)
+- :mod:`~rollbackd.kube.cache`: the watch cache (list+watch, per-kind transforms,
+  pods as metadata only); :mod:`~rollbackd.kube.pager`: lists in pages
 - :mod:`~rollbackd.kube.writes`, :mod:`~rollbackd.kube.patch`: guarded writes
 - :mod:`~rollbackd.kube.events`: Events on the Deployment
 - :mod:`~rollbackd.kube.rollout`: waiting for a rollout or a template change
