@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,9 @@ from rollbackd.journal.schema import MIGRATIONS, SCHEMA_VERSION
 
 # Parameters per statement for ``IN (...)`` lists, well under SQLite's limit.
 SQL_CHUNK = 500
+
+# How long a write waits for another connection's write transaction.
+BUSY_TIMEOUT_MS = 5000
 
 # Test-only: cap the journal at this many pages, so a test can fill it as a
 # full disk would (SQLITE_FULL) without root or a small mount.
@@ -46,7 +50,7 @@ class Connection:
             # on every webhook answer. FULL adds that fsync, for a journal on
             # a persistent volume that must survive a power cut.
             await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
+            await self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             await self._conn.execute("PRAGMA foreign_keys=ON")
             version = await self._scalar("PRAGMA user_version")
         except sqlite3.DatabaseError as exc:
@@ -105,12 +109,33 @@ class Connection:
         """One statement in its own transaction, committed before returning."""
         await self._transaction(lambda: self._conn.execute(sql, tuple(params)))
 
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retried while SQLite answers busy without waiting.
+
+        Another coroutine's read may be open on this shared connection; if
+        another connection (a second process on the file) wrote since that
+        read began, BEGIN IMMEDIATE fails at once (SQLITE_BUSY_SNAPSHOT: the
+        busy timeout does not apply). The read ends within a few loop turns.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.001
+        while True:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
     async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
         # aiosqlite runs calls in order on one thread, but two coroutines'
         # statements would interleave between BEGIN and COMMIT on the shared
         # connection; the lock keeps each write in a transaction of its own.
         async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 await body()
                 await self._conn.execute("COMMIT")
