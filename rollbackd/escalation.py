@@ -12,8 +12,10 @@ Two rules, in the spirit of Alertmanager's grouping:
   individual pages are withdrawn and one grouped page says "N Deployments in
   namespace X breaching; none recently rolled out: not a deploy problem".
   Later ones join the open group silently. The waiting pages are durable
-  outbox rows: a crash during the wait sends them individually, never loses
-  them.
+  outbox rows, and the grouped one is queued before the individual ones are
+  withdrawn: a crash while grouping sends them individually (or both), never
+  neither; after a restart the open group, with its members, is read back
+  from the journal.
 """
 
 from __future__ import annotations
