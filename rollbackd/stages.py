@@ -24,9 +24,11 @@ from rollbackd.kube import Kube
 from rollbackd.metrics import Metrics
 from rollbackd.model import Phase, Policy, Rollback, Target
 from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
+from rollbackd.notify.stale import RollbackStateOf
 from rollbackd.promql import PromQL
 from rollbackd.signals import Evaluation
 from rollbackd.sources.alertmanager import TargetMapping
+from rollbackd.state import RollbackState, recorded_state
 from rollbackd.verify import Verifier
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "build_pipeline",
     "readiness",
     "scrape_interval",
+    "watched_rollback_state",
 ]
 
 DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
@@ -259,7 +262,22 @@ def build_pipeline(
         clock=clock,
     )
     recorder.on_phase = dispatcher.observe
+    # A start page left in this journal's outbox by an earlier term is checked
+    # against the Deployment before it goes out (a rollback another leader ended).
+    notifier.rollback_state = watched_rollback_state(kube)
     return Pipeline(intake, verifier, executor, dispatcher)
+
+
+def watched_rollback_state(kube: Kube) -> RollbackStateOf:
+    """The Deployment's recorded rollback, from the watch cache; None when it cannot tell."""
+
+    def state_of(target: Target) -> RollbackState | None:
+        if not kube.synced:
+            return None
+        deployment = kube.cached_deployment(target)
+        return None if deployment is None else recorded_state(deployment)
+
+    return state_of
 
 
 async def scrape_interval(promql: PromQL, configured: timedelta | None) -> timedelta:

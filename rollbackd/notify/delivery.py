@@ -1,4 +1,4 @@
-"""The Notifier's workers: send due rows, retry, expire, fail over, report outcomes."""
+"""The Notifier's workers: send due rows, retry, expire, fail over, withdraw stale triggers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
 from rollbackd.notify.lane import Lane, backoff_delay, new_row
 from rollbackd.notify.model import DETAIL_FAILOVER_FROM, Notification, notification_from_json
 from rollbackd.notify.outbox import PENDING, OutboxRow, OutboxStore, PendingEntry, heads
+from rollbackd.notify.stale import RollbackStateOf, judge_trigger, tied_to_rollback
 
 if TYPE_CHECKING:
     from rollbackd.metrics import Metrics
@@ -30,6 +31,10 @@ class Delivery:
     # Fencing (safety rule 13): when set, pages are accepted and sent only
     # while it returns True; the daemon sets it to the Lease fence.
     gate: Callable[[], bool] | None = None
+    # When set, a rollback's start page is checked against the Deployment's
+    # recorded rollback before it goes out (see ``rollbackd.notify.stale``);
+    # the daemon sets it to a watch-cache read.
+    rollback_state: RollbackStateOf | None = None
     _lanes: list[Lane]
     _own_journal: Journal | None
     _store: OutboxStore | None
@@ -107,7 +112,8 @@ class Delivery:
             # resolve a head, and that resolve is older than later triggers.
             row = await store.get(due[0].id)
             if row is not None and row.state == PENDING:
-                await self._send(store, lane, row)
+                if not await self._withdrawn_as_stale(store, lane, row, entries):
+                    await self._send(store, lane, row)
             return 0
         wake_at = [max(e.next_attempt_at, hold or e.next_attempt_at) for e in first]
         wake_at.append(min(e.created_at for e in entries) + self._max_age)
@@ -116,6 +122,39 @@ class Delivery:
                 e.created_at + self._failover_after for e in entries if self._may_fail_over(lane, e)
             )
         return max(0.001, (min(wake_at) - now).total_seconds())
+
+    async def _withdrawn_as_stale(
+        self, store: OutboxStore, lane: Lane, row: OutboxRow, entries: Sequence[PendingEntry]
+    ) -> bool:
+        """Withdraw ``row`` if it is a start page whose rollback ended elsewhere; True if so."""
+        if self.rollback_state is None or row.resolves:
+            return False
+        n = notification_from_json(row.body)
+        if not tied_to_rollback(n):
+            return False
+        try:
+            state = self.rollback_state(n.target)
+        except Exception:
+            # Cannot tell: a late page beats a lost page.
+            log.exception("rollback_state_read_failed", channel=lane.name, dedup_key=n.dedup_key)
+            return False
+        verdict = judge_trigger(n, state, entries)
+        if verdict.send:
+            return False
+        if not await store.withdraw_row(row.id, at=self._clock(), reason=verdict.reason):
+            return False
+        log.warning(
+            "stale_trigger_withdrawn",
+            channel=lane.name,
+            dedup_key=n.dedup_key,
+            kind=str(n.kind),
+            target=str(n.target),
+            attempts=row.attempts,
+            reason=verdict.reason,
+        )
+        if self._metrics is not None:
+            self._metrics.notifications_total.labels(channel=lane.name, result="withdrawn").inc()
+        return True
 
     async def _send(self, store: OutboxStore, lane: Lane, row: OutboxRow) -> None:
         n = notification_from_json(row.body)

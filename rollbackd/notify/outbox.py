@@ -19,7 +19,9 @@ is never sent while a trigger for the same key is pending on that channel,
 and one key stuck in backoff does not hold back another.
 
 States: pending -> delivered | failed (not retryable) | expired (older than
-``notify.max_age``). Only pending rows change; every update is guarded by
+``notify.max_age``) | withdrawn (grouped into another page, or a stale
+rollback trigger: see ``rollbackd.notify.stale``; the reason is kept in
+``last_error``). Only pending rows change; every update is guarded by
 ``state = 'pending'``.
 """
 
@@ -213,6 +215,27 @@ class OutboxStore:
 
         await self._journal.transaction(body)
         return changed
+
+    async def withdraw_row(self, row_id: int, *, at: datetime, reason: str) -> bool:
+        """Take back one pending row, tried or not (a stale trigger); True if it was pending.
+
+        Unlike ``withdraw``, earlier attempts do not protect the row: its
+        incident is over, and whatever an attempt opened was resolved since.
+        """
+        changed = 0
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            nonlocal changed
+            cur = await conn.execute(
+                "UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
+                " WHERE id = ? AND state = ?",
+                (WITHDRAWN, _fmt(at), reason[:_MAX_ERROR], row_id, PENDING),
+            )
+            changed = cur.rowcount
+            await cur.close()
+
+        await self._journal.transaction(body)
+        return changed == 1
 
     async def revise(self, dedup_key: str, kind: str, body_json: dict[str, Any]) -> int:
         """Replace the body of ``dedup_key``'s pending rows of ``kind`` never tried."""
