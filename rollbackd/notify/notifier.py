@@ -18,6 +18,10 @@ page longer than ``failover_after`` hands a copy to every other channel that
 takes it, saying so in the summary. A slow or dead channel delays only its
 own rows.
 
+A rollback's start page is checked against the cluster before each send
+(``rollback_state``, see ``rollbackd.notify.stale``): one that an earlier term
+left unsent, for a rollback another leader has since ended, is withdrawn.
+
 Only the leader sends: ``start`` on gaining leadership, ``stop`` on losing
 it. ``stop`` cancels sends in flight and leaves their rows pending; whoever
 starts a Notifier on the same journal next delivers them. Delivery is
