@@ -33,7 +33,7 @@ class Delivery:
     gate: Callable[[], bool] | None = None
     # When set, a rollback's start page is checked against the Deployment's
     # recorded rollback before it goes out (see ``rollbackd.notify.stale``);
-    # the daemon sets it to a watch-cache read.
+    # ``stages.build_pipeline`` sets it to a watch-cache read.
     rollback_state: RollbackStateOf | None = None
     _lanes: list[Lane]
     _own_journal: Journal | None
