@@ -151,11 +151,16 @@ class JournalRecorder:
 def build_channels(settings: Settings) -> list[Channel]:
     """Instantiate the configured notification channels (all optional)."""
     from rollbackd.notify.alertmanager import AlertmanagerPushChannel
+    from rollbackd.notify.http import default_session_factory
     from rollbackd.notify.pagerduty import PagerDutyChannel
     from rollbackd.notify.slack import SlackChannel
     from rollbackd.notify.webhook import WebhookChannel
 
     notify = settings.notify
+    # The replica in the User-Agent, as on its Kubernetes requests: a pager's
+    # request log then shows which replica sent a page.
+    identity = settings.leader_election.effective_identity()
+    sessions = default_session_factory(user_agent=f"rollbackd ({identity})")
     report_url = (
         f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
         if notify.report_base_url
@@ -168,22 +173,33 @@ def build_channels(settings: Settings) -> list[Channel]:
                 notify.pagerduty.routing_key_value(),
                 url=str(notify.pagerduty.url),
                 report_url_template=report_url,
+                session_factory=sessions,
             )
         )
     if notify.alertmanager is not None:
         channels.append(
-            AlertmanagerPushChannel(str(notify.alertmanager.url), report_url_template=report_url)
+            AlertmanagerPushChannel(
+                str(notify.alertmanager.url),
+                report_url_template=report_url,
+                session_factory=sessions,
+            )
         )
     if notify.slack is not None:
         channels.append(
-            SlackChannel(notify.slack.webhook_url_value(), report_url_template=report_url)
+            SlackChannel(
+                notify.slack.webhook_url_value(),
+                report_url_template=report_url,
+                session_factory=sessions,
+            )
         )
     if notify.webhook is not None:
         headers = dict(notify.webhook.headers)
         token = notify.webhook.bearer_token_value()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        channels.append(WebhookChannel(str(notify.webhook.url), headers=headers))
+        channels.append(
+            WebhookChannel(str(notify.webhook.url), headers=headers, session_factory=sessions)
+        )
     return channels
 
 

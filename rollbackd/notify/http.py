@@ -23,13 +23,15 @@ _RETRYABLE_STATUS = frozenset({408, 425, 429})
 _MAX_ERROR_BODY = 300
 
 
-def default_session_factory(timeout: float = 10.0) -> SessionFactory:
+def default_session_factory(
+    timeout: float = 10.0, *, user_agent: str = "rollbackd"
+) -> SessionFactory:
     """A factory of sessions with a total per-request timeout."""
 
     def make() -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"User-Agent": "rollbackd"},
+            headers={"User-Agent": user_agent},
         )
 
     return make
