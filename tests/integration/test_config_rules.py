@@ -101,7 +101,7 @@ def _embed_snippet(tmp_path: Path) -> Path:
 def test_rule_file_passes_promtool_check() -> None:
     result = _run(_tool("promtool", "prometheus"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_alerts_are_per_deployment_and_wait_one_minute() -> None:

@@ -777,6 +777,7 @@ def test_prometheus_rule_alerts_on_rollbackd_itself_and_passes_promtool(
         "RollbackdWebhook5xx",
         "RollbackdPagesUndelivered",
         "RollbackdPagesExpired",
+        "RollbackdPollerStalled",
     }
     exprs = " ".join(r["expr"] for g in spec["groups"] for r in g["rules"])
     for metric in (
@@ -786,6 +787,7 @@ def test_prometheus_rule_alerts_on_rollbackd_itself_and_passes_promtool(
         "rollbackd_webhook_requests_total",
         "rollbackd_notification_delivery_lag_seconds",
         "rollbackd_notifications_expired_total",
+        "rollbackd_poll_cycles_total",
     ):
         assert metric in exprs
     rule_file = tmp_path / "rollbackd-rules.yaml"
