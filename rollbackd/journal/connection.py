@@ -77,15 +77,16 @@ class Connection:
 
     # --- low-level helpers -------------------------------------------------
 
+    # One round trip to the connection's thread each (execute_fetchall), not
+    # three (execute, fetch, close): inside a transaction every round trip
+    # waits for a turn of a busy event loop while the write lock is held.
+
     async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = list(await self._conn.execute_fetchall(sql, tuple(params)))
+        return rows[0][0] if rows else None
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            rows = await cur.fetchall()
-        return list(rows)
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     # Public for the stores that keep their tables in this file (the outbox,
     # retention): one connection, one write lock, one place that commits.
