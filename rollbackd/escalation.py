@@ -148,8 +148,10 @@ class Escalations:
                 if target not in group.members:
                     group.members[target] = group.dedup_key
                     # Still waiting to go out: the page grows; once sent, the
-                    # journal's group record keeps the list.
-                    await self._pager.revise(_group_page(namespace_of(group), group, now))
+                    # journal's group record keeps the list (and a restart reads it).
+                    page = _group_page(namespace_of(group), group, now)
+                    await self._pager.revise(page)
+                    await self._record_group(namespace_of(group), group, page.summary, now)
                 return group.dedup_key
         dedup_key = f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
         self._open[(target, reason)] = (dedup_key, now)
@@ -250,18 +252,7 @@ class Escalations:
             _record(dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now),
             details={"members": sorted(t.name for t in group.members)},
         )
-        await self._journal.record_event(
-            dedup_key,
-            Target(namespace, GROUP_NAME),
-            KIND_GROUP,
-            page.summary,
-            at=now,
-            data={
-                "dedup_key": dedup_key,
-                "members": sorted(t.name for t in group.members),
-                "reason_code": group.reason_code,
-            },
-        )
+        await self._record_group(namespace, group, page.summary, now)
         withdrawn = await self._pager.withdraw(individual, reason=f"grouped into {dedup_key}")
         log.warning(
             "escalations_grouped",
@@ -271,6 +262,25 @@ class Escalations:
             dedup_key=dedup_key,
         )
         return dedup_key
+
+    async def _record_group(
+        self, namespace: str, group: _Group, summary: str, now: datetime
+    ) -> None:
+        """The group's members as of now: the newest such event is what a restart restores."""
+        assert group.dedup_key is not None
+        members = sorted(t.name for t in group.members)
+        await self._journal.record_event(
+            group.dedup_key,
+            Target(namespace, GROUP_NAME),
+            KIND_GROUP,
+            summary,
+            at=now,
+            data={
+                "dedup_key": group.dedup_key,
+                "members": members,
+                "reason_code": group.reason_code,
+            },
+        )
 
     async def _note(
         self, target: Target, kind: str, decision: Decision, now: datetime, dedup_key: str

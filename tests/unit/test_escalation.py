@@ -189,3 +189,26 @@ async def test_a_grouped_page_is_one_record_naming_its_members(journal: Journal)
     [group] = groups
     assert group.reason.startswith("3 Deployments in namespace shop")
     assert (await journal.rollback_details(group.id)) == {"members": ["a", "b", "c"]}
+
+
+async def test_members_who_join_an_open_group_survive_two_restarts(journal: Journal) -> None:
+    first = RecordingPager()
+    subject = Escalations(first, journal, POLICY)
+    for name in ("a", "b", "c"):
+        await subject.escalate(signal(name), escalation(name), NOW)
+    later = NOW + timedelta(seconds=2)
+    # A restart, then "d" joins the group that is still waiting to go out.
+    await Escalations(RecordingPager(), journal, POLICY).escalate(
+        signal("d", later), escalation("d"), later
+    )
+    # A second restart, then "e" joins: the page must still name all five.
+    pager = RecordingPager()
+    grouped = f"esc-group-shop-not-a-deploy-problem-{int(NOW.timestamp())}"
+    pager.queued.append((first.sent()[-1], None))  # the pending grouped page, as in the outbox
+    latest = NOW + timedelta(seconds=4)
+    key = await Escalations(pager, journal, POLICY).escalate(
+        signal("e", latest), escalation("e"), latest
+    )
+    assert key == grouped
+    [page] = pager.sent()
+    assert sorted(page.details["deployments"]) == ["a", "b", "c", "d", "e"]
