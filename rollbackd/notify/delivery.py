@@ -141,8 +141,10 @@ class Delivery:
         verdict = judge_trigger(n, state, entries)
         if verdict.send:
             return False
-        if not await store.withdraw_row(row.id, at=self._clock(), reason=verdict.reason):
+        now = self._clock()
+        if not await store.withdraw_row(row.id, at=now, reason=verdict.reason):
             return False
+        await store.note_withdrawn(n, lane.name, verdict.reason, now)
         log.warning(
             "stale_trigger_withdrawn",
             channel=lane.name,

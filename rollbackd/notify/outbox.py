@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
     from rollbackd.journal import Journal
+    from rollbackd.notify.model import Notification
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -236,6 +237,15 @@ class OutboxStore:
 
         await self._journal.transaction(body)
         return changed == 1
+
+    async def note_withdrawn(
+        self, n: Notification, channel: str, reason: str, at: datetime
+    ) -> None:
+        """A withdrawn page in its rollback's timeline: the review sees why nothing went out."""
+        data = {"channel": channel, "dedup_key": n.dedup_key, "kind": str(n.kind)}
+        await self._journal.record_event(
+            n.dedup_key, n.target, "page_withdrawn", reason, at=at, data=data
+        )
 
     async def revise(self, dedup_key: str, kind: str, body_json: dict[str, Any]) -> int:
         """Replace the body of ``dedup_key``'s pending rows of ``kind`` never tried."""

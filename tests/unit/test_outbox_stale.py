@@ -248,6 +248,9 @@ async def test_a_tried_start_page_is_withdrawn_once_the_rollback_ended_elsewhere
     assert row.last_error.startswith(f"superseded: rollback {R} ended under another leader")
     assert withdrawn_count(metrics) == 1
     assert cluster.asked and set(cluster.asked) == {SHOP}
+    # The rollback's timeline says why no page went out, for the review.
+    [entry] = [e for e in await journal.timeline(R) if e.kind == "page_withdrawn"]
+    assert entry.message == row.last_error and entry.data["channel"] == "pager"
 
 
 async def test_a_trigger_and_its_resolve_in_one_outbox_both_go_out_in_order(
