@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from rollbackd.kube import Kube
 from rollbackd.smoke import ServicePort
-from rollbackd.smoke_transport import ServiceProxyTransport
+from rollbackd.smoke_transport import ProxyRefused, ServiceProxyTransport
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.kubesim.proxy import KNOB_FAILING_PATHS
 from rollbackd.testing.kubesim.workload import KNOB_ERROR_RATE, KNOB_LATENCY_MS
@@ -140,3 +141,21 @@ async def test_rollbackd_reaches_it_with_the_kube_clients_credentials(kubesim: K
         )
     assert ok[0] == 200 and b'"path": "/a"' in ok[1]
     assert broken[0] == 500 and b'"method": "POST"' in broken[1]
+
+
+async def test_a_proxy_forbidden_to_rollbackd_is_not_the_services_answer(kubesim: KubeSim) -> None:
+    await serving(kubesim)
+    kubesim.faults.fail("list", "/proxy/", 403)
+    async with await Kube.connect(kubeconfig=str(kubesim.kubeconfig)) as kube:
+        transport = ServiceProxyTransport(kube.api_client)
+        with pytest.raises(ProxyRefused, match="403"):
+            await transport.send(
+                namespace=NS,
+                service="web",
+                port=ServicePort("http", 80),
+                method="GET",
+                path="/",
+                headers={},
+                body=None,
+                timeout=5,
+            )
