@@ -141,7 +141,11 @@ class SmokeChecker:
     async def run_check(
         self, check: SmokeCheck, target: Target, service: ServiceRef
     ) -> SmokeOutcome:
-        """One check against one Service: never raises, every problem is an outcome."""
+        """One check against one Service; an answer, or silence, is an outcome.
+
+        Only what says the check could not be asked at all (the API server
+        refusing rollbackd the service proxy) is raised: that is no evidence.
+        """
         path = check.render_url(
             namespace=target.namespace, service=service.name, deployment=target.name
         )
@@ -165,11 +169,13 @@ class SmokeChecker:
                     timeout=timeout,
                 )
         except TimeoutError:
+            log.warning("smoke_check_no_answer", check=check.name, target=str(target))
             return SmokeOutcome(
                 check.name, False, _quote(check, f"{where}: no answer in {timeout:g}s")
             )
         except (aiohttp.ClientError, OSError) as exc:
             reason = redact_text(str(exc) or type(exc).__name__)
+            log.warning("smoke_check_no_answer", check=check.name, target=str(target), error=reason)
             return SmokeOutcome(check.name, False, _quote(check, f"{where}: no answer: {reason}"))
         problem = judge(check, status, body)
         log.info("smoke_check", check=check.name, target=str(target), status=status, ok=not problem)
