@@ -45,7 +45,8 @@ class VerifySettings(_Section):
     require_endpoints: bool = True
     # Named HTTP checks; a Deployment picks them with rollbackd.io/smoke-checks.
     smoke_checks: tuple[SmokeCheck, ...] = ()
-    smoke_via: SmokeVia = "service-proxy"
+    # In the cluster by default: no extra RBAC (the service proxy needs services/proxy).
+    smoke_via: SmokeVia = "cluster-dns"
 
     @field_validator("smoke_checks")
     @classmethod

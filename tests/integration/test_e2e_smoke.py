@@ -38,7 +38,15 @@ ORDERS_CHECK = {
 
 @pytest.fixture
 async def stack(tmp_path: Any) -> AsyncIterator[Stack]:
-    overrides = {"verify": {"intervals": 3, "timeout": "60s", "smoke_checks": [ORDERS_CHECK]}}
+    # kubesim serves the service proxy; there is no cluster DNS on loopback.
+    overrides = {
+        "verify": {
+            "intervals": 3,
+            "timeout": "60s",
+            "smoke_checks": [ORDERS_CHECK],
+            "smoke_via": "service-proxy",
+        }
+    }
     async with Stack(tmp_path / "stack", overrides=overrides) as started:
         yield started
 

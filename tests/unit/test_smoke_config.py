@@ -32,13 +32,14 @@ def test_a_check_needs_only_a_name_and_a_path(tmp_path: Path) -> None:
     (check,) = settings.verify.smoke_checks
     assert (check.method, check.expect_status, check.timeout) == ("GET", 200, timedelta(seconds=5))
     assert check.port is None and check.expect_json == () and check.headers == {}
-    assert settings.verify.smoke_via == "service-proxy"
+    # Least privilege by default: the service proxy needs RBAC on services/proxy.
+    assert settings.verify.smoke_via == "cluster-dns"
 
 
 def test_every_field_is_read(tmp_path: Path) -> None:
     settings = settings_with(
         tmp_path,
-        "  smoke_via: cluster-dns\n"
+        "  smoke_via: service-proxy\n"
         "  smoke_checks:\n"
         "    - name: create-order\n"
         "      method: post\n"
@@ -51,7 +52,7 @@ def test_every_field_is_read(tmp_path: Path) -> None:
         "      timeout: 2s\n",
     )
     (check,) = settings.verify.smoke_checks
-    assert settings.verify.smoke_via == "cluster-dns"
+    assert settings.verify.smoke_via == "service-proxy"
     assert check.method == "POST" and check.port == 8080 and check.expect_status == 201
     assert check.expect_json[0].path == "order.state"
     assert check.render_url(namespace="shop", service="s", deployment="d") == "/api/shop/d/orders"
