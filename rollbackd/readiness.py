@@ -89,19 +89,24 @@ def ready_current_pods(
     return sum(1 for pod in pods if pod_ready(pod) and template_hash(pod) in current_hashes)
 
 
+def service_selects(deployment: Mapping[str, Any], service: Mapping[str, Any]) -> bool:
+    """The Service's selector matches the labels of the Deployment's pod template."""
+    template = (deployment.get("spec") or {}).get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    selector = (service.get("spec") or {}).get("selector") or {}
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
 def selecting_services(
     deployment: Mapping[str, Any],
     services: Iterable[Mapping[str, Any]],
     endpoints: Iterable[Mapping[str, Any]],
 ) -> tuple[ServiceEndpoints, ...]:
     """Services whose selector matches the pod template's labels, with ready addresses."""
-    template = (deployment.get("spec") or {}).get("template") or {}
-    labels = (template.get("metadata") or {}).get("labels") or {}
     by_name = {ep.get("metadata", {}).get("name"): ep for ep in endpoints}
     selecting = []
     for service in services:
-        selector = (service.get("spec") or {}).get("selector") or {}
-        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        if not service_selects(deployment, service):
             continue
         name = service.get("metadata", {}).get("name", "")
         subsets = (by_name.get(name) or {}).get("subsets") or []

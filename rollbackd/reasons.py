@@ -47,6 +47,7 @@ class ReasonCode(StrEnum):
     VERIFY_NO_DATA = "verify_no_data"
     VERIFY_NOT_READY = "verify_not_ready"
     VERIFY_TIMEOUT = "verify_timeout"
+    VERIFY_SMOKE_FAILED = "verify_smoke_failed"
     # the restored version's rollout
     ROLLOUT_FAILED = "rollout_failed"
     ROLLOUT_TIMEOUT = "rollout_timeout"

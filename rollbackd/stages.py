@@ -27,6 +27,7 @@ from rollbackd.notify.base import Channel, Notification, NotificationKind, Notif
 from rollbackd.notify.stale import RollbackStateOf
 from rollbackd.promql import PromQL
 from rollbackd.signals import Evaluation
+from rollbackd.smoke_transport import smoke_checker
 from rollbackd.sources.alertmanager import TargetMapping
 from rollbackd.state import RollbackState, recorded_state
 from rollbackd.verify import Verifier
@@ -248,6 +249,7 @@ def build_pipeline(
         sleep=asyncio.sleep,
         timeout=s.verify.timeout.total_seconds(),
         require_endpoints=s.verify.require_endpoints,
+        smoke=smoke_checker(s.verify, kube).run,
     )
     recorder = JournalRecorder(journal, metrics, clock)
     executor = Executor(

@@ -21,13 +21,19 @@ verification unhealthy with the last inconclusive reason. Verification as a
 whole is bounded by ``timeout`` (config ``verify.timeout``): a query or a
 readiness check that hangs past it ends verification unhealthy
 (``verify_timeout``), never healthy.
+
+Smoke checks (:mod:`rollbackd.smoke`) run at each interval whose signals and
+readiness are healthy, after them. A failed check fails verification at once,
+like a breach (``verify_smoke_failed``), and the detail quotes the check, the
+status and an excerpt of the body. Checks that cannot be run at all (the
+Deployment or its Services could not be read) leave the interval inconclusive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,6 +41,7 @@ from rollbackd.model import Target
 from rollbackd.readiness import ReadinessReport, ServiceEndpoints
 from rollbackd.reasons import RollbackReason
 from rollbackd.signals import Evaluation, Verdict
+from rollbackd.smoke import SmokeOutcome
 
 __all__ = [
     "IntervalResult",
@@ -65,6 +72,9 @@ class VerifyResult:
 
 EvaluateFn = Callable[[Target, str, datetime], Awaitable[list[Evaluation]]]
 ReadinessFn = Callable[[Target], Awaitable[ReadinessReport]]
+SmokeFn = Callable[[Target], Awaitable[Sequence[SmokeOutcome]]]
+# Endings that waiting longer cannot undo: verification stops at the first.
+_FINAL = (RollbackReason.VERIFY_BREACH, RollbackReason.VERIFY_SMOKE_FAILED)
 
 
 class Verifier:
@@ -84,6 +94,7 @@ class Verifier:
         timeout: float | None = None,
         require_endpoints: bool = True,
         max_inconclusive: int = 0,
+        smoke: SmokeFn | None = None,
     ) -> None:
         if intervals < 1:
             raise ValueError("verification needs at least one interval")
@@ -93,6 +104,7 @@ class Verifier:
             raise ValueError("scrape_interval must be positive")
         self._evaluate = evaluate
         self._readiness = readiness
+        self._smoke = smoke
         self._scrape = scrape_interval
         self._intervals = intervals
         self._max_inconclusive = max_inconclusive
@@ -158,7 +170,7 @@ class Verifier:
             if result.healthy:
                 healthy += 1
                 continue
-            if code is not RollbackReason.VERIFY_BREACH:
+            if code not in _FINAL:
                 inconclusive += 1
                 if inconclusive <= self._max_inconclusive:
                     continue
@@ -187,22 +199,8 @@ class Verifier:
     async def _interval(
         self, target: Target, index: int, at: datetime, window: str
     ) -> tuple[IntervalResult, RollbackReason]:
-        try:
-            async with asyncio.timeout(self._evaluation_timeout):
-                evaluations = tuple(await self._evaluate(target, window, at))
-        except TimeoutError:
-            evaluations, error = (), "signal evaluation timed out"
-        except Exception as exc:  # a failed query is no data, never health
-            evaluations, error = (), f"signal evaluation failed: {exc}"
-        else:
-            error = "" if evaluations else "no signal evaluations (no data)"
-        try:
-            report = await self._readiness(target)
-            readiness_ok = report.pods_ok and (report.endpoints_ok or not self._require_endpoints)
-            readiness_detail = report.detail
-        except Exception as exc:
-            readiness_ok, readiness_detail = False, f"readiness check failed: {exc}"
-
+        evaluations, error = await self._signals(target, window, at)
+        readiness_ok, readiness_detail = await self._ready(target)
         breaches = [e for e in evaluations if e.verdict == Verdict.BREACH]
         missing = [e for e in evaluations if e.verdict not in (Verdict.HEALTHY, Verdict.BREACH)]
         details = [
@@ -220,9 +218,49 @@ class Verifier:
         elif not readiness_ok:
             code = RollbackReason.VERIFY_NOT_READY
         else:
-            code = RollbackReason.VERIFIED
+            # Only a version healthy by every other measure is asked its smoke checks.
+            code, smoke_details = await self._smoke_checks(target)
+            # A failed check leads the detail: the page quotes it.
+            failed = code is RollbackReason.VERIFY_SMOKE_FAILED
+            details = [*smoke_details, *details] if failed else [*details, *smoke_details]
         healthy = code is RollbackReason.VERIFIED
         return (
             IntervalResult(index, at, evaluations, readiness_ok, healthy, "; ".join(details)),
             code,
         )
+
+    async def _signals(
+        self, target: Target, window: str, at: datetime
+    ) -> tuple[tuple[Evaluation, ...], str]:
+        try:
+            async with asyncio.timeout(self._evaluation_timeout):
+                evaluations = tuple(await self._evaluate(target, window, at))
+        except TimeoutError:
+            return (), "signal evaluation timed out"
+        except Exception as exc:  # a failed query is no data, never health
+            return (), f"signal evaluation failed: {exc}"
+        return evaluations, "" if evaluations else "no signal evaluations (no data)"
+
+    async def _ready(self, target: Target) -> tuple[bool, str]:
+        try:
+            report = await self._readiness(target)
+        except Exception as exc:
+            return False, f"readiness check failed: {exc}"
+        ok = report.pods_ok and (report.endpoints_ok or not self._require_endpoints)
+        return ok, report.detail
+
+    async def _smoke_checks(self, target: Target) -> tuple[RollbackReason, list[str]]:
+        """VERIFIED, VERIFY_SMOKE_FAILED, or VERIFY_NO_DATA when the checks could not run."""
+        if self._smoke is None:
+            return RollbackReason.VERIFIED, []
+        try:
+            async with asyncio.timeout(self._evaluation_timeout):
+                outcomes = tuple(await self._smoke(target))
+        except TimeoutError:
+            return RollbackReason.VERIFY_NO_DATA, ["smoke checks did not finish in time"]
+        except Exception as exc:  # rollbackd could not ask: no evidence either way
+            return RollbackReason.VERIFY_NO_DATA, [f"smoke checks could not run: {exc}"]
+        failed = [o.detail for o in outcomes if not o.ok]
+        if failed:
+            return RollbackReason.VERIFY_SMOKE_FAILED, failed
+        return RollbackReason.VERIFIED, [o.detail for o in outcomes]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from rollbackd.config.smoke import SmokeCheck, SmokeVia, unique_names
 from rollbackd.config.types import NonEmptyStr, NonNegativeDuration, PositiveDuration, _Section
 from rollbackd.model import Policy
 
@@ -42,3 +43,12 @@ class VerifySettings(_Section):
     max_inconclusive: int = Field(default=3, ge=0, le=20)
     timeout: PositiveDuration = timedelta(minutes=5)
     require_endpoints: bool = True
+    # Named HTTP checks; a Deployment picks them with rollbackd.io/smoke-checks.
+    smoke_checks: tuple[SmokeCheck, ...] = ()
+    # In the cluster by default: no extra RBAC (the service proxy needs services/proxy).
+    smoke_via: SmokeVia = "cluster-dns"
+
+    @field_validator("smoke_checks")
+    @classmethod
+    def _unique_smoke_checks(cls, value: tuple[SmokeCheck, ...]) -> tuple[SmokeCheck, ...]:
+        return unique_names(value)

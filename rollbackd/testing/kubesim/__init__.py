@@ -91,6 +91,7 @@ class KubeSim(StartStop):
         await self.disruption.start()
         self.workload = WorkloadMetrics(self.store)
         self.metrics_url = await self.workload.start(self.host, self.metrics_port)
+        self.api.proxy.knobs_of = self.workload.knobs_of
 
     def _kubeconfig_file(self) -> pathlib.Path:
         if self._kubeconfig_path is not None:

@@ -42,6 +42,7 @@ from .errors import (
     unsupported_media_type,
 )
 from .faults import FaultInjector, ResetConnection
+from .proxy import PROXY_ROUTE, ServiceProxy
 from .resources import (
     REGISTRY,
     ResourceType,
@@ -305,6 +306,9 @@ class KubeApi:
         self.app.router.add_route(
             "*", "/_kubesim/requests", functools.partial(requestlog.admin, self.requests)
         )
+        # The service proxy subresource, answered by the emulated workload (proxy.py).
+        self.proxy = ServiceProxy(store)
+        self.app.router.add_route("*", PROXY_ROUTE, self.proxy.handle)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)

@@ -220,6 +220,12 @@ class WorkloadMetrics:
         override = self._overrides.get((labels["namespace"], labels["deployment"]))
         return replace(knobs, **override) if override else knobs
 
+    def knobs_of(self, pod: Mapping[str, Any]) -> Knobs:
+        """A pod's effective knobs: its annotations, under any ``degrade`` override."""
+        meta = pod["metadata"]
+        labels = {"namespace": meta.get("namespace") or "", "deployment": self._deployment_of(pod)}
+        return self._effective(labels, Knobs.from_annotations(meta.get("annotations") or {}))
+
     def _pods(self) -> list[tuple[dict[str, str], Knobs, float]]:
         """(labels, knobs, seconds Ready) for every Ready pod, sorted by namespace and name."""
         now = self._clock()
