@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import API_HEADERS, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._storm import Senders, accepted_fingerprints
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -105,43 +104,20 @@ def body(fingerprints: list[str], starts_at: str) -> bytes:
     ).encode()
 
 
-class Storm:
+class Storm(Senders):
     """Concurrent senders of unique alerts; remembers every fingerprint answered 2xx."""
 
     def __init__(self, url: str, senders: int = 16) -> None:
+        super().__init__(senders, timeout=5)
         self.url = f"{url}/api/v1/alerts"
-        self.senders = senders
         self.acknowledged: set[str] = set()
         self.refused = 0
         self.failed = 0
-        self._ids = itertools.count(1)
         self._starts_at = (datetime.now(UTC) - timedelta(seconds=30)).isoformat()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Storm:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def _send(self) -> None:
-        assert self._session is not None
         while True:
-            fps = [f"{next(self._ids):016x}" for _ in range(ALERTS_PER_BODY)]
+            fps = self.fingerprints(ALERTS_PER_BODY)
             try:
                 async with self._session.post(
                     self.url,
@@ -160,17 +136,7 @@ class Storm:
 
 def journal_counts(path: Path, fingerprints: set[str]) -> dict[str, int]:
     """How many acknowledged fingerprints are journaled, and how many of them decided."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT key, decided_at IS NOT NULL FROM signals WHERE accepted = 1"
-        ).fetchall()
-    finally:
-        conn.close()
-    by_fp: dict[str, bool] = {}
-    for key, decided in rows:
-        fp = key.split(":")[1]
-        by_fp[fp] = by_fp.get(fp, False) or bool(decided)
+    by_fp = accepted_fingerprints(path)
     journaled = [fp for fp in fingerprints if fp in by_fp]
     return {
         "acknowledged": len(fingerprints),

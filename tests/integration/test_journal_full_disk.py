@@ -15,11 +15,8 @@ process neither dies nor spins, and its log names the cause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +29,7 @@ from rollbackd.journal import Journal
 from rollbackd.journal.connection import MAX_PAGES_ENV
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import API_HEADERS, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._storm import Senders, accepted_fingerprints
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -73,32 +71,17 @@ def alerts_body(fingerprints: list[str], starts_at: str) -> bytes:
     ).encode()
 
 
-class Storm:
+class Storm(Senders):
     """Senders of unique alerts; keeps what was acknowledged and what was refused."""
 
     def __init__(self, url: str, senders: int = 8, per_body: int = 5) -> None:
+        super().__init__(senders, timeout=10)
         self.url = f"{url}/api/v1/alerts"
-        self.senders = senders
         self.per_body = per_body
         self.acknowledged: set[str] = set()
         self.refused: list[list[str]] = []  # bodies answered 503, to re-send later
         self.other: list[int] = []  # any other status: never expected
         self.starts_at = (datetime.now(UTC) - timedelta(seconds=20)).isoformat()
-        self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Storm:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._session.close()
 
     async def post(self, fps: list[str]) -> int:
         async with self._session.post(
@@ -111,7 +94,7 @@ class Storm:
 
     async def _send(self) -> None:
         while True:
-            fps = [f"{next(self._ids):016x}" for _ in range(self.per_body)]
+            fps = self.fingerprints(self.per_body)
             status = await self.post(fps)
             if status == 200:
                 self.acknowledged.update(fps)
@@ -120,22 +103,6 @@ class Storm:
                 await asyncio.sleep(0.02)  # Alertmanager backs off too
             else:
                 self.other.append(status)
-
-
-def accepted_fingerprints(journal: Path) -> dict[str, bool]:
-    """fingerprint -> decided, for every accepted signal in the journal file."""
-    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT key, decided_at IS NOT NULL FROM signals WHERE accepted = 1"
-        ).fetchall()
-    finally:
-        conn.close()
-    found: dict[str, bool] = {}
-    for key, decided in rows:
-        fp = key.split(":")[1]
-        found[fp] = found.get(fp, False) or bool(decided)
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

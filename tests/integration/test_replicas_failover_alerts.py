@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from rollbackd.testing.stack import (
     knobs,
     wait_for,
 )
+from tests.integration._storm import Senders, accepted_fingerprints
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -61,33 +61,18 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield started
 
 
-class BothReplicas:
+class BothReplicas(Senders):
     """Senders posting every body of unique alerts to each replica, as Alertmanager would."""
 
     def __init__(self, urls: list[str], starts_at: datetime, senders: int = 3) -> None:
+        super().__init__(senders, timeout=5)
         self.urls = urls
         self.starts_at = starts_at.isoformat()
-        self.senders = senders
         self.acknowledged: dict[str, set[str]] = {url: set() for url in urls}
-        self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> BothReplicas:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._session.close()
 
     async def _send(self) -> None:
         while True:
-            fps = [f"{next(self._ids):016x}" for _ in range(4)]
+            fps = self.fingerprints(4)
             alerts = [
                 {
                     "status": "firing",
@@ -118,22 +103,6 @@ def recorded_state(stack: Stack) -> RollbackState | None:
     deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
     raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
     return decode_state(raw) if raw else None
-
-
-def journal_signals(journal: Path) -> dict[str, bool]:
-    """fingerprint -> decided, for the accepted signals of one replica's journal."""
-    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT key, decided_at IS NOT NULL FROM signals WHERE accepted = 1"
-        ).fetchall()
-    finally:
-        conn.close()
-    found: dict[str, bool] = {}
-    for key, decided in rows:
-        fp = key.split(":")[1]
-        found[fp] = found.get(fp, False) or bool(decided)
-    return found
 
 
 def rollback_ids(journal: Path) -> set[str]:
@@ -227,7 +196,7 @@ async def test_alerts_to_both_replicas_across_a_leader_change_roll_back_once(
         assert acknowledged_a and acknowledged_b
 
         async def b_decided_everything() -> bool:
-            found = journal_signals(journal_b)
+            found = accepted_fingerprints(journal_b)
             return acknowledged_b <= found.keys() and all(found.values())
 
         await wait_for(b_decided_everything, 30, "replica-b to decide every alert it accepted")
@@ -241,9 +210,9 @@ async def test_alerts_to_both_replicas_across_a_leader_change_roll_back_once(
         await wait_for(resolved, 30, "the resolve page")
 
     # Acknowledged means durable, on whichever replica answered, and decided by one of them.
-    in_a = journal_signals(journal_a)
+    in_a = accepted_fingerprints(journal_a)
     assert acknowledged_a <= in_a.keys()
-    in_b = journal_signals(journal_b)
+    in_b = accepted_fingerprints(journal_b)
     decided = {fp for fp, done in [*in_a.items(), *in_b.items()] if done}
     assert acknowledged_a | acknowledged_b <= decided
 

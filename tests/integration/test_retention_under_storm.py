@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +28,7 @@ from rollbackd.retention import prune
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import API_HEADERS, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._storm import Senders, accepted_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -62,34 +61,19 @@ def alert(fingerprint: str, deployment: str, starts_at: datetime) -> dict[str, A
     }
 
 
-class Storm:
+class Storm(Senders):
     """Unique alerts for the bad Deployment (and some for one that does not exist)."""
 
     def __init__(self, url: str, senders: int = 4) -> None:
+        super().__init__(senders, timeout=10)
         self.url = f"{url}/api/v1/alerts"
-        self.senders = senders
         self.acknowledged: set[str] = set()
         self.failures: list[str] = []
-        self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Storm:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._session.close()
 
     async def _send(self) -> None:
         while True:
             starts_at = datetime.now(UTC) - timedelta(seconds=1)
-            fps = [f"{next(self._ids):016x}" for _ in range(5)]
+            fps = self.fingerprints(5)
             alerts = [alert(fp, SHOP.name, starts_at) for fp in fps[:4]]
             alerts.append(alert(fps[4], "no-such-deployment", starts_at))
             body = {"version": "4", "status": "firing", "receiver": "rollbackd", "alerts": alerts}
@@ -135,14 +119,7 @@ def log_events(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
 
 def signals(journal: Path) -> dict[str, bool]:
     """fingerprint -> decided, for the accepted signals still in the journal."""
-    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT key, decided_at IS NOT NULL FROM signals WHERE accepted = 1"
-        ).fetchall()
-    finally:
-        conn.close()
-    return {key.split(":")[1]: bool(decided) for key, decided in rows}
+    return dict(accepted_rows(journal))
 
 
 async def test_retention_during_a_storm_prunes_nothing_the_next_decision_needs(
