@@ -136,14 +136,19 @@ class Connection:
         # statements would interleave between BEGIN and COMMIT on the shared
         # connection; the lock keeps each write in a transaction of its own.
         async with self._write_lock:
-            await self._begin()
             try:
+                # Inside the try: aiosqlite runs a statement even when its
+                # caller is cancelled, so a cancel during BEGIN still opens a
+                # transaction that only the ROLLBACK below closes.
+                await self._begin()
                 await body()
                 await self._conn.execute("COMMIT")
             except BaseException:
-                # SQLite may have rolled back already (SQLITE_FULL, IOERR): a
-                # failing ROLLBACK must not hide the cause, and a failed COMMIT
-                # must not leave the transaction open for the next BEGIN.
+                # SQLite may have rolled back already (SQLITE_FULL, IOERR), or
+                # BEGIN never ran: a failing ROLLBACK must not hide the cause,
+                # and a failed COMMIT must not leave the transaction open for
+                # the next BEGIN. Queued before any later BEGIN, so it runs
+                # first even if this await is cancelled again.
                 with contextlib.suppress(sqlite3.OperationalError):
                     await self._conn.execute("ROLLBACK")
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -414,3 +415,24 @@ async def test_the_durability_level_is_the_one_configured(
     async with await Journal.open(tmp_path / "j.sqlite", synchronous=level) as j:  # type: ignore[arg-type]
         assert (await j.query("PRAGMA synchronous"))[0][0] == pragma
         assert (await j.query("PRAGMA journal_mode"))[0][0] == "wal"
+
+
+async def test_a_write_cancelled_at_any_step_leaves_no_transaction_open(journal: Journal) -> None:
+    """A task cancelled mid-write (leadership lost, shutdown) must not wedge the journal.
+
+    aiosqlite still runs a statement whose caller was cancelled, so a cancel
+    that lands while BEGIN is on the connection's thread would otherwise leave
+    a transaction open, and every later write would fail with "cannot start a
+    transaction within a transaction".
+    """
+    for turns in range(6):
+        for _ in range(10):
+            write = asyncio.create_task(journal.save_rollback(rollback(f"rb-c{turns}")))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+            await journal.save_rollback(rollback("rb-after"))
+    saved = await journal.get_rollback("rb-after")
+    assert saved is not None and saved.id == "rb-after"
