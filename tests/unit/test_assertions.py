@@ -9,20 +9,20 @@ shape means the assertion itself is broken.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from rollbackd.assertions import AssertionChecker, AssertionOutcome, AssertionStatus
 from rollbackd.config.assertions import ANNOTATION_ASSERTIONS, Assertion
 from rollbackd.model import Target
 from rollbackd.promql import PromQL
 from rollbackd.testing.promstack import free_port
+from rollbackd.testing.sink import HttpSink
 
+QUERY_PATH = "/api/v1/query"
 TARGET = Target("shop", "orders")
 AT = datetime(2026, 3, 1, 12, 0, 31, tzinfo=UTC)
 FAILED_ORDERS = Assertion(
@@ -44,37 +44,30 @@ def vector(*values: tuple[Mapping[str, str], str]) -> dict[str, Any]:
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
-class FakePrometheus:
-    """Answers /api/v1/query from a script: (status, JSON body) per call, the last repeated."""
+class ScriptedPrometheus:
+    """The recording sink standing in for Prometheus: scripted answers, the last one repeated."""
 
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, Any]] = []
-        self.queries: list[Mapping[str, str]] = []
-        self.url = ""
+    def __init__(self, sink: HttpSink) -> None:
+        self.sink = sink
 
-    async def handle(self, request: web.Request) -> web.Response:
-        self.queries.append(dict(request.query))
-        status, body = self.answers[min(len(self.queries), len(self.answers)) - 1]
-        return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    def answer(self, *answers: tuple[int, Any]) -> None:
+        for index, (status, body) in enumerate(answers):
+            last = index == len(answers) - 1
+            self.sink.fail_next(QUERY_PATH, status, 100 if last else 1, body=body)
 
-
-@pytest.fixture
-async def prometheus() -> AsyncIterator[FakePrometheus]:
-    fake = FakePrometheus()
-    app = web.Application()
-    app.router.add_get("/api/v1/query", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield fake
-    await runner.cleanup()
+    @property
+    def queries(self) -> list[Mapping[str, str]]:
+        return [request.query for request in self.sink.requests_to(QUERY_PATH)]
 
 
 @pytest.fixture
-async def promql(prometheus: FakePrometheus) -> AsyncIterator[PromQL]:
-    adapter = PromQL(prometheus.url, attempts=3, max_backoff=0.05, timeout=2)
+async def prometheus(http_sink_factory: Callable[..., Any]) -> ScriptedPrometheus:
+    return ScriptedPrometheus(await http_sink_factory())
+
+
+@pytest.fixture
+async def promql(prometheus: ScriptedPrometheus) -> AsyncIterator[PromQL]:
+    adapter = PromQL(prometheus.sink.url, attempts=3, max_backoff=0.05, timeout=2)
     yield adapter
     await adapter.close()
 
@@ -91,14 +84,14 @@ def checker(
     return AssertionChecker(assertions, promql.query, annotations)
 
 
-async def one(promql: PromQL, prometheus: FakePrometheus, *answers: tuple[int, Any]) -> Any:
-    prometheus.answers = list(answers)
+async def one(promql: PromQL, prometheus: ScriptedPrometheus, *answers: tuple[int, Any]) -> Any:
+    prometheus.answer(*answers)
     (outcome,) = await checker(promql).run(TARGET, "31s", AT)
     return outcome
 
 
 async def test_a_value_that_satisfies_the_comparison_passes_over_the_fresh_window(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     outcome = await one(promql, prometheus, (200, vector(({}, "0"))))
     assert outcome == AssertionOutcome(
@@ -113,7 +106,7 @@ async def test_a_value_that_satisfies_the_comparison_passes_over_the_fresh_windo
 
 
 async def test_a_value_that_does_not_fails_quoting_the_query_as_sent_and_the_value(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     outcome = await one(promql, prometheus, (200, vector(({}, "0.4"))))
     assert outcome.status is AssertionStatus.FAILED and outcome.value == 0.4
@@ -121,7 +114,7 @@ async def test_a_value_that_does_not_fails_quoting_the_query_as_sent_and_the_val
 
 
 async def test_every_series_must_hold_and_the_failing_one_is_named(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     answer = vector(({"pod": "a"}, "0"), ({"pod": "b"}, "2"), ({"pod": "c"}, "3"))
     outcome = await one(promql, prometheus, (200, answer))
@@ -138,7 +131,7 @@ async def test_every_series_must_hold_and_the_failing_one_is_named(
     ],
 )
 async def test_no_data_is_not_a_pass(
-    promql: PromQL, prometheus: FakePrometheus, answer: dict[str, Any], said: str
+    promql: PromQL, prometheus: ScriptedPrometheus, answer: dict[str, Any], said: str
 ) -> None:
     outcome = await one(promql, prometheus, (200, answer))
     assert outcome.status is AssertionStatus.NO_DATA and outcome.value is None
@@ -148,7 +141,7 @@ async def test_no_data_is_not_a_pass(
 
 
 async def test_a_failing_series_is_evidence_even_next_to_a_nan(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     answer = vector(({"pod": "a"}, "NaN"), ({"pod": "b"}, "5"))
     assert (await one(promql, prometheus, (200, answer))).status is AssertionStatus.FAILED
@@ -156,7 +149,7 @@ async def test_a_failing_series_is_evidence_even_next_to_a_nan(
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_prometheus_in_trouble_is_no_data_after_bounded_retries(
-    promql: PromQL, prometheus: FakePrometheus, status: int
+    promql: PromQL, prometheus: ScriptedPrometheus, status: int
 ) -> None:
     body = {"status": "error", "errorType": "unavailable", "error": "overloaded"}
     outcome = await one(promql, prometheus, (status, body))
@@ -166,14 +159,14 @@ async def test_prometheus_in_trouble_is_no_data_after_bounded_retries(
 
 
 async def test_a_transient_error_then_an_answer_is_judged(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     outcome = await one(promql, prometheus, (503, {}), (200, vector(({}, "0"))))
     assert outcome.status is AssertionStatus.PASSED
 
 
 async def test_invalid_promql_is_a_broken_assertion_asked_once(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     body = {
         "status": "error",
@@ -190,7 +183,7 @@ async def test_invalid_promql_is_a_broken_assertion_asked_once(
 
 
 async def test_an_answer_that_is_not_an_instant_vector_is_a_broken_assertion(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     matrix = {
         "status": "success",
@@ -209,16 +202,16 @@ async def test_prometheus_down_is_no_data() -> None:
 
 
 async def test_a_deployment_without_the_annotation_is_asked_nothing(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     assert await checker(promql, annotation=None).run(TARGET, "31s", AT) == ()
     assert prometheus.queries == []
 
 
 async def test_applies_to_all_runs_first_then_the_annotations_in_order_once_each(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
-    prometheus.answers = [(200, vector(({}, "1")))]
+    prometheus.answer((200, vector(({}, "1"))))
     other = Assertion(name="zero", expr="vector(1)", op=">", value=0)
     run = checker(promql, "zero, no-failed-orders ,zero,up", (FAILED_ORDERS, EVERYWHERE, other))
     outcomes = await run.run(TARGET, "31s", AT)
@@ -233,7 +226,7 @@ async def test_applies_to_all_runs_first_then_the_annotations_in_order_once_each
 
 
 async def test_a_name_the_config_lacks_is_a_broken_assertion_not_a_crash(
-    promql: PromQL, prometheus: FakePrometheus
+    promql: PromQL, prometheus: ScriptedPrometheus
 ) -> None:
     (outcome,) = await checker(promql, "no-faild-orders").run(TARGET, "31s", AT)
     assert outcome.status is AssertionStatus.INVALID
