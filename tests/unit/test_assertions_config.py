@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.config import ConfigError
+from rollbackd import cli
 from rollbackd.config.assertions import Assertion, expr_problems
 from tests.unit.test_smoke_config import errors_with, settings_with
 
@@ -125,13 +125,17 @@ def test_valid_promql_is_accepted(expr: str) -> None:
     assert expr_problems(expr) == []
 
 
-def test_check_config_prints_the_key_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as caught:
-        settings_with(
-            tmp_path,
-            "  assertions:\n    - {name: a, expr: 'sum(rate(x[{windw}]))', op: '==', value: 0}\n",
-        )
-    assert any(
-        "verify.assertions[0].expr" in error and "unknown placeholder {windw}" in error
-        for error in caught.value.errors
+def test_check_config_refuses_a_broken_assertion_naming_its_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "api.token"
+    token.write_text("alertmanager-token\n")
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(
+        f"webhook:\n  bearer_token_file: {token}\nprometheus:\n  url: http://prom:9090\n"
+        "verify:\n  assertions:\n"
+        "    - {name: a, expr: 'sum(rate(x[{windw}]))', op: '==', value: 0}\n"
     )
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "verify.assertions[0].expr" in err and "unknown placeholder {windw}" in err
