@@ -143,6 +143,7 @@ class Daemon:
             self.settings,
             journal=self.journal,
             kube=self.kube,
+            promql=self.promql,
             notifier=self.notifier,
             metrics=self.metrics,
             clock=self.clock,

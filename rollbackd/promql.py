@@ -85,9 +85,12 @@ class Sample:
 class PromQLError(Exception):
     """A query could not be answered (after retries, or at once for a bad query)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, bad_query: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # The query itself is at fault (Prometheus's 400/422, or an answer of
+        # the wrong shape): asking again, or later, gives the same error.
+        self.bad_query = bad_query
 
 
 def _to_float(raw: Any) -> float:
@@ -100,7 +103,9 @@ def _to_float(raw: Any) -> float:
 
 def _not_a_vector() -> PromQLError:
     return PromQLError(
-        "expected an instant vector (a range vector or string came back)", retryable=False
+        "expected an instant vector (a range vector or string came back)",
+        retryable=False,
+        bad_query=True,
     )
 
 
@@ -109,7 +114,9 @@ def _parse_result(result: Any) -> list[Sample]:
     if is_scalar(result):
         return [Sample(labels={}, value=_to_float(result[1]), timestamp=float(result[0]))]
     if not isinstance(result, list):
-        raise PromQLError(f"unexpected query result: {result!r:.200}", retryable=False)
+        raise PromQLError(
+            f"unexpected query result: {result!r:.200}", retryable=False, bad_query=True
+        )
     samples = []
     for item in result:
         if not isinstance(item, dict) or "value" not in item:
@@ -148,14 +155,16 @@ def _raise_for_status(response: requests.Response, *_args: Any, **_kwargs: Any) 
     except ValueError:
         detail = response.text[:200].strip()
     message = f"Prometheus answered HTTP {status}" + (f" ({detail})" if detail else "")
-    raise PromQLError(message[:500], retryable=_retryable_status(status))
+    # 400 bad_data (does not parse), 422 execution (cannot be evaluated as written).
+    bad_query = status in (400, 422)
+    raise PromQLError(message[:500], retryable=_retryable_status(status), bad_query=bad_query)
 
 
 def _classify(exc: Exception) -> PromQLError:
     if isinstance(exc, PromQLError):
         return exc
     if isinstance(exc, NotAVectorError):
-        return PromQLError(str(exc)[:500], retryable=False)
+        return PromQLError(str(exc)[:500], retryable=False, bad_query=True)
     if isinstance(exc, requests.RequestException | ValueError):
         # Connection refused, timeouts, a proxy's HTML error page: transient.
         return PromQLError(f"Prometheus unreachable: {exc}"[:500], retryable=True)

@@ -48,6 +48,8 @@ class ReasonCode(StrEnum):
     VERIFY_NOT_READY = "verify_not_ready"
     VERIFY_TIMEOUT = "verify_timeout"
     VERIFY_SMOKE_FAILED = "verify_smoke_failed"
+    VERIFY_ASSERTION_FAILED = "verify_assertion_failed"
+    VERIFY_ASSERTION_INVALID = "verify_assertion_invalid"
     # the restored version's rollout
     ROLLOUT_FAILED = "rollout_failed"
     ROLLOUT_TIMEOUT = "rollout_timeout"

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from rollbackd.assertions import AssertionChecker, kube_annotations
 from rollbackd.config import Settings
 from rollbackd.dispatch import Dispatcher
 from rollbackd.escalation import Escalations, GroupingPolicy
@@ -217,6 +218,7 @@ def build_pipeline(
     *,
     journal: Journal,
     kube: Kube,
+    promql: PromQL,
     notifier: Notifier,
     metrics: Metrics,
     clock: Callable[[], datetime],
@@ -250,6 +252,7 @@ def build_pipeline(
         timeout=s.verify.timeout.total_seconds(),
         require_endpoints=s.verify.require_endpoints,
         smoke=smoke_checker(s.verify, kube).run,
+        assertions=AssertionChecker(s.verify.assertions, promql.query, kube_annotations(kube)).run,
     )
     recorder = JournalRecorder(journal, metrics, clock)
     executor = Executor(

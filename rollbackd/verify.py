@@ -27,6 +27,13 @@ readiness are healthy, after them. A failed check fails verification at once,
 like a breach (``verify_smoke_failed``), and the detail quotes the check, the
 status and an excerpt of the body. Checks that cannot be run at all (the
 Deployment or its Services could not be read) leave the interval inconclusive.
+
+Data assertions (:mod:`rollbackd.assertions`) run at the same intervals,
+before the smoke checks, over the interval's fresh window. A failed one ends
+verification at once (``verify_assertion_failed``), quoting the assertion,
+the query as sent and the value seen; a broken one (Prometheus refused the
+query) ends it too (``verify_assertion_invalid``: waiting cannot fix it). An
+assertion without data leaves the interval inconclusive, never healthy.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rollbackd.assertions import AssertionOutcome, AssertionStatus
 from rollbackd.model import Target
 from rollbackd.readiness import ReadinessReport, ServiceEndpoints
 from rollbackd.reasons import RollbackReason
@@ -73,8 +81,28 @@ class VerifyResult:
 EvaluateFn = Callable[[Target, str, datetime], Awaitable[list[Evaluation]]]
 ReadinessFn = Callable[[Target], Awaitable[ReadinessReport]]
 SmokeFn = Callable[[Target], Awaitable[Sequence[SmokeOutcome]]]
+AssertionsFn = Callable[[Target, str, datetime], Awaitable[Sequence[AssertionOutcome]]]
 # Endings that waiting longer cannot undo: verification stops at the first.
-_FINAL = (RollbackReason.VERIFY_BREACH, RollbackReason.VERIFY_SMOKE_FAILED)
+_FINAL = (
+    RollbackReason.VERIFY_BREACH,
+    RollbackReason.VERIFY_SMOKE_FAILED,
+    RollbackReason.VERIFY_ASSERTION_FAILED,
+    RollbackReason.VERIFY_ASSERTION_INVALID,
+)
+
+
+_ASSERTION_ORDER = (
+    AssertionStatus.FAILED,
+    AssertionStatus.INVALID,
+    AssertionStatus.NO_DATA,
+    AssertionStatus.PASSED,
+)
+# The first status present decides the interval; PASSED alone verifies.
+_ASSERTION_CODES = (
+    (AssertionStatus.FAILED, RollbackReason.VERIFY_ASSERTION_FAILED),
+    (AssertionStatus.INVALID, RollbackReason.VERIFY_ASSERTION_INVALID),
+    (AssertionStatus.NO_DATA, RollbackReason.VERIFY_NO_DATA),
+)
 
 
 class Verifier:
@@ -95,6 +123,7 @@ class Verifier:
         require_endpoints: bool = True,
         max_inconclusive: int = 0,
         smoke: SmokeFn | None = None,
+        assertions: AssertionsFn | None = None,
     ) -> None:
         if intervals < 1:
             raise ValueError("verification needs at least one interval")
@@ -105,6 +134,7 @@ class Verifier:
         self._evaluate = evaluate
         self._readiness = readiness
         self._smoke = smoke
+        self._assertions = assertions
         self._scrape = scrape_interval
         self._intervals = intervals
         self._max_inconclusive = max_inconclusive
@@ -218,11 +248,11 @@ class Verifier:
         elif not readiness_ok:
             code = RollbackReason.VERIFY_NOT_READY
         else:
-            # Only a version healthy by every other measure is asked its smoke checks.
-            code, smoke_details = await self._smoke_checks(target)
+            # Only a version healthy by every other measure is asked its checks.
+            code, check_details = await self._checks(target, window, at)
             # A failed check leads the detail: the page quotes it.
-            failed = code is RollbackReason.VERIFY_SMOKE_FAILED
-            details = [*smoke_details, *details] if failed else [*details, *smoke_details]
+            failed = code in _FINAL
+            details = [*check_details, *details] if failed else [*details, *check_details]
         healthy = code is RollbackReason.VERIFIED
         return (
             IntervalResult(index, at, evaluations, readiness_ok, healthy, "; ".join(details)),
@@ -248,6 +278,44 @@ class Verifier:
             return False, f"readiness check failed: {exc}"
         ok = report.pods_ok and (report.endpoints_ok or not self._require_endpoints)
         return ok, report.detail
+
+    async def _checks(
+        self, target: Target, window: str, at: datetime
+    ) -> tuple[RollbackReason, list[str]]:
+        """Data assertions, then smoke checks; a final ending of either wins."""
+        code, details = await self._data_assertions(target, window, at)
+        if code in _FINAL:
+            return code, details
+        # Smoke checks run even when an assertion had no data: a failure is evidence now.
+        smoke_code, smoke_details = await self._smoke_checks(target)
+        if smoke_code in _FINAL:
+            return smoke_code, [*smoke_details, *details]
+        if code is RollbackReason.VERIFIED:
+            code = smoke_code
+        return code, [*details, *smoke_details]
+
+    async def _data_assertions(
+        self, target: Target, window: str, at: datetime
+    ) -> tuple[RollbackReason, list[str]]:
+        """VERIFIED, a final VERIFY_ASSERTION_* code, or VERIFY_NO_DATA (inconclusive)."""
+        if self._assertions is None:
+            return RollbackReason.VERIFIED, []
+        try:
+            async with asyncio.timeout(self._evaluation_timeout):
+                outcomes = tuple(await self._assertions(target, window, at))
+        except TimeoutError:
+            return RollbackReason.VERIFY_NO_DATA, ["assertions did not finish in time"]
+        except Exception as exc:  # e.g. the Deployment could not be read: no evidence
+            return RollbackReason.VERIFY_NO_DATA, [f"assertions could not run: {exc}"]
+        by_status = {
+            status: [o.detail for o in outcomes if o.status is status] for status in AssertionStatus
+        }
+        # Failed first: evidence against the version says the most.
+        details = [detail for status in _ASSERTION_ORDER for detail in by_status[status]]
+        for status, code in _ASSERTION_CODES:
+            if by_status[status]:
+                return code, details
+        return RollbackReason.VERIFIED, details
 
     async def _smoke_checks(self, target: Target) -> tuple[RollbackReason, list[str]]:
         """VERIFIED, VERIFY_SMOKE_FAILED, or VERIFY_NO_DATA when the checks could not run."""

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
+from rollbackd.config.assertions import Assertion, unique_assertions
 from rollbackd.config.smoke import SmokeCheck, SmokeVia, unique_names
 from rollbackd.config.types import NonEmptyStr, NonNegativeDuration, PositiveDuration, _Section
 from rollbackd.model import Policy
@@ -47,8 +48,15 @@ class VerifySettings(_Section):
     smoke_checks: tuple[SmokeCheck, ...] = ()
     # In the cluster by default: no extra RBAC (the service proxy needs services/proxy).
     smoke_via: SmokeVia = "cluster-dns"
+    # Named PromQL values compared at each interval; rollbackd.io/assertions picks them.
+    assertions: tuple[Assertion, ...] = ()
 
     @field_validator("smoke_checks")
     @classmethod
     def _unique_smoke_checks(cls, value: tuple[SmokeCheck, ...]) -> tuple[SmokeCheck, ...]:
         return unique_names(value)
+
+    @field_validator("assertions")
+    @classmethod
+    def _unique_assertions(cls, value: tuple[Assertion, ...]) -> tuple[Assertion, ...]:
+        return unique_assertions(value)

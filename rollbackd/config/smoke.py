@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rollbackd.config.types import NonEmptyStr, PositiveDuration, _Section
+from rollbackd.config.types import NonEmptyStr, PositiveDuration, _Section, unique_named
 from rollbackd.model import ANNOTATION_PREFIX
 
 ANNOTATION_SMOKE_CHECKS = ANNOTATION_PREFIX + "smoke-checks"
@@ -89,12 +89,7 @@ class SmokeCheck(_Section):
 
 def unique_names(checks: tuple[SmokeCheck, ...]) -> tuple[SmokeCheck, ...]:
     """The checks, refused when two share a name (the annotation picks by name)."""
-    seen: set[str] = set()
-    for check in checks:
-        if check.name in seen:
-            raise ValueError(f"two smoke checks are named {check.name!r}")
-        seen.add(check.name)
-    return checks
+    return unique_named(checks, "smoke checks")
 
 
 def checks_named(annotation: str | None) -> tuple[str, ...]:

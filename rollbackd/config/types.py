@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -160,3 +160,21 @@ def _required_secret(inline: SecretStr | None, from_file: SecretFile | None) -> 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def unique_named(items: tuple[N, ...], what: str) -> tuple[N, ...]:
+    """``items``, refused when two share a name (an annotation picks them by name)."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"two {what} are named {item.name!r}")
+        seen.add(item.name)
+    return items
