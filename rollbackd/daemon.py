@@ -29,6 +29,7 @@ from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics
 from rollbackd.model import Policy, Signal, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
+from rollbackd.postmortem.source import ImpactSource
 from rollbackd.promql import PromQL
 from rollbackd.records import annotated_rollback
 from rollbackd.retention import Retention
@@ -168,6 +169,7 @@ class Daemon:
             max_body_bytes=s.webhook.max_body_bytes,
             body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
+            impact_source=ImpactSource(self.promql, s.report),
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ class Entry:
     at: datetime
     kind: str
     message: str
-    data: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # as the journal's TimelineEntry
 
 
 class FakeJournal:
@@ -435,7 +436,6 @@ def test_show_and_report_redact_credentials_in_urls(
     fake, path = journal
     leaky = "page failed: POST https://hooks.slack.com/services/T0/B0/s3cr3t: 500"
     monkeypatch.setattr(fake, "timeline", _timeline_with(leaky))
-    fake_module(monkeypatch, "report", render_report=lambda *_: f"# rb-1\n{leaky}\n")
     assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
     assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
     out = capsys.readouterr().out
@@ -458,19 +458,31 @@ def test_show_of_an_unknown_id_is_exit_1(
     assert "no rollback with id 'rb-404'" in capsys.readouterr().err
 
 
-def test_report_prints_the_rendered_markdown(
-    journal: tuple[FakeJournal, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_report_prints_the_postmortem_draft_in_markdown_or_json(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, path = journal
-
-    def render_report(rollback: Rollback, timeline: list[Entry], details: Any = None) -> str:
-        return f"# {rollback.id}: {len(timeline)} events\n"
-
-    fake_module(monkeypatch, "report", render_report=render_report)
     assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
-    assert capsys.readouterr().out == "# rb-1: 2 events\n"
+    out = capsys.readouterr().out
+    for heading in ("## Summary", "## Impact", "## Action items", "## Timeline"):
+        assert heading in out
+    # Nothing says when the incident began: the impact says why it is missing, never 0.
+    assert "**Requests failed:** unavailable (the incident window is unknown" in out
+    assert cli.main(["report", "rb-1", "--journal", str(path), "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["schema"] == "rollbackd.postmortem/v1"
+    assert body["rollback"]["id"] == "rb-1"
+    assert body["impact"]["status"] == "unavailable"
+    assert body["impact"]["failed_requests"] is None
+
+
+def test_report_of_an_unknown_id_or_format_fails(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    assert cli.main(["report", "rb-404", "--journal", str(path)]) == 1
+    assert "no rollback with id 'rb-404'" in capsys.readouterr().err
+    assert cli.main(["report", "rb-1", "--journal", str(path), "--format", "pdf"]) == 2
 
 
 def test_a_missing_journal_is_a_clear_error_and_is_not_created(
