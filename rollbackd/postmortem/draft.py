@@ -97,16 +97,27 @@ def build_draft(
     )
 
 
+def _impact_phrase(impact: Impact) -> str:
+    if impact.status != "measured":
+        return f"Impact: {impact.status.replace('_', ' ')} ({impact.reason})."
+    failed = "no data" if impact.failed_requests is None else f"{impact.failed_requests:,.0f}"
+    total = "no data" if impact.total_requests is None else f"{impact.total_requests:,.0f}"
+    return f"Impact: {failed} of {total} requests failed during the incident window."
+
+
 def summary_sentence(d: Draft) -> str:
-    """One paragraph: what broke, what rollbackd did, how it ended."""
-    rb = d.rollback
-    images = ", ".join(d.change.bad_images) or "unknown images"
+    """One paragraph: what broke, what rollbackd decided and did, how it ended, the impact."""
+    rb, f = d.rollback, d.facts
+    images = ", ".join(f"`{i}`" for i in d.change.bad_images) or "images not recorded"
     began = d.window.start.isoformat(timespec="seconds") if d.window.start else "an unknown time"
+    decided = f.decisions[0].data if f.decisions else {}
+    why = decided.get("reason") or "no decision recorded"
+    code = decided.get("reason_code") or rb.reason_code or "unknown"
     return (
-        f"Revision {rb.from_revision or '?'} of {rb.target} ({images}) went bad; "
-        f"the incident window began at {began} ({d.window.start_source}). "
-        f"rollbackd decided `{rb.reason_code or 'unknown'}` and the rollback to revision "
-        f"{rb.to_revision or '?'} ended `{rb.phase}`: {rb.reason or 'no reason recorded'}."
+        f"Revision {rb.from_revision or '?'} of `{rb.target}` ({images}) went bad "
+        f"(incident began {began}: {d.window.start_source}). rollbackd decided `{code}` "
+        f"({why}) with revision {rb.to_revision or '?'} as the target; it ended `{rb.phase}`: "
+        f"{rb.reason or 'no reason recorded'}. {_impact_phrase(d.impact)}"
     )
 
 

@@ -63,6 +63,8 @@ def _impact(d: Draft) -> list[str]:
             impact.failed_query,
             impact.total_query or "",
             "```",
+            "",
+            "_increase() extrapolates to the window's edges: the counts are close, not exact._",
         ]
     return lines
 
