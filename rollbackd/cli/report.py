@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rollbackd.cli.common import EXIT_OK, CliError, load
 from rollbackd.cli import records
+from rollbackd.cli.common import EXIT_OK, CliError, load
 from rollbackd.config.report import ReportSettings
 
 if TYPE_CHECKING:

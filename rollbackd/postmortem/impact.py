@@ -8,6 +8,8 @@ queries go into the draft so a human can re-run them.
 Never a made-up number: Prometheus down, slow, or answering 5xx/429 gives
 ``unavailable`` with the reason; an empty answer (or NaN) is ``no data``,
 never zero. Nothing here raises: the draft renders whatever Prometheus does.
+Nothing is logged either: the reason is in the draft, and the CLI's stdout
+must stay the draft alone (``--format json`` is piped into other tools).
 """
 
 from __future__ import annotations
@@ -18,15 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-import structlog
-
 from rollbackd.config.report import ReportSettings
 from rollbackd.durations import format_duration, format_range
 from rollbackd.model import Target
 from rollbackd.postmortem.times import Window
 from rollbackd.promql import PromQL, PromQLError, Sample
-
-log = structlog.get_logger(__name__)
 
 ImpactStatus = Literal["measured", "no_data", "unavailable"]
 
@@ -109,7 +107,6 @@ async def measure_impact(
         reason = f"Prometheus did not answer within {format_duration(settings.impact_timeout)}"
         return replace(asked, reason=reason)
     except PromQLError as exc:
-        log.info("postmortem_impact_unavailable", target=str(target), error=str(exc))
         return replace(asked, reason=str(exc))
     if failed is None and total is None:
         reason = "Prometheus has no samples for this Deployment in the window"
