@@ -72,10 +72,11 @@ def _by_phase(f: Facts) -> list[str]:
         ],
         Phase.SKIPPED: [f"Nothing was changed: {reason}."],
     }
-    return items.get(
-        rb.phase,
-        [f"The rollback has not ended (phase {rb.phase}): render this draft again when it has."],
-    )
+    if rb.phase in items:
+        return items[rb.phase]
+    if rb.phase.terminal:  # an ending this module does not know yet: say what was recorded
+        return [f"Review the outcome `{rb.phase}`: {reason}."]
+    return [f"The rollback has not ended (phase {rb.phase}): render this draft again when it has."]
 
 
 def action_items(f: Facts) -> list[str]:

@@ -6,8 +6,8 @@ var at once (``kubectl patch``), and fails 30 % of its requests; rollbackd
 rolls back and verifies. ``rollbackd report ID`` (a separate process, as an
 engineer would run it) must then draft the review: the impact counted by
 Prometheus over the incident window with the query printed, the three
-durations, the change with the secret masked, and the fix-forward item.
-With Prometheus stopped the draft still renders and says why the impact is
+durations, the change with the secret masked, and the fix-forward item;
+the daemon's API serves the same draft. With Prometheus stopped the draft still renders and says why the impact is
 missing.
 """
 
@@ -20,10 +20,11 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from rollbackd.model import Target
-from rollbackd.testing.stack import Stack, deployment_manifest, knobs
+from rollbackd.testing.stack import WEBHOOK_TOKEN, Stack, deployment_manifest, knobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -128,6 +129,18 @@ async def test_the_draft_of_a_real_rollback(stack: Stack) -> None:
     for heading in ("## Summary", "## Impact", "## The change that caused it", "## Action items"):
         assert heading in markdown
     assert "```promql" in markdown and SECRET_V2 not in markdown
+
+    # The daemon's API serves the same draft, its impact asked with the daemon's adapter.
+    url = f"http://127.0.0.1:{stack.rollbackd_port}/api/v1/rollbacks/{rollback.id}/report"
+    headers = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, params={"format": "json"}, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        served = await resp.json()
+    assert served["impact"]["status"] == "measured"
+    assert served["change"] == draft["change"] and served["durations"] == draft["durations"]
 
     # Prometheus gone: the draft still renders, and says why the impact is missing.
     await stack.prometheus.stop()
