@@ -31,16 +31,7 @@ def _promql(args: argparse.Namespace, settings: Settings | None) -> PromQL | Non
 
     if args.prometheus_url:
         return PromQL(args.prometheus_url, timeout=5.0, attempts=2)
-    if settings is None:
-        return None
-    p = settings.prometheus
-    token = p.bearer_token_value()
-    return PromQL(
-        str(p.url),
-        timeout=p.timeout.total_seconds(),
-        attempts=p.attempts,
-        headers={"Authorization": f"Bearer {token}"} if token else None,
-    )
+    return None if settings is None else settings.prometheus.promql()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

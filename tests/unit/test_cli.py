@@ -476,6 +476,35 @@ def test_report_prints_the_postmortem_draft_in_markdown_or_json(
     assert body["impact"]["failed_requests"] is None
 
 
+def test_report_asks_the_configured_prometheus_with_the_configured_queries(
+    journal: tuple[FakeJournal, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake, path = journal
+    bad_sample = {"started_at": T0.isoformat(), "name": "error_ratio"}
+
+    async def timeline(rollback_id: str) -> list[Entry]:
+        return [Entry(T0, "signal", "error_ratio firing", bad_sample)]
+
+    monkeypatch.setattr(fake, "timeline", timeline)
+    # Nothing listens on port 1: Prometheus is down.
+    text = (
+        "prometheus:\n  url: http://127.0.0.1:1\n  attempts: 1\n"
+        "report:\n"
+        '  failed_requests_query: sum(increase(app_errors_total{app="{deployment}"}[{window}]))\n'
+        "  total_requests_query: sum(increase(app_requests_total[{window}]))\n"
+    )
+    cfg = config(tmp_path, text)
+    argv = ["report", "rb-1", "--config", str(cfg), "--journal", str(path), "--format", "json"]
+    assert cli.main(argv) == 0
+    impact = json.loads(capsys.readouterr().out)["impact"]
+    assert impact["status"] == "unavailable"
+    assert impact["reason"].startswith("Prometheus unreachable")
+    assert impact["failed_query"].startswith('sum(increase(app_errors_total{app="checkout"}[')
+
+
 def test_report_of_an_unknown_id_or_format_fails(
     journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
