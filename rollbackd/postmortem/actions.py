@@ -8,7 +8,7 @@ fix forward; a dry run changed nothing. Pure: facts in, sentences out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from rollbackd.model import Phase
@@ -28,7 +28,7 @@ def gitops_owner(f: Facts) -> str | None:
 
 def bad_images(f: Facts) -> list[str]:
     images = f.first_value("images_from", "from_images")
-    return [str(i) for i in images] if isinstance(images, Sequence) else []
+    return [str(i) for i in images] if isinstance(images, list) else []
 
 
 def _undo_command(f: Facts) -> str:

@@ -103,11 +103,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    # A journal written by hand or by another version may hold anything here.
+    return value if isinstance(value, Mapping) else {}
+
+
 def _containers(compact: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     found: dict[str, Mapping[str, Any]] = {}
     for list_name in CONTAINER_LISTS:
         prefix = "init:" if list_name != "containers" else ""
-        for c in compact.get(list_name) or ():
+        listed = compact.get(list_name)
+        for c in listed if isinstance(listed, list) else ():
             if isinstance(c, Mapping):
                 found[prefix + str(c.get("name", ""))] = c
     return found
@@ -118,7 +124,7 @@ def _field_changes(
 ) -> Iterator[FieldChange]:
     for field in FIELDS:
         if field == "env":
-            bad_env, good_env = bad.get("env") or {}, good.get("env") or {}
+            bad_env, good_env = _mapping(bad.get("env")), _mapping(good.get("env"))
             for var in sorted(set(bad_env) | set(good_env)):
                 if bad_env.get(var) != good_env.get(var):
                     yield FieldChange(

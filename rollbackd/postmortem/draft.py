@@ -62,9 +62,13 @@ def _change(f: Facts) -> Change:
     templates = plan.get("templates")
     rb = f.rollback
     images_from = tuple(bad_images(f))
-    images_to = f.first_value("images_to", "to_images") or []
+    images_to = f.first_value("images_to", "to_images")
+    images_to = images_to if isinstance(images_to, list) else []
+    restored = templates.get("restored") if isinstance(templates, Mapping) else None
     if isinstance(templates, Mapping) and isinstance(templates.get("bad"), Mapping):
-        fields = template_changes(templates["bad"], templates.get("restored") or {})
+        fields = template_changes(
+            templates["bad"], restored if isinstance(restored, Mapping) else {}
+        )
         source = "templates"
     elif images_from or images_to:
         fields, source = image_changes(images_from, [str(i) for i in images_to]), "images"

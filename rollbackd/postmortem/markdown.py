@@ -17,6 +17,11 @@ from rollbackd.report import FOOTER, story_sections, table, time_text
 NOT_AVAILABLE = "n/a"
 
 
+def _code(text: str) -> str:
+    """Inline code, unless the text would close it early (a value is data, not Markdown)."""
+    return text if "`" in text else f"`{text}`"
+
+
 def _count(value: float | None) -> str:
     return "no data" if value is None else f"{value:,.0f}"
 
@@ -82,7 +87,7 @@ def _change(d: Draft) -> list[str]:
     if c.source == "images":
         lines += ["", "_Only the images were journaled for this rollback._"]
     if c.fields:
-        rows = [(f.container, f.field, f"`{f.bad}`", f"`{f.restored}`") for f in c.fields]
+        rows = [(f.container, f.field, _code(f.bad), _code(f.restored)) for f in c.fields]
         lines += ["", *table(["Container", "Field", "Bad revision", "Restored revision"], rows)]
     else:
         lines += ["", "No difference in images, env, args, command or resources."]

@@ -380,3 +380,29 @@ async def test_impact_is_unavailable_when_prometheus_is_slow_failing_or_absent()
     assert (await measure_impact(None, fast, APP, unknown)).reason == (
         "the incident window is unknown: no rollout start or bad sample recorded"
     )
+
+
+# --- hostile or odd journal data ---------------------------------------------------------
+
+
+def test_a_hostile_plan_renders_without_breaking_the_markdown() -> None:
+    hostile_env = [{"name": "BANNER", "value": "a | b\n## injected\n`x`"}]
+    bad = compact_template(template(BAD_IMAGE, hostile_env, [], "1"))
+    odd_plans = [
+        plan(templates={"bad": bad, "restored": compact_template(GOOD_TEMPLATE)}),
+        plan(templates={"bad": bad, "restored": "not a template"}),
+        plan(templates={"bad": {"containers": "not a list"}, "restored": None}),
+        plan(templates={"bad": {"containers": [{"name": "app", "env": ["A", "B"]}]}}),
+        plan(templates="junk", images_from="not-a-list", rollout_started_at="yesterday"),
+    ]
+    for odd in odd_plans:
+        timeline = [signal(), decision(), odd]
+        draft = build_draft(rollback(), timeline, None, MEASURED, NOW)
+        text = render_markdown(draft)
+        json.dumps(draft_json(draft))
+        assert "\n## injected" not in text  # a value never becomes a heading
+        assert draft.window.start is not None  # a bad rollout time falls back to the sample
+    first = build_draft(rollback(), [signal(), decision(), odd_plans[0]], None, MEASURED, NOW)
+    banner = next(c for c in first.change.fields if c.field == "env BANNER")
+    assert banner.restored == "(absent)"
+    assert "| a \\| b ## injected `x` |" in render_markdown(first)
