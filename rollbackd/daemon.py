@@ -29,7 +29,7 @@ from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics
 from rollbackd.model import Policy, Signal, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
-from rollbackd.promql import PromQL
+from rollbackd.postmortem.source import ImpactSource
 from rollbackd.records import annotated_rollback
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
@@ -88,13 +88,7 @@ class Daemon:
         self.kube = await Kube.connect(kubeconfig=s.cluster.kubeconfig, context=s.cluster.context)
         self._exit.push_async_callback(self.kube.close)
         await self.kube.start_watches(list(s.cluster.namespaces) or None)
-        token = s.prometheus.bearer_token_value()
-        self.promql = PromQL(
-            str(s.prometheus.url),
-            timeout=s.prometheus.timeout.total_seconds(),
-            attempts=s.prometheus.attempts,
-            headers={"Authorization": f"Bearer {token}"} if token else None,
-        )
+        self.promql = s.prometheus.promql()
         self._exit.push_async_callback(self.promql.close)
         self.specs = list(s.prometheus.signal_specs())
         # Pages go through the journal's outbox; only the leader sends them.
@@ -169,6 +163,7 @@ class Daemon:
             max_body_bytes=s.webhook.max_body_bytes,
             body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
+            impact_source=ImpactSource(self.promql, s.report),
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -3,7 +3,7 @@
 Starts kubesim, the real Prometheus and Alertmanager, a pager sink and
 rollbackd; deploys a healthy v1, then a v2 that fails 30 % of its requests,
 and shows rollbackd detect, roll back, verify and resolve, ending with the
-post-incident report. Nothing leaves loopback.
+postmortem draft. Nothing leaves loopback.
 
 The loopback stack is ``rollbackd.testing`` with the ``demo`` extra
 (kubesim needs ``jsonpatch``); the daemon's image carries neither, so there
@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rollbackd.model import Target
-from rollbackd.report import render_report
+from rollbackd.postmortem.service import draft_for, render_draft
+from rollbackd.postmortem.source import ImpactSource
 
 # What is missing when the demo extra is not installed, or the package was
 # installed without rollbackd.testing (the container image).
@@ -106,7 +107,6 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
                 f" dedup_key={body.get('dedup_key')}",
             )
         timeline = await stack.daemon.journal.timeline(final.id)
-        details = await stack.daemon.journal.rollback_details(final.id)
         for kind, label in (
             ("phase:ROLLING_BACK", "rollback patch"),
             (f"phase:{final.phase}", str(final.phase)),
@@ -116,7 +116,10 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
                 seconds = (at - bad_ready_at).total_seconds()
                 _say(started, f"measured: bad pods Ready -> {label}: {seconds:.1f}s")
         print()
-        print(render_report(final, timeline, details))
+        source = ImpactSource(stack.daemon.promql, stack.settings.report)
+        draft = await draft_for(stack.daemon.journal, final.id, source, now=datetime.now(UTC))
+        if draft is not None:  # it is journaled: wait_rollback read it back
+            print(render_draft(draft, "markdown"))
         if hold > 0:
             _say(
                 started,

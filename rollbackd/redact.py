@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 __all__ = [
     "MASK",
+    "looks_secret",
     "redact_event",
     "redact_text",
     "redact_url",
@@ -77,6 +78,11 @@ def _mask_param(match: re.Match[str]) -> str:
     if match["value"] and _SENSITIVE_NAME.search(match["name"]):
         return f"{match['lead']}{match['name']}={MASK}"
     return match.group(0)
+
+
+def looks_secret(name: str) -> bool:
+    """True for a name that suggests a credential (``DB_PASSWORD``, ``api_key``, ``token``)."""
+    return _SENSITIVE_NAME.search(name) is not None
 
 
 def redact_text(text: str) -> str:

@@ -70,7 +70,7 @@ _ICONS: Mapping[Phase, str] = {
 # --- small formatting helpers -------------------------------------------------
 
 
-def _time(at: datetime | None) -> str:
+def time_text(at: datetime | None) -> str:
     if at is None:
         return "—"
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
@@ -106,7 +106,7 @@ def _parse_time(value: Any) -> datetime | None:
     return None
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines
@@ -115,8 +115,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 # --- what the timeline says ----------------------------------------------------
 
 
-class _Facts:
-    """The key facts extracted from the timeline and the details, once."""
+class Facts:
+    """The key facts extracted from the timeline and the details, once (the draft reads them too)."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class _Facts:
 # --- sections ------------------------------------------------------------------
 
 
-def _header(f: _Facts) -> list[str]:
+def _header(f: Facts) -> list[str]:
     rb = f.rollback
     icon = _ICONS.get(rb.phase, "⏳")
     outcome = _OUTCOMES.get(rb.phase, str(rb.phase))
@@ -191,7 +191,7 @@ def _header(f: _Facts) -> list[str]:
     return lines
 
 
-def _summary(f: _Facts) -> list[str]:
+def _summary(f: Facts) -> list[str]:
     rb = f.rollback
     ended = "Verified" if rb.phase is Phase.ROLLBACK_COMPLETED else "Finished"
     if rb.phase in (Phase.ESCALATED, Phase.ROLLBACK_FAILED):
@@ -200,11 +200,11 @@ def _summary(f: _Facts) -> list[str]:
         ("Target", f"`{rb.target}`"),
         ("Rollback id", f"`{rb.id}`"),
         ("Revisions", f"{_number(rb.from_revision)} → {_number(rb.to_revision)}"),
-        ("Anomaly began", _time(f.anomaly_began)),
-        ("Detected at", _time(f.detected_at)),
-        ("Rollback started", _time(f.rollback_started)),
-        ("Rollout ready", _time(f.ready_at)),
-        (ended, _time(f.finished_at)),
+        ("Anomaly began", time_text(f.anomaly_began)),
+        ("Detected at", time_text(f.detected_at)),
+        ("Rollback started", time_text(f.rollback_started)),
+        ("Rollout ready", time_text(f.ready_at)),
+        (ended, time_text(f.finished_at)),
         ("Time to detect", format_elapsed(_between(f.anomaly_began, f.detected_at))),
         (
             "Time to rollback (detected → ready)",
@@ -217,10 +217,10 @@ def _summary(f: _Facts) -> list[str]:
             else "—",
         ),
     ]
-    return ["## Summary", "", *_table(["Item", "Value"], rows)]
+    return ["## Summary", "", *table(["Item", "Value"], rows)]
 
 
-def _trigger(f: _Facts) -> list[str]:
+def _trigger(f: Facts) -> list[str]:
     lines = ["## Trigger", ""]
     if not f.signals:
         return [*lines, "No triggering signal was recorded for this rollback."]
@@ -234,11 +234,11 @@ def _trigger(f: _Facts) -> list[str]:
                 d.get("status"),
                 _number(d.get("value")),
                 _number(d.get("threshold")),
-                _time(_parse_time(d.get("started_at"))),
-                _time(s.at),
+                time_text(_parse_time(d.get("started_at"))),
+                time_text(s.at),
             )
         )
-    lines += _table(
+    lines += table(
         ["Signal", "Source", "Status", "Value", "Threshold", "Anomaly began", "Seen"], rows
     )
     summaries = [str(s.data["summary"]) for s in f.signals if s.data.get("summary")]
@@ -247,7 +247,7 @@ def _trigger(f: _Facts) -> list[str]:
     return lines
 
 
-def _decision(f: _Facts) -> list[str]:
+def _decision(f: Facts) -> list[str]:
     rb = f.rollback
     lines = ["## Decision", ""]
     if f.decisions:
@@ -264,7 +264,7 @@ def _decision(f: _Facts) -> list[str]:
     return lines
 
 
-def _change(f: _Facts) -> list[str]:
+def _change(f: Facts) -> list[str]:
     rb = f.rollback
     lines = [
         "## What rollbackd changed",
@@ -284,7 +284,7 @@ def _change(f: _Facts) -> list[str]:
             (container, ", ".join(f"`{i}`" for i in ids) if isinstance(ids, list) else ids)
             for container, ids in running.items()
         ]
-        lines += _table(["Container", "Image ID"], rows)
+        lines += table(["Container", "Image ID"], rows)
     elif rb.phase not in (Phase.DRY_RUN, Phase.SKIPPED):
         lines.append("- Image digests: not recorded")
     if rb.phase is Phase.DRY_RUN:
@@ -292,7 +292,7 @@ def _change(f: _Facts) -> list[str]:
     return lines
 
 
-def _verification(f: _Facts) -> list[str]:
+def _verification(f: Facts) -> list[str]:
     lines = ["## Verification", ""]
     if not f.intervals:
         return [*lines, "No verification interval was recorded."]
@@ -303,7 +303,7 @@ def _verification(f: _Facts) -> list[str]:
         at = _parse_time(d.get("at")) or e.at
         readiness = "ready" if d.get("readiness_ok") else "not ready"
         lines.append(
-            f"- **Interval {d.get('index', '?')}** at {_time(at)}: **{verdict}** "
+            f"- **Interval {d.get('index', '?')}** at {time_text(at)}: **{verdict}** "
             f"(pods {readiness}){': ' + str(d['detail']) if d.get('detail') else ''}"
         )
         evaluations = d.get("evaluations")
@@ -319,11 +319,11 @@ def _verification(f: _Facts) -> list[str]:
                 for ev in evaluations
                 if isinstance(ev, Mapping)
             ]
-            lines += ["", *_table(["Signal", "Verdict", "Value", "Threshold", "Detail"], rows), ""]
+            lines += ["", *table(["Signal", "Verdict", "Value", "Threshold", "Detail"], rows), ""]
     return lines
 
 
-def _notifications(f: _Facts) -> list[str]:
+def _notifications(f: Facts) -> list[str]:
     lines = ["## Notifications", ""]
     if not f.notifications:
         return [*lines, "No notification was recorded."]
@@ -333,7 +333,7 @@ def _notifications(f: _Facts) -> list[str]:
         kind = f"{d.get('kind')} (resolve)" if d.get("resolves") else d.get("kind")
         rows.append(
             (
-                _time(e.at),
+                time_text(e.at),
                 d.get("channel"),
                 kind,
                 d.get("severity"),
@@ -341,22 +341,40 @@ def _notifications(f: _Facts) -> list[str]:
                 d.get("detail"),
             )
         )
-    lines += _table(["Time", "Channel", "Kind", "Severity", "Result", "Detail"], rows)
+    lines += table(["Time", "Channel", "Kind", "Severity", "Result", "Detail"], rows)
     failed = sum(1 for e in f.notifications if not e.data.get("ok"))
     if failed:
         lines += ["", f"**{failed} notification(s) failed**: check that the on-call was reached."]
     return lines
 
 
-def _timeline(f: _Facts) -> list[str]:
+def _timeline(f: Facts) -> list[str]:
     lines = ["## Timeline", ""]
     if not f.timeline:
         return [*lines, "Nothing was recorded."]
     origin = f.timeline[0].at
     rows = [
-        (_time(e.at), "+" + format_elapsed(e.at - origin), e.kind, e.message) for e in f.timeline
+        (time_text(e.at), "+" + format_elapsed(e.at - origin), e.kind, e.message)
+        for e in f.timeline
     ]
-    return [*lines, *_table(["Time", "Offset", "Kind", "What happened"], rows)]
+    return [*lines, *table(["Time", "Offset", "Kind", "What happened"], rows)]
+
+
+def story_sections(f: Facts) -> dict[str, list[str]]:
+    """Each section's Markdown lines by name, for the report and the postmortem draft."""
+    return {
+        "header": _header(f),
+        "summary": _summary(f),
+        "trigger": _trigger(f),
+        "decision": _decision(f),
+        "change": _change(f),
+        "verification": _verification(f),
+        "notifications": _notifications(f),
+        "timeline": _timeline(f),
+    }
+
+
+FOOTER = "\n\n---\n_Generated by rollbackd from its journal._\n"
 
 
 def render_report(
@@ -365,16 +383,5 @@ def render_report(
     details: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown post-incident report for ``rollback`` (see the module docstring)."""
-    facts = _Facts(rollback, timeline, details or {})
-    sections = [
-        _header(facts),
-        _summary(facts),
-        _trigger(facts),
-        _decision(facts),
-        _change(facts),
-        _verification(facts),
-        _notifications(facts),
-        _timeline(facts),
-    ]
-    body = "\n\n".join("\n".join(section) for section in sections)
-    return body + "\n\n---\n_Generated by rollbackd from its journal._\n"
+    sections = story_sections(Facts(rollback, timeline, details or {})).values()
+    return "\n\n".join("\n".join(section) for section in sections) + FOOTER

@@ -23,7 +23,8 @@ from rollbackd.cli.common import (
     default_config_path,
     print_error,
 )
-from rollbackd.cli.records import cmd_history, cmd_report, cmd_show
+from rollbackd.cli.records import cmd_history, cmd_show
+from rollbackd.cli.report import cmd_report
 from rollbackd.model import RecordKind
 
 __all__ = ["main"]
@@ -78,9 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_show)
 
     report = commands.add_parser(
-        "report", parents=[with_config, with_journal], help="Markdown post-incident report"
+        "report", parents=[with_config, with_journal], help="postmortem draft of one rollback"
     )
     report.add_argument("id")
+    report.add_argument(
+        "--format", choices=["markdown", "json"], default="markdown", help="default: markdown"
+    )
+    report.add_argument(
+        "--prometheus-url",
+        help="Prometheus to ask for the impact (default: prometheus.url from the config)",
+    )
     report.set_defaults(handler=cmd_report)
 
     rollback = commands.add_parser(

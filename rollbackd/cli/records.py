@@ -1,4 +1,4 @@
-"""``history``, ``show`` and ``report``: the journal, read only."""
+"""``history`` and ``show``: the journal, read only (``report`` is in cli/report.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rollbackd.model import RecordKind, Rollback, Target
 from rollbackd.redact import redact_text
 
 
-def _journal_path(args: argparse.Namespace) -> str:
+def journal_path(args: argparse.Namespace) -> str:
     """The journal to read; it must exist: a typo must not look like 'no history'."""
     path = str(args.journal) if args.journal else load(args.config).journal.path
     if not Path(path).is_file():
@@ -29,7 +29,7 @@ def _journal_path(args: argparse.Namespace) -> str:
 
 @asynccontextmanager
 async def open_journal_read_only(path: str) -> AsyncIterator[Any]:
-    """Open a journal that ``_journal_path`` found; the CLI only reads from it."""
+    """Open a journal that ``journal_path`` found; the CLI only reads from it."""
     from rollbackd.journal import Journal
 
     journal = await Journal.open(path, create=False)
@@ -46,7 +46,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             target = Target.parse(args.target)
         except ValueError as exc:
             raise CliError(f"--target: {exc}", EXIT_USAGE) from None
-    path = _journal_path(args)
+    path = journal_path(args)
 
     async def read() -> list[Rollback]:
         async with open_journal_read_only(path) as journal:
@@ -93,7 +93,7 @@ def _when(value: datetime | None) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    path = _journal_path(args)
+    path = journal_path(args)
 
     async def read() -> tuple[Rollback, list[Any]]:
         async with open_journal_read_only(path) as journal:
@@ -115,23 +115,4 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("timeline:", file=out)
     for entry in timeline:
         print(f"  {_when(entry.at)}  {entry.kind:<12} {redact_text(entry.message)}", file=out)
-    return EXIT_OK
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    path = _journal_path(args)
-
-    async def read() -> str:
-        async with open_journal_read_only(path) as journal:
-            rollback = await journal.get_rollback(args.id)
-            if rollback is None:
-                raise CliError(f"no rollback with id {args.id!r} in {path}")
-            timeline = await journal.timeline(args.id)
-            details = await journal.rollback_details(args.id)
-        from rollbackd.report import render_report
-
-        text: str = render_report(rollback, timeline, details)
-        return text
-
-    sys.stdout.write(redact_text(asyncio.run(read())))
     return EXIT_OK

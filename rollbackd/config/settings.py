@@ -10,6 +10,7 @@ from pydantic import Field
 
 from rollbackd.config.notify import NotifySettings
 from rollbackd.config.policy import PolicySettings, RolloutSettings, TargetsSettings, VerifySettings
+from rollbackd.config.report import ReportSettings
 from rollbackd.config.runtime import JournalSettings, LeaderElectionSettings, LoggingSettings
 from rollbackd.config.sources import ClusterSettings, PrometheusSettings
 from rollbackd.config.types import (
@@ -37,6 +38,7 @@ class Settings(_Section):
     verify: VerifySettings = VerifySettings()
     notify: NotifySettings = NotifySettings()
     journal: JournalSettings = JournalSettings()
+    report: ReportSettings = ReportSettings()
     leader_election: LeaderElectionSettings = LeaderElectionSettings()
     logging: LoggingSettings = LoggingSettings()
 

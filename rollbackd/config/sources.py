@@ -20,6 +20,7 @@ from rollbackd.config.types import (
 from rollbackd.durations import is_prometheus_duration
 
 if TYPE_CHECKING:
+    from rollbackd.promql import PromQL
     from rollbackd.signals import SignalSpec
 
 
@@ -117,6 +118,18 @@ class PrometheusSettings(_Section):
 
     def bearer_token_value(self) -> str | None:
         return _secret_value(self.bearer_token, self.bearer_token_file)
+
+    def promql(self) -> PromQL:
+        """The PromQL adapter for this Prometheus (the daemon's, and the CLI's report)."""
+        from rollbackd.promql import PromQL
+
+        token = self.bearer_token_value()
+        return PromQL(
+            str(self.url),
+            timeout=self.timeout.total_seconds(),
+            attempts=self.attempts,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+        )
 
     def signal_specs(self) -> tuple[SignalSpec, ...]:
         """The signals as ``rollbackd.signals.SignalSpec`` values for the poller."""

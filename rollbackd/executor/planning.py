@@ -25,6 +25,7 @@ from rollbackd.guard import (
 )
 from rollbackd.kube.errors import KubeError
 from rollbackd.model import Rollback
+from rollbackd.postmortem.change import compact_template
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import gitops_owner, revision_of
 from rollbackd.strategies import PlanError, Restore
@@ -36,6 +37,7 @@ class Plan:
     restore: Restore
     from_revision: int
     diff_paths: tuple[str, ...]
+    rollout_started_at: str | None = None  # the bad ReplicaSet's creation (the postmortem)
 
     @property
     def to_revision(self) -> int:
@@ -82,7 +84,8 @@ class Planning(Core):
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
         paths = template_diff_paths(template, restore.template)
         self._check_guard(rollback, paths, restore.template)
-        return Plan(deployment, restore, current or 0, tuple(paths))
+        created = running[0].get("metadata", {}).get("creationTimestamp")
+        return Plan(deployment, restore, current or 0, tuple(paths), created)
 
     def _check_guard(
         self, rollback: Rollback, paths: list[str], candidate: Mapping[str, Any]
@@ -122,6 +125,12 @@ class Planning(Core):
                 "diff": list(plan.diff_paths),
                 "images_from": list(images(plan.deployment["spec"]["template"])),
                 "images_to": list(images(plan.restore.template)),
+                # So the postmortem draft shows the change after the ReplicaSets are gone.
+                "templates": {
+                    "bad": compact_template(plan.deployment["spec"]["template"]),
+                    "restored": compact_template(plan.restore.template),
+                },
+                "rollout_started_at": plan.rollout_started_at,
             },
         )
 

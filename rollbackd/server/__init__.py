@@ -25,6 +25,7 @@ warning and exported as ``rollbackd_auth_disabled 1`` at every start.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -38,6 +39,9 @@ from rollbackd.server.manual import FORCE_OVERRIDES, MAX_REASON_CHARS, ManualApi
 from rollbackd.server.reads import ReadApi
 from rollbackd.server.responses import MAX_BODY_BYTES, MAX_BODY_KEY, error, openapi_document
 from rollbackd.server.webhook import WebhookApi
+
+if TYPE_CHECKING:  # the draft's modules load only when a report is asked for
+    from rollbackd.postmortem.source import ImpactSource
 
 __all__ = [
     "FORCE_OVERRIDES",
@@ -84,6 +88,7 @@ def create_app(
     readiness: Callable[[], tuple[bool, str]],
     auth: AuthSettings,
     manual_rollback: ManualRollback | None = None,
+    impact_source: ImpactSource | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = 10.0,
 ) -> web.Application:
@@ -93,7 +98,8 @@ def create_app(
     said on purpose, and is warned about (log and ``rollbackd_auth_disabled``)
     every time an app is built. ``body_timeout`` bounds reading a request
     body (webhook and manual rollback) from first to last byte; slower
-    clients get 408.
+    clients get 408. ``impact_source`` is the Prometheus the postmortem draft
+    asks for the impact (None: the draft says it is unavailable).
     """
     if body_timeout <= 0:
         raise ValueError("body_timeout must be positive")
@@ -109,7 +115,7 @@ def create_app(
         )
     authenticator = Authenticator(auth, metrics)
     webhook = WebhookApi(alert_sink, metrics, body_timeout)
-    reads = ReadApi(journal, metrics, readiness)
+    reads = ReadApi(journal, metrics, readiness, impact_source)
     app = web.Application(
         client_max_size=max_body_bytes, middlewares=[_json_errors, authenticator.authenticate]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from aiohttp import web
 from rollbackd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rollbackd.metrics import Metrics
 from rollbackd.model import RecordKind, Rollback, Target
-from rollbackd.redact import redact_text, redact_value
+from rollbackd.redact import redact_value
 from rollbackd.server.contracts import JournalReader
 from rollbackd.server.responses import (
     dumps_json,
@@ -21,6 +22,7 @@ from rollbackd.server.responses import (
 )
 
 if TYPE_CHECKING:  # the report module loads only when a report is asked for
+    from rollbackd.postmortem.source import ImpactSource
     from rollbackd.report import TimelineEntryLike
 
 
@@ -35,8 +37,10 @@ class ReadApi:
         journal: JournalReader,
         metrics: Metrics,
         readiness: Callable[[], tuple[bool, str]],
+        impact_source: ImpactSource | None = None,
     ) -> None:
         self.journal = journal
+        self.impact_source = impact_source
         self.metrics = metrics
         self.readiness = readiness
 
@@ -89,13 +93,21 @@ class ReadApi:
         return web.json_response(redact_value(body), dumps=dumps_json)
 
     async def report(self, request: web.Request) -> web.Response:
-        found = await self._record(request.match_info["id"])
-        if isinstance(found, web.Response):
-            return found
-        from rollbackd.report import render_report  # imported late: optional at start-up
+        """The postmortem draft: ``?format=markdown`` (default) or ``?format=json``."""
+        # Imported late: the draft's modules load only when a report is asked for.
+        from rollbackd.postmortem.service import FORMATS, ImpactSource, draft_for, render_draft
 
-        text = redact_text(render_report(*found))
-        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+        fmt = request.query.get("format", "markdown")
+        if fmt not in FORMATS:
+            return error(400, f"format must be one of {', '.join(FORMATS)}")
+        rollback_id = request.match_info["id"]
+        source = self.impact_source or ImpactSource()
+        draft = await draft_for(self.journal, rollback_id, source, now=datetime.now(UTC))
+        if draft is None:
+            return error(404, f"no rollback with id {rollback_id!r}")
+        text = render_draft(draft, fmt)
+        content_type = "application/json" if fmt == "json" else "text/markdown"
+        return web.Response(text=text, content_type=content_type, charset="utf-8")
 
     async def _record(
         self, rollback_id: str

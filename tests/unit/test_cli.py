@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ class Entry:
     at: datetime
     kind: str
     message: str
-    data: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # as the journal's TimelineEntry
 
 
 class FakeJournal:
@@ -435,7 +436,6 @@ def test_show_and_report_redact_credentials_in_urls(
     fake, path = journal
     leaky = "page failed: POST https://hooks.slack.com/services/T0/B0/s3cr3t: 500"
     monkeypatch.setattr(fake, "timeline", _timeline_with(leaky))
-    fake_module(monkeypatch, "report", render_report=lambda *_: f"# rb-1\n{leaky}\n")
     assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
     assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
     out = capsys.readouterr().out
@@ -458,19 +458,60 @@ def test_show_of_an_unknown_id_is_exit_1(
     assert "no rollback with id 'rb-404'" in capsys.readouterr().err
 
 
-def test_report_prints_the_rendered_markdown(
+def test_report_prints_the_postmortem_draft_in_markdown_or_json(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = journal
+    assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("## Summary", "## Impact", "## Action items", "## Timeline"):
+        assert heading in out
+    # Nothing says when the incident began: the impact says why it is missing, never 0.
+    assert "**Requests failed:** unavailable (the incident window is unknown" in out
+    assert cli.main(["report", "rb-1", "--journal", str(path), "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["schema"] == "rollbackd.postmortem/v1"
+    assert body["rollback"]["id"] == "rb-1"
+    assert body["impact"]["status"] == "unavailable"
+    assert body["impact"]["failed_requests"] is None
+
+
+def test_report_asks_the_configured_prometheus_with_the_configured_queries(
     journal: tuple[FakeJournal, Path],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    fake, path = journal
+    bad_sample = {"started_at": T0.isoformat(), "name": "error_ratio"}
+
+    async def timeline(rollback_id: str) -> list[Entry]:
+        return [Entry(T0, "signal", "error_ratio firing", bad_sample)]
+
+    monkeypatch.setattr(fake, "timeline", timeline)
+    # Nothing listens on port 1: Prometheus is down.
+    text = (
+        "prometheus:\n  url: http://127.0.0.1:1\n  attempts: 1\n"
+        "report:\n"
+        '  failed_requests_query: sum(increase(app_errors_total{app="{deployment}"}[{window}]))\n'
+        "  total_requests_query: sum(increase(app_requests_total[{window}]))\n"
+    )
+    cfg = config(tmp_path, text)
+    argv = ["report", "rb-1", "--config", str(cfg), "--journal", str(path), "--format", "json"]
+    assert cli.main(argv) == 0
+    impact = json.loads(capsys.readouterr().out)["impact"]
+    assert impact["status"] == "unavailable"
+    assert impact["reason"].startswith("Prometheus unreachable")
+    assert impact["failed_query"].startswith('sum(increase(app_errors_total{app="checkout"}[')
+
+
+def test_report_of_an_unknown_id_or_format_fails(
+    journal: tuple[FakeJournal, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, path = journal
-
-    def render_report(rollback: Rollback, timeline: list[Entry], details: Any = None) -> str:
-        return f"# {rollback.id}: {len(timeline)} events\n"
-
-    fake_module(monkeypatch, "report", render_report=render_report)
-    assert cli.main(["report", "rb-1", "--journal", str(path)]) == 0
-    assert capsys.readouterr().out == "# rb-1: 2 events\n"
+    assert cli.main(["report", "rb-404", "--journal", str(path)]) == 1
+    assert "no rollback with id 'rb-404'" in capsys.readouterr().err
+    assert cli.main(["report", "rb-1", "--journal", str(path), "--format", "pdf"]) == 2
 
 
 def test_a_missing_journal_is_a_clear_error_and_is_not_created(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -80,7 +78,7 @@ class Entry:
     at: datetime
     kind: str
     message: str
-    data: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)  # as the journal's TimelineEntry
 
 
 @dataclass
@@ -616,11 +614,6 @@ async def test_errors_records_and_reports_never_show_url_credentials(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     leaky = "GET http://am:hunter2@prom:9090/api/v1/query?access_token=s3cr3t failed"
-    monkeypatch.setitem(
-        sys.modules,
-        "rollbackd.report",
-        types.SimpleNamespace(render_report=lambda *_: f"# Rollback\n{leaky}\n"),
-    )
     client, h = await make_client(headers=AS_OPERATOR)
     h.journal.rollbacks = [replace(ROLLBACK, reason=leaky)]
     h.refusal = FakeRefusal("no_previous_revision")
@@ -955,24 +948,28 @@ async def test_unknown_rollback_is_a_json_404(make_client: MakeClient) -> None:
         assert "rb-nope" in (await resp.json())["error"]
 
 
-async def test_report_is_markdown_from_the_report_renderer(
-    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+async def test_report_is_the_postmortem_draft_in_markdown_or_json(
+    make_client: MakeClient,
 ) -> None:
-    seen: list[tuple[Rollback, int, Any]] = []
-
-    def render_report(rollback: Rollback, timeline: list[Entry], details: Any = None) -> str:
-        seen.append((rollback, len(timeline), details))
-        return f"# Rollback {rollback.id}\n"
-
-    monkeypatch.setitem(
-        sys.modules, "rollbackd.report", types.SimpleNamespace(render_report=render_report)
-    )
     client, _ = await make_client()
     resp = await client.get("/api/v1/rollbacks/rb-1/report")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "text/markdown; charset=utf-8"
-    assert await resp.text() == "# Rollback rb-1\n"
-    assert seen == [(ROLLBACK, 2, {"signal": "error_ratio"})]
+    text = await resp.text()
+    assert text.startswith("# Rollback `rb-1`")
+    for heading in ("## Summary", "## Impact", "## The change that caused it", "## Action items"):
+        assert heading in text
+    resp = await client.get("/api/v1/rollbacks/rb-1/report?format=json")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    body = await resp.json()
+    assert body["schema"] == "rollbackd.postmortem/v1"
+    assert body["rollback"]["id"] == "rb-1"
+    # The API built without a Prometheus says so; it never makes up a zero.
+    assert body["impact"]["status"] == "unavailable"
+    bad = await client.get("/api/v1/rollbacks/rb-1/report?format=pdf")
+    assert bad.status == 400
+    assert "format must be one of markdown, json" in (await bad.json())["error"]
 
 
 async def test_api_reads_need_credentials_when_auth_is_configured(make_client: MakeClient) -> None:

@@ -1,0 +1,19 @@
+"""Where the draft asks for the impact; light, so the daemon can hold one without the renderers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rollbackd.config.report import ReportSettings
+
+if TYPE_CHECKING:
+    from rollbackd.promql import PromQL
+
+
+@dataclass(frozen=True)
+class ImpactSource:
+    """The daemon's (or the CLI's) PromQL adapter and the report queries."""
+
+    promql: PromQL | None = None  # None: impact "unavailable (no Prometheus configured)"
+    settings: ReportSettings = field(default_factory=ReportSettings)
