@@ -141,10 +141,16 @@ class Delivery:
         verdict = judge_trigger(n, state, entries)
         if verdict.send:
             return False
+        # Shielded: a lost leadership cancels this worker, and a row withdrawn
+        # in the journal must still be logged, counted and put on the timeline.
+        return await asyncio.shield(self._withdraw(store, lane, row, n, verdict.reason))
+
+    async def _withdraw(
+        self, store: OutboxStore, lane: Lane, row: OutboxRow, n: Notification, reason: str
+    ) -> bool:
         now = self._clock()
-        if not await store.withdraw_row(row.id, at=now, reason=verdict.reason):
+        if not await store.withdraw_row(row.id, at=now, reason=reason):
             return False
-        await store.note_withdrawn(n, lane.name, verdict.reason, now)
         log.warning(
             "stale_trigger_withdrawn",
             channel=lane.name,
@@ -152,10 +158,11 @@ class Delivery:
             kind=str(n.kind),
             target=str(n.target),
             attempts=row.attempts,
-            reason=verdict.reason,
+            reason=reason,
         )
         if self._metrics is not None:
             self._metrics.notifications_total.labels(channel=lane.name, result="withdrawn").inc()
+        await store.note_withdrawn(n, lane.name, reason, now)
         return True
 
     async def _send(self, store: OutboxStore, lane: Lane, row: OutboxRow) -> None:

@@ -49,6 +49,7 @@ MIN_STABLE_SECONDS = 1.2  # v1 must have been the live version this long
 # Long enough that replica-a's first attempt is refused and it is frozen
 # before a retry; short next to the Lease replica-b must wait out.
 OUTAGE_SECONDS = 4.0
+WITHDRAWN_METRIC = 'rollbackd_notifications_total{channel="pagerduty",result="withdrawn"}'
 FAST_RETRIES = {"backoff_initial": "500ms", "backoff_max": "2s"}
 
 
@@ -222,15 +223,16 @@ async def test_a_frozen_leaders_start_page_is_withdrawn_after_another_leader_res
             if after_resolve():
                 return {"state": "sent"}  # the false page: fail below, saying what went out
             rows = outbox_rows(journal_a, rollback_id)
-            return next(
+            withdrawn = next(
                 (r for r in rows if r["channel"] == "pagerduty" and r["state"] == "withdrawn"),
                 None,
             )
+            # The row is withdrawn first, then logged and counted: wait for all of it.
+            counted = await metric(a, WITHDRAWN_METRIC) if withdrawn else None
+            return withdrawn if counted else None
 
         row = await wait_for(settled, 20, "replica-a to withdraw (or send) its old trigger")
-        withdrawn_count = await metric(
-            a, 'rollbackd_notifications_total{channel="pagerduty",result="withdrawn"}'
-        )
+        withdrawn_count = await metric(a, WITHDRAWN_METRIC)
     finally:
         if frozen:
             os.kill(a.pid, signal.SIGCONT)
