@@ -70,7 +70,7 @@ class PrometheusPoller:
         specs: Sequence[SignalSpec],
         *,
         interval: float,
-        emit: Callable[[Signal], Awaitable[None]],
+        emit: Callable[[Signal], Awaitable[object]],
         clock: Callable[[], datetime],
         on_query_error: Callable[[str, Exception], None] | None = None,
         on_cycle: Callable[[str], None] | None = None,
