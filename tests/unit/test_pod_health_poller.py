@@ -135,7 +135,8 @@ def make_poller(
 
 
 async def test_only_deployments_with_a_rollout_in_their_change_window_are_listed() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     await poller.evaluate_once()
     assert cluster.listed == [FRESH], (
@@ -144,7 +145,8 @@ async def test_only_deployments_with_a_rollout_in_their_change_window_are_listed
 
 
 async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     assert await poller.evaluate_once() == []
     first_look = clock.now
@@ -161,7 +163,8 @@ async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key() 
 
 
 async def test_the_signal_resolves_once_when_the_pods_recover() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
         await poller.evaluate_once()
@@ -177,7 +180,8 @@ async def test_the_signal_resolves_once_when_the_pods_recover() -> None:
 
 
 async def test_a_new_current_replicaset_resolves_the_old_streak_and_starts_afresh() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
         await poller.evaluate_once()
@@ -197,7 +201,8 @@ async def test_a_new_current_replicaset_resolves_the_old_streak_and_starts_afres
 
 
 async def test_a_failing_pod_list_is_no_data_once_and_never_a_trigger() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     errors: list[tuple[Target, Exception]] = []
     poller = make_poller(cluster, clock, emitted, on_error=lambda t, e: errors.append((t, e)))
     cluster.pods[FRESH] = RuntimeError("503 from the API server")
@@ -218,7 +223,8 @@ async def test_a_failing_pod_list_is_no_data_once_and_never_a_trigger() -> None:
 
 
 async def test_a_tracked_deployment_is_still_looked_at_after_its_window_closes() -> None:
-    cluster, clock, emitted = FakeCluster(), Clock(), []
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
         await poller.evaluate_once()
