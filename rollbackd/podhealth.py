@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rollbackd.model import RevisionInfo, Target
@@ -105,7 +105,7 @@ def judge_pods(
     problems = [
         problem
         for pod in sorted(mine, key=lambda p: str(p.get("metadata", {}).get("name", "")))
-        if (problem := pod_problem(pod, rollout_started_at, now, rules)) is not None
+        if (problem := _judged(pod, rollout_started_at, now, rules)) is not None
     ]
     needed = min(rules.min_pods, len(mine))
     bad = len(problems)
@@ -121,6 +121,17 @@ def judge_pods(
     return _evaluation(target, verdict, bad, needed, f"pod_health: {head}: {listed} ({rule})")
 
 
+def _judged(
+    pod: Mapping[str, Any], rollout_started_at: datetime, now: datetime, rules: PodRules
+) -> PodProblem | None:
+    # Pods are input: a status of the wrong shape is not judged, and the
+    # other pods still are (the cycle never fails on one odd object).
+    try:
+        return pod_problem(pod, rollout_started_at, now, rules)
+    except (AttributeError, TypeError):
+        return None
+
+
 def pod_problem(
     pod: Mapping[str, Any], rollout_started_at: datetime, now: datetime, rules: PodRules
 ) -> PodProblem | None:
@@ -128,7 +139,7 @@ def pod_problem(
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     name = str(meta.get("name", ""))
-    created = parse_time(meta.get("creationTimestamp"))
+    created = _time(meta.get("creationTimestamp"))
     fresh = created is None or created >= rollout_started_at
     containers = [
         *(status.get("initContainerStatuses") or []),
@@ -142,7 +153,7 @@ def pod_problem(
     if unready_since is not None and now - max(unready_since, rollout_started_at) >= (
         rules.not_ready_after
     ):
-        restarts = sum(int(c.get("restartCount") or 0) for c in containers)
+        restarts = sum(_count(c.get("restartCount")) for c in containers)
         return PodProblem(name, "", NOT_READY, restarts)
     return None
 
@@ -158,14 +169,14 @@ def _container_problem(
     name = str(container.get("name", ""))
     state = container.get("state") or {}
     waiting = str((state.get("waiting") or {}).get("reason") or "")
-    restarts = int(container.get("restartCount") or 0)
+    restarts = _count(container.get("restartCount"))
     if waiting in NEVER_STARTS:
         return PodProblem(pod, name, waiting, restarts)
     terminated = state.get("terminated") or {}
     last = (container.get("lastState") or {}).get("terminated") or {}
     # A container terminated now and not yet restarted has crashed once more.
     crashes = restarts + (1 if terminated else 0)
-    ended = parse_time((terminated or last).get("finishedAt"))
+    ended = _time((terminated or last).get("finishedAt"))
     if not fresh:
         # Restarts before the rollout are not its fault: only a termination
         # recorded after the start is known to be recent.
@@ -186,11 +197,30 @@ def _container_problem(
     return PodProblem(pod, name, reason, restarts)
 
 
+def _time(value: object) -> datetime | None:
+    """An API timestamp, or None when absent or not one (never raises: pods are input)."""
+    try:
+        moment = parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _count(value: object) -> int:
+    """A restart count, 0 when it is not a number."""
+    try:
+        return max(int(value), 0) if isinstance(value, int | str) else 0
+    except ValueError:
+        return 0
+
+
 def _unready_since(status: Mapping[str, Any]) -> datetime | None:
     """When the pod's Ready condition turned False (None: Ready, or not reported)."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready" and condition.get("status") != "True":
-            return parse_time(condition.get("lastTransitionTime"))
+            return _time(condition.get("lastTransitionTime"))
     return None
 
 

@@ -161,6 +161,8 @@ class PodHealthPoller:
             async with self._lists:
                 pods = await self._source.current_pods(target)
         except Exception as exc:
+            # The API server down or refusing: no data for this look, never health.
+            log.warning("pod_health_list_failed", target=str(target), error=str(exc))
             if self._on_error is not None:
                 self._on_error(target, exc)
             why = f"pod_health: listing pods failed: {exc}"

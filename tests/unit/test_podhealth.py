@@ -234,3 +234,26 @@ def test_hostile_pod_json_is_judged_without_raising() -> None:
         },
     ]
     assert judge(weird).verdict is Verdict.HEALTHY
+
+
+def test_malformed_counts_times_and_states_are_not_judged_and_others_still_are() -> None:
+    odd = [
+        pod("a", container={"name": "app", "restartCount": "many", "state": {"waiting": {}}}),
+        pod(
+            "b",
+            container={
+                **crash_looping(3),
+                "lastState": {"terminated": {"finishedAt": "yesterday"}},
+            },
+        ),
+        pod("c", container={"name": "app", "state": "Running"}),
+        pod("d", ready=False, container=crash_looping(3)),
+        pod("e", ready=False, container=crash_looping(3)),
+    ]
+    # Naive timestamps are read as UTC rather than failing a comparison.
+    odd[3]["metadata"]["creationTimestamp"] = "2026-03-01T12:00:05"
+    result = judge(odd)
+    assert result.verdict is Verdict.BREACH
+    assert "d container app CrashLoopBackOff" in result.detail
+    assert "b container app CrashLoopBackOff (restarts 3)" in result.detail
+    assert "a container" not in result.detail and "c container" not in result.detail
