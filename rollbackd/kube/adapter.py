@@ -87,6 +87,10 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     def targets(self) -> list[Target]:
         return self.cache.targets()
 
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """Every cached Deployment by (namespace, name), unsorted."""
+        return self.cache.deployment_items()
+
     def cached_deployment(self, target: Target) -> dict[str, Any] | None:
         return self.cache.deployment(target)
 

@@ -38,22 +38,22 @@ log = structlog.get_logger(__name__)
 
 # Pod lists in flight at once: a burst of rollouts must not flood the API server.
 CONCURRENT_LISTS = 8
+# Deployments scanned between two yields to the event loop.
+SCAN_CHUNK = 1000
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class PodSource(Protocol):
     """What the poller needs from the Kubernetes adapter."""
 
-    def targets(self) -> list[Target]: ...
-
-    def cached_deployment(self, target: Target) -> dict[str, Any] | None: ...
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]: ...
 
     def facts(self, target: Target, *, now: datetime) -> ClusterFacts: ...
 
     async def current_pods(self, target: Target) -> list[dict[str, Any]]: ...
 
 
-def recent_rollouts(
+async def recent_rollouts(
     source: PodSource,
     now: datetime,
     window_of: Callable[[Target, Mapping[str, str]], timedelta],
@@ -61,19 +61,22 @@ def recent_rollouts(
 ) -> list[Target]:
     """Deployments whose newest rollout began inside their change window.
 
-    A cheap first pass on the cache's Deployments (the Progressing
-    condition's lastUpdateTime, compared as RFC 3339 text) keeps the cost
-    per cycle at one string comparison for a Deployment untouched for long;
+    A cheap first pass over the cached Deployments (the Progressing
+    condition's lastUpdateTime, compared as RFC 3339 text) costs one string
+    comparison for a Deployment untouched for long, and yields to the event
+    loop every ``SCAN_CHUNK`` Deployments so a large fleet never stalls it;
     the few left get their facts computed.
     """
     cutoff = (now - default_window).strftime(_RFC3339)
     found = []
-    for target in source.targets():
-        deployment = source.cached_deployment(target) or {}
+    for index, ((namespace, name), deployment) in enumerate(source.cached_deployments()):
+        if index and index % SCAN_CHUNK == 0:
+            await asyncio.sleep(0)
         annotations = (deployment.get("metadata") or {}).get("annotations") or {}
         touched = _progressing_updated(deployment)
         if touched is not None and touched < cutoff and ANNOTATION_CHANGE_WINDOW not in annotations:
             continue
+        target = Target(namespace, name)
         facts = source.facts(target, now=now)
         started = facts.rollout_started_at
         if started is not None and now - started <= window_of(target, facts.annotations):
@@ -136,7 +139,7 @@ class PodHealthPoller:
     async def evaluate_once(self) -> list[Signal]:
         """One cycle: list, judge, update streaks, emit and return the signals produced."""
         now = self._clock()
-        recent = recent_rollouts(self._source, now, self._window_of, self._default_window)
+        recent = await recent_rollouts(self._source, now, self._window_of, self._default_window)
         targets = sorted(set(recent) | set(self._streaks))
         looks = await asyncio.gather(*(self._look(target, now) for target in targets))
         signals: list[Signal] = []

@@ -72,15 +72,19 @@ class FakeCluster:
         }
         self.listed: list[Target] = []
 
-    def targets(self) -> list[Target]:
-        return sorted(self.rollouts)
-
-    def cached_deployment(self, target: Target) -> dict[str, Any] | None:
-        updated = stamp(self.rollouts[target])
-        return {
-            "metadata": {"annotations": {}},
-            "status": {"conditions": [{"type": "Progressing", "lastUpdateTime": updated}]},
-        }
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        return [
+            (
+                (target.namespace, target.name),
+                {
+                    "metadata": {"annotations": {}},
+                    "status": {
+                        "conditions": [{"type": "Progressing", "lastUpdateTime": stamp(started)}]
+                    },
+                },
+            )
+            for target, started in sorted(self.rollouts.items())
+        ]
 
     def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
         name, uid = self.current[target]
