@@ -93,3 +93,33 @@ def test_bad_saturation_values_and_name_clashes_are_refused(tmp_path: Path) -> N
         "      query: sum by (namespace, deployment) (rate(x[{window}]))\n      threshold: 1\n"
     )
     assert "signal names must be unique: cpu_throttling" in errors(tmp_path, clash)
+
+
+def test_check_config_says_what_pod_health_and_saturation_will_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rollbackd import cli
+
+    token = tmp_path / "api.token"
+    token.write_text("alertmanager-token\n")
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(
+        "prometheus:\n  url: http://prom:9090\n  saturation:\n    enabled: true\n"
+        f"webhook:\n  bearer_token_file: {token}\n"
+        "sources:\n  kubernetes:\n    pod_health:\n      min_pods: 3\n"
+    )
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(signals: error_ratio, latency_p99, cpu_throttling, memory_saturation)" in out
+    assert (
+        "pod health: on (2 restarts, 3 pods and 50% of the new ReplicaSet, "
+        "not ready after 3m, every 10s)"
+    ) in out
+
+    path.write_text(
+        "prometheus:\n  url: http://prom:9090\n"
+        f"webhook:\n  bearer_token_file: {token}\n"
+        "sources:\n  kubernetes:\n    pod_health:\n      enabled: false\n"
+    )
+    assert cli.main(["check-config", str(path)]) == 0
+    assert "pod health: off" in capsys.readouterr().out
