@@ -31,6 +31,7 @@ from rollbackd.config.types import ANNOTATION_CHANGE_WINDOW
 from rollbackd.model import ClusterFacts, Signal, SignalSource, SignalStatus, Target
 from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods
 from rollbackd.signals import Evaluation, Verdict
+from rollbackd.sources.polled import polled_signal
 
 __all__ = ["PodHealthPoller", "PodSource", "recent_rollouts"]
 
@@ -235,21 +236,16 @@ class PodHealthPoller:
         value: float | None = None,
         threshold: float | None = None,
     ) -> Signal:
-        started_at = streak.started_at or now
-        key = f"kube:{target}:{POD_HEALTH}:{streak.replicaset}:{started_at.isoformat()}"
-        if status is not SignalStatus.FIRING:
-            # Distinct keys: a RESOLVED must not be deduped as a repeat of FIRING.
-            key = f"{key}:{status.value}:{now.isoformat()}"
-        return Signal(
-            target=target,
+        return polled_signal(
             source=SignalSource.KUBERNETES,
+            target=target,
             name=POD_HEALTH,
             status=status,
-            started_at=started_at,
-            observed_at=now,
+            started_at=streak.started_at or now,
+            now=now,
+            key_base=f"kube:{target}:{POD_HEALTH}:{streak.replicaset}",
             value=value,
             threshold=threshold,
-            key=key,
             labels={
                 "namespace": target.namespace,
                 "deployment": target.name,
