@@ -27,15 +27,15 @@ from rollbackd.kube.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
 from rollbackd.manual import request_rollback
 from rollbackd.metrics import Metrics
-from rollbackd.model import Policy, Signal, Target, utcnow
+from rollbackd.model import Policy, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
+from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
 from rollbackd.records import annotated_rollback
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
 from rollbackd.signals import Evaluation, evaluate_specs
-from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_interval
 from rollbackd.state import state_from_annotations
 from rollbackd.supervision import Supervisor, retrying
@@ -246,20 +246,20 @@ class Daemon:
         # Accepted but undecided signals (an earlier process, or this one as a
         # follower) are read back from the journal before new ones are decided.
         self.intake.pending.request_reload()
-        interval = self.settings.prometheus.poll_interval or self.scrape_interval
-        poller = PrometheusPoller(
-            self.promql,
-            self.specs,
-            interval=interval.total_seconds(),
-            emit=self._emit_polled,
-            clock=self.clock,
-            on_query_error=self._on_query_error,
-            on_cycle=lambda result: self.metrics.poll_cycles_total.labels(result=result).inc(),
-        )
         # Essential while leading: if one dies, the daemon stops (and a new
         # process replays the journal) rather than looking alive and deciding nothing.
         self.supervisor.spawn("dispatcher", self.dispatcher.run(self.intake.pending))
-        self.supervisor.spawn("prometheus-poller", poller.run())
+        for name, loop in leader_pollers(
+            self.settings,
+            promql=self.promql,
+            kube=self.kube,
+            scrape_interval=self.scrape_interval,
+            emit=self.intake.accept,
+            clock=self.clock,
+            on_query_error=self._on_query_error,
+            metrics=self.metrics,
+        ).items():
+            self.supervisor.spawn(name, loop)
 
     async def _lose_leadership(self) -> None:
         if not self._leader:
@@ -267,7 +267,7 @@ class Daemon:
         self._leader = False
         self.metrics.is_leader.set(0)
         log.info("leadership_released")
-        await self.supervisor.cancel("dispatcher", "prometheus-poller")
+        await self.supervisor.cancel("dispatcher", PROMETHEUS_POLLER, POD_HEALTH_POLLER)
         # With a Lease, rollbacks in flight stop now: their annotation keeps
         # the phase and the next leader resumes them (a late step would only
         # be fenced). Alone, there is nobody to resume: give them the grace.
@@ -296,9 +296,6 @@ class Daemon:
     async def _evaluate_target(self, target: Target, window: str, at: datetime) -> list[Evaluation]:
         found = await evaluate_specs(self.promql, self.specs, window=window, at=at, target=target)
         return [evaluation for (t, _), evaluation in found.items() if t == target]
-
-    async def _emit_polled(self, signal: Signal) -> None:
-        await self.intake.accept(signal)
 
     def _on_query_error(self, signal_name: str, exc: Exception) -> None:
         self.metrics.prometheus_query_errors_total.labels(signal=signal_name).inc()

@@ -52,6 +52,7 @@ class Target:
 class SignalSource(StrEnum):
     ALERTMANAGER = "alertmanager"
     PROMETHEUS = "prometheus"
+    KUBERNETES = "kubernetes"  # pod health, from the API server (no Prometheus needed)
     MANUAL = "manual"
 
 

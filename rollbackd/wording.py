@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from rollbackd.durations import format_brief as duration
-from rollbackd.model import Signal
+from rollbackd.model import Signal, SignalSource
 
 __all__ = ["MANUAL", "MAX_LISTED_PATHS", "ago", "duration", "listing", "signal_phrase"]
 
@@ -20,8 +20,14 @@ MAX_LISTED_PATHS = 5
 
 
 def signal_phrase(signal: Signal) -> str:
-    """``error_ratio at 0.12 (threshold 0.05)``, or just the name without numbers."""
+    """``error_ratio at 0.12 (threshold 0.05)``, or just the name without numbers.
+
+    A pod health signal is its own summary (``pod_health: 2 of 2 pods ...``).
+    """
     phrase = signal.name or "the signal"
+    if signal.source is SignalSource.KUBERNETES and signal.summary:
+        # Pod health names the pods, containers and reasons: that is the page.
+        return signal.summary
     if signal.value is not None:
         phrase += f" at {signal.value:g}"
         if signal.threshold is not None:

@@ -82,7 +82,8 @@ def summarize(settings: Settings) -> list[str]:
     )
     lines = [
         f"prometheus: {s.prometheus.url} "
-        f"(signals: {', '.join(sig.name for sig in s.prometheus.signals)})",
+        f"(signals: {', '.join(sig.name for sig in s.prometheus.poll_specs())})",
+        f"pod health: {_pod_health_summary(s)}",
         f"webhook: listen {s.webhook.listen}, {_auth_summary(s)}",
         f"namespaces: {namespaces} (excluded: {', '.join(s.cluster.exclude_namespaces) or 'none'})",
         f"dry-run: {dry_run}",
@@ -95,6 +96,17 @@ def summarize(settings: Settings) -> list[str]:
     ]
     # URLs may carry user:password@ or ?token=: the summary must not show them.
     return [redact_text(line) for line in lines]
+
+
+def _pod_health_summary(settings: Settings) -> str:
+    p = settings.sources.kubernetes.pod_health
+    if not p.enabled:
+        return "off"
+    return (
+        f"on ({p.min_restarts} restarts, {p.min_pods} pods and {p.min_fraction:.0%} of the "
+        f"new ReplicaSet, not ready after {format_duration(p.not_ready_after)}, "
+        f"every {format_duration(p.interval)})"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from rollbackd.config.notify import NotifySettings
+from rollbackd.config.podhealth import SourcesSettings
 from rollbackd.config.policy import PolicySettings, RolloutSettings, TargetsSettings, VerifySettings
 from rollbackd.config.report import ReportSettings
 from rollbackd.config.runtime import JournalSettings, LeaderElectionSettings, LoggingSettings
@@ -30,6 +31,7 @@ class Settings(_Section):
 
     cluster: ClusterSettings = ClusterSettings()
     prometheus: PrometheusSettings
+    sources: SourcesSettings = SourcesSettings()
     # Validated even when absent: an absent section has no credentials, which is an error.
     webhook: WebhookSettings = Field(default_factory=dict, validate_default=True)
     targets: TargetsSettings = TargetsSettings()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from rollbackd.config.podhealth import SaturationSettings
 from rollbackd.config.types import (
     HttpUrl,
     NamespaceName,
@@ -102,6 +103,8 @@ class PrometheusSettings(_Section):
     bearer_token_file: SecretFromFile | None = None
     bearer_token: SecretStr | None = None  # env only
     signals: tuple[SignalSettings, ...] = Field(default_factory=_default_signals)
+    # cAdvisor CPU throttling and memory against the limit; off by default.
+    saturation: SaturationSettings = SaturationSettings()
 
     @model_validator(mode="after")
     def _check(self) -> PrometheusSettings:
@@ -111,6 +114,8 @@ class PrometheusSettings(_Section):
         if not self.signals:
             raise ValueError("signals must list at least one signal")
         names = [s.name for s in self.signals]
+        if self.saturation.enabled:
+            names += ["cpu_throttling", "memory_saturation"]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"signal names must be unique: {', '.join(duplicates)}")
@@ -136,3 +141,22 @@ class PrometheusSettings(_Section):
         from rollbackd.signals import SignalSpec
 
         return tuple(SignalSpec(**s.model_dump()) for s in self.signals)
+
+    def poll_specs(self) -> tuple[SignalSpec, ...]:
+        """What the poller watches: the signals, and saturation when enabled.
+
+        Saturation triggers only: it is not a verification criterion, so a
+        cluster without cAdvisor series never leaves verification without data.
+        """
+        if not self.saturation.enabled:
+            return self.signal_specs()
+        from rollbackd.saturation import saturation_specs
+
+        sat = self.saturation
+        extra = saturation_specs(
+            cpu_throttling=sat.cpu_throttling,
+            memory=sat.memory,
+            window=sat.window,
+            for_count=sat.for_count,
+        )
+        return (*self.signal_specs(), *extra)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from kubernetes_asyncio.client import ApiClient
 
 from rollbackd.kube.cache import WatchCache
+from rollbackd.kube.client import selector_query
 from rollbackd.kube.election import LeaderElection
 from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
@@ -86,6 +87,10 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     def targets(self) -> list[Target]:
         return self.cache.targets()
 
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """Every cached Deployment by (namespace, name), unsorted."""
+        return self.cache.deployment_items()
+
     def cached_deployment(self, target: Target) -> dict[str, Any] | None:
         return self.cache.deployment(target)
 
@@ -112,6 +117,23 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
                 if image_id:
                     images.setdefault(status.get("name", "?"), set()).add(str(image_id))
         return {name: sorted(ids) for name, ids in sorted(images.items())}
+
+    async def current_pods(self, target: Target) -> list[dict[str, Any]]:
+        """The pods the cached Deployment's selector matches, listed now (whole objects).
+
+        On demand rather than watched: pod health needs container statuses,
+        which a metadata-only watch does not hold, and only Deployments with
+        a recent rollout are looked at (see :mod:`rollbackd.sources.kubernetes`).
+        """
+        deployment = self.cache.deployment(target)
+        if deployment is None:
+            return []
+        listing = await self.request(
+            "GET",
+            f"/api/v1/namespaces/{quote(target.namespace)}/pods",
+            query=selector_query(deployment),
+        )
+        return list(listing.get("items") or [])
 
     async def readiness(self, target: Target) -> ReadinessReport:
         """Ready pods of the current template vs desired; endpoints of selecting Services."""

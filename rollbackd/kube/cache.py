@@ -292,6 +292,10 @@ class WatchCache:
     def targets(self) -> list[Target]:
         return sorted(Target(ns, name) for ns, name in self._objects[DEPLOYMENTS])
 
+    def deployment_items(self) -> list[tuple[Key, dict[str, Any]]]:
+        """Every cached Deployment by (namespace, name), unsorted: a cheap scan of the fleet."""
+        return list(self._objects[DEPLOYMENTS].items())
+
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
 

@@ -36,6 +36,7 @@ import structlog
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
 from rollbackd.promql import PromQL, PromQLError
 from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict, judge_spec
+from rollbackd.sources.polled import polled_signal
 from rollbackd.sources.pollgrid import PollGrid, best_phase
 
 __all__ = ["PrometheusPoller"]
@@ -70,7 +71,7 @@ class PrometheusPoller:
         specs: Sequence[SignalSpec],
         *,
         interval: float,
-        emit: Callable[[Signal], Awaitable[None]],
+        emit: Callable[[Signal], Awaitable[object]],
         clock: Callable[[], datetime],
         on_query_error: Callable[[str, Exception], None] | None = None,
         on_cycle: Callable[[str], None] | None = None,
@@ -186,22 +187,17 @@ class PrometheusPoller:
         streak: _Streak,
         now: datetime,
     ) -> Signal:
-        started_at = streak.started_at or now
         target = evaluation.target
-        key = f"prom:{target}:{spec.name}:{started_at.isoformat()}"
-        if status is not SignalStatus.FIRING:
-            # Distinct keys: a RESOLVED must not be deduped as a repeat of FIRING.
-            key = f"{key}:{status.value}:{now.isoformat()}"
-        return Signal(
-            target=target,
+        return polled_signal(
             source=SignalSource.PROMETHEUS,
+            target=target,
             name=spec.name,
             status=status,
-            started_at=started_at,
-            observed_at=now,
+            started_at=streak.started_at or now,
+            now=now,
+            key_base=f"prom:{target}:{spec.name}",
             value=evaluation.value,
             threshold=spec.threshold,
-            key=key,
             labels={"namespace": target.namespace, "deployment": target.name},
             summary=evaluation.detail,
         )

@@ -66,6 +66,8 @@ class Controller:
             "deployment": DeploymentController(self._ctx).sync,
             "replicaset": ReplicaSetController(self._ctx, kubelet).sync,
             "pod-ready": kubelet.make_ready,
+            "pod-crash": kubelet.crashes.crash,
+            "pod-restart": kubelet.crashes.restart,
             "endpoints": EndpointsController(self._ctx).sync,
         }
         self._tasks: list[asyncio.Task[None]] = []

@@ -64,14 +64,36 @@ def _containers(obj: Obj) -> list[dict[str, Any]]:
 
 
 def _pod_status(obj: Obj) -> str:
+    """STATUS as the server's pod printer says it: the last container's waiting or exit reason."""
     status = obj.get("status") or {}
+    reason = str(status.get("reason") or status.get("phase") or "Unknown")
+    for container in reversed(status.get("containerStatuses") or []):
+        state = container.get("state") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated")
+        if waiting.get("reason"):
+            reason = str(waiting["reason"])
+        elif terminated is not None and terminated.get("reason"):
+            reason = str(terminated["reason"])
+        elif terminated is not None:
+            signal = terminated.get("signal") or 0
+            code = terminated.get("exitCode") or 0
+            reason = f"Signal:{signal}" if signal else f"ExitCode:{code}"
     if obj["metadata"].get("deletionTimestamp"):
         return "Terminating"
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason"):
-            return str(waiting["reason"])
-    return str(status.get("reason") or status.get("phase") or "Unknown")
+    return reason
+
+
+def _pod_restarts(statuses: list[dict[str, Any]], now: datetime) -> str:
+    """RESTARTS: the count, and since when the last container was restarted (``3 (5s ago)``)."""
+    restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
+    finished = [
+        str(ended["finishedAt"])
+        for c in statuses
+        if (ended := (c.get("lastState") or {}).get("terminated")) and ended.get("finishedAt")
+    ]
+    if restarts and finished:
+        return f"{restarts} ({human_age(max(finished), now)} ago)"
+    return str(restarts)
 
 
 def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
@@ -104,7 +126,7 @@ def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
     if rtype.key == "v1/pods":
         statuses = status.get("containerStatuses") or []
         ready = sum(1 for c in statuses if c.get("ready"))
-        restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
+        restarts = _pod_restarts(statuses, now)
         total = len(spec.get("containers") or [])
         return [
             meta["name"],
@@ -148,7 +170,7 @@ def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
             _column("Name"),
             _column("Ready"),
             _column("Status"),
-            _column("Restarts", "integer"),
+            _column("Restarts"),
             _column("Age"),
             _column("IP", priority=1),
             _column("Node", priority=1),

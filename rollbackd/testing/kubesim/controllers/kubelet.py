@@ -4,7 +4,8 @@ Pod behaviour follows annotations on the pod template, so a rollback restores
 it: ``kubesim.rollbackd.io/ready`` ("false": Running but never Ready),
 ``kubesim.rollbackd.io/ready-after`` ("2s", "500ms"; default
 ``pod_ready_delay``) and ``kubesim.rollbackd.io/image-pull`` ("fail": Pending
-in ImagePullBackOff). Statuses carry what a real kubelet reports: the five
+in ImagePullBackOff); ``crash-after`` and ``crash-reason`` make containers exit
+and restart in back-off (see ``crashloop``). Statuses carry what a real kubelet reports: the five
 conditions, container states, image IDs and a pod IP.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..store import Obj, clone
 from .context import Context
+from .crashloop import CrashLoop
 from .objects import PODS
 from .pods import is_pod_ready
 
@@ -42,6 +44,7 @@ class Kubelet:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._ip_seq = itertools.count(1)
+        self.crashes = CrashLoop(ctx, self._ready_delay)
 
     def run(self, pod: Obj) -> None:
         """Create ``pod`` (metadata and spec from its ReplicaSet) running on the node."""
@@ -71,6 +74,8 @@ class Kubelet:
             ],
         }
         created = ctx.store.create(PODS, pod)
+        if not pull_fails:
+            self.crashes.started(created)
         delay = None if pull_fails else self._ready_delay(annotations)
         if delay is None:
             return
@@ -98,6 +103,9 @@ class Kubelet:
         stored = self._ctx.store.peek(PODS, namespace, name)
         if stored is None or is_pod_ready(stored) or stored["metadata"].get("deletionTimestamp"):
             return
+        statuses = (stored.get("status") or {}).get("containerStatuses") or []
+        if not all("running" in (c.get("state") or {}) for c in statuses):
+            return  # an exited container passes no probe (it turns Ready after its restart)
         pod = clone(stored)
         now = self._ctx.now()
         containers = pod["spec"].get("containers") or []

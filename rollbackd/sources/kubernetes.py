@@ -1,0 +1,264 @@
+"""The ``pod_health`` source: crash loops and stuck pods of a fresh rollout, from the API server.
+
+Every ``interval`` the poller looks at the Deployments whose newest rollout
+began inside their change window (the only ones a pod problem could roll
+back) and at those it already tracks, lists their pods by selector (one
+paginated-free GET each, a few at a time) and judges them with
+:func:`rollbackd.podhealth.judge_pods`. The watch cache stays metadata-only:
+memory does not grow with the fleet's pods, and the API calls follow the
+number of recent rollouts, not the number of Deployments.
+
+Per target, like the Prometheus poller: ``for_count`` consecutive breaches
+emit FIRING (repeated with the same key while the breach lasts), a healthy
+look after FIRING emits RESOLVED, no data (a failed list, no pods) while
+firing emits NO_DATA once and is never a trigger. A streak belongs to one
+ReplicaSet: when the current ReplicaSet changes (a rollback, a new deploy)
+the old streak resolves and the new ReplicaSet is judged afresh, so an
+anomaly of the restored revision starts after it, not before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from rollbackd.config.types import ANNOTATION_CHANGE_WINDOW
+from rollbackd.model import ClusterFacts, Signal, SignalSource, SignalStatus, Target
+from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods
+from rollbackd.signals import Evaluation, Verdict
+from rollbackd.sources.polled import polled_signal
+
+__all__ = ["PodHealthPoller", "PodSource", "recent_rollouts"]
+
+log = structlog.get_logger(__name__)
+
+# Pod lists in flight at once: a burst of rollouts must not flood the API server.
+CONCURRENT_LISTS = 8
+# Deployments scanned between two yields to the event loop.
+SCAN_CHUNK = 1000
+_RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class PodSource(Protocol):
+    """What the poller needs from the Kubernetes adapter."""
+
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]: ...
+
+    def facts(self, target: Target, *, now: datetime) -> ClusterFacts: ...
+
+    async def current_pods(self, target: Target) -> list[dict[str, Any]]: ...
+
+
+async def recent_rollouts(
+    source: PodSource,
+    now: datetime,
+    window_of: Callable[[Target, Mapping[str, str]], timedelta],
+    default_window: timedelta,
+) -> list[Target]:
+    """Deployments whose newest rollout began inside their change window.
+
+    A cheap first pass over the cached Deployments (the Progressing
+    condition's lastUpdateTime, compared as RFC 3339 text) costs one string
+    comparison for a Deployment untouched for long, and yields to the event
+    loop every ``SCAN_CHUNK`` Deployments so a large fleet never stalls it;
+    the few left get their facts computed.
+    """
+    cutoff = (now - default_window).strftime(_RFC3339)
+    found = []
+    for index, ((namespace, name), deployment) in enumerate(source.cached_deployments()):
+        if index and index % SCAN_CHUNK == 0:
+            await asyncio.sleep(0)
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        touched = _progressing_updated(deployment)
+        if touched is not None and touched < cutoff and ANNOTATION_CHANGE_WINDOW not in annotations:
+            continue
+        target = Target(namespace, name)
+        facts = source.facts(target, now=now)
+        started = facts.rollout_started_at
+        if started is not None and now - started <= window_of(target, facts.annotations):
+            found.append(target)
+    return found
+
+
+def _progressing_updated(deployment: Mapping[str, Any]) -> str | None:
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Progressing":
+            updated = condition.get("lastUpdateTime")
+            return str(updated) if updated else None
+    return None
+
+
+@dataclass
+class _Streak:
+    replicaset: str
+    breaches: int = 0
+    started_at: datetime | None = None
+    firing: bool = False
+    no_data_reported: bool = False
+
+
+class PodHealthPoller:
+    """Turns periodic pod looks into FIRING / RESOLVED / NO_DATA ``pod_health`` Signals."""
+
+    def __init__(
+        self,
+        source: PodSource,
+        *,
+        rules: PodRules,
+        for_count: int,
+        interval: float,
+        window_of: Callable[[Target, Mapping[str, str]], timedelta],
+        default_window: timedelta,
+        emit: Callable[[Signal], Awaitable[object]],
+        clock: Callable[[], datetime],
+        on_error: Callable[[Target, Exception], None] | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self._source = source
+        self._rules = rules
+        self._for_count = for_count
+        self._interval = interval
+        self._window_of = window_of
+        self._default_window = default_window
+        self._emit = emit
+        self._clock = clock
+        self._on_error = on_error
+        self._streaks: dict[Target, _Streak] = {}
+        self._lists = asyncio.Semaphore(CONCURRENT_LISTS)
+
+    @property
+    def tracked(self) -> int:
+        """Targets whose pods are not healthy (pending or firing)."""
+        return len(self._streaks)
+
+    async def evaluate_once(self) -> list[Signal]:
+        """One cycle: list, judge, update streaks, emit and return the signals produced."""
+        now = self._clock()
+        recent = await recent_rollouts(self._source, now, self._window_of, self._default_window)
+        targets = sorted(set(recent) | set(self._streaks))
+        looks = await asyncio.gather(*(self._look(target, now) for target in targets))
+        signals: list[Signal] = []
+        for target, (replicaset, evaluation) in zip(targets, looks, strict=True):
+            signals += self._step(target, replicaset, evaluation, now)
+        for signal in signals:
+            try:
+                await self._emit(signal)
+            except Exception:
+                log.exception("pod_health_emit_failed", key=signal.key)
+        return signals
+
+    async def _look(self, target: Target, now: datetime) -> tuple[str, Evaluation]:
+        """The current ReplicaSet's name and its pods' verdict (NO_DATA when unknown)."""
+        facts = self._source.facts(target, now=now)
+        current = facts.revisions[0] if facts.revisions else None
+        started = facts.rollout_started_at
+        if current is None or started is None:
+            why = "pod_health: the current revision's rollout start is not known"
+            return "", Evaluation(target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why)
+        try:
+            async with self._lists:
+                pods = await self._source.current_pods(target)
+        except Exception as exc:
+            # The API server down or refusing: no data for this look, never health.
+            log.warning("pod_health_list_failed", target=str(target), error=str(exc))
+            if self._on_error is not None:
+                self._on_error(target, exc)
+            why = f"pod_health: listing pods failed: {exc}"
+            return current.replicaset, Evaluation(
+                target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why
+            )
+        evaluation = judge_pods(
+            target, current, pods, rollout_started_at=started, now=now, rules=self._rules
+        )
+        return current.replicaset, evaluation
+
+    def _step(
+        self, target: Target, replicaset: str, evaluation: Evaluation, now: datetime
+    ) -> list[Signal]:
+        out: list[Signal] = []
+        streak = self._streaks.get(target)
+        if streak is not None and replicaset and streak.replicaset != replicaset:
+            # Another ReplicaSet is current: the old one's anomaly is over.
+            del self._streaks[target]
+            if streak.firing:
+                moved = f"pod_health: ReplicaSet {streak.replicaset} is no longer current"
+                out.append(self._signal(SignalStatus.RESOLVED, target, streak, moved, now))
+            streak = None
+        verdict = evaluation.verdict
+        if verdict is Verdict.BREACH:
+            if streak is None:
+                streak = self._streaks[target] = _Streak(replicaset, started_at=now)
+            streak.breaches += 1
+            streak.no_data_reported = False
+            if streak.firing or streak.breaches >= self._for_count:
+                streak.firing = True
+                out.append(
+                    self._signal(
+                        SignalStatus.FIRING,
+                        target,
+                        streak,
+                        evaluation.detail,
+                        now,
+                        value=evaluation.value,
+                        threshold=evaluation.threshold,
+                    )
+                )
+        elif streak is not None and verdict is Verdict.HEALTHY:
+            del self._streaks[target]
+            if streak.firing:
+                out.append(
+                    self._signal(SignalStatus.RESOLVED, target, streak, evaluation.detail, now)
+                )
+        elif streak is not None:  # NO_DATA: never a trigger; a pending streak starts over
+            if not streak.firing:
+                del self._streaks[target]
+            elif not streak.no_data_reported:
+                streak.no_data_reported = True
+                out.append(
+                    self._signal(SignalStatus.NO_DATA, target, streak, evaluation.detail, now)
+                )
+        return out
+
+    @staticmethod
+    def _signal(
+        status: SignalStatus,
+        target: Target,
+        streak: _Streak,
+        detail: str,
+        now: datetime,
+        *,
+        value: float | None = None,
+        threshold: float | None = None,
+    ) -> Signal:
+        return polled_signal(
+            source=SignalSource.KUBERNETES,
+            target=target,
+            name=POD_HEALTH,
+            status=status,
+            started_at=streak.started_at or now,
+            now=now,
+            key_base=f"kube:{target}:{POD_HEALTH}:{streak.replicaset}",
+            value=value,
+            threshold=threshold,
+            labels={
+                "namespace": target.namespace,
+                "deployment": target.name,
+                "replicaset": streak.replicaset,
+            },
+            summary=detail,
+        )
+
+    async def run(self) -> None:
+        """Look every ``interval`` until cancelled; a bad cycle is only logged."""
+        while True:
+            try:
+                await self.evaluate_once()
+            except Exception:
+                log.exception("pod_health_cycle_failed")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,256 @@
+"""The pod_health poller: which Deployments it looks at, and the signals its looks become.
+
+Only Deployments with a rollout inside their change window (and those it
+already tracks) are listed, so the API calls follow the recent rollouts;
+a breach fires after ``for_count`` looks, repeats under one key, resolves
+when the pods recover or another ReplicaSet takes over, and a failed list
+is no data, never a trigger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rollbackd.model import ClusterFacts, RevisionInfo, Signal, SignalSource, SignalStatus, Target
+from rollbackd.podhealth import PodRules
+from rollbackd.sources.kubernetes import PodHealthPoller
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+FRESH = Target("shop", "checkout")
+OLD = Target("shop", "cart")
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def crashing_pod(name: str, rs_uid: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": stamp(T0 + timedelta(seconds=1)),
+            "ownerReferences": [{"kind": "ReplicaSet", "uid": rs_uid, "controller": True}],
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": stamp(T0)}],
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "restartCount": 3,
+                }
+            ],
+        },
+    }
+
+
+def ready_pod(name: str, rs_uid: str) -> dict[str, Any]:
+    pod = crashing_pod(name, rs_uid)
+    pod["status"] = {
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": stamp(T0)}],
+        "containerStatuses": [
+            {"name": "app", "state": {"running": {}}, "ready": True, "restartCount": 0}
+        ],
+    }
+    return pod
+
+
+class FakeCluster:
+    """A watch cache's answers and an API server's pod lists, set by the test."""
+
+    def __init__(self) -> None:
+        self.rollouts = {FRESH: T0, OLD: T0 - timedelta(days=2)}
+        self.current = {FRESH: ("checkout-v2", "uid-v2"), OLD: ("cart-v1", "uid-cart")}
+        self.pods: dict[Target, list[dict[str, Any]] | Exception] = {
+            FRESH: [
+                crashing_pod("checkout-v2-a", "uid-v2"),
+                crashing_pod("checkout-v2-b", "uid-v2"),
+            ],
+            OLD: [crashing_pod("cart-v1-a", "uid-cart")] * 2,
+        }
+        self.listed: list[Target] = []
+
+    def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        return [
+            (
+                (target.namespace, target.name),
+                {
+                    "metadata": {"annotations": {}},
+                    "status": {
+                        "conditions": [{"type": "Progressing", "lastUpdateTime": stamp(started)}]
+                    },
+                },
+            )
+            for target, started in sorted(self.rollouts.items())
+        ]
+
+    def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
+        name, uid = self.current[target]
+        info = RevisionInfo(2, name, uid, self.rollouts[target], {}, ())
+        return ClusterFacts(
+            target, True, revisions=(info,), rollout_started_at=self.rollouts[target]
+        )
+
+    async def current_pods(self, target: Target) -> list[dict[str, Any]]:
+        self.listed.append(target)
+        pods = self.pods[target]
+        if isinstance(pods, Exception):
+            raise pods
+        return pods
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 + timedelta(seconds=30)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += timedelta(seconds=10)
+
+
+def make_poller(
+    cluster: FakeCluster,
+    clock: Clock,
+    emitted: list[Signal],
+    emit: Callable[[Signal], Awaitable[None]] | None = None,
+    **kw: Any,
+) -> PodHealthPoller:
+    async def record(signal: Signal) -> None:
+        emitted.append(signal)
+
+    def window_of(target: Target, annotations: Mapping[str, str]) -> timedelta:
+        return timedelta(minutes=30)
+
+    return PodHealthPoller(
+        cluster,
+        rules=PodRules(),
+        for_count=2,
+        interval=1.0,
+        window_of=window_of,
+        default_window=timedelta(minutes=30),
+        emit=emit or record,
+        clock=clock,
+        **kw,
+    )
+
+
+async def test_only_deployments_with_a_rollout_in_their_change_window_are_listed() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    poller = make_poller(cluster, clock, emitted)
+    await poller.evaluate_once()
+    assert cluster.listed == [FRESH], (
+        "a two-day-old rollout crash-looping is not this rollout's fault"
+    )
+
+
+async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    poller = make_poller(cluster, clock, emitted)
+    assert await poller.evaluate_once() == []
+    first_look = clock.now
+    clock.tick()
+    [fired] = await poller.evaluate_once()
+    clock.tick()
+    [again] = await poller.evaluate_once()
+    assert fired.status is SignalStatus.FIRING and fired.source is SignalSource.KUBERNETES
+    assert fired.name == "pod_health" and fired.started_at == first_look
+    assert again.key == fired.key, "a repeat is deduplicated by the intake"
+    assert fired.labels["replicaset"] == "checkout-v2"
+    assert "checkout-v2-a container app CrashLoopBackOff (restarts 3)" in fired.summary
+    assert (fired.value, fired.threshold) == (2, 2.0)
+
+
+async def test_the_signal_resolves_once_when_the_pods_recover() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    poller = make_poller(cluster, clock, emitted)
+    for _ in range(2):
+        await poller.evaluate_once()
+        clock.tick()
+    cluster.pods[FRESH] = [
+        ready_pod("checkout-v2-a", "uid-v2"),
+        ready_pod("checkout-v2-b", "uid-v2"),
+    ]
+    [resolved] = await poller.evaluate_once()
+    assert resolved.status is SignalStatus.RESOLVED
+    assert await poller.evaluate_once() == []
+    assert poller.tracked == 0
+
+
+async def test_a_new_current_replicaset_resolves_the_old_streak_and_starts_afresh() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    poller = make_poller(cluster, clock, emitted)
+    for _ in range(2):
+        await poller.evaluate_once()
+        clock.tick()
+    # Rolled back: revision 1's ReplicaSet is current, and it crash-loops too.
+    cluster.current[FRESH] = ("checkout-v1", "uid-v1")
+    cluster.pods[FRESH] = [crashing_pod("checkout-v1-a", "uid-v1")] * 2
+    restored_at = clock.now
+    [resolved] = await poller.evaluate_once()
+    assert (
+        resolved.status is SignalStatus.RESOLVED and resolved.labels["replicaset"] == "checkout-v2"
+    )
+    clock.tick()
+    [fired] = await poller.evaluate_once()
+    assert fired.status is SignalStatus.FIRING and fired.labels["replicaset"] == "checkout-v1"
+    assert fired.started_at == restored_at, "the restored revision's anomaly starts after it"
+
+
+async def test_a_failing_pod_list_is_no_data_once_and_never_a_trigger() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    errors: list[tuple[Target, Exception]] = []
+    poller = make_poller(cluster, clock, emitted, on_error=lambda t, e: errors.append((t, e)))
+    cluster.pods[FRESH] = RuntimeError("503 from the API server")
+    for _ in range(3):
+        assert await poller.evaluate_once() == []
+        clock.tick()
+    assert errors and errors[0][0] == FRESH
+
+    cluster.pods[FRESH] = [crashing_pod("checkout-v2-a", "uid-v2")] * 2
+    for _ in range(2):
+        await poller.evaluate_once()
+        clock.tick()
+    cluster.pods[FRESH] = RuntimeError("503 from the API server")
+    [no_data] = await poller.evaluate_once()
+    clock.tick()
+    assert no_data.status is SignalStatus.NO_DATA and "listing pods failed" in no_data.summary
+    assert await poller.evaluate_once() == [], "no data is said once per streak"
+
+
+async def test_a_tracked_deployment_is_still_looked_at_after_its_window_closes() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    emitted: list[Signal] = []
+    poller = make_poller(cluster, clock, emitted)
+    for _ in range(2):
+        await poller.evaluate_once()
+        clock.tick()
+    clock.now += timedelta(hours=1)
+    cluster.pods[FRESH] = [ready_pod("checkout-v2-a", "uid-v2")] * 2
+    [resolved] = await poller.evaluate_once()
+    assert resolved.status is SignalStatus.RESOLVED, "a firing signal is always closed"
+
+
+async def test_an_emit_failure_does_not_hide_the_other_signals() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    cluster.rollouts[OLD] = T0
+    emitted: list[Signal] = []
+
+    async def flaky_emit(signal: Signal) -> None:
+        if signal.target == FRESH:
+            raise RuntimeError("journal full")
+        emitted.append(signal)
+
+    poller = make_poller(cluster, clock, [], emit=flaky_emit)
+    for _ in range(2):
+        await poller.evaluate_once()
+        clock.tick()
+    assert [s.target for s in emitted] == [OLD]
