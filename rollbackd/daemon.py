@@ -155,6 +155,7 @@ class Daemon:
         self.verifier = pipeline.verifier
         self.executor = pipeline.executor
         self.dispatcher = pipeline.dispatcher
+        self.lead_escalation = pipeline.lead_escalation
 
     async def _serve(self) -> None:
         """The HTTP server; from here on webhooks are accepted (and journaled)."""
@@ -260,10 +261,10 @@ class Daemon:
             on_query_error=self._on_query_error,
             on_cycle=lambda result: self.metrics.poll_cycles_total.labels(result=result).inc(),
         )
-        # Essential while leading: if one dies, the daemon stops (and a new
-        # process replays the journal) rather than looking alive and deciding nothing.
+        # Essential while leading: a dead one stops the daemon, not a replica deciding nothing.
         self.supervisor.spawn("dispatcher", self.dispatcher.run(self.intake.pending))
         self.supervisor.spawn("prometheus-poller", poller.run())
+        self.supervisor.spawn("lead-escalation", self.lead_escalation.run())
 
     async def _lose_leadership(self) -> None:
         if not self._leader:
@@ -271,7 +272,7 @@ class Daemon:
         self._leader = False
         self.metrics.is_leader.set(0)
         log.info("leadership_released")
-        await self.supervisor.cancel("dispatcher", "prometheus-poller")
+        await self.supervisor.cancel("dispatcher", "prometheus-poller", "lead-escalation")
         # With a Lease, rollbacks in flight stop now: their annotation keeps
         # the phase and the next leader resumes them (a late step would only
         # be fenced). Alone, there is nobody to resume: give them the grace.
@@ -311,9 +312,8 @@ class Daemon:
     async def _on_notification_result(
         self, notification: Notification, channel: str, ok: bool, detail: str
     ) -> None:
-        self.metrics.notifications_total.labels(
-            channel=channel, result="ok" if ok else "failed"
-        ).inc()
+        result = "ok" if ok else "failed"
+        self.metrics.notifications_total.labels(channel=channel, result=result).inc()
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
 
     def _target_known(self, target: Target) -> bool | None:
