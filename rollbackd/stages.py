@@ -241,6 +241,10 @@ def build_pipeline(
     notifier.rollback_state = watched_rollback_state(kube)
     # Each page goes to its Deployment's route, at the levels it is for.
     router = Router(routes_from_settings(s.notify), watched_target_facts(kube))
+    routed = {name for route in router.routes for name in (*route.oncall, *route.lead)}
+    if unrouted := [name for name in s.notify.channel_names() if name not in routed]:
+        # Configured but named by no route: it will hear nothing; say so at start.
+        log.warning("notify_channels_unrouted", channels=unrouted)
     notifier.route = router.channels_for
     lead = LeadEscalation(
         journal,
