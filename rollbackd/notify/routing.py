@@ -12,7 +12,10 @@ page's kind and reason choose the levels; the route gives the channels.
   a human", which reach the lead only when still unresolved
   ``escalate_after`` later (``rollbackd.notify.reescalate``);
 - a re-escalation by time (``details["level"] == "lead"``) goes to the lead
-  level only: on-call already has that page, it is not repeated.
+  level only: on-call already has that page, it is not repeated (unless the
+  lead's channel is down: its failover copy goes to on-call);
+- a failover copy stays within its page's levels: an on-call page never
+  climbs to the lead.
 
 Without ``notify.routes`` there is one default route whose on-call level is
 every channel and which has no lead level: rollbackd behaves as it did with
@@ -29,7 +32,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from rollbackd.model import ANNOTATION_PREFIX, StrEnum, Target
-from rollbackd.notify.model import DETAIL_REASON_CODE, Notification, NotificationKind
+from rollbackd.notify.model import (
+    DETAIL_FAILOVER_FROM,
+    DETAIL_REASON_CODE,
+    Notification,
+    NotificationKind,
+)
 from rollbackd.reasons import ReasonCode
 
 if TYPE_CHECKING:
@@ -126,6 +134,9 @@ def choose_route(routes: Sequence[Route], facts: TargetFacts) -> RouteChoice:
 def levels_for(n: Notification) -> frozenset[Level]:
     """The levels a page is for (see the module docstring)."""
     if n.details.get(DETAIL_LEVEL) == Level.LEAD.value:
+        # Its failover copy (the lead's channel is down) falls back to on-call.
+        if n.details.get(DETAIL_FAILOVER_FROM):
+            return frozenset({Level.ONCALL, Level.LEAD})
         return frozenset({Level.LEAD})
     if (
         n.kind is NotificationKind.ESCALATION

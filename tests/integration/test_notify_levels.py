@@ -113,10 +113,17 @@ async def replica(
     *,
     annotations: Mapping[Target, dict[str, str]] | None = None,
     journal_wrapper: Callable[[Journal], Any] = lambda j: j,
+    failover_after: timedelta = timedelta(minutes=5),
 ) -> AsyncIterator[Replica]:
     s = settings(tmp_path, sink)
     journal = await Journal.open(tmp_path / "journal.sqlite")
-    notifier = Notifier(build_channels(s), journal=journal, initial_backoff=0.2, max_backoff=1.0)
+    notifier = Notifier(
+        build_channels(s),
+        journal=journal,
+        initial_backoff=0.2,
+        max_backoff=1.0,
+        failover_after=failover_after,
+    )
     router = Router(
         routes_from_settings(s.notify),
         lambda t: FACTS.get(t, TargetFacts(t.namespace, known=False)),
@@ -397,6 +404,28 @@ async def test_a_lead_channel_down_is_retried_and_does_not_hold_back_on_call(
     assert lead.json["dedup_key"] == "rb-1"
     # Delivered once, however many attempts it took.
     assert len(events(sink, "pay-lead-key")) == 1
+
+
+async def test_a_re_escalation_the_lead_cannot_receive_falls_over_to_on_call(
+    tmp_path: Path, sink: HttpSink
+) -> None:
+    t0 = datetime.now(UTC)
+    sink.fail_for(LEAD_PATH, 30, status=503)
+    async with replica(tmp_path, sink, failover_after=timedelta(seconds=1)) as r:
+        key = await not_a_deploy_problem(r, SHOP, t0)
+        await sink.wait_for(is_trigger_for("pay-oncall-key", key))
+        assert await r.check_at(t0 + ESCALATE_AFTER) == [key]
+        copy = await sink.wait_for(
+            lambda q: (
+                is_trigger_for("pay-oncall-key", key)(q)
+                and "[pay_lead undeliverable for" in q.json["payload"]["summary"]
+            ),
+            timeout=10,
+        )
+    assert "still unresolved" in copy.json["payload"]["summary"]
+    assert copy.json["payload"]["custom_details"]["failover_from"] == "pay_lead"
+    assert events(sink, "pay-lead-key") == []  # still down
+    assert events(sink, "sre-oncall-key") == []  # another team's pager is never the fallback
 
 
 async def test_the_periodic_check_runs_on_its_own(tmp_path: Path, sink: HttpSink) -> None:

@@ -142,6 +142,17 @@ def test_a_re_escalation_goes_to_the_lead_only_not_again_to_on_call() -> None:
     assert audience(again, PAYMENTS) == {"pay-lead"}
 
 
+def test_a_failover_copy_stays_in_its_levels_and_a_lead_only_page_falls_back_to_on_call() -> None:
+    started = page(NotificationKind.ROLLBACK_STARTED, failover_from="pay-oncall")
+    assert audience(started, PAYMENTS) == {"pay-oncall"}  # never climbs to the lead
+    again = page(
+        NotificationKind.ESCALATION,
+        "no_recent_rollout",
+        **{DETAIL_LEVEL: "lead", "failover_from": "pay-lead"},
+    )
+    assert audience(again, PAYMENTS) == {"pay-oncall", "pay-lead"}
+
+
 # --- from the configuration ------------------------------------------------------------
 
 
