@@ -188,18 +188,21 @@ class Router:
         return self._routes
 
     def route_for(self, target: Target) -> Route:
-        facts = self._facts_of(target)
+        """The route of ``target`` now (quiet: the periodic lead check asks often)."""
+        return choose_route(self._routes, self._facts_of(target)).route
+
+    def channels_for(self, n: Notification) -> frozenset[str]:
+        """The channels ``n`` is for; a page only the default route takes is logged."""
+        facts = self._facts_of(n.target)
         choice = choose_route(self._routes, facts)
         if choice.defaulted and len(self._routes) > 1:
             # Never silence: the default route pages; say why it was chosen.
             log.info(
                 "notify_route_default",
-                target=str(target),
+                target=str(n.target),
                 team=facts.team,
                 deployment_known=facts.known,
                 route=choice.route.name,
+                dedup_key=n.dedup_key,
             )
-        return choice.route
-
-    def channels_for(self, n: Notification) -> frozenset[str]:
-        return audience(n, self.route_for(n.target))
+        return audience(n, choice.route)

@@ -233,3 +233,14 @@ def test_the_lead_page_keeps_the_record_key_so_its_resolve_closes_it() -> None:
     assert "still in VERIFYING after 12m0s" in stuck.summary, stuck.summary
     escalated = lead_page(unresolved(NOW - timedelta(minutes=12)), route, NOW)
     assert "still unresolved 12m0s after it was escalated: no recent rollout" in escalated.summary
+
+
+def test_a_page_only_the_default_route_takes_is_logged_with_the_team() -> None:
+    from structlog.testing import capture_logs
+
+    router = Router(ROUTES, lambda t: TargetFacts("elsewhere", team="paymnets"))  # a typo
+    with capture_logs() as logs:
+        assert router.channels_for(page(NotificationKind.ROLLBACK_STARTED)) == {"sre-oncall"}
+        assert router.route_for(SHOP) is DEFAULT  # the periodic lookup stays quiet
+    (defaulted,) = [e for e in logs if e["event"] == "notify_route_default"]
+    assert (defaulted["team"], defaulted["route"]) == ("paymnets", "default")
