@@ -90,11 +90,32 @@ def summarize(settings: Settings) -> list[str]:
         f"min stable {format_duration(s.policy.min_stable)}, "
         f"cooldown {format_duration(s.policy.cooldown)}",
         f"notify: {', '.join(s.notify.channel_names()) or 'NONE (escalations only logged)'}",
+        *_routes_summary(s),
         f"journal: {s.journal.path}",
         f"leader election: {leader}",
     ]
     # URLs may carry user:password@ or ?token=: the summary must not show them.
     return [redact_text(line) for line in lines]
+
+
+def _routes_summary(s: Settings) -> list[str]:
+    """One line per escalation route: who is on call, who is the lead, and when."""
+    from rollbackd.notify.routing import routes_from_settings
+
+    if not s.notify.routes:
+        return []
+    lines = []
+    for route in routes_from_settings(s.notify):
+        when = (
+            f"also after {format_duration(route.escalate_after)} unresolved"
+            if route.escalate_after
+            else "not by time"
+        )
+        lines.append(
+            f"route {route.name}: on-call {', '.join(route.oncall)};"
+            f" lead {', '.join(route.lead)} ({when})"
+        )
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -173,3 +173,21 @@ def test_escalate_after_must_be_a_positive_duration_or_null(tmp_path: Path) -> N
     )
     settings = load(tmp_path, "  escalate_after: null\n")
     assert settings.notify.escalate_after is None
+
+
+def test_check_config_lists_each_route_with_its_levels(tmp_path: Path) -> None:
+    from rollbackd.cli.commands import summarize
+
+    settings = load(
+        tmp_path,
+        TWO_CHANNELS
+        + """\
+  routes:
+    - {name: payments, match: {teams: [pay]}, oncall: [oncall], lead: [lead], escalate_after: 15m}
+    - {oncall: [oncall], lead: [lead], escalate_after: null}
+""",
+    )
+    lines = summarize(settings)
+    assert "notify: oncall, lead" in lines
+    assert "route payments: on-call oncall; lead lead (also after 15m unresolved)" in lines
+    assert "route default: on-call oncall; lead lead (not by time)" in lines
