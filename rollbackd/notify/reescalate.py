@@ -68,7 +68,7 @@ log = structlog.get_logger("rollbackd.notify")
 ANNOTATION_ACKNOWLEDGED = "rollbackd.io/acknowledged"
 KIND_LEAD_PAGED = "escalated_to_lead"
 _GROUP_NAME = "*"  # escalation.GROUP_NAME: a namespace-wide record
-_BATCH = 200
+_BATCH = 2000  # unresolved problems looked at per pass
 _NON_TERMINAL = tuple(p.value for p in Phase if p not in TERMINAL_PHASES)
 
 
@@ -184,15 +184,20 @@ class LeadEscalation:
     # --- what the journal says -------------------------------------------------
 
     async def _candidates(self, now: datetime) -> list[Unresolved]:
+        """Problems of the horizon whose page was meant and that the lead has not heard of.
+
+        Filtered in SQL, so what is settled for good (lead paged, every page
+        withdrawn into a group) never crowds out a newer problem.
+        """
         since = format_time(now - self._horizon)
         rows = await self._journal.query(
-            "SELECT * FROM rollbacks WHERE ("
-            " phase = ? AND COALESCE(finished_at, updated_at) >= ?"
-            f") OR (kind = ? AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
-            " AND started_at >= ?)"
-            # Those the lead has heard about are done for good: skip them cheaply.
-            " EXCEPT SELECT r.* FROM rollbacks r JOIN events e ON e.rollback_id = r.id"
-            " AND e.kind = ? ORDER BY started_at DESC LIMIT ?",
+            "SELECT * FROM rollbacks r WHERE (("
+            " r.phase = ? AND COALESCE(r.finished_at, r.updated_at) >= ?"
+            f") OR (r.kind = ? AND r.phase IN ({','.join('?' * len(_NON_TERMINAL))})"
+            " AND r.started_at >= ?))"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.rollback_id = r.id AND e.kind = ?)"
+            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.dedup_key = r.id AND o.state != ?)"
+            " ORDER BY r.started_at DESC LIMIT ?",
             (
                 Phase.ESCALATED.value,
                 since,
@@ -200,14 +205,17 @@ class LeadEscalation:
                 *_NON_TERMINAL,
                 since,
                 KIND_LEAD_PAGED,
+                WITHDRAWN,
                 _BATCH,
             ),
         )
+        if len(rows) == _BATCH:
+            log.warning("lead_escalation_batch_full", batch=_BATCH)
         return [_unresolved(r) for r in rows]
 
     async def _settled(self, item: Unresolved, route: Route) -> bool:
-        """Already paged to the lead, never meant, resolved, or acknowledged."""
-        if await self._lead_paged(item, route.lead) or not await self._page_meant(item):
+        """Already paged to the lead, resolved, or acknowledged."""
+        if await self._lead_paged(item, route.lead):
             return True
         annotations = self._annotations_of(item.target) or {}
         if annotations.get(ANNOTATION_ACKNOWLEDGED, "").strip() == item.record_id:
@@ -235,13 +243,6 @@ class LeadEscalation:
                 WITHDRAWN,
                 FAILED,
             ),
-        )
-        return bool(rows)
-
-    async def _page_meant(self, item: Unresolved) -> bool:
-        rows = await self._journal.query(
-            "SELECT 1 FROM outbox WHERE dedup_key = ? AND state != ? LIMIT 1",
-            (item.record_id, WITHDRAWN),
         )
         return bool(rows)
 

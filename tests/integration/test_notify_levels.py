@@ -114,6 +114,8 @@ async def replica(
     annotations: Mapping[Target, dict[str, str]] | None = None,
     journal_wrapper: Callable[[Journal], Any] = lambda j: j,
     failover_after: timedelta = timedelta(minutes=5),
+    group_min: int = 50,
+    group_wait: timedelta = timedelta(milliseconds=10),
 ) -> AsyncIterator[Replica]:
     s = settings(tmp_path, sink)
     journal = await Journal.open(tmp_path / "journal.sqlite")
@@ -140,7 +142,9 @@ async def replica(
         interval=lead_check_interval(router.routes),
     )
     escalations = Escalations(
-        notifier, journal, GroupingPolicy(group_wait=timedelta(milliseconds=10), group_min=50)
+        notifier,
+        journal,
+        GroupingPolicy(group_wait=group_wait, group_min=group_min),
     )
     await notifier.start()
     try:
@@ -347,6 +351,24 @@ async def test_resolved_or_acknowledged_problems_are_not_escalated_to_the_lead(
     finally:
         for target in (resolved, acked, fixed):
             FACTS.pop(target)
+
+
+async def test_a_grouped_page_reaches_the_lead_once_not_once_per_deployment(
+    tmp_path: Path, sink: HttpSink
+) -> None:
+    t0 = datetime.now(UTC)
+    storm = [Target("infra", f"svc-{i}") for i in range(3)]
+    async with replica(tmp_path, sink, group_min=3, group_wait=timedelta(seconds=1)) as r:
+        keys = {await not_a_deploy_problem(r, target, t0) for target in storm}
+        (group_key,) = keys - {k for k in keys if not k.startswith("esc-group-")}
+        await sink.wait_for(is_trigger_for("sre-oncall-key", group_key))
+        # The members' own pages were withdrawn into the group's: not escalated one by one.
+        # A namespace-wide page has no Deployment: routed by namespace (here the default).
+        assert await r.check_at(t0 + ESCALATE_AFTER) == [group_key]
+        await sink.wait_for(is_trigger_for("sre-lead-key", group_key))
+        assert await r.notifier.drain(10)
+    (lead,) = events(sink, "sre-lead-key")
+    assert "3 Deployments in namespace infra" in lead["payload"]["summary"]
 
 
 async def test_a_rollback_stuck_in_flight_pages_the_lead_and_its_completion_resolves_it(
