@@ -42,8 +42,8 @@ async def team_pager() -> AsyncIterator[HttpSink]:
         yield sink
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, team_pager: HttpSink) -> AsyncIterator[Stack]:
+def team_channels(tmp_path: Path, team_pager: HttpSink) -> dict[str, Any]:
+    """The payments on-call and lead channels: two routing keys, one PagerDuty."""
     channels = {}
     for name, key in (("pay_oncall", ONCALL_KEY), ("pay_lead", LEAD_KEY)):
         key_file = tmp_path / f"{name}.key"
@@ -53,6 +53,12 @@ async def stack(tmp_path: Path, team_pager: HttpSink) -> AsyncIterator[Stack]:
             "url": f"{team_pager.url}{PAGERDUTY_PATH}",
             "routing_key_file": str(key_file),
         }
+    return channels
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, team_pager: HttpSink) -> AsyncIterator[Stack]:
+    channels = team_channels(tmp_path, team_pager)
     overrides = {
         "verify": {
             "intervals": 3,
@@ -141,15 +147,7 @@ async def test_a_failed_verification_pages_the_team_on_call_and_its_lead_by_rout
 @pytest.fixture
 async def slow_fix_stack(tmp_path: Path, team_pager: HttpSink) -> AsyncIterator[Stack]:
     """A payments route whose lead hears of anything still unresolved after 6 s."""
-    channels = {}
-    for name, key in (("pay_oncall", ONCALL_KEY), ("pay_lead", LEAD_KEY)):
-        key_file = tmp_path / f"{name}.key"
-        key_file.write_text(key + "\n")
-        channels[name] = {
-            "type": "pagerduty",
-            "url": f"{team_pager.url}{PAGERDUTY_PATH}",
-            "routing_key_file": str(key_file),
-        }
+    channels = team_channels(tmp_path, team_pager)
     overrides = {
         # A Deployment breaching from its first minute is not a recent rollout's fault.
         "policy": {"change_window": "1s"},
