@@ -19,6 +19,7 @@ from rollbackd.config.types import (
     _secret_value,
     _Section,
 )
+from rollbackd.durations import format_duration
 
 
 class PagerDutySettings(_Section):
@@ -182,6 +183,15 @@ class NotifySettings(_Section):
             if name in LEGACY_CHANNELS and getattr(self, name) is not None
         ]
         problems += route_problems(self.routes, self.channel_names())
+        afters = [("escalate_after", self.escalate_after)] + [
+            (f"routes[{i}].escalate_after", r.escalate_after) for i, r in enumerate(self.routes)
+        ]
+        problems += [
+            f"{key}: expected less than max_age ({format_duration(self.max_age)}): a page"
+            " older than that is given up, so the lead would never be paged"
+            for key, after in afters
+            if after is not None and after >= self.max_age
+        ]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -191,3 +191,16 @@ def test_check_config_lists_each_route_with_its_levels(tmp_path: Path) -> None:
     assert "notify: oncall, lead" in lines
     assert "route payments: on-call oncall; lead lead (also after 15m unresolved)" in lines
     assert "route default: on-call oncall; lead lead (not by time)" in lines
+
+
+def test_escalate_after_beyond_max_age_is_refused_as_never_reached(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        TWO_CHANNELS
+        + """\
+  max_age: 2h
+  routes:
+    - {oncall: [oncall], lead: [lead], escalate_after: 3h}
+""",
+    )
+    assert "routes[0].escalate_after: expected less than max_age (2h)" in found
