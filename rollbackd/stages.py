@@ -254,6 +254,10 @@ def build_pipeline(
         clock=clock,
         horizon=s.notify.max_age,
         interval=lead_check_interval(router.routes),
+        soonest=min(
+            (r.escalate_after for r in router.routes if r.lead and r.escalate_after),
+            default=s.notify.max_age,
+        ),
     )
     return Pipeline(intake, verifier, executor, dispatcher, lead)
 

@@ -135,6 +135,7 @@ class LeadEscalation:
         clock: Callable[[], datetime],
         horizon: timedelta,
         interval: float,
+        soonest: timedelta = timedelta(0),
     ) -> None:
         self._journal = journal
         self._pager = pager
@@ -143,6 +144,7 @@ class LeadEscalation:
         self._clock = clock
         self._horizon = horizon  # older problems are past notify.max_age: not paged
         self._interval = interval
+        self._soonest = soonest  # the shortest escalate_after of any route
 
     async def run(self) -> None:
         while True:
@@ -190,20 +192,26 @@ class LeadEscalation:
         withdrawn into a group) never crowds out a newer problem.
         """
         since = format_time(now - self._horizon)
+        # Nothing younger than the shortest escalate_after can be due.
+        until = format_time(now - self._soonest)
         rows = await self._journal.query(
             "SELECT * FROM rollbacks r WHERE (("
-            " r.phase = ? AND COALESCE(r.finished_at, r.updated_at) >= ?"
+            " r.phase = ? AND COALESCE(r.finished_at, r.updated_at) BETWEEN ? AND ?"
             f") OR (r.kind = ? AND r.phase IN ({','.join('?' * len(_NON_TERMINAL))})"
-            " AND r.started_at >= ?))"
-            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.rollback_id = r.id AND e.kind = ?)"
-            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.dedup_key = r.id AND o.state != ?)"
+            " AND r.started_at BETWEEN ? AND ?))"
+            # IN over a subquery: SQLite builds each set once per query.
+            " AND r.id NOT IN (SELECT rollback_id FROM events WHERE kind = ?"
+            " AND rollback_id IS NOT NULL)"
+            " AND r.id IN (SELECT dedup_key FROM outbox WHERE state != ?)"
             " ORDER BY r.started_at DESC LIMIT ?",
             (
                 Phase.ESCALATED.value,
                 since,
+                until,
                 RecordKind.ROLLBACK.value,
                 *_NON_TERMINAL,
                 since,
+                until,
                 KIND_LEAD_PAGED,
                 WITHDRAWN,
                 _BATCH,
@@ -214,11 +222,11 @@ class LeadEscalation:
         return [_unresolved(r) for r in rows]
 
     async def _settled(self, item: Unresolved, route: Route) -> bool:
-        """Already paged to the lead, resolved, or acknowledged."""
-        if await self._lead_paged(item, route.lead):
-            return True
+        """Acknowledged, already paged to the lead, or resolved (cheapest question first)."""
         annotations = self._annotations_of(item.target) or {}
         if annotations.get(ANNOTATION_ACKNOWLEDGED, "").strip() == item.record_id:
+            return True
+        if await self._lead_paged(item, route.lead):
             return True
         if item.phase is not Phase.ESCALATED:
             return False
