@@ -150,6 +150,7 @@ class Daemon:
         self.verifier = pipeline.verifier
         self.executor = pipeline.executor
         self.dispatcher = pipeline.dispatcher
+        self.lead_escalation = pipeline.lead_escalation
 
     async def _serve(self) -> None:
         """The HTTP server; from here on webhooks are accepted (and journaled)."""
@@ -260,6 +261,7 @@ class Daemon:
             metrics=self.metrics,
         ).items():
             self.supervisor.spawn(name, loop)
+        self.supervisor.spawn("lead-escalation", self.lead_escalation.run())
 
     async def _lose_leadership(self) -> None:
         if not self._leader:
@@ -267,7 +269,9 @@ class Daemon:
         self._leader = False
         self.metrics.is_leader.set(0)
         log.info("leadership_released")
-        await self.supervisor.cancel("dispatcher", PROMETHEUS_POLLER, POD_HEALTH_POLLER)
+        await self.supervisor.cancel(
+            "dispatcher", PROMETHEUS_POLLER, POD_HEALTH_POLLER, "lead-escalation"
+        )
         # With a Lease, rollbacks in flight stop now: their annotation keeps
         # the phase and the next leader resumes them (a late step would only
         # be fenced). Alone, there is nobody to resume: give them the grace.
@@ -304,9 +308,8 @@ class Daemon:
     async def _on_notification_result(
         self, notification: Notification, channel: str, ok: bool, detail: str
     ) -> None:
-        self.metrics.notifications_total.labels(
-            channel=channel, result="ok" if ok else "failed"
-        ).inc()
+        result = "ok" if ok else "failed"
+        self.metrics.notifications_total.labels(channel=channel, result=result).inc()
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
 
     def _target_known(self, target: Target) -> bool | None:

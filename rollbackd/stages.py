@@ -24,7 +24,15 @@ from rollbackd.journal import Journal
 from rollbackd.kube import Kube
 from rollbackd.metrics import Metrics
 from rollbackd.model import Phase, Policy, Rollback, Target
-from rollbackd.notify.base import Channel, Notification, NotificationKind, Notifier
+from rollbackd.notify.base import Notification, NotificationKind, Notifier
+from rollbackd.notify.configured import (
+    annotations_of,
+    build_channels,
+    lead_check_interval,
+    watched_target_facts,
+)
+from rollbackd.notify.reescalate import LeadEscalation
+from rollbackd.notify.routing import Router, routes_from_settings
 from rollbackd.notify.stale import RollbackStateOf
 from rollbackd.promql import PromQL
 from rollbackd.signals import Evaluation
@@ -39,9 +47,11 @@ __all__ = [
     "Pipeline",
     "build_channels",
     "build_pipeline",
+    "lead_check_interval",
     "readiness",
     "scrape_interval",
     "watched_rollback_state",
+    "watched_target_facts",
 ]
 
 DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
@@ -150,67 +160,13 @@ class JournalRecorder:
         )
 
 
-def build_channels(settings: Settings) -> list[Channel]:
-    """Instantiate the configured notification channels (all optional)."""
-    from rollbackd.notify.alertmanager import AlertmanagerPushChannel
-    from rollbackd.notify.http import default_session_factory
-    from rollbackd.notify.pagerduty import PagerDutyChannel
-    from rollbackd.notify.slack import SlackChannel
-    from rollbackd.notify.webhook import WebhookChannel
-
-    notify = settings.notify
-    # The replica in the User-Agent, as on its Kubernetes requests: a pager's
-    # request log then shows which replica sent a page.
-    identity = settings.leader_election.effective_identity()
-    sessions = default_session_factory(user_agent=f"rollbackd ({identity})")
-    report_url = (
-        f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
-        if notify.report_base_url
-        else None
-    )
-    channels: list[Channel] = []
-    if notify.pagerduty is not None:
-        channels.append(
-            PagerDutyChannel(
-                notify.pagerduty.routing_key_value(),
-                url=str(notify.pagerduty.url),
-                report_url_template=report_url,
-                session_factory=sessions,
-            )
-        )
-    if notify.alertmanager is not None:
-        channels.append(
-            AlertmanagerPushChannel(
-                str(notify.alertmanager.url),
-                report_url_template=report_url,
-                session_factory=sessions,
-            )
-        )
-    if notify.slack is not None:
-        channels.append(
-            SlackChannel(
-                notify.slack.webhook_url_value(),
-                report_url_template=report_url,
-                session_factory=sessions,
-            )
-        )
-    if notify.webhook is not None:
-        headers = dict(notify.webhook.headers)
-        token = notify.webhook.bearer_token_value()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        channels.append(
-            WebhookChannel(str(notify.webhook.url), headers=headers, session_factory=sessions)
-        )
-    return channels
-
-
 @dataclass(frozen=True)
 class Pipeline:
     intake: SignalIntake
     verifier: Verifier
     executor: Executor
     dispatcher: Dispatcher
+    lead_escalation: LeadEscalation
 
 
 def build_pipeline(
@@ -286,7 +242,27 @@ def build_pipeline(
     # A start page left in this journal's outbox by an earlier term is checked
     # against the Deployment before it goes out (a rollback another leader ended).
     notifier.rollback_state = watched_rollback_state(kube)
-    return Pipeline(intake, verifier, executor, dispatcher)
+    # Each page goes to its Deployment's route, at the levels it is for.
+    router = Router(routes_from_settings(s.notify), watched_target_facts(kube))
+    routed = {name for route in router.routes for name in (*route.oncall, *route.lead)}
+    if unrouted := [name for name in s.notify.channel_names() if name not in routed]:
+        # Configured but named by no route: it will hear nothing; say so at start.
+        log.warning("notify_channels_unrouted", channels=unrouted)
+    notifier.route = router.channels_for
+    lead = LeadEscalation(
+        journal,
+        notifier,
+        route_for=router.route_for,
+        annotations_of=annotations_of(kube),
+        clock=clock,
+        horizon=s.notify.max_age,
+        interval=lead_check_interval(router.routes),
+        soonest=min(
+            (r.escalate_after for r in router.routes if r.lead and r.escalate_after),
+            default=s.notify.max_age,
+        ),
+    )
+    return Pipeline(intake, verifier, executor, dispatcher, lead)
 
 
 def watched_rollback_state(kube: Kube) -> RollbackStateOf:

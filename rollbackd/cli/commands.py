@@ -91,6 +91,7 @@ def summarize(settings: Settings) -> list[str]:
         f"min stable {format_duration(s.policy.min_stable)}, "
         f"cooldown {format_duration(s.policy.cooldown)}",
         f"notify: {', '.join(s.notify.channel_names()) or 'NONE (escalations only logged)'}",
+        *_routes_summary(s),
         f"journal: {s.journal.path}",
         f"leader election: {leader}",
     ]
@@ -107,6 +108,26 @@ def _pod_health_summary(settings: Settings) -> str:
         f"new ReplicaSet, not ready after {format_duration(p.not_ready_after)}, "
         f"every {format_duration(p.interval)})"
     )
+
+
+def _routes_summary(s: Settings) -> list[str]:
+    """One line per escalation route: who is on call, who is the lead, and when."""
+    from rollbackd.notify.routing import routes_from_settings
+
+    if not s.notify.routes:
+        return []
+    lines = []
+    for route in routes_from_settings(s.notify):
+        when = (
+            f"also after {format_duration(route.escalate_after)} unresolved"
+            if route.escalate_after
+            else "not by time"
+        )
+        lines.append(
+            f"route {route.name}: on-call {', '.join(route.oncall)};"
+            f" lead {', '.join(route.lead)} ({when})"
+        )
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:

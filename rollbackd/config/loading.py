@@ -11,7 +11,13 @@ import yaml
 from pydantic import ValidationError
 
 from rollbackd.config.settings import Settings
-from rollbackd.config.types import ENV_PREFIX, SECRET_PATHS, ConfigError, _env_name
+from rollbackd.config.types import (
+    ENV_PREFIX,
+    ConfigError,
+    _env_name,
+    is_secret_path,
+    secret_paths,
+)
 
 
 def load_settings(
@@ -44,7 +50,7 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{name}: cannot read config file: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -59,9 +65,27 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not "last wins".
+
+    Two ``notify.channels`` entries of the same name would otherwise become one, silently.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _pop_inline_secrets(data: dict[str, Any]) -> list[str]:
     errors = []
-    for secret_path in SECRET_PATHS:
+    for secret_path in secret_paths(data):
         node: Any = data
         for key in secret_path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
@@ -89,7 +113,7 @@ def _apply_env(
             errors.append(f"env {name}: expected ROLLBACKD__SECTION__KEY")
             continue
         raw = env[name]
-        value: Any = raw if path in SECRET_PATHS else _yaml_scalar(raw)
+        value: Any = raw if is_secret_path(path) else _yaml_scalar(raw)
         node = data
         for depth, key in enumerate(path[:-1]):
             child = node.get(key)

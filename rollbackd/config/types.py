@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -41,6 +41,29 @@ SECRET_PATHS: tuple[tuple[str, ...], ...] = (
     ("notify", "slack", "webhook_url"),
     ("notify", "webhook", "bearer_token"),
 )
+# The same for every named channel: notify.channels.<name>.<key>.
+CHANNEL_SECRET_KEYS = ("routing_key", "webhook_url", "bearer_token")
+
+
+def is_secret_path(path: tuple[str, ...]) -> bool:
+    """A key path that holds a secret (named channels' included)."""
+    if path in SECRET_PATHS:
+        return True
+    return len(path) == 4 and path[:2] == ("notify", "channels") and path[3] in CHANNEL_SECRET_KEYS
+
+
+def secret_paths(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The secret key paths of a raw config: the fixed ones and each named channel's."""
+    found = list(SECRET_PATHS)
+    notify = data.get("notify")
+    channels = notify.get("channels") if isinstance(notify, Mapping) else None
+    if isinstance(channels, Mapping):
+        found += [
+            ("notify", "channels", str(name), key)
+            for name in channels
+            for key in CHANNEL_SECRET_KEYS
+        ]
+    return found
 
 
 class ConfigError(Exception):

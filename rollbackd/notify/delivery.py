@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,10 @@ class Delivery:
     # recorded rollback before it goes out (see ``rollbackd.notify.stale``);
     # ``stages.build_pipeline`` sets it to a watch-cache read.
     rollback_state: RollbackStateOf | None = None
+    # When set, the channels a page is for (its Deployment's route and the
+    # page's levels, ``rollbackd.notify.routing``); None: every channel.
+    # ``stages.build_pipeline`` sets it.
+    route: Callable[[Notification], Collection[str]] | None = None
     _lanes: list[Lane]
     _own_journal: Journal | None
     _store: OutboxStore | None
@@ -55,13 +59,26 @@ class Delivery:
         return self._store
 
     async def _routes(self, store: OutboxStore, n: Notification) -> list[Lane]:
+        audience = self._audience(n)
         lanes = []
         for lane in self._lanes:
-            if channel_accepts(lane.channel, n) or (
+            meant = audience is None or lane.name in audience
+            if (meant and channel_accepts(lane.channel, n)) or (
+                # A resolve closes what its trigger opened, wherever that went.
                 n.resolves and await store.has_trigger(lane.name, n.dedup_key)
             ):
                 lanes.append(lane)
         return lanes
+
+    def _audience(self, n: Notification) -> Collection[str] | None:
+        if self.route is None:
+            return None
+        try:
+            return self.route(n)
+        except Exception:
+            # A routing bug must not silence a page: every channel hears it.
+            log.exception("notify_route_failed", dedup_key=n.dedup_key, kind=str(n.kind))
+            return None
 
     async def _notify_changed(self) -> None:
         async with self._changed:

@@ -872,3 +872,78 @@ def test_repeating_a_chart_owned_value_unchanged_is_fine(
     values = {"config": {"journal": {"path": "/var/lib/rollbackd/journal.sqlite"}}}
     objects = _template(helm_env, tmp_path, values)
     assert _rollbackd_yaml(objects)["journal"] == values["config"]["journal"]
+
+
+NAMED_CHANNELS: dict[str, Any] = {
+    "secrets": {
+        "channels": {
+            "payments_oncall": {"existingSecret": "pager-keys", "key": "payments-oncall"},
+            "payments_lead": {"existingSecret": "pager-keys", "key": "payments-lead"},
+            "payments_chat": {"existingSecret": "chat-hooks", "key": "payments"},
+        }
+    },
+    "config": {
+        "notify": {
+            "channels": {
+                "payments_oncall": {"type": "pagerduty"},
+                "payments_lead": {"type": "pagerduty"},
+                "payments_chat": {"type": "slack"},
+            },
+            "routes": [
+                {
+                    "match": {"teams": ["payments"]},
+                    "oncall": ["payments_oncall", "payments_chat"],
+                    "lead": ["payments_lead"],
+                },
+                {"oncall": ["payments_oncall"], "lead": ["payments_lead"]},
+            ],
+        }
+    },
+}
+
+
+def test_named_channels_get_their_secrets_mounted_and_rollbackd_accepts_the_config(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    objects = _template(helm_env, tmp_path, NAMED_CHANNELS)
+    config = _rollbackd_yaml(objects)
+    secrets_dir = _mount_path(objects, "secrets")
+    channels = config["notify"]["channels"]
+    assert channels["payments_oncall"] == {
+        "type": "pagerduty",
+        "routing_key_file": str(secrets_dir / "channel-payments_oncall"),
+    }
+    assert channels["payments_chat"]["webhook_url_file"] == str(
+        secrets_dir / "channel-payments_chat"
+    )
+    assert _projected_items(objects, "chat-hooks") == [
+        {"key": "payments", "path": "channel-payments_chat"}
+    ]
+    from rollbackd.config import PagerDutySettings, load_settings
+
+    local = tmp_path / "secrets"
+    local.mkdir()
+    for name in channels:
+        (local / f"channel-{name}").write_text(f"https://hooks.example.test/{name}\n")
+    (local / "webhook-bearer-token").write_text("t0ken\n")
+    config_file = tmp_path / "loaded.yaml"
+    text = _one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    config_file.write_text(text.replace(str(secrets_dir), str(local)))
+    settings = load_settings(config_file, env={})
+    assert set(settings.notify.channel_names()) == {
+        "payments_oncall",
+        "payments_lead",
+        "payments_chat",
+    }
+    lead = settings.notify.channels["payments_lead"]
+    assert isinstance(lead, PagerDutySettings)
+    assert lead.routing_key_value() == "https://hooks.example.test/payments_lead"
+
+
+def test_a_channel_secret_for_no_configured_channel_fails_at_install_time(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    values = {"secrets": {"channels": {"ghost": {"existingSecret": "s", "key": "k"}}}}
+    assert "secrets.channels.ghost: config.notify.channels has no channel ghost" in (
+        _template_error(helm_env, tmp_path, values)
+    )

@@ -112,6 +112,19 @@ secretName/secretKey to mount, and `create` when the chart makes the Secret.
 {{- $enabled = append $enabled (merge (dict "secretName" $name "secretKey" $secret.key "create" true) $spec) }}
 {{- end }}
 {{- end }}
+{{- $channels := dig "notify" "channels" dict (default dict .Values.config) }}
+{{- $fileKeys := dict "pagerduty" "routing_key_file" "slack" "webhook_url_file" "webhook" "bearer_token_file" }}
+{{- range $name, $secret := (default dict .Values.secrets.channels) }}
+{{- $channel := get $channels $name }}
+{{- if not (kindIs "map" $channel) }}
+{{- fail (printf "secrets.channels.%s: config.notify.channels has no channel %s" $name $name) }}
+{{- end }}
+{{- $key := get $fileKeys (toString (get $channel "type")) }}
+{{- if not $key }}
+{{- fail (printf "secrets.channels.%s: a channel of type %q takes no secret" $name (toString (get $channel "type"))) }}
+{{- end }}
+{{- $enabled = append $enabled (dict "value" (printf "channels.%s" $name) "section" (list "notify" "channels" $name) "key" $key "file" (printf "channel-%s" $name) "secretName" $secret.existingSecret "secretKey" $secret.key "create" false) }}
+{{- end }}
 {{- toYaml $enabled }}
 {{- end }}
 
