@@ -177,6 +177,10 @@ class HttpSink(StartStop):
             )
         )
 
+    def end_outages(self, path_prefix: str) -> None:
+        """End every ``fail_for`` outage under ``path_prefix`` now: the service is back."""
+        self._rules = [r for r in self._rules if r.until is None or r.path_prefix != path_prefix]
+
     def hold_next(self, path_prefix: str, count: int = 1) -> None:
         """Record the next ``count`` requests but do not answer until ``release()``.
 

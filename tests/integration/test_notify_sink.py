@@ -43,6 +43,20 @@ async def test_fail_next_applies_to_matching_prefix_then_recovers(pager_sink: Ht
     assert [r.status for r in pager_sink.requests_to("/v2")] == [503, 503, 202]
 
 
+async def test_an_outage_lasts_until_it_is_ended_and_only_on_its_path(pager_sink: HttpSink) -> None:
+    pager_sink.fail_for("/v2", 60, status=503)
+    pager_sink.fail_for("/slack", 60, status=500)
+    statuses = []
+    async with aiohttp.ClientSession() as client:
+        for path in ("/v2/enqueue", "/slack/x", "end", "/v2/enqueue", "/slack/x"):
+            if path == "end":
+                pager_sink.end_outages("/v2")
+                continue
+            async with client.post(f"{pager_sink.url}{path}", json={}) as resp:
+                statuses.append(resp.status)
+    assert statuses == [503, 500, 202, 500]
+
+
 async def test_hold_next_records_but_answers_only_after_release(pager_sink: HttpSink) -> None:
     pager_sink.hold_next("/slow")
     async with aiohttp.ClientSession() as client:
