@@ -33,6 +33,7 @@ from rollbackd.model import (
 from rollbackd.pending import PendingSignals
 from rollbackd.reasons import ReasonCode
 from rollbackd.records import already_escalated, annotated_rollback, rollback_for
+from rollbackd.redecide import Redecisions
 from rollbackd.weigh import strongest
 
 log = structlog.get_logger("rollbackd.dispatch")
@@ -98,6 +99,7 @@ class Dispatcher:
         self._clock = clock
         self._running: dict[Target, _Running] = {}
         self._locks = KeyedLocks[Target]()
+        self._redecisions = Redecisions(self.handle_batch)
 
     @property
     def in_flight(self) -> dict[Target, Rollback]:
@@ -215,6 +217,7 @@ class Dispatcher:
         decision_id = await self._journal.record_decision(
             decision, signal_key=signal.key, at=now, rollback_id=rollback_id, covers=covers
         )
+        self._redecisions.remember(decision, rollback_id, signals)
         record_id = await self._act(
             signal, decision, now, new_rollback, repeat_of, page_escalations
         )
@@ -300,6 +303,12 @@ class Dispatcher:
         if running is not None and running.rollback.id == rollback.id:
             running.rollback = rollback
 
+    def redecide(self, withdrawn: Rollback) -> None:
+        """A proposal withdrawn because the target changed: decide its signals again."""
+        running = self._running.get(withdrawn.target)
+        task = running.task if running and running.rollback.id == withdrawn.id else None
+        self._redecisions.decide_again(withdrawn, task)
+
     def adopt(self, rollback: Rollback, task_factory: Callable[[], Awaitable[Rollback]]) -> None:
         """Track a resumed rollback so new signals join it instead of starting another."""
         task = asyncio.create_task(_as_coroutine(task_factory), name=f"resume:{rollback.id}")
@@ -319,6 +328,7 @@ class Dispatcher:
             current = self._running.get(rollback.target)
             if current is not None and current.task is finished:
                 del self._running[rollback.target]
+            self._redecisions.forget(rollback.id)
             if not finished.cancelled() and finished.exception() is not None:
                 log.error(
                     "rollback_task_crashed",
@@ -365,6 +375,7 @@ class Dispatcher:
         A cancelled rollback keeps its phase annotation on the Deployment, so
         the next leader resumes it.
         """
+        await self._redecisions.stop()
         tasks = [running.task for running in self._running.values()]
         if not tasks:
             return

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from rollbackd.config import Settings
 from rollbackd.dispatch import Dispatcher
 from rollbackd.journal import Journal
 from rollbackd.model import Decision, Policy, Signal, SignalSource, SignalStatus, Target
 
-__all__ = ["RollbackRefused", "request_rollback"]
+__all__ = ["RollbackRefused", "manual_rollback", "request_rollback"]
 
 
 class RollbackRefused(ValueError):
@@ -62,3 +63,26 @@ async def request_rollback(
     if decision.rollback_id is None:
         raise RollbackRefused(decision)
     return decision.rollback_id
+
+
+async def manual_rollback(
+    settings: Settings,
+    target: Target,
+    *,
+    dry_run: bool = False,
+    reason: str = "",
+    force: bool = False,
+) -> str:
+    """`rollbackd rollback NS/NAME`: one rollback through the same executor, then exit."""
+    from rollbackd.daemon import Daemon  # the daemon imports this module
+    from rollbackd.logs import configure_logging
+
+    configure_logging(settings.logging.level, settings.logging.format)
+    daemon = Daemon(settings, one_shot=True)
+    await daemon.start()
+    try:
+        rollback_id = await daemon.request_rollback(target, dry_run, reason=reason, force=force)
+        await daemon.dispatcher.wait(target)
+        return rollback_id
+    finally:
+        await daemon.stop()

@@ -83,6 +83,7 @@ def test_the_phases_that_end_a_rollback() -> None:
         Phase.ROLLBACK_FAILED,
         Phase.ESCALATED,
         Phase.SUPERSEDED,
+        Phase.REJECTED,
         Phase.SKIPPED,
         Phase.DRY_RUN,
     }
