@@ -26,7 +26,13 @@ SHOP = Target("shop", "checkout")
 R = "rb-20260301-030000-aaaaaa"
 NEWER = "rb-20260301-031500-bbbbbb"
 OLDER = "rb-20260301-020000-cccccc"
-LIVE_PHASES = [Phase.PENDING, Phase.PLANNING, Phase.ROLLING_BACK, Phase.VERIFYING]
+LIVE_PHASES = [
+    Phase.PENDING,
+    Phase.PENDING_APPROVAL,
+    Phase.PLANNING,
+    Phase.ROLLING_BACK,
+    Phase.VERIFYING,
+]
 
 
 def page(
