@@ -99,7 +99,11 @@ class Dispatcher:
         self._clock = clock
         self._running: dict[Target, _Running] = {}
         self._locks = KeyedLocks[Target]()
-        self._redecisions = Redecisions(self.handle_batch)
+        # Decided again, a withdrawn proposal's signals do not page an escalation:
+        # they began before the human's change, which its info page already reports.
+        self._redecisions = Redecisions(
+            lambda signals: self.handle_batch(signals, page_escalations=False)
+        )
 
     @property
     def in_flight(self) -> dict[Target, Rollback]:

@@ -4,7 +4,9 @@ In approve mode a rollback may wait a long time for a human. When someone
 changes the target meanwhile, the proposal no longer applies and is
 withdrawn (SUPERSEDED); the signals behind it (its trigger and those that
 joined it) are then decided afresh on the new revision, so a new anomaly is
-never swallowed by a proposal that died. Kept in memory: after a restart a
+never swallowed by a proposal that died. A rollback decision starts a new
+proposal; an escalation is recorded but not paged (the anomaly began before
+the human's change, which the withdrawal's info page reports). Kept in memory: after a restart a
 withdrawn proposal's trigger is not known, the signals that joined it since are.
 """
 
