@@ -25,6 +25,7 @@ __all__ = [
     "EVENT_KIND_REFUSED",
     "EVENT_KIND_REJECTED",
     "Approvals",
+    "Inbox",
     "Outcome",
     "Verdict",
     "answer_from_record",
@@ -73,23 +74,23 @@ def commands(rollback_id: str) -> tuple[str, str]:
     )
 
 
-_Inbox = asyncio.Queue[tuple[Verdict, "asyncio.Future[Outcome | None]"]]
+Inbox = asyncio.Queue[tuple[Verdict, "asyncio.Future[Outcome | None]"]]
 
 
 class Approvals:
     """The rollbacks waiting for a verdict in this process, and the way to hand them one."""
 
     def __init__(self) -> None:
-        self._inboxes: dict[str, _Inbox] = {}
+        self._inboxes: dict[str, Inbox] = {}
         self._replies: dict[str, list[asyncio.Future[Outcome | None]]] = {}
 
     def waiting(self, rollback_id: str) -> bool:
         return rollback_id in self._inboxes
 
     @contextmanager
-    def inbox(self, rollback_id: str) -> Iterator[_Inbox]:
+    def inbox(self, rollback_id: str) -> Iterator[Inbox]:
         """Register a waiting rollback; verdicts left unanswered at the end fall back to the record."""
-        inbox: _Inbox = asyncio.Queue()
+        inbox: Inbox = asyncio.Queue()
         self._inboxes[rollback_id] = inbox
         self._replies[rollback_id] = []
         try:

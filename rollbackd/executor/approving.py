@@ -23,6 +23,7 @@ from rollbackd.approval import (
     EVENT_KIND_REFUSED,
     EVENT_KIND_REJECTED,
     TIMEOUT_APPROVER,
+    Inbox,
     Outcome,
     Verdict,
     commands,
@@ -52,6 +53,14 @@ class Approving(Endings):
         ``resumed_at``: the recorded start of an earlier wait (a restart or a
         new leader); the timeout runs from it and the phase is not rewritten.
         """
+        # Open before the phase is recorded: a verdict that follows the record
+        # at once waits in the inbox instead of finding nobody waiting.
+        with self._approvals.inbox(rollback.id) as inbox:
+            return await self._proposed(rollback, resumed_at, inbox)
+
+    async def _proposed(
+        self, rollback: Rollback, resumed_at: datetime | None, inbox: Inbox
+    ) -> Rollback | None:
         plan = await self._plan(rollback)
         rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
         proposal = _proposal(rollback, plan)
@@ -79,37 +88,37 @@ class Approving(Endings):
             since = resumed_at
         summary, details = self._with_gitops(rollback, message, proposal)
         await self._pager.notify(NotificationKind.APPROVAL_REQUESTED, rollback, summary, details)
-        return await self._wait(rollback, plan.deployment["spec"]["template"], since)
+        return await self._wait(rollback, plan.deployment["spec"]["template"], since, inbox)
 
     async def _wait(
-        self, rollback: Rollback, template: Mapping[str, Any], since: datetime
+        self, rollback: Rollback, template: Mapping[str, Any], since: datetime, inbox: Inbox
     ) -> Rollback | None:
         deadline = since + self._approval_timeout
-        with self._approvals.inbox(rollback.id) as inbox:
-            changed = asyncio.create_task(
-                self._kube.wait_template_change(
-                    rollback.target, template, poll_interval=_CHANGE_POLL_SECONDS
-                )
+        changed = asyncio.create_task(
+            self._kube.wait_template_change(
+                rollback.target, template, poll_interval=_CHANGE_POLL_SECONDS
             )
-            try:
-                while True:
-                    remaining = (deadline - self._clock()).total_seconds()
-                    if remaining <= 0:
-                        return await self._timed_out(rollback, template)
-                    arrived = asyncio.create_task(inbox.get())
-                    done, _ = await asyncio.wait(
-                        {arrived, changed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if arrived in done:
-                        verdict, reply = arrived.result()
-                        return await self._answer(rollback, template, verdict, reply)
-                    arrived.cancel()
-                    if changed in done:
-                        return await self._withdraw(rollback, _changed(changed))
-            finally:
-                changed.cancel()
+        )
+        arrived = asyncio.create_task(inbox.get())
+        try:
+            while True:
+                remaining = (deadline - self._clock()).total_seconds()
+                if remaining <= 0:
+                    return await self._timed_out(rollback, template)
+                await asyncio.wait(
+                    {arrived, changed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                # A verdict first: an approval re-reads the target and refuses if it moved.
+                if arrived.done():
+                    verdict, reply = arrived.result()
+                    return await self._answer(rollback, template, verdict, reply)
+                if changed.done():
+                    return await self._withdraw(rollback, _changed(changed))
+        finally:
+            for task in (arrived, changed):
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await changed
+                    await task
 
     async def _answer(
         self,
