@@ -4,7 +4,8 @@ The waiting rollback lives in the daemon (the leader), so these commands do
 not open the journal: they POST to ``/api/v1/rollbacks/{id}/approve`` or
 ``/reject`` with the operator token from the config (``webhook.operator_token_file``
 or ``ROLLBACKD__WEBHOOK__OPERATOR_TOKEN``), at ``--url`` or the config's
-``webhook.listen``. Exit codes: 0 done (or already done by you), 1 refused
+``webhook.listen``. A 503 (a standby, or a new leader still resuming the
+rollback) is retried for about ten seconds. Exit codes: 0 done (or already done by you), 1 refused
 (unknown, finished, changed, standby), 2 usage or configuration.
 """
 
@@ -14,6 +15,8 @@ import argparse
 import getpass
 import json
 import os
+import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +26,8 @@ from rollbackd.cli.common import EXIT_OK, EXIT_USAGE, CliError, load
 
 URL_ENV = "ROLLBACKD_URL"
 TIMEOUT_SECONDS = 60.0  # an approval answers once PLANNING is on the Deployment
+RETRIES_503 = 6
+RETRY_PAUSE_SECONDS = 2.0
 
 
 def add_commands(commands: Any, with_config: argparse.ArgumentParser) -> None:
@@ -82,19 +87,29 @@ def _send(args: argparse.Namespace, verb: str, body: dict[str, str]) -> int:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-            answer = _json(response.read())
-    except urllib.error.HTTPError as exc:
-        answer = _json(exc.read())
-        hint = f" ({answer['hint']})" if answer.get("hint") else ""
-        raise CliError(
-            f"{verb} refused ({exc.code}): {answer.get('error', exc.reason)}{hint}"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"could not reach rollbackd at {base}: {exc}; use --url") from None
+    answer = _post(request, verb, base)
     print(f"{args.id}: {answer.get('message', '')} (phase {answer.get('phase', '?')})")
     return EXIT_OK
+
+
+def _post(request: urllib.request.Request, verb: str, base: str) -> dict[str, Any]:
+    """POST; a 503 (a standby, or a leader still resuming the rollback) is retried a few times."""
+    for attempt in range(1, RETRIES_503 + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+                return _json(response.read())
+        except urllib.error.HTTPError as exc:
+            answer = _json(exc.read())
+            if exc.code == 503 and attempt < RETRIES_503:
+                print(f"rollbackd: {answer.get('error', exc.reason)}; retrying", file=sys.stderr)
+                time.sleep(RETRY_PAUSE_SECONDS)
+                continue
+            hint = f" ({answer['hint']})" if answer.get("hint") else ""
+            error = answer.get("error", exc.reason)
+            raise CliError(f"{verb} refused ({exc.code}): {error}{hint}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise CliError(f"could not reach rollbackd at {base}: {exc}; use --url") from None
+    raise AssertionError("unreachable")
 
 
 def _listen_url(host: str, port: int) -> str:
