@@ -28,9 +28,12 @@ from rollbackd.errors import NotLeaderError
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
     ANNOTATION_MODE,
+    ANNOTATION_ROLLBACK,
     Action,
     Decision,
+    History,
     Phase,
+    Policy,
     Rollback,
     Signal,
     SignalSource,
@@ -40,6 +43,8 @@ from rollbackd.model import (
 from rollbackd.reasons import ReasonCode
 from rollbackd.redecide import Redecisions
 from rollbackd.server import AuthSettings, create_app
+from rollbackd.state import RollbackState, encode_state
+from tests.unit.test_decide import NOW, facts, rollback_record, run
 
 T0 = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
 SHOP = Target("shop", "checkout")
@@ -376,3 +381,36 @@ def test_timeouts_are_durations() -> None:
         }
     )
     assert (s.approval.timeout, s.approval.on_timeout) == (timedelta(minutes=20), "rollback")
+
+
+# --- the decision: approve mode changes no rule ----------------------------------------
+
+
+def test_dry_run_wins_over_approve_mode() -> None:
+    assert run(policy=Policy(approve=True, dry_run=True)).action is Action.DRY_RUN
+    assert run(policy=Policy(approve=True)).action is Action.ROLLBACK
+
+
+def test_a_proposal_waiting_for_approval_is_a_rollback_in_flight() -> None:
+    waiting = RollbackState(
+        rollback_id="rb-waiting",
+        phase=Phase.PENDING_APPROVAL,
+        from_revision=7,
+        to_revision=6,
+        started_at=NOW - timedelta(minutes=5),
+        updated_at=NOW - timedelta(minutes=5),
+        reason_code="rollback",
+    )
+    decision = run(cluster=facts(annotations={ANNOTATION_ROLLBACK: encode_state(waiting)}))
+    assert (decision.action, decision.rollback_id) == (Action.JOIN, "rb-waiting")
+    assert "PENDING_APPROVAL" in decision.reason
+
+
+def test_a_rejection_starts_the_cooldown() -> None:
+    rejected = replace(
+        rollback_record(Phase.REJECTED, rid="rb-no"),
+        finished_at=NOW - timedelta(minutes=1),
+        reason_code="rejected",
+    )
+    decision = run(history=History(last_finished=rejected))
+    assert decision.reason_code == ReasonCode.COOLDOWN and "rb-no" in decision.reason
