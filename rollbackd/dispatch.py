@@ -213,7 +213,7 @@ class Dispatcher:
             reason=decision.reason,
             signals=len(signals),
         )
-        new_rollback = self._new_rollback(decision, now)
+        new_rollback = self._new_rollback(decision, now, approve=policy.approve)
         repeat_of = (
             already_escalated(history, signal) if decision.action is Action.ESCALATE else None
         )
@@ -232,9 +232,10 @@ class Dispatcher:
         return replace(decision, rollback_id=rollback_id)
 
     @staticmethod
-    def _new_rollback(decision: Decision, now: datetime) -> Rollback | None:
+    def _new_rollback(decision: Decision, now: datetime, *, approve: bool) -> Rollback | None:
         if decision.action is Action.ROLLBACK:
-            return rollback_for(decision, now, Phase.PENDING)
+            # Approve mode: the executor proposes and waits for a human first.
+            return rollback_for(decision, now, Phase.PENDING_APPROVAL if approve else Phase.PENDING)
         if decision.action is Action.DRY_RUN:
             return rollback_for(decision, now, Phase.DRY_RUN)
         return None

@@ -1,6 +1,7 @@
 """A human's rollback request: the same decision rules and executor as any signal.
 
-Without ``force`` the request is decided like an alert. ``force`` lifts the
+Without ``force`` the request is decided like an alert. In approve mode the
+requester is the approver: a manual rollback does not wait for another. ``force`` lifts the
 change window and the cooldown only (they protect against automatic
 flapping, not against a human who asked); the guards always apply.
 """
@@ -50,14 +51,12 @@ async def request_rollback(
     await journal.record_signal(signal, accepted=True)
 
     def as_requested(policy: Policy) -> Policy:
+        # The requester, with the operator's credential, is the approver: no
+        # second approval in approve mode (dry-run still wins).
+        policy = replace(policy, dry_run=policy.dry_run or dry_run, approve=False)
         if not force:
-            return replace(policy, dry_run=policy.dry_run or dry_run)
-        return replace(
-            policy,
-            change_window=timedelta(days=3650),
-            cooldown=timedelta(0),
-            dry_run=policy.dry_run or dry_run,
-        )
+            return policy
+        return replace(policy, change_window=timedelta(days=3650), cooldown=timedelta(0))
 
     decision = await dispatcher.handle(signal, adjust_policy=as_requested, page_escalations=False)
     if decision.rollback_id is None:

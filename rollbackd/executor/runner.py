@@ -51,7 +51,11 @@ class Executor(Approving):
     # ------------------------------------------------------------ entry points
 
     async def run(self, rollback: Rollback, decision: Decision) -> Rollback:
-        """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase."""
+        """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase.
+
+        A rollback created in PENDING_APPROVAL (approve mode) is proposed and
+        waits for a verdict first.
+        """
         if decision.action is not Action.ROLLBACK:
             raise ValueError(f"the executor only runs rollback decisions, not {decision.action}")
         rollback = replace(
@@ -67,7 +71,7 @@ class Executor(Approving):
             ),
             budget_scope(RetryBudget(self._retry_budget)),
         ):
-            if self._policy_for(rollback.target).approve:
+            if rollback.phase is Phase.PENDING_APPROVAL:  # the dispatcher's approve mode
                 return await self._guarded(rollback, self._after_approval(rollback, None))
             return await self._guarded(rollback, self._from_planning(rollback))
 

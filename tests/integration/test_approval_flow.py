@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from rollbackd.journal import Journal
+from rollbackd.manual import manual_rollback
 from rollbackd.model import ANNOTATION_MODE, Phase, Rollback, Target
 from rollbackd.testing.stack import (
     OPERATOR_TOKEN,
@@ -69,7 +71,22 @@ async def proposed(stack: Stack) -> Rollback:
     await stack.wait_rollout_complete(SHOP.name)
     await asyncio.sleep(MIN_STABLE_SECONDS)
     await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
-    return await stack.wait_rollback(SHOP, phases=("PENDING_APPROVAL",), timeout=45)
+    rollback = await stack.wait_rollback(SHOP, phases=("PENDING_APPROVAL",), timeout=45)
+    await approval_page(stack, rollback.id)  # what the human acts on
+    return rollback
+
+
+async def approval_page(stack: Stack, rollback_id: str) -> Any:
+    return await stack.sink.wait_for(
+        lambda r: (
+            r.path == PAGERDUTY_PATH
+            and isinstance(r.json, dict)
+            and r.json.get("dedup_key") == rollback_id
+            and r.json.get("payload", {}).get("custom_details", {}).get("kind")
+            == "approval_requested"
+        ),
+        timeout=20,
+    )
 
 
 async def post(
@@ -104,15 +121,7 @@ async def test_an_approved_proposal_rolls_back_and_records_who(stack: Stack) -> 
     assert await image(stack) == V2
 
     # The page and the Slack message carry the proposal and the exact commands.
-    page = await stack.sink.wait_for(
-        lambda r: (
-            r.path == PAGERDUTY_PATH
-            and isinstance(r.json, dict)
-            and r.json.get("payload", {}).get("custom_details", {}).get("kind")
-            == "approval_requested"
-        ),
-        timeout=20,
-    )
+    page = await approval_page(stack, rollback.id)
     summary = page.json["payload"]["summary"]
     assert f"rollbackd approve {rollback.id}" in summary
     assert f"rollbackd reject {rollback.id}" in summary
@@ -244,3 +253,31 @@ async def test_a_silence_escalates_or_rolls_back_as_configured(
             assert [e.data["by"] for e in timeline if e.kind == "approved"] == ["timeout"]
     finally:
         await stack.stop()
+
+
+async def test_a_manual_rollback_in_approve_mode_is_its_own_approval(tmp_path: Path) -> None:
+    async with Stack(tmp_path / "manual", with_daemon=False) as stack:
+        await stack.create_deployment(
+            deployment_manifest(SHOP.name, image=V1, behaviour=knobs(), replicas=1)
+        )
+        await stack.wait_rollout_complete(SHOP.name)
+        await asyncio.sleep(MIN_STABLE_SECONDS)
+        await stack.roll_out(SHOP.name, image=V2, behaviour=knobs())
+        await stack.wait_rollout_complete(SHOP.name)
+        policy = stack.settings.policy.model_copy(update={"mode": "approve"})
+        settings = stack.settings.model_copy(update={"policy": policy})
+
+        # The operator asked explicitly: no second approval (and no HTTP to give one).
+        rollback_id = await asyncio.wait_for(
+            manual_rollback(settings, SHOP, reason="bad release"), 60
+        )
+
+        assert await image(stack) == V1
+        journal = await Journal.open(settings.journal.path, create=False)
+        try:
+            done = await journal.get_rollback(rollback_id)
+            timeline = await journal.timeline(rollback_id)
+        finally:
+            await journal.close()
+        assert done is not None and done.phase is Phase.ROLLBACK_COMPLETED
+        assert "phase:PENDING_APPROVAL" not in [e.kind for e in timeline]

@@ -19,23 +19,21 @@ import pytest
 
 from rollbackd.approval import EVENT_KIND_APPROVED, Approvals, Outcome, Verdict
 from rollbackd.executor import Executor
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Policy, Rollback
+from rollbackd.model import ANNOTATION_ROLLBACK, Decision, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
-from rollbackd.state import decode_state
+from rollbackd.state import RollbackState, decode_state
 from rollbackd.verify import Verifier
 from tests.integration import test_executor_rolling as rolling
 from tests.integration.test_executor_rolling import (
     TARGET,
     Harness,
-    crash_in,
     rollback_to_v1,
     rollbackd_events,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-APPROVE_MODE = Policy(approve=True)
 # The rolling executor's kubesim harness, shared rather than copied.
 sim = rolling.sim
 harness = rolling.harness
@@ -52,7 +50,6 @@ def approving_executor(
     timeout: timedelta = timedelta(seconds=30),
     on_timeout_rollback: bool = False,
 ) -> Executor:
-    harness.policy = APPROVE_MODE
     verifier = Verifier(
         harness.signals.evaluate,
         harness.kube.readiness,
@@ -74,10 +71,13 @@ def approving_executor(
     )
 
 
-async def waiting(approvals: Approvals, rollback_id: str) -> None:
-    """Until the rollback waits for a verdict (polled: the registry has no event)."""
+async def waiting(approvals: Approvals, rollback_id: str, harness: Harness) -> None:
+    """Until the rollback waits for a verdict: registered, and the proposal paged."""
     async with asyncio.timeout(20):
-        while not approvals.waiting(rollback_id):  # noqa: ASYNC110
+        while not (  # noqa: ASYNC110  (polled: the registry and the fake pager have no event)
+            approvals.waiting(rollback_id)
+            and NotificationKind.APPROVAL_REQUESTED in harness.pager.kinds
+        ):
             await asyncio.sleep(0.02)
 
 
@@ -91,10 +91,16 @@ async def image(harness: Harness) -> str:
     return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
-async def propose(harness: Harness, executor: Executor, approvals: Approvals) -> asyncio.Task[Any]:
+def proposal_of_v1() -> tuple[Rollback, Decision]:
+    """``rollback_to_v1`` as the dispatcher creates it in approve mode."""
     rollback, decision = rollback_to_v1()
+    return replace(rollback, phase=Phase.PENDING_APPROVAL), decision
+
+
+async def propose(harness: Harness, executor: Executor, approvals: Approvals) -> asyncio.Task[Any]:
+    rollback, decision = proposal_of_v1()
     task = asyncio.create_task(executor.run(rollback, decision))
-    await waiting(approvals, rollback.id)
+    await waiting(approvals, rollback.id, harness)
     return task
 
 
@@ -156,7 +162,7 @@ async def test_a_silence_escalates_and_changes_nothing(harness: Harness) -> None
     await harness.deploy_v1_then_v2()
     executor = approving_executor(harness, Approvals(), timeout=timedelta(seconds=1))
 
-    result = await executor.run(*rollback_to_v1())
+    result = await executor.run(*proposal_of_v1())
 
     assert result.phase is Phase.ESCALATED
     assert result.reason_code == ReasonCode.APPROVAL_TIMEOUT
@@ -171,7 +177,7 @@ async def test_a_silence_rolls_back_when_told_to_as_approved_by_timeout(harness:
         harness, Approvals(), timeout=timedelta(seconds=1), on_timeout_rollback=True
     )
 
-    result = await executor.run(*rollback_to_v1())
+    result = await executor.run(*proposal_of_v1())
 
     assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
     assert await image(harness) == "web:1.0"
@@ -229,14 +235,13 @@ async def test_an_approval_after_the_target_moved_is_refused(
 
 async def test_a_wait_cut_by_a_crash_resumes_and_is_approved(harness: Harness) -> None:
     await harness.deploy_v1_then_v2()
-    harness.policy = APPROVE_MODE
     state = await crash_in_approving(harness, Approvals())
     assert state.phase is Phase.PENDING_APPROVAL
     approvals = Approvals()
     executor = approving_executor(harness, approvals)
 
     resumed = asyncio.create_task(executor.resume(TARGET, state))
-    await waiting(approvals, state.rollback_id)
+    await waiting(approvals, state.rollback_id, harness)
     outcome = await approvals.submit(state.rollback_id, Verdict(True, "carol", now()))
 
     assert outcome == Outcome(202, outcome.message, "PLANNING")
@@ -249,7 +254,6 @@ async def test_the_timeout_runs_from_the_recorded_time_not_from_the_restart(
     harness: Harness,
 ) -> None:
     await harness.deploy_v1_then_v2()
-    harness.policy = APPROVE_MODE
     state = await crash_in_approving(harness, Approvals())
     # The wait began an hour ago (as recorded on the Deployment); the timeout is 30 min.
     an_hour_ago = replace(state, updated_at=state.updated_at - timedelta(hours=1))
@@ -266,7 +270,6 @@ async def test_a_human_deploy_while_rollbackd_was_down_withdraws_on_resume(
     harness: Harness,
 ) -> None:
     await harness.deploy_v1_then_v2()
-    harness.policy = APPROVE_MODE
     state = await crash_in_approving(harness, Approvals())
     await harness.human.set_image("web:3.0")
     await harness.wait_for_revision(3)
@@ -277,12 +280,11 @@ async def test_a_human_deploy_while_rollbackd_was_down_withdraws_on_resume(
     assert await image(harness) == "web:3.0"
 
 
-async def crash_in_approving(harness: Harness, approvals: Approvals) -> Any:
-    """``crash_in`` for an approving executor: cancel it while it waits for a verdict."""
-    executor = approving_executor(harness, approvals)
-    original = harness.executor
-    harness.executor = lambda: executor  # type: ignore[method-assign]
-    try:
-        return await crash_in(harness, Phase.PENDING_APPROVAL)
-    finally:
-        harness.executor = original  # type: ignore[method-assign]
+async def crash_in_approving(harness: Harness, approvals: Approvals) -> RollbackState:
+    """Cancel a proposal while it waits (the "crash"); the state it left for the next daemon."""
+    task = await propose(harness, approving_executor(harness, approvals), approvals)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    annotations = (await harness.kube.read_deployment(TARGET))["metadata"]["annotations"]
+    return decode_state(annotations[ANNOTATION_ROLLBACK])
