@@ -414,3 +414,18 @@ def test_a_rejection_starts_the_cooldown() -> None:
     )
     decision = run(history=History(last_finished=rejected))
     assert decision.reason_code == ReasonCode.COOLDOWN and "rb-no" in decision.reason
+
+
+def test_the_report_says_who_decided_and_when() -> None:
+    from rollbackd.report import render_report
+
+    at = T0 + timedelta(minutes=4)
+    waiting = Entry(T0, "phase:PENDING_APPROVAL", "waiting for approval: rollbackd proposes ...")
+    approved = Entry(at, EVENT_KIND_APPROVED, f"approved by alice at {at.isoformat()}")
+    rejected = Entry(at, EVENT_KIND_REJECTED, f"rejected by bob at {at.isoformat()}: no")
+
+    text = render_report(rollback(Phase.ROLLBACK_COMPLETED), [waiting, approved], None)
+    assert f"approved by alice at {at.isoformat()}" in text
+    text = render_report(rollback(Phase.REJECTED), [waiting, rejected], None)
+    assert f"rejected by bob at {at.isoformat()}" in text
+    assert "Rejected by a human: nothing was changed" in text
