@@ -109,6 +109,18 @@ def test_a_start_page_of_a_rollback_still_in_flight_is_sent(phase: Phase) -> Non
     assert judge_trigger(page(), state(phase), ALONE) == SEND
 
 
+def test_an_approval_request_is_sent_while_its_rollback_waits_for_approval() -> None:
+    request = page(NotificationKind.APPROVAL_REQUESTED)
+    assert judge_trigger(request, state(Phase.PENDING_APPROVAL), ALONE) == SEND
+
+
+@pytest.mark.parametrize("phase", [Phase.PLANNING, Phase.VERIFYING, Phase.REJECTED])
+def test_an_approval_request_for_a_decided_rollback_is_withdrawn(phase: Phase) -> None:
+    verdict = judge_trigger(page(NotificationKind.APPROVAL_REQUESTED), state(phase), ALONE)
+    assert not verdict.send
+    assert str(phase) in verdict.reason
+
+
 @pytest.mark.parametrize("phase", [Phase.ROLLING_BACK, Phase.ROLLBACK_COMPLETED])
 def test_a_newer_rollback_on_the_deployment_withdraws_the_older_start_page(phase: Phase) -> None:
     newer = state(phase, NEWER, started_at=T0 + timedelta(minutes=15))
