@@ -19,13 +19,14 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
+from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
 from rollbackd.kube.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
-from rollbackd.manual import request_rollback
+from rollbackd.manual import manual_rollback, request_rollback
 from rollbackd.metrics import Metrics
 from rollbackd.model import Policy, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
@@ -39,6 +40,8 @@ from rollbackd.signals import Evaluation, evaluate_specs
 from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_interval
 from rollbackd.state import state_from_annotations
 from rollbackd.supervision import Supervisor, retrying
+
+__all__ = ["Daemon", "manual_rollback", "run"]
 
 log = structlog.get_logger("rollbackd.daemon")
 
@@ -151,6 +154,7 @@ class Daemon:
         self.executor = pipeline.executor
         self.dispatcher = pipeline.dispatcher
         self.lead_escalation = pipeline.lead_escalation
+        self.approvals = pipeline.approvals
 
     async def _serve(self) -> None:
         """The HTTP server; from here on webhooks are accepted (and journaled)."""
@@ -165,6 +169,7 @@ class Daemon:
             body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
             impact_source=ImpactSource(self.promql, s.report),
+            give_verdict=self.give_verdict,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -332,14 +337,22 @@ class Daemon:
             leader=self._leader,
         )
 
-    async def request_rollback(
-        self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
-    ) -> str:
-        """A manual rollback request, through the same decide/executor path (see ``manual``)."""
+    def _leader_only(self) -> None:
         if not self.one_shot and self.settings.leader_election.enabled and not self._leader:
             # Only the Lease holder acts; nothing is recorded here, so a retry
             # against the leader (the webhook Service selects it) is clean.
             raise NotLeaderError("this replica is a standby: send the request to the leader")
+
+    async def give_verdict(self, rollback_id: str, verdict: Verdict) -> Outcome:
+        """A human's approve/reject of a proposed rollback (see ``approval``); leader only."""
+        self._leader_only()
+        return await give_verdict(self.approvals, self.journal, rollback_id, verdict)
+
+    async def request_rollback(
+        self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
+    ) -> str:
+        """A manual rollback request, through the same decide/executor path (see ``manual``)."""
+        self._leader_only()
         return await request_rollback(
             self.dispatcher,
             self.journal,
@@ -374,23 +387,3 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     finally:
         await daemon.stop()
     return 1 if daemon.supervisor.failure is not None else 0
-
-
-async def manual_rollback(
-    settings: Settings,
-    target: Target,
-    *,
-    dry_run: bool = False,
-    reason: str = "",
-    force: bool = False,
-) -> str:
-    """`rollbackd rollback NS/NAME`: one rollback through the same executor, then exit."""
-    configure_logging(settings.logging.level, settings.logging.format)
-    daemon = Daemon(settings, one_shot=True)
-    await daemon.start()
-    try:
-        rollback_id = await daemon.request_rollback(target, dry_run, reason=reason, force=force)
-        await daemon.dispatcher.wait(target)
-        return rollback_id
-    finally:
-        await daemon.stop()

@@ -33,6 +33,7 @@ from rollbackd.model import (
 from rollbackd.pending import PendingSignals
 from rollbackd.reasons import ReasonCode
 from rollbackd.records import already_escalated, annotated_rollback, rollback_for
+from rollbackd.redecide import Redecisions
 from rollbackd.weigh import strongest
 
 log = structlog.get_logger("rollbackd.dispatch")
@@ -98,6 +99,11 @@ class Dispatcher:
         self._clock = clock
         self._running: dict[Target, _Running] = {}
         self._locks = KeyedLocks[Target]()
+        # Decided again, a withdrawn proposal's signals do not page an escalation:
+        # they began before the human's change, which its info page already reports.
+        self._redecisions = Redecisions(
+            lambda signals: self.handle_batch(signals, page_escalations=False)
+        )
 
     @property
     def in_flight(self) -> dict[Target, Rollback]:
@@ -207,7 +213,7 @@ class Dispatcher:
             reason=decision.reason,
             signals=len(signals),
         )
-        new_rollback = self._new_rollback(decision, now)
+        new_rollback = self._new_rollback(decision, now, approve=policy.approve)
         repeat_of = (
             already_escalated(history, signal) if decision.action is Action.ESCALATE else None
         )
@@ -215,6 +221,7 @@ class Dispatcher:
         decision_id = await self._journal.record_decision(
             decision, signal_key=signal.key, at=now, rollback_id=rollback_id, covers=covers
         )
+        self._redecisions.remember(decision, rollback_id, signals)
         record_id = await self._act(
             signal, decision, now, new_rollback, repeat_of, page_escalations
         )
@@ -225,9 +232,10 @@ class Dispatcher:
         return replace(decision, rollback_id=rollback_id)
 
     @staticmethod
-    def _new_rollback(decision: Decision, now: datetime) -> Rollback | None:
+    def _new_rollback(decision: Decision, now: datetime, *, approve: bool) -> Rollback | None:
         if decision.action is Action.ROLLBACK:
-            return rollback_for(decision, now, Phase.PENDING)
+            # Approve mode: the executor proposes and waits for a human first.
+            return rollback_for(decision, now, Phase.PENDING_APPROVAL if approve else Phase.PENDING)
         if decision.action is Action.DRY_RUN:
             return rollback_for(decision, now, Phase.DRY_RUN)
         return None
@@ -300,6 +308,12 @@ class Dispatcher:
         if running is not None and running.rollback.id == rollback.id:
             running.rollback = rollback
 
+    def redecide(self, withdrawn: Rollback) -> None:
+        """A proposal withdrawn because the target changed: decide its signals again."""
+        running = self._running.get(withdrawn.target)
+        task = running.task if running and running.rollback.id == withdrawn.id else None
+        self._redecisions.decide_again(withdrawn, task)
+
     def adopt(self, rollback: Rollback, task_factory: Callable[[], Awaitable[Rollback]]) -> None:
         """Track a resumed rollback so new signals join it instead of starting another."""
         task = asyncio.create_task(_as_coroutine(task_factory), name=f"resume:{rollback.id}")
@@ -319,6 +333,7 @@ class Dispatcher:
             current = self._running.get(rollback.target)
             if current is not None and current.task is finished:
                 del self._running[rollback.target]
+            self._redecisions.forget(rollback.id)
             if not finished.cancelled() and finished.exception() is not None:
                 log.error(
                     "rollback_task_crashed",
@@ -365,6 +380,7 @@ class Dispatcher:
         A cancelled rollback keeps its phase annotation on the Deployment, so
         the next leader resumes it.
         """
+        await self._redecisions.stop()
         tasks = [running.task for running in self._running.values()]
         if not tasks:
             return

@@ -20,6 +20,7 @@ ANNOTATION_RESTORED = (
     "rollbackd.io/restored"  # on the Deployment: JSON {rollback_id, template_hash, revision}
 )
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
+ANNOTATION_MODE = "rollbackd.io/mode"  # "approve": a human approves each rollback first
 ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
@@ -124,6 +125,8 @@ class ClusterFacts:
 
 class Phase(StrEnum):
     PENDING = "PENDING"
+    # Approve mode: the proposal is paged and waits for a human (or the timeout).
+    PENDING_APPROVAL = "PENDING_APPROVAL"
     PLANNING = "PLANNING"
     ROLLING_BACK = "ROLLING_BACK"
     VERIFYING = "VERIFYING"
@@ -135,6 +138,8 @@ class Phase(StrEnum):
     # A human changed the pod template while rollbackd rolled back or
     # verified: rollbackd stepped back and left their version alone.
     SUPERSEDED = "SUPERSEDED"
+    # Approve mode: a human said no; nothing was changed.
+    REJECTED = "REJECTED"
 
     @property
     def terminal(self) -> bool:
@@ -142,7 +147,14 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES = frozenset(
-    {Phase.ROLLBACK_COMPLETED, Phase.ESCALATED, Phase.SKIPPED, Phase.DRY_RUN, Phase.SUPERSEDED}
+    {
+        Phase.ROLLBACK_COMPLETED,
+        Phase.ESCALATED,
+        Phase.SKIPPED,
+        Phase.DRY_RUN,
+        Phase.SUPERSEDED,
+        Phase.REJECTED,
+    }
 )
 
 # Reason codes of a rollback that ended because the cluster could not be
@@ -215,6 +227,8 @@ class Policy:
     allow_mutable_images: bool = False
     # A signal replayed from the journal older than this is recorded, not acted on.
     signal_max_age: timedelta = timedelta(hours=1)
+    # policy.mode "approve": a rollback waits in PENDING_APPROVAL for a human.
+    approve: bool = False
 
 
 class Action(StrEnum):

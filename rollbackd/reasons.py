@@ -61,6 +61,9 @@ class ReasonCode(StrEnum):
     ALREADY_AT_REVISION = "already_at_revision"
     TARGET_CHANGED = "target_changed"
     GITOPS_PAUSE_FAILED = "gitops_pause_failed"
+    # approval (approve mode)
+    REJECTED = "rejected"
+    APPROVAL_TIMEOUT = "approval_timeout"
     # endings
     SUPERSEDED = "superseded"
     ROLLBACK_FAILED = "rollback_failed"

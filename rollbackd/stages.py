@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from rollbackd.approval import Approvals
 from rollbackd.assertions import AssertionChecker, kube_annotations
 from rollbackd.config import Settings
 from rollbackd.dispatch import Dispatcher
@@ -60,7 +61,9 @@ log = structlog.get_logger("rollbackd.stages")
 
 
 def _severity(kind: NotificationKind) -> str:
-    return "critical" if kind is NotificationKind.ESCALATION else "info"
+    # An approval request needs a human as much as an escalation does.
+    urgent = kind in (NotificationKind.ESCALATION, NotificationKind.APPROVAL_REQUESTED)
+    return "critical" if urgent else "info"
 
 
 class NotifierPager:
@@ -93,7 +96,12 @@ class NotifierPager:
                 },
                 created_at=self._clock(),
                 # A rollback that stepped back for a human closes its page too.
-                resolves=kind in (NotificationKind.ROLLBACK_COMPLETED, NotificationKind.SUPERSEDED),
+                resolves=kind
+                in (
+                    NotificationKind.ROLLBACK_COMPLETED,
+                    NotificationKind.SUPERSEDED,
+                    NotificationKind.REJECTED,
+                ),
             )
         )
 
@@ -135,7 +143,12 @@ class JournalRecorder:
             phase=str(rollback.phase),
             message=message,
         )
-        if rollback.phase in (Phase.ROLLBACK_COMPLETED, Phase.ROLLBACK_FAILED, Phase.SUPERSEDED):
+        if rollback.phase in (
+            Phase.ROLLBACK_COMPLETED,
+            Phase.ROLLBACK_FAILED,
+            Phase.SUPERSEDED,
+            Phase.REJECTED,
+        ):
             self._metrics.rollbacks_total.labels(result=str(rollback.phase)).inc()
             self._metrics.rollback_duration_seconds.observe(
                 (now - rollback.started_at).total_seconds()
@@ -167,6 +180,7 @@ class Pipeline:
     executor: Executor
     dispatcher: Dispatcher
     lead_escalation: LeadEscalation
+    approvals: Approvals
 
 
 def build_pipeline(
@@ -211,6 +225,7 @@ def build_pipeline(
         assertions=AssertionChecker(s.verify.assertions, promql.query, kube_annotations(kube)).run,
     )
     recorder = JournalRecorder(journal, metrics, clock)
+    approvals = Approvals()
     executor = Executor(
         kube,
         verifier,
@@ -219,6 +234,9 @@ def build_pipeline(
         rollout_timeout=s.rollout.timeout.total_seconds(),
         clock=clock,
         policy_for=policy_for_target,
+        approvals=approvals,
+        approval_timeout=s.approval.timeout,
+        approve_on_timeout=s.approval.on_timeout == "rollback",
     )
     escalation = s.notify.escalation
     dispatcher = Dispatcher(
@@ -239,6 +257,7 @@ def build_pipeline(
         clock=clock,
     )
     recorder.on_phase = dispatcher.observe
+    executor.on_withdrawn = dispatcher.redecide
     # A start page left in this journal's outbox by an earlier term is checked
     # against the Deployment before it goes out (a rollback another leader ended).
     notifier.rollback_state = watched_rollback_state(kube)
@@ -262,7 +281,7 @@ def build_pipeline(
             default=s.notify.max_age,
         ),
     )
-    return Pipeline(intake, verifier, executor, dispatcher, lead)
+    return Pipeline(intake, verifier, executor, dispatcher, lead, approvals)
 
 
 def watched_rollback_state(kube: Kube) -> RollbackStateOf:

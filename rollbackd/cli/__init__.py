@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from rollbackd.cli.approve import add_commands as add_approval_commands
 from rollbackd.cli.commands import cmd_check_config, cmd_demo, cmd_rollback, cmd_run
 from rollbackd.cli.common import (
     CONFIG_ENV,
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--reason", default="", help="recorded in the journal and the Event")
     rollback.set_defaults(handler=cmd_rollback)
+    add_approval_commands(commands, with_config)
     return parser
 
 

@@ -90,6 +90,10 @@ def summarize(settings: Settings) -> list[str]:
         f"policy: change window {format_duration(s.policy.change_window)}, "
         f"min stable {format_duration(s.policy.min_stable)}, "
         f"cooldown {format_duration(s.policy.cooldown)}",
+        f"mode: {s.policy.mode}"
+        + "".join(f", {ns}: {mode}" for ns, mode in sorted(s.policy.namespace_modes.items()))
+        + f" (approval timeout {format_duration(s.approval.timeout)}, "
+        f"then {s.approval.on_timeout})",
         f"notify: {', '.join(s.notify.channel_names()) or 'NONE (escalations only logged)'}",
         *_routes_summary(s),
         f"journal: {s.journal.path}",

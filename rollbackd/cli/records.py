@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from rollbackd.approval import EVENT_KIND_APPROVED, EVENT_KIND_REJECTED
 from rollbackd.cli.common import EXIT_OK, EXIT_USAGE, CliError, load
 from rollbackd.model import RecordKind, Rollback, Target
 from rollbackd.redact import redact_text
@@ -112,6 +113,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  started:   {_when(rollback.started_at)}", file=out)
     print(f"  updated:   {_when(rollback.updated_at)}", file=out)
     print(f"  finished:  {_when(rollback.finished_at)}", file=out)
+    for entry in timeline:  # approve mode: who said yes or no, and when
+        if entry.kind in (EVENT_KIND_APPROVED, EVENT_KIND_REJECTED):
+            data = entry.data or {}
+            print(f"  {entry.kind + ':':<10} by {data.get('by')} at {data.get('at')}", file=out)
     print("timeline:", file=out)
     for entry in timeline:
         print(f"  {_when(entry.at)}  {entry.kind:<12} {redact_text(entry.message)}", file=out)

@@ -6,9 +6,16 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
+from rollbackd.config.approval import Mode
 from rollbackd.config.assertions import Assertion, unique_assertions
 from rollbackd.config.smoke import SmokeCheck, SmokeVia, unique_names
-from rollbackd.config.types import NonEmptyStr, NonNegativeDuration, PositiveDuration, _Section
+from rollbackd.config.types import (
+    NamespaceName,
+    NonEmptyStr,
+    NonNegativeDuration,
+    PositiveDuration,
+    _Section,
+)
 from rollbackd.model import Policy
 
 
@@ -32,6 +39,9 @@ class PolicySettings(_Section):
     dry_run: bool = _DEFAULT_POLICY.dry_run
     allowed_template_fields: tuple[NonEmptyStr, ...] = _DEFAULT_POLICY.allowed_template_fields
     allow_mutable_images: bool = _DEFAULT_POLICY.allow_mutable_images
+    # auto: roll back at once; approve: propose, page, wait for a human (see approval.*).
+    mode: Mode = "auto"
+    namespace_modes: dict[NamespaceName, Mode] = {}
 
 
 class RolloutSettings(_Section):

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from rollbackd.config.approval import ApprovalSettings, effective_mode
 from rollbackd.config.notify import NotifySettings
 from rollbackd.config.podhealth import SourcesSettings
 from rollbackd.config.policy import PolicySettings, RolloutSettings, TargetsSettings, VerifySettings
@@ -38,6 +39,7 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     rollout: RolloutSettings = RolloutSettings()
     verify: VerifySettings = VerifySettings()
+    approval: ApprovalSettings = ApprovalSettings()
     notify: NotifySettings = NotifySettings()
     journal: JournalSettings = JournalSettings()
     report: ReportSettings = ReportSettings()
@@ -53,8 +55,8 @@ class Settings(_Section):
     ) -> tuple[Policy, tuple[str, ...]]:
         """The effective policy for one target, and why any annotation was ignored.
 
-        Annotations can opt a target out, into dry-run, and change its change
-        window and cooldown. They cannot lift a global or namespace dry-run:
+        Annotations can opt a target out, into dry-run or approve mode, and
+        change its change window and cooldown. They cannot lift a global or namespace dry-run:
         an operator's dry-run is a safety switch a Deployment owner must not
         override. Bad values are ignored (the global value stays) and reported
         so the caller can log them.
@@ -77,6 +79,9 @@ class Settings(_Section):
         cooldown = _annotation_duration(
             annotations, ANNOTATION_COOLDOWN, p.cooldown, _not_negative, problems
         )
+        mode = effective_mode(
+            p.namespace_modes.get(target.namespace, p.mode), annotations, problems
+        )
         policy = Policy(
             change_window=change_window,
             min_stable=p.min_stable,
@@ -86,6 +91,7 @@ class Settings(_Section):
             namespace_allowed=self.namespace_allowed(target.namespace),
             allowed_template_fields=p.allowed_template_fields,
             allow_mutable_images=p.allow_mutable_images,
+            approve=mode == "approve",
         )
         return policy, tuple(problems)
 

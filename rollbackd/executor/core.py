@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from rollbackd.approval import Approvals
 from rollbackd.executor.ports import (
     Abort,
     KubePort,
@@ -59,6 +60,9 @@ class Core:
         strategy: Strategy | None = None,
         resume_max_age: timedelta = timedelta(minutes=10),
         retry_budget: float | None = None,
+        approvals: Approvals | None = None,
+        approval_timeout: timedelta = timedelta(minutes=15),
+        approve_on_timeout: bool = False,
     ) -> None:
         self._kube = kube
         self._verifier = verifier
@@ -74,6 +78,14 @@ class Core:
         # Verification from a ready_at older than this would judge data that
         # may have aged out; verify afresh from now instead.
         self._resume_max_age = resume_max_age
+        # Approve mode: where verdicts arrive, how long a proposal waits, and
+        # whether a silence approves (else it escalates).
+        self._approvals = approvals or Approvals()
+        self._approval_timeout = approval_timeout
+        self._approve_on_timeout = approve_on_timeout
+        # Told when a proposal is withdrawn because the target changed, so
+        # the signals behind it are decided again (the dispatcher sets it).
+        self.on_withdrawn: Callable[[Rollback], None] = lambda _: None
         # The newest phase of each rollback in progress, for the error paths.
         self._latest: dict[str, Rollback] = {}
         # The GitOps owner of each rollback in progress, for every page after planning.

@@ -82,7 +82,10 @@ class Endings(Verifying):
         """Terminal: a human changed the template; step back, record it and say so (info)."""
         during = rollback.phase
         change = _change_by_someone_else(deployment)
-        doing = "verifying" if during is Phase.VERIFYING else "rolling back"
+        doing = {
+            Phase.VERIFYING: "verifying",
+            Phase.PENDING_APPROVAL: "waiting for approval",
+        }.get(during, "rolling back")
         message = (
             f"the pod template of {rollback.target} was changed by someone else while "
             f"rollbackd was {doing} (now generation {change['generation']}, images "
@@ -103,11 +106,15 @@ class Endings(Verifying):
             summary, page = self._with_gitops(
                 superseded,
                 f"rollbackd stepped back from {superseded.target}: its rollback to revision "
-                f"{superseded.to_revision} was superseded; {message}",
+                f"{superseded.to_revision} was {_ended(during)}; {message}",
                 {**details, "reason_code": RollbackReason.SUPERSEDED, "reason": message},
             )
             await self._pager.notify(NotificationKind.SUPERSEDED, superseded, summary, page)
         return superseded
+
+
+def _ended(during: Phase) -> str:
+    return "withdrawn" if during is Phase.PENDING_APPROVAL else "superseded"
 
 
 def _change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:

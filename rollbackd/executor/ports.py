@@ -28,6 +28,9 @@ EVENT_FAILED = "RollbackFailed"
 EVENT_ESCALATED = "RollbackEscalated"
 EVENT_GITOPS_PAUSED = "GitOpsPaused"
 EVENT_SUPERSEDED = "RollbackSuperseded"
+EVENT_APPROVAL_REQUESTED = "RollbackApprovalRequested"
+EVENT_APPROVED = "RollbackApproved"
+EVENT_REJECTED = "RollbackRejected"
 
 
 # Annotations to set, or (None) to remove, in one write.

@@ -1,6 +1,8 @@
 """The rollback state machine: plan, apply, wait for the rollout, verify.
 
-``PLANNING -> ROLLING_BACK -> VERIFYING -> ROLLBACK_COMPLETED``, or
+``[PENDING_APPROVAL ->] PLANNING -> ROLLING_BACK -> VERIFYING -> ROLLBACK_COMPLETED``
+(approve mode waits for a human first: REJECTED, or SUPERSEDED when the
+target changes meanwhile), or
 ``ROLLBACK_FAILED -> ESCALATED`` when the restored version does not roll out
 or does not verify, or straight to ``ESCALATED`` when planning finds that a
 rollback must not be done (the target changed, the guard refuses, nothing to
@@ -29,8 +31,8 @@ from datetime import datetime
 
 import structlog
 
+from rollbackd.executor.approving import Approving
 from rollbackd.executor.core import PATCHED_PHASES
-from rollbackd.executor.endings import Endings
 from rollbackd.executor.ports import Abort, Superseded
 from rollbackd.kube.errors import ForbiddenError, KubeError
 from rollbackd.kube.fencing import FencedError
@@ -43,13 +45,17 @@ from rollbackd.state import RollbackState
 log = structlog.get_logger("rollbackd.executor")
 
 
-class Executor(Endings):
+class Executor(Approving):
     """Runs one rollback at a time per call; the daemon guarantees one per target."""
 
     # ------------------------------------------------------------ entry points
 
     async def run(self, rollback: Rollback, decision: Decision) -> Rollback:
-        """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase."""
+        """Carry ``rollback`` (a ROLLBACK decision) to a terminal phase.
+
+        A rollback created in PENDING_APPROVAL (approve mode) is proposed and
+        waits for a verdict first.
+        """
         if decision.action is not Action.ROLLBACK:
             raise ValueError(f"the executor only runs rollback decisions, not {decision.action}")
         rollback = replace(
@@ -65,6 +71,8 @@ class Executor(Endings):
             ),
             budget_scope(RetryBudget(self._retry_budget)),
         ):
+            if rollback.phase is Phase.PENDING_APPROVAL:  # the dispatcher's approve mode
+                return await self._guarded(rollback, self._after_approval(rollback, None))
             return await self._guarded(rollback, self._from_planning(rollback))
 
     async def resume(self, target: Target, state: RollbackState) -> Rollback:
@@ -84,6 +92,8 @@ class Executor(Endings):
         await self._recorder.event(
             rollback, "resumed", f"resuming rollback from phase {state.phase}"
         )
+        if state.phase is Phase.PENDING_APPROVAL:
+            return await self._guarded(rollback, self._after_approval(rollback, state.updated_at))
         if state.phase in (Phase.PENDING, Phase.PLANNING):
             return await self._guarded(rollback, self._from_planning(rollback))
         await self._remember_paused_owner(rollback)
@@ -114,8 +124,22 @@ class Executor(Endings):
 
     # ------------------------------------------------------------------ steps
 
+    async def _after_approval(self, rollback: Rollback, resumed_at: datetime | None) -> Rollback:
+        """Approve mode: propose and wait; once approved (PLANNING recorded), the normal path."""
+        if resumed_at is None:
+            ended = await self._propose(rollback, resumed_at=None)
+        else:
+            ended = await self._resume_proposal(rollback, resumed_at)
+        if ended is not None:
+            return ended
+        return await self._planned(self._latest.get(rollback.id, rollback))
+
     async def _from_planning(self, rollback: Rollback) -> Rollback:
         rollback = await self._enter(rollback, Phase.PLANNING, "planning the rollback")
+        return await self._planned(rollback)
+
+    async def _planned(self, rollback: Rollback) -> Rollback:
+        """From PLANNING on the Deployment: plan on fresh reads, pause GitOps, patch, verify."""
         plan = await self._plan(rollback)
         rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
         await self._record_plan(rollback, plan)

@@ -29,7 +29,9 @@ DETAIL_RESTORED_REVISION = "restored_revision"
 # Terminal phases that mean rollbackd acted (or tried to) on the cluster; a
 # dry run or a skip changed nothing, so it neither starts a cooldown nor counts
 # as the "last finished" rollback.
-_ACTED_TERMINAL = (Phase.ROLLBACK_COMPLETED.value, Phase.ESCALATED.value)
+# A rejection counts too: the human said no, so the same anomaly is not proposed
+# again (and paged again) before the cooldown ends.
+_ACTED_TERMINAL = (Phase.ROLLBACK_COMPLETED.value, Phase.ESCALATED.value, Phase.REJECTED.value)
 _NON_TERMINAL = tuple(p.value for p in Phase if not p.terminal)
 
 
@@ -235,7 +237,7 @@ class RecordStore(Connection):
         """What rollbackd remembers about ``target`` for the next decision.
 
         in_flight: the newest rollback not in a terminal phase.
-        last_finished: the newest ROLLBACK_COMPLETED or ESCALATED one, by
+        last_finished: the newest ROLLBACK_COMPLETED, ESCALATED or REJECTED one, by
         finish time (dry runs and skips changed nothing).
         restored_revisions: revisions recorded under ``restored_revision``
         in rollback details, newest first.

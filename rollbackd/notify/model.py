@@ -34,6 +34,8 @@ class NotificationKind(StrEnum):
     ESCALATION = "escalation"
     DRY_RUN = "dry_run"
     SUPERSEDED = "superseded"  # info: a human changed the target, rollbackd stepped back
+    APPROVAL_REQUESTED = "approval_requested"  # approve mode: a human must approve or reject
+    REJECTED = "rejected"  # approve mode: a human said no (resolves the request)
 
 
 @dataclass(frozen=True)

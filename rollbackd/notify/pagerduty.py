@@ -31,6 +31,9 @@ DEFAULT_PAGED_KINDS: frozenset[NotificationKind] = frozenset(
         NotificationKind.ESCALATION,
         # Updates the started page: rollbackd stepped back, a human is in control.
         NotificationKind.SUPERSEDED,
+        # Approve mode: the proposal needs a human; a rejection closes it.
+        NotificationKind.APPROVAL_REQUESTED,
+        NotificationKind.REJECTED,
     }
 )
 

@@ -25,6 +25,7 @@ _TITLES = {
     NotificationKind.ESCALATION: ":rotating_light: Escalation: human needed",
     NotificationKind.DRY_RUN: ":memo: Dry run: would roll back",
     NotificationKind.SUPERSEDED: ":raised_hands: Rollback superseded by a human change",
+    NotificationKind.APPROVAL_REQUESTED: ":raising_hand: Rollback proposed: approve or reject",
 }
 _MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 

@@ -13,6 +13,10 @@ So before a channel sends such a trigger, the Delivery asks the cluster
 Deployment's annotation says, and ``judge_trigger`` decides. Pure: row +
 cluster state + the channel's pending rows -> send | withdraw(reason).
 
+An approve-mode request ("approve or reject rollback X") is held to the same
+rule, and also withdrawn once the annotation shows X past PENDING_APPROVAL:
+nobody should be woken to approve what was already decided.
+
 What is never withdrawn here: resolves; escalation and dry-run pages (an
 escalation may be the only record of an incident); a trigger followed by a
 pending resolve of the same key on the same channel (they go out in order);
@@ -66,9 +70,9 @@ SEND = Verdict(send=True)
 
 
 def tied_to_rollback(n: Notification) -> bool:
-    """A rollback's start page: a trigger whose dedup key is its rollback's id."""
+    """A rollback's start page (or approval request): a trigger keyed by its rollback's id."""
     return (
-        n.kind is NotificationKind.ROLLBACK_STARTED
+        n.kind in (NotificationKind.ROLLBACK_STARTED, NotificationKind.APPROVAL_REQUESTED)
         and not n.resolves
         and str(n.details.get(DETAIL_ROLLBACK_ID) or "") == n.dedup_key
     )
@@ -95,6 +99,15 @@ def judge_trigger(
         if state.phase in ENDED_PHASES:
             return Verdict.withdraw(
                 f"superseded: rollback {n.dedup_key} ended under another leader"
+                f" ({state.phase}, recorded by {writer})"
+            )
+        if (
+            n.kind is NotificationKind.APPROVAL_REQUESTED
+            and state.phase is not Phase.PENDING_APPROVAL
+        ):
+            # Approved already: asking a human to approve it now would only confuse.
+            return Verdict.withdraw(
+                f"decided: rollback {n.dedup_key} no longer waits for approval"
                 f" ({state.phase}, recorded by {writer})"
             )
         return SEND

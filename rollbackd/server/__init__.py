@@ -16,7 +16,7 @@ credentials. Every other path, known or not, needs a credential before
 anything else is looked at, so an unauthenticated caller learns nothing and
 changes nothing (401). Alertmanager's credential (``Role.ALERTS``) may post
 alerts and read; only the separate operator token (``Role.OPERATOR``) may
-start a rollback (403 otherwise), and without an operator token configured
+start, approve or reject a rollback (403 otherwise), and without an operator token configured
 manual rollbacks over HTTP are off. ``allow_unauthenticated`` opens the alert
 and read routes on purpose, never manual rollbacks, and is logged as a
 warning and exported as ``rollbackd_auth_disabled 1`` at every start.
@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 
 from rollbackd.errors import AcceptError
 from rollbackd.metrics import Metrics
+from rollbackd.server.approval import ApprovalApi, GiveVerdict
 from rollbackd.server.auth import ALERTS_ROUTE, Authenticator, AuthSettings, Role
 from rollbackd.server.contracts import AcceptResult, AlertSink, JournalReader, ManualRollback
 from rollbackd.server.manual import FORCE_OVERRIDES, MAX_REASON_CHARS, ManualApi
@@ -89,6 +90,7 @@ def create_app(
     auth: AuthSettings,
     manual_rollback: ManualRollback | None = None,
     impact_source: ImpactSource | None = None,
+    give_verdict: GiveVerdict | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = 10.0,
 ) -> web.Application:
@@ -129,6 +131,10 @@ def create_app(
     if manual_rollback is not None:
         manual = ManualApi(auth, manual_rollback, body_timeout)
         app.router.add_post("/api/v1/rollbacks", manual.start_rollback)
+    if give_verdict is not None:
+        approval = ApprovalApi(auth, give_verdict, body_timeout)
+        app.router.add_post("/api/v1/rollbacks/{id}/approve", approval.approve)
+        app.router.add_post("/api/v1/rollbacks/{id}/reject", approval.reject)
     app.router.add_get("/api/v1/rollbacks/{id}", reads.get_rollback, allow_head=False)
     app.router.add_get("/api/v1/rollbacks/{id}/report", reads.report, allow_head=False)
     app.router.add_get("/openapi.yaml", reads.openapi_yaml, allow_head=False, name="openapi_yaml")

@@ -36,6 +36,26 @@ def _refused(exc: ValueError, *, force: bool) -> web.Response:
     return error(409, str(exc), **extra)
 
 
+def operator_only(
+    auth: AuthSettings, request: web.Request, what: str, action: str
+) -> web.Response | None:
+    """403 unless the caller showed the operator token (and one is configured)."""
+    if auth.operator_token is None:
+        return error(
+            403,
+            f"{what} over HTTP are disabled: no operator credential is "
+            f"configured; set {OPERATOR_TOKEN_KEYS}",
+        )
+    if request.get(ROLE_KEY) is not Role.OPERATOR:
+        log.warning("operator_action_forbidden", action=action, remote=request.remote)
+        return error(
+            403,
+            f"{action} needs the operator token; Alertmanager's credential "
+            "may only post alerts and read",
+        )
+    return None
+
+
 class ManualApi:
     """The manual rollback handler; only the operator token may use it."""
 
@@ -47,21 +67,7 @@ class ManualApi:
         self.body_timeout = body_timeout
 
     def _manual_forbidden(self, request: web.Request) -> web.Response | None:
-        """403 unless the caller showed the operator token (and one is configured)."""
-        if self.auth.operator_token is None:
-            return error(
-                403,
-                "manual rollbacks over HTTP are disabled: no operator credential is "
-                f"configured; set {OPERATOR_TOKEN_KEYS}",
-            )
-        if request.get(ROLE_KEY) is not Role.OPERATOR:
-            log.warning("manual_rollback_forbidden", remote=request.remote)
-            return error(
-                403,
-                "starting a rollback needs the operator token; Alertmanager's credential "
-                "may only post alerts and read",
-            )
-        return None
+        return operator_only(self.auth, request, "manual rollbacks", "starting a rollback")
 
     async def start_rollback(self, request: web.Request) -> web.Response:
         denied = self._manual_forbidden(request)

@@ -26,7 +26,13 @@ SHOP = Target("shop", "checkout")
 R = "rb-20260301-030000-aaaaaa"
 NEWER = "rb-20260301-031500-bbbbbb"
 OLDER = "rb-20260301-020000-cccccc"
-LIVE_PHASES = [Phase.PENDING, Phase.PLANNING, Phase.ROLLING_BACK, Phase.VERIFYING]
+LIVE_PHASES = [
+    Phase.PENDING,
+    Phase.PENDING_APPROVAL,
+    Phase.PLANNING,
+    Phase.ROLLING_BACK,
+    Phase.VERIFYING,
+]
 
 
 def page(
@@ -83,6 +89,7 @@ def test_the_phases_that_end_a_rollback() -> None:
         Phase.ROLLBACK_FAILED,
         Phase.ESCALATED,
         Phase.SUPERSEDED,
+        Phase.REJECTED,
         Phase.SKIPPED,
         Phase.DRY_RUN,
     }
@@ -100,6 +107,18 @@ def test_a_start_page_of_a_rollback_that_ended_elsewhere_is_withdrawn(phase: Pha
 @pytest.mark.parametrize("phase", LIVE_PHASES)
 def test_a_start_page_of_a_rollback_still_in_flight_is_sent(phase: Phase) -> None:
     assert judge_trigger(page(), state(phase), ALONE) == SEND
+
+
+def test_an_approval_request_is_sent_while_its_rollback_waits_for_approval() -> None:
+    request = page(NotificationKind.APPROVAL_REQUESTED)
+    assert judge_trigger(request, state(Phase.PENDING_APPROVAL), ALONE) == SEND
+
+
+@pytest.mark.parametrize("phase", [Phase.PLANNING, Phase.VERIFYING, Phase.REJECTED])
+def test_an_approval_request_for_a_decided_rollback_is_withdrawn(phase: Phase) -> None:
+    verdict = judge_trigger(page(NotificationKind.APPROVAL_REQUESTED), state(phase), ALONE)
+    assert not verdict.send
+    assert str(phase) in verdict.reason
 
 
 @pytest.mark.parametrize("phase", [Phase.ROLLING_BACK, Phase.ROLLBACK_COMPLETED])

@@ -20,6 +20,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from rollbackd.approval import Outcome, Verdict
 from rollbackd.errors import NotLeaderError
 from rollbackd.metrics import Metrics
 from rollbackd.model import Phase, RecordKind, Rollback, Target
@@ -152,6 +153,9 @@ async def make_client() -> AsyncIterator[MakeClient]:
                 raise NotLeaderError("this replica is a standby: send the request to the leader")
             return "rb-manual"
 
+        async def give_verdict(rollback_id: str, verdict: Verdict) -> Outcome:
+            return Outcome(202, verdict.word, "PLANNING")  # tests/unit/test_approval.py
+
         app = create_app(
             alert_sink=sink or harness.sink,
             journal=harness.journal,
@@ -159,6 +163,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
             readiness=lambda: harness.ready[-1],
             auth=auth,
             manual_rollback=manual,
+            give_verdict=give_verdict,
             max_body_bytes=max_body_bytes,
             body_timeout=body_timeout,
         )

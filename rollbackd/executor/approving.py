@@ -1,0 +1,255 @@
+"""PENDING_APPROVAL: propose the rollback, page it, and wait for a human (or the timeout).
+
+Durable: the phase is written on the Deployment (and journaled) before the
+page, so a restarted or newly elected leader resumes the wait; the timeout
+runs from that recorded time, not from a process timer. While it waits the
+target has a rollback in flight (signals join it). A template change by
+someone else withdraws the proposal (SUPERSEDED) and the signals behind it
+are decided again; so does an approval that finds the target changed.
+After an approval the normal path runs: PLANNING re-checks everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from rollbackd.approval import (
+    EVENT_KIND_APPROVED,
+    EVENT_KIND_REFUSED,
+    EVENT_KIND_REJECTED,
+    TIMEOUT_APPROVER,
+    Inbox,
+    Outcome,
+    Verdict,
+    commands,
+)
+from rollbackd.durations import format_duration
+from rollbackd.executor.core import uid_of
+from rollbackd.executor.endings import Endings
+from rollbackd.executor.planning import Plan
+from rollbackd.executor.ports import EVENT_APPROVAL_REQUESTED, EVENT_APPROVED, EVENT_REJECTED, Abort
+from rollbackd.guard import images, templates_equal
+from rollbackd.kube.errors import NotFoundError
+from rollbackd.model import Phase, Rollback
+from rollbackd.notify.base import NotificationKind
+from rollbackd.reasons import RollbackReason
+from rollbackd.revisions import revision_of
+
+# How often the wait re-reads the Deployment when the watch stays silent.
+_CHANGE_POLL_SECONDS = 2.0
+
+
+class Approving(Endings):
+    """Approve mode: the proposal, the wait, and the verdict."""
+
+    async def _propose(self, rollback: Rollback, *, resumed_at: datetime | None) -> Rollback | None:
+        """Page the proposal and wait; None once approved and PLANNING is on the Deployment.
+
+        ``resumed_at``: the recorded start of an earlier wait (a restart or a
+        new leader); the timeout runs from it and the phase is not rewritten.
+        """
+        # Open before the phase is recorded: a verdict that follows the record
+        # at once waits in the inbox instead of finding nobody waiting.
+        with self._approvals.inbox(rollback.id) as inbox:
+            return await self._proposed(rollback, resumed_at, inbox)
+
+    async def _proposed(
+        self, rollback: Rollback, resumed_at: datetime | None, inbox: Inbox
+    ) -> Rollback | None:
+        plan = await self._plan(rollback)
+        rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
+        proposal = _proposal(rollback, plan)
+        message = f"waiting for approval: {proposal['summary']}"
+        if resumed_at is None:
+            rollback = await self._enter(
+                rollback,
+                Phase.PENDING_APPROVAL,
+                message,
+                deployment=plan.deployment,
+                data=proposal,
+            )
+            since = rollback.updated_at
+            await self._kube.emit_event(
+                rollback.target,
+                reason=EVENT_APPROVAL_REQUESTED,
+                message=message,
+                uid=uid_of(plan.deployment),
+            )
+        else:
+            # The record of this replica's journal may lack it (another leader proposed it).
+            rollback = replace(rollback, phase=Phase.PENDING_APPROVAL, updated_at=resumed_at)
+            self._latest[rollback.id] = rollback
+            await self._recorder.phase(rollback, f"(resumed) {message}", proposal)
+            since = resumed_at
+        summary, details = self._with_gitops(rollback, message, proposal)
+        await self._pager.notify(NotificationKind.APPROVAL_REQUESTED, rollback, summary, details)
+        return await self._wait(rollback, plan.deployment["spec"]["template"], since, inbox)
+
+    async def _wait(
+        self, rollback: Rollback, template: Mapping[str, Any], since: datetime, inbox: Inbox
+    ) -> Rollback | None:
+        deadline = since + self._approval_timeout
+        changed = asyncio.create_task(
+            self._kube.wait_template_change(
+                rollback.target, template, poll_interval=_CHANGE_POLL_SECONDS
+            )
+        )
+        arrived = asyncio.create_task(inbox.get())
+        try:
+            while True:
+                remaining = (deadline - self._clock()).total_seconds()
+                if remaining <= 0:
+                    return await self._timed_out(rollback, template)
+                await asyncio.wait(
+                    {arrived, changed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                # A verdict first: an approval re-reads the target and refuses if it moved.
+                if arrived.done():
+                    verdict, reply = arrived.result()
+                    return await self._answer(rollback, template, verdict, reply)
+                if changed.done():
+                    return await self._withdraw(rollback, _changed(changed))
+        finally:
+            for task in (arrived, changed):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _answer(
+        self,
+        rollback: Rollback,
+        template: Mapping[str, Any],
+        verdict: Verdict,
+        reply: asyncio.Future[Outcome | None],
+    ) -> Rollback | None:
+        """Act on a verdict; ``reply`` is answered once what it caused is recorded."""
+        if not verdict.approve:
+            rejected = await self._reject(rollback, verdict)
+            reply.set_result(Outcome(202, rejected.reason, str(rejected.phase)))
+            return rejected
+        return await self._approve(rollback, template, verdict, reply)
+
+    async def _approve(
+        self,
+        rollback: Rollback,
+        template: Mapping[str, Any],
+        verdict: Verdict,
+        reply: asyncio.Future[Outcome | None] | None,
+    ) -> Rollback | None:
+        deployment = await self._read(rollback.target)
+        current = revision_of(deployment)
+        if current != rollback.from_revision or not templates_equal(
+            deployment["spec"]["template"], template
+        ):
+            refusal = (
+                f"approval by {verdict.by} refused: {rollback.target} changed while the rollback "
+                f"waited (revision {current}, proposed from revision {rollback.from_revision}); "
+                "the proposal is withdrawn and the decision is made again"
+            )
+            await self._recorder.event(rollback, EVENT_KIND_REFUSED, refusal, verdict.as_data())
+            ended = await self._withdraw(rollback, deployment)
+            if reply is not None:
+                reply.set_result(Outcome(409, refusal, str(ended.phase)))
+            return ended
+        message = f"approved by {verdict.by} at {verdict.at.isoformat(timespec='seconds')}"
+        await self._recorder.event(rollback, EVENT_KIND_APPROVED, message, verdict.as_data())
+        await self._kube.emit_event(
+            rollback.target, reason=EVENT_APPROVED, message=message, uid=uid_of(deployment)
+        )
+        rollback = await self._enter(rollback, Phase.PLANNING, f"{message}; planning the rollback")
+        if reply is not None:
+            reply.set_result(Outcome(202, message, str(rollback.phase)))
+        return None
+
+    async def _reject(self, rollback: Rollback, verdict: Verdict) -> Rollback:
+        """Terminal: a human said no; nothing was changed. The page is resolved (info)."""
+        message = (
+            f"rejected by {verdict.by} at {verdict.at.isoformat(timespec='seconds')}: "
+            f"{verdict.reason}; nothing was changed"
+        )
+        rejected = replace(
+            self._advance(rollback, Phase.REJECTED, finished=True),
+            reason_code=RollbackReason.REJECTED,
+            reason=message,
+        )
+        await self._recorder.event(rollback, EVENT_KIND_REJECTED, message, verdict.as_data())
+        await self._best_effort_state(rejected)
+        try:
+            await self._recorder.phase(rejected, message, {"rejected": verdict.as_data()})
+        finally:
+            await self._kube.emit_event(rejected.target, reason=EVENT_REJECTED, message=message)
+            await self._pager.notify(
+                NotificationKind.REJECTED,
+                rejected,
+                f"rollback of {rejected.target} {message}",
+                {"reason_code": RollbackReason.REJECTED, "reason": message},
+            )
+        return rejected
+
+    async def _timed_out(self, rollback: Rollback, template: Mapping[str, Any]) -> Rollback | None:
+        waited = format_duration(self._approval_timeout)
+        if self._approve_on_timeout:
+            at = self._clock()
+            await self._recorder.event(
+                rollback, "approval_timeout", f"nobody answered within {waited}: rolling back"
+            )
+            return await self._approve(
+                rollback, template, Verdict(True, TIMEOUT_APPROVER, at), None
+            )
+        return await self._escalate(
+            rollback,
+            RollbackReason.APPROVAL_TIMEOUT,
+            f"nobody approved or rejected the proposed rollback within {waited}; nothing was "
+            f"changed (to roll back now: rollbackd rollback {rollback.target} --force)",
+        )
+
+    async def _resume_proposal(self, rollback: Rollback, since: datetime) -> Rollback | None:
+        """A wait an earlier process left: withdrawn if the target moved meanwhile, else resumed."""
+        deployment = await self._read(rollback.target)
+        if revision_of(deployment) != rollback.from_revision:
+            return await self._withdraw(rollback, deployment)
+        return await self._propose(rollback, resumed_at=since)
+
+    async def _withdraw(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
+        """The target changed under the proposal: end it SUPERSEDED and decide again."""
+        ended = await self._supersede(rollback, deployment)
+        self.on_withdrawn(ended)
+        return ended
+
+
+def _changed(task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return task.result()
+    except NotFoundError as exc:
+        raise Abort(
+            RollbackReason.TARGET_NOT_FOUND, "the Deployment was deleted", failed=False
+        ) from exc
+
+
+def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
+    """What the page, the Event and the journal say about the proposed rollback."""
+    before = list(images(plan.deployment["spec"]["template"]))
+    after = list(images(plan.restore.template))
+    approve, reject = commands(rollback.id)
+    summary = (
+        f"rollbackd proposes to roll back {rollback.target} from revision "
+        f"{plan.from_revision} to revision {plan.to_revision} "
+        f"(images {', '.join(before)} -> {', '.join(after)}; changes "
+        f"{', '.join(plan.diff_paths) or 'nothing'}) because {rollback.reason or rollback.reason_code}. "
+        f"Approve: {approve} ; reject: {reject}"
+    )
+    return {
+        "summary": summary,
+        "reason": rollback.reason,
+        "reason_code": rollback.reason_code,
+        "from_images": before,
+        "to_images": after,
+        "diff": list(plan.diff_paths),
+        "approve_command": approve,
+        "reject_command": reject,
+    }
