@@ -14,7 +14,7 @@ import pytest
 from tests.bench._quick import run_quick
 
 # Benchmarks load the whole machine: they run alone, after the parallel part.
-pytestmark = pytest.mark.serial
+pytestmark = pytest.mark.heavy
 
 
 ORDER = ("bad_ready", "first_bad_sample", "patch", "rollback_ready", "completed")

@@ -15,7 +15,7 @@ import pytest
 from tests.bench._quick import positive, run_quick
 
 # Benchmarks load the whole machine: they run alone, after the parallel part.
-pytestmark = pytest.mark.serial
+pytestmark = pytest.mark.heavy
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from tests.bench._quick import positive, run_quick
 
 # Benchmarks load the whole machine: they run alone, after the parallel part.
-pytestmark = pytest.mark.serial
+pytestmark = pytest.mark.heavy
 
 
 SIZES = ("1", "10", "100")

@@ -41,7 +41,7 @@ from rollbackd.testing.stack import (
 )
 
 # 1 100 connections and a file-descriptor limit: alone, after the parallel part.
-pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.integration, pytest.mark.heavy, pytest.mark.timeout(150)]
 
 ATTACKERS = 1_100
 DAEMON_NOFILE = 1_024
