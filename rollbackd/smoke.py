@@ -37,6 +37,7 @@ __all__ = [
     "SmokeChecker",
     "SmokeContext",
     "SmokeOutcome",
+    "SmokeRequest",
     "Transport",
 ]
 
@@ -82,21 +83,24 @@ class SmokeOutcome:
     status: int | None = None
 
 
+@dataclass(frozen=True)
+class SmokeRequest:
+    """One check's request, addressed to a Service's port (``path`` filled in)."""
+
+    namespace: str
+    service: str
+    port: ServicePort
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: str | None
+    timeout: float
+
+
 class Transport(Protocol):
     """Sends one request to a Service's port; returns the status and the body."""
 
-    async def send(
-        self,
-        *,
-        namespace: str,
-        service: str,
-        port: ServicePort,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        body: str | None,
-        timeout: float,
-    ) -> tuple[int, bytes]: ...
+    async def send(self, request: SmokeRequest) -> tuple[int, bytes]: ...
 
 
 ContextFn = Callable[[Target], Awaitable[SmokeContext]]
@@ -159,14 +163,16 @@ class SmokeChecker:
         try:
             async with asyncio.timeout(timeout):
                 status, body = await self._transport.send(
-                    namespace=target.namespace,
-                    service=service.name,
-                    port=port,
-                    method=check.method,
-                    path=path,
-                    headers=check.headers,
-                    body=check.body,
-                    timeout=timeout,
+                    SmokeRequest(
+                        namespace=target.namespace,
+                        service=service.name,
+                        port=port,
+                        method=check.method,
+                        path=path,
+                        headers=check.headers,
+                        body=check.body,
+                        timeout=timeout,
+                    )
                 )
         except TimeoutError:
             log.warning("smoke_check_no_answer", check=check.name, target=str(target))

@@ -24,7 +24,14 @@ from rollbackd.config.smoke import ANNOTATION_SMOKE_CHECKS, checks_named
 from rollbackd.kube.client import deployment_path
 from rollbackd.model import Target
 from rollbackd.readiness import service_selects
-from rollbackd.smoke import ServicePort, ServiceRef, SmokeChecker, SmokeContext, Transport
+from rollbackd.smoke import (
+    ServicePort,
+    ServiceRef,
+    SmokeChecker,
+    SmokeContext,
+    SmokeRequest,
+    Transport,
+)
 
 CLUSTER_DNS_BASE = "http://{service}.{namespace}.svc:{port}"
 
@@ -47,37 +54,27 @@ class ServiceProxyTransport:
     def __init__(self, api: ApiClient) -> None:
         self._api = api
 
-    async def send(
-        self,
-        *,
-        namespace: str,
-        service: str,
-        port: ServicePort,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        body: str | None,
-        timeout: float,
-    ) -> tuple[int, bytes]:
+    async def send(self, request: SmokeRequest) -> tuple[int, bytes]:
+        r = request
         proxy = (
-            f"/api/v1/namespaces/{quote(namespace)}/services/"
-            f"{quote(service)}:{quote(port.ref)}/proxy{path}"
+            f"/api/v1/namespaces/{quote(r.namespace)}/services/"
+            f"{quote(r.service)}:{quote(r.port.ref)}/proxy{r.path}"
         )
-        header_params = {"Accept": "*/*", **headers}
-        content_type = _content_type(headers)
+        header_params = {"Accept": "*/*", **r.headers}
+        content_type = _content_type(r.headers)
         payload: Any = None
-        if body is not None:
+        if r.body is not None:
             # The client JSON-encodes bodies it is told are JSON; others go as bytes.
-            payload = json.loads(body) if "json" in content_type.lower() else body.encode()
+            payload = json.loads(r.body) if "json" in content_type.lower() else r.body.encode()
             header_params.setdefault("Content-Type", content_type or "text/plain")
         response = await self._api.call_api(
             proxy,
-            method,
+            r.method,
             header_params=header_params,
             body=payload,
             auth_settings=["BearerToken"],
             _preload_content=False,
-            _request_timeout=timeout,
+            _request_timeout=r.timeout,
         )
         try:
             status, raw = int(response.status), await response.read()
@@ -96,27 +93,17 @@ class ClusterDnsTransport:
         # ``base`` is a template of {service}, {namespace} and {port}; tests point it at loopback.
         self._base = base
 
-    async def send(
-        self,
-        *,
-        namespace: str,
-        service: str,
-        port: ServicePort,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        body: str | None,
-        timeout: float,
-    ) -> tuple[int, bytes]:
-        url = self._base.format(service=service, namespace=namespace, port=port.port) + path
-        client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async def send(self, request: SmokeRequest) -> tuple[int, bytes]:
+        r = request
+        url = self._base.format(service=r.service, namespace=r.namespace, port=r.port.port) + r.path
+        client_timeout = aiohttp.ClientTimeout(total=r.timeout)
         async with (
             aiohttp.ClientSession(timeout=client_timeout) as session,
             session.request(
-                method,
+                r.method,
                 url,
-                headers=dict(headers),
-                data=body.encode() if body is not None else None,
+                headers=dict(r.headers),
+                data=r.body.encode() if r.body is not None else None,
                 allow_redirects=False,
             ) as response,
         ):

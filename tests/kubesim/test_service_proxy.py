@@ -8,6 +8,7 @@ the endpoint answers from ``kubesim.rollbackd.io/*`` annotations.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 
 from rollbackd.kube import Kube
-from rollbackd.smoke import ServicePort
+from rollbackd.smoke import ServicePort, SmokeRequest
 from rollbackd.smoke_transport import ProxyRefused, ServiceProxyTransport
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.kubesim.proxy import KNOB_FAILING_PATHS
@@ -127,17 +128,16 @@ async def test_rollbackd_reaches_it_with_the_kube_clients_credentials(kubesim: K
     await serving(kubesim, **{KNOB_FAILING_PATHS: "/broken"})
     async with await Kube.connect(kubeconfig=str(kubesim.kubeconfig)) as kube:
         transport = ServiceProxyTransport(kube.api_client)
-        sent = {"namespace": NS, "service": "web", "port": ServicePort("http", 80)}
-        ok = await transport.send(
-            **sent, method="GET", path="/a?b=c", headers={}, body=None, timeout=5
-        )
+        get = SmokeRequest(NS, "web", ServicePort("http", 80), "GET", "/a?b=c", {}, None, 5)
+        ok = await transport.send(get)
         broken = await transport.send(
-            **sent,
-            method="POST",
-            path="/broken",
-            body='{"x": 1}',
-            headers={"Content-Type": "application/json"},
-            timeout=5,
+            dataclasses.replace(
+                get,
+                method="POST",
+                path="/broken",
+                body='{"x": 1}',
+                headers={"Content-Type": "application/json"},
+            )
         )
     assert ok[0] == 200 and b'"path": "/a"' in ok[1]
     assert broken[0] == 500 and b'"method": "POST"' in broken[1]
@@ -150,12 +150,5 @@ async def test_a_proxy_forbidden_to_rollbackd_is_not_the_services_answer(kubesim
         transport = ServiceProxyTransport(kube.api_client)
         with pytest.raises(ProxyRefused, match="403"):
             await transport.send(
-                namespace=NS,
-                service="web",
-                port=ServicePort("http", 80),
-                method="GET",
-                path="/",
-                headers={},
-                body=None,
-                timeout=5,
+                SmokeRequest(NS, "web", ServicePort("http", 80), "GET", "/", {}, None, 5)
             )
