@@ -10,6 +10,12 @@ field that is missing or different, and when the Service answers nothing
 against it, not a lack of data. An unknown check name or a Deployment that
 no Service selects fails too, with the reason said, never a crash.
 
+A 429 (unless it is the expected status) is neither: the Service answered,
+on purpose, that it sheds load, as a restored version may while clients
+retry the requests the bad one failed. It says nothing about whether the
+version works, so the outcome is *inconclusive* (Retry-After quoted) and
+verification asks again at its next interval, like an interval without data.
+
 How the Service is reached (:mod:`rollbackd.smoke_transport`) is separate,
 so the judging here is tested against a plain local HTTP server.
 """
@@ -21,7 +27,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 import structlog
@@ -34,6 +40,7 @@ __all__ = [
     "EXCERPT_CHARS",
     "ServicePort",
     "ServiceRef",
+    "SmokeAnswer",
     "SmokeChecker",
     "SmokeContext",
     "SmokeOutcome",
@@ -45,6 +52,9 @@ log = structlog.get_logger(__name__)
 
 # Enough of a body to recognise an error page; bounded, because it goes into pages.
 EXCERPT_CHARS = 200
+TOO_MANY_REQUESTS = 429
+# A Retry-After is a number or an HTTP date; anything longer is cut.
+RETRY_AFTER_CHARS = 40
 _MISSING = object()
 
 
@@ -77,10 +87,21 @@ class SmokeContext:
 
 @dataclass(frozen=True)
 class SmokeOutcome:
+    """A check's verdict; ``inconclusive`` (never with ``ok``): answered, but no verdict."""
+
     name: str
     ok: bool
     detail: str
     status: int | None = None
+    inconclusive: bool = False
+
+
+class SmokeAnswer(NamedTuple):
+    """What the Service answered: status, body, and its Retry-After header if any."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +119,9 @@ class SmokeRequest:
 
 
 class Transport(Protocol):
-    """Sends one request to a Service's port; returns the status and the body."""
+    """Sends one request to a Service's port; returns what it answered."""
 
-    async def send(self, request: SmokeRequest) -> tuple[int, bytes]: ...
+    async def send(self, request: SmokeRequest) -> SmokeAnswer: ...
 
 
 ContextFn = Callable[[Target], Awaitable[SmokeContext]]
@@ -162,7 +183,7 @@ class SmokeChecker:
         timeout = check.timeout.total_seconds()
         try:
             async with asyncio.timeout(timeout):
-                status, body = await self._transport.send(
+                answer = await self._transport.send(
                     SmokeRequest(
                         namespace=target.namespace,
                         service=service.name,
@@ -183,12 +204,29 @@ class SmokeChecker:
             reason = redact_text(str(exc) or type(exc).__name__)
             log.warning("smoke_check_no_answer", check=check.name, target=str(target), error=reason)
             return SmokeOutcome(check.name, False, _quote(check, f"{where}: no answer: {reason}"))
+        status, body = answer.status, answer.body
+        if status == TOO_MANY_REQUESTS and check.expect_status != TOO_MANY_REQUESTS:
+            return _rate_limited(check, target, where, answer)
         problem = judge(check, status, body)
         log.info("smoke_check", check=check.name, target=str(target), status=status, ok=not problem)
         if problem:
             text = f"{where}: {problem}; body: {excerpt(body)!r}"
             return SmokeOutcome(check.name, False, _quote(check, text), status)
         return SmokeOutcome(check.name, True, _quote(check, f"{where}: {status}"), status)
+
+
+def _rate_limited(
+    check: SmokeCheck, target: Target, where: str, answer: SmokeAnswer
+) -> SmokeOutcome:
+    """The Service shed the check's request: inconclusive, with its Retry-After quoted."""
+    wait = answer.retry_after
+    said = f", Retry-After {excerpt(wait.encode(), RETRY_AFTER_CHARS)}" if wait else ""
+    log.warning("smoke_check_rate_limited", check=check.name, target=str(target), retry_after=wait)
+    text = (
+        f"{where}: rate limited (status 429{said}), no verdict: asked again at the next "
+        f"interval; body: {excerpt(answer.body)!r}"
+    )
+    return SmokeOutcome(check.name, False, _quote(check, text), answer.status, inconclusive=True)
 
 
 def _quote(check: SmokeCheck, text: str) -> str:

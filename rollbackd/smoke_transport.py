@@ -27,6 +27,7 @@ from rollbackd.readiness import service_selects
 from rollbackd.smoke import (
     ServicePort,
     ServiceRef,
+    SmokeAnswer,
     SmokeChecker,
     SmokeContext,
     SmokeRequest,
@@ -37,7 +38,12 @@ CLUSTER_DNS_BASE = "http://{service}.{namespace}.svc:{port}"
 
 
 class ProxyRefused(Exception):
-    """The API server would not proxy the request (RBAC): the check could not run."""
+    """The API server would not proxy the request (RBAC, throttling): the check could not run."""
+
+
+# The API server's own refusals (a Status body, not the Service's): RBAC, and
+# API Priority and Fairness throttling rollbackd.
+_REFUSALS = (401, 403, 429)
 
 
 def _is_status(raw: bytes) -> bool:
@@ -54,7 +60,7 @@ class ServiceProxyTransport:
     def __init__(self, api: ApiClient) -> None:
         self._api = api
 
-    async def send(self, request: SmokeRequest) -> tuple[int, bytes]:
+    async def send(self, request: SmokeRequest) -> SmokeAnswer:
         r = request
         proxy = (
             f"/api/v1/namespaces/{quote(r.namespace)}/services/"
@@ -78,12 +84,13 @@ class ServiceProxyTransport:
         )
         try:
             status, raw = int(response.status), await response.read()
+            retry_after = response.headers.get("Retry-After")
         finally:
             response.release()
-        if status in (401, 403) and _is_status(raw):
+        if status in _REFUSALS and _is_status(raw):
             # The API server refused rollbackd, the Service said nothing: no evidence.
             raise ProxyRefused(f"the service proxy refused rollbackd ({status}): {raw[:200]!r}")
-        return status, raw
+        return SmokeAnswer(status, raw, retry_after)
 
 
 class ClusterDnsTransport:
@@ -93,7 +100,7 @@ class ClusterDnsTransport:
         # ``base`` is a template of {service}, {namespace} and {port}; tests point it at loopback.
         self._base = base
 
-    async def send(self, request: SmokeRequest) -> tuple[int, bytes]:
+    async def send(self, request: SmokeRequest) -> SmokeAnswer:
         r = request
         url = self._base.format(service=r.service, namespace=r.namespace, port=r.port.port) + r.path
         client_timeout = aiohttp.ClientTimeout(total=r.timeout)
@@ -107,7 +114,8 @@ class ClusterDnsTransport:
                 allow_redirects=False,
             ) as response,
         ):
-            return response.status, await response.read()
+            body = await response.read()
+            return SmokeAnswer(response.status, body, response.headers.get("Retry-After"))
 
 
 def _content_type(headers: Mapping[str, str]) -> str:

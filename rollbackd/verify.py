@@ -26,7 +26,9 @@ Smoke checks (:mod:`rollbackd.smoke`) run at each interval whose signals and
 readiness are healthy, after them. A failed check fails verification at once,
 like a breach (``verify_smoke_failed``), and the detail quotes the check, the
 status and an excerpt of the body. Checks that cannot be run at all (the
-Deployment or its Services could not be read) leave the interval inconclusive.
+Deployment or its Services could not be read, the API server refused or
+throttled the service proxy) and checks the Service rate limited (429) leave
+the interval inconclusive.
 
 Data assertions (:mod:`rollbackd.assertions`) run at the same intervals,
 before the smoke checks, over the interval's fresh window. A failed one ends
@@ -318,7 +320,7 @@ class Verifier:
         return RollbackReason.VERIFIED, details
 
     async def _smoke_checks(self, target: Target) -> tuple[RollbackReason, list[str]]:
-        """VERIFIED, VERIFY_SMOKE_FAILED, or VERIFY_NO_DATA when the checks could not run."""
+        """VERIFIED, VERIFY_SMOKE_FAILED, or VERIFY_NO_DATA when the checks gave no verdict."""
         if self._smoke is None:
             return RollbackReason.VERIFIED, []
         try:
@@ -328,7 +330,11 @@ class Verifier:
             return RollbackReason.VERIFY_NO_DATA, ["smoke checks did not finish in time"]
         except Exception as exc:  # rollbackd could not ask: no evidence either way
             return RollbackReason.VERIFY_NO_DATA, [f"smoke checks could not run: {exc}"]
-        failed = [o.detail for o in outcomes if not o.ok]
+        failed = [o.detail for o in outcomes if not o.ok and not o.inconclusive]
         if failed:
             return RollbackReason.VERIFY_SMOKE_FAILED, failed
-        return RollbackReason.VERIFIED, [o.detail for o in outcomes]
+        details = [o.detail for o in outcomes]
+        if any(o.inconclusive for o in outcomes):
+            # Rate limited: answered, but no verdict on the version; the next interval asks again.
+            return RollbackReason.VERIFY_NO_DATA, details
+        return RollbackReason.VERIFIED, details

@@ -19,7 +19,7 @@ from rollbackd.kube import Kube
 from rollbackd.smoke import ServicePort, SmokeRequest
 from rollbackd.smoke_transport import ProxyRefused, ServiceProxyTransport
 from rollbackd.testing.kubesim import KubeSim
-from rollbackd.testing.kubesim.proxy import KNOB_FAILING_PATHS
+from rollbackd.testing.kubesim.proxy import KNOB_FAILING_PATHS, KNOB_FAILING_STATUS
 from rollbackd.testing.kubesim.workload import KNOB_ERROR_RATE, KNOB_LATENCY_MS
 from rollbackd.testing.stack import wait_for
 
@@ -149,6 +149,31 @@ async def test_a_proxy_forbidden_to_rollbackd_is_not_the_services_answer(kubesim
     async with await Kube.connect(kubeconfig=str(kubesim.kubeconfig)) as kube:
         transport = ServiceProxyTransport(kube.api_client)
         with pytest.raises(ProxyRefused, match="403"):
+            await transport.send(
+                SmokeRequest(NS, "web", ServicePort("http", 80), "GET", "/", {}, None, 5)
+            )
+
+
+async def test_a_service_shedding_load_answers_429_with_retry_after(kubesim: KubeSim) -> None:
+    await serving(kubesim, **{KNOB_FAILING_PATHS: "/orders", KNOB_FAILING_STATUS: "429"})
+    async with await Kube.connect(kubeconfig=str(kubesim.kubeconfig)) as kube:
+        transport = ServiceProxyTransport(kube.api_client)
+        answer = await transport.send(
+            SmokeRequest(NS, "web", ServicePort("http", 80), "GET", "/orders", {}, None, 5)
+        )
+    # The Service's own 429 comes back as its answer (not a refusal of rollbackd).
+    assert (answer.status, answer.retry_after) == (429, "1")
+    assert b'"status": "error"' in answer.body
+
+
+async def test_the_api_server_throttling_the_proxy_is_not_the_services_answer(
+    kubesim: KubeSim,
+) -> None:
+    await serving(kubesim)
+    kubesim.faults.fail("list", "/proxy/", 429)  # API Priority and Fairness: a Status body
+    async with await Kube.connect(kubeconfig=str(kubesim.kubeconfig)) as kube:
+        transport = ServiceProxyTransport(kube.api_client)
+        with pytest.raises(ProxyRefused, match="429"):
             await transport.send(
                 SmokeRequest(NS, "web", ServicePort("http", 80), "GET", "/", {}, None, 5)
             )

@@ -12,7 +12,10 @@ behind the address answers from its behaviour knobs (``workload.py``):
   evenly over the pod's requests (deterministic, so tests can count them);
 * ``kubesim.rollbackd.io/failing-paths``: comma-separated paths this version
   answers 500 on whatever its error rate; the metrics do not see these, as
-  a rarely used endpoint barely moves a service's error ratio.
+  a rarely used endpoint barely moves a service's error ratio;
+* ``kubesim.rollbackd.io/failing-status``: the status those paths answer
+  (500 by default); a 429 comes with ``Retry-After: 1``, as a service
+  shedding load answers.
 
 A 200 body is JSON ``{"status": "ok", "pod", "path", "method"}``; a 500 body
 ``{"status": "error", ...}``. Ready endpoints take turns (round robin).
@@ -33,6 +36,7 @@ from .store import Store
 from .workload import Knobs
 
 KNOB_FAILING_PATHS = "kubesim.rollbackd.io/failing-paths"
+KNOB_FAILING_STATUS = "kubesim.rollbackd.io/failing-status"
 PROXY_ROUTE = "/api/v1/namespaces/{namespace}/services/{service}/proxy{tail:.*}"
 
 
@@ -56,12 +60,16 @@ class ServiceProxy:
         knobs = self.knobs_of(pod)
         await asyncio.sleep(knobs.latency_seconds)
         pod_name = pod["metadata"]["name"]
-        failing = _paths((pod["metadata"].get("annotations") or {}).get(KNOB_FAILING_PATHS, ""))
+        annotations = pod["metadata"].get("annotations") or {}
+        failing = _paths(annotations.get(KNOB_FAILING_PATHS, ""))
         served = self._served.get(pod_name, 0)
         self._served[pod_name] = served + 1
         # Request n fails when floor((n + 1) * rate) passes an integer: exactly that fraction.
         erring = math.floor((served + 1) * knobs.error_rate) > math.floor(served * knobs.error_rate)
         ok = not erring and path not in failing
+        status = 200 if ok else 500
+        if not erring and path in failing:
+            status = _status(annotations.get(KNOB_FAILING_STATUS, ""))
         body = {
             "status": "ok" if ok else "error",
             "pod": pod_name,
@@ -70,8 +78,9 @@ class ServiceProxy:
         }
         return web.Response(
             body=json.dumps(body).encode(),
-            status=200 if ok else 500,
+            status=status,
             content_type="application/json",
+            headers={"Retry-After": "1"} if status == 429 else None,
         )
 
     def _pick(self, namespace: str, name: str, port_ref: str) -> Mapping[str, Any]:
@@ -107,8 +116,13 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, "ServiceUnavailable", message)
 
 
+def _status(text: str) -> int:
+    """The failing-status knob: an HTTP error status, 500 when unset or not one."""
+    return int(text) if text.strip().isdigit() and 400 <= int(text) <= 599 else 500
+
+
 def _paths(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
 
-__all__ = ["KNOB_FAILING_PATHS", "PROXY_ROUTE", "ServiceProxy"]
+__all__ = ["KNOB_FAILING_PATHS", "KNOB_FAILING_STATUS", "PROXY_ROUTE", "ServiceProxy"]
