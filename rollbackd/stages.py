@@ -237,6 +237,7 @@ def build_pipeline(
         approvals=approvals,
         approval_timeout=s.approval.timeout,
         approve_on_timeout=s.approval.on_timeout == "rollback",
+        recorded=journal.get_rollback,
     )
     escalation = s.notify.escalation
     dispatcher = Dispatcher(

@@ -10,7 +10,7 @@ restored one); conflicts are paid from the rollback's retry budget.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,7 @@ class Core:
         approvals: Approvals | None = None,
         approval_timeout: timedelta = timedelta(minutes=15),
         approve_on_timeout: bool = False,
+        recorded: Callable[[str], Awaitable[Rollback | None]] | None = None,
     ) -> None:
         self._kube = kube
         self._verifier = verifier
@@ -83,6 +84,8 @@ class Core:
         self._approvals = approvals or Approvals()
         self._approval_timeout = approval_timeout
         self._approve_on_timeout = approve_on_timeout
+        # The journal's record of a rollback by id: what a resumed ending says.
+        self._recorded = recorded
         # Told when a proposal is withdrawn because the target changed, so
         # the signals behind it are decided again (the dispatcher sets it).
         self.on_withdrawn: Callable[[Rollback], None] = lambda _: None

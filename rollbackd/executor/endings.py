@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import structlog
+
 from rollbackd.executor.ports import (
     EVENT_ESCALATED,
     EVENT_FAILED,
@@ -25,6 +27,8 @@ from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import revision_of
+
+log = structlog.get_logger("rollbackd.executor")
 
 
 class Endings(Verifying):
@@ -52,6 +56,25 @@ class Endings(Verifying):
             failed.target, reason=EVENT_FAILED, message=abort.message, type="Warning"
         )
         return await self._escalate(failed, abort.reason_code, abort.message)
+
+    async def _recorded_failure(self, rollback: Rollback) -> tuple[str, str]:
+        """Why a rollback found at ROLLBACK_FAILED after a restart failed: code and message.
+
+        The page of a failure the previous daemon recorded but did not escalate
+        says what failed (e.g. the smoke check it quotes), not that a daemon
+        restarted: the code from the state annotation, the message from the
+        journal. Either missing or unreadable: the generic ``rollback_failed``.
+        """
+        code = _reason(rollback.reason_code)
+        try:
+            found = await self._recorded(rollback.id) if self._recorded else None
+        except Exception as exc:  # the journal unreadable must not stop the escalation
+            log.warning("recorded_failure_unread", error=str(exc))
+            found = None
+        if found is not None and found.phase is Phase.ROLLBACK_FAILED and found.reason:
+            return _reason(found.reason_code or code), found.reason
+        known = "" if code is RollbackReason.ROLLBACK_FAILED else f" ({code})"
+        return code, f"rollback had failed before the restart{known}"
 
     async def _escalate(self, rollback: Rollback, reason_code: str, message: str) -> Rollback:
         """Terminal: record, mark the Deployment, and page a human."""
@@ -111,6 +134,14 @@ class Endings(Verifying):
             )
             await self._pager.notify(NotificationKind.SUPERSEDED, superseded, summary, page)
         return superseded
+
+
+def _reason(code: str) -> RollbackReason:
+    """A recorded reason code, or ``rollback_failed`` for one that is not (a metric label)."""
+    try:
+        return RollbackReason(code) if code else RollbackReason.ROLLBACK_FAILED
+    except ValueError:
+        return RollbackReason.ROLLBACK_FAILED
 
 
 def _ended(during: Phase) -> str:

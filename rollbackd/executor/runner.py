@@ -116,9 +116,7 @@ class Executor(Approving):
             return await self._guarded(rollback, self._resume_verifying(rollback, ready_at))
         # ROLLBACK_FAILED: the failure was recorded, the escalation may not have been.
         try:
-            return await self._escalate(
-                rollback, RollbackReason.ROLLBACK_FAILED, "rollback had failed before the restart"
-            )
+            return await self._escalate(rollback, *await self._recorded_failure(rollback))
         finally:
             self._gitops.pop(rollback.id, None)
 

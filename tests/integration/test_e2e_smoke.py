@@ -53,6 +53,12 @@ async def stack(tmp_path: Any) -> AsyncIterator[Stack]:
 
 async def roll_back_to_v1(stack: Stack, v1_behaviour: Mapping[str, str]) -> Any:
     """v1 (checked by "orders") stable behind Service shop, a bad v2, and the rollback's end."""
+    await bad_rollout_over(stack, v1_behaviour)
+    return await stack.wait_rollback(SHOP, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
+
+
+async def bad_rollout_over(stack: Stack, v1_behaviour: Mapping[str, str]) -> None:
+    """v1 (checked by "orders") stable behind Service shop, then a v2 failing 30 %."""
     stack.sim.store.create(
         "v1/services",
         {
@@ -74,7 +80,6 @@ async def roll_back_to_v1(stack: Stack, v1_behaviour: Mapping[str, str]) -> Any:
     await stack.wait_rollout_complete(SHOP.name)
     await asyncio.sleep(MIN_STABLE_SECONDS)  # policy: only a stable v1 is restored
     await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(error_rate=0.3))
-    return await stack.wait_rollback(SHOP, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
 
 
 async def verify_details(stack: Stack, rollback_id: str) -> list[str]:
