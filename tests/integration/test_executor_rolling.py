@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -190,7 +190,9 @@ class Harness:
     policy: Policy = field(default_factory=Policy)
     rollout_timeout: float = 20.0
 
-    def executor(self) -> Executor:
+    def executor(
+        self, recorded: Callable[[str], Awaitable[Rollback | None]] | None = None
+    ) -> Executor:
         verifier = Verifier(
             self.signals.evaluate,
             self.kube.readiness,
@@ -206,6 +208,7 @@ class Harness:
             rollout_timeout=self.rollout_timeout,
             clock=lambda: datetime.now(UTC),
             policy_for=lambda target: self.policy,
+            recorded=recorded,
         )
 
     async def deploy_v1_then_v2(
@@ -541,6 +544,46 @@ async def test_resume_in_verifying_verifies_again(harness: Harness) -> None:
 
     assert result.phase is Phase.ROLLBACK_COMPLETED
     assert len(harness.signals.windows) == 3
+
+
+async def test_resume_after_a_crash_in_rollback_failed_escalates_with_its_own_reason(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    harness.signals.verdict = Verdict.BREACH
+    state = await crash_in(harness, Phase.ROLLBACK_FAILED)
+    assert (state.phase, state.reason_code) == (Phase.ROLLBACK_FAILED, "verify_breach")
+    journal = {state.rollback_id: replace(state.rollback(TARGET), reason="error_ratio 50% > 5%")}
+
+    async def recorded(rollback_id: str) -> Rollback | None:
+        return journal.get(rollback_id)
+
+    result = await harness.executor(recorded).resume(TARGET, state)
+
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "verify_breach")
+    assert result.reason == "error_ratio 50% > 5%"  # the journal's, not "daemon restarted"
+    [(kind, summary, _)] = harness.pager.pages[-1:]
+    assert kind is NotificationKind.ESCALATION and "error_ratio 50% > 5%" in summary
+
+
+async def test_resume_in_rollback_failed_without_a_journal_record_keeps_the_code(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    harness.signals.verdict = Verdict.BREACH
+    state = await crash_in(harness, Phase.ROLLBACK_FAILED)
+
+    result = await harness.executor().resume(TARGET, state)
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "verify_breach")
+    assert result.reason == "rollback had failed before the restart (verify_breach)"
+
+    # A code that is not one of rollbackd's (a hand-edited annotation) is no metric label.
+    edited = replace(state, reason_code="made_up")
+    again = await harness.executor().resume(TARGET, edited)
+    assert (again.reason_code, again.reason) == (
+        "rollback_failed",
+        "rollback had failed before the restart",
+    )
 
 
 async def test_resume_of_a_terminal_state_does_nothing(harness: Harness) -> None:
