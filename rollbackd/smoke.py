@@ -223,8 +223,8 @@ def _rate_limited(
     said = f", Retry-After {excerpt(wait.encode(), RETRY_AFTER_CHARS)}" if wait else ""
     log.warning("smoke_check_rate_limited", check=check.name, target=str(target), retry_after=wait)
     text = (
-        f"{where}: rate limited (status 429{said}), no verdict: asked again at the next "
-        f"interval; body: {excerpt(answer.body)!r}"
+        f"{where}: rate limited (status 429{said}), no verdict on the version; "
+        f"body: {excerpt(answer.body)!r}"
     )
     return SmokeOutcome(check.name, False, _quote(check, text), answer.status, inconclusive=True)
 

@@ -226,7 +226,9 @@ class Verifier:
         if not inconclusive:
             return ""
         plural = "s" if inconclusive > 1 else ""
-        return f" ({inconclusive} inconclusive interval{plural} without data or readiness)"
+        return (
+            f" ({inconclusive} inconclusive interval{plural} without data, readiness or a verdict)"
+        )
 
     async def _interval(
         self, target: Target, index: int, at: datetime, window: str

@@ -53,7 +53,7 @@ async def test_a_429_with_retry_after_is_inconclusive_and_quotes_it(service: Htt
     assert (outcome.ok, outcome.inconclusive, outcome.status) == (False, True, 429)
     assert 'smoke check "orders" GET /orders on service checkout:http' in outcome.detail
     assert "rate limited (status 429, Retry-After 30)" in outcome.detail
-    assert "asked again at the next interval" in outcome.detail
+    assert "no verdict on the version" in outcome.detail
     assert "too many requests" in outcome.detail
 
 
@@ -61,7 +61,7 @@ async def test_a_429_without_retry_after_is_inconclusive_too(service: HttpSink) 
     service.fail_next("/orders", 429, body=SHED)
     (outcome,) = await checker(service, check()).run(TARGET)
     assert (outcome.ok, outcome.inconclusive) == (False, True)
-    assert "rate limited (status 429), no verdict" in outcome.detail
+    assert "rate limited (status 429), no verdict on the version" in outcome.detail
     assert "Retry-After" not in outcome.detail
 
 
@@ -97,6 +97,7 @@ async def test_verification_asks_again_at_the_next_interval_and_completes(
     assert result.healthy, result.reason
     assert [i.healthy for i in result.intervals] == [False, True, True, True]
     assert "rate limited (status 429, Retry-After 5)" in result.intervals[0].detail
+    assert "(1 inconclusive interval without data, readiness or a verdict)" in result.reason
     assert len(service.requests_to("/orders")) == 4  # one request per interval, no retry burst
 
 
