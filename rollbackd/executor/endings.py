@@ -83,6 +83,15 @@ class Endings(Verifying):
             reason_code=reason_code,
             reason=message,
         )
+        # The page is durable (the outbox) before the terminal phase is written
+        # anywhere: a kill between the two leaves a phase a restart resumes and
+        # escalates again (the same page, deduplicated), never a silent ESCALATED.
+        summary, details = self._with_gitops(
+            escalated,
+            f"rollbackd could not roll back {escalated.target}: {message}",
+            {"reason_code": reason_code, "reason": message},
+        )
+        await self._pager.notify(NotificationKind.ESCALATION, escalated, summary, details)
         await self._best_effort_state(escalated)
         try:
             await self._recorder.phase(escalated, message, {"reason_code": reason_code})
@@ -93,12 +102,6 @@ class Endings(Verifying):
                 message=f"{reason_code}: {message}",
                 type="Warning",
             )
-            summary, details = self._with_gitops(
-                escalated,
-                f"rollbackd could not roll back {escalated.target}: {message}",
-                {"reason_code": reason_code, "reason": message},
-            )
-            await self._pager.notify(NotificationKind.ESCALATION, escalated, summary, details)
         return escalated
 
     async def _supersede(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:

@@ -743,3 +743,38 @@ async def test_a_human_deploy_while_rollbackd_was_down_supersedes_on_resume(
     result = await harness.executor().resume(TARGET, state)
 
     await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
+
+
+async def test_the_escalation_page_is_durable_before_any_record_says_escalated(
+    harness: Harness,
+) -> None:
+    """A kill between the page and the terminal phase must never leave a silent ESCALATED.
+
+    The page goes to the outbox first; until the Deployment and the journal
+    say ESCALATED, a restart resumes the rollback and pages again (deduplicated).
+    """
+    await harness.deploy_v1_then_v2()
+    harness.signals.verdict = Verdict.BREACH
+    seen_at_page: list[tuple[Phase | None, list[Phase]]] = []
+    page = harness.pager.notify
+
+    async def on_deployment() -> Phase | None:
+        deployment = await harness.kube.read_deployment(TARGET)
+        raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
+        return decode_state(raw).phase if raw else None
+
+    async def notify(
+        kind: NotificationKind, rollback: Rollback, summary: str, details: Mapping[str, Any]
+    ) -> None:
+        if kind is NotificationKind.ESCALATION:
+            seen_at_page.append((await on_deployment(), list(harness.recorder.phase_names)))
+        await page(kind, rollback, summary, details)
+
+    harness.pager.notify = notify  # type: ignore[method-assign]
+    result = await harness.executor().run(*rollback_to_v1())
+
+    assert result.phase is Phase.ESCALATED
+    [(phase_at_page, journaled)] = seen_at_page
+    assert phase_at_page is Phase.ROLLBACK_FAILED
+    assert Phase.ESCALATED not in journaled
+    assert await on_deployment() is Phase.ESCALATED  # and afterwards it is recorded
