@@ -36,6 +36,7 @@ from rollbackd.promql import (
     parse_duration,
     reduce_vector,
 )
+from rollbackd.querytemplate import fill
 
 __all__ = [
     "DEFAULT_SIGNALS",
@@ -48,8 +49,6 @@ __all__ = [
     "judge_spec",
     "render_query",
 ]
-
-WINDOW_PLACEHOLDER = "{window}"
 
 
 @dataclass(frozen=True)
@@ -99,8 +98,7 @@ class Evaluation:
 
 
 def render_query(template: str, window: str) -> str:
-    # str.format would trip over PromQL's own braces ({code=~"5.."}).
-    return template.replace(WINDOW_PLACEHOLDER, window)
+    return fill(template, {"window": window})
 
 
 def _fold_samples(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -28,13 +27,13 @@ from pydantic import Field, field_validator
 
 from rollbackd.config.types import NonEmptyStr, _Section, unique_named
 from rollbackd.model import ANNOTATION_PREFIX
+from rollbackd.querytemplate import PLACEHOLDER, fill
 
 ANNOTATION_ASSERTIONS = ANNOTATION_PREFIX + "assertions"
 PLACEHOLDERS = ("namespace", "deployment", "window")
 Op = Literal["==", "!=", "<", "<=", ">", ">="]
 AppliesTo = Literal["annotated", "all"]
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {close: open_ for open_, close in _OPEN.items()}
 _COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
@@ -71,8 +70,7 @@ class Assertion(_Section):
 
     def render(self, *, namespace: str, deployment: str, window: str) -> str:
         """The query as sent: placeholders filled in (PromQL's own braces left alone)."""
-        values = {"namespace": namespace, "deployment": deployment, "window": window}
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.expr)
+        return fill(self.expr, {"namespace": namespace, "deployment": deployment, "window": window})
 
     def holds(self, seen: float) -> bool:
         """Whether a value satisfies the comparison (NaN never does: callers treat it as no data)."""
@@ -90,7 +88,7 @@ def expr_problems(expr: str) -> list[str]:
     i = 0
     while i < len(expr):
         char = expr[i]
-        placeholder = _PLACEHOLDER.match(expr, i)
+        placeholder = PLACEHOLDER.match(expr, i)
         if placeholder:
             problems += _placeholder_problem(placeholder.group(1))
             i = placeholder.end()
@@ -126,7 +124,7 @@ def _string_end(expr: str, start: int, problems: list[str]) -> int:
             i += 2
             continue
         if expr[i] == quote:
-            for name in _PLACEHOLDER.findall(expr, start, i):
+            for name in PLACEHOLDER.findall(expr, start, i):
                 problems += _placeholder_problem(name)
             return i + 1
         i += 1

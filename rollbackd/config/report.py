@@ -8,9 +8,6 @@ from pydantic import model_validator
 
 from rollbackd.config.types import PositiveDuration, _Section
 
-# Placeholders a report query may use; {window} is required (the incident window).
-REPORT_PLACEHOLDERS = ("{namespace}", "{deployment}", "{window}")
-
 
 class ReportSettings(_Section):
     """PromQL for the draft's impact: requests failed and served over the incident window.

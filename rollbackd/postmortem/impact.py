@@ -25,6 +25,7 @@ from rollbackd.durations import format_duration, format_range
 from rollbackd.model import Target
 from rollbackd.postmortem.times import Window
 from rollbackd.promql import PromQL, PromQLError, Sample
+from rollbackd.querytemplate import fill
 
 ImpactStatus = Literal["measured", "no_data", "unavailable"]
 
@@ -53,12 +54,9 @@ def unavailable(reason: str) -> Impact:
 
 
 def render_impact_query(template: str, target: Target, window: timedelta) -> str:
-    """One report query, filled in (str.format would trip over PromQL's braces)."""
-    return (
-        template.replace("{namespace}", target.namespace)
-        .replace("{deployment}", target.name)
-        .replace("{window}", format_range(window))
-    )
+    """One report query, filled in."""
+    values = {"namespace": target.namespace, "deployment": target.name}
+    return fill(template, {**values, "window": format_range(window)})
 
 
 def _total(samples: list[Sample]) -> float | None:
