@@ -201,21 +201,12 @@ class OutboxStore:
         """Take back pending rows never tried; rows already tried may have reached a human."""
         if not dedup_keys:
             return 0
-        changed = 0
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            nonlocal changed
-            marks = ",".join("?" * len(dedup_keys))
-            cur = await conn.execute(
-                f"UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
-                f" WHERE state = ? AND attempts = 0 AND dedup_key IN ({marks})",
-                (WITHDRAWN, _fmt(at), reason, PENDING, *dedup_keys),
-            )
-            changed = cur.rowcount
-            await cur.close()
-
-        await self._journal.transaction(body)
-        return changed
+        marks = ",".join("?" * len(dedup_keys))
+        return await self._update(
+            f"UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
+            f" WHERE state = ? AND attempts = 0 AND dedup_key IN ({marks})",
+            (WITHDRAWN, _fmt(at), reason, PENDING, *dedup_keys),
+        )
 
     async def withdraw_row(self, row_id: int, *, at: datetime, reason: str) -> bool:
         """Take back one pending row, tried or not (a stale trigger); True if it was pending.
@@ -223,19 +214,11 @@ class OutboxStore:
         Unlike ``withdraw``, earlier attempts do not protect the row: its
         incident is over, and whatever an attempt opened was resolved since.
         """
-        changed = 0
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            nonlocal changed
-            cur = await conn.execute(
-                "UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
-                " WHERE id = ? AND state = ?",
-                (WITHDRAWN, _fmt(at), reason[:_MAX_ERROR], row_id, PENDING),
-            )
-            changed = cur.rowcount
-            await cur.close()
-
-        await self._journal.transaction(body)
+        changed = await self._update(
+            "UPDATE outbox SET state = ?, finished_at = ?, last_error = ?"
+            " WHERE id = ? AND state = ?",
+            (WITHDRAWN, _fmt(at), reason[:_MAX_ERROR], row_id, PENDING),
+        )
         return changed == 1
 
     async def note_withdrawn(
@@ -249,20 +232,11 @@ class OutboxStore:
 
     async def revise(self, dedup_key: str, kind: str, body_json: dict[str, Any]) -> int:
         """Replace the body of ``dedup_key``'s pending rows of ``kind`` never tried."""
-        changed = 0
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            nonlocal changed
-            cur = await conn.execute(
-                "UPDATE outbox SET body = ? WHERE dedup_key = ? AND kind = ? AND state = ?"
-                " AND attempts = 0",
-                (json.dumps(body_json, sort_keys=True, allow_nan=False), dedup_key, kind, PENDING),
-            )
-            changed = cur.rowcount
-            await cur.close()
-
-        await self._journal.transaction(body)
-        return changed
+        return await self._update(
+            "UPDATE outbox SET body = ? WHERE dedup_key = ? AND kind = ? AND state = ?"
+            " AND attempts = 0",
+            (json.dumps(body_json, sort_keys=True, allow_nan=False), dedup_key, kind, PENDING),
+        )
 
     async def has_trigger(self, channel: str, dedup_key: str) -> bool:
         """True when ``channel`` has (or had) a trigger for ``dedup_key`` still open or sent.
@@ -393,8 +367,15 @@ class OutboxStore:
         await self._journal.transaction(body)
         return expired
 
-    async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One UPDATE in its own transaction; how many rows it changed."""
+        changed = 0
+
         async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(sql, params)
+            nonlocal changed
+            cur = await conn.execute(sql, params)
+            changed = cur.rowcount
+            await cur.close()
 
         await self._journal.transaction(body)
+        return changed
