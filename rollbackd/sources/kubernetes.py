@@ -32,6 +32,7 @@ from rollbackd.model import ClusterFacts, Signal, SignalSource, SignalStatus, Ta
 from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods
 from rollbackd.signals import Evaluation, Verdict
 from rollbackd.sources.polled import polled_signal
+from rollbackd.sources.streak import Streak, advance
 
 __all__ = ["PodHealthPoller", "PodSource", "recent_rollouts"]
 
@@ -94,12 +95,8 @@ def _progressing_updated(deployment: Mapping[str, Any]) -> str | None:
 
 
 @dataclass
-class _Streak:
-    replicaset: str
-    breaches: int = 0
-    started_at: datetime | None = None
-    firing: bool = False
-    no_data_reported: bool = False
+class _Streak(Streak):
+    replicaset: str = ""  # a streak belongs to one ReplicaSet
 
 
 class PodHealthPoller:
@@ -189,40 +186,28 @@ class PodHealthPoller:
             if streak.firing:
                 moved = f"pod_health: ReplicaSet {streak.replicaset} is no longer current"
                 out.append(self._signal(SignalStatus.RESOLVED, target, streak, moved, now))
-            streak = None
-        verdict = evaluation.verdict
-        if verdict is Verdict.BREACH:
-            if streak is None:
-                streak = self._streaks[target] = _Streak(replicaset, started_at=now)
-            streak.breaches += 1
-            streak.no_data_reported = False
-            if streak.firing or streak.breaches >= self._for_count:
-                streak.firing = True
-                out.append(
-                    self._signal(
-                        SignalStatus.FIRING,
-                        target,
-                        streak,
-                        evaluation.detail,
-                        now,
-                        value=evaluation.value,
-                        threshold=evaluation.threshold,
-                    )
+        current, status = advance(
+            self._streaks,
+            target,
+            evaluation.verdict,
+            now=now,
+            for_count=self._for_count,
+            new=lambda: _Streak(replicaset=replicaset),
+            report_pending_no_data=False,
+        )
+        if current is not None and status is not None:
+            firing = status is SignalStatus.FIRING
+            out.append(
+                self._signal(
+                    status,
+                    target,
+                    current,
+                    evaluation.detail,
+                    now,
+                    value=evaluation.value if firing else None,
+                    threshold=evaluation.threshold if firing else None,
                 )
-        elif streak is not None and verdict is Verdict.HEALTHY:
-            del self._streaks[target]
-            if streak.firing:
-                out.append(
-                    self._signal(SignalStatus.RESOLVED, target, streak, evaluation.detail, now)
-                )
-        elif streak is not None:  # NO_DATA: never a trigger; a pending streak starts over
-            if not streak.firing:
-                del self._streaks[target]
-            elif not streak.no_data_reported:
-                streak.no_data_reported = True
-                out.append(
-                    self._signal(SignalStatus.NO_DATA, target, streak, evaluation.detail, now)
-                )
+            )
         return out
 
     @staticmethod

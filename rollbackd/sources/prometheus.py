@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -38,6 +37,7 @@ from rollbackd.promql import PromQL, PromQLError
 from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict, judge_spec
 from rollbackd.sources.polled import polled_signal
 from rollbackd.sources.pollgrid import PollGrid, best_phase
+from rollbackd.sources.streak import Streak, advance
 
 __all__ = ["PrometheusPoller"]
 
@@ -50,16 +50,6 @@ PHASE_RETRY_SECONDS = 60.0
 
 # (namespace, deployment, signal name)
 _Key = tuple[str, str, str]
-
-
-@dataclass
-class _Streak:
-    """A (target, signal) that is breaching or was recently."""
-
-    breaches: int = 0
-    started_at: datetime | None = None  # first breaching evaluation of the streak
-    firing: bool = False
-    no_data_reported: bool = False
 
 
 class PrometheusPoller:
@@ -90,7 +80,7 @@ class PrometheusPoller:
         self._align = align_to_scrapes
         self._grid = PollGrid(interval)
         self._next_phase_learning = 0.0  # monotonic time
-        self._streaks: dict[_Key, _Streak] = {}
+        self._streaks: dict[_Key, Streak] = {}
 
     async def _judge_all(self) -> tuple[dict[str, Judgement], dict[str, Exception]]:
         specs = list(self._specs.values())
@@ -150,41 +140,19 @@ class PrometheusPoller:
 
     def _step(self, key: _Key, evaluation: Evaluation, now: datetime) -> Signal | None:
         spec = self._specs[key[2]]
-        streak = self._streaks.get(key)
-        if evaluation.verdict is Verdict.BREACH:
-            if streak is None:
-                streak = self._streaks[key] = _Streak()
-            if streak.started_at is None:
-                streak.started_at = now
-            streak.breaches += 1
-            streak.no_data_reported = False
-            if streak.firing or streak.breaches >= spec.for_count:
-                streak.firing = True
-                return self._signal(SignalStatus.FIRING, spec, evaluation, streak, now)
+        streak, status = advance(
+            self._streaks, key, evaluation.verdict, now=now, for_count=spec.for_count, new=Streak
+        )
+        if streak is None or status is None:
             return None
-        if streak is None:
-            return None
-        if evaluation.verdict is Verdict.HEALTHY:
-            del self._streaks[key]
-            if streak.firing:
-                return self._signal(SignalStatus.RESOLVED, spec, evaluation, streak, now)
-            return None
-        # NO_DATA while pending or firing.
-        reported = streak.no_data_reported
-        if streak.firing:
-            streak.no_data_reported = True
-        else:
-            del self._streaks[key]
-        if reported:
-            return None
-        return self._signal(SignalStatus.NO_DATA, spec, evaluation, streak, now)
+        return self._signal(status, spec, evaluation, streak, now)
 
     @staticmethod
     def _signal(
         status: SignalStatus,
         spec: SignalSpec,
         evaluation: Evaluation,
-        streak: _Streak,
+        streak: Streak,
         now: datetime,
     ) -> Signal:
         target = evaluation.target
