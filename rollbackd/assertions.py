@@ -31,7 +31,6 @@ import structlog
 
 from rollbackd.config.assertions import ANNOTATION_ASSERTIONS, Assertion
 from rollbackd.config.smoke import checks_named
-from rollbackd.kube.client import deployment_path
 from rollbackd.model import StrEnum, Target
 from rollbackd.promql import PromQLError, Sample
 
@@ -155,9 +154,7 @@ def kube_annotations(kube: Any) -> AnnotationsFn:
     """A Deployment's annotations: from the watch cache, or a fresh read when not there."""
 
     async def annotations(target: Target) -> Mapping[str, str]:
-        deployment = kube.cached_deployment(target)
-        if deployment is None:
-            deployment = await kube.request("GET", deployment_path(target))
+        deployment = await kube.deployment(target)
         return dict((deployment.get("metadata") or {}).get("annotations") or {})
 
     return annotations

@@ -21,7 +21,6 @@ from kubernetes_asyncio.client import ApiClient
 
 from rollbackd.config.policy import VerifySettings
 from rollbackd.config.smoke import ANNOTATION_SMOKE_CHECKS, checks_named
-from rollbackd.kube.client import deployment_path
 from rollbackd.model import Target
 from rollbackd.readiness import service_selects
 from rollbackd.smoke import (
@@ -131,13 +130,11 @@ class KubeSmokeContext:
     """
 
     def __init__(self, kube: Any) -> None:
-        # The Kube adapter: ``cached_deployment(target)`` and ``request(method, path)``.
+        # The Kube adapter: ``deployment(target)`` and ``request(method, path)``.
         self._kube = kube
 
     async def __call__(self, target: Target) -> SmokeContext:
-        deployment = self._kube.cached_deployment(target)
-        if deployment is None:
-            deployment = await self._kube.request("GET", deployment_path(target))
+        deployment = await self._kube.deployment(target)
         annotations = (deployment.get("metadata") or {}).get("annotations") or {}
         if not checks_named(annotations.get(ANNOTATION_SMOKE_CHECKS)):
             return SmokeContext(dict(annotations), ())

@@ -94,6 +94,10 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     def cached_deployment(self, target: Target) -> dict[str, Any] | None:
         return self.cache.deployment(target)
 
+    async def deployment(self, target: Target) -> dict[str, Any]:
+        """From the watch cache, or a fresh read when it is not there (yet)."""
+        return self.cached_deployment(target) or await self.read_deployment(target)
+
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences, from the cache."""
         return self.cache.resolve_pod(namespace, pod)

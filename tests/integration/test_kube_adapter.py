@@ -115,6 +115,16 @@ async def test_an_unknown_target_does_not_exist(kube: Kube) -> None:
         await kube.read_deployment(Target("default", "nope"))
 
 
+async def test_a_deployment_the_cache_has_not_seen_is_read_fresh(sim: KubeSim) -> None:
+    sim.store.create(DEPLOYMENTS, deployment("web:1.0"))
+    async with await Kube.connect(kubeconfig=str(sim.kubeconfig)) as cold:  # no watches
+        assert cold.cached_deployment(TARGET) is None
+        found = await cold.deployment(TARGET)
+        with pytest.raises(NotFoundError):
+            await cold.deployment(Target("default", "nope"))
+    assert found["metadata"]["name"] == TARGET.name
+
+
 async def test_gitops_owner_is_detected_from_labels(sim: KubeSim, kube: Kube) -> None:
     body = deployment("web:1.0")
     body["metadata"]["labels"] = {"argocd.argoproj.io/instance": "shop"}
