@@ -36,6 +36,7 @@ SMOKE = {
     "smoke_via": "service-proxy",
 }
 EVENTS = r"/api/v1/namespaces/default/events$"
+DEPLOYMENT = r"/apis/apps/v1/namespaces/default/deployments/shop$"
 
 
 @pytest.fixture
@@ -101,3 +102,56 @@ async def test_sigkill_after_a_failed_smoke_check_still_escalates_it_once(
     assert payload["custom_details"]["reason_code"] == "verify_smoke_failed"
     for quoted in ('smoke check "orders"', "status 500, expected 200"):
         assert quoted in payload["summary"], payload["summary"]
+
+
+async def test_sigkill_after_the_escalation_page_is_queued_still_pages_it_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Killed after the escalation page is in the outbox, before ESCALATED is written anywhere.
+
+    The page must already be durable (the pager is down, so it has been tried
+    and refused, not sent), and the Deployment must still say ROLLBACK_FAILED,
+    so the restarted daemon, on the same journal, resumes and pages exactly once.
+    """
+    config = stack.daemon_config(notify=FAST_RETRIES)
+    workdir = tmp_path / "daemon"
+    first = DaemonProcess(config, workdir)
+    async with first:
+        await bad_rollout_over(stack, {**knobs(), KNOB_FAILING_PATHS: "/orders"})
+
+        async def phase_is(phase: Phase) -> RollbackState | None:
+            state = await state_of(stack, SHOP)
+            return state if state is not None and state.phase is phase else None
+
+        await wait_for(lambda: phase_is(Phase.VERIFYING), 60, "verification", interval=0.01)
+        # The failure's Event is slowed, so the terminal write can be held before it comes.
+        stack.sim.faults.delay("create", EVENTS, 3, count=1)
+        failed = await wait_for(
+            lambda: phase_is(Phase.ROLLBACK_FAILED), 30, "the failure", interval=0.01
+        )
+        stack.sim.faults.delay("patch", DEPLOYMENT, 60)
+        stack.sink.fail_for(PAGERDUTY_PATH, 120, status=503)
+        await stack.sink.wait_for(
+            lambda r: (
+                isinstance(r.json, dict)
+                and r.json.get("dedup_key") == failed.rollback_id
+                and r.json.get("payload", {}).get("severity") == "critical"
+            ),
+            timeout=30,
+        )
+        await first.kill()
+    assert (await state_of(stack, SHOP)) == failed  # ESCALATED was never written
+    stack.sim.faults.clear()
+    stack.sink.end_outages(PAGERDUTY_PATH)
+
+    second = DaemonProcess(config, workdir)  # the same journal: its outbox holds the page
+    async with second:
+
+        async def escalated() -> list[dict[str, Any]] | None:
+            return critical_pages(stack, failed.rollback_id) or None
+
+        await wait_for(escalated, 30, "the escalation after the restart")
+        ended = await wait_for(lambda: phase_is(Phase.ESCALATED), 10, "ESCALATED")
+    assert len(critical_pages(stack, failed.rollback_id)) == 1
+    assert ended.rollback_id == failed.rollback_id
+    assert ended.reason_code == "verify_smoke_failed"
