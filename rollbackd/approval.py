@@ -12,7 +12,7 @@ already approved by the same person (200, idempotent) or by someone else (409).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,13 +159,24 @@ class RecordReader(Protocol):
 
 
 async def give_verdict(
-    approvals: Approvals, journal: RecordReader, rollback_id: str, verdict: Verdict
+    approvals: Approvals,
+    journal: RecordReader,
+    rollback_id: str,
+    verdict: Verdict,
+    annotated: Callable[[str], Rollback | None] | None = None,
 ) -> Outcome:
-    """Hand ``verdict`` to the waiting rollback, or answer from the record; LookupError if unknown."""
+    """Hand ``verdict`` to the waiting rollback, or answer from the record; LookupError if unknown.
+
+    ``annotated``: the rollback as the Deployments record it. A new leader
+    answers from it until its resume has journaled a rollback an earlier
+    leader proposed (a 503 while the wait is being resumed, not a 404).
+    """
     outcome = await approvals.submit(rollback_id, verdict)
     if outcome is not None:
         return outcome
     rollback = await journal.get_rollback(rollback_id)
+    if rollback is None and annotated is not None:
+        rollback = annotated(rollback_id)
     if rollback is None:
         raise LookupError(f"no rollback with id {rollback_id!r}")
     return answer_from_record(rollback, list(await journal.timeline(rollback_id)), verdict)

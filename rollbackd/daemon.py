@@ -28,11 +28,11 @@ from rollbackd.kube.leader_label import LeaderLabel
 from rollbackd.logs import configure_logging
 from rollbackd.manual import manual_rollback, request_rollback
 from rollbackd.metrics import Metrics
-from rollbackd.model import Policy, Target, utcnow
+from rollbackd.model import Policy, Rollback, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
-from rollbackd.records import annotated_rollback
+from rollbackd.records import annotated_rollback, annotated_rollback_by_id
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
@@ -346,7 +346,14 @@ class Daemon:
     async def give_verdict(self, rollback_id: str, verdict: Verdict) -> Outcome:
         """A human's approve/reject of a proposed rollback (see ``approval``); leader only."""
         self._leader_only()
-        return await give_verdict(self.approvals, self.journal, rollback_id, verdict)
+        return await give_verdict(
+            self.approvals, self.journal, rollback_id, verdict, self._annotated_rollback
+        )
+
+    def _annotated_rollback(self, rollback_id: str) -> Rollback | None:
+        now = self.clock()
+        facts = (self.kube.facts(target, now=now) for target in self.kube.targets())
+        return annotated_rollback_by_id(facts, rollback_id)
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False

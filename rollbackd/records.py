@@ -6,6 +6,7 @@ Pure functions of plain values, shared by the dispatcher and the daemon.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 
 from rollbackd.model import (
@@ -19,7 +20,13 @@ from rollbackd.model import (
 )
 from rollbackd.state import state_from_annotations
 
-__all__ = ["already_escalated", "annotated_rollback", "new_rollback_id", "rollback_for"]
+__all__ = [
+    "already_escalated",
+    "annotated_rollback",
+    "annotated_rollback_by_id",
+    "new_rollback_id",
+    "rollback_for",
+]
 
 
 def new_rollback_id(now: datetime) -> str:
@@ -63,3 +70,16 @@ def annotated_rollback(facts: ClusterFacts) -> Rollback | None:
     if state is None or state.phase.terminal:
         return None
     return state.rollback(facts.target)
+
+
+def annotated_rollback_by_id(facts: Iterable[ClusterFacts], rollback_id: str) -> Rollback | None:
+    """The rollback ``rollback_id`` as a Deployment's state annotation records it, in any phase.
+
+    A new leader's journal may never have seen a rollback another leader
+    started; the Deployment says what it is until the resume records it.
+    """
+    for one in facts:
+        state = state_from_annotations(one.annotations)
+        if state is not None and state.rollback_id == rollback_id:
+            return state.rollback(one.target)
+    return None

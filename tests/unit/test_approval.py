@@ -30,6 +30,7 @@ from rollbackd.model import (
     ANNOTATION_MODE,
     ANNOTATION_ROLLBACK,
     Action,
+    ClusterFacts,
     Decision,
     History,
     Phase,
@@ -41,6 +42,7 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.reasons import ReasonCode
+from rollbackd.records import annotated_rollback_by_id
 from rollbackd.redecide import Redecisions
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.state import RollbackState, encode_state
@@ -180,6 +182,42 @@ class FakeJournal:
 async def test_an_unknown_id_is_a_lookup_error() -> None:
     with pytest.raises(LookupError, match="rb-nope"):
         await give_verdict(Approvals(), FakeJournal(), "rb-nope", ALICE)
+
+
+def on_deployment(phase: Phase) -> ClusterFacts:
+    """A Deployment whose state annotation records rb-1 (another leader wrote it)."""
+    state = RollbackState("rb-1", phase, 7, 6, T0, T0, "rollback", holder="replica-a")
+    return facts(annotations={ANNOTATION_ROLLBACK: encode_state(state)})
+
+
+def test_the_deployment_names_a_rollback_its_annotation_records_in_any_phase() -> None:
+    waiting, other = on_deployment(Phase.PENDING_APPROVAL), facts()
+    found = annotated_rollback_by_id([other, waiting], "rb-1")
+    assert found is not None and (found.id, found.phase) == ("rb-1", Phase.PENDING_APPROVAL)
+    assert found.target == waiting.target
+    done = annotated_rollback_by_id([on_deployment(Phase.ROLLBACK_COMPLETED)], "rb-1")
+    assert done is not None and done.phase is Phase.ROLLBACK_COMPLETED
+    assert annotated_rollback_by_id([waiting, other], "rb-2") is None
+
+
+async def test_a_new_leader_still_resuming_a_proposal_it_never_journaled_answers_503() -> None:
+    # Its journal is empty; the Deployment says rb-1 waits: retry, not "no such rollback".
+    def on_the_deployments(rollback_id: str) -> Rollback | None:
+        return annotated_rollback_by_id([on_deployment(Phase.PENDING_APPROVAL)], rollback_id)
+
+    outcome = await give_verdict(Approvals(), FakeJournal(), "rb-1", ALICE, on_the_deployments)
+    assert (outcome.status, outcome.phase) == (503, "PENDING_APPROVAL")
+    assert "being resumed" in outcome.message
+    with pytest.raises(LookupError, match="rb-nope"):
+        await give_verdict(Approvals(), FakeJournal(), "rb-nope", ALICE, on_the_deployments)
+
+
+async def test_a_rollback_another_leader_finished_is_409_on_the_new_leader() -> None:
+    def on_the_deployments(rollback_id: str) -> Rollback | None:
+        return annotated_rollback_by_id([on_deployment(Phase.ROLLBACK_COMPLETED)], rollback_id)
+
+    outcome = await give_verdict(Approvals(), FakeJournal(), "rb-1", ALICE, on_the_deployments)
+    assert (outcome.status, outcome.phase) == (409, "ROLLBACK_COMPLETED")
 
 
 # --- the handshake with the waiting rollback ------------------------------------
