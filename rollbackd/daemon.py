@@ -351,9 +351,10 @@ class Daemon:
         )
 
     def _annotated_rollback(self, rollback_id: str) -> Rollback | None:
-        now = self.clock()
-        facts = (self.kube.facts(target, now=now) for target in self.kube.targets())
-        return annotated_rollback_by_id(facts, rollback_id)
+        now, cached = self.clock(), self.kube.cached_deployments()
+        # Full facts only for the Deployments whose metadata names the id (a cheap scan).
+        named = (Target(*key) for key, dep in cached if rollback_id in str(dep.get("metadata")))
+        return annotated_rollback_by_id((self.kube.facts(t, now=now) for t in named), rollback_id)
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False
