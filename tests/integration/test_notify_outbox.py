@@ -177,6 +177,9 @@ async def test_pending_pages_survive_a_restart_and_keep_their_order(
         assert pending[0].attempts >= 1 and pending[0].last_error.startswith("pagerduty: HTTP 502")
 
     pager_sink.clear()  # the outage ends while no rollbackd runs
+    # Every row is due again by the restart: the order is the outbox's, not the backoff's.
+    due = max(r.next_attempt_at for r in pending) - datetime.now(UTC)
+    await asyncio.sleep(max(0.0, due.total_seconds()))
     results = Results()
     async with await Journal.open(journal_path) as second_journal:
         second = Notifier([pagerduty(pager_sink)], journal=second_journal, on_result=results)
