@@ -97,7 +97,7 @@ class Journal(IntakeStore, RecordStore, TimelineStore):
 
     async def close(self) -> None:
         await self._intake_commit.close()
-        await self._conn.close()
+        await self._close_connection()
 
     async def __aenter__(self) -> Journal:
         return self

@@ -72,6 +72,16 @@ class Connection:
         if max_pages.isdigit():
             await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
 
+    async def _close_connection(self) -> None:
+        """Close once the write in flight, if any, has committed or rolled back.
+
+        A write whose caller was cancelled (a shielded "delivered" mark on
+        shutdown) still runs; closing under it would drop its COMMIT, and the
+        next start would send that page again.
+        """
+        async with self._write_lock:
+            await self._conn.close()
+
     async def schema_version(self) -> int:
         return int(await self._scalar("PRAGMA user_version") or 0)
 

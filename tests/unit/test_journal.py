@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -436,3 +437,32 @@ async def test_a_write_cancelled_at_any_step_leaves_no_transaction_open(journal:
             await journal.save_rollback(rollback("rb-after"))
     saved = await journal.get_rollback("rb-after")
     assert saved is not None and saved.id == "rb-after"
+
+
+async def test_closing_waits_for_the_write_in_flight_to_commit(tmp_path: Path) -> None:
+    """A shutdown that closes the journal under a running write must not drop its COMMIT.
+
+    The notifier marks a sent page delivered in a shielded write that goes on
+    after its worker is cancelled; a close that did not wait lost the mark, and
+    the next start sent the page again.
+    """
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path)
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_write(conn: Any) -> None:
+        await conn.execute("CREATE TABLE marks (id TEXT)")
+        inside.set()
+        await release.wait()
+        await conn.execute("INSERT INTO marks VALUES ('delivered')")
+
+    write = asyncio.create_task(journal.transaction(slow_write))
+    await inside.wait()
+    close = asyncio.create_task(journal.close())
+    await asyncio.sleep(0.05)
+    assert not close.done()  # still waiting for the write
+    release.set()
+    await asyncio.gather(write, close)
+
+    async with await Journal.open(path) as reopened:
+        assert [r[0] for r in await reopened.query("SELECT id FROM marks")] == ["delivered"]
