@@ -124,18 +124,20 @@ class Endings(Verifying):
             reason=message,
         )
         details: dict[str, Any] = {"during": str(during), "superseded_by": change}
+        summary, page = self._with_gitops(
+            superseded,
+            f"rollbackd stepped back from {superseded.target}: its rollback to revision "
+            f"{superseded.to_revision} was {_ended(during)}; {message}",
+            {**details, "reason_code": RollbackReason.SUPERSEDED, "reason": message},
+        )
+        # Paged before the phase is written anywhere, as ROLLBACK_COMPLETED is:
+        # the start page waiting in the outbox is then closed, not withdrawn.
+        await self._pager.notify(NotificationKind.SUPERSEDED, superseded, summary, page)
         await self._best_effort_state(superseded)
         try:
             await self._recorder.phase(superseded, message, details)
         finally:
             await self._kube.emit_event(superseded.target, reason=EVENT_SUPERSEDED, message=message)
-            summary, page = self._with_gitops(
-                superseded,
-                f"rollbackd stepped back from {superseded.target}: its rollback to revision "
-                f"{superseded.to_revision} was {_ended(during)}; {message}",
-                {**details, "reason_code": RollbackReason.SUPERSEDED, "reason": message},
-            )
-            await self._pager.notify(NotificationKind.SUPERSEDED, superseded, summary, page)
         return superseded
 
 

@@ -90,16 +90,20 @@ class Verifying(Applying):
         deployment = await self._read_restored(rollback)
         done = self._advance(rollback, Phase.ROLLBACK_COMPLETED, finished=True)
         done = replace(done, reason=result.reason)
-        # ready_at stays on the Deployment: decide attributes later signals by it.
-        await self._write_state(done, ready_at=ready_at, deployment=deployment)
-        await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
-        await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
         summary, details = self._with_gitops(
             done,
             f"rollbackd rolled back {done.target} to revision {done.to_revision}: {result.reason}",
             {"verification": [i.detail for i in result.intervals]},
         )
+        # The resolve is in the outbox before the Deployment says the rollback
+        # ended: a start page still waiting then goes out before it instead of
+        # being withdrawn as stale. A kill in between resumes VERIFYING and
+        # resolves again (the same key).
         await self._pager.notify(NotificationKind.ROLLBACK_COMPLETED, done, summary, details)
+        # ready_at stays on the Deployment: decide attributes later signals by it.
+        await self._write_state(done, ready_at=ready_at, deployment=deployment)
+        await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
+        await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
         return done
 
     async def _read_restored(self, rollback: Rollback) -> dict[str, Any]:

@@ -745,6 +745,71 @@ async def test_a_human_deploy_while_rollbackd_was_down_supersedes_on_resume(
     await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
 
 
+async def test_the_resolve_is_queued_before_any_record_says_the_rollback_ended(
+    harness: Harness,
+) -> None:
+    """A start page still waiting (a pager outage) must be resolved, not withdrawn as stale.
+
+    The outbox withdraws a rollback's start page once the Deployment says the
+    rollback ended and no resolve of it waits on the channel; if the terminal
+    phase were written first, the channel could look in between, withdraw the
+    trigger, then send a resolve for an incident it never opened.
+    """
+    await harness.deploy_v1_then_v2()
+    seen_at_page: list[tuple[Phase | None, list[Phase]]] = []
+    page = harness.pager.notify
+
+    async def notify(
+        kind: NotificationKind, rollback: Rollback, summary: str, details: Mapping[str, Any]
+    ) -> None:
+        if kind is NotificationKind.ROLLBACK_COMPLETED:
+            seen_at_page.append(
+                (await phase_on_deployment(harness), list(harness.recorder.phase_names))
+            )
+        await page(kind, rollback, summary, details)
+
+    harness.pager.notify = notify  # type: ignore[method-assign]
+    result = await harness.executor().run(*rollback_to_v1())
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    [(phase_at_page, journaled)] = seen_at_page
+    assert phase_at_page is Phase.VERIFYING
+    assert Phase.ROLLBACK_COMPLETED not in journaled
+    assert await phase_on_deployment(harness) is Phase.ROLLBACK_COMPLETED
+
+
+async def test_the_superseded_page_is_queued_before_any_record_says_superseded(
+    harness: Harness,
+) -> None:
+    await harness.deploy_v1_then_v2()
+    human_deploys_v3_when(harness, Phase.VERIFYING)
+    seen_at_page: list[tuple[Phase | None, list[Phase]]] = []
+    page = harness.pager.notify
+
+    async def notify(
+        kind: NotificationKind, rollback: Rollback, summary: str, details: Mapping[str, Any]
+    ) -> None:
+        if kind is NotificationKind.SUPERSEDED:
+            seen_at_page.append(
+                (await phase_on_deployment(harness), list(harness.recorder.phase_names))
+            )
+        await page(kind, rollback, summary, details)
+
+    harness.pager.notify = notify  # type: ignore[method-assign]
+    result = await harness.executor().run(*rollback_to_v1())
+
+    await assert_superseded_and_v3_untouched(harness, result, Phase.VERIFYING)
+    [(phase_at_page, journaled)] = seen_at_page
+    assert phase_at_page is Phase.VERIFYING
+    assert Phase.SUPERSEDED not in journaled
+
+
+async def phase_on_deployment(harness: Harness) -> Phase | None:
+    deployment = await harness.kube.read_deployment(TARGET)
+    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
+    return decode_state(raw).phase if raw else None
+
+
 async def test_the_escalation_page_is_durable_before_any_record_says_escalated(
     harness: Harness,
 ) -> None:
@@ -758,16 +823,13 @@ async def test_the_escalation_page_is_durable_before_any_record_says_escalated(
     seen_at_page: list[tuple[Phase | None, list[Phase]]] = []
     page = harness.pager.notify
 
-    async def on_deployment() -> Phase | None:
-        deployment = await harness.kube.read_deployment(TARGET)
-        raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-        return decode_state(raw).phase if raw else None
-
     async def notify(
         kind: NotificationKind, rollback: Rollback, summary: str, details: Mapping[str, Any]
     ) -> None:
         if kind is NotificationKind.ESCALATION:
-            seen_at_page.append((await on_deployment(), list(harness.recorder.phase_names)))
+            seen_at_page.append(
+                (await phase_on_deployment(harness), list(harness.recorder.phase_names))
+            )
         await page(kind, rollback, summary, details)
 
     harness.pager.notify = notify  # type: ignore[method-assign]
@@ -777,4 +839,4 @@ async def test_the_escalation_page_is_durable_before_any_record_says_escalated(
     [(phase_at_page, journaled)] = seen_at_page
     assert phase_at_page is Phase.ROLLBACK_FAILED
     assert Phase.ESCALATED not in journaled
-    assert await on_deployment() is Phase.ESCALATED  # and afterwards it is recorded
+    assert await phase_on_deployment(harness) is Phase.ESCALATED  # and afterwards it is recorded
