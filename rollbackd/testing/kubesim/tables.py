@@ -139,7 +139,17 @@ def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
         ]
     if rtype.key == "v1/namespaces":
         return [meta["name"], status.get("phase", "Active"), age]
+    if rtype.columns:  # a CRD's additionalPrinterColumns, then Age
+        return [meta["name"], *(_at_path(obj, path) for _, _, path in rtype.columns), age]
     return [meta["name"], age]
+
+
+def _at_path(obj: Obj, path: str) -> Any:
+    """A printer column's value by dotted path; a list prints as JSON does, absent as None."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
@@ -177,6 +187,12 @@ def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
         ]
     if rtype.key == "v1/namespaces":
         return [_column("Name"), _column("Status"), _column("Age")]
+    if rtype.columns:
+        return [
+            _column("Name"),
+            *(_column(name, kind) for name, kind, _ in rtype.columns),
+            _column("Age"),
+        ]
     return [_column("Name"), _column("Age")]
 
 

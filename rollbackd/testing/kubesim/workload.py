@@ -29,6 +29,7 @@ from aiohttp import web
 
 from .controllers.objects import parse_time
 from .controllers.pods import is_pod_ready
+from .httproutes import routed_rps
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -253,8 +254,11 @@ class WorkloadMetrics:
         if rs_ref is None:
             return ""
         rs = self._store.peek("apps/v1/replicasets", namespace, rs_ref["name"])
-        deployment_ref = _controller_ref(rs, "Deployment") if rs is not None else None
-        return str(deployment_ref["name"]) if deployment_ref else ""
+        if rs is None:
+            return ""
+        # An Argo Rollout's pods count under its name, as a Deployment's do.
+        owner_ref = _controller_ref(rs, "Deployment") or _controller_ref(rs, "Rollout")
+        return str(owner_ref["name"]) if owner_ref else ""
 
     def render(self) -> str:
         """Prometheus text exposition (format 0.0.4) of every Ready pod's traffic."""
@@ -267,8 +271,10 @@ class WorkloadMetrics:
             "# TYPE http_request_duration_seconds histogram",
         ]
         live: dict[str, _PodSeries] = {}
+        routed = routed_rps(self._store, _own_rps)  # HTTPRoute weights (httproutes.py)
         for labels, knobs, elapsed in self._pods():
-            knobs = self._effective(labels, knobs)
+            rps = routed.get((labels["namespace"], labels["pod"]))
+            knobs = self._effective(labels, knobs if rps is None else replace(knobs, rps=rps))
             key = f"{labels['namespace']}/{labels['pod']}"
             series = self._series.get(key) or _PodSeries(knobs)
             live[key] = series
@@ -324,6 +330,11 @@ def _controller_ref(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | No
         if ref.get("controller") and ref.get("kind") == kind:
             return dict(ref)
     return None
+
+
+def _own_rps(pod: Mapping[str, Any]) -> float:
+    """The rps knob of a pod's own template: what it brings to a route's total."""
+    return Knobs.from_annotations(pod["metadata"].get("annotations") or {}).rps
 
 
 def _ready_since(pod: Mapping[str, Any]) -> float | None:
