@@ -6,6 +6,7 @@ The columns follow the real server's printers for the kinds people look at
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -145,10 +146,13 @@ def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
 
 
 def _at_path(obj: Obj, path: str) -> Any:
-    """A printer column's value by dotted path; a list prints as JSON does, absent as None."""
+    """A printer column's cell by dotted path: a list or map as compact JSON (as the
+    server's JSONPath printer writes it), an absent field as None (``<none>``)."""
     value: Any = obj
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
     return value
 
 

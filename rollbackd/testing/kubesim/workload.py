@@ -12,6 +12,10 @@ values along with the image):
 
 Values are a pure function of the store and the clock (requests = rps x
 seconds since Ready), so tests can compute what Prometheus should see.
+A pod behind a Gateway API HTTPRoute backend serves its share of the route's
+requests instead of its own rps (``httproutes.py``); a route write takes
+effect at once, a pod joining or leaving a backend at the next scrape. An
+Argo Rollout's pods count under the Rollout's name in ``deployment``.
 Latencies follow a log-normal spread around the median whose p99 is about
 2.5x the median: a 10x regression stands out, ordinary jitter does not.
 """
@@ -29,7 +33,7 @@ from aiohttp import web
 
 from .controllers.objects import parse_time
 from .controllers.pods import is_pod_ready
-from .httproutes import routed_rps
+from .httproutes import HTTPROUTES, routed_rps
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -189,6 +193,8 @@ class WorkloadMetrics:
         self._runner: web.AppRunner | None = None
         self._overrides: dict[tuple[str, str], dict[str, float]] = {}
         self._series: dict[str, _PodSeries] = {}
+        # An HTTPRoute write ends every pod's segment there (see _on_change).
+        self._unsubscribe = store.subscribe(self._on_change, copy=False)
         self.url = ""
 
     def degrade(
@@ -216,6 +222,12 @@ class WorkloadMetrics:
         else:
             self._overrides.pop((namespace, deployment), None)
         self.render()  # the change takes effect now, not at the next scrape
+
+    def _on_change(self, _event_type: str, key: str, _obj: Mapping[str, Any]) -> None:
+        # Rendering now counts the traffic so far under the weights it had, and starts
+        # new segments under the new ones: a weight change takes effect at its write.
+        if key == HTTPROUTES and self._series:
+            self.render()
 
     def _effective(self, labels: Mapping[str, str], knobs: Knobs) -> Knobs:
         override = self._overrides.get((labels["namespace"], labels["deployment"]))
@@ -319,7 +331,8 @@ class WorkloadMetrics:
         return self.url
 
     async def stop(self) -> None:
-        """Close the listener; safe to call when not started."""
+        """Close the listener and stop following route changes; safe to call when not started."""
+        self._unsubscribe()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
