@@ -154,6 +154,20 @@ async def test_a_retry_after_an_abort_starts_the_steps_again(
     assert "abortedAt" not in again
 
 
+async def test_a_full_promotion_skips_the_remaining_steps(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]
+    await create(kubectl, tmp_path, rollout_manifest(steps=steps))
+    await until_phase(kubectl, "Healthy")
+    await set_image(kubectl, "example/app:2.0")
+    canary = (await until_phase(kubectl, "Paused", currentStepIndex=1))["currentPodHash"]
+    full = '{"status":{"promoteFull":true}}'  # promote --full
+    await kubectl.run("patch", "rollout", "web", "--subresource=status", "--type=merge", "-p", full)
+    done = await until_phase(kubectl, "Healthy", stableRS=canary)
+    assert done["currentStepIndex"] == 4 and "promoteFull" not in done
+
+
 async def test_a_stale_resource_version_is_a_conflict(
     kubectl: Kubectl, tmp_path: pathlib.Path
 ) -> None:

@@ -13,7 +13,8 @@ One Rollout at a time, as upstream:
   completes when they are there and available; ``pause`` adds the
   ``CanaryPauseStep`` pause condition and waits for its duration, or, without
   one, for a promotion (``kubectl argo rollouts promote``: the pause
-  conditions cleared on the status subresource). Past the last step with the
+  conditions cleared on the status subresource; ``promote --full`` sets
+  ``status.promoteFull`` and skips every step). Past the last step with the
   canary fully available, the canary becomes stable and the old ReplicaSet
   goes to 0.
 * ``status.abort: true`` (what ``kubectl argo rollouts abort`` sends: a merge
@@ -123,6 +124,10 @@ class RolloutController:
                 status.pop(field, None)
             status["currentStepIndex"] = steps if pod_hash == status["stableRS"] else 0
             status["currentPodHash"] = pod_hash
+        if status.get("promoteFull"):  # promote --full: past every step, abort or not
+            for field in ("abort", "pauseConditions", "controllerPause"):
+                status.pop(field, None)
+            status["currentStepIndex"] = steps
         if status.get("abort"):
             status.pop("pauseConditions", None)
             status.pop("controllerPause", None)
@@ -149,6 +154,7 @@ class RolloutController:
             return
         if status_int(new_rs, "availableReplicas") >= canary.replicas_of(ro):
             status["stableRS"] = _hash_of(new_rs)
+            status.pop("promoteFull", None)
             self._ctx.record_event(
                 ro,
                 "Normal",
