@@ -212,3 +212,37 @@ async def test_rollout_pods_count_under_the_rollout_and_an_abort_stops_the_canar
     assert requests(after, "web", "500") == requests(aborted, "web", "500"), "no canary left"
     assert requests(after, "web", "200") - requests(aborted, "web", "200") == 400
     assert harness.controller.errors == 0
+
+
+async def test_an_abort_written_while_the_controller_is_down_is_applied_by_a_fresh_one(
+    harness: Harness,
+) -> None:
+    """The controller keeps nothing the store does not: a new one resumes from status."""
+    harness.create(ROLLOUTS, rollout_manifest(steps=[{"setWeight": 25}, {"pause": {}}]))
+    await harness.ready()
+    ro = harness.store.get(ROLLOUTS, "shop", "web")
+    ro["spec"]["template"]["spec"]["containers"][0]["image"] = "example/app:2.0"
+    harness.store.update(ROLLOUTS, ro)
+    await harness.ready()
+    paused = harness.store.get(ROLLOUTS, "shop", "web")["status"]
+    assert (paused["phase"], paused["currentStepIndex"]) == ("Paused", 1)
+
+    await harness.controller.stop()
+    ro = harness.store.get(ROLLOUTS, "shop", "web")
+    ro["status"]["abort"] = True
+    harness.store.update(ROLLOUTS, ro, subresource="status")
+    fresh = Controller(harness.store, pod_ready_delay=1.0, resync=0.05, clock=lambda: harness.now)
+    await fresh.start()
+    harness.controller = fresh
+    try:
+        await harness.ready()
+        status = harness.store.get(ROLLOUTS, "shop", "web")["status"]
+        assert status["phase"] == "Degraded" and status["currentStepIndex"] == 0
+        replicas = {
+            rs["metadata"]["labels"]["rollouts-pod-template-hash"]: rs["spec"]["replicas"]
+            for rs in harness.store.list("apps/v1/replicasets", "shop")
+        }
+        assert replicas == {status["stableRS"]: 4, status["currentPodHash"]: 0}
+        assert fresh.errors == 0
+    finally:
+        await fresh.stop()

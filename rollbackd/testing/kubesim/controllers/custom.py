@@ -47,10 +47,30 @@ class CustomResources:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        # (namespace, rollout) -> names of the ReplicaSets it controls, so a sync
+        # reads its own ReplicaSets without listing the namespace.
+        self._owned: dict[tuple[str, str], set[str]] = {}
+        self._owner: dict[tuple[str, str], str] = {}
         self.syncs: dict[str, Callable[[str, str], None]] = {
-            "rollout": RolloutController(ctx).sync,
+            "rollout": RolloutController(ctx, self.replica_sets_of).sync,
             "httproute": RouteStatusController(ctx).sync,
         }
+
+    def replica_sets_of(self, namespace: str, rollout: str) -> list[str]:
+        return sorted(self._owned.get((namespace, rollout), ()))
+
+    def _index_replica_set(self, namespace: str, name: str, owner: str | None) -> str | None:
+        """Index a ReplicaSet under its Rollout (None: none); the Rollout it had before."""
+        previous = self._owner.pop((namespace, name), None)
+        if previous is not None:
+            siblings = self._owned.get((namespace, previous), set())
+            siblings.discard(name)
+            if not siblings:
+                self._owned.pop((namespace, previous), None)
+        if owner is not None:
+            self._owner[(namespace, name)] = owner
+            self._owned.setdefault((namespace, owner), set()).add(name)
+        return previous
 
     def on_change(self, event_type: str, key: str, obj: Obj) -> None:
         meta = obj["metadata"]
@@ -61,8 +81,11 @@ class CustomResources:
             self._ctx.enqueue(("httproute", namespace, meta["name"]))
         elif key == REPLICASETS:
             ref = controller_ref(obj)
-            if ref is not None and ref.get("kind") == "Rollout":
-                self._ctx.enqueue(("rollout", namespace, str(ref.get("name"))))
+            is_rollout = ref is not None and ref.get("kind") == "Rollout"
+            owner = str(ref.get("name")) if ref and is_rollout and event_type != "DELETED" else None
+            previous = self._index_replica_set(namespace, meta["name"], owner)
+            for rollout in {previous, owner} - {None}:
+                self._ctx.enqueue(("rollout", namespace, str(rollout)))
         elif key == SERVICES and event_type in ("ADDED", "DELETED"):
             for route in self._ctx.store.list(HTTPROUTES, namespace, copy=False):
                 if names_service(route, meta["name"]):

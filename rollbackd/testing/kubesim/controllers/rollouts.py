@@ -35,6 +35,7 @@ subresource and progress deadlines are not simulated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -80,8 +81,9 @@ def _revision(obj: Obj) -> int:
 class RolloutController:
     """Reconciles one Rollout against the ReplicaSets it owns."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, replica_sets_of: Callable[[str, str], list[str]]) -> None:
         self._ctx = ctx
+        self._replica_sets_of = replica_sets_of  # the owner index (custom.py)
 
     def sync(self, namespace: str, name: str) -> None:
         stored = self._ctx.store.peek(ROLLOUTS, namespace, name)
@@ -193,9 +195,13 @@ class RolloutController:
     # ---------------------------------------------------- ReplicaSets
 
     def _owned(self, ro: Obj) -> list[Obj]:
-        uid = ro["metadata"]["uid"]
-        replica_sets = self._ctx.store.list(REPLICASETS, ro["metadata"]["namespace"], copy=False)
-        return [clone(rs) for rs in replica_sets if is_controlled_by(rs, uid)]
+        meta = ro["metadata"]
+        owned = []
+        for rs_name in self._replica_sets_of(meta["namespace"], meta["name"]):
+            rs = self._ctx.store.peek(REPLICASETS, meta["namespace"], rs_name)
+            if rs is not None and is_controlled_by(rs, meta["uid"]):
+                owned.append(clone(rs))
+        return owned
 
     def _new_rs(self, ro: Obj, owned: list[Obj]) -> Obj:
         """The ReplicaSet of the current template, created (with 0 replicas) when missing."""
