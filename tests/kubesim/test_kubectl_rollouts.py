@@ -291,3 +291,22 @@ async def test_specs_the_controller_refuses_are_accepted_and_degraded(
     assert status["message"] == f"InvalidSpec: {invalid['message']}"
     assert (await kubectl.json("get", "rs"))["items"] == []  # nothing scaled
     assert kubesim.controller is not None and kubesim.controller.errors == 0
+
+
+async def test_an_abort_the_api_server_fails_changes_nothing_and_a_retry_applies(
+    kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    await create(kubectl, tmp_path, rollout_manifest(steps=[{"setWeight": 50}, {"pause": {}}]))
+    stable = (await until_phase(kubectl, "Healthy"))["stableRS"]
+    await set_image(kubectl, "example/app:2.0")
+    canary = (await until_phase(kubectl, "Paused"))["currentPodHash"]
+    kubesim.faults.fail("patch", r"/rollouts/web/status$", 500, count=1)
+    args = ("patch", "rollout", "web", "--subresource=status", "--type=merge", "-p", ABORT)
+    failed = await kubectl.run(*args, check=False)
+    assert failed.returncode != 0
+    assert "abort" not in await status_of(kubectl)
+    assert (await replica_sets(kubectl))[canary] == (2, 2)
+
+    await kubectl.run(*args)
+    await until_phase(kubectl, "Degraded")
+    await wait_for(lambda: replica_sets(kubectl), lambda rs: rs == {stable: (4, 4), canary: (0, 0)})
