@@ -223,11 +223,17 @@ class WorkloadMetrics:
             self._overrides.pop((namespace, deployment), None)
         self.render()  # the change takes effect now, not at the next scrape
 
-    def _on_change(self, _event_type: str, key: str, _obj: Mapping[str, Any]) -> None:
+    def _on_change(self, _event_type: str, key: str, obj: Mapping[str, Any]) -> None:
         # Rendering now counts the traffic so far under the weights it had, and starts
         # new segments under the new ones: a weight change takes effect at its write.
-        if key == HTTPROUTES and self._series:
-            self.render()
+        # A status-only write (the gateway controller's) changes no weight.
+        if key != HTTPROUTES or not self._series:
+            return
+        event = self._store.last_event
+        before = event.previous if event is not None else None
+        if before is not None and _routing_of(before) == _routing_of(obj):
+            return
+        self.render()
 
     def _effective(self, labels: Mapping[str, str], knobs: Knobs) -> Knobs:
         override = self._overrides.get((labels["namespace"], labels["deployment"]))
@@ -343,6 +349,11 @@ def _controller_ref(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | No
         if ref.get("controller") and ref.get("kind") == kind:
             return dict(ref)
     return None
+
+
+def _routing_of(route: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What of an HTTPRoute the traffic split reads: its spec and annotations."""
+    return route.get("spec"), (route.get("metadata") or {}).get("annotations")
 
 
 def _own_rps(pod: Mapping[str, Any]) -> float:
