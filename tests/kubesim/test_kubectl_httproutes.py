@@ -211,3 +211,17 @@ async def test_a_missing_service_is_accepted_and_reported_until_it_exists(
     assert condition(found, "ResolvedRefs")["reason"] == "ResolvedRefs"
     assert kubesim.store.peek(HTTPROUTES, "default", "web") is not None
     assert kubesim.controller is not None and kubesim.controller.errors == 0
+
+
+async def test_discovery_lists_both_custom_resources(kubectl: Kubectl) -> None:
+    routes = (await kubectl.run("api-resources", "--api-group=gateway.networking.k8s.io")).stdout
+    assert routes.splitlines()[1].split() == [
+        "httproutes",
+        "gateway.networking.k8s.io/v1",
+        "true",
+        "HTTPRoute",
+    ]
+    rollouts = (await kubectl.run("api-resources", "--api-group=argoproj.io")).stdout
+    assert ["rollouts", "ro", "argoproj.io/v1alpha1", "true", "Rollout"] in [
+        line.split() for line in rollouts.splitlines()
+    ]
