@@ -3,7 +3,9 @@
 ``KubeSim`` wires the pieces: a ``Store`` behind the aiohttp API server, the
 controllers acting on the store (``controller.Controller`` runs those of
 ``controllers/``; ``disruption`` keeps PodDisruptionBudgets), and the
-emulated workload's ``/metrics`` endpoint. Use it as an async context manager::
+emulated workload's ``/metrics`` endpoint. Besides the built-in kinds it
+serves two custom resources: Gateway API HTTPRoutes (``httproutes``: their
+weights split the workload traffic) and Argo Rollouts (``controllers/rollouts``). Use it as an async context manager::
 
     async with KubeSim() as sim:
         ...  # sim.url, sim.kubeconfig, sim.store, sim.faults

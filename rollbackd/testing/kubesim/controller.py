@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .controllers.context import Context
+from .controllers.custom import WATCHED, CustomResources
 from .controllers.deployment import DeploymentController
 from .controllers.endpoints import EndpointsController
 from .controllers.kubelet import Kubelet
@@ -70,6 +71,9 @@ class Controller:
             "pod-restart": kubelet.crashes.restart,
             "endpoints": EndpointsController(self._ctx).sync,
         }
+        # Argo Rollouts and HTTPRoute status (controllers/custom.py).
+        self._custom = CustomResources(self._ctx)
+        self._syncs.update(self._custom.syncs)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self.errors = 0  # syncs that raised unexpectedly; tests assert it stays 0
@@ -82,7 +86,7 @@ class Controller:
             raise RuntimeError("controller already started")
         self._ctx.queue = WorkQueue()
         self._unsubscribe = self._store.subscribe(self._on_change, copy=False)
-        for key in (SERVICES, REPLICASETS, PODS, DEPLOYMENTS):
+        for key in (SERVICES, REPLICASETS, PODS, DEPLOYMENTS, *WATCHED):
             for obj in self._store.list(key, copy=False):
                 self._on_change("ADDED", key, obj)
         self._tasks = [
@@ -129,6 +133,7 @@ class Controller:
 
     def _on_change(self, event_type: str, key: str, obj: Obj) -> None:
         """Route one committed change to the syncs it affects; never does work inline."""
+        self._custom.on_change(event_type, key, obj)
         meta = obj["metadata"]
         namespace = meta.get("namespace") or ""
         name = meta["name"]

@@ -7,9 +7,11 @@ merge support, so adding a kind is one line here.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import argorollouts, crdschema, httproutes
 from .errors import ApiError
 from .selectors import selector_from_label_selector_object
 
@@ -29,6 +31,10 @@ class ResourceType:
     # Custom resources: no strategic merge patch, returned object on delete.
     custom: bool = False
     categories: tuple[str, ...] = ()
+    # Custom resources: the CRD's structural schema (crdschema.py) and printer
+    # columns as (name, type, dotted path), which ``kubectl get`` shows.
+    schema: Mapping[str, Any] | None = None
+    columns: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -167,6 +173,38 @@ _TYPES = (
         ("status",),
         custom=True,
     ),
+    ResourceType(
+        "gateway.networking.k8s.io",
+        "v1",
+        "httproutes",
+        "HTTPRoute",
+        True,
+        "httproute",
+        (),
+        ("status",),
+        custom=True,
+        categories=("gateway-api",),
+        schema=httproutes.SCHEMA,
+        columns=(("Hostnames", "string", "spec.hostnames"),),
+    ),
+    ResourceType(
+        "argoproj.io",
+        "v1alpha1",
+        "rollouts",
+        "Rollout",
+        True,
+        "rollout",
+        ("ro",),
+        ("status",),
+        custom=True,
+        schema=argorollouts.SCHEMA,
+        columns=(
+            ("Desired", "integer", "spec.replicas"),
+            ("Current", "integer", "status.replicas"),
+            ("Up-to-date", "integer", "status.updatedReplicas"),
+            ("Available", "integer", "status.availableReplicas"),
+        ),
+    ),
 )
 
 REGISTRY: dict[str, ResourceType] = {rtype.key: rtype for rtype in _TYPES}
@@ -193,6 +231,13 @@ def group_versions() -> dict[str, list[str]]:
 
 def types_in(group: str, version: str) -> list[ResourceType]:
     return [rtype for rtype in _TYPES if rtype.group == group and rtype.version == version]
+
+
+def validate_status(rtype: ResourceType, obj: dict[str, Any]) -> list[dict[str, str]]:
+    """Causes for a status write: a custom resource's schema covers its status too."""
+    if rtype.schema is None:
+        return []
+    return crdschema.validate(rtype.schema, obj)
 
 
 DEPLOYMENTS = REGISTRY["apps/v1/deployments"]
@@ -278,7 +323,9 @@ def _default_service(obj: dict[str, Any]) -> None:
 
 def apply_defaults(rtype: ResourceType, obj: dict[str, Any]) -> None:
     """Fill in the defaults the real server sets for ``rtype`` (in place)."""
-    if rtype.key == "apps/v1/deployments":
+    if rtype.schema is not None:
+        crdschema.apply_defaults(rtype.schema, obj)
+    elif rtype.key == "apps/v1/deployments":
         _default_template_owner(obj, deployment=True)
     elif rtype.key == "apps/v1/replicasets":
         _default_template_owner(obj, deployment=False)
@@ -305,6 +352,13 @@ def _go_map(labels: Any) -> str:
         return "map[string]string(nil)"
     inner = ", ".join(f'"{k}":"{v}"' for k, v in sorted(labels.items()))
     return f"map[string]string{{{inner}}}"
+
+
+def template_owner_causes(obj: dict[str, Any]) -> list[dict[str, str]]:
+    """What the API server refuses in a Deployment's or ReplicaSet's replicas, selector, template."""
+    causes: list[dict[str, str]] = []
+    _validate_template_owner(obj, causes)
+    return causes
 
 
 def _validate_template_owner(obj: dict[str, Any], causes: list[dict[str, str]]) -> None:
@@ -382,6 +436,10 @@ def validate(
         )
     elif name and (not isinstance(name, str) or len(name) > 253 or not _NAME.match(name)):
         causes.append(_cause("metadata.name", f'Invalid value: "{name}": {_NAME_MESSAGE}'))
+    if rtype.schema is not None:
+        causes += crdschema.validate(rtype.schema, obj)
+        if old is not None:
+            causes += crdschema.immutable_changes(rtype.schema, obj, old)
     if rtype.key in ("apps/v1/deployments", "apps/v1/replicasets"):
         _validate_template_owner(obj, causes)
         if old is not None and (old.get("spec") or {}).get("selector") != (

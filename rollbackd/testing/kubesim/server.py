@@ -49,6 +49,7 @@ from .resources import (
     apply_defaults,
     by_gvr,
     validate,
+    validate_status,
 )
 from .selectors import label_selector_string, parse_field_selector, parse_label_selector
 from .store import Obj, Store, clone
@@ -787,6 +788,9 @@ class KubeApi:
         if route.subresource == "scale":
             return _json_response(self._write_scale(route, current, body, dry_run))
         if route.subresource == "status":
+            causes = validate_status(rtype, body)
+            if causes:
+                raise invalid(rtype.kind, route.name or "", causes, rtype.group)
             updated = self.store.update(rtype.key, body, subresource="status", dry_run=dry_run)
             return _json_response(updated)
         obj = self._validated(rtype, body, current)

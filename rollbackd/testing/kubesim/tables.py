@@ -6,6 +6,7 @@ The columns follow the real server's printers for the kinds people look at
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -139,7 +140,20 @@ def _table_row(rtype: ResourceType, obj: Obj, now: datetime) -> list[Any]:
         ]
     if rtype.key == "v1/namespaces":
         return [meta["name"], status.get("phase", "Active"), age]
+    if rtype.columns:  # a CRD's additionalPrinterColumns, then Age
+        return [meta["name"], *(_at_path(obj, path) for _, _, path in rtype.columns), age]
     return [meta["name"], age]
+
+
+def _at_path(obj: Obj, path: str) -> Any:
+    """A printer column's cell by dotted path: a list or map as compact JSON (as the
+    server's JSONPath printer writes it), an absent field as None (``<none>``)."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
 
 
 def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
@@ -177,6 +191,12 @@ def _table_columns(rtype: ResourceType) -> list[dict[str, Any]]:
         ]
     if rtype.key == "v1/namespaces":
         return [_column("Name"), _column("Status"), _column("Age")]
+    if rtype.columns:
+        return [
+            _column("Name"),
+            *(_column(name, kind) for name, kind, _ in rtype.columns),
+            _column("Age"),
+        ]
     return [_column("Name"), _column("Age")]
 
 

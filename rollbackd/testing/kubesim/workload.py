@@ -12,6 +12,10 @@ values along with the image):
 
 Values are a pure function of the store and the clock (requests = rps x
 seconds since Ready), so tests can compute what Prometheus should see.
+A pod behind a Gateway API HTTPRoute backend serves its share of the route's
+requests instead of its own rps (``httproutes.py``); a route write takes
+effect at once, a pod joining or leaving a backend at the next scrape. An
+Argo Rollout's pods count under the Rollout's name in ``deployment``.
 Latencies follow a log-normal spread around the median whose p99 is about
 2.5x the median: a 10x regression stands out, ordinary jitter does not.
 """
@@ -29,6 +33,7 @@ from aiohttp import web
 
 from .controllers.objects import parse_time
 from .controllers.pods import is_pod_ready
+from .httproutes import HTTPROUTES, routed_rps
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -188,6 +193,8 @@ class WorkloadMetrics:
         self._runner: web.AppRunner | None = None
         self._overrides: dict[tuple[str, str], dict[str, float]] = {}
         self._series: dict[str, _PodSeries] = {}
+        # An HTTPRoute write ends every pod's segment there (see _on_change).
+        self._unsubscribe = store.subscribe(self._on_change, copy=False)
         self.url = ""
 
     def degrade(
@@ -215,6 +222,18 @@ class WorkloadMetrics:
         else:
             self._overrides.pop((namespace, deployment), None)
         self.render()  # the change takes effect now, not at the next scrape
+
+    def _on_change(self, _event_type: str, key: str, obj: Mapping[str, Any]) -> None:
+        # Rendering now counts the traffic so far under the weights it had, and starts
+        # new segments under the new ones: a weight change takes effect at its write.
+        # A status-only write (the gateway controller's) changes no weight.
+        if key != HTTPROUTES or not self._series:
+            return
+        event = self._store.last_event
+        before = event.previous if event is not None else None
+        if before is not None and _routing_of(before) == _routing_of(obj):
+            return
+        self.render()
 
     def _effective(self, labels: Mapping[str, str], knobs: Knobs) -> Knobs:
         override = self._overrides.get((labels["namespace"], labels["deployment"]))
@@ -253,8 +272,11 @@ class WorkloadMetrics:
         if rs_ref is None:
             return ""
         rs = self._store.peek("apps/v1/replicasets", namespace, rs_ref["name"])
-        deployment_ref = _controller_ref(rs, "Deployment") if rs is not None else None
-        return str(deployment_ref["name"]) if deployment_ref else ""
+        if rs is None:
+            return ""
+        # An Argo Rollout's pods count under its name, as a Deployment's do.
+        owner_ref = _controller_ref(rs, "Deployment") or _controller_ref(rs, "Rollout")
+        return str(owner_ref["name"]) if owner_ref else ""
 
     def render(self) -> str:
         """Prometheus text exposition (format 0.0.4) of every Ready pod's traffic."""
@@ -267,8 +289,10 @@ class WorkloadMetrics:
             "# TYPE http_request_duration_seconds histogram",
         ]
         live: dict[str, _PodSeries] = {}
+        routed = routed_rps(self._store, _own_rps)  # HTTPRoute weights (httproutes.py)
         for labels, knobs, elapsed in self._pods():
-            knobs = self._effective(labels, knobs)
+            rps = routed.get((labels["namespace"], labels["pod"]))
+            knobs = self._effective(labels, knobs if rps is None else replace(knobs, rps=rps))
             key = f"{labels['namespace']}/{labels['pod']}"
             series = self._series.get(key) or _PodSeries(knobs)
             live[key] = series
@@ -313,7 +337,8 @@ class WorkloadMetrics:
         return self.url
 
     async def stop(self) -> None:
-        """Close the listener; safe to call when not started."""
+        """Close the listener and stop following route changes; safe to call when not started."""
+        self._unsubscribe()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -324,6 +349,16 @@ def _controller_ref(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | No
         if ref.get("controller") and ref.get("kind") == kind:
             return dict(ref)
     return None
+
+
+def _routing_of(route: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What of an HTTPRoute the traffic split reads: its spec and annotations."""
+    return route.get("spec"), (route.get("metadata") or {}).get("annotations")
+
+
+def _own_rps(pod: Mapping[str, Any]) -> float:
+    """The rps knob of a pod's own template: what it brings to a route's total."""
+    return Knobs.from_annotations(pod["metadata"].get("annotations") or {}).rps
 
 
 def _ready_since(pod: Mapping[str, Any]) -> float | None:

@@ -8,6 +8,9 @@
 - ``kubelet``: a created pod's status and its readiness later;
 - ``endpoints`` (pkg/controller/endpoint): Endpoints of selector Services;
 - ``events``: client-go's aggregating event recorder;
+- ``rollouts`` (Argo Rollouts' basic canary and abort, over the pure
+  ``canary`` arithmetic and the ``rolloutspec`` checks) and ``custom`` (which
+  changes wake them, and the HTTPRoute status of ``..httproutes``);
 - ``context``, ``workqueue``: what the controllers share (store, clock, owner
   indexes, the de-duplicating queue and its timers).
 
