@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, type-check, then the whole suite.
 #
-# The suite runs in two parts. Most tests wait on real time (1 s scrapes,
-# for-counts, leases), not on the CPU, so they run on several workers at once
-# (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 4). Tests marked `heavy`
-# (the bench smoke runs, the 1 100-connection attack) load or measure the
-# whole machine, so they run afterwards, apart from the many small tests;
-# they too mostly wait, so they run beside each other, one file per worker
-# (a bench runs once per file). Arguments go to both parts.
+# Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
+# CPU, so they run on more workers than there are cores (pytest-xdist,
+# ROLLBACKD_TEST_WORKERS, default 6). Beside them, a second pytest runs the
+# benchmark smoke runs (marker `bench`), one file per worker so that each
+# benchmark runs once; its output is printed when it ends. Tests marked
+# `heavy` (the 1 100-connection attack, which times /healthz against a
+# deadline) load the whole machine and run last, alone. Arguments go to
+# every part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,22 +17,32 @@ export PATH="$PWD/.tools/bin:$PATH"
 .venv/bin/ruff format --check rollbackd tests bench
 .venv/bin/mypy
 
-workers="${ROLLBACKD_TEST_WORKERS:-4}"
+workers="${ROLLBACKD_TEST_WORKERS:-6}"
+bench_log="$(mktemp)"
+trap 'rm -f "$bench_log"' EXIT
+pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
 # pytest's exit code 5 is "no tests collected": a part that a narrower
 # selection leaves empty is not a failure, as long as one part ran tests.
 set +e
-.venv/bin/pytest -p no:cacheprovider -rs -n "$workers" --dist worksteal -m "not heavy" "$@"
+"${pytest[@]}" -n 3 --dist loadfile -m bench "$@" >"$bench_log" 2>&1 &
+bench_pid=$!
+"${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
 parallel=$?
-.venv/bin/pytest -p no:cacheprovider -rs -n "$workers" --dist loadfile -m heavy "$@"
+wait "$bench_pid"
+bench=$?
+echo "--- benchmark smoke runs (marker bench), run beside the above ---"
+cat "$bench_log"
+"${pytest[@]}" -p no:xdist -m heavy "$@"
 heavy=$?
 set -e
-if [[ $parallel -eq 5 && $heavy -eq 5 ]]; then
+codes=("$parallel" "$bench" "$heavy")
+if [[ $parallel -eq 5 && $bench -eq 5 && $heavy -eq 5 ]]; then
   echo "test.sh: no tests collected" >&2
   exit 5
 fi
-for code in "$parallel" "$heavy"; do
+for code in "${codes[@]}"; do
   if [[ $code -ne 0 && $code -ne 5 ]]; then
-    echo "test.sh: parallel part exit $parallel, heavy part exit $heavy" >&2
+    echo "test.sh: exit codes: parallel $parallel, bench $bench, heavy $heavy" >&2
     exit 1
   fi
 done

@@ -25,7 +25,6 @@ import ctypes
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ import yaml
 from pydantic import SecretStr
 
 from rollbackd.config import Settings, format_duration
+from rollbackd.testing.promstack import free_port
 
 from .lifecycle import StartStop
 
@@ -116,12 +116,6 @@ def _plain(value: Any, path: tuple[str, ...]) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _client_host(host: str) -> str:
@@ -229,7 +223,7 @@ class DaemonProcess(StartStop):
         host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
         port = int(port_text) if port_text.isdigit() else 0
         if port == 0:
-            port = _free_port()
+            port = free_port()
         webhook["listen"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return host, port
 

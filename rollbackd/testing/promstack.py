@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -88,8 +89,39 @@ def find_binary(names: Sequence[str], env_var: str) -> str:
     )
 
 
+# Ports handed out for a server to bind later are picked below the kernel's
+# ephemeral range: an outgoing connection (thousands of them in a busy test
+# run) takes its local port from that range, and could take one handed out
+# here in the seconds before its server binds it ("address already in use").
+_PICK_FLOOR = 10_000
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open(_EPHEMERAL_RANGE) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A currently free loopback port (the caller retries if it gets taken)."""
+    """A currently free loopback port for a server to bind soon after.
+
+    Chosen at random below the ephemeral range (where only explicit binds
+    compete); where that range cannot be read, or nothing below it is free,
+    the kernel's own pick.
+    """
+    low = _ephemeral_low()
+    if low > _PICK_FLOOR:
+        for _ in range(50):
+            port = random.randrange(_PICK_FLOOR, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -13,9 +13,8 @@ import pytest
 
 from tests.bench._quick import run_quick
 
-# Benchmarks load the whole machine: they run alone, after the parallel part.
-pytestmark = pytest.mark.heavy
-
+# A benchmark: scripts/test.sh runs it beside the other tests, one file per worker.
+pytestmark = pytest.mark.bench
 
 ORDER = ("bad_ready", "first_bad_sample", "patch", "rollback_ready", "completed")
 

@@ -16,9 +16,8 @@ import pytest
 
 from tests.bench._quick import positive, run_quick
 
-# Benchmarks load the whole machine: they run alone, after the parallel part.
-pytestmark = pytest.mark.heavy
-
+# A benchmark: scripts/test.sh runs it beside the other tests, one file per worker.
+pytestmark = pytest.mark.bench
 
 SIZES = ("1", "10", "100")
 MODES = ("repeated", "unique")
