@@ -292,6 +292,11 @@ class Daemon:
         for target in self.kube.targets():
             facts = self.kube.facts(target, now=now)
             rollback = annotated_rollback(facts)
+            if rollback is None and self.executor.cleanup_due(facts.annotations):
+                # Completed, its strategy's cleanup undone (killed in between).
+                state = state_from_annotations(facts.annotations)
+                assert state is not None
+                rollback = state.rollback(target)
             if rollback is None:
                 continue
             state = state_from_annotations(facts.annotations)

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollbackd.bluegreen import BlueGreenFacts
 
 ANNOTATION_PREFIX = "rollbackd.io/"
 ANNOTATION_ENABLED = "rollbackd.io/enabled"
@@ -121,6 +124,8 @@ class ClusterFacts:
     # When the newest rollout began (creation of, or promotion to, the current RS).
     rollout_started_at: datetime | None = None
     gitops_owner: str | None = None  # "argocd:<app>" / "flux:<kind>/<name>" when managed
+    # The target as one colour of a blue-green Service (None: a rolling target).
+    bluegreen: BlueGreenFacts | None = None
 
 
 class Phase(StrEnum):

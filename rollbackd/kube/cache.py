@@ -1,4 +1,4 @@
-"""The watch cache: list+watch of Deployments, ReplicaSets and Pods, kept in memory.
+"""The watch cache: list+watch of Deployments, ReplicaSets, Pods and Services, in memory.
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
@@ -9,7 +9,9 @@ metadata only (``PartialObjectMetadata``, as client-go's metadata informers
 do); readiness and images are read on demand for one Deployment's pods (see
 :mod:`rollbackd.kube.adapter`). Lists are paginated (:mod:`~rollbackd.kube.pager`).
 ReplicaSets are indexed by their controller's UID, so the facts of one
-Deployment never scan the cluster.
+Deployment never scan the cluster. Services are kept trimmed to what the
+blue-green facts read: annotations, the selector, and the managedFields
+entries that own the selector (when it was switched, and by whom).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = structlog.get_logger("rollbackd.kube")
 DEPLOYMENTS = "deployments"
 REPLICASETS = "replicasets"
 PODS = "pods"
+SERVICES = "services"
 
 JSON = "application/json"
 
@@ -61,10 +64,27 @@ def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
+    """A Service as the cache keeps it: identity, annotations, selector, its selector's owners."""
+    meta = service.get("metadata", {})
+    kept = {
+        k: meta[k] for k in ("name", "namespace", "annotations", "resourceVersion") if k in meta
+    }
+    owners = [
+        {k: entry.get(k) for k in ("manager", "operation", "time", "fieldsV1")}
+        for entry in meta.get("managedFields") or []
+        if "f:selector" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    if owners:
+        kept["managedFields"] = owners
+    return {"metadata": kept, "spec": {"selector": (service.get("spec") or {}).get("selector")}}
+
+
 DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
     DEPLOYMENTS: drop_managed_fields,
     REPLICASETS: drop_managed_fields,
     PODS: trim_pod,
+    SERVICES: trim_service,
 }
 
 
@@ -105,6 +125,7 @@ class WatchCache:
             DEPLOYMENTS: {},
             REPLICASETS: {},
             PODS: {},
+            SERVICES: {},
         }
         self._rs_by_owner: dict[str, set[Key]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,7 +135,7 @@ class WatchCache:
 
     @staticmethod
     def specs(namespaces: Sequence[str] | None) -> list[WatchSpec]:
-        """The three loops per namespace (or one set for all namespaces)."""
+        """The four loops per namespace (or one set for all namespaces)."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
         specs: list[WatchSpec] = []
         for ns in scopes:
@@ -123,6 +144,7 @@ class WatchCache:
                 WatchSpec(DEPLOYMENTS, f"/apis/apps/v1{prefix}/deployments", ns),
                 WatchSpec(REPLICASETS, f"/apis/apps/v1{prefix}/replicasets", ns),
                 WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
+                WatchSpec(SERVICES, f"/api/v1{prefix}/services", ns),
             ]
         return specs
 
@@ -298,6 +320,14 @@ class WatchCache:
 
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
+
+    def services(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's cached Services (trimmed, see :func:`trim_service`)."""
+        return [obj for (ns, _), obj in self._objects[SERVICES].items() if ns == namespace]
+
+    def namespace_deployments(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's cached Deployments (a scan: only for blue-green targets)."""
+        return [obj for (ns, _), obj in self._objects[DEPLOYMENTS].items() if ns == namespace]
 
     def owned_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
         """Cached ReplicaSets controlled by ``uid`` (indexed: no scan of the cluster)."""
