@@ -22,7 +22,8 @@ from urllib.parse import quote
 
 from kubernetes_asyncio.client import ApiClient
 
-from rollbackd.bluegreen import ANNOTATION_STRATEGY, bluegreen_facts
+# A module, not names: rollbackd.bluegreen imports reasons, which imports this package.
+from rollbackd import bluegreen
 from rollbackd.guard import templates_equal
 from rollbackd.kube.cache import WatchCache
 from rollbackd.kube.client import selector_query
@@ -115,16 +116,17 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
             return facts
         services = self.cache.services(target.namespace)
         if not any(
-            ANNOTATION_STRATEGY in (s["metadata"].get("annotations") or {}) for s in services
+            bluegreen.ANNOTATION_STRATEGY in (s["metadata"].get("annotations") or {})
+            for s in services
         ):
             return facts  # the common case: no namespace scan
-        bluegreen = bluegreen_facts(
+        colours = bluegreen.bluegreen_facts(
             deployment,
             services,
             self.cache.namespace_deployments(target.namespace),
             running_since=self._running_since,
         )
-        return replace(facts, bluegreen=bluegreen) if bluegreen is not None else facts
+        return replace(facts, bluegreen=colours) if colours is not None else facts
 
     def _running_since(self, deployment: Mapping[str, Any]) -> datetime | None:
         """When a Deployment's running version was created: its current ReplicaSet's creation."""

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from rollbackd.bluegreen import FIELD_MANAGER
+# A module, not names: rollbackd.bluegreen imports reasons, which imports this package.
+from rollbackd import bluegreen
 from rollbackd.kube.client import KubeClient, deployment_path
 from rollbackd.kube.errors import ConflictError, InvalidError
 from rollbackd.kube.fencing import check_state_term
@@ -44,7 +45,10 @@ class DeploymentWrites(KubeClient):
         """
         path = f"/api/v1/namespaces/{quote(namespace)}/services/{quote(name)}"
         return await self._guarded_patch(
-            path, ops, f"service {namespace}/{name}", query=[("fieldManager", FIELD_MANAGER)]
+            path,
+            ops,
+            f"service {namespace}/{name}",
+            query=[("fieldManager", bluegreen.FIELD_MANAGER)],
         )
 
     async def _guarded_patch(
