@@ -38,6 +38,8 @@ from rollbackd.strategies.rolling import RollingStrategy
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GREEN = Target("shop", "checkout-green")
+SWITCHED_AGO = timedelta(minutes=10)
+ANOMALY_AGO = timedelta(minutes=6)
 
 
 def ts(ago: timedelta) -> str:
@@ -75,7 +77,7 @@ def service(
     colour: str = "green",
     *,
     annotations: dict[str, str] | None = None,
-    switched_ago: timedelta | None = minutes(10),
+    switched_ago: timedelta | None = SWITCHED_AGO,
     manager: str = "kubectl-patch",
     selector: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -143,7 +145,7 @@ def cluster(bluegreen: BlueGreenFacts | None, **overrides: Any) -> ClusterFacts:
     return ClusterFacts(**values)
 
 
-def signal(started_ago: timedelta = minutes(6)) -> Signal:
+def signal(started_ago: timedelta = ANOMALY_AGO) -> Signal:
     return Signal(
         target=GREEN,
         source=SignalSource.PROMETHEUS,
