@@ -1,0 +1,121 @@
+"""Blue-green end to end, on real servers: a selector switch to a bad colour is switched back.
+
+kubesim serves the cluster and the workload's metrics (only the colour the
+Service selects gets traffic); the real Prometheus scrapes them and evaluates
+the alert rules; the real Alertmanager posts to rollbackd, which also polls.
+The daemon learns when the switch happened from the Service's managedFields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from rollbackd.bluegreen import ANNOTATION_BLUEGREEN
+from rollbackd.model import Phase, Target
+from rollbackd.testing.stack import (
+    OPERATOR_HEADERS,
+    PAGERDUTY_PATH,
+    Stack,
+    deployment_manifest,
+    knobs,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+BLUE = Target("default", "shop-blue")
+GREEN = Target("default", "shop-green")
+SERVICE = "/api/v1/namespaces/default/services"
+
+
+def colour(name: str, image: str, behaviour: dict[str, str]) -> dict[str, Any]:
+    manifest = deployment_manifest(f"shop-{name}", image=image, behaviour=behaviour)
+    labels = {"app": "shop", "version": name}
+    manifest["spec"]["selector"] = {"matchLabels": labels}
+    manifest["spec"]["template"]["metadata"]["labels"] = labels
+    return manifest
+
+
+@pytest.fixture
+async def stack(tmp_path: Any) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path / "stack") as started:
+        yield started
+
+
+async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Stack) -> None:
+    await stack.create_deployment(colour("blue", "registry.example/shop:1.4.0", knobs()))
+    await stack.create_deployment(
+        colour("green", "registry.example/shop:1.5.0", knobs(error_rate=0.3))
+    )
+    await stack._request(
+        "POST",
+        SERVICE,
+        {
+            "metadata": {"name": "shop", "annotations": {"rollbackd.io/strategy": "blue-green"}},
+            "spec": {
+                "selector": {"app": "shop", "version": "blue"},
+                "ports": [{"port": 80, "targetPort": 8080}],
+            },
+        },
+    )
+    await stack.wait_rollout_complete(BLUE.name)
+    await stack.wait_rollout_complete(GREEN.name)
+    await asyncio.sleep(3.5)  # blue has run longer than policy.min_stable (3s)
+
+    # The release: kubectl patch svc shop -p '{"spec":{"selector":{"version":"green"}}}'
+    await stack._request(
+        "PATCH",
+        f"{SERVICE}/shop?fieldManager=kubectl-patch",
+        {"spec": {"selector": {"version": "green"}}},
+        content_type="application/strategic-merge-patch+json",
+    )
+
+    rollback = await stack.wait_rollback(GREEN, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
+    assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
+
+    service = await stack._request("GET", f"{SERVICE}/shop")
+    assert service["spec"]["selector"] == {"app": "shop", "version": "blue"}
+
+    async def green_scaled_down() -> bool:
+        green = await stack.deployment(GREEN.name)
+        annotations = green["metadata"].get("annotations") or {}
+        return green["spec"]["replicas"] == 0 and ANNOTATION_BLUEGREEN not in annotations
+
+    await wait_for(green_scaled_down, 20, "green scaled to 0 after ROLLBACK_COMPLETED")
+
+    # Verification judged blue (the colour now serving) over three fresh intervals.
+    timeline = await stack.daemon.journal.timeline(rollback.id)
+    kinds = [entry.kind for entry in timeline]
+    assert len([k for k in kinds if k.startswith("verify")]) >= 3, kinds
+    # Exactly one rollback, although Alertmanager and the poller both fired.
+    assert [r.id for r in await stack.daemon.journal.list_rollbacks(target=GREEN)] == [rollback.id]
+
+    # The API says which strategy ran and what it changed.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{stack.daemon.url}/api/v1/rollbacks/{rollback.id}", headers=OPERATOR_HEADERS
+        ) as resp,
+    ):
+        body = await resp.json()
+    plan = next(e for e in body["timeline"] if e["kind"] == "plan")
+    assert plan["message"].startswith(
+        "blue-green: switching Service shop selector version=green -> version=blue (shop-blue)"
+    )
+    assert plan["data"]["strategy"] == "blue-green"
+    assert plan["data"]["changes"]["selector_before"]["version"] == "green"
+    assert plan["data"]["changes"]["selector_after"]["version"] == "blue"
+    assert any(e["kind"] == "cleanup" for e in body["timeline"])
+
+    # The page: info trigger, then its resolve.
+    sent = await stack.sink.wait_for_count(PAGERDUTY_PATH, 2, timeout=20)
+    assert [r.json["event_action"] for r in sent] == ["trigger", "resolve"]
+    assert (
+        "switching Service shop selector version=green -> version=blue"
+        in (sent[0].json["payload"]["summary"])
+    )
