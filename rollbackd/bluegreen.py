@@ -37,7 +37,6 @@ ROLLING = "rolling"
 KNOWN_STRATEGIES = (BLUE_GREEN, ROLLING)
 DEFAULT_COLOR_LABEL = "version"
 CLEANUP_MODES = ("scale-down", "keep")
-FIELD_MANAGER = "rollbackd"
 
 # A label key: optional DNS-subdomain prefix, then a name of 1-63 characters.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"

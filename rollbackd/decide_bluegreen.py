@@ -23,11 +23,11 @@ flight, cooldown, paused). In order, first match wins:
 
 from __future__ import annotations
 
-from rollbackd.bluegreen import FIELD_MANAGER, BlueGreenFacts
+from rollbackd.bluegreen import BlueGreenFacts
 from rollbackd.decide_inputs import Inputs
 from rollbackd.decide_target import rollback_or_dry_run
 from rollbackd.guard import disallowed_changes, images, mutable_images, template_diff_paths
-from rollbackd.model import Action, Decision, RevisionInfo
+from rollbackd.model import FIELD_MANAGER, Action, Decision, RevisionInfo
 from rollbackd.reasons import ReasonCode
 from rollbackd.wording import MANUAL, ago, duration, listing, signal_phrase
 

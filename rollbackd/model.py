@@ -28,6 +28,9 @@ ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
+# rollbackd's field manager on the writes whose owner is read back (a Service's
+# selector: managedFields then say a blue-green switch was rollbackd's own).
+FIELD_MANAGER = "rollbackd"
 
 
 def utcnow() -> datetime:

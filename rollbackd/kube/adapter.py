@@ -22,8 +22,6 @@ from urllib.parse import quote
 
 from kubernetes_asyncio.client import ApiClient
 
-# A module, not names: rollbackd.bluegreen imports reasons, which imports this package.
-from rollbackd import bluegreen
 from rollbackd.guard import templates_equal
 from rollbackd.kube.cache import WatchCache
 from rollbackd.kube.client import selector_query
@@ -114,6 +112,9 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         facts = cluster_facts(target, deployment, replicasets, now=now)
         if deployment is None:
             return facts
+        # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
+        from rollbackd import bluegreen
+
         services = self.cache.services(target.namespace)
         if not any(
             bluegreen.ANNOTATION_STRATEGY in (s["metadata"].get("annotations") or {})

@@ -12,13 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-# A module, not names: rollbackd.bluegreen imports reasons, which imports this package.
-from rollbackd import bluegreen
 from rollbackd.kube.client import KubeClient, deployment_path
 from rollbackd.kube.errors import ConflictError, InvalidError
 from rollbackd.kube.fencing import check_state_term
 from rollbackd.kube.patch import annotation_ops, precondition, precondition_of
-from rollbackd.model import ANNOTATION_ROLLBACK, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, FIELD_MANAGER, Target
 from rollbackd.state import RollbackState, encode_state, recorded_state
 
 
@@ -48,7 +46,7 @@ class DeploymentWrites(KubeClient):
             path,
             ops,
             f"service {namespace}/{name}",
-            query=[("fieldManager", bluegreen.FIELD_MANAGER)],
+            query=[("fieldManager", FIELD_MANAGER)],
         )
 
     async def _guarded_patch(

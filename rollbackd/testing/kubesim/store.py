@@ -300,12 +300,8 @@ class Store:
             if not rtype.namespaced:
                 new_meta.pop("namespace", None)
             new_meta.pop("managedFields", None)
-            if rtype.key == SERVICES_KEY and old_meta.get("managedFields"):
-                new_meta["managedFields"] = old_meta["managedFields"]
-            if manager and rtype.key == SERVICES_KEY and _changed(stored, new):
-                new_meta["managedFields"] = selector_owners(
-                    stored, new, manager, rfc3339(self.clock())
-                )
+            if rtype.key == SERVICES_KEY:
+                self._track_managers(stored, new, manager)
             if rtype.has_spec and new.get("spec") != stored.get("spec"):
                 new_meta["generation"] = int(old_meta.get("generation", 0)) + 1
         else:
@@ -384,6 +380,16 @@ class Store:
             suffix = "".join(self._random.choice(_GENERATE_ALPHABET) for _ in range(5))
             if prefix + suffix not in existing:
                 return prefix + suffix
+
+    def _track_managers(self, stored: Obj, new: Obj, manager: str | None) -> None:
+        """Carry a Service's managedFields over, moved on by ``manager``'s change."""
+        old = stored["metadata"].get("managedFields")
+        if manager and _changed(stored, new):
+            new["metadata"]["managedFields"] = selector_owners(
+                stored, new, manager, rfc3339(self.clock())
+            )
+        elif old:
+            new["metadata"]["managedFields"] = old
 
     def _commit(
         self,
