@@ -47,7 +47,8 @@ async def stack(tmp_path: Any) -> AsyncIterator[Stack]:
         yield started
 
 
-async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Stack) -> None:
+async def release_a_bad_green(stack: Stack) -> None:
+    """blue serves and is stable; green (30 % errors) is deployed; the selector moves to green."""
     await stack.create_deployment(colour("blue", "registry.example/shop:1.4.0", knobs()))
     await stack.create_deployment(
         colour("green", "registry.example/shop:1.5.0", knobs(error_rate=0.3))
@@ -74,6 +75,10 @@ async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Sta
         {"spec": {"selector": {"version": "green"}}},
         content_type="application/strategic-merge-patch+json",
     )
+
+
+async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Stack) -> None:
+    await release_a_bad_green(stack)
 
     rollback = await stack.wait_rollback(GREEN, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
     assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
@@ -119,3 +124,38 @@ async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Sta
         "switching Service shop selector version=green -> version=blue"
         in (sent[0].json["payload"]["summary"])
     )
+
+
+async def test_a_cleanup_left_undone_is_done_by_the_next_start(stack: Stack) -> None:
+    # rollbackd's PATCHes of shop-green: PLANNING, ROLLING_BACK (with the record),
+    # VERIFYING, ROLLBACK_COMPLETED; the fifth, the cleanup, is refused.
+    stack.sim.faults.fail("patch", r"/deployments/shop-green$", 403, count=1, after=4)
+    await release_a_bad_green(stack)
+    rollback = await stack.wait_rollback(GREEN, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
+    assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
+
+    async def cleanup_failed() -> bool:
+        timeline = await stack.daemon.journal.timeline(rollback.id)
+        return any(entry.kind == "cleanup_failed" for entry in timeline)
+
+    await wait_for(cleanup_failed, 20, "the refused cleanup to be journaled")
+    green = await stack.deployment(GREEN.name)
+    assert (
+        green["spec"]["replicas"] == 2 and ANNOTATION_BLUEGREEN in green["metadata"]["annotations"]
+    )
+
+    await stack.stop_daemon()
+    await stack.start_daemon()
+
+    async def cleaned_up() -> bool:
+        green = await stack.deployment(GREEN.name)
+        annotations = green["metadata"].get("annotations") or {}
+        return green["spec"]["replicas"] == 0 and ANNOTATION_BLUEGREEN not in annotations
+
+    await wait_for(cleaned_up, 30, "the restarted daemon to finish the cleanup")
+    timeline = await stack.daemon.journal.timeline(rollback.id)
+    assert [e.message for e in timeline if e.kind == "cleanup"] == [
+        "scaled default/shop-green 2 -> 0"
+    ]
+    service = await stack._request("GET", f"{SERVICE}/shop")
+    assert service["spec"]["selector"]["version"] == "blue"

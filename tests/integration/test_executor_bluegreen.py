@@ -89,12 +89,15 @@ class World:
         blue_annotations: Mapping[str, str] | None = None,
         blue_after_switch: int = 3,
         service_annotations: Mapping[str, str] | None = None,
+        green_labels: Mapping[str, str] | None = None,
     ) -> None:
         """blue serves; green is deployed beside it; the selector is switched to green."""
         await self.apps.create_namespaced_deployment(
             NS, colour("blue", "checkout:1.4", 3, blue_annotations or {})
         )
-        await self.apps.create_namespaced_deployment(NS, colour("green", "checkout:1.5", 3, {}))
+        green = colour("green", "checkout:1.5", 3, {})
+        green["metadata"]["labels"] = dict(green_labels or {})
+        await self.apps.create_namespaced_deployment(NS, green)
         annotations = {"rollbackd.io/strategy": "blue-green", **(service_annotations or {})}
         await self.core.create_namespaced_service(
             NS,
@@ -377,6 +380,25 @@ async def test_a_previous_colour_that_never_becomes_ready_escalates_unswitched(
     assert world.service()["spec"]["selector"]["version"] == "green"
     assert world.replicas(GREEN) == 3
     assert "RollbackStarted" not in world.events()
+
+
+async def test_a_gitops_owner_that_cannot_be_paused_stops_it_before_any_switch(
+    world: World,
+) -> None:
+    # Argo CD would re-apply the bad colour's selector: no pause, no switch.
+    await world.release(blue_after_switch=0, green_labels={"argocd.argoproj.io/instance": "ghost"})
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_green())
+
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "gitops_pause_failed")
+    assert world.service()["spec"]["selector"]["version"] == "green"
+    assert world.replicas(BLUE) == 0
+    writes = [r for r in world.sim.requests.since(mark) if r.is_write and "/events" not in r.path]
+    # Only the state annotation on green (PLANNING, then ESCALATED) was written.
+    assert {r.path.rsplit("/", 1)[1] for r in writes} == {"checkout-green"}
+    _, summary, details = world.pager.pages[-1]
+    assert details["gitops"]["owner"] == "argocd:ghost" and "revert the change in Git" in summary
 
 
 async def test_an_unknown_strategy_on_the_service_escalates_before_any_write(
