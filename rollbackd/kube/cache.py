@@ -31,61 +31,24 @@ from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespa
 from rollbackd.kube.errors import GoneError
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
+from rollbackd.kube.transforms import (
+    DEFAULT_TRANSFORMS,
+    DEPLOYMENTS,
+    PODS,
+    REPLICASETS,
+    SERVICES,
+    Transform,
+)
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 
 log = structlog.get_logger("rollbackd.kube")
 
-DEPLOYMENTS = "deployments"
-REPLICASETS = "replicasets"
-PODS = "pods"
-SERVICES = "services"
-
 JSON = "application/json"
 
 Key = tuple[str, str]
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
-_POD_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
-
-
-def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A pod (whole or PartialObjectMetadata) as the cache keeps it: the resolver's fields."""
-    meta = pod.get("metadata", {})
-    return {"metadata": {k: meta[k] for k in _POD_METADATA if k in meta}}
-
-
-def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply bookkeeping: often the largest part of an object, never read here."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
-
-
-def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
-    """A Service as the cache keeps it: identity, annotations, selector, its selector's owners."""
-    meta = service.get("metadata", {})
-    kept = {
-        k: meta[k] for k in ("name", "namespace", "annotations", "resourceVersion") if k in meta
-    }
-    owners = [
-        {k: entry.get(k) for k in ("manager", "operation", "time", "fieldsV1")}
-        for entry in meta.get("managedFields") or []
-        if "f:selector" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
-    ]
-    if owners:
-        kept["managedFields"] = owners
-    return {"metadata": kept, "spec": {"selector": (service.get("spec") or {}).get("selector")}}
-
-
-DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
-    DEPLOYMENTS: drop_managed_fields,
-    REPLICASETS: drop_managed_fields,
-    PODS: trim_pod,
-    SERVICES: trim_service,
-}
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -128,6 +91,9 @@ class WatchCache:
             SERVICES: {},
         }
         self._rs_by_owner: dict[str, set[Key]] = {}
+        # Services and Deployments by namespace: blue-green facts read a
+        # namespace's, and must not scan the cluster for every target.
+        self._by_namespace: dict[str, dict[str, set[Key]]] = {SERVICES: {}, DEPLOYMENTS: {}}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
@@ -273,10 +239,15 @@ class WatchCache:
         store = self._objects[kind]
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
+        index = self._by_namespace.get(kind)
         if obj is None:
             store.pop(key, None)
+            if index is not None and key[0] in index:
+                index[key[0]].discard(key)
         else:
             store[key] = obj
+            if index is not None:
+                index.setdefault(key[0], set()).add(key)
 
     def _reindex_owner(
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
@@ -323,11 +294,16 @@ class WatchCache:
 
     def services(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's cached Services (trimmed, see :func:`trim_service`)."""
-        return [obj for (ns, _), obj in self._objects[SERVICES].items() if ns == namespace]
+        return self._in_namespace(SERVICES, namespace)
 
     def namespace_deployments(self, namespace: str) -> list[dict[str, Any]]:
-        """The namespace's cached Deployments (a scan: only for blue-green targets)."""
-        return [obj for (ns, _), obj in self._objects[DEPLOYMENTS].items() if ns == namespace]
+        """The namespace's cached Deployments (indexed: no scan of the cluster)."""
+        return self._in_namespace(DEPLOYMENTS, namespace)
+
+    def _in_namespace(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        store = self._objects[kind]
+        keys = self._by_namespace[kind].get(namespace, ())
+        return [store[key] for key in sorted(keys) if key in store]
 
     def owned_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
         """Cached ReplicaSets controlled by ``uid`` (indexed: no scan of the cluster)."""
