@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from rollbackd.model import ANNOTATION_STRATEGY
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import parse_time, revision_of
 
-ANNOTATION_STRATEGY = "rollbackd.io/strategy"
 ANNOTATION_COLOR_LABEL = "rollbackd.io/color-label"
 ANNOTATION_CLEANUP = "rollbackd.io/cleanup"  # on the Service: scale-down (default) | keep
 # On the target Deployment while a blue-green rollback runs: its plan (JSON).

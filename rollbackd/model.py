@@ -24,6 +24,7 @@ ANNOTATION_RESTORED = (
 )
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
 ANNOTATION_MODE = "rollbackd.io/mode"  # "approve": a human approves each rollback first
+ANNOTATION_STRATEGY = "rollbackd.io/strategy"  # on a Service: how its Deployments roll back
 ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"

@@ -115,12 +115,9 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
         from rollbackd import bluegreen
 
-        services = self.cache.services(target.namespace)
-        if not any(
-            bluegreen.ANNOTATION_STRATEGY in (s["metadata"].get("annotations") or {})
-            for s in services
-        ):
-            return facts  # the common case: no namespace scan
+        services = self.cache.declaring_services(target.namespace)
+        if not services:
+            return facts  # the common case: no Service declares a strategy here
         colours = bluegreen.bluegreen_facts(
             deployment,
             services,

@@ -39,7 +39,7 @@ from rollbackd.kube.transforms import (
     SERVICES,
     Transform,
 )
-from rollbackd.model import Target
+from rollbackd.model import ANNOTATION_STRATEGY, Target
 from rollbackd.revisions import controller_uid
 
 log = structlog.get_logger("rollbackd.kube")
@@ -94,6 +94,8 @@ class WatchCache:
         # Services and Deployments by namespace: blue-green facts read a
         # namespace's, and must not scan the cluster for every target.
         self._by_namespace: dict[str, dict[str, set[Key]]] = {SERVICES: {}, DEPLOYMENTS: {}}
+        # Services declaring a strategy, by namespace: most namespaces have none.
+        self._declaring: dict[str, set[Key]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
@@ -240,6 +242,8 @@ class WatchCache:
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
         index = self._by_namespace.get(kind)
+        if kind == SERVICES:
+            self._index_declaring(key, obj)
         if obj is None:
             store.pop(key, None)
             if index is not None and key[0] in index:
@@ -292,9 +296,21 @@ class WatchCache:
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
 
+    def _index_declaring(self, key: Key, obj: Mapping[str, Any] | None) -> None:
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        if ANNOTATION_STRATEGY in annotations:
+            self._declaring.setdefault(key[0], set()).add(key)
+        elif key[0] in self._declaring:
+            self._declaring[key[0]].discard(key)
+
     def services(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's cached Services (trimmed, see :func:`trim_service`)."""
         return self._in_namespace(SERVICES, namespace)
+
+    def declaring_services(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's Services that declare ``rollbackd.io/strategy`` (indexed)."""
+        store = self._objects[SERVICES]
+        return [store[key] for key in sorted(self._declaring.get(namespace, ())) if key in store]
 
     def namespace_deployments(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's cached Deployments (indexed: no scan of the cluster)."""
