@@ -359,6 +359,32 @@ async def test_a_concurrent_selector_change_is_a_conflict_and_nothing_is_switche
     assert NotificationKind.ESCALATION in world.pager.kinds
 
 
+async def test_a_selector_changed_between_rollbackds_read_and_its_patch_is_not_overwritten(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.release()
+    read = world.kube.read_service
+    reads = 0
+
+    async def read_then_a_human_edits(namespace: str, name: str) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        service = await read(namespace, name)
+        if reads == 1:  # the human's edit lands after rollbackd's read, before its patch
+            await world.set_colour("green-hotfix", manager="kubectl-edit")
+        return service
+
+    monkeypatch.setattr(world.kube, "read_service", read_then_a_human_edits)
+
+    result = await world.executor().run(*rollback_green())
+
+    # The resourceVersion test failed the patch; the re-read saw the human's selector.
+    assert reads == 2
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "target_changed")
+    assert world.service()["spec"]["selector"]["version"] == "green-hotfix"
+    assert switch_record(world.service())[1] == "kubectl-edit"
+
+
 async def test_a_previous_colour_that_never_becomes_ready_escalates_unswitched(
     world: World,
 ) -> None:
