@@ -47,7 +47,7 @@ async def stack(tmp_path: Any) -> AsyncIterator[Stack]:
         yield started
 
 
-async def release_a_bad_green(stack: Stack) -> None:
+async def release_a_bad_green(stack: Stack, annotations: dict[str, str] | None = None) -> None:
     """blue serves and is stable; green (30 % errors) is deployed; the selector moves to green."""
     await stack.create_deployment(colour("blue", "registry.example/shop:1.4.0", knobs()))
     await stack.create_deployment(
@@ -57,7 +57,10 @@ async def release_a_bad_green(stack: Stack) -> None:
         "POST",
         SERVICE,
         {
-            "metadata": {"name": "shop", "annotations": {"rollbackd.io/strategy": "blue-green"}},
+            "metadata": {
+                "name": "shop",
+                "annotations": {"rollbackd.io/strategy": "blue-green", **(annotations or {})},
+            },
             "spec": {
                 "selector": {"app": "shop", "version": "blue"},
                 "ports": [{"port": 80, "targetPort": 8080}],
@@ -159,3 +162,21 @@ async def test_a_cleanup_left_undone_is_done_by_the_next_start(stack: Stack) -> 
     ]
     service = await stack._request("GET", f"{SERVICE}/shop")
     assert service["spec"]["selector"]["version"] == "blue"
+
+
+async def test_a_colour_label_the_selector_lacks_pages_and_switches_nothing(stack: Stack) -> None:
+    await release_a_bad_green(stack, {"rollbackd.io/color-label": "track"})
+
+    page = await stack.sink.wait_for(
+        lambda r: r.path == PAGERDUTY_PATH and isinstance(r.json, dict), timeout=60
+    )
+    assert page.json["payload"]["severity"] == "critical"
+    summary = page.json["payload"]["summary"]
+    assert "the selector of Service shop has no 'track' key" in summary
+    assert "nothing was switched: manual rollback needed" in summary
+    [record] = await stack.daemon.journal.list_rollbacks(target=GREEN)
+    assert (record.phase, record.reason_code) == (Phase.ESCALATED, "color_label_invalid")
+    service = await stack._request("GET", f"{SERVICE}/shop")
+    assert service["spec"]["selector"]["version"] == "green"
+    green = await stack.deployment(GREEN.name)
+    assert green["spec"]["replicas"] == 2
