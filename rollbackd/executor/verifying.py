@@ -89,7 +89,9 @@ class Verifying(Applying):
         await self._record_intervals(rollback, result)
         if not result.healthy:
             raise Abort(result.reason_code, result.reason, failed=True)
-        return await self._completed(rollback, ready_at, result)
+        done = await self._completed(rollback, ready_at, result)
+        await self._cleanup(done)  # after ROLLBACK_COMPLETED is written and paged
+        return done
 
     async def _completed(
         self, rollback: Rollback, ready_at: datetime, result: VerifyResult
@@ -108,7 +110,6 @@ class Verifying(Applying):
             {"verification": [i.detail for i in result.intervals]},
         )
         await self._pager.notify(NotificationKind.ROLLBACK_COMPLETED, done, summary, details)
-        await self._cleanup(done)
         return done
 
     async def _cleanup(self, rollback: Rollback) -> None:
