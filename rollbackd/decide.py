@@ -38,16 +38,16 @@ Check order, first match wins, and why:
 9. ``guard_disallowed_fields``, ``guard_mutable_image`` (ESCALATE): the
    rollback itself would be unsafe (rules 6 and 7); only known once the
    target revision is chosen.
-Blue-green targets (``facts.bluegreen``, one colour of a Service annotated
-``rollbackd.io/strategy: blue-green``) share steps 1-6; steps 4 and 7-9 are
-their own (:mod:`rollbackd.decide_bluegreen`): the release is the selector
-switch, the previous state is the other colour.
-
 10. ``dry_run_recorded`` (JOIN the dry-run record): the same would-be
     rollback was recorded within the cooldown, so another report of the
     anomaly joins it. Then ``dry_run`` (DRY_RUN), else ``rollback``
     (ROLLBACK). Dry-run is last so it reports exactly what would have been
     done; skips, joins and escalations above stay what they are.
+
+Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
+``rollbackd.io/strategy: blue-green``) share steps 1-3, 5 and 6; steps 4 and
+7-10 are their own (:mod:`rollbackd.decide_bluegreen`): the release is the
+selector switch, the previous state is the other colour.
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
