@@ -9,6 +9,7 @@ blue-green Service selects, so a real Prometheus sees the switch.
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from kubernetes_asyncio import client, config
 
 from rollbackd.bluegreen import switch_record
 from rollbackd.testing.kubesim import KubeSim
+
+from .kubectl_helpers import make_kubectl
 
 NS = "default"
 
@@ -125,3 +128,23 @@ async def test_only_the_selected_colour_serves_traffic_and_a_switch_moves_it(
     metrics = workload.render()
     assert 'deployment="checkout-green"' in metrics
     assert 'deployment="checkout-blue"' not in metrics
+
+
+async def test_the_real_kubectl_patch_is_recorded_as_the_switch_and_shown_to_users(
+    kubesim: KubeSim, core: client.CoreV1Api, tmp_path: pathlib.Path
+) -> None:
+    kubectl = await make_kubectl(kubesim.kubeconfig, tmp_path / "kube-cache")
+    await core.create_namespaced_service(NS, service("blue"), field_manager="helm")
+    await kubectl.run(
+        "patch", "service", "checkout", "-p", '{"spec":{"selector":{"version":"green"}}}'
+    )
+    _, owner = switch_record(raw(kubesim))
+    assert owner == "kubectl-patch"  # kubectl sends its own field manager
+    # What the operations doc tells users to look at.
+    shown = await kubectl.json("get", "service", "checkout", "--show-managed-fields")
+    owners = [
+        e["manager"]
+        for e in shown["metadata"]["managedFields"]
+        if "f:selector" in e.get("fieldsV1", {}).get("f:spec", {})
+    ]
+    assert owners == ["kubectl-patch"]
