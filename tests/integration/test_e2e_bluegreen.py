@@ -9,6 +9,7 @@ The daemon learns when the switch happened from the Service's managedFields.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,9 +83,11 @@ async def release_a_bad_green(stack: Stack, annotations: dict[str, str] | None =
 
 async def test_a_bad_colour_is_switched_back_verified_and_scaled_down(stack: Stack) -> None:
     await release_a_bad_green(stack)
+    switched = time.monotonic()
 
     rollback = await stack.wait_rollback(GREEN, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
     assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
+    print(f"\nselector switch -> ROLLBACK_COMPLETED: {time.monotonic() - switched:.1f}s")
 
     service = await stack._request("GET", f"{SERVICE}/shop")
     assert service["spec"]["selector"] == {"app": "shop", "version": "blue"}
