@@ -37,7 +37,7 @@ from rollbackd.executor.ports import Abort, Superseded
 from rollbackd.kube.errors import ForbiddenError, KubeError
 from rollbackd.kube.fencing import FencedError
 from rollbackd.kube.retry import RetryBudget, budget_scope
-from rollbackd.model import Action, Decision, Phase, Rollback, Target
+from rollbackd.model import Action, ClusterFacts, Decision, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
 from rollbackd.state import RollbackState, state_from_annotations
@@ -170,9 +170,15 @@ class Executor(Approving):
         state = state_from_annotations(annotations)
         if state is None or state.phase is not Phase.ROLLBACK_COMPLETED:
             return False
-        return recorded({"metadata": {"annotations": annotations}}).cleanup_due(
-            {"metadata": {"annotations": annotations}}
-        )
+        deployment = {"metadata": {"annotations": annotations}}
+        return recorded(deployment).cleanup_due(deployment)
+
+    def cleanup_left(self, facts: ClusterFacts) -> Rollback | None:
+        """The completed rollback whose cleanup ``facts`` show undone (resume it), or None."""
+        state = state_from_annotations(facts.annotations)
+        if state is None or not self.cleanup_due(facts.annotations):
+            return None
+        return state.rollback(facts.target)
 
     async def _resume_verifying(self, rollback: Rollback, ready_at: datetime) -> Rollback:
         await self._adopt_restored(rollback)
