@@ -36,6 +36,7 @@ from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Target
 from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import revision_of, strip_hash
+from rollbackd.state import state_from_annotations
 from rollbackd.strategies import (
     Obj,
     Ops,
@@ -53,13 +54,21 @@ _ATTEMPTS = 8
 
 
 def plan_record(deployment: Obj) -> dict[str, Any]:
-    """The blue-green record on the target Deployment; {} when absent or unreadable."""
-    text = ((deployment.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_BLUEGREEN)
+    """The blue-green record of the rollback recorded on the target; {} when none.
+
+    A record another rollback left (it escalated before its cleanup) is not
+    this one's: only the record naming the state annotation's rollback counts.
+    """
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ANNOTATION_BLUEGREEN)
     try:
         record = json.loads(text) if text else {}
     except json.JSONDecodeError:
         return {}
-    return record if isinstance(record, dict) else {}
+    state = state_from_annotations(annotations)
+    if not isinstance(record, dict) or state is None:
+        return {}
+    return record if record.get("rollback_id") == state.rollback_id else {}
 
 
 class BlueGreenStrategy:
@@ -161,7 +170,11 @@ class BlueGreenStrategy:
         changes: dict[str, str | None] = {
             k: v for k, v in annotations.items() if k != ANNOTATION_CHANGE_CAUSE
         }
-        changes[ANNOTATION_BLUEGREEN] = json.dumps(restore.changes["record"], sort_keys=True)
+        # The record names its rollback: a later rollback of this Deployment
+        # never takes an old record (left by an escalation) for its own.
+        state = state_from_annotations(annotations)
+        record = {**restore.changes["record"], "rollback_id": state.rollback_id if state else None}
+        changes[ANNOTATION_BLUEGREEN] = json.dumps(record, sort_keys=True)
         return [
             precondition(meta["resourceVersion"]),
             *annotation_ops(meta.get("annotations"), changes),

@@ -17,13 +17,16 @@ import pytest
 
 from rollbackd.bluegreen import ANNOTATION_BLUEGREEN, BlueGreenFacts, bluegreen_facts
 from rollbackd.decide import decide
+from rollbackd.executor import Executor
 from rollbackd.model import (
     ANNOTATION_DRY_RUN,
     ANNOTATION_ENABLED,
+    ANNOTATION_ROLLBACK,
     Action,
     ClusterFacts,
     Decision,
     History,
+    Phase,
     Policy,
     RevisionInfo,
     Signal,
@@ -31,6 +34,7 @@ from rollbackd.model import (
     SignalStatus,
     Target,
 )
+from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
 from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record
 from rollbackd.strategies.factory import STRATEGIES, recorded
@@ -384,10 +388,11 @@ def test_plan_says_what_changes_selector_before_and_after_and_replicas_scaled() 
 def test_the_first_write_is_annotations_only_and_guarded() -> None:
     strategy = BlueGreenStrategy()
     restore = strategy.plan(GREEN_DEPLOYMENT, [], None, context())
+    rolling_back = state_annotations(Phase.ROLLING_BACK)
     ops = strategy.patch(
         GREEN_DEPLOYMENT,
         restore,
-        annotations={"rollbackd.io/rollback": "{}", "kubernetes.io/change-cause": "x"},
+        annotations={**rolling_back, "kubernetes.io/change-cause": "x"},
     )
     assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "41"}
     assert all(op["path"].startswith("/metadata/annotations/") for op in ops[1:])
@@ -395,12 +400,21 @@ def test_the_first_write_is_annotations_only_and_guarded() -> None:
     assert "kubernetes.io~1change-cause" not in written  # the template does not change
     record = json.loads(written["rollbackd.io~1blue-green"])
     assert record["from"] == "green" and record["to"] == "blue" and record["replicas"] == 3
+    assert record["rollback_id"] == "rb-7"
     # The record is how a resumed rollback finds its strategy and its plan again.
-    patched = {"metadata": {"annotations": {ANNOTATION_BLUEGREEN: json.dumps(record)}}}
+    patched = {
+        "metadata": {"annotations": {**rolling_back, ANNOTATION_BLUEGREEN: json.dumps(record)}}
+    }
     assert plan_record(patched) == record
     assert isinstance(recorded(patched), BlueGreenStrategy)
     assert isinstance(recorded(GREEN_DEPLOYMENT), RollingStrategy)
     assert strategy.verified(GREEN, patched) == Target("shop", "checkout-blue")
+    # A record an earlier rollback left behind is not a later rollback's.
+    later = RollbackState("rb-8", Phase.ROLLING_BACK, 1, 1, NOW, NOW, "rollback")
+    stale = {"metadata": {"annotations": {**patched["metadata"]["annotations"]}}}
+    stale["metadata"]["annotations"][ANNOTATION_ROLLBACK] = encode_state(later)
+    assert plan_record(stale) == {}
+    assert isinstance(recorded(stale), RollingStrategy)
 
 
 @pytest.mark.parametrize(
@@ -423,3 +437,39 @@ def test_plan_refuses_what_it_cannot_do_safely(ctx: dict[str, Any], code: str) -
 
 def test_the_factory_knows_blue_green_by_its_annotation_value() -> None:
     assert set(STRATEGIES) == {"rolling", "blue-green"}
+
+
+# --- a restart finds a cleanup left undone -------------------------------------------
+
+
+def executor() -> Executor:
+    unused: Any = None  # cleanup_left reads only the facts it is given
+    return Executor(
+        unused, unused, unused, unused, rollout_timeout=1, clock=lambda: NOW, policy_for=unused
+    )
+
+
+def state_annotations(phase: Phase, **extra: str) -> dict[str, str]:
+    state = RollbackState("rb-7", phase, 1, 1, NOW, NOW, "rollback")
+    return {ANNOTATION_ROLLBACK: encode_state(state), **extra}
+
+
+@pytest.mark.parametrize(
+    ("phase", "record_of", "resumed"),
+    [
+        (Phase.ROLLBACK_COMPLETED, "rb-7", True),  # killed between the verdict and the cleanup
+        (Phase.ROLLBACK_COMPLETED, None, False),  # cleaned up (or a rolling rollback)
+        (Phase.ROLLBACK_COMPLETED, "rb-1", False),  # an older rollback's record, not this one's
+        (Phase.ESCALATED, "rb-7", False),  # nothing switched: the bad colour is not scaled down
+    ],
+)
+def test_a_restart_resumes_only_a_completed_rollback_whose_cleanup_is_undone(
+    phase: Phase, record_of: str | None, resumed: bool
+) -> None:
+    record = {"previous": "checkout-blue", "rollback_id": record_of}
+    extra = {ANNOTATION_BLUEGREEN: json.dumps(record)} if record_of else {}
+    facts = ClusterFacts(target=GREEN, exists=True, annotations=state_annotations(phase, **extra))
+    found = executor().cleanup_left(facts)
+    assert (found is not None) is resumed
+    if found is not None:
+        assert (found.id, found.target, found.phase) == ("rb-7", GREEN, phase)
