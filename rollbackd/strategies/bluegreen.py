@@ -77,7 +77,7 @@ class BlueGreenStrategy:
     name = BLUE_GREEN
 
     async def context(self, kube: StrategyKube, target: Target, deployment: Obj) -> Obj:
-        """The namespace's Services and Deployments, and the ReplicaSets of the other colour."""
+        """The namespace's Services and Deployments, read fresh: the plan is made on them."""
         ns = target.namespace
         services = await kube.list_items(f"/api/v1/namespaces/{ns}/services")
         deployments = await kube.list_items(f"/apis/apps/v1/namespaces/{ns}/deployments")
