@@ -385,6 +385,38 @@ async def test_a_selector_changed_between_rollbackds_read_and_its_patch_is_not_o
     assert switch_record(world.service())[1] == "kubectl-edit"
 
 
+async def test_a_switch_the_api_server_fails_once_is_retried_and_made_once(world: World) -> None:
+    await world.release()
+    world.sim.faults.fail("patch", r"/services/checkout$", 503, count=1)
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_green())
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    patches = [
+        r.status
+        for r in world.sim.requests.since(mark)
+        if r.method == "PATCH" and r.path.endswith("/services/checkout")
+    ]
+    assert patches == [503, 200]  # the adapter's retry, one switch
+    assert world.service()["spec"]["selector"]["version"] == "blue"
+
+
+async def test_a_switch_rollbackd_may_not_make_escalates_with_nothing_switched(
+    world: World,
+) -> None:
+    await world.release()
+    # RBAC without patch on services: the API server answers 403 every time.
+    world.sim.faults.fail("patch", r"/services/checkout$", 403, count=100)
+
+    result = await world.executor().run(*rollback_green())
+
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "kube_forbidden")
+    assert world.service()["spec"]["selector"]["version"] == "green"
+    assert world.replicas(GREEN) == 3
+    assert "RollbackStarted" not in world.events()
+
+
 async def test_a_previous_colour_that_never_becomes_ready_escalates_unswitched(
     world: World,
 ) -> None:
