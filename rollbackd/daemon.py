@@ -291,7 +291,8 @@ class Daemon:
         now = self.clock()
         for target in self.kube.targets():
             facts = self.kube.facts(target, now=now)
-            rollback = annotated_rollback(facts)
+            # In flight, or completed with its strategy's cleanup undone (killed in between).
+            rollback = annotated_rollback(facts) or self.executor.cleanup_left(facts)
             if rollback is None:
                 continue
             state = state_from_annotations(facts.annotations)

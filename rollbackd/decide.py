@@ -44,6 +44,11 @@ Check order, first match wins, and why:
     (ROLLBACK). Dry-run is last so it reports exactly what would have been
     done; skips, joins and escalations above stay what they are.
 
+Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
+``rollbackd.io/strategy: blue-green``) share steps 1-3, 5 and 6; steps 4 and
+7-10 are their own (:mod:`rollbackd.decide_bluegreen`): the release is the
+selector switch, the previous state is the other colour.
+
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
 created_at >= min_stable``, and an unknown ``replaced_at`` is not stable; the
@@ -61,6 +66,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rollbackd.decide_bluegreen import decide_bluegreen
 from rollbackd.decide_inputs import Check, Inputs
 from rollbackd.decide_target import (
     choose_revision,
@@ -103,6 +109,8 @@ def decide(
         decision = check(inputs)
         if decision is not None:
             return decision
+    if facts.bluegreen is not None:
+        return decide_bluegreen(inputs)
     chosen = choose_revision(inputs)
     if isinstance(chosen, Decision):
         return chosen
@@ -229,7 +237,7 @@ def _anomaly_before_restore(inp: Inputs) -> Decision | None:
     # about the revision rollbackd replaced (late alerts, slow rules, replays).
     current = inp.current
     state = state_from_annotations(inp.facts.annotations)
-    if current is None or state is None:
+    if current is None or state is None or inp.facts.bluegreen is not None:
         return None
     restored_here = current.restored_by == state.rollback_id or (
         current.restored_by is None and current.revision in inp.history.restored_revisions
@@ -253,7 +261,7 @@ def _anomaly_before_restore(inp: Inputs) -> Decision | None:
 
 def _restored_revision_breaching(inp: Inputs) -> Decision | None:
     current = inp.current
-    if current is None:
+    if current is None or inp.facts.bluegreen is not None:  # a switch's own rules apply
         return None
     restored_by = current.restored_by
     if restored_by is None and current.revision not in inp.history.restored_revisions:
@@ -300,6 +308,8 @@ def _paused(inp: Inputs) -> Decision | None:
 
 
 def _no_recent_rollout(inp: Inputs) -> Decision | None:
+    if inp.facts.bluegreen is not None:  # the release is the switch: decide_bluegreen
+        return None
     started = inp.facts.rollout_started_at
     anomaly = inp.signal.started_at
     window = inp.policy.change_window

@@ -124,8 +124,9 @@ def mutable_refs(revision: RevisionInfo) -> list[str]:
 # --- 10. act, or say what acting would have been ---------------------------------
 
 
-def rollback_or_dry_run(inp: Inputs, chosen: RevisionInfo) -> Decision:
-    plan = plan_sentence(inp, chosen)
+def rollback_or_dry_run(inp: Inputs, chosen: RevisionInfo, plan: str | None = None) -> Decision:
+    """Roll back (or record the dry run) to ``chosen``; ``plan`` the sentence, else revisions'."""
+    plan = plan or plan_sentence(inp, chosen)
     dry_run_by = dry_run_source(inp)
     recorded = inp.history.last_dry_run
     if (

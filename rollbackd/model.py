@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollbackd.bluegreen import BlueGreenFacts
 
 ANNOTATION_PREFIX = "rollbackd.io/"
 ANNOTATION_ENABLED = "rollbackd.io/enabled"
@@ -21,10 +24,14 @@ ANNOTATION_RESTORED = (
 )
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
 ANNOTATION_MODE = "rollbackd.io/mode"  # "approve": a human approves each rollback first
+ANNOTATION_STRATEGY = "rollbackd.io/strategy"  # on a Service: how its Deployments roll back
 ANNOTATION_CHANGE_CAUSE = "kubernetes.io/change-cause"
 ANNOTATION_REVISION = "deployment.kubernetes.io/revision"
 ANNOTATION_REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
+# rollbackd's field manager on the writes whose owner is read back (a Service's
+# selector: managedFields then say a blue-green switch was rollbackd's own).
+FIELD_MANAGER = "rollbackd"
 
 
 def utcnow() -> datetime:
@@ -121,6 +128,8 @@ class ClusterFacts:
     # When the newest rollout began (creation of, or promotion to, the current RS).
     rollout_started_at: datetime | None = None
     gitops_owner: str | None = None  # "argocd:<app>" / "flux:<kind>/<name>" when managed
+    # The target as one colour of a blue-green Service (None: a rolling target).
+    bluegreen: BlueGreenFacts | None = None
 
 
 class Phase(StrEnum):

@@ -39,6 +39,12 @@ class ReasonCode(StrEnum):
     DRY_RUN = "dry_run"
     DRY_RUN_RECORDED = "dry_run_recorded"
     ROLLBACK = "rollback"
+    # blue-green (bluegreen.py, decide_bluegreen.py, strategies/bluegreen.py)
+    STRATEGY_UNKNOWN = "strategy_unknown"
+    COLOR_LABEL_INVALID = "color_label_invalid"
+    NOT_LIVE_COLOR = "not_live_color"
+    NO_PREVIOUS_COLOR = "no_previous_color"
+    PREVIOUS_COLOR_NOT_READY = "previous_color_not_ready"
     # how a rollback ended (executor, verification, strategies)
 
     # verification

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -113,6 +113,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  started:   {_when(rollback.started_at)}", file=out)
     print(f"  updated:   {_when(rollback.updated_at)}", file=out)
     print(f"  finished:  {_when(rollback.finished_at)}", file=out)
+    for entry in timeline:  # a strategy beyond rolling: what it changed
+        if entry.kind == "plan" and (entry.data or {}).get("changes"):
+            print(f"  strategy:  {_changes(entry.data)}", file=out)
     for entry in timeline:  # approve mode: who said yes or no, and when
         if entry.kind in (EVENT_KIND_APPROVED, EVENT_KIND_REJECTED):
             data = entry.data or {}
@@ -121,3 +124,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     for entry in timeline:
         print(f"  {_when(entry.at)}  {entry.kind:<12} {redact_text(entry.message)}", file=out)
     return EXIT_OK
+
+
+def _changes(data: Mapping[str, Any]) -> str:
+    """``blue-green: Service s selector version=green -> version=blue; scaled x 0 -> 3``."""
+    changes = data.get("changes") or {}
+    parts = []
+    before, after = changes.get("selector_before") or {}, changes.get("selector_after") or {}
+    moved = [k for k in after if before.get(k) != after.get(k)]
+    if moved:
+        selector = ", ".join(f"{k}={before.get(k)} -> {k}={after[k]}" for k in moved)
+        parts.append(f"Service {changes.get('service')} selector {selector}")
+    for scaled in changes.get("replicas_scaled") or []:
+        parts.append(
+            f"scaled {scaled.get('deployment')} {scaled.get('from')} -> {scaled.get('to')}"
+        )
+    return f"{data.get('strategy')}: {'; '.join(parts) or 'no change recorded'}"

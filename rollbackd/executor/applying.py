@@ -9,6 +9,7 @@ relevant changed is status churn, retried while the retry budget lasts.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from rollbackd.executor.core import uid_of
@@ -28,6 +29,7 @@ from rollbackd.readiness import template_hash
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import strip_hash
 from rollbackd.state import encode_restored, encode_state, restored_record
+from rollbackd.strategies import PlanError
 
 
 class Applying(Planning):
@@ -60,15 +62,24 @@ class Applying(Planning):
         while True:
             attempt += 1
             rolling = self._advance(rollback, Phase.ROLLING_BACK)
-            ops = self._strategy.patch(
+            strategy = self._strategy_of(rollback)
+            ops = strategy.patch(
                 plan.deployment,
                 plan.restore,
                 annotations=self._annotations(rollback, rolling, plan),
             )
             try:
-                await self._strategy.apply(self._kube, rollback.target, ops)
+                await self._strategy_step(
+                    strategy.apply(self._kube, rollback.target, ops, timeout=self._rollout_timeout)
+                )
             except ConflictError as exc:
-                if await self._landed(rollback, plan):
+                if deployment := await self._landed(rollback, plan):
+                    # The first write is there: the strategy finishes what follows it.
+                    await self._strategy_step(
+                        strategy.resume(
+                            self._kube, rollback.target, deployment, timeout=self._rollout_timeout
+                        )
+                    )
                     break
                 await self._recorder.event(
                     rollback, "conflict", f"write conflict (attempt {attempt}), re-planning: {exc}"
@@ -79,38 +90,52 @@ class Applying(Planning):
             break
         return await self._started(rolling, plan, ops)
 
+    async def _strategy_step(self, step: Awaitable[None]) -> None:
+        """A strategy's writes; one it refused to make ends the rollback with nothing switched."""
+        try:
+            await step
+        except PlanError as exc:
+            raise Abort(exc.reason_code, exc.message, failed=False) from exc
+
     async def _started(self, rollback: Rollback, plan: Plan, ops: list[dict[str, Any]]) -> Rollback:
         self._latest[rollback.id] = rollback
-        self._restored[rollback.id] = plan.restore.template
-        message = (
-            f"restoring revision {plan.to_revision} ({', '.join(images(plan.restore.template))})"
-        )
-        await self._recorder.phase(rollback, message, {"patch": ops})
+        self._restored[rollback.id] = plan.restore.watched_template
+        self._verify_targets[rollback.id] = plan.restore.verify_target or rollback.target
+        restore = plan.restore
+        message = f"restoring revision {plan.to_revision} ({', '.join(images(restore.template))})"
+        if restore.summary:
+            message = f"{restore.summary} ({', '.join(images(restore.template))})"
+        changes = {"changes": dict(restore.changes)} if restore.changes else {}
+        await self._recorder.phase(rollback, message, {"patch": ops, **changes})
         await self._kube.emit_event(
             rollback.target, reason=EVENT_STARTED, message=message, uid=uid_of(plan.deployment)
         )
+        headline = f"rollbackd is rolling back {rollback.target} to revision {plan.to_revision}"
         summary, details = self._with_gitops(
             rollback,
-            f"rollbackd is rolling back {rollback.target} to revision {plan.to_revision}",
-            {"reason": rollback.reason, "reason_code": rollback.reason_code},
+            f"{headline}: {restore.summary}" if restore.summary else headline,
+            {"reason": rollback.reason, "reason_code": rollback.reason_code, **changes},
         )
         await self._pager.notify(NotificationKind.ROLLBACK_STARTED, rollback, summary, details)
         return rollback
 
-    async def _landed(self, rollback: Rollback, plan: Plan) -> bool:
-        """True when the template patch is on the Deployment although its answer said otherwise."""
+    async def _landed(self, rollback: Rollback, plan: Plan) -> dict[str, Any] | None:
+        """The Deployment when the first patch is on it although its answer said otherwise."""
         deployment = await self._read(rollback.target)
-        return restored_record(deployment).get("rollback_id") == rollback.id and templates_equal(
-            deployment["spec"]["template"], plan.restore.template
-        )
+        ours = restored_record(deployment).get("rollback_id") == rollback.id
+        if ours and templates_equal(deployment["spec"]["template"], plan.restore.watched_template):
+            return deployment
+        return None
 
-    async def _adopt_restored(self, rollback: Rollback) -> None:
+    async def _adopt_restored(self, rollback: Rollback) -> dict[str, Any]:
         """Find the template this rollback restored (resume); it must still be the Deployment's.
 
         Our restored record and its ReplicaSet gone: the rollback cannot be
         followed any more. Present but the template differs: a human took over.
         """
         deployment = await self._read(rollback.target)
+        strategy = await self._choose_strategy(rollback, deployment, resumed=True)
+        self._verify_targets[rollback.id] = strategy.verified(rollback.target, deployment)
         restored = restored_record(deployment)
         ours = [
             rs
@@ -128,3 +153,4 @@ class Applying(Planning):
         if not templates_equal(ours[0]["spec"]["template"], deployment["spec"]["template"]):
             raise Superseded(deployment)
         self._latest[rollback.id] = rollback
+        return deployment

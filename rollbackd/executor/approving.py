@@ -236,9 +236,11 @@ def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
     before = list(images(plan.deployment["spec"]["template"]))
     after = list(images(plan.restore.template))
     approve, reject = commands(rollback.id)
+    how = f"from revision {plan.from_revision} to revision {plan.to_revision}"
+    if plan.restore.summary:  # a strategy beyond rolling says what it would change
+        how = f"by {plan.restore.summary}"
     summary = (
-        f"rollbackd proposes to roll back {rollback.target} from revision "
-        f"{plan.from_revision} to revision {plan.to_revision} "
+        f"rollbackd proposes to roll back {rollback.target} {how} "
         f"(images {', '.join(before)} -> {', '.join(after)}; changes "
         f"{', '.join(plan.diff_paths) or 'nothing'}) because {rollback.reason or rollback.reason_code}. "
         f"Approve: {approve} ; reject: {reject}"
@@ -252,4 +254,5 @@ def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
         "diff": list(plan.diff_paths),
         "approve_command": approve,
         "reject_command": reject,
+        **({"changes": dict(plan.restore.changes)} if plan.restore.changes else {}),
     }

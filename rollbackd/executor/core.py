@@ -33,8 +33,8 @@ from rollbackd.kube.retry import RetryBudget, backoff_delay, current_budget
 from rollbackd.model import Phase, Policy, Rollback, Target
 from rollbackd.reasons import RollbackReason
 from rollbackd.state import RollbackState, recorded_state
-from rollbackd.strategies import Strategy
-from rollbackd.strategies.factory import DEFAULT, by_name
+from rollbackd.strategies import PlanError, Strategy
+from rollbackd.strategies.factory import DEFAULT, by_name, for_target, recorded
 
 log = structlog.get_logger("rollbackd.executor")
 
@@ -75,7 +75,11 @@ class Core:
         self._retry_budget = rollout_timeout if retry_budget is None else retry_budget
         self._clock = clock
         self._policy_for = policy_for
-        self._strategy: Strategy = strategy or by_name(DEFAULT)
+        # A fixed strategy (tests); else each rollback's from the factory.
+        self._fixed_strategy = strategy
+        self._strategies: dict[str, Strategy] = {}
+        # Whose version each rollback in progress waits for and verifies.
+        self._verify_targets: dict[str, Target] = {}
         # Verification from a ready_at older than this would judge data that
         # may have aged out; verify afresh from now instead.
         self._resume_max_age = resume_max_age
@@ -95,6 +99,30 @@ class Core:
         self._gitops: dict[str, dict[str, Any]] = {}
         # The pod template each rollback in progress restored (hash label stripped).
         self._restored: dict[str, Mapping[str, Any]] = {}
+
+    # ------------------------------------------------------------- strategy
+
+    def _strategy_of(self, rollback: Rollback) -> Strategy:
+        """The strategy chosen for ``rollback`` (rolling until one is chosen)."""
+        return self._strategies.get(rollback.id) or self._fixed_strategy or by_name(DEFAULT)
+
+    async def _choose_strategy(
+        self, rollback: Rollback, deployment: Mapping[str, Any], *, resumed: bool = False
+    ) -> Strategy:
+        """The factory's choice: a selecting Service's declaration, or the recorded one on resume."""
+        strategy = self._fixed_strategy
+        if strategy is None and resumed:
+            strategy = recorded(deployment)
+        elif strategy is None:
+            try:
+                strategy = await for_target(self._kube, rollback.target, deployment)
+            except PlanError as exc:
+                raise Abort(exc.reason_code, exc.message, failed=False) from exc
+        self._strategies[rollback.id] = strategy
+        return strategy
+
+    def _verify_target(self, rollback: Rollback) -> Target:
+        return self._verify_targets.get(rollback.id, rollback.target)
 
     # ----------------------------------------------------------------- phases
 

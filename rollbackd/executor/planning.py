@@ -78,8 +78,10 @@ class Planning(Core):
             raise Abort(
                 RollbackReason.PAUSED, "deployment is paused: a human is mid-rollout", failed=False
             )
+        strategy = await self._choose_strategy(rollback, deployment)
+        context = await strategy.context(self._kube, rollback.target, deployment)
         try:
-            restore = self._strategy.plan(deployment, replicasets, rollback.to_revision)
+            restore = strategy.plan(deployment, replicasets, rollback.to_revision, context)
         except PlanError as exc:
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
         paths = template_diff_paths(template, restore.template)
@@ -112,6 +114,10 @@ class Planning(Core):
             f"rolling back from revision {plan.from_revision} to revision {plan.to_revision} "
             f"(ReplicaSet {plan.replicaset_name})"
         )
+        if plan.restore.summary:
+            message = f"{self._strategy_of(rollback).name}: {plan.restore.summary}"
+        # What a strategy other than rolling changes (selector, replicas): the report and API.
+        changes = {"changes": dict(plan.restore.changes)} if plan.restore.changes else {}
         await self._kube.emit_event(
             rollback.target, reason=EVENT_PLANNED, message=message, uid=uid_of(plan.deployment)
         )
@@ -131,6 +137,8 @@ class Planning(Core):
                     "restored": compact_template(plan.restore.template),
                 },
                 "rollout_started_at": plan.rollout_started_at,
+                "strategy": self._strategy_of(rollback).name,
+                **changes,
             },
         )
 

@@ -16,7 +16,7 @@ from rollbackd.kube.fencing import Fence
 from rollbackd.model import Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.state import RollbackState
-from rollbackd.strategies import Patcher, RolloutWaiter
+from rollbackd.strategies import StrategyKube
 from rollbackd.verify import VerifyResult
 
 # Event reasons on the Deployment, one per step (kubectl describe shows them).
@@ -31,13 +31,14 @@ EVENT_SUPERSEDED = "RollbackSuperseded"
 EVENT_APPROVAL_REQUESTED = "RollbackApprovalRequested"
 EVENT_APPROVED = "RollbackApproved"
 EVENT_REJECTED = "RollbackRejected"
+EVENT_CLEANED_UP = "RollbackCleanedUp"
 
 
 # Annotations to set, or (None) to remove, in one write.
 Changes = Mapping[str, str | None] | None
 
 
-class KubePort(Patcher, RolloutWaiter, OwnerApi, Protocol):
+class KubePort(StrategyKube, OwnerApi, Protocol):
     """The Kubernetes adapter as the executor uses it."""
 
     fence: Fence

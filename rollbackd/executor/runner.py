@@ -25,7 +25,7 @@ Every line a rollback logs carries ``rollback_id`` and ``target`` (bound in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -37,10 +37,11 @@ from rollbackd.executor.ports import Abort, Superseded
 from rollbackd.kube.errors import ForbiddenError, KubeError
 from rollbackd.kube.fencing import FencedError
 from rollbackd.kube.retry import RetryBudget, budget_scope
-from rollbackd.model import Action, Decision, Phase, Rollback, Target
+from rollbackd.model import Action, ClusterFacts, Decision, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
-from rollbackd.state import RollbackState
+from rollbackd.state import RollbackState, state_from_annotations
+from rollbackd.strategies.factory import recorded
 
 log = structlog.get_logger("rollbackd.executor")
 
@@ -87,6 +88,16 @@ class Executor(Approving):
 
     async def _resume(self, target: Target, state: RollbackState) -> Rollback:
         rollback = state.rollback(target)
+        if state.phase is Phase.ROLLBACK_COMPLETED:
+            # Killed after the verdict, before the strategy's cleanup: do it now.
+            deployment = await self._fresh_or_none(target)
+            if deployment is not None:
+                await self._choose_strategy(rollback, deployment, resumed=True)
+                try:
+                    await self._cleanup(rollback)
+                finally:
+                    self._strategies.pop(rollback.id, None)
+            return rollback
         if state.phase.terminal:
             return rollback
         await self._recorder.event(
@@ -146,9 +157,28 @@ class Executor(Approving):
         return await self._wait_and_verify(rollback)
 
     async def _resume_rolling_back(self, rollback: Rollback) -> Rollback:
-        """The ROLLING_BACK state landed with the patch: check the template is still ours."""
-        await self._adopt_restored(rollback)
+        """The ROLLING_BACK state landed with the first patch: the strategy finishes its writes."""
+        deployment = await self._adopt_restored(rollback)
+        strategy = self._strategy_of(rollback)
+        await self._strategy_step(
+            strategy.resume(self._kube, rollback.target, deployment, timeout=self._rollout_timeout)
+        )
         return await self._wait_and_verify(rollback)
+
+    def cleanup_due(self, annotations: Mapping[str, str]) -> bool:
+        """Whether a completed rollback recorded in ``annotations`` left its cleanup undone."""
+        state = state_from_annotations(annotations)
+        if state is None or state.phase is not Phase.ROLLBACK_COMPLETED:
+            return False
+        deployment = {"metadata": {"annotations": annotations}}
+        return recorded(deployment).cleanup_due(deployment)
+
+    def cleanup_left(self, facts: ClusterFacts) -> Rollback | None:
+        """The completed rollback whose cleanup ``facts`` show undone (resume it), or None."""
+        state = state_from_annotations(facts.annotations)
+        if state is None or not self.cleanup_due(facts.annotations):
+            return None
+        return state.rollback(facts.target)
 
     async def _resume_verifying(self, rollback: Rollback, ready_at: datetime) -> Rollback:
         await self._adopt_restored(rollback)
@@ -181,6 +211,8 @@ class Executor(Approving):
             self._latest.pop(rollback.id, None)
             self._gitops.pop(rollback.id, None)
             self._restored.pop(rollback.id, None)
+            self._strategies.pop(rollback.id, None)
+            self._verify_targets.pop(rollback.id, None)
 
     def _abort_for(self, exc: Exception, latest: Rollback) -> Abort:
         """The recorded ending of an error that stopped the rollback.

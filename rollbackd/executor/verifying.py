@@ -16,9 +16,16 @@ from typing import Any, TypeVar
 import structlog
 
 from rollbackd.executor.applying import Applying
-from rollbackd.executor.ports import EVENT_READY, EVENT_VERIFIED, Abort, Superseded
+from rollbackd.executor.ports import (
+    EVENT_CLEANED_UP,
+    EVENT_READY,
+    EVENT_VERIFIED,
+    Abort,
+    Superseded,
+)
 from rollbackd.journal import DETAIL_RESTORED_REVISION
 from rollbackd.kube.errors import KubeError, NotFoundError
+from rollbackd.kube.fencing import FencedError
 from rollbackd.model import ANNOTATION_RESTORED, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason, rollout_reason
@@ -35,9 +42,10 @@ class Verifying(Applying):
     """The restored version's rollout, its verification, and ROLLBACK_COMPLETED."""
 
     async def _wait_and_verify(self, rollback: Rollback) -> Rollback:
+        restored = self._verify_target(rollback)
         outcome = await self._unless_superseded(
             rollback,
-            self._strategy.wait(self._kube, rollback.target, timeout=self._rollout_timeout),
+            self._strategy_of(rollback).wait(self._kube, restored, timeout=self._rollout_timeout),
         )
         if not outcome.complete:
             raise Abort(rollout_reason(outcome.status), outcome.message, failed=True)
@@ -48,7 +56,7 @@ class Verifying(Applying):
             message=f"restored version ready: {outcome.message}",
         )
         try:
-            digests = await self._kube.pod_images(rollback.target)
+            digests = await self._kube.pod_images(restored)
         except KubeError as exc:
             digests = {}
             log.warning("pod_images_not_read", error=str(exc))
@@ -76,12 +84,14 @@ class Verifying(Applying):
             data={DETAIL_RESTORED_REVISION: actual} if actual is not None else None,
         )
         result = await self._unless_superseded(
-            rollback, self._verifier.verify(rollback.target, ready_at)
+            rollback, self._verifier.verify(self._verify_target(rollback), ready_at)
         )
         await self._record_intervals(rollback, result)
         if not result.healthy:
             raise Abort(result.reason_code, result.reason, failed=True)
-        return await self._completed(rollback, ready_at, result)
+        done = await self._completed(rollback, ready_at, result)
+        await self._cleanup(done)  # after ROLLBACK_COMPLETED is written and paged
+        return done
 
     async def _completed(
         self, rollback: Rollback, ready_at: datetime, result: VerifyResult
@@ -105,6 +115,23 @@ class Verifying(Applying):
         await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
         await self._kube.emit_event(done.target, reason=EVENT_VERIFIED, message=result.reason)
         return done
+
+    async def _cleanup(self, rollback: Rollback) -> None:
+        """The strategy's work after ROLLBACK_COMPLETED; a failure is recorded, not an ending."""
+        strategy = self._strategy_of(rollback)
+        try:
+            done = await strategy.cleanup(self._kube, rollback.target)
+        except (asyncio.CancelledError, FencedError):
+            raise  # the next leader finds the cleanup still due and does it
+        except Exception as exc:
+            log.warning("cleanup_failed", strategy=strategy.name, error=str(exc))
+            await self._recorder.event(
+                rollback, "cleanup_failed", f"cleanup after the rollback failed: {exc}"
+            )
+            return
+        if done:
+            await self._recorder.event(rollback, "cleanup", done, {"strategy": strategy.name})
+            await self._kube.emit_event(rollback.target, reason=EVENT_CLEANED_UP, message=done)
 
     async def _read_restored(self, rollback: Rollback) -> dict[str, Any]:
         """A fresh read that must still show the restored template (else SUPERSEDED)."""

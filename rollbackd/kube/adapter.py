@@ -14,13 +14,15 @@ are compared and restored byte-for-byte, which typed models would obscure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from kubernetes_asyncio.client import ApiClient
 
+from rollbackd.guard import templates_equal
 from rollbackd.kube.cache import WatchCache
 from rollbackd.kube.client import selector_query
 from rollbackd.kube.election import LeaderElection
@@ -30,7 +32,7 @@ from rollbackd.kube.rollout import RolloutWaits
 from rollbackd.kube.writes import DeploymentWrites
 from rollbackd.model import ClusterFacts, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
-from rollbackd.revisions import cluster_facts
+from rollbackd.revisions import cluster_facts, parse_time
 
 
 class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
@@ -107,7 +109,31 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         deployment = self.cache.deployment(target)
         uid = (deployment or {}).get("metadata", {}).get("uid", "")
         replicasets = self.cache.owned_replicasets(uid, target.namespace) if deployment else []
-        return cluster_facts(target, deployment, replicasets, now=now)
+        facts = cluster_facts(target, deployment, replicasets, now=now)
+        if deployment is None:
+            return facts
+        # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
+        from rollbackd import bluegreen
+
+        services = self.cache.declaring_services(target.namespace)
+        if not services:
+            return facts  # the common case: no Service declares a strategy here
+        colours = bluegreen.bluegreen_facts(
+            deployment,
+            services,
+            self.cache.namespace_deployments(target.namespace),
+            running_since=self._running_since,
+        )
+        return replace(facts, bluegreen=colours) if colours is not None else facts
+
+    def _running_since(self, deployment: Mapping[str, Any]) -> datetime | None:
+        """When a Deployment's running version was created: its current ReplicaSet's creation."""
+        meta = deployment.get("metadata", {})
+        template = deployment.get("spec", {}).get("template") or {}
+        for rs in self.cache.owned_replicasets(meta.get("uid", ""), meta.get("namespace", "")):
+            if templates_equal(rs.get("spec", {}).get("template") or {}, template):
+                return parse_time(rs.get("metadata", {}).get("creationTimestamp"))
+        return None
 
     # ---------------------------------------------------------- fresh reads
 

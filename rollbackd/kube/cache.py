@@ -1,4 +1,4 @@
-"""The watch cache: list+watch of Deployments, ReplicaSets and Pods, kept in memory.
+"""The watch cache: list+watch of Deployments, ReplicaSets, Pods and Services, in memory.
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
@@ -9,7 +9,9 @@ metadata only (``PartialObjectMetadata``, as client-go's metadata informers
 do); readiness and images are read on demand for one Deployment's pods (see
 :mod:`rollbackd.kube.adapter`). Lists are paginated (:mod:`~rollbackd.kube.pager`).
 ReplicaSets are indexed by their controller's UID, so the facts of one
-Deployment never scan the cluster.
+Deployment never scan the cluster. Services are kept trimmed to what the
+blue-green facts read: annotations, the selector, and the managedFields
+entries that own the selector (when it was switched, and by whom).
 """
 
 from __future__ import annotations
@@ -29,43 +31,24 @@ from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespa
 from rollbackd.kube.errors import GoneError
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
-from rollbackd.model import Target
+from rollbackd.kube.transforms import (
+    DEFAULT_TRANSFORMS,
+    DEPLOYMENTS,
+    PODS,
+    REPLICASETS,
+    SERVICES,
+    Transform,
+)
+from rollbackd.model import ANNOTATION_STRATEGY, Target
 from rollbackd.revisions import controller_uid
 
 log = structlog.get_logger("rollbackd.kube")
 
-DEPLOYMENTS = "deployments"
-REPLICASETS = "replicasets"
-PODS = "pods"
-
 JSON = "application/json"
 
 Key = tuple[str, str]
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
-_POD_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
-
-
-def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A pod (whole or PartialObjectMetadata) as the cache keeps it: the resolver's fields."""
-    meta = pod.get("metadata", {})
-    return {"metadata": {k: meta[k] for k in _POD_METADATA if k in meta}}
-
-
-def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply bookkeeping: often the largest part of an object, never read here."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
-
-
-DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
-    DEPLOYMENTS: drop_managed_fields,
-    REPLICASETS: drop_managed_fields,
-    PODS: trim_pod,
-}
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -105,8 +88,14 @@ class WatchCache:
             DEPLOYMENTS: {},
             REPLICASETS: {},
             PODS: {},
+            SERVICES: {},
         }
         self._rs_by_owner: dict[str, set[Key]] = {}
+        # Services and Deployments by namespace: blue-green facts read a
+        # namespace's, and must not scan the cluster for every target.
+        self._by_namespace: dict[str, dict[str, set[Key]]] = {SERVICES: {}, DEPLOYMENTS: {}}
+        # Services declaring a strategy, by namespace: most namespaces have none.
+        self._declaring: dict[str, set[Key]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
@@ -114,7 +103,7 @@ class WatchCache:
 
     @staticmethod
     def specs(namespaces: Sequence[str] | None) -> list[WatchSpec]:
-        """The three loops per namespace (or one set for all namespaces)."""
+        """The four loops per namespace (or one set for all namespaces)."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
         specs: list[WatchSpec] = []
         for ns in scopes:
@@ -123,6 +112,7 @@ class WatchCache:
                 WatchSpec(DEPLOYMENTS, f"/apis/apps/v1{prefix}/deployments", ns),
                 WatchSpec(REPLICASETS, f"/apis/apps/v1{prefix}/replicasets", ns),
                 WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
+                WatchSpec(SERVICES, f"/api/v1{prefix}/services", ns),
             ]
         return specs
 
@@ -251,10 +241,17 @@ class WatchCache:
         store = self._objects[kind]
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
+        index = self._by_namespace.get(kind)
+        if kind == SERVICES:
+            self._index_declaring(key, obj)
         if obj is None:
             store.pop(key, None)
+            if index is not None and key[0] in index:
+                index[key[0]].discard(key)
         else:
             store[key] = obj
+            if index is not None:
+                index.setdefault(key[0], set()).add(key)
 
     def _reindex_owner(
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
@@ -298,6 +295,31 @@ class WatchCache:
 
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
+
+    def _index_declaring(self, key: Key, obj: Mapping[str, Any] | None) -> None:
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        if ANNOTATION_STRATEGY in annotations:
+            self._declaring.setdefault(key[0], set()).add(key)
+        elif key[0] in self._declaring:
+            self._declaring[key[0]].discard(key)
+
+    def services(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's cached Services (trimmed, see :func:`trim_service`)."""
+        return self._in_namespace(SERVICES, namespace)
+
+    def declaring_services(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's Services that declare ``rollbackd.io/strategy`` (indexed)."""
+        store = self._objects[SERVICES]
+        return [store[key] for key in sorted(self._declaring.get(namespace, ())) if key in store]
+
+    def namespace_deployments(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's cached Deployments (indexed: no scan of the cluster)."""
+        return self._in_namespace(DEPLOYMENTS, namespace)
+
+    def _in_namespace(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        store = self._objects[kind]
+        keys = self._by_namespace[kind].get(namespace, ())
+        return [store[key] for key in sorted(keys) if key in store]
 
     def owned_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
         """Cached ReplicaSets controlled by ``uid`` (indexed: no scan of the cluster)."""

@@ -214,6 +214,12 @@ class KubeClient:
         """A fresh GET: every write path starts here."""
         return await self.request("GET", deployment_path(target))
 
+    async def read_service(self, namespace: str, name: str) -> dict[str, Any]:
+        """A fresh GET of a Service (a blue-green switch is based on it)."""
+        return await self.request(
+            "GET", f"/api/v1/namespaces/{quote(namespace)}/services/{quote(name)}"
+        )
+
     async def list_replicasets(self, target: Target) -> list[dict[str, Any]]:
         """ReplicaSets controlled by the Deployment's UID, freshly listed."""
         deployment = await self.read_deployment(target)

@@ -1,4 +1,4 @@
-"""Guarded writes to a Deployment: JSON patches and the rollback state annotation.
+"""Guarded writes: JSON patches of a Deployment or a Service, and the rollback state.
 
 Every write starts from a fresh GET and carries a resourceVersion
 precondition, so a human's concurrent deploy surfaces as ConflictError
@@ -8,18 +8,19 @@ replaced (fencing by term).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from rollbackd.kube.client import KubeClient, deployment_path
 from rollbackd.kube.errors import ConflictError, InvalidError
 from rollbackd.kube.fencing import check_state_term
 from rollbackd.kube.patch import annotation_ops, precondition, precondition_of
-from rollbackd.model import ANNOTATION_ROLLBACK, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, FIELD_MANAGER, Target
 from rollbackd.state import RollbackState, encode_state, recorded_state
 
 
-def _conflict(target: Target, resource_version: str) -> ConflictError:
+def _conflict(target: object, resource_version: str) -> ConflictError:
     return ConflictError(
         f"{target} changed since resourceVersion {resource_version}", 409, reason="Conflict"
     )
@@ -30,12 +31,35 @@ class DeploymentWrites(KubeClient):
 
     async def patch_deployment(self, target: Target, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """Apply a JSON patch; a failed resourceVersion ``test`` raises ConflictError."""
+        return await self._guarded_patch(deployment_path(target), ops, target)
+
+    async def patch_service(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """JSON-patch a Service as field manager ``rollbackd``; a failed ``test`` is a conflict.
+
+        managedFields then name rollbackd as the owner of a selector it
+        switched, which is how a later decision knows the switch was its own.
+        """
+        path = f"/api/v1/namespaces/{quote(namespace)}/services/{quote(name)}"
+        return await self._guarded_patch(
+            path,
+            ops,
+            f"service {namespace}/{name}",
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+
+    async def _guarded_patch(
+        self,
+        path: str,
+        ops: list[dict[str, Any]],
+        what: object,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> dict[str, Any]:
         try:
             return await self.request(
-                "PATCH",
-                deployment_path(target),
-                body=ops,
-                content_type="application/json-patch+json",
+                "PATCH", path, query=query, body=ops, content_type="application/json-patch+json"
             )
         except InvalidError as exc:
             tested = precondition_of(ops)
@@ -43,9 +67,9 @@ class DeploymentWrites(KubeClient):
                 raise
             # 422 is any op that cannot apply; it is a conflict when our
             # resourceVersion test is what failed, i.e. the object moved on.
-            current = await self.read_deployment(target)
+            current = await self.request("GET", path)
             if current.get("metadata", {}).get("resourceVersion") != tested:
-                raise _conflict(target, tested) from exc
+                raise _conflict(what, tested) from exc
             raise
 
     def check_state_term(self, deployment: Mapping[str, Any], what: str) -> None:

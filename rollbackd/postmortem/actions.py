@@ -8,6 +8,7 @@ fix forward; a dry run changed nothing. Pure: facts in, sentences out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,11 @@ def bad_images(f: Facts) -> list[str]:
 
 def _undo_command(f: Facts) -> str:
     rb = f.rollback
+    changes = f.first_value("changes")
+    if isinstance(changes, Mapping) and changes.get("selector_after"):
+        # Blue-green: the undo is the selector switch back (after the colour is Ready).
+        selector = json.dumps({"spec": {"selector": dict(changes["selector_after"])}})
+        return f"kubectl -n {rb.target.namespace} patch service {changes.get('service')} -p '{selector}'"
     to = f" --to-revision={rb.to_revision}" if rb.to_revision else ""
     return f"kubectl -n {rb.target.namespace} rollout undo deployment/{rb.target.name}{to}"
 

@@ -2,21 +2,29 @@
 
 The executor owns the state machine; a strategy owns what differs between
 rolling, blue/green and canary rollbacks (Flagger's router idea: a tiny
-interface and a factory, :mod:`rollbackd.strategies.factory`):
+interface and a factory, :mod:`rollbackd.strategies.factory`). The target is
+always the Deployment whose signals breach (its state annotation carries the
+phase); a strategy may restore something else (another Deployment, a
+Service's selector) and says so in its :class:`Restore`:
 
-- ``plan``: which old version to restore, from plain Kubernetes JSON;
-- ``patch`` and ``apply``: the guarded write that restores it, built then sent;
+- ``context``: the extra plain objects ``plan`` needs, read fresh (rolling: none);
+- ``plan``: what to restore and what it changes, from plain Kubernetes JSON;
+- ``patch`` and ``apply``: the first guarded write (it carries the ROLLING_BACK
+  state and the plan's record), then the strategy's further guarded writes;
+- ``resume``: finish the writes a kill interrupted (each one idempotent);
+- ``verified``: whose version is waited for and verified once applied;
 - ``wait``: until the restored version is rolled out (or cannot be);
-- ``status``: the completion predicate ``wait`` uses, over one object.
+- ``status``: the completion predicate ``wait`` uses, over one object;
+- ``cleanup``: what is left to do after ROLLBACK_COMPLETED (rolling: nothing).
 
 ``plan`` and ``status`` are pure, so they are tested without a cluster;
-``apply`` and ``wait`` get only the part of the adapter they need.
+``apply``, ``resume``, ``wait`` and ``cleanup`` get only the adapter they need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rollbackd.kube.rollout import RolloutOutcome, RolloutStatus, StatusFn
@@ -36,6 +44,7 @@ __all__ = [
     "RolloutStatus",
     "RolloutWaiter",
     "Strategy",
+    "StrategyKube",
 ]
 
 
@@ -57,6 +66,21 @@ class Restore:
     template: Mapping[str, Any]  # the pod template that will run (no pod-template-hash)
     template_hash: str  # the old ReplicaSet's pod-template-hash
     predicted_revision: int  # the revision number the controller will give it
+    # The target's pod template while the rollback runs (None: ``template``,
+    # which replaces it); a change to it means a human took over.
+    kept_template: Mapping[str, Any] | None = None
+    # The Deployment whose version is waited for and verified (None: the target).
+    verify_target: Target | None = None
+    # What the rollback changes, as plain JSON (journal, report, API): e.g.
+    # ``selector_before``/``selector_after``, ``replicas_scaled``.
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    # The same, as one sentence for the Events and pages ("" for rolling).
+    summary: str = ""
+
+    @property
+    def watched_template(self) -> Mapping[str, Any]:
+        """The template the target must keep until the rollback ends."""
+        return self.template if self.kept_template is None else self.kept_template
 
 
 class Patcher(Protocol):
@@ -75,12 +99,38 @@ class RolloutWaiter(Protocol):
     ) -> RolloutOutcome: ...
 
 
+class StrategyKube(Patcher, RolloutWaiter, Protocol):
+    """The adapter as a strategy uses it beyond the target: reads and guarded writes."""
+
+    async def read_deployment(self, target: Target) -> dict[str, Any]: ...
+
+    async def list_replicasets(self, target: Target) -> list[dict[str, Any]]: ...
+
+    async def list_items(self, path: str) -> list[dict[str, Any]]: ...
+
+    async def read_service(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    async def patch_service(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+
 class Strategy(Protocol):
     """The strategy-specific half of a rollback."""
 
     name: str
 
-    def plan(self, deployment: Obj, replicasets: Sequence[Obj], to_revision: int | None) -> Restore:
+    async def context(self, kube: StrategyKube, target: Target, deployment: Obj) -> Obj:
+        """Plain objects beyond the target's own that ``plan`` needs, read fresh."""
+        ...
+
+    def plan(
+        self,
+        deployment: Obj,
+        replicasets: Sequence[Obj],
+        to_revision: int | None,
+        context: Obj | None = None,
+    ) -> Restore:
         """Choose what to restore (``to_revision`` None: the previous one); raises PlanError."""
         ...
 
@@ -92,8 +142,21 @@ class Strategy(Protocol):
         """
         ...
 
-    async def apply(self, kube: Patcher, target: Target, patch: Ops) -> None:
-        """Send ``patch``; a failed precondition raises ConflictError."""
+    async def apply(self, kube: Any, target: Target, patch: Ops, *, timeout: float = ...) -> None:
+        """Send ``patch``, then any further writes; a failed precondition raises ConflictError.
+
+        ``kube`` is a :class:`Patcher`, or a :class:`StrategyKube` for a
+        strategy that writes beyond the target. A write that cannot be made
+        safely raises PlanError (nothing further is written).
+        """
+        ...
+
+    async def resume(self, kube: Any, target: Target, deployment: Obj, *, timeout: float) -> None:
+        """After a restart in ROLLING_BACK: finish the writes ``apply`` may not have made."""
+        ...
+
+    def verified(self, target: Target, deployment: Obj) -> Target:
+        """The Deployment whose restored version is waited for and verified."""
         ...
 
     async def wait(self, kube: RolloutWaiter, target: Target, *, timeout: float) -> RolloutOutcome:
@@ -102,4 +165,12 @@ class Strategy(Protocol):
 
     def status(self, deployment: Mapping[str, Any]) -> RolloutOutcome:
         """Completion predicate over a Deployment object (never TIMEOUT/GONE)."""
+        ...
+
+    def cleanup_due(self, deployment: Obj) -> bool:
+        """Whether ``cleanup`` has work left on the target after ROLLBACK_COMPLETED."""
+        ...
+
+    async def cleanup(self, kube: Any, target: Target) -> str:
+        """The work left after ROLLBACK_COMPLETED (guarded, idempotent); what it did."""
         ...

@@ -1,15 +1,51 @@
-"""The strategy factory: which Strategy rolls a given Deployment back."""
+"""The strategy factory: which Strategy rolls a given Deployment back.
+
+A Deployment is rolled by the strategy a Service selecting it declares
+(``rollbackd.io/strategy``), else by the rolling one. A rollback resumed
+after a restart keeps the strategy it started with: its record on the
+Deployment says which.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from rollbackd.strategies import Strategy
+from rollbackd.bluegreen import ROLLING, related_service, strategy_name
+from rollbackd.model import Target
+from rollbackd.reasons import ReasonCode
+from rollbackd.strategies import Obj, PlanError, Strategy, StrategyKube
+from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record
 from rollbackd.strategies.rolling import RollingStrategy
 
-# One entry per implementation; blue/green and canary register here.
-STRATEGIES: Mapping[str, Callable[[], Strategy]] = {RollingStrategy.name: RollingStrategy}
+# One entry per implementation; canary registers here.
+STRATEGIES: Mapping[str, Callable[[], Strategy]] = {
+    RollingStrategy.name: RollingStrategy,
+    BlueGreenStrategy.name: BlueGreenStrategy,
+}
 DEFAULT = RollingStrategy.name
+
+
+def recorded(deployment: Obj) -> Strategy:
+    """The strategy of the rollback recorded on ``deployment`` (resume, cleanup)."""
+    return BlueGreenStrategy() if plan_record(deployment) else by_name(DEFAULT)
+
+
+async def for_target(kube: StrategyKube, target: Target, deployment: Obj) -> Strategy:
+    """The strategy a selecting Service declares; rolling when none does.
+
+    An unknown name raises PlanError (``strategy_unknown``): nothing is written.
+    """
+    services = await kube.list_items(f"/api/v1/namespaces/{target.namespace}/services")
+    service = related_service(deployment, services)
+    name = strategy_name(service) if service is not None else ROLLING
+    if name not in STRATEGIES:
+        known = ", ".join(sorted(STRATEGIES))
+        raise PlanError(
+            ReasonCode.STRATEGY_UNKNOWN,
+            f"Service {service and service['metadata']['name']} declares strategy {name!r} "
+            f"(known: {known}); nothing was changed",
+        )
+    return by_name(name)
 
 
 def by_name(name: str) -> Strategy:

@@ -28,6 +28,7 @@ from rollbackd.strategies import (
     Restore,
     RolloutOutcome,
     RolloutWaiter,
+    StrategyKube,
 )
 
 __all__ = ["RollingStrategy", "select_replicaset", "templates_equal"]
@@ -92,7 +93,17 @@ class RollingStrategy:
 
     name = "rolling"
 
-    def plan(self, deployment: Obj, replicasets: Sequence[Obj], to_revision: int | None) -> Restore:
+    async def context(self, kube: StrategyKube, target: Target, deployment: Obj) -> Obj:
+        """Nothing beyond the Deployment and its ReplicaSets."""
+        return {}
+
+    def plan(
+        self,
+        deployment: Obj,
+        replicasets: Sequence[Obj],
+        to_revision: int | None,
+        context: Obj | None = None,
+    ) -> Restore:
         """kubectl's choice of ReplicaSet; the controller will reuse it as the next revision."""
         chosen = select_replicaset(deployment, replicasets, to_revision)
         numbers = [revision_of(rs) or 0 for rs in replicasets]
@@ -108,9 +119,20 @@ class RollingStrategy:
         """kubectl's rollback patch for the chosen ReplicaSet."""
         return self.build_patch(deployment, restore.replicaset, annotations=annotations)
 
-    async def apply(self, kube: Patcher, target: Target, patch: Ops) -> None:
+    async def apply(
+        self, kube: Patcher, target: Target, patch: Ops, *, timeout: float = 0.0
+    ) -> None:
         """One guarded JSON patch: the controller then rolls the old template out."""
         await kube.patch_deployment(target, patch)
+
+    async def resume(
+        self, kube: Patcher, target: Target, deployment: Obj, *, timeout: float
+    ) -> None:
+        """Nothing to finish: the ROLLING_BACK state landed with the one patch."""
+
+    def verified(self, target: Target, deployment: Obj) -> Target:
+        """The target itself runs the restored template."""
+        return target
 
     async def wait(self, kube: RolloutWaiter, target: Target, *, timeout: float) -> RolloutOutcome:
         """``kubectl rollout status`` until ``timeout``."""
@@ -122,6 +144,13 @@ class RollingStrategy:
 
     # The name the kubectl parity tests know the predicate by.
     rollout_status = status
+
+    def cleanup_due(self, deployment: Obj) -> bool:
+        """The old ReplicaSet is the controller's to scale down: nothing is left."""
+        return False
+
+    async def cleanup(self, kube: Patcher, target: Target) -> str:
+        return ""
 
     def build_patch(
         self,

@@ -57,7 +57,7 @@ LEAST_PRIVILEGE: dict[tuple[str, str], set[str]] = {
     ("apps", "deployments"): {"get", "list", "watch", "patch"},
     ("apps", "replicasets"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "services"): {"get", "list", "watch"},
+    ("", "services"): {"get", "list", "watch", "patch"},
     ("", "endpoints"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -443,6 +443,32 @@ def test_show_and_report_redact_credentials_in_urls(
     assert out.count("POST https://hooks.slack.com/***: 500") == 2
 
 
+def test_show_says_which_strategy_ran_and_what_it_changed(
+    journal: tuple[FakeJournal, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake, path = journal
+    changes = {
+        "service": "checkout",
+        "selector_before": {"app": "checkout", "version": "green"},
+        "selector_after": {"app": "checkout", "version": "blue"},
+        "replicas_scaled": [{"deployment": "checkout-blue", "from": 0, "to": 3}],
+    }
+
+    async def timeline(rollback_id: str) -> list[Entry]:
+        data = {"strategy": "blue-green", "changes": changes}
+        return [Entry(T0, "plan", "blue-green: switching Service checkout", data)]
+
+    monkeypatch.setattr(fake, "timeline", timeline)
+    assert cli.main(["show", "rb-1", "--journal", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "strategy:  blue-green: Service checkout selector version=green -> version=blue; "
+        "scaled checkout-blue 0 -> 3"
+    ) in out
+
+
 def _timeline_with(message: str) -> Any:
     async def timeline(rollback_id: str) -> list[Entry]:
         return [Entry(T0, "notify", message)]

@@ -225,6 +225,17 @@ def items(rb: Rollback, timeline: list[TimelineEntry], details: Any = None) -> l
     return list(build_draft(rb, timeline, details, MEASURED, NOW).action_items)
 
 
+def test_a_blue_green_escalation_gives_the_selector_switch_as_the_manual_undo() -> None:
+    changes = {"service": "checkout", "selector_after": {"app": "checkout", "version": "blue"}}
+    plan = TimelineEntry(at(41), "plan", "blue-green: switching", {"changes": changes})
+    escalated = rollback(Phase.ESCALATED, reason="previous colour not Ready")
+    (manual,) = items(escalated, [signal(), decision(), plan])
+    assert (
+        "kubectl -n shop patch service checkout -p "
+        '\'{"spec": {"selector": {"app": "checkout", "version": "blue"}}}\''
+    ) in manual
+
+
 def test_action_items_follow_from_what_happened() -> None:
     (fix,) = items(rollback(), story())
     assert fix.startswith(f"Fix forward: the bad revision 7's image `{BAD_IMAGE}`")

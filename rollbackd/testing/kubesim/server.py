@@ -711,7 +711,7 @@ class KubeApi:
             obj["status"] = initial_status()
         elif rtype.has_status:
             obj.pop("status", None)
-        created = self.store.create(rtype.key, obj, dry_run=dry_run)
+        created = self.store.create(rtype.key, obj, dry_run=dry_run, manager=_manager(request))
         return _json_response(created, 201)
 
     async def _update(self, request: web.Request, route: Route) -> web.Response:
@@ -723,11 +723,14 @@ class KubeApi:
         if current is None:
             if rtype.key in _CREATE_ON_UPDATE and route.subresource is None:
                 created = self.store.create(
-                    rtype.key, self._validated(rtype, body, None), dry_run=dry_run
+                    rtype.key,
+                    self._validated(rtype, body, None),
+                    dry_run=dry_run,
+                    manager=_manager(request),
                 )
                 return _json_response(created, 201)
             raise self._not_found(route)
-        return self._write(route, current, body, dry_run)
+        return self._write(route, current, body, dry_run, _manager(request))
 
     def _write_scale(self, route: Route, current: Obj, scale: Obj, dry_run: bool) -> Obj:
         replicas = (scale.get("spec") or {}).get("replicas")
@@ -780,9 +783,11 @@ class KubeApi:
         base = scale_of(current) if route.subresource == "scale" else current
         patched = self._apply_patch(patch_type, base, document)
         body = self._prepare_body(route, patched, expect_name=route.name)
-        return self._write(route, current, body, dry_run)
+        return self._write(route, current, body, dry_run, _manager(request))
 
-    def _write(self, route: Route, current: Obj, body: Obj, dry_run: bool) -> web.Response:
+    def _write(
+        self, route: Route, current: Obj, body: Obj, dry_run: bool, manager: str | None = None
+    ) -> web.Response:
         """Store an update (PUT) or a patched object over ``current``, by subresource."""
         rtype = route.rtype
         if route.subresource == "scale":
@@ -794,7 +799,7 @@ class KubeApi:
             updated = self.store.update(rtype.key, body, subresource="status", dry_run=dry_run)
             return _json_response(updated)
         obj = self._validated(rtype, body, current)
-        return _json_response(self.store.update(rtype.key, obj, dry_run=dry_run))
+        return _json_response(self.store.update(rtype.key, obj, dry_run=dry_run, manager=manager))
 
     def _apply_patch(self, patch_type: str, base: Obj, document: Any) -> Obj:
         if patch_type == patch.JSON_PATCH:
@@ -904,3 +909,12 @@ def ensure_namespaces(store: Store, names: Iterable[str]) -> None:
 
 
 __all__ = ["KubeApi", "Route", "WatchHub", "ensure_namespaces", "parse_route", "scale_of"]
+
+
+def _manager(request: web.Request) -> str:
+    """The field manager of a write: ``fieldManager``, else the User-Agent up to its first /."""
+    given = request.query.get("fieldManager")
+    if given:
+        return given
+    agent = request.headers.get("User-Agent", "")
+    return agent.split("/", 1)[0] or "unknown"

@@ -217,7 +217,9 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    def create(self, key: str, obj: Obj, *, dry_run: bool = False) -> Obj:
+    def create(
+        self, key: str, obj: Obj, *, dry_run: bool = False, manager: str | None = None
+    ) -> Obj:
         rtype = _rtype(key)
         new = clone(obj)
         meta = _meta(new)
@@ -239,6 +241,8 @@ class Store:
         meta["creationTimestamp"] = rfc3339(self.clock())
         meta.pop("deletionTimestamp", None)
         meta.pop("managedFields", None)
+        if manager and rtype.key == SERVICES_KEY:
+            meta["managedFields"] = selector_owners(None, new, manager, meta["creationTimestamp"])
         if rtype.has_spec:
             meta["generation"] = 1
         else:
@@ -256,6 +260,7 @@ class Store:
         subresource: str | None = None,
         check_resource_version: bool = True,
         dry_run: bool = False,
+        manager: str | None = None,
     ) -> Obj:
         rtype = _rtype(key)
         meta = obj.get("metadata") or {}
@@ -295,6 +300,8 @@ class Store:
             if not rtype.namespaced:
                 new_meta.pop("namespace", None)
             new_meta.pop("managedFields", None)
+            if rtype.key == SERVICES_KEY:
+                self._track_managers(stored, new, manager)
             if rtype.has_spec and new.get("spec") != stored.get("spec"):
                 new_meta["generation"] = int(old_meta.get("generation", 0)) + 1
         else:
@@ -374,6 +381,16 @@ class Store:
             if prefix + suffix not in existing:
                 return prefix + suffix
 
+    def _track_managers(self, stored: Obj, new: Obj, manager: str | None) -> None:
+        """Carry a Service's managedFields over, moved on by ``manager``'s change."""
+        old = stored["metadata"].get("managedFields")
+        if manager and _changed(stored, new):
+            new["metadata"]["managedFields"] = selector_owners(
+                stored, new, manager, rfc3339(self.clock())
+            )
+        elif old:
+            new["metadata"]["managedFields"] = old
+
     def _commit(
         self,
         event_type: str,
@@ -437,3 +454,41 @@ class Store:
 
 
 __all__ = ["ApiError", "Obj", "Store", "WatchEvent", "clone", "rfc3339"]
+
+
+# managedFields, for Services only (blue-green reads when the selector last
+# changed): one Update entry per field manager, with the real API server's
+# rule for ``time``: it moves when that manager changes a field; the
+# selector's ownership moves to whoever changed it last. Other fields are
+# summarised as ``f:metadata`` ownership, which is all rollbackd reads.
+SERVICES_KEY = "v1/services"
+_SELECTOR: dict[str, Any] = {"f:spec": {"f:selector": {}}}
+
+
+def _changed(old: Obj, new: Obj) -> bool:
+    strip = ("resourceVersion", "managedFields")
+    meta_old = {k: v for k, v in (old.get("metadata") or {}).items() if k not in strip}
+    meta_new = {k: v for k, v in (new.get("metadata") or {}).items() if k not in strip}
+    return meta_old != meta_new or old.get("spec") != new.get("spec")
+
+
+def selector_owners(old: Obj | None, new: Obj, manager: str, now: str) -> list[Obj]:
+    """The Service's managedFields after ``manager`` wrote ``new`` over ``old`` at ``now``."""
+    entries = [dict(e) for e in ((old or {}).get("metadata") or {}).get("managedFields") or []]
+    selector_moved = old is None or (old.get("spec") or {}).get("selector") != (
+        new.get("spec") or {}
+    ).get("selector")
+    if selector_moved:
+        for entry in entries:  # the selector changes hands
+            if entry["manager"] != manager:
+                entry["fieldsV1"] = {"f:metadata": {}}
+    mine = next((e for e in entries if e["manager"] == manager), None)
+    if mine is None:
+        mine = {"manager": manager, "operation": "Update", "apiVersion": "v1"}
+        mine["fieldsType"] = "FieldsV1"
+        mine["fieldsV1"] = {"f:metadata": {}}
+        entries.append(mine)
+    if selector_moved:
+        mine["fieldsV1"] = {"f:metadata": {}, **_SELECTOR}
+    mine["time"] = now
+    return entries

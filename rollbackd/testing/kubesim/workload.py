@@ -249,8 +249,15 @@ class WorkloadMetrics:
         """(labels, knobs, seconds Ready) for every Ready pod, sorted by namespace and name."""
         now = self._clock()
         result = []
+        pairs: dict[str, list[tuple[Mapping[str, str], str]]] = {}
+        for service in self._store.list("v1/services", copy=False):
+            pair = _colour_pair(service)
+            if pair is not None:
+                pairs.setdefault(service["metadata"].get("namespace") or "", []).append(pair)
         for pod in self._store.list("v1/pods", copy=False):
             if not is_pod_ready(pod):
+                continue
+            if _idle_colour(pod, pairs.get(pod["metadata"].get("namespace") or "", [])):
                 continue
             ready = _ready_since(pod)
             if ready is None:
@@ -342,6 +349,30 @@ class WorkloadMetrics:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+def _colour_pair(service: Mapping[str, Any]) -> tuple[Mapping[str, str], str] | None:
+    """(selector, colour label) of a blue-green Service (``rollbackd.io/strategy``), else None."""
+    annotations = service["metadata"].get("annotations") or {}
+    selector = (service.get("spec") or {}).get("selector") or {}
+    if annotations.get("rollbackd.io/strategy", "").strip() != "blue-green":
+        return None
+    key = annotations.get("rollbackd.io/color-label", "version").strip()
+    return (selector, key) if key in selector else None
+
+
+def _idle_colour(pod: Mapping[str, Any], pairs: list[tuple[Mapping[str, str], str]]) -> bool:
+    """The idle colour of a blue-green Service: its requests go to the selected colour.
+
+    A pod the Service would select but for its colour label's value serves
+    no traffic, so a selector switch moves the traffic, and the metrics.
+    """
+    labels = pod["metadata"].get("labels") or {}
+    for selector, key in pairs:
+        base = all(labels.get(k) == v for k, v in selector.items() if k != key)
+        if base and key in labels and labels[key] != selector[key]:
+            return True
+    return False
 
 
 def _controller_ref(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
