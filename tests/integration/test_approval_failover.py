@@ -24,7 +24,6 @@ re-send it, which updates the same incident, never opens a second one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import sqlite3
 import sys
@@ -36,8 +35,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.model import ANNOTATION_MODE, ANNOTATION_ROLLBACK, Phase, Target
-from rollbackd.state import RollbackState, decode_state
+from rollbackd.model import ANNOTATION_MODE, Phase, Target
+from rollbackd.state import RollbackState
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import (
     OPERATOR_HEADERS,
@@ -48,6 +47,7 @@ from rollbackd.testing.stack import (
     knobs,
     wait_for,
 )
+from tests.integration._replicas import readyz_reason, recorded_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -84,27 +84,11 @@ def replica(stack: Stack, tmp_path: Path, name: str) -> DaemonProcess:
     )
 
 
-async def readyz_reason(daemon: DaemonProcess) -> str:
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-            session.get(f"{daemon.url}/readyz") as resp,
-        ):
-            return str((await resp.json())["reason"])
-    return "no answer"
-
-
 async def wait_reason(daemon: DaemonProcess, expected: str, what: str) -> None:
     async def says() -> bool:
         return await readyz_reason(daemon) == expected
 
     await wait_for(says, 30, what, interval=0.1)
-
-
-def recorded_state(stack: Stack) -> RollbackState | None:
-    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
-    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-    return decode_state(raw) if raw else None
 
 
 async def post_approve(url: str, rollback_id: str) -> tuple[int, dict[str, Any]]:
@@ -183,7 +167,7 @@ async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_l
         await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
 
         async def proposed() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.phase is Phase.PENDING_APPROVAL else None
 
         waiting = await wait_for(proposed, 45, "replica-a's proposal", interval=0.1)
@@ -202,12 +186,12 @@ async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_l
         status, body = await post_approve(b.url, rollback_id)
         assert status == 503, body
         assert "standby" in body["error"] and "retry" in body["hint"], body
-        assert recorded_state(stack) == waiting
+        assert recorded_state(stack, SHOP) == waiting
 
         await a.kill()
         with pytest.raises(aiohttp.ClientConnectionError):
             await post_approve(a.url, rollback_id)
-        assert recorded_state(stack) == waiting
+        assert recorded_state(stack, SHOP) == waiting
 
         # A slow API server at the failover: replica-b's first read of the
         # Deployment is held, so it leads for a while before its resume has
@@ -229,7 +213,7 @@ async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_l
 
         since = await wait_for(resumed, 15, "replica-b to resume the wait", interval=0.05)
         assert since == waiting.updated_at
-        assert recorded_state(stack) == waiting
+        assert recorded_state(stack, SHOP) == waiting
 
         code, out, err = await cli(
             "approve", rollback_id, "--config", str(b.config_path), "--url", b.url, "--by", "oncall"
@@ -238,7 +222,7 @@ async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_l
         assert "approved by oncall" in out and "PLANNING" in out, out
 
         async def finished() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.phase.terminal else None
 
         final = await wait_for(finished, 45, "replica-b to finish the rollback", interval=0.1)

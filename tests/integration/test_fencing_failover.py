@@ -26,10 +26,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
-from rollbackd.state import RollbackState, decode_state
+from rollbackd.model import Phase, Target
+from rollbackd.state import RollbackState
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._replicas import recorded_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -55,12 +56,6 @@ async def readyz(daemon: DaemonProcess) -> tuple[int, str]:
         session.get(f"{daemon.url}/readyz") as resp,
     ):
         return resp.status, (await resp.json())["reason"]
-
-
-def recorded_state(stack: Stack) -> RollbackState | None:
-    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
-    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-    return decode_state(raw) if raw else None
 
 
 def lease_holder(stack: Stack) -> str | None:
@@ -132,7 +127,7 @@ async def test_a_leader_frozen_past_its_lease_writes_and_pages_nothing_after_wak
         await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
 
         async def rolling_back() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.phase is Phase.ROLLING_BACK else None
 
         in_flight = await wait_for(rolling_back, 60, "replica-a's rollback patch", interval=0.01)
@@ -149,7 +144,7 @@ async def test_a_leader_frozen_past_its_lease_writes_and_pages_nothing_after_wak
         lost_at = time.monotonic()
 
         async def b_resumed() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.holder == "replica-b" else None
 
         resumed = await wait_for(b_resumed, 60, "replica-b to resume the rollback", 0.02)
@@ -166,7 +161,7 @@ async def test_a_leader_frozen_past_its_lease_writes_and_pages_nothing_after_wak
         frozen = False
 
         async def completed() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.phase.terminal else None
 
         final = await wait_for(completed, 90, "the rollback to finish")

@@ -13,19 +13,16 @@ or resumes the rollback in flight under the same id, and completes it.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
-from rollbackd.state import RollbackState, decode_state
+from rollbackd.model import Phase, Target
+from rollbackd.state import RollbackState
 from rollbackd.testing.kubesim.controllers.crashloop import KNOB_CRASH_AFTER
-from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import Stack, deployment_manifest, knobs, wait_for
+from tests.integration._replicas import readyz_reason, recorded_state, replica, rollback_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -42,48 +39,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield started
 
 
-def recorded_state(stack: Stack) -> RollbackState | None:
-    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
-    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-    return decode_state(raw) if raw else None
-
-
-def rollback_ids(journal: Path) -> set[str]:
-    if not journal.exists():
-        return set()
-    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT id FROM rollbacks WHERE kind = 'rollback'").fetchall()
-    finally:
-        conn.close()
-    return {row[0] for row in rows}
-
-
-async def readyz_reason(daemon: DaemonProcess) -> str:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-        session.get(f"{daemon.url}/readyz") as resp,
-    ):
-        return str((await resp.json())["reason"])
-
-
-def replica(stack: Stack, tmp_path: Path, name: str, listen: str | None = None) -> DaemonProcess:
-    sections: dict[str, Mapping[str, Any]] = {
-        "leader_election": {"identity": name},
-        "sources": POD_HEALTH,
-        "journal": {"path": str(tmp_path / name / "journal.sqlite")},
-    }
-    if listen is not None:
-        sections["webhook"] = {"listen": listen}
-    return DaemonProcess(stack.daemon_config(**sections), tmp_path / name)
-
-
 @pytest.mark.parametrize("killed", ["before_deciding", "after_the_patch"])
 async def test_a_crash_looping_version_is_rolled_back_once_across_a_leader_kill(
     stack: Stack, tmp_path: Path, killed: str
 ) -> None:
-    a = replica(stack, tmp_path, "replica-a")
-    b = replica(stack, tmp_path, "replica-b", listen="127.0.0.1:0")
+    a = replica(stack, tmp_path, "replica-a", sources=POD_HEALTH)
+    b = replica(stack, tmp_path, "replica-b", listen="127.0.0.1:0", sources=POD_HEALTH)
     await stack.create_deployment(deployment_manifest(SHOP.name, image=V1, behaviour=knobs()))
     await stack.wait_rollout_complete(SHOP.name)
     async with a, b:
@@ -103,11 +64,11 @@ async def test_a_crash_looping_version_is_rolled_back_once_across_a_leader_kill(
         in_flight: RollbackState | None = None
         if killed == "before_deciding":
             await a.kill()
-            assert recorded_state(stack) is None  # it had decided nothing
+            assert recorded_state(stack, SHOP) is None  # it had decided nothing
         else:
 
             async def rolling_back() -> RollbackState | None:
-                state = recorded_state(stack)
+                state = recorded_state(stack, SHOP)
                 return state if state is not None and state.phase is Phase.ROLLING_BACK else None
 
             in_flight = await wait_for(rolling_back, 60, "replica-a's rollback patch", 0.01)
@@ -115,7 +76,7 @@ async def test_a_crash_looping_version_is_rolled_back_once_across_a_leader_kill(
             await a.kill()
 
         async def finished() -> RollbackState | None:
-            state = recorded_state(stack)
+            state = recorded_state(stack, SHOP)
             return state if state is not None and state.phase.terminal else None
 
         final = await wait_for(finished, 90, "replica-b to roll back and verify")

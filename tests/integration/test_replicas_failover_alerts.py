@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +32,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
-from rollbackd.state import RollbackState, decode_state
+from rollbackd.model import Phase, Target
+from rollbackd.state import RollbackState
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import (
     API_HEADERS,
@@ -44,6 +43,7 @@ from rollbackd.testing.stack import (
     knobs,
     wait_for,
 )
+from tests.integration._replicas import readyz_reason, recorded_state, rollback_ids
 from tests.integration._storm import Senders, accepted_fingerprints
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -99,35 +99,12 @@ class BothReplicas(Senders):
             await asyncio.sleep(0.02)
 
 
-def recorded_state(stack: Stack) -> RollbackState | None:
-    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
-    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-    return decode_state(raw) if raw else None
-
-
-def rollback_ids(journal: Path) -> set[str]:
-    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT id FROM rollbacks WHERE kind = 'rollback'").fetchall()
-    finally:
-        conn.close()
-    return {row[0] for row in rows}
-
-
 def accepted_pages(stack: Stack) -> list[dict[str, Any]]:
     return [
         r.json
         for r in stack.sink.requests_to(PAGERDUTY_PATH)
         if isinstance(r.json, dict) and 200 <= r.status < 300
     ]
-
-
-async def readyz_reason(daemon: DaemonProcess) -> str:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-        session.get(f"{daemon.url}/readyz") as resp,
-    ):
-        return str((await resp.json())["reason"])
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
@@ -173,7 +150,7 @@ async def test_alerts_to_both_replicas_across_a_leader_change_roll_back_once(
         async with BothReplicas([a.url, b.url], starts_at=bad_at) as storm:
 
             async def rolling_back() -> RollbackState | None:
-                state = recorded_state(stack)
+                state = recorded_state(stack, SHOP)
                 return state if state is not None and state.phase is Phase.ROLLING_BACK else None
 
             in_flight = await wait_for(rolling_back, 60, "replica-a's rollback patch", 0.01)
@@ -184,7 +161,7 @@ async def test_alerts_to_both_replicas_across_a_leader_change_roll_back_once(
                 await a.kill()
 
             async def finished() -> RollbackState | None:
-                state = recorded_state(stack)
+                state = recorded_state(stack, SHOP)
                 return state if state is not None and state.phase.terminal else None
 
             final = await wait_for(finished, 60, "replica-b to finish the rollback")

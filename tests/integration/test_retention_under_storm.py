@@ -23,11 +23,12 @@ import aiohttp
 import pytest
 
 from rollbackd.journal import Journal
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Target
+from rollbackd.model import Phase, Target
 from rollbackd.retention import prune
-from rollbackd.state import RollbackState, decode_state
+from rollbackd.state import RollbackState
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import API_HEADERS, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._replicas import recorded_state
 from tests.integration._storm import Senders, accepted_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -101,12 +102,6 @@ async def external_pruner(journal_path: Path, passes: list[int]) -> None:
             await asyncio.sleep(0.3)
 
 
-def recorded_state(stack: Stack) -> RollbackState | None:
-    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
-    raw = (deployment["metadata"].get("annotations") or {}).get(ANNOTATION_ROLLBACK)
-    return decode_state(raw) if raw else None
-
-
 def log_events(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
     found = []
     for line in daemon.stderr_text().splitlines():
@@ -141,7 +136,7 @@ async def test_retention_during_a_storm_prunes_nothing_the_next_decision_needs(
                 await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
 
                 async def completed() -> RollbackState | None:
-                    state = recorded_state(stack)
+                    state = recorded_state(stack, SHOP)
                     return state if state is not None and state.phase.terminal else None
 
                 final = await wait_for(completed, 60, "the rollback to finish")
