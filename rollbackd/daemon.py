@@ -19,6 +19,7 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
+from rollbackd import leanimport
 from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
@@ -372,9 +373,19 @@ class Daemon:
         )
 
 
+def log_client_import() -> None:
+    """How kubernetes_asyncio was loaded (see ``leanimport``), when the entry point chose."""
+    lean = leanimport.outcome()
+    if lean is None:
+        return
+    report = log.warning if lean.mode == "full" else log.info
+    report("kubernetes_client_import", mode=lean.mode, reason=lean.reason or None)
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
     configure_logging(settings.logging.level, settings.logging.format)
+    log_client_import()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal_module.SIGTERM, signal_module.SIGINT):
