@@ -2,14 +2,16 @@
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
-transform before they are stored (client-go's ``SetTransform``). Pods are the
-bulk of a cluster and the cache needs only their names and owners (to resolve
-an alert's pod to its Deployment), so pods are listed and watched as
-metadata only (``PartialObjectMetadata``, as client-go's metadata informers
-do); readiness and images are read on demand for one Deployment's pods (see
-:mod:`rollbackd.kube.adapter`). Lists are paginated (:mod:`~rollbackd.kube.pager`).
-ReplicaSets are indexed by their controller's UID, so the facts of one
-Deployment never scan the cluster.
+transform before they are stored (client-go's ``SetTransform``): each kind
+is cut down to the fields rollbackd reads, pod templates whole and shared
+when equal (:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster and
+the cache needs only their owners (to resolve an alert's pod to its
+Deployment), so pods are listed and watched as metadata only
+(``PartialObjectMetadata``, as client-go's metadata informers do) and kept
+as the name of their ReplicaSet; readiness and images are read on demand
+for one Deployment's pods (see :mod:`rollbackd.kube.adapter`). Lists are
+paginated (:mod:`~rollbackd.kube.pager`). ReplicaSets are indexed by their
+controller's UID, so the facts of one Deployment never scan the cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,7 @@ from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespa
 from rollbackd.kube.errors import GoneError
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
+from rollbackd.kube.slim import Slim, share_pod_spec
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 
@@ -41,36 +45,21 @@ PODS = "pods"
 JSON = "application/json"
 
 Key = tuple[str, str]
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
+# The raw object (decoded JSON) -> what the cache keeps (see rollbackd.kube.slim).
+Transform = Callable[[dict[str, Any]], Any]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
-_POD_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
 
 
-def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A pod (whole or PartialObjectMetadata) as the cache keeps it: the resolver's fields."""
-    meta = pod.get("metadata", {})
-    return {"metadata": {k: meta[k] for k in _POD_METADATA if k in meta}}
-
-
-def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply bookkeeping: often the largest part of an object, never read here."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
-
-
-DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
-    DEPLOYMENTS: drop_managed_fields,
-    REPLICASETS: drop_managed_fields,
-    PODS: trim_pod,
-}
+def slim_transforms() -> dict[str, Transform]:
+    """The default: each kind cut down to what rollbackd reads (:mod:`rollbackd.kube.slim`)."""
+    slim = Slim()
+    return {DEPLOYMENTS: slim.deployment, REPLICASETS: slim.replicaset, PODS: slim.pod}
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata", {})
-    return meta.get("namespace", ""), meta.get("name", "")
+    return sys.intern(meta.get("namespace", "")), sys.intern(meta.get("name", ""))
 
 
 @dataclass(frozen=True)
@@ -94,14 +83,15 @@ class WatchCache:
         *,
         watch_timeout: int = 300,
         page_size: int = PAGE_SIZE,
-        transforms: Mapping[str, Transform] = DEFAULT_TRANSFORMS,
+        transforms: Mapping[str, Transform] | None = None,
     ) -> None:
         self._list = list_call
         self._open_watch = open_watch
         self._page_size = page_size
         self._watch_timeout = watch_timeout
-        self._transforms = dict(transforms)
-        self._objects: dict[str, dict[Key, dict[str, Any]]] = {
+        self._transforms = dict(transforms if transforms is not None else slim_transforms())
+        # Deployments and ReplicaSets as slim dicts; pods as their ReplicaSet's name.
+        self._objects: dict[str, dict[Key, Any]] = {
             DEPLOYMENTS: {},
             REPLICASETS: {},
             PODS: {},
@@ -189,9 +179,12 @@ class WatchCache:
 
     async def _relist(self, spec: WatchSpec) -> str:
         """List in pages, each item transformed as its page arrives; the list's resourceVersion."""
-        transform = self._transforms.get(spec.kind) or _same
+
+        def keyed(obj: dict[str, Any]) -> tuple[Key, Any]:
+            return object_key(obj), self._transform(spec.kind, obj)
+
         items, resource_version = await list_all(
-            self._list, spec.path, spec.list_accept, transform, page_size=self._page_size
+            self._list, spec.path, spec.list_accept, keyed, page_size=self._page_size
         )
         self._replace(spec.kind, spec.namespace, items)
         self._pending_sync.discard((spec.kind, spec.namespace))
@@ -220,13 +213,16 @@ class WatchCache:
 
     # ----------------------------------------------------------------- store
 
-    def _replace(self, kind: str, namespace: str | None, items: list[dict[str, Any]]) -> None:
+    def _replace(self, kind: str, namespace: str | None, items: list[tuple[Key, Any]]) -> None:
         """Swap in a fresh list of (already transformed) items for ``kind`` in ``namespace``."""
         store = self._objects[kind]
-        for key in [k for k in store if namespace is None or k[0] == namespace]:
+        fresh = {key for key, _ in items}
+        for key in [
+            k for k in store if (namespace is None or k[0] == namespace) and k not in fresh
+        ]:
             self._store(kind, key, None)
-        for item in items:
-            self._store(kind, object_key(item), item)
+        for key, item in items:
+            self._store(kind, key, item)
         if kind == DEPLOYMENTS:
             for key in list(self._waiters):
                 self._notify(key)
@@ -243,18 +239,30 @@ class WatchCache:
 
     def _put(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
         """Transform and store, or (None) drop, one object from a watch event."""
-        transform = self._transforms.get(kind)
-        self._store(kind, key, transform(obj) if transform and obj is not None else obj)
+        self._store(kind, key, None if obj is None else self._transform(kind, obj))
 
-    def _store(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
+    def _transform(self, kind: str, obj: dict[str, Any]) -> Any:
+        return self._transforms.get(kind, _same)(obj)
+
+    def _store(self, kind: str, key: Key, obj: Any) -> None:
         """Store or (None) drop one object, keeping the ReplicaSet owner index in step."""
         store = self._objects[kind]
+        if obj is not None and kind in (DEPLOYMENTS, REPLICASETS):
+            share_pod_spec(obj, self._family(kind, key, obj))
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
         if obj is None:
             store.pop(key, None)
         else:
             store[key] = obj
+
+    def _family(self, kind: str, key: Key, obj: Mapping[str, Any]) -> list[Any]:
+        """The cached objects whose pod spec ``obj``'s may equal: its Deployment, or its ReplicaSets."""
+        if kind == DEPLOYMENTS:
+            uid = obj.get("metadata", {}).get("uid", "")
+            return self.owned_replicasets(uid, key[0]) if uid else []
+        owner = _controller_name(obj, "Deployment")
+        return [self._objects[DEPLOYMENTS].get((key[0], owner))] if owner else []
 
     def _reindex_owner(
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
@@ -309,23 +317,28 @@ class WatchCache:
         ]
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A pod's cached metadata (``{"metadata": {...}}``), or None."""
-        return self._objects[PODS].get((namespace, name))
+        """What the cache knows of a pod, as metadata (name, namespace, controller), or None."""
+        owner = self._objects[PODS].get((namespace, name))
+        if owner is None:
+            return None
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if owner:
+            meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "controller": True}]
+        return {"metadata": meta}
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences."""
-        cached = self._objects[PODS].get((namespace, pod))
-        if cached is None:
+        rs_name = self._objects[PODS].get((namespace, pod))
+        if not rs_name:
             return None
-        rs_name = _controller_name(cached, "ReplicaSet")
-        rs = self._objects[REPLICASETS].get((namespace, rs_name or ""))
+        rs = self._objects[REPLICASETS].get((namespace, rs_name))
         if rs is None:
             return None
         deployment = _controller_name(rs, "Deployment")
         return Target(namespace, deployment) if deployment else None
 
 
-def _same(obj: dict[str, Any]) -> dict[str, Any]:
+def _same(obj: dict[str, Any]) -> Any:
     return obj
 
 
