@@ -33,7 +33,7 @@ from rollbackd.model import Policy, Rollback, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
-from rollbackd.records import annotated_rollback, annotated_rollback_by_id
+from rollbackd.records import annotated_rollback, annotated_rollback_by_id, annotated_targets
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
@@ -290,7 +290,7 @@ class Daemon:
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
         now = self.clock()
-        for target in self.kube.targets():
+        for target in annotated_targets(self.kube.cached_deployments()):
             facts = self.kube.facts(target, now=now)
             rollback = annotated_rollback(facts)
             if rollback is None:
@@ -373,19 +373,10 @@ class Daemon:
         )
 
 
-def log_client_import() -> None:
-    """How kubernetes_asyncio was loaded (see ``leanimport``), when the entry point chose."""
-    lean = leanimport.outcome()
-    if lean is None:
-        return
-    report = log.warning if lean.mode == "full" else log.info
-    report("kubernetes_client_import", mode=lean.mode, reason=lean.reason or None)
-
-
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
     configure_logging(settings.logging.level, settings.logging.format)
-    log_client_import()
+    leanimport.log_outcome()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal_module.SIGTERM, signal_module.SIGINT):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LeanImport", "install", "outcome"]
+__all__ = ["LeanImport", "install", "log_outcome", "outcome"]
 
 PACKAGE = "kubernetes_asyncio"
 LAZY_PACKAGES = (PACKAGE, f"{PACKAGE}.client", f"{PACKAGE}.client.models")
@@ -73,6 +73,18 @@ _lock = threading.Lock()
 def outcome() -> LeanImport | None:
     """What :func:`install` did in this process (None: it was not called)."""
     return _outcome
+
+
+def log_outcome() -> None:
+    """Log what :func:`install` did (nothing when it was not called): a warning if it fell back."""
+    import structlog  # the CLI's other commands never log this
+
+    lean = _outcome
+    if lean is None:
+        return
+    log = structlog.get_logger("rollbackd.kube")
+    report = log.warning if lean.mode == "full" else log.info
+    report("kubernetes_client_import", mode=lean.mode, reason=lean.reason or None)
 
 
 def install(package: str = PACKAGE) -> LeanImport:
