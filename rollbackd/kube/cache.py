@@ -96,7 +96,8 @@ class WatchCache:
             REPLICASETS: {},
             PODS: {},
         }
-        self._rs_by_owner: dict[str, set[Key]] = {}
+        # A list, not a set: a handful of ReplicaSets per owner (a set costs 3x the bytes).
+        self._rs_by_owner: dict[str, list[Key]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
@@ -268,13 +269,16 @@ class WatchCache:
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     ) -> None:
         old_owner = controller_uid(old or {})
-        if old_owner and old_owner in self._rs_by_owner:
-            self._rs_by_owner[old_owner].discard(key)
-            if not self._rs_by_owner[old_owner]:
-                del self._rs_by_owner[old_owner]
+        owned = self._rs_by_owner.get(old_owner or "")
+        if owned is not None and key in owned:
+            owned.remove(key)
+            if not owned:
+                del self._rs_by_owner[old_owner or ""]
         new_owner = controller_uid(new or {})
         if new_owner:
-            self._rs_by_owner.setdefault(new_owner, set()).add(key)
+            owned = self._rs_by_owner.setdefault(new_owner, [])
+            if key not in owned:
+                owned.append(key)
 
     # ----------------------------------------------------------- subscribers
 

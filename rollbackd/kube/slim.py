@@ -9,11 +9,11 @@ cut down to what its readers use, in the same Kubernetes JSON shape:
   annotations (not ``kubectl.kubernetes.io/last-applied-configuration``, a
   second copy of the object that nothing here reads); spec ``replicas``,
   ``selector``, ``paused`` and the whole ``template``; the status counters
-  ``kubectl rollout status`` reads and each condition's type, status, reason
-  and ``lastUpdateTime`` (the pod-health scan compares it).
-- ReplicaSets: name, namespace, uid, creationTimestamp, the revision
-  annotations, the controller reference; the whole ``template``; status
-  ``replicas`` and ``availableReplicas``.
+  ``kubectl rollout status`` reads and the Progressing condition's type,
+  status, reason and ``lastUpdateTime`` (the pod-health scan compares it).
+- ReplicaSets: name, uid, creationTimestamp, the revision annotations, the
+  controller reference; the whole ``template``; status ``replicas`` and
+  ``availableReplicas``.
 - Pods: the name of the controlling ReplicaSet (the resolver's only need);
   pods are listed and watched as metadata only in the first place.
 
@@ -48,20 +48,15 @@ _INTERN_MAX = 128
 
 _DEPLOYMENT_META = ("name", "namespace", "uid", "resourceVersion", "generation")
 _DEPLOYMENT_SPEC = ("replicas", "paused")
-_DEPLOYMENT_STATUS = (
-    "observedGeneration",
-    "replicas",
-    "updatedReplicas",
-    "readyReplicas",
-    "availableReplicas",
-    "unavailableReplicas",
-)
+# With ``conditions``, five keys: a dict of up to five costs 184 bytes, of six 272.
+_DEPLOYMENT_STATUS = ("observedGeneration", "replicas", "updatedReplicas", "availableReplicas")
 _CONDITION = ("type", "status", "reason", "lastUpdateTime")
 # Readers: kubectl rollout status (its reason) and the pod-health scan (its lastUpdateTime).
 _CONDITIONS_READ = ("Progressing",)
 # Labels and annotations this small are shared between objects when equal.
 _SHARED_MAP_ITEMS = 8
-_REPLICASET_META = ("name", "namespace", "uid", "creationTimestamp")
+# The namespace is the cache key's; with annotations and the owner, five keys.
+_REPLICASET_META = ("name", "uid", "creationTimestamp")
 _REPLICASET_ANNOTATIONS = (ANNOTATION_REVISION, ANNOTATION_REVISION_HISTORY)
 _REPLICASET_STATUS = ("replicas", "availableReplicas")
 _OWNER_REFERENCE = ("apiVersion", "kind", "name", "uid", "controller")
@@ -112,7 +107,7 @@ class Slim:
     def replicaset(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """A ReplicaSet as the cache keeps it (see the module docstring)."""
         meta = obj.get("metadata") or {}
-        slim_meta = _pick(meta, _REPLICASET_META, ("name", "namespace"))
+        slim_meta = _pick(meta, _REPLICASET_META, ("name",))
         annotations = meta.get("annotations")
         if isinstance(annotations, dict):
             kept = {k: annotations[k] for k in _REPLICASET_ANNOTATIONS if k in annotations}
