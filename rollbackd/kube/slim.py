@@ -36,6 +36,7 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 from rollbackd.model import ANNOTATION_REVISION, ANNOTATION_REVISION_HISTORY
@@ -152,16 +153,17 @@ class Slim:
 
     def _map(self, mapping: Mapping[Any, Any]) -> dict[Any, Any]:
         """Labels or annotations: interned strings; a small map equal to a recent one is it."""
-        interned = {_intern_value(k): _intern_value(v) for k, v in mapping.items()}
-        if len(interned) > _SHARED_MAP_ITEMS:
-            return interned
-        items: list[Any] = []
-        for key, value in interned.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                return interned
-            items += (key, value)
-        return self._maps.share(tuple(items), interned)
-
+        if len(mapping) > _SHARED_MAP_ITEMS or not all(
+            type(k) is str and type(v) is str for k, v in mapping.items()
+        ):
+            return {_intern_value(k): _intern_value(v) for k, v in mapping.items()}
+        # Looked up before anything is built: most maps repeat (labels in three places).
+        key = tuple(chain.from_iterable(mapping.items()))
+        known: dict[str, str] | None = self._maps.get(key)
+        if known is None:
+            known = {_intern(k): _intern(v) for k, v in mapping.items()}
+            self._maps.put(key, known)
+        return known
 
 def share_pod_spec(obj: dict[str, Any], others: Iterable[Mapping[str, Any] | None]) -> None:
     """Point ``obj``'s pod spec at an equal one of ``others`` (its family), if any.
@@ -189,18 +191,26 @@ class _Latest:
         self._size = size
         self._latest: OrderedDict[Any, Any] = OrderedDict()
 
-    def share(self, key: Any, value: Any) -> Any:
-        """The value held for ``key`` when it equals ``value``; else ``value``, now held."""
+    def get(self, key: Any) -> Any:
+        """The value held for ``key`` (now the most recently used), or None."""
         known = self._latest.get(key)
-        if known is not None and known is not value and known == value:
-            value = known
-        else:
-            self._latest[key] = value
+        if known is not None:
+            self._latest.move_to_end(key)
+        return known
+
+    def put(self, key: Any, value: Any) -> None:
+        self._latest[key] = value
         self._latest.move_to_end(key)
         if len(self._latest) > self._size:
             self._latest.popitem(last=False)
-        return value
 
+    def share(self, key: Any, value: Any) -> Any:
+        """The value held for ``key`` when it equals ``value``; else ``value``, now held."""
+        known = self.get(key)
+        if known is not None and (known is value or known == value):
+            return known
+        self.put(key, value)
+        return value
 
 def _fingerprint(spec: Mapping[str, Any]) -> tuple[Any, ...]:
     containers = spec.get("containers")
