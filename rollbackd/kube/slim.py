@@ -165,6 +165,7 @@ class Slim:
             self._maps.put(key, known)
         return known
 
+
 def share_pod_spec(obj: dict[str, Any], others: Iterable[Mapping[str, Any] | None]) -> None:
     """Point ``obj``'s pod spec at an equal one of ``others`` (its family), if any.
 
@@ -211,6 +212,7 @@ class _Latest:
             return known
         self.put(key, value)
         return value
+
 
 def _fingerprint(spec: Mapping[str, Any]) -> tuple[Any, ...]:
     containers = spec.get("containers")
