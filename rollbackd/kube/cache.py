@@ -57,9 +57,15 @@ def slim_transforms() -> dict[str, Transform]:
     return {DEPLOYMENTS: slim.deployment, REPLICASETS: slim.replicaset, PODS: slim.pod}
 
 
-def object_key(obj: Mapping[str, Any]) -> Key:
+def object_key(obj: Mapping[str, Any], *, shared_name: bool = True) -> Key:
+    """(namespace, name), interned: the slim object holds the same strings.
+
+    A pod's name is in the key only (its slim value is its ReplicaSet's
+    name), so interning it would only grow the interpreter's table.
+    """
     meta = obj.get("metadata", {})
-    return sys.intern(meta.get("namespace", "")), sys.intern(meta.get("name", ""))
+    name = meta.get("name", "")
+    return sys.intern(meta.get("namespace", "")), sys.intern(name) if shared_name else name
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ class WatchCache:
         """List in pages, each item transformed as its page arrives; the list's resourceVersion."""
 
         def keyed(obj: dict[str, Any]) -> tuple[Key, Any]:
-            return object_key(obj), self._transform(spec.kind, obj)
+            return object_key(obj, shared_name=spec.kind != PODS), self._transform(spec.kind, obj)
 
         items, resource_version = await list_all(
             self._list, spec.path, spec.list_accept, keyed, page_size=self._page_size
@@ -231,12 +237,13 @@ class WatchCache:
     def _apply_event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "BOOKMARK":
             return
+        key = object_key(obj, shared_name=kind != PODS)
         if event_type == "DELETED":
-            self._put(kind, object_key(obj), None)
+            self._put(kind, key, None)
         elif event_type in ("ADDED", "MODIFIED"):
-            self._put(kind, object_key(obj), obj)
+            self._put(kind, key, obj)
         if kind == DEPLOYMENTS:
-            self._notify(object_key(obj))
+            self._notify(key)
 
     def _put(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
         """Transform and store, or (None) drop, one object from a watch event."""

@@ -82,7 +82,8 @@ class Slim:
         meta = obj.get("metadata") or {}
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
-        slim_meta = _pick(meta, _DEPLOYMENT_META, ("name", "namespace"))
+        # Its uid is also every ReplicaSet's owner uid: one string for both.
+        slim_meta = _pick(meta, _DEPLOYMENT_META, ("name", "namespace", "uid"))
         self._put_map(slim_meta, meta, "labels")
         annotations = meta.get("annotations")
         if isinstance(annotations, dict):
@@ -247,5 +248,5 @@ def _intern_value(value: Any) -> Any:
 def _controller_reference(refs: Any) -> dict[str, Any] | None:
     for ref in refs if isinstance(refs, list) else ():
         if isinstance(ref, dict) and ref.get("controller"):
-            return _pick(ref, _OWNER_REFERENCE, ("apiVersion", "kind", "name"))
+            return _pick(ref, _OWNER_REFERENCE, ("apiVersion", "kind", "name", "uid"))
     return None
