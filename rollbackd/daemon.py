@@ -211,7 +211,7 @@ class Daemon:
         """This replica's pod label (created on first use: start() does not know it)."""
         label: LeaderLabel | None = getattr(self, "_pod_label", None)
         if label is None:
-            label = LeaderLabel.from_env(self.kube.api_client, self.kube.fence)
+            label = LeaderLabel.from_env(self.kube.request, self.kube.fence)
             self._pod_label = label
         return label
 

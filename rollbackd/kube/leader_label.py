@@ -21,16 +21,16 @@ without them there is no pod to label and this does nothing.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 
+from rollbackd.kube.errors import KubeError
 from rollbackd.kube.fencing import Fence, FencedError
 
 __all__ = ["LEADER_LABEL", "LeaderLabel"]
@@ -41,7 +41,9 @@ LEADER_LABEL = "rollbackd.io/leader"
 # The pod labels that say which release a pod belongs to (the chart's selector).
 _RELEASE_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 _MERGE_PATCH = "application/merge-patch+json"
-_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, OSError, ValueError)
+_ERRORS = (KubeError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
+# KubeClient.request: (method, path, *, query, body, content_type) -> the decoded JSON answer.
+Request = Callable[..., Awaitable[dict[str, Any]]]
 
 
 class LeaderLabel:
@@ -49,14 +51,16 @@ class LeaderLabel:
 
     def __init__(
         self,
-        api_client: Any,
+        request: Request,
         fence: Fence,
         *,
         namespace: str | None,
         pod: str | None,
         timeout: float = 10.0,
     ) -> None:
-        self._api = api_client
+        # The adapter's one call (typed errors; the fence hooks its REST client):
+        # no generated CoreV1Api, whose import costs every process its models.
+        self._request = request
         self._fence = fence
         self.namespace = namespace
         self.pod = pod
@@ -64,11 +68,11 @@ class LeaderLabel:
 
     @classmethod
     def from_env(
-        cls, api_client: Any, fence: Fence, environ: Mapping[str, str] = os.environ
+        cls, request: Request, fence: Fence, environ: Mapping[str, str] = os.environ
     ) -> LeaderLabel:
         """The pod named by the downward API env POD_NAME / POD_NAMESPACE."""
         return cls(
-            api_client,
+            request,
             fence,
             namespace=environ.get("POD_NAMESPACE") or None,
             pod=environ.get("POD_NAME") or None,
@@ -124,9 +128,6 @@ class LeaderLabel:
                 "leader_label_release_failed", pod=f"{self.namespace}/{self.pod}", error=str(exc)
             )
 
-    # Raw JSON calls on the shared ApiClient (the fence hooks its REST client):
-    # no generated CoreV1Api, whose import costs every process its models.
-
     def _pods_path(self, name: str | None = None) -> str:
         assert self.namespace is not None
         path = f"/api/v1/namespaces/{quote(self.namespace)}/pods"
@@ -137,33 +138,9 @@ class LeaderLabel:
         body = {"metadata": {"labels": dict(labels)}}
         return await self._call("PATCH", self._pods_path(name), body=body)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Sequence[tuple[str, str]] = (),
-        body: Any = None,
-    ) -> dict[str, Any]:
-        """The decoded JSON answer; ApiException for a non-2xx status, as the typed API raised."""
-        response = await self._api.call_api(
-            path,
-            method,
-            query_params=list(query),
-            header_params={"Accept": "application/json", "Content-Type": _MERGE_PATCH},
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=self._timeout,
-        )
-        try:
-            raw = await response.read()
-        finally:
-            response.release()
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=raw[:300].decode(errors="replace"))
-        data = json.loads(raw) if raw else {}
-        return data if isinstance(data, dict) else {}
+    async def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        async with asyncio.timeout(self._timeout):
+            return await self._request(method, path, content_type=_MERGE_PATCH, **options)
 
 
 def _labels(pod: Mapping[str, Any]) -> dict[str, str]:
