@@ -21,10 +21,11 @@ Pod templates are kept whole (they are compared with fresh reads, and a
 missing key would be a diff), so they are shared instead: a ReplicaSet's
 pod spec equal to its Deployment's is the same object
 (:func:`share_pod_spec`, called by the cache), and so are equal pod specs of
-different Deployments met close together (:class:`SpecPool`: many
-Deployments of one chart and image, as large fleets are made). Repeated short strings (label
-and annotation keys and values, namespaces, condition words) are interned, so
-each is held once. Cached objects are read-only: every reader copies before
+different Deployments met close together (:class:`Slim`'s pool: many
+Deployments of one chart and image, as large fleets are made). Small equal
+label and annotation maps are one object too, and repeated short strings
+(keys, values, namespaces, condition words, a Deployment's uid) are
+interned. Cached objects are read-only: every reader copies before
 changing anything.
 
 Whoever needs a field not listed here reads the object fresh (every write
