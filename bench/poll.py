@@ -134,7 +134,10 @@ async def wait_fleet_in_prometheus(url: str, expected: int, timeout: float) -> f
     while True:
         last = []
         for expr in signal_queries():
-            found = await instant_query(url, f"count({expr})")
+            try:
+                found = await instant_query(url, f"count({expr})")
+            except TimeoutError:
+                found = []  # 160 000 series on a busy machine: slower than the helper's 5 s; again
             last.append(int(float(found[0]["value"][1])) if found else 0)
         if min(last) >= expected:
             return time.monotonic() - started

@@ -19,6 +19,7 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
+from rollbackd import leanimport
 from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
@@ -32,7 +33,7 @@ from rollbackd.model import Policy, Rollback, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
-from rollbackd.records import annotated_rollback, annotated_rollback_by_id
+from rollbackd.records import annotated_rollback, annotated_rollback_by_id, annotated_targets
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
@@ -210,7 +211,7 @@ class Daemon:
         """This replica's pod label (created on first use: start() does not know it)."""
         label: LeaderLabel | None = getattr(self, "_pod_label", None)
         if label is None:
-            label = LeaderLabel.from_env(self.kube.api_client, self.kube.fence)
+            label = LeaderLabel.from_env(self.kube.request, self.kube.fence)
             self._pod_label = label
         return label
 
@@ -289,7 +290,7 @@ class Daemon:
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
         now = self.clock()
-        for target in self.kube.targets():
+        for target in annotated_targets(self.kube.cached_deployments()):
             facts = self.kube.facts(target, now=now)
             # In flight, or completed with its strategy's cleanup undone (killed in between).
             rollback = annotated_rollback(facts) or self.executor.cleanup_left(facts)
@@ -376,6 +377,7 @@ class Daemon:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
     configure_logging(settings.logging.level, settings.logging.format)
+    leanimport.log_outcome()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal_module.SIGTERM, signal_module.SIGINT):

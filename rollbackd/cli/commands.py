@@ -8,6 +8,7 @@ import inspect
 import sys
 from typing import Any
 
+from rollbackd import leanimport
 from rollbackd.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -136,6 +137,7 @@ def _routes_summary(s: Settings) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load(args.config)
+    leanimport.install()  # before the daemon imports kubernetes_asyncio
     from rollbackd import daemon
 
     try:
@@ -164,6 +166,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     settings = load(args.config)
+    leanimport.install()
     from rollbackd import daemon
 
     try:

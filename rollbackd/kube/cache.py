@@ -2,16 +2,19 @@
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
-transform before they are stored (client-go's ``SetTransform``). Pods are the
-bulk of a cluster and the cache needs only their names and owners (to resolve
-an alert's pod to its Deployment), so pods are listed and watched as
-metadata only (``PartialObjectMetadata``, as client-go's metadata informers
-do); readiness and images are read on demand for one Deployment's pods (see
-:mod:`rollbackd.kube.adapter`). Lists are paginated (:mod:`~rollbackd.kube.pager`).
-ReplicaSets are indexed by their controller's UID, so the facts of one
-Deployment never scan the cluster. Services are kept trimmed to what the
-blue-green facts read: annotations, the selector, and the managedFields
-entries that own the selector (when it was switched, and by whom).
+transform before they are stored (client-go's ``SetTransform``): each kind
+is cut down to the fields rollbackd reads, pod templates whole and shared
+when equal (:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster and
+the cache needs only their owners (to resolve an alert's pod to its
+Deployment), so pods are listed and watched as metadata only
+(``PartialObjectMetadata``, as client-go's metadata informers do) and kept
+as the name of their ReplicaSet; readiness and images are read on demand
+for one Deployment's pods (see :mod:`rollbackd.kube.adapter`). Lists are
+paginated (:mod:`~rollbackd.kube.pager`). ReplicaSets are indexed by their
+controller's UID, so the facts of one Deployment never scan the cluster.
+Services are kept trimmed to what the blue-green facts read: annotations,
+the selector, and the managedFields entries that own the selector (when it
+was switched, and by whom).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +35,8 @@ from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespa
 from rollbackd.kube.errors import GoneError
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
-from rollbackd.kube.transforms import (
-    DEFAULT_TRANSFORMS,
-    DEPLOYMENTS,
-    PODS,
-    REPLICASETS,
-    SERVICES,
-    Transform,
-)
+from rollbackd.kube.slim import Slim, share_pod_spec
+from rollbackd.kube.transforms import DEPLOYMENTS, PODS, REPLICASETS, SERVICES, trim_service
 from rollbackd.model import ANNOTATION_STRATEGY, Target
 from rollbackd.revisions import controller_uid
 
@@ -47,13 +45,32 @@ log = structlog.get_logger("rollbackd.kube")
 JSON = "application/json"
 
 Key = tuple[str, str]
+# The raw object (decoded JSON) -> what the cache keeps (see rollbackd.kube.slim).
+Transform = Callable[[dict[str, Any]], Any]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
 
 
-def object_key(obj: Mapping[str, Any]) -> Key:
+def slim_transforms() -> dict[str, Transform]:
+    """The default: each kind cut down to what rollbackd reads (:mod:`rollbackd.kube.slim`)."""
+    slim = Slim()
+    return {
+        DEPLOYMENTS: slim.deployment,
+        REPLICASETS: slim.replicaset,
+        PODS: slim.pod,
+        SERVICES: trim_service,
+    }
+
+
+def object_key(obj: Mapping[str, Any], *, shared_name: bool = True) -> Key:
+    """(namespace, name), interned: the slim object holds the same strings.
+
+    A pod's name is in the key only (its slim value is its ReplicaSet's
+    name), so interning it would only grow the interpreter's table.
+    """
     meta = obj.get("metadata", {})
-    return meta.get("namespace", ""), meta.get("name", "")
+    name = meta.get("name", "")
+    return sys.intern(meta.get("namespace", "")), sys.intern(name) if shared_name else name
 
 
 @dataclass(frozen=True)
@@ -77,20 +94,22 @@ class WatchCache:
         *,
         watch_timeout: int = 300,
         page_size: int = PAGE_SIZE,
-        transforms: Mapping[str, Transform] = DEFAULT_TRANSFORMS,
+        transforms: Mapping[str, Transform] | None = None,
     ) -> None:
         self._list = list_call
         self._open_watch = open_watch
         self._page_size = page_size
         self._watch_timeout = watch_timeout
-        self._transforms = dict(transforms)
-        self._objects: dict[str, dict[Key, dict[str, Any]]] = {
+        self._transforms = dict(transforms if transforms is not None else slim_transforms())
+        # Deployments and ReplicaSets as slim dicts; pods as their ReplicaSet's name.
+        self._objects: dict[str, dict[Key, Any]] = {
             DEPLOYMENTS: {},
             REPLICASETS: {},
             PODS: {},
             SERVICES: {},
         }
-        self._rs_by_owner: dict[str, set[Key]] = {}
+        # A list, not a set: a handful of ReplicaSets per owner (a set costs 3x the bytes).
+        self._rs_by_owner: dict[str, list[Key]] = {}
         # Services and Deployments by namespace: blue-green facts read a
         # namespace's, and must not scan the cluster for every target.
         self._by_namespace: dict[str, dict[str, set[Key]]] = {SERVICES: {}, DEPLOYMENTS: {}}
@@ -179,9 +198,12 @@ class WatchCache:
 
     async def _relist(self, spec: WatchSpec) -> str:
         """List in pages, each item transformed as its page arrives; the list's resourceVersion."""
-        transform = self._transforms.get(spec.kind) or _same
+
+        def keyed(obj: dict[str, Any]) -> tuple[Key, Any]:
+            return object_key(obj, shared_name=spec.kind != PODS), self._transform(spec.kind, obj)
+
         items, resource_version = await list_all(
-            self._list, spec.path, spec.list_accept, transform, page_size=self._page_size
+            self._list, spec.path, spec.list_accept, keyed, page_size=self._page_size
         )
         self._replace(spec.kind, spec.namespace, items)
         self._pending_sync.discard((spec.kind, spec.namespace))
@@ -210,13 +232,16 @@ class WatchCache:
 
     # ----------------------------------------------------------------- store
 
-    def _replace(self, kind: str, namespace: str | None, items: list[dict[str, Any]]) -> None:
+    def _replace(self, kind: str, namespace: str | None, items: list[tuple[Key, Any]]) -> None:
         """Swap in a fresh list of (already transformed) items for ``kind`` in ``namespace``."""
         store = self._objects[kind]
-        for key in [k for k in store if namespace is None or k[0] == namespace]:
+        fresh = {key for key, _ in items}
+        for key in [
+            k for k in store if (namespace is None or k[0] == namespace) and k not in fresh
+        ]:
             self._store(kind, key, None)
-        for item in items:
-            self._store(kind, object_key(item), item)
+        for key, item in items:
+            self._store(kind, key, item)
         if kind == DEPLOYMENTS:
             for key in list(self._waiters):
                 self._notify(key)
@@ -224,21 +249,26 @@ class WatchCache:
     def _apply_event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "BOOKMARK":
             return
+        key = object_key(obj, shared_name=kind != PODS)
         if event_type == "DELETED":
-            self._put(kind, object_key(obj), None)
+            self._put(kind, key, None)
         elif event_type in ("ADDED", "MODIFIED"):
-            self._put(kind, object_key(obj), obj)
+            self._put(kind, key, obj)
         if kind == DEPLOYMENTS:
-            self._notify(object_key(obj))
+            self._notify(key)
 
     def _put(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
         """Transform and store, or (None) drop, one object from a watch event."""
-        transform = self._transforms.get(kind)
-        self._store(kind, key, transform(obj) if transform and obj is not None else obj)
+        self._store(kind, key, None if obj is None else self._transform(kind, obj))
 
-    def _store(self, kind: str, key: Key, obj: dict[str, Any] | None) -> None:
+    def _transform(self, kind: str, obj: dict[str, Any]) -> Any:
+        return self._transforms.get(kind, _same)(obj)
+
+    def _store(self, kind: str, key: Key, obj: Any) -> None:
         """Store or (None) drop one object, keeping the ReplicaSet owner index in step."""
         store = self._objects[kind]
+        if obj is not None and kind in (DEPLOYMENTS, REPLICASETS):
+            share_pod_spec(obj, self._family(kind, key, obj))
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
         index = self._by_namespace.get(kind)
@@ -253,17 +283,28 @@ class WatchCache:
             if index is not None:
                 index.setdefault(key[0], set()).add(key)
 
+    def _family(self, kind: str, key: Key, obj: Mapping[str, Any]) -> list[Any]:
+        """The cached objects whose pod spec ``obj``'s may equal: its Deployment, or its ReplicaSets."""
+        if kind == DEPLOYMENTS:
+            uid = obj.get("metadata", {}).get("uid", "")
+            return self.owned_replicasets(uid, key[0]) if uid else []
+        owner = _controller_name(obj, "Deployment")
+        return [self._objects[DEPLOYMENTS].get((key[0], owner))] if owner else []
+
     def _reindex_owner(
         self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     ) -> None:
         old_owner = controller_uid(old or {})
-        if old_owner and old_owner in self._rs_by_owner:
-            self._rs_by_owner[old_owner].discard(key)
-            if not self._rs_by_owner[old_owner]:
-                del self._rs_by_owner[old_owner]
+        owned = self._rs_by_owner.get(old_owner or "")
+        if owned is not None and key in owned:
+            owned.remove(key)
+            if not owned:
+                del self._rs_by_owner[old_owner or ""]
         new_owner = controller_uid(new or {})
         if new_owner:
-            self._rs_by_owner.setdefault(new_owner, set()).add(key)
+            owned = self._rs_by_owner.setdefault(new_owner, [])
+            if key not in owned:
+                owned.append(key)
 
     # ----------------------------------------------------------- subscribers
 
@@ -331,23 +372,28 @@ class WatchCache:
         ]
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A pod's cached metadata (``{"metadata": {...}}``), or None."""
-        return self._objects[PODS].get((namespace, name))
+        """What the cache knows of a pod, as metadata (name, namespace, controller), or None."""
+        owner = self._objects[PODS].get((namespace, name))
+        if owner is None:
+            return None
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if owner:
+            meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "controller": True}]
+        return {"metadata": meta}
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences."""
-        cached = self._objects[PODS].get((namespace, pod))
-        if cached is None:
+        rs_name = self._objects[PODS].get((namespace, pod))
+        if not rs_name:
             return None
-        rs_name = _controller_name(cached, "ReplicaSet")
-        rs = self._objects[REPLICASETS].get((namespace, rs_name or ""))
+        rs = self._objects[REPLICASETS].get((namespace, rs_name))
         if rs is None:
             return None
         deployment = _controller_name(rs, "Deployment")
         return Target(namespace, deployment) if deployment else None
 
 
-def _same(obj: dict[str, Any]) -> dict[str, Any]:
+def _same(obj: dict[str, Any]) -> Any:
     return obj
 
 

@@ -17,8 +17,8 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio import config
+from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.kube.errors import KubeError, error_from_exception, error_from_response
@@ -75,8 +75,6 @@ class KubeClient:
         # Seconds a call outside any budget_scope may spend on transient
         # faults; a rollback brings its own budget (see kube.retry).
         self._retry_budget = retry_budget
-        self._apps = client.AppsV1Api(api)
-        self._core = client.CoreV1Api(api)
         self._request_timeout = request_timeout
         self._identity = identity or socket.gethostname()
         # Only the Lease holder writes: every write asks the fence first
@@ -99,7 +97,7 @@ class KubeClient:
         transient faults (0: fail on the first one).
         """
         if kubeconfig is None:
-            configuration = client.Configuration()
+            configuration = Configuration()
             config.load_incluster_config(client_configuration=configuration)
             api = ApiClient(configuration=configuration)
         else:

@@ -21,15 +21,16 @@ without them there is no pod to label and this does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import structlog
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
+from rollbackd.kube.errors import KubeError
 from rollbackd.kube.fencing import Fence, FencedError
 
 __all__ = ["LEADER_LABEL", "LeaderLabel"]
@@ -40,7 +41,9 @@ LEADER_LABEL = "rollbackd.io/leader"
 # The pod labels that say which release a pod belongs to (the chart's selector).
 _RELEASE_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 _MERGE_PATCH = "application/merge-patch+json"
-_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, OSError, ValueError)
+_ERRORS = (KubeError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
+# KubeClient.request: (method, path, *, query, body, content_type) -> the decoded JSON answer.
+Request = Callable[..., Awaitable[dict[str, Any]]]
 
 
 class LeaderLabel:
@@ -48,14 +51,16 @@ class LeaderLabel:
 
     def __init__(
         self,
-        api_client: Any,
+        request: Request,
         fence: Fence,
         *,
         namespace: str | None,
         pod: str | None,
         timeout: float = 10.0,
     ) -> None:
-        self._core = client.CoreV1Api(api_client)
+        # The adapter's one call (typed errors; the fence hooks its REST client):
+        # no generated CoreV1Api, whose import costs every process its models.
+        self._request = request
         self._fence = fence
         self.namespace = namespace
         self.pod = pod
@@ -63,11 +68,11 @@ class LeaderLabel:
 
     @classmethod
     def from_env(
-        cls, api_client: Any, fence: Fence, environ: Mapping[str, str] = os.environ
+        cls, request: Request, fence: Fence, environ: Mapping[str, str] = os.environ
     ) -> LeaderLabel:
         """The pod named by the downward API env POD_NAME / POD_NAMESPACE."""
         return cls(
-            api_client,
+            request,
             fence,
             namespace=environ.get("POD_NAMESPACE") or None,
             pod=environ.get("POD_NAME") or None,
@@ -84,15 +89,9 @@ class LeaderLabel:
             return
         assert self.namespace is not None and self.pod is not None
         try:
-            pod = await self._core.patch_namespaced_pod(
-                self.pod,
-                self.namespace,
-                {"metadata": {"labels": {LEADER_LABEL: "true"}}},
-                _content_type=_MERGE_PATCH,  # type: ignore[call-arg]
-                _request_timeout=self._timeout,
-            )
+            pod = await self._patch_labels(self.pod, {LEADER_LABEL: "true"})
             log.info("leader_label_set", pod=f"{self.namespace}/{self.pod}")
-            await self._unlabel_others(pod.metadata.labels or {})
+            await self._unlabel_others(_labels(pod))
         except FencedError:
             return  # leadership already gone: release() follows
         except _ERRORS as exc:
@@ -104,20 +103,12 @@ class LeaderLabel:
             [f"{LEADER_LABEL}=true"]
             + [f"{key}={labels[key]}" for key in _RELEASE_LABELS if key in labels]
         )
-        pods = await self._core.list_namespaced_pod(
-            self.namespace, label_selector=selector, _request_timeout=self._timeout
-        )
-        for other in pods.items or []:
-            name = other.metadata.name
-            if name == self.pod:
+        pods = await self._call("GET", self._pods_path(), query=[("labelSelector", selector)])
+        for other in pods.get("items") or []:
+            name = (other.get("metadata") or {}).get("name")
+            if not name or name == self.pod:
                 continue
-            await self._core.patch_namespaced_pod(
-                name,
-                self.namespace,
-                {"metadata": {"labels": {LEADER_LABEL: None}}},
-                _content_type=_MERGE_PATCH,  # type: ignore[call-arg]
-                _request_timeout=self._timeout,
-            )
+            await self._patch_labels(name, {LEADER_LABEL: None})
             log.warning("stale_leader_label_removed", pod=f"{self.namespace}/{name}")
 
     async def release(self) -> None:
@@ -126,21 +117,31 @@ class LeaderLabel:
             return
         assert self.namespace is not None and self.pod is not None
         try:
-            pod = await self._core.read_namespaced_pod(
-                self.pod, self.namespace, _request_timeout=self._timeout
-            )
-            if LEADER_LABEL not in (pod.metadata.labels or {}):
+            pod = await self._call("GET", self._pods_path(self.pod))
+            if LEADER_LABEL not in _labels(pod):
                 return
             with self._fence.exempt("leader label release"):
-                await self._core.patch_namespaced_pod(
-                    self.pod,
-                    self.namespace,
-                    {"metadata": {"labels": {LEADER_LABEL: None}}},
-                    _content_type=_MERGE_PATCH,  # type: ignore[call-arg]
-                    _request_timeout=self._timeout,
-                )
+                await self._patch_labels(self.pod, {LEADER_LABEL: None})
             log.info("leader_label_removed", pod=f"{self.namespace}/{self.pod}")
         except _ERRORS as exc:
             log.warning(
                 "leader_label_release_failed", pod=f"{self.namespace}/{self.pod}", error=str(exc)
             )
+
+    def _pods_path(self, name: str | None = None) -> str:
+        assert self.namespace is not None
+        path = f"/api/v1/namespaces/{quote(self.namespace)}/pods"
+        return f"{path}/{quote(name)}" if name else path
+
+    async def _patch_labels(self, name: str, labels: Mapping[str, str | None]) -> dict[str, Any]:
+        """A merge patch of one pod's labels (None removes a label)."""
+        body = {"metadata": {"labels": dict(labels)}}
+        return await self._call("PATCH", self._pods_path(name), body=body)
+
+    async def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        async with asyncio.timeout(self._timeout):
+            return await self._request(method, path, content_type=_MERGE_PATCH, **options)
+
+
+def _labels(pod: Mapping[str, Any]) -> dict[str, str]:
+    return dict((pod.get("metadata") or {}).get("labels") or {})

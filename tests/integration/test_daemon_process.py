@@ -7,10 +7,13 @@ runs, with the config the stack would have used.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,6 +34,16 @@ async def status_of(url: str) -> int:
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
         return resp.status
+
+
+def log_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in daemon.stderr_text().splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+    return events
 
 
 def alive(pid: int) -> bool:
@@ -63,6 +76,9 @@ async def test_serves_health_and_readiness_then_exits_0_on_sigterm(
     assert code == 0, daemon.log_tail()
     assert took < 5, f"graceful shutdown took {took:.1f}s"
     assert '"shutting_down"' in daemon.stderr_text()
+    # The operator's command loads kubernetes-asyncio without its generated models.
+    imports = [e for e in log_events(daemon) if e.get("event") == "kubernetes_client_import"]
+    assert [e.get("mode") for e in imports] == ["lean"]
 
 
 async def test_sigkill_then_restart_on_the_same_url_and_nothing_left_behind(

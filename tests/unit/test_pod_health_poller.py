@@ -9,13 +9,15 @@ is no data, never a trigger.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rollbackd.model import ClusterFacts, RevisionInfo, Signal, SignalSource, SignalStatus, Target
 from rollbackd.podhealth import PodRules
-from rollbackd.sources.kubernetes import PodHealthPoller
+from rollbackd.sources.kubernetes import CONCURRENT_LISTS, PodHealthPoller
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FRESH = Target("shop", "checkout")
@@ -254,3 +256,39 @@ async def test_an_emit_failure_does_not_hide_the_other_signals() -> None:
         await poller.evaluate_once()
         clock.tick()
     assert [s.target for s in emitted] == [OLD]
+
+
+class SlowFleet(FakeCluster):
+    """Many fresh rollouts whose pod lists take a while: counts the looks in flight."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        fleet = [Target("shop", f"app-{i:03d}") for i in range(size)]
+        self.rollouts = dict.fromkeys(fleet, T0)
+        self.current = {target: (f"{target.name}-v2", f"uid-{target.name}") for target in fleet}
+        self.pods = {t: [ready_pod(f"{t.name}-a", f"uid-{t.name}")] for t in fleet}
+        self.facts_asked: Counter[Target] = Counter()
+        self.in_flight = 0  # looks whose facts are computed and whose pod list has not returned
+        self.most_in_flight = 0
+
+    def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
+        self.facts_asked[target] += 1
+        if self.facts_asked[target] == 2:  # the first is the scan for recent rollouts
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return super().facts(target, now=now)
+
+    async def current_pods(self, target: Target) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.001)
+        pods = await super().current_pods(target)
+        self.in_flight -= 1
+        return pods
+
+
+async def test_a_fleet_wide_rollout_is_looked_at_a_few_deployments_at_a_time() -> None:
+    """Not a task per Deployment, each holding its facts while it waits for a list slot."""
+    fleet = SlowFleet(100)
+    poller = make_poller(fleet, Clock(), [])
+    await poller.evaluate_once()
+    assert sorted(fleet.listed) == sorted(fleet.rollouts), "every recent rollout looked at once"
+    assert 1 < fleet.most_in_flight <= CONCURRENT_LISTS
