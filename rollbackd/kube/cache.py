@@ -2,9 +2,10 @@
 
 Reads for decisions come from here (one query per alert would not scale, and
 a watch cache answers in microseconds). Objects pass through a per-kind
-transform before they are stored (client-go's ``SetTransform``): each kind
-is cut down to the fields rollbackd reads, pod templates whole and shared
-when equal (:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster and
+transform before they are stored (client-go's ``SetTransform``,
+:mod:`rollbackd.kube.transforms`): each kind is cut down to the fields
+rollbackd reads, pod templates whole and shared when equal
+(:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster and
 the cache needs only their owners (to resolve an alert's pod to its
 Deployment), so pods are listed and watched as metadata only
 (``PartialObjectMetadata``, as client-go's metadata informers do) and kept
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +32,18 @@ from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespace_prefix
-from rollbackd.kube.errors import GoneError
+from rollbackd.kube.cursor import WatchCursor, expired
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
-from rollbackd.kube.slim import Slim, share_pod_spec
-from rollbackd.kube.transforms import DEPLOYMENTS, PODS, REPLICASETS, SERVICES, trim_service
+from rollbackd.kube.slim import share_pod_spec
+from rollbackd.kube.transforms import (
+    DEPLOYMENTS,
+    PODS,
+    REPLICASETS,
+    SERVICES,
+    Transform,
+    slim_transforms,
+)
 from rollbackd.model import ANNOTATION_STRATEGY, Target
 from rollbackd.revisions import controller_uid
 
@@ -45,21 +52,8 @@ log = structlog.get_logger("rollbackd.kube")
 JSON = "application/json"
 
 Key = tuple[str, str]
-# The raw object (decoded JSON) -> what the cache keeps (see rollbackd.kube.slim).
-Transform = Callable[[dict[str, Any]], Any]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
-
-
-def slim_transforms() -> dict[str, Transform]:
-    """The default: each kind cut down to what rollbackd reads (:mod:`rollbackd.kube.slim`)."""
-    slim = Slim()
-    return {
-        DEPLOYMENTS: slim.deployment,
-        REPLICASETS: slim.replicaset,
-        PODS: slim.pod,
-        SERVICES: trim_service,
-    }
 
 
 def object_key(obj: Mapping[str, Any], *, shared_name: bool = True) -> Key:
@@ -177,7 +171,7 @@ class WatchCache:
             await self._list_and_watch(spec)
 
     async def _list_and_watch(self, spec: WatchSpec) -> None:
-        cursor = _Cursor()
+        cursor = WatchCursor()
         while True:
             try:
                 if cursor.resource_version is None:
@@ -187,7 +181,7 @@ class WatchCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if _expired(exc):
+                if expired(exc):
                     cursor.resource_version = None
                     if isinstance(exc, ApiException):
                         log.info("watch_expired_relisting", kind=spec.kind, status=410)
@@ -211,7 +205,7 @@ class WatchCache:
             self._synced.set()
         return resource_version
 
-    async def _watch(self, spec: WatchSpec, cursor: _Cursor) -> None:
+    async def _watch(self, spec: WatchSpec, cursor: WatchCursor) -> None:
         """Apply events until the server ends the stream, moving ``cursor`` along."""
 
         async def open_stream(**params: Any) -> Any:
@@ -402,27 +396,3 @@ def _controller_name(obj: Mapping[str, Any], kind: str) -> str | None:
         if ref.get("controller") and ref.get("kind") == kind:
             return str(ref.get("name"))
     return None
-
-
-def _expired(exc: Exception) -> bool:
-    """The watch's resourceVersion fell out of the server's history (410 Gone)."""
-    return (isinstance(exc, ApiException) and exc.status == 410) or isinstance(exc, GoneError)
-
-
-class _Cursor:
-    """Where one watch loop stands: the resourceVersion to resume from, the next backoff."""
-
-    def __init__(self) -> None:
-        self.resource_version: str | None = None
-        self.backoff = 0.2
-
-    def advance(self, resource_version: str | None) -> None:
-        """An event arrived: resume after it, and the stream is healthy again."""
-        if resource_version:
-            self.resource_version = resource_version
-        self.backoff = 0.2
-
-    async def back_off(self) -> None:
-        # Full jitter keeps many replicas from reconnecting in lock-step.
-        await asyncio.sleep(random.uniform(self.backoff / 2, self.backoff))
-        self.backoff = min(self.backoff * 2, 10.0)

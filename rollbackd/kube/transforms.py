@@ -7,13 +7,18 @@ they say something rollbackd reads (a Service selector's owner).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from rollbackd.kube.slim import Slim
 
 DEPLOYMENTS = "deployments"
 REPLICASETS = "replicasets"
 PODS = "pods"
 SERVICES = "services"
+
+# The raw object (decoded JSON) -> what the cache keeps.
+Transform = Callable[[dict[str, Any]], Any]
 
 
 def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,3 +35,14 @@ def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
     if owners:
         kept["managedFields"] = owners
     return {"metadata": kept, "spec": {"selector": (service.get("spec") or {}).get("selector")}}
+
+
+def slim_transforms() -> dict[str, Transform]:
+    """The default: each kind cut down to what rollbackd reads (:mod:`rollbackd.kube.slim`)."""
+    slim = Slim()
+    return {
+        DEPLOYMENTS: slim.deployment,
+        REPLICASETS: slim.replicaset,
+        PODS: slim.pod,
+        SERVICES: trim_service,
+    }
