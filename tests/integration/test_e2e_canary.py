@@ -110,3 +110,52 @@ async def test_a_canary_of_a_missing_deployment_pages_and_scales_nothing(stack: 
     assert (record.phase, record.reason_code) == (Phase.ESCALATED, "canary_stable_not_found")
     canary = await stack.deployment(CANARY.name)
     assert canary["spec"]["replicas"] == 1
+
+
+ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"
+
+
+async def test_a_breaching_weighted_canary_gets_weight_zero_and_the_stable_the_total(
+    stack: Stack,
+) -> None:
+    await stack.create_deployment(track("shop", "registry.example/shop:1.4.0", knobs(), 2))
+    for name in ("shop-stable", "shop-canary"):
+        selector = {"app": "shop", "track": name.removeprefix("shop-")}
+        await stack._request(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            {
+                "metadata": {"name": name},
+                "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+        )
+    refs = [
+        {"name": "shop-stable", "port": 80, "weight": 50},
+        {"name": "shop-canary", "port": 80, "weight": 50},
+    ]
+    await stack._request(
+        "POST",
+        ROUTES,
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "shop"},
+            "spec": {"parentRefs": [{"name": "public"}], "rules": [{"backendRefs": refs}]},
+        },
+    )
+    await stack.wait_rollout_complete(STABLE.name)
+    canary = track("shop-canary", "registry.example/shop:1.5.0", knobs(error_rate=0.3), 1)
+    canary["metadata"].setdefault("annotations", {}).update(
+        {"rollbackd.io/canary-of": "shop", "rollbackd.io/canary-route": "shop"}
+    )
+    await stack.create_deployment(canary)
+
+    rollback = await stack.wait_rollback(CANARY, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
+
+    assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
+    route = await stack._request("GET", f"{ROUTES}/shop")
+    weights = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {"shop-stable": 100, "shop-canary": 0}
+    assert (await stack.deployment(CANARY.name))["spec"]["replicas"] == 1  # kept for inspection
+    sent = await stack.sink.wait_for_count(PAGERDUTY_PATH, 2, timeout=20)
+    assert "weight to 0 in HTTPRoute shop" in sent[0].json["payload"]["summary"]
