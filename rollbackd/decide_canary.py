@@ -9,7 +9,9 @@ ReplicaSet like any Deployment's. In order, first match wins:
    scaled or re-weighted.
 2. ``canary_stable_not_ready``: the stable Deployment could not take the
    canary's traffic; escalate, nothing scaled.
-3. dry run, or the rollback: scale the canary to 0 (or its route weight to 0).
+3. ``canary_out_of_traffic`` (SKIP): by replicas, the canary is at 0 already
+   (a late alert); scaling again would overwrite its recorded replicas.
+4. dry run, or the rollback: scale the canary to 0 (or its route weight to 0).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rollbackd.decide_inputs import Inputs
 from rollbackd.decide_target import rollback_or_dry_run
 from rollbackd.guard import images
 from rollbackd.model import Action, Decision, RevisionInfo
+from rollbackd.reasons import ReasonCode
 from rollbackd.wording import MANUAL, duration, signal_phrase
 
 __all__ = ["decide_canary"]
@@ -32,6 +35,14 @@ def decide_canary(inp: Inputs) -> Decision:
         code, sentence = canary.problem
         return inp.decision(
             Action.ESCALATE, code, f"{sentence}; nothing was scaled or re-weighted: {MANUAL}"
+        )
+    if not canary.route and canary.replicas == 0:
+        # Already out of traffic (by rollbackd or a human): scaling again would
+        # overwrite the replicas recorded for the human who restores them.
+        return inp.decision(
+            Action.SKIP,
+            ReasonCode.CANARY_OUT_OF_TRAFFIC,
+            f"canary {inp.target} is scaled to 0 already: it serves no traffic",
         )
     # Nothing is restored: the stable version keeps running; its revision names it.
     stable = RevisionInfo(

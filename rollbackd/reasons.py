@@ -50,6 +50,7 @@ class ReasonCode(StrEnum):
     CANARY_STABLE_NOT_FOUND = "canary_stable_not_found"
     CANARY_STABLE_NOT_READY = "canary_stable_not_ready"
     CANARY_ROUTE_INVALID = "canary_route_invalid"
+    CANARY_OUT_OF_TRAFFIC = "canary_out_of_traffic"
     # how a rollback ended (executor, verification, strategies)
 
     # verification

@@ -122,6 +122,11 @@ class CanaryStrategy:
                 f"setting canary {facts.canary}'s weight to 0 in HTTPRoute {facts.route} "
                 f"(Service {record['canary_service']} -> 0, {record['stable_service']} the total)"
             )
+        elif facts.replicas == 0:
+            raise PlanError(
+                ReasonCode.CANARY_OUT_OF_TRAFFIC,
+                f"canary {facts.canary} is scaled to 0 already; its recorded replicas are kept",
+            )
         else:
             scaled = {"deployment": facts.canary, "from": facts.replicas, "to": 0}
             changes["replicas_scaled"] = [scaled]

@@ -306,6 +306,21 @@ def test_a_canary_rolled_out_outside_the_change_window_is_not_a_recent_release()
     assert (decision.action, decision.reason_code) == (Action.ESCALATE, "no_recent_rollout")
 
 
+def test_a_canary_at_zero_already_is_skipped_so_its_recorded_replicas_stay() -> None:
+    at_zero = deployment(
+        "checkout-canary",
+        "canary",
+        "shop/checkout:1.5",
+        0,
+        **{"rollbackd.io/canary-of": "checkout"},
+    )
+    decision = run(cluster(facts_of(at_zero)))
+    assert (decision.action, decision.reason_code) == (Action.SKIP, "canary_out_of_traffic")
+    with pytest.raises(PlanError) as refused:
+        CanaryStrategy().plan(at_zero, [], None, {"deployments": [STABLE, at_zero]})
+    assert refused.value.reason_code == "canary_out_of_traffic"
+
+
 def test_dry_run_reports_the_scale_down_it_would_make() -> None:
     decision = run(cluster(facts_of(canary()), annotations={ANNOTATION_DRY_RUN: "true"}))
     assert decision.action is Action.DRY_RUN
