@@ -21,6 +21,7 @@ There is no cleanup: the canary stays out of traffic until a human acts.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -72,6 +73,22 @@ def _weights(route: Obj, positions: Sequence[Sequence[int]]) -> list[list[int]]:
         refs = rules[i].get("backendRefs") or [] if i < len(rules) else []
         found.append([i, j, int(refs[j].get("weight", 1)) if j < len(refs) else -1])
     return found
+
+
+def _serving(canary: Obj, stable: Obj) -> dict[str, Any]:
+    """The canary's template with the stable's images: what the guard and the pages see.
+
+    No template is written, so the guard's field allow-list has nothing to
+    judge (a canary may differ from the stable in labels or resources); the
+    images are what serves afterwards, and a mutable one is still refused.
+    """
+    images = {
+        c.get("name"): c.get("image") for c in (stable.get("spec") or {}).get("containers") or []
+    }
+    serving = copy.deepcopy(dict(strip_hash(canary)))
+    for container in (serving.get("spec") or {}).get("containers") or []:
+        container["image"] = images.get(container.get("name"), container.get("image"))
+    return serving
 
 
 class CanaryStrategy:
@@ -136,13 +153,7 @@ class CanaryStrategy:
             )
         template = (deployment.get("spec") or {}).get("template") or {}
         running = [rs for rs in replicasets if templates_equal(rs["spec"]["template"], template)]
-        # What serves afterwards is the stable template; nothing writes it, so the
-        # canary's own labels (e.g. track: canary) are not a change the guard judges.
-        serving = dict(strip_hash((stable.get("spec") or {}).get("template") or {}))
-        serving["metadata"] = {
-            **(serving.get("metadata") or {}),
-            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-        }
+        serving = _serving(template, (stable.get("spec") or {}).get("template") or {})
         return Restore(
             replicaset={"metadata": {"name": facts.stable}},
             to_revision=revision_of(stable) or 1,

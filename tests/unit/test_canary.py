@@ -23,6 +23,7 @@ from rollbackd.canary import (
     weight_ops,
 )
 from rollbackd.decide import decide
+from rollbackd.guard import images, template_diff_paths
 from rollbackd.model import (
     ANNOTATION_DRY_RUN,
     ANNOTATION_ROLLBACK,
@@ -346,6 +347,16 @@ def test_plan_and_first_write_record_the_replicas_and_scale_down_in_one_guarded_
     assert added[ANNOTATION_CANARY_REPLICAS.replace("/", "~1")] == "1"
     record = json.loads(added[ANNOTATION_CANARY.replace("/", "~1")])
     assert record["rollback_id"] == "rb-1" and record["stable"] == "checkout"
+
+
+def test_the_guard_sees_only_the_image_change_whatever_else_the_canary_changed() -> None:
+    target = canary()
+    container = target["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"cpu": "2"}}  # outside the allow-list
+    restore = CanaryStrategy().plan(target, [], None, {"deployments": [STABLE, target]})
+    paths = template_diff_paths(target["spec"]["template"], restore.template)
+    assert paths == ["spec.containers[app].image"]
+    assert images(restore.template) == ("shop/checkout:1.4",)  # what serves afterwards
 
 
 def test_a_weighted_plan_writes_no_replicas_and_records_the_weights() -> None:
