@@ -445,3 +445,54 @@ async def test_a_route_without_the_canarys_service_escalates_with_nothing_writte
     assert (result.phase, result.reason_code) == (Phase.ESCALATED, "canary_route_invalid")
     assert "has no backend for the canary's Service" in result.reason
     assert world.weights() == {"checkout-stable": 90, "checkout-canary": 10}
+
+
+async def test_a_route_write_the_api_server_fails_once_is_retried_and_made_once(
+    world: World,
+) -> None:
+    await world.release(canary_route="checkout", with_route=True)
+    world.sim.faults.fail("patch", r"/httproutes/checkout$", 503, count=1)
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_canary())
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    patches = [
+        r.status
+        for r in world.sim.requests.since(mark)
+        if r.method == "PATCH" and r.path.endswith("/httproutes/checkout")
+    ]
+    assert patches == [503, 200]
+    assert world.weights() == {"checkout-stable": 100, "checkout-canary": 0}
+
+
+async def test_a_route_rollbackd_may_not_patch_escalates_with_nothing_re_weighted(
+    world: World,
+) -> None:
+    await world.release(canary_route="checkout", with_route=True)
+    # RBAC without patch on httproutes: the API server answers 403 every time.
+    world.sim.faults.fail("patch", r"/httproutes/checkout$", 403, count=100)
+
+    result = await world.executor().run(*rollback_canary())
+
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "kube_forbidden")
+    assert world.weights() == {"checkout-stable": 90, "checkout-canary": 10}
+    assert world.replicas(CANARY) == 1
+
+
+async def test_facts_from_the_watch_cache_tell_the_decision_about_the_canary(
+    world: World,
+) -> None:
+    await world.release()
+
+    async with asyncio.timeout(10):
+        while (facts := world.kube.facts(CANARY, now=datetime.now(UTC))).canary is None:  # noqa: ASYNC110  (the watch cache has no change event)
+            await asyncio.sleep(0.01)
+
+    assert facts.canary is not None
+    assert (facts.canary.stable, facts.canary.replicas, facts.canary.problem) == (
+        "checkout",
+        1,
+        None,
+    )
+    assert world.kube.facts(STABLE, now=datetime.now(UTC)).canary is None
