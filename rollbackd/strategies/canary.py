@@ -22,7 +22,6 @@ There is no cleanup: the canary stays out of traffic until a human acts.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,11 +37,12 @@ from rollbackd.guard import templates_equal
 from rollbackd.kube.errors import ConflictError, NotFoundError
 from rollbackd.kube.patch import annotation_ops, precondition
 from rollbackd.kube.rollout import deployment_status
-from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Target
+from rollbackd.model import Target
 from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import revision_of, strip_hash
-from rollbackd.state import state_from_annotations
+from rollbackd.state import plan_record as recorded_plan
+from rollbackd.state import with_plan_record
 from rollbackd.strategies import Obj, Ops, PlanError, Restore, RolloutOutcome, RolloutWaiter
 
 __all__ = ["CanaryStrategy", "plan_record"]
@@ -53,16 +53,7 @@ _ATTEMPTS = 8
 
 def plan_record(deployment: Obj) -> dict[str, Any]:
     """The canary record of the rollback recorded on the target; {} when none (or another's)."""
-    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-    text = annotations.get(ANNOTATION_CANARY)
-    try:
-        record = json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {}
-    state = state_from_annotations(annotations)
-    if not isinstance(record, dict) or state is None:
-        return {}
-    return record if record.get("rollback_id") == state.rollback_id else {}
+    return recorded_plan(deployment, ANNOTATION_CANARY)
 
 
 def _weights(route: Obj, positions: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -187,12 +178,8 @@ class CanaryStrategy:
     def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:
         """State and record on the canary; by replicas also the recorded count and the scale-down."""
         meta = deployment.get("metadata") or {}
-        changes: dict[str, str | None] = {
-            k: v for k, v in annotations.items() if k != ANNOTATION_CHANGE_CAUSE
-        }
-        state = state_from_annotations(annotations)
-        record = {**restore.changes["record"], "rollback_id": state.rollback_id if state else None}
-        changes[ANNOTATION_CANARY] = json.dumps(record, sort_keys=True)
+        record = restore.changes["record"]
+        changes = with_plan_record(annotations, ANNOTATION_CANARY, record)
         ops = [precondition(meta["resourceVersion"])]
         if "route" not in record:
             changes[ANNOTATION_CANARY_REPLICAS] = str(record["replicas"])
