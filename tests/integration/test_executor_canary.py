@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,15 +20,14 @@ import pytest_asyncio
 from kubernetes_asyncio import client, config
 
 from rollbackd.canary import ANNOTATION_CANARY, ANNOTATION_CANARY_REPLICAS
-from rollbackd.executor import Executor
 from rollbackd.kube import Kube
-from rollbackd.model import ANNOTATION_ROLLBACK, Action, Decision, Phase, Policy, Rollback, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Action, Decision, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.state import decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
-from rollbackd.verify import Verifier
-from tests.integration.test_executor_rolling import FakeSignals, RecordingPager, RecordingRecorder
+from tests.integration.test_executor_bluegreen import World as BlueGreenWorld
+from tests.integration.test_executor_rolling import RecordingPager, RecordingRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -89,35 +87,10 @@ def route(stable_weight: int = 90, canary_weight: int = 10) -> dict[str, Any]:
     }
 
 
-@dataclass
-class World:
-    sim: KubeSim
-    kube: Kube
-    apps: client.AppsV1Api
-    core: client.CoreV1Api
-    custom: client.CustomObjectsApi
-    recorder: RecordingRecorder
-    pager: RecordingPager
+class World(BlueGreenWorld):
+    """The blue-green tests' world (executor, replicas, annotations), with a canary release."""
 
-    def executor(self) -> Executor:
-        verifier = Verifier(
-            FakeSignals().evaluate,
-            self.kube.readiness,
-            scrape_interval=timedelta(milliseconds=100),
-            intervals=3,
-            clock=lambda: datetime.now(UTC),
-        )
-        return Executor(
-            self.kube,
-            verifier,
-            self.recorder,
-            self.pager,
-            rollout_timeout=10.0,
-            clock=lambda: datetime.now(UTC),
-            policy_for=lambda target: Policy(),
-        )
-
-    async def release(
+    async def release_canary(
         self,
         *,
         canary_of: str = "checkout",
@@ -142,23 +115,13 @@ class World:
                 await self.core.create_namespaced_service(
                     NS, service(f"checkout-{track}", selector)
                 )
-            await self.custom.create_namespaced_custom_object(*GATEWAY, route())
+            custom = client.CustomObjectsApi(self.apps.api_client)
+            await custom.create_namespaced_custom_object(*GATEWAY, route())
         outcome = await self.kube.wait_rollout_complete(CANARY, timeout=20)
         assert outcome.status is RolloutStatus.COMPLETE, outcome.message
         if not stable_template:
             outcome = await self.kube.wait_rollout_complete(STABLE, timeout=20)
             assert outcome.status is RolloutStatus.COMPLETE, outcome.message
-
-    def deployment(self, target: Target) -> dict[str, Any]:
-        found = self.sim.store.peek("apps/v1/deployments", NS, target.name)
-        assert found is not None
-        return found
-
-    def replicas(self, target: Target) -> int:
-        return int(self.deployment(target)["spec"]["replicas"])
-
-    def annotations(self, target: Target) -> dict[str, str]:
-        return dict(self.deployment(target)["metadata"].get("annotations") or {})
 
     def weights(self) -> dict[str, int]:
         found = self.sim.store.peek("gateway.networking.k8s.io/v1/httproutes", NS, "checkout")
@@ -178,14 +141,10 @@ class World:
             content_type="application/json-patch+json",
         )
 
-    def events(self) -> list[tuple[str, str]]:
-        events = [
-            e
-            for e in self.sim.store.list("v1/events", NS)
-            if e.get("reportingComponent") == "rollbackd"
-        ]
-        events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
-        return [(e["reason"], e.get("message", "")) for e in events]
+    def event_message(self, reason: str) -> str:
+        """The message of rollbackd's Event with this reason ("" when there is none)."""
+        events = self.sim.store.list("v1/events", NS)
+        return next((e.get("message", "") for e in events if e.get("reason") == reason), "")
 
 
 def rollback_canary() -> tuple[Rollback, Decision]:
@@ -221,7 +180,6 @@ async def world(kubesim: KubeSim) -> AsyncIterator[World]:
             kube,
             client.AppsV1Api(api),
             client.CoreV1Api(api),
-            client.CustomObjectsApi(api),
             RecordingRecorder(kube),
             RecordingPager(),
         )
@@ -233,7 +191,7 @@ async def world(kubesim: KubeSim) -> AsyncIterator[World]:
 async def test_scales_the_canary_to_zero_records_its_replicas_and_verifies_the_stable(
     world: World,
 ) -> None:
-    await world.release()
+    await world.release_canary()
     mark = world.sim.requests.mark()
 
     result = await world.executor().run(*rollback_canary())
@@ -249,16 +207,14 @@ async def test_scales_the_canary_to_zero_records_its_replicas_and_verifies_the_s
     assert plan["changes"]["replicas_scaled"] == [
         {"deployment": "checkout-canary", "from": 1, "to": 0}
     ]
-    started = [m for reason, m in world.events() if reason == "RollbackStarted"]
-    assert started and ANNOTATION_CANARY_REPLICAS in started[0]
-    verified = [m for reason, m in world.events() if reason == "RollbackVerified"]
-    assert verified, world.events()
+    assert ANNOTATION_CANARY_REPLICAS in world.event_message("RollbackStarted")
+    assert world.event_message("RollbackVerified"), world.events()
 
 
 async def test_a_kill_after_the_one_write_resumes_without_scaling_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await world.release()
+    await world.release_canary()
     task = asyncio.create_task(world.executor().run(*rollback_canary()))
     async with asyncio.timeout(20):
         while world.replicas(CANARY) != 0:  # noqa: ASYNC110  (kubesim's store has no change event)
@@ -297,7 +253,7 @@ async def test_a_kill_after_the_one_write_resumes_without_scaling_again(
 async def test_a_canary_of_naming_no_usable_deployment_escalates_with_nothing_scaled(
     world: World, canary_of: str, code: str, words: str
 ) -> None:
-    await world.release(canary_of=canary_of)
+    await world.release_canary(canary_of=canary_of)
 
     result = await world.executor().run(*rollback_canary())
 
@@ -309,7 +265,7 @@ async def test_a_canary_of_naming_no_usable_deployment_escalates_with_nothing_sc
 
 
 async def test_a_stable_that_is_not_ready_escalates_with_nothing_scaled(world: World) -> None:
-    await world.release(stable_template=NEVER_READY)
+    await world.release_canary(stable_template=NEVER_READY)
 
     result = await world.executor().run(*rollback_canary())
 
@@ -321,7 +277,7 @@ async def test_a_stable_that_is_not_ready_escalates_with_nothing_scaled(world: W
 async def test_a_canary_changed_between_read_and_patch_is_not_overwritten(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await world.release()
+    await world.release_canary()
     patch = world.kube.patch_deployment
     edited = False
 
@@ -351,7 +307,7 @@ async def test_a_canary_changed_between_read_and_patch_is_not_overwritten(
 
 
 async def test_sets_the_canary_weight_to_zero_and_the_stable_to_the_total(world: World) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
 
     result = await world.executor().run(*rollback_canary())
 
@@ -367,7 +323,7 @@ async def test_sets_the_canary_weight_to_zero_and_the_stable_to_the_total(world:
 async def test_a_kill_between_the_record_and_the_route_write_resumes_and_writes_once(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
     reached = asyncio.Event()
 
     async def killed_here(namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -399,7 +355,7 @@ async def test_a_kill_between_the_record_and_the_route_write_resumes_and_writes_
 async def test_weights_a_human_changed_meanwhile_are_a_conflict_and_stay_theirs(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
     read = world.kube.read_httproute
     reads = 0
 
@@ -423,7 +379,7 @@ async def test_weights_a_human_changed_meanwhile_are_a_conflict_and_stay_theirs(
 
 
 async def test_a_missing_route_escalates_with_nothing_written(world: World) -> None:
-    await world.release(canary_route="checkout-typo", with_route=True)
+    await world.release_canary(canary_route="checkout-typo", with_route=True)
 
     result = await world.executor().run(*rollback_canary())
 
@@ -437,7 +393,7 @@ async def test_a_missing_route_escalates_with_nothing_written(world: World) -> N
 async def test_a_route_without_the_canarys_service_escalates_with_nothing_written(
     world: World,
 ) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
     await world.core.delete_namespaced_service("checkout-canary", NS)
 
     result = await world.executor().run(*rollback_canary())
@@ -450,7 +406,7 @@ async def test_a_route_without_the_canarys_service_escalates_with_nothing_writte
 async def test_a_route_write_the_api_server_fails_once_is_retried_and_made_once(
     world: World,
 ) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
     world.sim.faults.fail("patch", r"/httproutes/checkout$", 503, count=1)
     mark = world.sim.requests.mark()
 
@@ -469,7 +425,7 @@ async def test_a_route_write_the_api_server_fails_once_is_retried_and_made_once(
 async def test_a_route_rollbackd_may_not_patch_escalates_with_nothing_re_weighted(
     world: World,
 ) -> None:
-    await world.release(canary_route="checkout", with_route=True)
+    await world.release_canary(canary_route="checkout", with_route=True)
     # RBAC without patch on httproutes: the API server answers 403 every time.
     world.sim.faults.fail("patch", r"/httproutes/checkout$", 403, count=100)
 
@@ -483,7 +439,7 @@ async def test_a_route_rollbackd_may_not_patch_escalates_with_nothing_re_weighte
 async def test_facts_from_the_watch_cache_tell_the_decision_about_the_canary(
     world: World,
 ) -> None:
-    await world.release()
+    await world.release_canary()
 
     async with asyncio.timeout(10):
         while (facts := world.kube.facts(CANARY, now=datetime.now(UTC))).canary is None:  # noqa: ASYNC110  (the watch cache has no change event)
