@@ -136,6 +136,12 @@ def stable_not_ready(stable: Obj) -> str | None:
     return None if outcome.complete else outcome.message
 
 
+def weight_of(ref: Obj) -> int:
+    """A backendRef's weight; absent or null is the CRD's default 1, never a crash."""
+    weight = ref.get("weight")
+    return weight if isinstance(weight, int) and not isinstance(weight, bool) else 1
+
+
 def _selects(service: Obj, deployment: Obj) -> bool:
     selector = (service.get("spec") or {}).get("selector") or {}
     labels = _labels(deployment)
@@ -161,7 +167,7 @@ def route_shift(route: Obj, services: Sequence[Obj], canary: Obj, stable: Obj) -
     found: dict[str, str] = {}
     for i, rule in enumerate((route.get("spec") or {}).get("rules") or []):
         refs = [
-            (j, str(ref.get("name", "")), int(ref.get("weight", 1)))
+            (j, str(ref.get("name", "")), weight_of(ref))
             for j, ref in enumerate(rule.get("backendRefs") or [])
             if ref.get("kind", "Service") == "Service" and ref.get("group", "") == ""
         ]

@@ -31,6 +31,7 @@ from rollbackd.canary import (
     CANARY,
     canary_facts,
     route_shift,
+    weight_of,
     weight_ops,
 )
 from rollbackd.guard import templates_equal
@@ -62,7 +63,7 @@ def _weights(route: Obj, positions: Sequence[Sequence[int]]) -> list[list[int]]:
     found = []
     for i, j, _ in positions:
         refs = rules[i].get("backendRefs") or [] if i < len(rules) else []
-        found.append([i, j, int(refs[j].get("weight", 1)) if j < len(refs) else -1])
+        found.append([i, j, weight_of(refs[j]) if j < len(refs) else -1])
     return found
 
 

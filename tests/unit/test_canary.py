@@ -256,6 +256,12 @@ def test_absent_weights_count_as_1_and_rules_without_the_canary_are_left_alone()
     assert shift.after == ((1, 1, 0), (1, 0, 2))
 
 
+def test_a_null_weight_is_the_default_1_not_a_crash() -> None:
+    refs = [{"name": "checkout-stable", "weight": None}, {"name": "checkout-canary", "weight": 3}]
+    shift = route_shift(route(refs), SERVICES, canary(), STABLE)
+    assert not isinstance(shift, str) and shift.after == ((0, 1, 0), (0, 0, 4))
+
+
 @pytest.mark.parametrize(
     ("rules", "services", "words"),
     [
