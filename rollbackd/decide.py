@@ -47,7 +47,8 @@ Check order, first match wins, and why:
 Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
 ``rollbackd.io/strategy: blue-green``) share steps 1-3, 5 and 6; steps 4 and
 7-10 are their own (:mod:`rollbackd.decide_bluegreen`): the release is the
-selector switch, the previous state is the other colour.
+selector switch, the previous state is the other colour. Canary targets
+(``facts.canary``) share steps 1-7; the rest is :mod:`rollbackd.decide_canary`.
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
@@ -67,6 +68,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from rollbackd.decide_bluegreen import decide_bluegreen
+from rollbackd.decide_canary import decide_canary
 from rollbackd.decide_inputs import Check, Inputs
 from rollbackd.decide_target import (
     choose_revision,
@@ -111,6 +113,8 @@ def decide(
             return decision
     if facts.bluegreen is not None:
         return decide_bluegreen(inputs)
+    if facts.canary is not None:
+        return decide_canary(inputs)
     chosen = choose_revision(inputs)
     if isinstance(chosen, Decision):
         return chosen
@@ -262,6 +266,8 @@ def _anomaly_before_restore(inp: Inputs) -> Decision | None:
 def _restored_revision_breaching(inp: Inputs) -> Decision | None:
     current = inp.current
     if current is None or inp.facts.bluegreen is not None:  # a switch's own rules apply
+        return None
+    if inp.facts.canary is not None:  # its rollback restores nothing on it: no ping-pong
         return None
     restored_by = current.restored_by
     if restored_by is None and current.revision not in inp.history.restored_revisions:

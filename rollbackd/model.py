@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rollbackd.bluegreen import BlueGreenFacts
+    from rollbackd.canary import CanaryFacts
 
 ANNOTATION_PREFIX = "rollbackd.io/"
 ANNOTATION_ENABLED = "rollbackd.io/enabled"
@@ -130,6 +131,8 @@ class ClusterFacts:
     gitops_owner: str | None = None  # "argocd:<app>" / "flux:<kind>/<name>" when managed
     # The target as one colour of a blue-green Service (None: a rolling target).
     bluegreen: BlueGreenFacts | None = None
+    # The target as the canary of a stable Deployment (None: not a canary).
+    canary: CanaryFacts | None = None
 
 
 class Phase(StrEnum):

@@ -45,6 +45,12 @@ class ReasonCode(StrEnum):
     NOT_LIVE_COLOR = "not_live_color"
     NO_PREVIOUS_COLOR = "no_previous_color"
     PREVIOUS_COLOR_NOT_READY = "previous_color_not_ready"
+    # canary (canary.py, decide_canary.py, strategies/canary.py)
+    CANARY_OF_INVALID = "canary_of_invalid"
+    CANARY_STABLE_NOT_FOUND = "canary_stable_not_found"
+    CANARY_STABLE_NOT_READY = "canary_stable_not_ready"
+    CANARY_ROUTE_INVALID = "canary_route_invalid"
+    CANARY_OUT_OF_TRAFFIC = "canary_out_of_traffic"
     # how a rollback ended (executor, verification, strategies)
 
     # verification

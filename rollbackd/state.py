@@ -20,7 +20,14 @@ from typing import Any
 
 import structlog
 
-from rollbackd.model import ANNOTATION_RESTORED, ANNOTATION_ROLLBACK, Phase, Rollback, Target
+from rollbackd.model import (
+    ANNOTATION_CHANGE_CAUSE,
+    ANNOTATION_RESTORED,
+    ANNOTATION_ROLLBACK,
+    Phase,
+    Rollback,
+    Target,
+)
 
 log = structlog.get_logger("rollbackd.state")
 
@@ -203,6 +210,41 @@ def restored_record(obj: Mapping[str, Any]) -> dict[str, Any]:
 def encode_restored(record: Mapping[str, Any]) -> str:
     """Serialise a ``rollbackd.io/restored`` record (key-sorted JSON)."""
     return json.dumps(dict(record), sort_keys=True)
+
+
+def plan_record(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A strategy's plan record (JSON under ``key``) of the rollback the state names; {} else.
+
+    A record another rollback left (it escalated before its cleanup) is not
+    this one's: only the record naming the state annotation's rollback counts.
+    """
+    annotations = _annotations(obj)
+    text = annotations.get(key)
+    try:
+        record = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    state = state_from_annotations(annotations)
+    if not isinstance(record, dict) or state is None:
+        return {}
+    return record if record.get("rollback_id") == state.rollback_id else {}
+
+
+def with_plan_record(
+    annotations: Mapping[str, str], key: str, record: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """The executor's annotations for a strategy that writes no template, plus its record.
+
+    No change-cause (the target's template does not change); the record names
+    its rollback, so a later rollback never takes an old record for its own.
+    """
+    changes: dict[str, str | None] = {
+        k: v for k, v in annotations.items() if k != ANNOTATION_CHANGE_CAUSE
+    }
+    state = state_from_annotations(annotations)
+    stamped = {**record, "rollback_id": state.rollback_id if state else None}
+    changes[key] = json.dumps(stamped, sort_keys=True)
+    return changes
 
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:

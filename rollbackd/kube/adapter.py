@@ -113,7 +113,13 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         if deployment is None:
             return facts
         # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
-        from rollbackd import bluegreen
+        from rollbackd import bluegreen, canary
+
+        if canary.canary_of(deployment) is not None:
+            found = canary.canary_facts(
+                deployment, self.cache.namespace_deployments(target.namespace)
+            )
+            return replace(facts, canary=found)
 
         services = self.cache.declaring_services(target.namespace)
         if not services:

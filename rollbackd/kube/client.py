@@ -52,6 +52,11 @@ def deployment_path(target: Target) -> str:
     return f"/apis/apps/v1/namespaces/{quote(target.namespace)}/deployments/{quote(target.name)}"
 
 
+def httproute_path(namespace: str) -> str:
+    """The API path of a namespace's Gateway API HTTPRoutes."""
+    return f"/apis/gateway.networking.k8s.io/v1/namespaces/{quote(namespace)}/httproutes"
+
+
 def selector_query(deployment: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A ``labelSelector`` query from the Deployment's ``matchLabels``."""
     match = (deployment.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
@@ -217,6 +222,10 @@ class KubeClient:
         return await self.request(
             "GET", f"/api/v1/namespaces/{quote(namespace)}/services/{quote(name)}"
         )
+
+    async def read_httproute(self, namespace: str, name: str) -> dict[str, Any]:
+        """A fresh GET of a Gateway API HTTPRoute (a canary's weights are based on it)."""
+        return await self.request("GET", f"{httproute_path(namespace)}/{quote(name)}")
 
     async def list_replicasets(self, target: Target) -> list[dict[str, Any]]:
         """ReplicaSets controlled by the Deployment's UID, freshly listed."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from rollbackd.kube.client import KubeClient, deployment_path
+from rollbackd.kube.client import KubeClient, deployment_path, httproute_path
 from rollbackd.kube.errors import ConflictError, InvalidError
 from rollbackd.kube.fencing import check_state_term
 from rollbackd.kube.patch import annotation_ops, precondition, precondition_of
@@ -47,6 +47,15 @@ class DeploymentWrites(KubeClient):
             ops,
             f"service {namespace}/{name}",
             query=[("fieldManager", FIELD_MANAGER)],
+        )
+
+    async def patch_httproute(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """JSON-patch a Gateway API HTTPRoute (a canary's weights); a failed ``test`` is a conflict."""
+        path = f"{httproute_path(namespace)}/{quote(name)}"
+        return await self._guarded_patch(
+            path, ops, f"httproute {namespace}/{name}", query=[("fieldManager", FIELD_MANAGER)]
         )
 
     async def _guarded_patch(

@@ -23,7 +23,6 @@ fact.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,11 +31,12 @@ from rollbackd.guard import templates_equal
 from rollbackd.kube.errors import ConflictError, NotFoundError
 from rollbackd.kube.patch import annotation_ops, escape_pointer, precondition
 from rollbackd.kube.rollout import deployment_status
-from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Target
+from rollbackd.model import Target
 from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import revision_of, strip_hash
-from rollbackd.state import state_from_annotations
+from rollbackd.state import plan_record as recorded_plan
+from rollbackd.state import with_plan_record
 from rollbackd.strategies import (
     Obj,
     Ops,
@@ -54,21 +54,8 @@ _ATTEMPTS = 8
 
 
 def plan_record(deployment: Obj) -> dict[str, Any]:
-    """The blue-green record of the rollback recorded on the target; {} when none.
-
-    A record another rollback left (it escalated before its cleanup) is not
-    this one's: only the record naming the state annotation's rollback counts.
-    """
-    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-    text = annotations.get(ANNOTATION_BLUEGREEN)
-    try:
-        record = json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {}
-    state = state_from_annotations(annotations)
-    if not isinstance(record, dict) or state is None:
-        return {}
-    return record if record.get("rollback_id") == state.rollback_id else {}
+    """The blue-green record of the rollback recorded on the target; {} when none."""
+    return recorded_plan(deployment, ANNOTATION_BLUEGREEN)
 
 
 class BlueGreenStrategy:
@@ -167,14 +154,7 @@ class BlueGreenStrategy:
         The target's template does not change, so no change-cause is written.
         """
         meta = deployment.get("metadata") or {}
-        changes: dict[str, str | None] = {
-            k: v for k, v in annotations.items() if k != ANNOTATION_CHANGE_CAUSE
-        }
-        # The record names its rollback: a later rollback of this Deployment
-        # never takes an old record (left by an escalation) for its own.
-        state = state_from_annotations(annotations)
-        record = {**restore.changes["record"], "rollback_id": state.rollback_id if state else None}
-        changes[ANNOTATION_BLUEGREEN] = json.dumps(record, sort_keys=True)
+        changes = with_plan_record(annotations, ANNOTATION_BLUEGREEN, restore.changes["record"])
         return [
             precondition(meta["resourceVersion"]),
             *annotation_ops(meta.get("annotations"), changes),

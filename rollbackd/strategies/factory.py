@@ -11,30 +11,39 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from rollbackd.bluegreen import ROLLING, related_service, strategy_name
+from rollbackd.canary import canary_of
 from rollbackd.model import Target
 from rollbackd.reasons import ReasonCode
 from rollbackd.strategies import Obj, PlanError, Strategy, StrategyKube
 from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record
+from rollbackd.strategies.canary import CanaryStrategy
+from rollbackd.strategies.canary import plan_record as canary_record
 from rollbackd.strategies.rolling import RollingStrategy
 
 # One entry per implementation; canary registers here.
 STRATEGIES: Mapping[str, Callable[[], Strategy]] = {
     RollingStrategy.name: RollingStrategy,
     BlueGreenStrategy.name: BlueGreenStrategy,
+    CanaryStrategy.name: CanaryStrategy,
 }
 DEFAULT = RollingStrategy.name
 
 
 def recorded(deployment: Obj) -> Strategy:
     """The strategy of the rollback recorded on ``deployment`` (resume, cleanup)."""
+    if canary_record(deployment):
+        return CanaryStrategy()
     return BlueGreenStrategy() if plan_record(deployment) else by_name(DEFAULT)
 
 
 async def for_target(kube: StrategyKube, target: Target, deployment: Obj) -> Strategy:
     """The strategy a selecting Service declares; rolling when none does.
 
-    An unknown name raises PlanError (``strategy_unknown``): nothing is written.
+    A canary (``rollbackd.io/canary-of``) is rolled by the canary strategy. An
+    unknown name raises PlanError (``strategy_unknown``): nothing is written.
     """
+    if canary_of(deployment) is not None:
+        return CanaryStrategy()
     services = await kube.list_items(f"/api/v1/namespaces/{target.namespace}/services")
     service = related_service(deployment, services)
     name = strategy_name(service) if service is not None else ROLLING

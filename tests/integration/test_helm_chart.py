@@ -59,6 +59,7 @@ LEAST_PRIVILEGE: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch", "patch"},
     ("", "endpoints"): {"get", "list", "watch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("argoproj.io", "applications"): {"get", "list", "patch"},
