@@ -42,8 +42,8 @@ HISTORY = [rs(1, "web:1", "h1"), rs(2, "web:2", "h2"), rs(3, "web:3", "h3")]
 def test_the_factory_knows_the_rolling_strategy_by_name() -> None:
     strategy: Strategy = by_name(DEFAULT)
     assert isinstance(strategy, RollingStrategy) and strategy.name == "rolling"
-    with pytest.raises(KeyError, match=r"unknown strategy 'canary'.*rolling"):
-        by_name("canary")
+    with pytest.raises(KeyError, match=r"unknown strategy 'recreate'.*rolling"):
+        by_name("recreate")
 
 
 def test_rolling_plans_the_previous_revision_and_predicts_its_new_number() -> None:
