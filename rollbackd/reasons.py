@@ -45,6 +45,13 @@ class ReasonCode(StrEnum):
     NOT_LIVE_COLOR = "not_live_color"
     NO_PREVIOUS_COLOR = "no_previous_color"
     PREVIOUS_COLOR_NOT_READY = "previous_color_not_ready"
+    # Argo Rollouts (argo.py, decide_argo.py, strategies/argorollouts.py)
+    ROLLOUT_ALREADY_ABORTED = "rollout_already_aborted"
+    ROLLOUT_NOT_UPDATING = "rollout_not_updating"
+    ROLLOUT_STATUS_MISSING = "rollout_status_missing"
+    ROLLOUT_SPEC_INVALID = "rollout_spec_invalid"
+    ROLLOUT_NO_STABLE = "rollout_no_stable"
+    ROLLOUT_ABORT_NOT_DONE = "rollout_abort_not_done"
     # how a rollback ended (executor, verification, strategies)
 
     # verification
