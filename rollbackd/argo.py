@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from rollbackd.kube.rollouts import API_GROUP_VERSION
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import parse_time
 
@@ -30,7 +31,6 @@ __all__ = [
     "rollout_facts",
 ]
 
-API_GROUP_VERSION = "argoproj.io/v1alpha1"
 HASH_LABEL = "rollouts-pod-template-hash"
 # rollbackd's record of an abort it planned, on the Rollout (resume finds it).
 ANNOTATION_ARGO_ABORT = "rollbackd.io/argo-abort"

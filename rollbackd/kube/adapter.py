@@ -29,13 +29,13 @@ from rollbackd.kube.election import LeaderElection
 from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
-from rollbackd.kube.writes import DeploymentWrites
+from rollbackd.kube.rollouts import RolloutWrites
 from rollbackd.model import ClusterFacts, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
 
 
-class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
+class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     """kubernetes-asyncio adapter with a watch cache; create with :meth:`connect`."""
 
     def __init__(
