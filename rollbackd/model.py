@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rollbackd.argo import RolloutFacts
     from rollbackd.bluegreen import BlueGreenFacts
 
 ANNOTATION_PREFIX = "rollbackd.io/"
@@ -130,6 +131,8 @@ class ClusterFacts:
     gitops_owner: str | None = None  # "argocd:<app>" / "flux:<kind>/<name>" when managed
     # The target as one colour of a blue-green Service (None: a rolling target).
     bluegreen: BlueGreenFacts | None = None
+    # No Deployment of that name, but an Argo Rollout (``exists`` stays False).
+    rollout: RolloutFacts | None = None
 
 
 class Phase(StrEnum):

@@ -72,8 +72,8 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     # --------------------------------------------------------------- watches
 
     async def start_watches(self, namespaces: Sequence[str] | None = None) -> None:
-        """Start list+watch loops (all namespaces when None); returns at once."""
-        self.cache.start(namespaces)
+        """Start list+watch loops (all namespaces when None), Rollouts too when served."""
+        self.cache.start(namespaces, rollouts=await self.rollouts_served())
 
     @property
     def synced(self) -> bool:
@@ -111,7 +111,7 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         replicasets = self.cache.owned_replicasets(uid, target.namespace) if deployment else []
         facts = cluster_facts(target, deployment, replicasets, now=now)
         if deployment is None:
-            return facts
+            return self._with_rollout(facts)
         # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
         from rollbackd import bluegreen
 
@@ -125,6 +125,17 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
             running_since=self._running_since,
         )
         return replace(facts, bluegreen=colours) if colours is not None else facts
+
+    def _with_rollout(self, facts: ClusterFacts) -> ClusterFacts:
+        """A target that is no Deployment but an Argo Rollout: its facts, from the cache."""
+        rollout = self.cache.rollout(facts.target)
+        if rollout is None:
+            return facts
+        from rollbackd.argo import rollout_facts  # imports reasons, which imports this package
+
+        uid = str((rollout.get("metadata") or {}).get("uid", ""))
+        owned = self.cache.owned_replicasets(uid, facts.target.namespace)
+        return replace(facts, rollout=rollout_facts(rollout, owned))
 
     def _running_since(self, deployment: Mapping[str, Any]) -> datetime | None:
         """When a Deployment's running version was created: its current ReplicaSet's creation."""

@@ -36,6 +36,7 @@ from rollbackd.kube.transforms import (
     DEPLOYMENTS,
     PODS,
     REPLICASETS,
+    ROLLOUTS,
     SERVICES,
     Transform,
 )
@@ -89,6 +90,7 @@ class WatchCache:
             REPLICASETS: {},
             PODS: {},
             SERVICES: {},
+            ROLLOUTS: {},
         }
         self._rs_by_owner: dict[str, set[Key]] = {}
         # Services and Deployments by namespace: blue-green facts read a
@@ -102,8 +104,8 @@ class WatchCache:
         self._waiters: dict[Key, set[asyncio.Event]] = {}
 
     @staticmethod
-    def specs(namespaces: Sequence[str] | None) -> list[WatchSpec]:
-        """The four loops per namespace (or one set for all namespaces)."""
+    def specs(namespaces: Sequence[str] | None, *, rollouts: bool = False) -> list[WatchSpec]:
+        """The four loops per namespace (or one set for all); a fifth for served Rollouts."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
         specs: list[WatchSpec] = []
         for ns in scopes:
@@ -114,13 +116,17 @@ class WatchCache:
                 WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
                 WatchSpec(SERVICES, f"/api/v1{prefix}/services", ns),
             ]
+            if rollouts:
+                specs.append(
+                    WatchSpec(ROLLOUTS, f"/apis/argoproj.io/v1alpha1{prefix}/rollouts", ns)
+                )
         return specs
 
-    def start(self, namespaces: Sequence[str] | None = None) -> None:
+    def start(self, namespaces: Sequence[str] | None = None, *, rollouts: bool = False) -> None:
         """Start list+watch loops (all namespaces when None); returns at once."""
         if self._tasks:
             raise RuntimeError("watches already started")
-        specs = self.specs(namespaces)
+        specs = self.specs(namespaces, rollouts=rollouts)
         self._pending_sync = {(s.kind, s.namespace) for s in specs}
         self._synced.clear()
         for spec in specs:
@@ -295,6 +301,10 @@ class WatchCache:
 
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
+
+    def rollout(self, target: Target) -> dict[str, Any] | None:
+        """The cached Argo Rollout of that name (None: none, or Rollouts not served)."""
+        return self._objects[ROLLOUTS].get((target.namespace, target.name))
 
     def _index_declaring(self, key: Key, obj: Mapping[str, Any] | None) -> None:
         annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import structlog
 
-from rollbackd.kube.errors import NotFoundError
+from rollbackd.kube.errors import KubeError, NotFoundError
 from rollbackd.kube.writes import DeploymentWrites
 from rollbackd.model import FIELD_MANAGER, Target
 
@@ -43,6 +43,9 @@ class RolloutWrites(DeploymentWrites):
         try:
             group = await self.request("GET", f"/apis/{API_GROUP_VERSION}")
         except NotFoundError:
+            group = {}
+        except KubeError as exc:  # discovery down: Deployments must still be watched
+            log.warning("argo_rollouts_discovery_failed", error=str(exc))
             group = {}
         served = any(r.get("name") == "rollouts" for r in group.get("resources") or ())
         if not served and not self._rollouts_absent_logged:

@@ -14,6 +14,7 @@ DEPLOYMENTS = "deployments"
 REPLICASETS = "replicasets"
 PODS = "pods"
 SERVICES = "services"
+ROLLOUTS = "rollouts"  # argoproj.io/v1alpha1, watched only when served
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 _POD_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion")
@@ -49,9 +50,22 @@ def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": kept, "spec": {"selector": (service.get("spec") or {}).get("selector")}}
 
 
+def trim_rollout(rollout: Mapping[str, Any]) -> dict[str, Any]:
+    """An Argo Rollout as the cache keeps it: what :func:`rollbackd.argo.rollout_facts` reads."""
+    meta, spec = rollout.get("metadata") or {}, rollout.get("spec")
+    keep = ("name", "namespace", "uid", "annotations", "resourceVersion")
+    trimmed: dict[str, Any] = {"metadata": {k: meta[k] for k in keep if k in meta}}
+    # A malformed spec is kept as it is: the facts say why it cannot be judged.
+    trimmed["spec"] = {"replicas": spec.get("replicas", 1)} if isinstance(spec, Mapping) else spec
+    if "status" in rollout:
+        trimmed["status"] = rollout["status"]
+    return trimmed
+
+
 DEFAULT_TRANSFORMS: Mapping[str, Transform] = {
     DEPLOYMENTS: drop_managed_fields,
     REPLICASETS: drop_managed_fields,
     PODS: trim_pod,
     SERVICES: trim_service,
+    ROLLOUTS: trim_rollout,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
@@ -212,6 +213,45 @@ async def test_without_the_crd_nothing_breaks_and_it_is_said_once(
         assert not await kube.rollouts_served()
         assert not await kube.rollouts_served()
     assert [e["event"] for e in logs] == ["argo_rollouts_not_served"]
-    # The Deployment side of the adapter is untouched.
-    listing = await kube.request("GET", "/apis/apps/v1/namespaces/default/deployments")
-    assert listing["items"] == []
+
+
+async def test_without_the_crd_the_watch_cache_syncs_without_rollouts(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    await paused_canary(kube)
+    kubesim.faults.fail("list", r"^/apis/argoproj\.io/v1alpha1$", 404, count=1)
+    mark = kubesim.requests.mark()
+
+    await kube.start_watches()
+    assert await kube.wait_synced(TIMEOUT)
+
+    assert kube.facts(WEB, now=datetime.now(UTC)).rollout is None  # as before Rollouts
+    listed = {r.path for r in kubesim.requests.since(mark)}
+    assert "/apis/apps/v1/deployments" in listed
+    assert not any("/rollouts" in path for path in listed)
+
+
+async def test_the_watch_cache_keeps_rollouts_trimmed_and_their_facts_follow_the_canary(
+    kube: Kube,
+) -> None:
+    paused = await paused_canary(kube)
+    await kube.start_watches()
+    assert await kube.wait_synced(TIMEOUT)
+
+    cached = kube.cache.rollout(WEB)
+    assert cached is not None and "template" not in cached["spec"]
+    facts = kube.facts(WEB, now=datetime.now(UTC))
+    assert not facts.exists  # no Deployment of that name: the decision reads facts.rollout
+    assert facts.rollout is not None and facts.rollout.updating
+    assert facts.rollout.canary_rs == f"web-{paused['currentPodHash']}"
+    assert facts.rollout.stable_rs == f"web-{paused['stableRS']}"
+    assert facts.rollout.canary_started_at is not None
+
+    await kube.abort_rollout(WEB)  # the watch brings the abort in
+    await until(
+        lambda: _cached_facts(kube), lambda f: f is not None and f.aborted and f.phase == "Degraded"
+    )
+
+
+async def _cached_facts(kube: Kube) -> Any:
+    return kube.facts(WEB, now=datetime.now(UTC)).rollout
