@@ -10,7 +10,11 @@ cooldown...), which do not depend on the release shape. In order:
 4. no stable ReplicaSet to fall back to: escalate, manual rollback needed;
 5. the canary started outside the change window before the anomaly (or
    after it): escalate, not caused by a recent rollout;
-6. else: roll back, i.e. abort the canary.
+6. else: roll back, i.e. abort the canary; a dry run (policy or the
+   Rollout's ``rollbackd.io/dry-run`` annotation) records what it would abort.
+
+:func:`decide_argo` is the entry point over the shared :class:`Inputs`
+(``facts.rollout`` set); :func:`decide_rollout` the rules on plain values.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rollbackd.argo import RolloutFacts
+from rollbackd.decide_inputs import Inputs
+from rollbackd.decide_target import dry_run_source
 from rollbackd.model import Action, Decision, Signal
 from rollbackd.reasons import ReasonCode
 from rollbackd.wording import ago, duration, signal_phrase
 
-__all__ = ["decide_rollout"]
+__all__ = ["decide_argo", "decide_rollout"]
 
 
 def _window(facts: RolloutFacts, signal: Signal, now: datetime, window: timedelta) -> str | None:
@@ -89,4 +95,23 @@ def decide_rollout(
         f"{signal_phrase(signal)} began {duration(signal.started_at - started)} "
         f"after the canary {facts.canary_rs} of {rollout} started: aborting it "
         f"(back to stable {facts.stable_rs})",
+    )
+
+
+def decide_argo(inp: Inputs) -> Decision:
+    """The abort's rules for ``inp.facts.rollout``, with the shared dry-run rule applied."""
+    facts = inp.facts.rollout
+    if facts is None:
+        raise ValueError(f"decide_argo needs Rollout facts for {inp.target}")
+    decision = decide_rollout(
+        inp.signal, facts, now=inp.now, change_window=inp.policy.change_window
+    )
+    dry_run_by = dry_run_source(inp)
+    if decision.action is not Action.ROLLBACK or dry_run_by is None:
+        return decision
+    return Decision(
+        Action.DRY_RUN,
+        decision.target,
+        ReasonCode.DRY_RUN,
+        f"dry run ({dry_run_by}): would abort: {decision.reason}",
     )

@@ -133,9 +133,11 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
             return facts
         from rollbackd.argo import rollout_facts  # imports reasons, which imports this package
 
-        uid = str((rollout.get("metadata") or {}).get("uid", ""))
-        owned = self.cache.owned_replicasets(uid, facts.target.namespace)
-        return replace(facts, rollout=rollout_facts(rollout, owned))
+        meta = rollout.get("metadata") or {}
+        owned = self.cache.owned_replicasets(str(meta.get("uid", "")), facts.target.namespace)
+        # Its annotations are the target's: opt-out and dry-run read them as a Deployment's.
+        annotations = meta.get("annotations") or {}
+        return replace(facts, annotations=annotations, rollout=rollout_facts(rollout, owned))
 
     def _running_since(self, deployment: Mapping[str, Any]) -> datetime | None:
         """When a Deployment's running version was created: its current ReplicaSet's creation."""

@@ -15,8 +15,19 @@ from typing import Any
 import pytest
 
 from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, replicaset_counts, rollout_facts
-from rollbackd.decide_argo import decide_rollout
-from rollbackd.model import Action, Signal, SignalSource, SignalStatus, Target
+from rollbackd.decide_argo import decide_argo, decide_rollout
+from rollbackd.decide_inputs import Inputs
+from rollbackd.model import (
+    ANNOTATION_DRY_RUN,
+    Action,
+    ClusterFacts,
+    History,
+    Policy,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
 from rollbackd.reasons import ReasonCode
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -209,3 +220,53 @@ def test_junk_replicasets_beside_the_real_ones_are_ignored() -> None:
     facts = rollout_facts(rollout(), [*junk, REPLICASETS[0], bad_time])
     assert facts.problem is None and facts.canary_rs == "web-c2"
     assert facts.canary_started_at is None  # unknown start: escalates, see above
+
+
+# --- over the shared inputs: dry run ----------------------------------------------------
+
+
+def inputs(*, policy: Policy | None = None, annotations: dict[str, str] | None = None) -> Inputs:
+    facts = ClusterFacts(
+        Target("shop", "web"),
+        exists=False,
+        annotations=annotations or {},
+        rollout=rollout_facts(rollout(), REPLICASETS),
+    )
+    return Inputs(signal(), facts, History(), policy or Policy(change_window=WINDOW), NOW)
+
+
+def test_decide_argo_aborts_as_decide_rollout_does() -> None:
+    assert decide_argo(inputs()).action is Action.ROLLBACK
+
+
+@pytest.mark.parametrize(
+    ("policy", "annotations", "by"),
+    [
+        (Policy(change_window=WINDOW, dry_run=True), {}, "dry run (policy)"),
+        (Policy(change_window=WINDOW), {ANNOTATION_DRY_RUN: "true"}, "dry run (annotation"),
+    ],
+)
+def test_a_dry_run_records_the_abort_it_would_make(
+    policy: Policy, annotations: dict[str, str], by: str
+) -> None:
+    decision = decide_argo(inputs(policy=policy, annotations=annotations))
+    assert decision.action is Action.DRY_RUN and decision.reason_code == ReasonCode.DRY_RUN
+    assert decision.reason.startswith(by) and "would abort" in decision.reason
+    assert "canary web-c2" in decision.reason
+
+
+def test_a_dry_run_does_not_turn_a_skip_into_a_record() -> None:
+    facts = ClusterFacts(
+        Target("shop", "web"),
+        exists=False,
+        rollout=rollout_facts(rollout(abort=True), REPLICASETS),
+    )
+    policy = Policy(change_window=WINDOW, dry_run=True)
+    decision = decide_argo(Inputs(signal(), facts, History(), policy, NOW))
+    assert decision.action is Action.SKIP
+
+
+def test_decide_argo_without_rollout_facts_is_a_wiring_bug() -> None:
+    facts = ClusterFacts(Target("shop", "web"), exists=False)
+    with pytest.raises(ValueError, match="needs Rollout facts"):
+        decide_argo(Inputs(signal(), facts, History(), Policy(), NOW))
