@@ -47,7 +47,9 @@ Check order, first match wins, and why:
 Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
 ``rollbackd.io/strategy: blue-green``) share steps 1-3, 5 and 6; steps 4 and
 7-10 are their own (:mod:`rollbackd.decide_bluegreen`): the release is the
-selector switch, the previous state is the other colour.
+selector switch, the previous state is the other colour. Argo Rollouts
+(``facts.rollout``: no Deployment of that name, a Rollout) share steps 1-6
+and then follow :mod:`rollbackd.decide_argo` (abort the canary).
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
@@ -66,6 +68,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rollbackd.decide_argo import decide_argo
 from rollbackd.decide_bluegreen import decide_bluegreen
 from rollbackd.decide_inputs import Check, Inputs
 from rollbackd.decide_target import (
@@ -111,6 +114,8 @@ def decide(
             return decision
     if facts.bluegreen is not None:
         return decide_bluegreen(inputs)
+    if facts.rollout is not None:
+        return decide_argo(inputs)
     chosen = choose_revision(inputs)
     if isinstance(chosen, Decision):
         return chosen
@@ -165,7 +170,7 @@ def _stale_signal(inp: Inputs) -> Decision | None:
 
 
 def _target_not_found(inp: Inputs) -> Decision | None:
-    if inp.facts.exists:
+    if inp.facts.exists or inp.facts.rollout is not None:  # a Rollout: decide_argo
         return None
     return inp.decision(
         Action.SKIP,
@@ -308,7 +313,7 @@ def _paused(inp: Inputs) -> Decision | None:
 
 
 def _no_recent_rollout(inp: Inputs) -> Decision | None:
-    if inp.facts.bluegreen is not None:  # the release is the switch: decide_bluegreen
+    if inp.facts.bluegreen is not None or inp.facts.rollout is not None:  # their own rules
         return None
     started = inp.facts.rollout_started_at
     anomaly = inp.signal.started_at

@@ -180,6 +180,8 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
 
     async def readiness(self, target: Target) -> ReadinessReport:
         """Ready pods of the current template vs desired; endpoints of selecting Services."""
+        if self.cache.deployment(target) is None and self.cache.rollout(target) is not None:
+            return await self.rollout_readiness(target)
         deployment, pods = await self.target_pods(target)
         replicasets = await self.list_replicasets(target)
         ns = quote(target.namespace)

@@ -17,6 +17,7 @@ import structlog
 from rollbackd.kube.errors import KubeError, NotFoundError
 from rollbackd.kube.writes import DeploymentWrites
 from rollbackd.model import FIELD_MANAGER, Target
+from rollbackd.readiness import ReadinessReport, pod_ready, selecting_services
 
 __all__ = ["ABORT_PATCH", "API_GROUP_VERSION", "RolloutWrites", "rollout_path"]
 
@@ -79,4 +80,27 @@ class RolloutWrites(DeploymentWrites):
             query=[("fieldManager", FIELD_MANAGER)],
             body=ABORT_PATCH,
             content_type="application/merge-patch+json",
+        )
+
+    async def rollout_readiness(self, target: Target) -> ReadinessReport:
+        """The stable version's Ready pods vs ``spec.replicas``; endpoints of selecting Services.
+
+        After an abort the Rollout's template is still the canary's, so the
+        pods counted are the stable hash's, not the template's.
+        """
+        rollout = await self.read_rollout(target)
+        stable = str((rollout.get("status") or {}).get("stableRS") or "")
+        ns = quote(target.namespace)
+        pods = await self.request(
+            "GET",
+            f"/api/v1/namespaces/{ns}/pods",
+            query=[("labelSelector", f"rollouts-pod-template-hash={stable}")],
+        )
+        services = await self.list_items(f"/api/v1/namespaces/{ns}/services")
+        endpoints = await self.list_items(f"/api/v1/namespaces/{ns}/endpoints")
+        spec = rollout.get("spec") or {}
+        return ReadinessReport(
+            desired=int(spec.get("replicas", 1) or 0),
+            ready=sum(1 for pod in pods.get("items") or () if pod_ready(pod)),
+            services=selecting_services(rollout, services, endpoints),
         )

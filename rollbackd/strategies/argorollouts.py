@@ -129,7 +129,13 @@ class ArgoRolloutsStrategy:
     async def apply(
         self, kube: ArgoRolloutsKube, target: Target, rollback_id: str, *, timeout: float
     ) -> AbortPlan:
-        """Plan on a fresh read, record the plan, abort, wait; re-plan on a conflict."""
+        """:meth:`prepare`, then :meth:`resume`: the whole abort."""
+        plan = await self.prepare(kube, target, rollback_id)
+        await self.resume(kube, target, rollback_id, timeout=timeout)
+        return plan
+
+    async def prepare(self, kube: ArgoRolloutsKube, target: Target, rollback_id: str) -> AbortPlan:
+        """Plan on a fresh read and record the plan on the Rollout; re-plan on a conflict."""
         for _ in range(_ATTEMPTS):
             rollout = await kube.read_rollout(target)
             plan = self.plan(rollout, await kube.rollout_replicasets(target), rollback_id)
@@ -138,7 +144,6 @@ class ArgoRolloutsStrategy:
             except ConflictError:
                 await asyncio.sleep(0.05)  # status churn, or a human: the re-plan tells
                 continue
-            await self.resume(kube, target, rollback_id, timeout=timeout)
             return plan
         raise PlanError(ReasonCode.WRITE_CONFLICTS, f"Rollout {target} kept changing: not aborted")
 
