@@ -97,8 +97,17 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         return self.cache.deployment(target)
 
     async def deployment(self, target: Target) -> dict[str, Any]:
-        """From the watch cache, or a fresh read when it is not there (yet)."""
-        return self.cached_deployment(target) or await self.read_deployment(target)
+        """From the watch cache, or a fresh read when it is not there (yet).
+
+        A target that is an Argo Rollout gets the Rollout, read fresh (the cache
+        trims its template): verification's checks read its annotations and labels.
+        """
+        cached = self.cached_deployment(target)
+        if cached is not None:
+            return cached
+        if self.cache.rollout(target) is not None:
+            return await self.read_rollout(target)
+        return await self.read_deployment(target)
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences, from the cache."""
