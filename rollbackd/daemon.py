@@ -289,7 +289,7 @@ class Daemon:
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
         now = self.clock()
-        for target in self.kube.targets():
+        for target in [*self.kube.targets(), *self.kube.cache.rollout_targets()]:
             facts = self.kube.facts(target, now=now)
             # In flight, or completed with its strategy's cleanup undone (killed in between).
             rollback = annotated_rollback(facts) or self.executor.cleanup_left(facts)

@@ -105,6 +105,9 @@ class Executor(ArgoAborting):
         await self._recorder.event(
             rollback, "resumed", f"resuming rollback from phase {state.phase}"
         )
+        if self._is_rollout(target) and state.phase is not Phase.ROLLBACK_FAILED:
+            # An Argo Rollout's abort: its own steps (a recorded failure escalates below).
+            return await self._guarded(rollback, self._resume_rollout(rollback, state))
         if state.phase is Phase.PENDING_APPROVAL:
             return await self._guarded(rollback, self._after_approval(rollback, state.updated_at))
         if state.phase in (Phase.PENDING, Phase.PLANNING):

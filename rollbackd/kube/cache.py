@@ -295,6 +295,9 @@ class WatchCache:
     def targets(self) -> list[Target]:
         return sorted(Target(ns, name) for ns, name in self._objects[DEPLOYMENTS])
 
+    def rollout_targets(self) -> list[Target]:
+        return sorted(Target(ns, name) for ns, name in self._objects[ROLLOUTS])
+
     def deployment_items(self) -> list[tuple[Key, dict[str, Any]]]:
         """Every cached Deployment by (namespace, name), unsorted: a cheap scan of the fleet."""
         return list(self._objects[DEPLOYMENTS].items())

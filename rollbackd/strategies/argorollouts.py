@@ -117,13 +117,17 @@ class ArgoRolloutsStrategy:
             replicas=facts.replicas,
         )
 
-    def record_ops(self, rollout: Obj, plan: AbortPlan) -> Ops:
-        """The plan's record on the Rollout, guarded by the planning read's resourceVersion."""
+    def record_ops(
+        self, rollout: Obj, plan: AbortPlan, annotations: Mapping[str, str] | None = None
+    ) -> Ops:
+        """The plan's record (and ``annotations``: the executor's state) on the Rollout,
+        guarded by the planning read's resourceVersion."""
         meta = rollout.get("metadata") or {}
         record = json.dumps(asdict(plan), sort_keys=True)
+        changes = {**(annotations or {}), ANNOTATION_ARGO_ABORT: record}
         return [
             precondition(meta.get("resourceVersion")),
-            *annotation_ops(meta.get("annotations"), {ANNOTATION_ARGO_ABORT: record}),
+            *annotation_ops(meta.get("annotations"), changes),
         ]
 
     async def apply(
@@ -134,13 +138,19 @@ class ArgoRolloutsStrategy:
         await self.resume(kube, target, rollback_id, timeout=timeout)
         return plan
 
-    async def prepare(self, kube: ArgoRolloutsKube, target: Target, rollback_id: str) -> AbortPlan:
+    async def prepare(
+        self,
+        kube: ArgoRolloutsKube,
+        target: Target,
+        rollback_id: str,
+        annotations: Mapping[str, str] | None = None,
+    ) -> AbortPlan:
         """Plan on a fresh read and record the plan on the Rollout; re-plan on a conflict."""
         for _ in range(_ATTEMPTS):
             rollout = await kube.read_rollout(target)
             plan = self.plan(rollout, await kube.rollout_replicasets(target), rollback_id)
             try:
-                await kube.patch_rollout(target, self.record_ops(rollout, plan))
+                await kube.patch_rollout(target, self.record_ops(rollout, plan, annotations))
             except ConflictError:
                 await asyncio.sleep(0.05)  # status churn, or a human: the re-plan tells
                 continue

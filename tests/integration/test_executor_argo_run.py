@@ -8,6 +8,7 @@ breaching), its readiness the real one (the stable pods and Service).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from rollbackd.decide import decide
 from rollbackd.executor import Executor
 from rollbackd.kube import Kube
 from rollbackd.model import (
+    ANNOTATION_ROLLBACK,
     Action,
     History,
     Phase,
@@ -32,6 +34,7 @@ from rollbackd.model import (
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
 from rollbackd.signals import Verdict
+from rollbackd.state import decode_state
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
 from tests.integration.test_executor_argo import WEB, aborts, paused_canary, status, until
@@ -46,11 +49,14 @@ class Journal:
 
     phases: list[tuple[Phase, str, Mapping[str, Any] | None]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    kill_at: Phase | None = None  # the process dies as this phase is journaled
 
     async def phase(
         self, rollback: Rollback, message: str, data: Mapping[str, Any] | None = None
     ) -> None:
         self.phases.append((rollback.phase, message, data))
+        if rollback.phase is self.kill_at:
+            raise asyncio.CancelledError
 
     async def event(
         self, rollback: Rollback, kind: str, message: str, data: Mapping[str, Any] | None = None
@@ -136,6 +142,8 @@ async def test_a_stable_version_that_breaches_too_fails_and_escalates(
     assert done.phase is Phase.ESCALATED and done.reason_code == ReasonCode.VERIFY_BREACH
     assert NotificationKind.ESCALATION in [kind for kind, _, _ in pager.pages]
     assert aborts(kubesim) == [200]  # aborted once; the escalation asks a human for the rest
+    annotations = (await kube.read_rollout(WEB))["metadata"]["annotations"]
+    assert decode_state(annotations[ANNOTATION_ROLLBACK]).phase is Phase.ESCALATED
 
 
 async def test_approve_mode_escalates_with_the_command_and_aborts_nothing(
@@ -167,3 +175,31 @@ async def _decide_again(kube: Kube) -> Any:
     now = datetime.now(UTC)
     signal = Signal(WEB, SignalSource.ALERTMANAGER, "HighErrorRate", SignalStatus.FIRING, now, now)
     return decide(signal, kube.facts(WEB, now=now), History(), Policy(), now)
+
+
+@pytest.mark.parametrize("killed_at", [Phase.ROLLING_BACK, Phase.VERIFYING])
+async def test_killed_mid_way_a_restarted_executor_resumes_from_the_rollout_and_aborts_once(
+    kubesim: KubeSim, kube: Kube, killed_at: Phase
+) -> None:
+    await paused_canary(kube)
+    rollback, decision = await decided(kube)
+    first = Journal(kill_at=killed_at)
+    with pytest.raises(asyncio.CancelledError):
+        await executor(kube, first, RecordingPager(), FakeSignals()).run(rollback, decision)
+    if killed_at is Phase.ROLLING_BACK:
+        assert aborts(kubesim) == []  # killed between the record and the abort
+
+    annotations = (await kube.read_rollout(WEB))["metadata"]["annotations"]
+    state = decode_state(annotations[ANNOTATION_ROLLBACK])
+    assert (state.rollback_id, state.phase) == (rollback.id, killed_at)
+    # What a restarted daemon's scan finds and resumes:
+    assert WEB in kube.cache.rollout_targets()
+    journal = Journal()
+    done = await executor(kube, journal, RecordingPager(), FakeSignals()).resume(WEB, state)
+
+    assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
+    assert aborts(kubesim) == [200]
+    final = decode_state(
+        (await kube.read_rollout(WEB))["metadata"]["annotations"][ANNOTATION_ROLLBACK]
+    )
+    assert final.phase is Phase.ROLLBACK_COMPLETED
