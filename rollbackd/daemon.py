@@ -319,10 +319,11 @@ class Daemon:
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
 
     def _target_known(self, target: Target) -> bool | None:
-        """Whether the watch cache holds ``target``; None until it is synced."""
+        """Whether the watch cache holds ``target`` (a Deployment or a Rollout); None until synced."""
         if not self.kube.synced:
             return None
-        return self.kube.cached_deployment(target) is not None
+        cached = self.kube.cached_deployment(target) or self.kube.cache.rollout(target)
+        return cached is not None
 
     def _policy_for_target(self, target: Target) -> Policy:
         facts = self.kube.facts(target, now=self.clock())

@@ -13,10 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from rollbackd.model import Phase, Target
-from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, knobs, wait_for
+from rollbackd.testing.stack import OPERATOR_HEADERS, PAGERDUTY_PATH, Stack, knobs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -97,3 +98,23 @@ async def test_a_failing_canary_paused_at_25_is_aborted_and_the_stable_version_v
     sent = await stack.sink.wait_for_count(PAGERDUTY_PATH, 2, timeout=20)
     assert [r.json["event_action"] for r in sent] == ["trigger", "resolve"]
     assert "aborting Rollout default/shop: canary shop-" in sent[0].json["payload"]["summary"]
+
+    # The API's timeline and the postmortem draft say what was aborted.
+    async with aiohttp.ClientSession(headers=OPERATOR_HEADERS) as session:
+        async with session.get(f"{stack.daemon.url}/api/v1/rollbacks/{rollback.id}") as resp:
+            body = await resp.json()
+        async with session.get(f"{stack.daemon.url}/api/v1/rollbacks/{rollback.id}/report") as resp:
+            assert resp.status == 200
+            report = await resp.text()
+    started = next(e for e in body["timeline"] if (e.get("data") or {}).get("changes"))
+    assert started["data"]["changes"]["strategy"] == "argo-rollouts"
+    assert started["data"]["changes"]["stable_hash"] == stable
+    assert "aborting Rollout default/shop" in report
+
+    # Alertmanager's alert names the Rollout too: it is decided, not dropped as unknown.
+    async def alert_decided() -> dict[str, Any] | None:
+        decisions = await stack.daemon.journal.decisions(target=SHOP)
+        return next((d for d in decisions if str(d["signal_key"]).startswith("am:")), None)
+
+    decided = await wait_for(alert_decided, 60, "a decision on Alertmanager's alert")
+    assert decided["reason_code"] != "target_not_found", decided
