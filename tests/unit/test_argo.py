@@ -29,6 +29,8 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.reasons import ReasonCode
+from rollbackd.strategies import PlanError
+from rollbackd.strategies.argorollouts import ArgoRolloutsStrategy
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=30)
@@ -270,3 +272,73 @@ def test_decide_argo_without_rollout_facts_is_a_wiring_bug() -> None:
     facts = ClusterFacts(Target("shop", "web"), exists=False)
     with pytest.raises(ValueError, match="needs Rollout facts"):
         decide_argo(Inputs(signal(), facts, History(), Policy(), NOW))
+
+
+# --- the strategy's pure halves: plan and status ---------------------------------------
+
+
+def test_the_plan_names_what_the_abort_changes() -> None:
+    plan = ArgoRolloutsStrategy().plan(rollout(), REPLICASETS, "rb-1")
+    assert plan.summary == "aborting Rollout shop/web: canary web-c2 to 0, stable web-s1 to 4"
+    assert plan.changes() == {
+        "strategy": "argo-rollouts",
+        "rollback_id": "rb-1",
+        "rollout": "shop/web",
+        "canary_hash": "c2",
+        "stable_hash": "s1",
+        "canary_rs": "web-c2",
+        "stable_rs": "web-s1",
+        "replicas": 4,
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "replicasets", "code"),
+    [
+        (rollout(abort=True), REPLICASETS, ReasonCode.ROLLOUT_ALREADY_ABORTED),
+        (rollout(currentPodHash="s1"), REPLICASETS, ReasonCode.ROLLOUT_NOT_UPDATING),
+        (rollout(), [REPLICASETS[1]], ReasonCode.ROLLOUT_NO_STABLE),
+        ({"metadata": {"name": "web"}, "spec": {}}, [], ReasonCode.ROLLOUT_STATUS_MISSING),
+    ],
+)
+def test_the_plan_refuses_with_the_reason_and_writes_nothing(
+    obj: dict[str, Any], replicasets: list[Any], code: ReasonCode
+) -> None:
+    with pytest.raises(PlanError) as refused:
+        ArgoRolloutsStrategy().plan(obj, replicasets, "rb-1")
+    assert refused.value.reason_code == code
+
+
+def test_the_record_write_is_guarded_by_the_planning_reads_resource_version() -> None:
+    strategy = ArgoRolloutsStrategy()
+    plan = strategy.plan(rollout(), REPLICASETS, "rb-1")
+    ops = strategy.record_ops(rollout(), plan, {"rollbackd.io/rollback": "{}"})
+    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
+    written = {op["path"]: op["value"] for op in ops[1:] if op["op"] != "test"}
+    assert json.loads(written["/metadata/annotations"][ANNOTATION_ARGO_ABORT]) == {
+        k: v for k, v in plan.changes().items() if k != "strategy"
+    }
+
+
+@pytest.mark.parametrize(
+    ("canary", "stable_ready", "complete", "says"),
+    [
+        (1, 3, False, "canary web-c2 still has 1"),
+        (0, 3, False, "stable web-s1 has 3 of 4 pods Ready"),
+        (0, 4, True, "canary web-c2 scaled to 0, stable web-s1 4/4 Ready"),
+    ],
+)
+def test_the_abort_is_done_when_the_canary_is_at_zero_and_the_stable_version_ready(
+    canary: int, stable_ready: int, complete: bool, says: str
+) -> None:
+    stable = rs("s1", timedelta(days=3), replicas=4)
+    stable["status"]["readyReplicas"] = stable_ready
+    sets = [stable, rs("c2", timedelta(minutes=10), replicas=canary)]
+    record = {"canary_rs": "web-c2", "stable_rs": "web-s1"}
+    outcome = ArgoRolloutsStrategy().status(rollout(abort=True), sets, record)
+    assert outcome.complete is complete and outcome.message == says
+
+
+def test_a_rollout_gone_bad_while_waiting_is_never_complete() -> None:
+    outcome = ArgoRolloutsStrategy().status({"spec": {}}, [], {"canary_rs": "x"})
+    assert not outcome.complete and "no status.stableRS" in outcome.message
