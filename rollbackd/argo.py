@@ -76,16 +76,18 @@ def _malformed(rollout: Mapping[str, Any]) -> tuple[ReasonCode, str] | None:
     replicas = spec.get("replicas", 1) if isinstance(spec, Mapping) else None
     if not isinstance(spec, Mapping) or not isinstance(replicas, int) or replicas < 0:
         return ReasonCode.ROLLOUT_SPEC_INVALID, "its spec is malformed (spec.replicas)"
+    # The controller's own verdict first: a refused spec may never get a stable RS.
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, Mapping) and condition.get("type") == "InvalidSpec":
+            detail = condition.get("message", "")
+            return ReasonCode.ROLLOUT_SPEC_INVALID, f"the controller refused its spec: {detail}"
     if not isinstance(status, Mapping) or not status.get("stableRS"):
         return (
             ReasonCode.ROLLOUT_STATUS_MISSING,
             "it has no status.stableRS: the Argo Rollouts controller has not judged it "
             "(is the controller running?)",
         )
-    for condition in status.get("conditions") or ():
-        if isinstance(condition, Mapping) and condition.get("type") == "InvalidSpec":
-            detail = condition.get("message", "")
-            return ReasonCode.ROLLOUT_SPEC_INVALID, f"the controller refused its spec: {detail}"
     return None
 
 

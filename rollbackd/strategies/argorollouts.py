@@ -83,7 +83,9 @@ def _refuse(facts: RolloutFacts) -> PlanError | None:
     """Why nothing is to be aborted, as the PlanError the executor ends with."""
     where = f"Rollout {facts.namespace}/{facts.name}"
     if facts.problem is not None:
-        return PlanError(facts.problem[0], f"{where} cannot be judged: {facts.problem[1]}")
+        return PlanError(
+            facts.problem[0], f"{where} cannot be judged: {facts.problem[1]}; nothing was aborted"
+        )
     if facts.aborted:
         return PlanError(ReasonCode.ROLLOUT_ALREADY_ABORTED, f"{where} is already aborted")
     if not facts.updating or facts.canary_rs is None:

@@ -37,7 +37,14 @@ from rollbackd.signals import Verdict
 from rollbackd.state import decode_state
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
-from tests.integration.test_executor_argo import WEB, aborts, paused_canary, status, until
+from tests.integration.test_executor_argo import (
+    ROLLOUTS,
+    WEB,
+    aborts,
+    paused_canary,
+    status,
+    until,
+)
 from tests.integration.test_executor_rolling import FakeSignals, RecordingPager
 
 pytestmark = pytest.mark.integration
@@ -203,3 +210,29 @@ async def test_killed_mid_way_a_restarted_executor_resumes_from_the_rollout_and_
         (await kube.read_rollout(WEB))["metadata"]["annotations"][ANNOTATION_ROLLBACK]
     )
     assert final.phase is Phase.ROLLBACK_COMPLETED
+
+
+async def test_a_spec_refused_between_the_decision_and_the_plan_escalates_nothing_aborted(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    await paused_canary(kube)
+    rollback, decision = await decided(kube)
+    # Someone adds a second strategy: the controller refuses the spec (InvalidSpec).
+    ops = [{"op": "add", "path": "/spec/strategy/blueGreen", "value": {"activeService": "x"}}]
+    await kube.request(
+        "PATCH", f"{ROLLOUTS}/web", body=ops, content_type="application/json-patch+json"
+    )
+    await until(
+        lambda: status(kube),
+        lambda s: any(c.get("type") == "InvalidSpec" for c in s.get("conditions") or ()),
+    )
+    pager = RecordingPager()
+
+    done = await executor(kube, Journal(), pager, FakeSignals()).run(rollback, decision)
+
+    assert done.phase is Phase.ESCALATED
+    assert done.reason_code == ReasonCode.ROLLOUT_SPEC_INVALID
+    assert "the controller refused its spec" in (done.reason or "")
+    assert (done.reason or "").endswith("nothing was aborted")
+    assert aborts(kubesim) == [] and "abort" not in await status(kube)
+    assert [kind for kind, _, _ in pager.pages] == [NotificationKind.ESCALATION]
