@@ -33,7 +33,7 @@ from rollbackd.model import Policy, Rollback, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
-from rollbackd.records import annotated_rollback, annotated_rollback_by_id, annotated_targets
+from rollbackd.records import annotated_rollback, annotated_rollback_by_id
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
@@ -290,7 +290,7 @@ class Daemon:
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
         now = self.clock()
-        for target in annotated_targets(self.kube.cached_deployments()):
+        for target in self.kube.resumable_targets():
             facts = self.kube.facts(target, now=now)
             # In flight, or completed with its strategy's cleanup undone (killed in between).
             rollback = annotated_rollback(facts) or self.executor.cleanup_left(facts)
@@ -320,10 +320,10 @@ class Daemon:
         await self.journal.record_notification(notification, channel, ok, detail, self.clock())
 
     def _target_known(self, target: Target) -> bool | None:
-        """Whether the watch cache holds ``target``; None until it is synced."""
+        """Whether the watch cache holds ``target`` (a Deployment or a Rollout); None until synced."""
         if not self.kube.synced:
             return None
-        return self.kube.cached_deployment(target) is not None
+        return (self.kube.cached_deployment(target) or self.kube.cache.rollout(target)) is not None
 
     def _policy_for_target(self, target: Target) -> Policy:
         facts = self.kube.facts(target, now=self.clock())

@@ -49,6 +49,8 @@ Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
 7-10 are their own (:mod:`rollbackd.decide_bluegreen`): the release is the
 selector switch, the previous state is the other colour. Canary targets
 (``facts.canary``) share steps 1-7; the rest is :mod:`rollbackd.decide_canary`.
+Argo Rollouts (``facts.rollout``: no Deployment of that name, a Rollout)
+share steps 1-6 and then follow :mod:`rollbackd.decide_argo` (abort the canary).
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -
@@ -67,6 +69,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rollbackd.decide_argo import decide_argo
 from rollbackd.decide_bluegreen import decide_bluegreen
 from rollbackd.decide_canary import decide_canary
 from rollbackd.decide_inputs import Check, Inputs
@@ -115,6 +118,8 @@ def decide(
         return decide_bluegreen(inputs)
     if facts.canary is not None:
         return decide_canary(inputs)
+    if facts.rollout is not None:
+        return decide_argo(inputs)
     chosen = choose_revision(inputs)
     if isinstance(chosen, Decision):
         return chosen
@@ -169,7 +174,7 @@ def _stale_signal(inp: Inputs) -> Decision | None:
 
 
 def _target_not_found(inp: Inputs) -> Decision | None:
-    if inp.facts.exists:
+    if inp.facts.exists or inp.facts.rollout is not None:  # a Rollout: decide_argo
         return None
     return inp.decision(
         Action.SKIP,
@@ -314,7 +319,7 @@ def _paused(inp: Inputs) -> Decision | None:
 
 
 def _no_recent_rollout(inp: Inputs) -> Decision | None:
-    if inp.facts.bluegreen is not None:  # the release is the switch: decide_bluegreen
+    if inp.facts.bluegreen is not None or inp.facts.rollout is not None:  # their own rules
         return None
     started = inp.facts.rollout_started_at
     anomaly = inp.signal.started_at

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rollbackd.argo import RolloutFacts
     from rollbackd.bluegreen import BlueGreenFacts
     from rollbackd.canary import CanaryFacts
 
@@ -133,6 +134,8 @@ class ClusterFacts:
     bluegreen: BlueGreenFacts | None = None
     # The target as the canary of a stable Deployment (None: not a canary).
     canary: CanaryFacts | None = None
+    # No Deployment of that name, but an Argo Rollout (``exists`` stays False).
+    rollout: RolloutFacts | None = None
 
 
 class Phase(StrEnum):

@@ -51,6 +51,14 @@ class ReasonCode(StrEnum):
     CANARY_STABLE_NOT_READY = "canary_stable_not_ready"
     CANARY_ROUTE_INVALID = "canary_route_invalid"
     CANARY_OUT_OF_TRAFFIC = "canary_out_of_traffic"
+    # Argo Rollouts (argo.py, decide_argo.py, strategies/argorollouts.py)
+    ROLLOUT_ALREADY_ABORTED = "rollout_already_aborted"
+    ROLLOUT_NOT_UPDATING = "rollout_not_updating"
+    ROLLOUT_STATUS_MISSING = "rollout_status_missing"
+    ROLLOUT_SPEC_INVALID = "rollout_spec_invalid"
+    ROLLOUT_NO_STABLE = "rollout_no_stable"
+    ROLLOUT_ABORT_NOT_DONE = "rollout_abort_not_done"
+    ROLLOUT_APPROVAL_UNSUPPORTED = "rollout_approval_unsupported"
     # how a rollback ended (executor, verification, strategies)
 
     # verification

@@ -31,7 +31,7 @@ from datetime import datetime
 
 import structlog
 
-from rollbackd.executor.approving import Approving
+from rollbackd.executor.argo import ArgoAborting
 from rollbackd.executor.core import PATCHED_PHASES
 from rollbackd.executor.ports import Abort, Superseded
 from rollbackd.kube.errors import ForbiddenError, KubeError
@@ -46,7 +46,7 @@ from rollbackd.strategies.factory import recorded
 log = structlog.get_logger("rollbackd.executor")
 
 
-class Executor(Approving):
+class Executor(ArgoAborting):
     """Runs one rollback at a time per call; the daemon guarantees one per target."""
 
     # ------------------------------------------------------------ entry points
@@ -72,6 +72,8 @@ class Executor(Approving):
             ),
             budget_scope(RetryBudget(self._retry_budget)),
         ):
+            if self._is_rollout(rollback.target):  # an Argo Rollout: abort its canary
+                return await self._guarded(rollback, self._abort_rollout(rollback))
             if rollback.phase is Phase.PENDING_APPROVAL:  # the dispatcher's approve mode
                 return await self._guarded(rollback, self._after_approval(rollback, None))
             return await self._guarded(rollback, self._from_planning(rollback))
@@ -103,6 +105,9 @@ class Executor(Approving):
         await self._recorder.event(
             rollback, "resumed", f"resuming rollback from phase {state.phase}"
         )
+        if self._is_rollout(target) and state.phase is not Phase.ROLLBACK_FAILED:
+            # An Argo Rollout's abort: its own steps (a recorded failure escalates below).
+            return await self._guarded(rollback, self._resume_rollout(rollback, state))
         if state.phase is Phase.PENDING_APPROVAL:
             return await self._guarded(rollback, self._after_approval(rollback, state.updated_at))
         if state.phase in (Phase.PENDING, Phase.PLANNING):

@@ -29,13 +29,13 @@ from rollbackd.kube.election import LeaderElection
 from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
-from rollbackd.kube.writes import DeploymentWrites
+from rollbackd.kube.rollouts import RolloutWrites
 from rollbackd.model import ClusterFacts, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
 
 
-class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
+class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     """kubernetes-asyncio adapter with a watch cache; create with :meth:`connect`."""
 
     def __init__(
@@ -72,8 +72,8 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     # --------------------------------------------------------------- watches
 
     async def start_watches(self, namespaces: Sequence[str] | None = None) -> None:
-        """Start list+watch loops (all namespaces when None); returns at once."""
-        self.cache.start(namespaces)
+        """Start list+watch loops (all namespaces when None), Rollouts too when served."""
+        self.cache.start(namespaces, rollouts=await self.rollouts_served())
 
     @property
     def synced(self) -> bool:
@@ -93,12 +93,27 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         """Every cached Deployment by (namespace, name), unsorted."""
         return self.cache.deployment_items()
 
+    def resumable_targets(self) -> list[Target]:
+        """Deployments carrying a rollback state annotation, and every cached Argo Rollout."""
+        from rollbackd.records import annotated_targets  # records -> reasons -> this package
+
+        return [*annotated_targets(self.cache.deployment_items()), *self.cache.rollout_targets()]
+
     def cached_deployment(self, target: Target) -> dict[str, Any] | None:
         return self.cache.deployment(target)
 
     async def deployment(self, target: Target) -> dict[str, Any]:
-        """From the watch cache, or a fresh read when it is not there (yet)."""
-        return self.cached_deployment(target) or await self.read_deployment(target)
+        """From the watch cache, or a fresh read when it is not there (yet).
+
+        A target that is an Argo Rollout gets the Rollout, read fresh (the cache
+        trims its template): verification's checks read its annotations and labels.
+        """
+        cached = self.cached_deployment(target)
+        if cached is not None:
+            return cached
+        if self.cache.rollout(target) is not None:
+            return await self.read_rollout(target)
+        return await self.read_deployment(target)
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences, from the cache."""
@@ -111,7 +126,7 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         replicasets = self.cache.owned_replicasets(uid, target.namespace) if deployment else []
         facts = cluster_facts(target, deployment, replicasets, now=now)
         if deployment is None:
-            return facts
+            return self._with_rollout(facts)
         # Imported here: rollbackd.bluegreen needs reasons, which imports this package.
         from rollbackd import bluegreen, canary
 
@@ -131,6 +146,19 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
             running_since=self._running_since,
         )
         return replace(facts, bluegreen=colours) if colours is not None else facts
+
+    def _with_rollout(self, facts: ClusterFacts) -> ClusterFacts:
+        """A target that is no Deployment but an Argo Rollout: its facts, from the cache."""
+        rollout = self.cache.rollout(facts.target)
+        if rollout is None:
+            return facts
+        from rollbackd.argo import rollout_facts  # imports reasons, which imports this package
+
+        meta = rollout.get("metadata") or {}
+        owned = self.cache.owned_replicasets(str(meta.get("uid", "")), facts.target.namespace)
+        # Its annotations are the target's: opt-out and dry-run read them as a Deployment's.
+        annotations = meta.get("annotations") or {}
+        return replace(facts, annotations=annotations, rollout=rollout_facts(rollout, owned))
 
     def _running_since(self, deployment: Mapping[str, Any]) -> datetime | None:
         """When a Deployment's running version was created: its current ReplicaSet's creation."""
@@ -173,6 +201,8 @@ class Kube(DeploymentWrites, DeploymentEvents, RolloutWaits, LeaderElection):
 
     async def readiness(self, target: Target) -> ReadinessReport:
         """Ready pods of the current template vs desired; endpoints of selecting Services."""
+        if self.cache.deployment(target) is None and self.cache.rollout(target) is not None:
+            return await self.rollout_readiness(target)
         deployment, pods = await self.target_pods(target)
         replicasets = await self.list_replicasets(target)
         ns = quote(target.namespace)

@@ -33,6 +33,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespace_prefix
 from rollbackd.kube.cursor import WatchCursor, expired
+from rollbackd.kube.nsindex import NamespaceIndex
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.retry import RetryBudget, budget_scope
 from rollbackd.kube.slim import share_pod_spec
@@ -40,11 +41,12 @@ from rollbackd.kube.transforms import (
     DEPLOYMENTS,
     PODS,
     REPLICASETS,
+    ROLLOUTS,
     SERVICES,
     Transform,
     slim_transforms,
 )
-from rollbackd.model import ANNOTATION_STRATEGY, Target
+from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 
 log = structlog.get_logger("rollbackd.kube")
@@ -101,22 +103,19 @@ class WatchCache:
             REPLICASETS: {},
             PODS: {},
             SERVICES: {},
+            ROLLOUTS: {},
         }
         # A list, not a set: a handful of ReplicaSets per owner (a set costs 3x the bytes).
         self._rs_by_owner: dict[str, list[Key]] = {}
-        # Services and Deployments by namespace: blue-green facts read a
-        # namespace's, and must not scan the cluster for every target.
-        self._by_namespace: dict[str, dict[str, set[Key]]] = {SERVICES: {}, DEPLOYMENTS: {}}
-        # Services declaring a strategy, by namespace: most namespaces have none.
-        self._declaring: dict[str, set[Key]] = {}
+        self._index = NamespaceIndex((SERVICES, DEPLOYMENTS), declaring_kind=SERVICES)
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
         self._synced = asyncio.Event()
         self._waiters: dict[Key, set[asyncio.Event]] = {}
 
     @staticmethod
-    def specs(namespaces: Sequence[str] | None) -> list[WatchSpec]:
-        """The four loops per namespace (or one set for all namespaces)."""
+    def specs(namespaces: Sequence[str] | None, *, rollouts: bool = False) -> list[WatchSpec]:
+        """The four loops per namespace (or one set for all); a fifth for served Rollouts."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
         specs: list[WatchSpec] = []
         for ns in scopes:
@@ -127,13 +126,17 @@ class WatchCache:
                 WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
                 WatchSpec(SERVICES, f"/api/v1{prefix}/services", ns),
             ]
+            if rollouts:
+                specs.append(
+                    WatchSpec(ROLLOUTS, f"/apis/argoproj.io/v1alpha1{prefix}/rollouts", ns)
+                )
         return specs
 
-    def start(self, namespaces: Sequence[str] | None = None) -> None:
+    def start(self, namespaces: Sequence[str] | None = None, *, rollouts: bool = False) -> None:
         """Start list+watch loops (all namespaces when None); returns at once."""
         if self._tasks:
             raise RuntimeError("watches already started")
-        specs = self.specs(namespaces)
+        specs = self.specs(namespaces, rollouts=rollouts)
         self._pending_sync = {(s.kind, s.namespace) for s in specs}
         self._synced.clear()
         for spec in specs:
@@ -265,17 +268,11 @@ class WatchCache:
             share_pod_spec(obj, self._family(kind, key, obj))
         if kind == REPLICASETS:
             self._reindex_owner(key, store.get(key), obj)
-        index = self._by_namespace.get(kind)
-        if kind == SERVICES:
-            self._index_declaring(key, obj)
+        self._index.update(kind, key, obj)
         if obj is None:
             store.pop(key, None)
-            if index is not None and key[0] in index:
-                index[key[0]].discard(key)
         else:
             store[key] = obj
-            if index is not None:
-                index.setdefault(key[0], set()).add(key)
 
     def _family(self, kind: str, key: Key, obj: Mapping[str, Any]) -> list[Any]:
         """The cached objects whose pod spec ``obj``'s may equal: its Deployment, or its ReplicaSets."""
@@ -324,6 +321,9 @@ class WatchCache:
     def targets(self) -> list[Target]:
         return sorted(Target(ns, name) for ns, name in self._objects[DEPLOYMENTS])
 
+    def rollout_targets(self) -> list[Target]:
+        return sorted(Target(ns, name) for ns, name in self._objects[ROLLOUTS])
+
     def deployment_items(self) -> list[tuple[Key, dict[str, Any]]]:
         """Every cached Deployment by (namespace, name), unsorted: a cheap scan of the fleet."""
         return list(self._objects[DEPLOYMENTS].items())
@@ -331,12 +331,9 @@ class WatchCache:
     def deployment(self, target: Target) -> dict[str, Any] | None:
         return self._objects[DEPLOYMENTS].get((target.namespace, target.name))
 
-    def _index_declaring(self, key: Key, obj: Mapping[str, Any] | None) -> None:
-        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-        if ANNOTATION_STRATEGY in annotations:
-            self._declaring.setdefault(key[0], set()).add(key)
-        elif key[0] in self._declaring:
-            self._declaring[key[0]].discard(key)
+    def rollout(self, target: Target) -> dict[str, Any] | None:
+        """The cached Argo Rollout of that name (None: none, or Rollouts not served)."""
+        return self._objects[ROLLOUTS].get((target.namespace, target.name))
 
     def services(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's cached Services (trimmed, see :func:`trim_service`)."""
@@ -345,7 +342,7 @@ class WatchCache:
     def declaring_services(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's Services that declare ``rollbackd.io/strategy`` (indexed)."""
         store = self._objects[SERVICES]
-        return [store[key] for key in sorted(self._declaring.get(namespace, ())) if key in store]
+        return [store[key] for key in self._index.declaring(namespace) if key in store]
 
     def namespace_deployments(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's cached Deployments (indexed: no scan of the cluster)."""
@@ -353,8 +350,7 @@ class WatchCache:
 
     def _in_namespace(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         store = self._objects[kind]
-        keys = self._by_namespace[kind].get(namespace, ())
-        return [store[key] for key in sorted(keys) if key in store]
+        return [store[key] for key in self._index.keys(kind, namespace) if key in store]
 
     def owned_replicasets(self, uid: str, namespace: str) -> list[dict[str, Any]]:
         """Cached ReplicaSets controlled by ``uid`` (indexed: no scan of the cluster)."""

@@ -12,6 +12,7 @@ cut down to what its readers use, in the same Kubernetes JSON shape:
   ``kubectl rollout status`` reads and the Progressing condition's type,
   status, reason and ``lastUpdateTime`` (the pod-health scan compares it).
 - ReplicaSets: name, uid, creationTimestamp, the revision annotations, the
+  ``rollouts-pod-template-hash`` label (Argo Rollouts' stable and canary), the
   controller reference; the whole ``template``; status ``replicas`` and
   ``availableReplicas``.
 - Pods: the name of the controlling ReplicaSet (the resolver's only need);
@@ -61,6 +62,8 @@ _SHARED_MAP_ITEMS = 8
 _REPLICASET_META = ("name", "uid", "creationTimestamp")
 _REPLICASET_ANNOTATIONS = (ANNOTATION_REVISION, ANNOTATION_REVISION_HISTORY)
 _REPLICASET_STATUS = ("replicas", "availableReplicas")
+# Argo Rollouts name their stable and canary ReplicaSets by this label (rollbackd.argo).
+_REPLICASET_LABELS = ("rollouts-pod-template-hash",)
 _OWNER_REFERENCE = ("apiVersion", "kind", "name", "uid", "controller")
 
 
@@ -115,6 +118,11 @@ class Slim:
         if isinstance(annotations, dict):
             kept = {k: annotations[k] for k in _REPLICASET_ANNOTATIONS if k in annotations}
             slim_meta["annotations"] = self._map(kept)
+        labels = meta.get("labels")
+        if isinstance(labels, dict) and any(k in labels for k in _REPLICASET_LABELS):
+            slim_meta["labels"] = {
+                k: _intern_value(labels[k]) for k in _REPLICASET_LABELS if k in labels
+            }
         owner = _controller_reference(meta.get("ownerReferences"))
         if owner is not None:
             slim_meta["ownerReferences"] = [owner]

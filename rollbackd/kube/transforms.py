@@ -1,4 +1,4 @@
-"""The watch cache's kinds, and what it keeps of a Service.
+"""The watch cache's kinds, and what it keeps of a Service and of an Argo Rollout.
 
 Deployments, ReplicaSets and pods are cut down in :mod:`rollbackd.kube.slim`;
 a Service keeps what the blue-green facts read, and managedFields only where
@@ -16,6 +16,7 @@ DEPLOYMENTS = "deployments"
 REPLICASETS = "replicasets"
 PODS = "pods"
 SERVICES = "services"
+ROLLOUTS = "rollouts"  # argoproj.io/v1alpha1, watched only when served
 
 # The raw object (decoded JSON) -> what the cache keeps.
 Transform = Callable[[dict[str, Any]], Any]
@@ -37,6 +38,18 @@ def trim_service(service: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": kept, "spec": {"selector": (service.get("spec") or {}).get("selector")}}
 
 
+def trim_rollout(rollout: Mapping[str, Any]) -> dict[str, Any]:
+    """An Argo Rollout as the cache keeps it: what :func:`rollbackd.argo.rollout_facts` reads."""
+    meta, spec = rollout.get("metadata") or {}, rollout.get("spec")
+    keep = ("name", "namespace", "uid", "annotations", "resourceVersion")
+    trimmed: dict[str, Any] = {"metadata": {k: meta[k] for k in keep if k in meta}}
+    # A malformed spec is kept as it is: the facts say why it cannot be judged.
+    trimmed["spec"] = {"replicas": spec.get("replicas", 1)} if isinstance(spec, Mapping) else spec
+    if "status" in rollout:
+        trimmed["status"] = rollout["status"]
+    return trimmed
+
+
 def slim_transforms() -> dict[str, Transform]:
     """The default: each kind cut down to what rollbackd reads (:mod:`rollbackd.kube.slim`)."""
     slim = Slim()
@@ -45,4 +58,5 @@ def slim_transforms() -> dict[str, Transform]:
         REPLICASETS: slim.replicaset,
         PODS: slim.pod,
         SERVICES: trim_service,
+        ROLLOUTS: trim_rollout,
     }

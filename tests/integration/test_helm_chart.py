@@ -63,6 +63,8 @@ LEAST_PRIVILEGE: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("argoproj.io", "applications"): {"get", "list", "patch"},
+    ("argoproj.io", "rollouts"): {"get", "list", "watch", "patch"},
+    ("argoproj.io", "rollouts/status"): {"patch"},
     ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list", "patch"},
     ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list", "patch"},
 }

@@ -247,6 +247,18 @@ def test_what_nobody_reads_is_not_kept() -> None:
     assert len(json.dumps(kept)) < len(json.dumps(whole)) * 0.7
 
 
+def test_an_argo_rollouts_replicaset_keeps_the_hash_label_its_facts_name_it_by() -> None:
+    """rollbackd.argo tells a Rollout's stable and canary apart by this label alone."""
+    _, replicasets = fleet()
+    argo = copy.deepcopy(replicasets[0])
+    argo["metadata"]["labels"] = {"app": "web", "rollouts-pod-template-hash": "6d4f8c"}
+    slim = Slim()
+    assert slim.replicaset(argo)["metadata"]["labels"] == {"rollouts-pod-template-hash": "6d4f8c"}
+    plain = copy.deepcopy(replicasets[0])
+    plain["metadata"]["labels"] = {"app": "web", "pod-template-hash": "abc"}
+    assert "labels" not in slim.replicaset(plain)["metadata"]
+
+
 def test_equal_pod_specs_are_one_object_and_different_ones_are_not() -> None:
     slim = Slim()
     first = slim.deployment(deployment("web:2.0"))

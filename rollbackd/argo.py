@@ -1,0 +1,145 @@
+"""Argo Rollouts, pure: what a Rollout and its ReplicaSets say about its release.
+
+A basic-canary Rollout keeps two ReplicaSets told apart by the
+``rollouts-pod-template-hash`` label: ``status.stableRS`` names the stable
+one's hash, ``status.currentPodHash`` the current template's. They differ
+while an update is in progress (a canary exists); the release started when
+the canary's ReplicaSet was created. Plain JSON in, :class:`RolloutFacts` out;
+anything malformed is a ``problem`` (reason code, sentence), never an
+exception, so a hostile object escalates with a clear reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rollbackd.kube.rollouts import API_GROUP_VERSION
+from rollbackd.reasons import ReasonCode
+from rollbackd.revisions import parse_time
+
+__all__ = [
+    "ANNOTATION_ARGO_ABORT",
+    "API_GROUP_VERSION",
+    "HASH_LABEL",
+    "RolloutFacts",
+    "abort_record",
+    "replicaset_counts",
+    "rollout_facts",
+]
+
+HASH_LABEL = "rollouts-pod-template-hash"
+# rollbackd's record of an abort it planned, on the Rollout (resume finds it).
+ANNOTATION_ARGO_ABORT = "rollbackd.io/argo-abort"
+
+
+@dataclass(frozen=True)
+class RolloutFacts:
+    """One Rollout's release, as the decision and the abort read it."""
+
+    namespace: str
+    name: str
+    resource_version: str = ""
+    replicas: int = 0
+    stable_hash: str = ""
+    canary_hash: str = ""
+    aborted: bool = False
+    phase: str = ""
+    stable_rs: str | None = None  # the ReplicaSets' names (None: not found)
+    canary_rs: str | None = None
+    canary_started_at: datetime | None = None  # the canary ReplicaSet's creation
+    # Malformed input: (reason code, sentence); the other fields are not to be trusted.
+    problem: tuple[ReasonCode, str] | None = None
+
+    @property
+    def updating(self) -> bool:
+        """An update is in progress: the current template is not the stable one."""
+        return bool(self.canary_hash) and self.canary_hash != self.stable_hash
+
+
+def _hash_of(rs: Mapping[str, Any]) -> str:
+    labels = (rs.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(HASH_LABEL, "")) if isinstance(labels, Mapping) else ""
+
+
+def _owned(rs: Mapping[str, Any], uid: str) -> bool:
+    refs = (rs.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(r, Mapping) and r.get("uid") == uid for r in refs) if uid else True
+
+
+def _malformed(rollout: Mapping[str, Any]) -> tuple[ReasonCode, str] | None:
+    """Why ``rollout`` cannot be judged: no status, a spec the controller refused."""
+    spec, status = rollout.get("spec"), rollout.get("status")
+    replicas = spec.get("replicas", 1) if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping) or not isinstance(replicas, int) or replicas < 0:
+        return ReasonCode.ROLLOUT_SPEC_INVALID, "its spec is malformed (spec.replicas)"
+    # The controller's own verdict first: a refused spec may never get a stable RS.
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, Mapping) and condition.get("type") == "InvalidSpec":
+            detail = condition.get("message", "")
+            return ReasonCode.ROLLOUT_SPEC_INVALID, f"the controller refused its spec: {detail}"
+    if not isinstance(status, Mapping) or not status.get("stableRS"):
+        return (
+            ReasonCode.ROLLOUT_STATUS_MISSING,
+            "it has no status.stableRS: the Argo Rollouts controller has not judged it "
+            "(is the controller running?)",
+        )
+    return None
+
+
+def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> RolloutFacts:
+    """The facts of ``rollout`` given the namespace's ReplicaSets (others are ignored)."""
+    raw = rollout.get("metadata")
+    meta: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    base = RolloutFacts(str(meta.get("namespace", "")), str(meta.get("name", "")))
+    problem = _malformed(rollout)
+    if problem is not None:
+        return RolloutFacts(base.namespace, base.name, problem=problem)
+    status, spec = rollout["status"], rollout["spec"]
+    uid = str(meta.get("uid", ""))
+    owned = {_hash_of(rs): rs for rs in replicasets if isinstance(rs, Mapping) and _owned(rs, uid)}
+    stable_hash = str(status["stableRS"])
+    canary_hash = str(status.get("currentPodHash") or stable_hash)
+    stable, canary = owned.get(stable_hash), owned.get(canary_hash)
+    created = (canary or {}).get("metadata", {}).get("creationTimestamp")
+    try:
+        started = parse_time(created) if isinstance(created, str) else None
+    except ValueError:
+        started = None
+    return RolloutFacts(
+        namespace=base.namespace,
+        name=base.name,
+        resource_version=str(meta.get("resourceVersion", "")),
+        replicas=int(spec.get("replicas", 1)),
+        stable_hash=stable_hash,
+        canary_hash=canary_hash,
+        aborted=bool(status.get("abort")),
+        phase=str(status.get("phase", "")),
+        stable_rs=stable["metadata"].get("name") if stable else None,
+        canary_rs=canary["metadata"].get("name") if canary else None,
+        canary_started_at=started,
+    )
+
+
+def replicaset_counts(rs: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(spec.replicas, status.readyReplicas) of a ReplicaSet; (0, 0) when it is gone."""
+    if not rs:
+        return 0, 0
+    spec = int((rs.get("spec") or {}).get("replicas", 0) or 0)
+    return spec, int((rs.get("status") or {}).get("readyReplicas", 0) or 0)
+
+
+def abort_record(rollout: Mapping[str, Any], rollback_id: str) -> dict[str, Any]:
+    """The abort record of rollback ``rollback_id`` on ``rollout``; {} when none is its own."""
+    annotations = (rollout.get("metadata") or {}).get("annotations") or {}
+    try:
+        record = json.loads(annotations.get(ANNOTATION_ARGO_ABORT) or "{}")
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    if not isinstance(record, dict) or record.get("rollback_id") != rollback_id:
+        return {}
+    return record

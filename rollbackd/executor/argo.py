@@ -1,0 +1,153 @@
+"""An Argo Rollout's rollback: abort the canary, wait for the stable version, verify it.
+
+A target with no Deployment of its name but a Rollout takes this path
+instead of the Deployment's. The phases are journaled and paged as for any
+rollback (ROLLING_BACK with the plan's changes, VERIFYING, then
+ROLLBACK_COMPLETED, or ROLLBACK_FAILED and ESCALATED); the durable record on
+the cluster is the Rollout's annotations: the phase (``rollbackd.io/rollback``, as on a
+Deployment) written with the abort record ``rollbackd.io/argo-abort`` before
+the abort, so a restarted daemon resumes the rollback and never sends the
+abort twice (:mod:`rollbackd.strategies.argorollouts`). Approve mode is not offered for
+Rollouts yet: a proposal escalates with the command to run by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from rollbackd.executor.approving import Approving
+from rollbackd.executor.ports import EVENT_STARTED, EVENT_VERIFIED, Abort
+from rollbackd.kube.errors import ConflictError
+from rollbackd.kube.patch import annotation_ops, precondition
+from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback, Target
+from rollbackd.notify.base import NotificationKind
+from rollbackd.reasons import ReasonCode
+from rollbackd.state import RollbackState, encode_state
+from rollbackd.strategies import PlanError
+from rollbackd.strategies.argorollouts import ArgoRolloutsKube, ArgoRolloutsStrategy
+
+
+class ArgoAborting(Approving):
+    """The Rollout path of the executor."""
+
+    def _is_rollout(self, target: Target) -> bool:
+        """No Deployment of that name but a Rollout, in the watch cache the decision read.
+
+        Memory only: a Deployment's rollback costs no extra request. An
+        adapter without a cache (or Rollouts not served) takes the Deployment path.
+        """
+        cache = getattr(self._kube, "cache", None)
+        if cache is None or not hasattr(cache, "rollout"):
+            return False
+        return cache.deployment(target) is None and cache.rollout(target) is not None
+
+    async def _abort_rollout(self, rollback: Rollback) -> Rollback:
+        """Record (with ROLLING_BACK), abort, wait, verify; a refusal escalates, nothing aborted."""
+        target = rollback.target
+        if rollback.phase is Phase.PENDING_APPROVAL:
+            raise Abort(
+                ReasonCode.ROLLOUT_APPROVAL_UNSUPPORTED,
+                f"approve mode is not offered for Argo Rollouts yet: abort by hand with "
+                f"kubectl argo rollouts abort {target.name} -n {target.namespace}",
+                failed=False,
+            )
+        rolling = self._advance(rollback, Phase.ROLLING_BACK)
+        state = {ANNOTATION_ROLLBACK: encode_state(self._state(rolling))}
+        try:
+            plan = await _strategy.prepare(self._rollouts, target, rollback.id, state)
+        except PlanError as exc:
+            raise Abort(exc.reason_code, exc.message, failed=False) from exc
+        self._latest[rollback.id] = rolling
+        changes = {"changes": plan.changes()}
+        await self._recorder.phase(rolling, plan.summary, changes)
+        await self._kube.emit_event(target, reason=EVENT_STARTED, message=plan.summary)
+        await self._pager.notify(
+            NotificationKind.ROLLBACK_STARTED,
+            rolling,
+            f"rollbackd is rolling back {target}: {plan.summary}",
+            {"reason": rollback.reason, "reason_code": rollback.reason_code, **changes},
+        )
+        return await self._after_abort_recorded(rolling)
+
+    async def _resume_rollout(self, rollback: Rollback, state: RollbackState) -> Rollback:
+        """A Rollout's rollback left at ``state.phase`` by an earlier daemon (not terminal)."""
+        if state.phase is Phase.ROLLING_BACK:
+            return await self._after_abort_recorded(rollback)
+        if state.phase is Phase.VERIFYING:
+            return await self._verify_rollout(rollback, state.ready_at or self._clock())
+        return await self._abort_rollout(rollback)  # PENDING, PLANNING, PENDING_APPROVAL
+
+    async def _after_abort_recorded(self, rolling: Rollback) -> Rollback:
+        """The abort (once) the record names, the wait for the stable version, verification."""
+        try:
+            await _strategy.resume(
+                self._rollouts, rolling.target, rolling.id, timeout=self._rollout_timeout
+            )
+        except PlanError as exc:
+            raise Abort(exc.reason_code, exc.message, failed=True) from exc
+        return await self._verify_rollout(rolling, self._clock())
+
+    async def _verify_rollout(self, rollback: Rollback, ready_at: datetime) -> Rollback:
+        verifying = self._advance(rollback, Phase.VERIFYING)
+        await self._write_state(verifying, ready_at=ready_at)
+        self._latest[rollback.id] = verifying
+        await self._recorder.phase(verifying, f"verifying from {ready_at.isoformat()}")
+        result = await self._verifier.verify(rollback.target, ready_at)
+        await self._record_intervals(verifying, result)
+        if not result.healthy:
+            raise Abort(result.reason_code, result.reason, failed=True)
+        done = replace(
+            self._advance(verifying, Phase.ROLLBACK_COMPLETED, finished=True), reason=result.reason
+        )
+        await self._pager.notify(
+            NotificationKind.ROLLBACK_COMPLETED,
+            done,
+            f"rollbackd aborted the canary of {rollback.target}: {result.reason}",
+            {"verification": [i.detail for i in result.intervals]},
+        )
+        await self._write_state(done, ready_at=ready_at)
+        await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
+        await self._kube.emit_event(rollback.target, reason=EVENT_VERIFIED, message=result.reason)
+        return done
+
+    async def _write_state(
+        self,
+        rollback: Rollback,
+        *,
+        ready_at: datetime | None = None,
+        extra: Mapping[str, str | None] | None = None,
+        deployment: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A Rollout target's phase goes on the Rollout (guarded, re-read on conflict)."""
+        if not self._is_rollout(rollback.target):
+            await super()._write_state(
+                rollback, ready_at=ready_at, extra=extra, deployment=deployment
+            )
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            current = await self._rollouts.read_rollout(rollback.target)
+            self._kube.check_state_term(current, f"state write on Rollout {rollback.target}")
+            self._check_still_ours(rollback, current, restored=False)
+            meta = current.get("metadata") or {}
+            change = {ANNOTATION_ROLLBACK: encode_state(self._state(rollback, ready_at))}
+            ops = [
+                precondition(meta.get("resourceVersion")),
+                *annotation_ops(meta.get("annotations"), change),
+            ]
+            try:
+                await self._rollouts.patch_rollout(rollback.target, ops)
+                return
+            except ConflictError as exc:  # the controller's status writes move it often
+                await self._pause_after_conflict(rollback, attempt, exc)
+
+    @property
+    def _rollouts(self) -> ArgoRolloutsKube:
+        return self._kube  # type: ignore[return-value]
+
+
+_strategy = ArgoRolloutsStrategy()
