@@ -18,6 +18,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from rollbackd.executor.approving import Approving
 from rollbackd.executor.ports import EVENT_STARTED, EVENT_VERIFIED, Abort
 from rollbackd.kube.errors import ConflictError
@@ -25,9 +27,12 @@ from rollbackd.kube.patch import annotation_ops, precondition
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
+from rollbackd.revisions import gitops_owner
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
 from rollbackd.strategies.argorollouts import ArgoRolloutsKube, ArgoRolloutsStrategy
+
+log = structlog.get_logger("rollbackd.executor")
 
 
 class ArgoAborting(Approving):
@@ -61,19 +66,38 @@ class ArgoAborting(Approving):
         except PlanError as exc:
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
         self._latest[rollback.id] = rolling
+        await self._note_gitops_owner(rolling)
         changes = {"changes": plan.changes()}
         await self._recorder.phase(rolling, plan.summary, changes)
         await self._kube.emit_event(target, reason=EVENT_STARTED, message=plan.summary)
-        await self._pager.notify(
-            NotificationKind.ROLLBACK_STARTED,
+        summary, details = self._with_gitops(
             rolling,
             f"rollbackd is rolling back {target}: {plan.summary}",
             {"reason": rollback.reason, "reason_code": rollback.reason_code, **changes},
         )
+        await self._pager.notify(NotificationKind.ROLLBACK_STARTED, rolling, summary, details)
         return await self._after_abort_recorded(rolling)
+
+    async def _note_gitops_owner(self, rollback: Rollback) -> None:
+        """Say on the pages who syncs the Rollout; nothing is paused.
+
+        The abort is a patch of the status subresource, which a GitOps sync
+        never reverts (it applies spec): a pause would stop the owner's syncs
+        and protect nothing. Git still holds the bad version, though, and a
+        retry of the Rollout would roll it out again: the pages say so.
+        """
+        try:
+            owner = gitops_owner(await self._rollouts.read_rollout(rollback.target))
+        except Exception as exc:  # the wording of a page must not stop the rollback
+            log.warning("gitops_owner_unread", target=str(rollback.target), error=str(exc))
+            return
+        if owner is not None:
+            self._gitops[rollback.id] = {"owner": owner, "paused": False, "abort_only": True}
 
     async def _resume_rollout(self, rollback: Rollback, state: RollbackState) -> Rollback:
         """A Rollout's rollback left at ``state.phase`` by an earlier daemon (not terminal)."""
+        if state.phase in (Phase.ROLLING_BACK, Phase.VERIFYING):
+            await self._note_gitops_owner(rollback)
         if state.phase is Phase.ROLLING_BACK:
             return await self._after_abort_recorded(rollback)
         if state.phase is Phase.VERIFYING:
@@ -102,12 +126,12 @@ class ArgoAborting(Approving):
         done = replace(
             self._advance(verifying, Phase.ROLLBACK_COMPLETED, finished=True), reason=result.reason
         )
-        await self._pager.notify(
-            NotificationKind.ROLLBACK_COMPLETED,
+        summary, details = self._with_gitops(
             done,
             f"rollbackd aborted the canary of {rollback.target}: {result.reason}",
             {"verification": [i.detail for i in result.intervals]},
         )
+        await self._pager.notify(NotificationKind.ROLLBACK_COMPLETED, done, summary, details)
         await self._write_state(done, ready_at=ready_at)
         await self._recorder.phase(done, result.reason, {"verification": result.reason_code})
         await self._kube.emit_event(rollback.target, reason=EVENT_VERIFIED, message=result.reason)

@@ -270,7 +270,12 @@ class Core:
         if gitops is None:
             return summary, dict(details)
         owner = gitops["owner"]
-        if gitops["paused"]:
+        if gitops.get("abort_only"):
+            sentence = (
+                f"managed by {owner}: the abort holds (a sync applies spec, not status), but "
+                "Git still holds the bad version; revert it before the Rollout is retried"
+            )
+        elif gitops["paused"]:
             sentence = (
                 f"managed by {owner}: auto-sync paused; revert the change in Git before resuming"
             )

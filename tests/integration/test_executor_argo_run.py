@@ -135,6 +135,40 @@ async def test_a_breaching_canary_is_aborted_and_the_stable_version_verified(
     assert (await status(kube))["abort"] is True and aborts(kubesim) == [200]
 
 
+async def test_a_rollout_synced_by_argo_cd_is_aborted_unpaused_and_the_pages_say_revert_git(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    """The abort patches status, which a sync never reverts: no pause, but Git is named."""
+    await paused_canary(kube)
+    label = [
+        {
+            "op": "add",
+            "path": "/metadata/labels",
+            "value": {"argocd.argoproj.io/instance": "shop"},
+        }
+    ]
+    await kube.request(
+        "PATCH", f"{ROLLOUTS}/web", body=label, content_type="application/json-patch+json"
+    )
+    rollback, decision = await decided(kube)
+    pager = RecordingPager()
+    mark = kubesim.requests.mark()
+
+    done = await executor(kube, Journal(), pager, FakeSignals()).run(rollback, decision)
+
+    assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
+    assert [kind for kind, _, _ in pager.pages] == [
+        NotificationKind.ROLLBACK_STARTED,
+        NotificationKind.ROLLBACK_COMPLETED,
+    ]
+    for _, summary, details in pager.pages:
+        assert "managed by argocd:shop: the abort holds" in summary, summary
+        assert "revert it before the Rollout is retried" in summary
+        assert details["gitops"]["paused"] is False
+    # Nothing was paused: no request went to an Argo CD Application.
+    assert not [r for r in kubesim.requests.since(mark) if "/applications" in r.path]
+
+
 async def test_a_stable_version_that_breaches_too_fails_and_escalates(
     kubesim: KubeSim, kube: Kube
 ) -> None:
