@@ -23,7 +23,7 @@ import structlog
 from rollbackd.executor.approving import Approving
 from rollbackd.executor.ports import EVENT_STARTED, EVENT_VERIFIED, Abort
 from rollbackd.kube.errors import ConflictError
-from rollbackd.kube.patch import annotation_ops, precondition
+from rollbackd.kube.writes import state_ops
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
@@ -157,12 +157,7 @@ class ArgoAborting(Approving):
             current = await self._rollouts.read_rollout(rollback.target)
             self._kube.check_state_term(current, f"state write on Rollout {rollback.target}")
             self._check_still_ours(rollback, current, restored=False)
-            meta = current.get("metadata") or {}
-            change = {ANNOTATION_ROLLBACK: encode_state(self._state(rollback, ready_at))}
-            ops = [
-                precondition(meta.get("resourceVersion")),
-                *annotation_ops(meta.get("annotations"), change),
-            ]
+            ops = state_ops(current, self._state(rollback, ready_at), extra=extra)
             try:
                 await self._rollouts.patch_rollout(rollback.target, ops)
                 return

@@ -26,6 +26,27 @@ def _conflict(target: object, resource_version: str) -> ConflictError:
     )
 
 
+def state_ops(
+    obj: Mapping[str, Any],
+    state: RollbackState | None,
+    *,
+    extra: Mapping[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON patch setting (None: removing) the state annotation on ``obj``, as read.
+
+    Guarded by ``obj``'s resourceVersion; ``extra`` sets or removes (None)
+    further annotations in the same write. A Deployment's and an Argo
+    Rollout's phase are written the same way.
+    """
+    meta = obj.get("metadata") or {}
+    changes: dict[str, str | None] = {ANNOTATION_ROLLBACK: encode_state(state) if state else None}
+    changes.update(extra or {})
+    return [
+        precondition(meta.get("resourceVersion")),
+        *annotation_ops(meta.get("annotations"), changes),
+    ]
+
+
 class DeploymentWrites(KubeClient):
     """Patches and state writes, each guarded by a resourceVersion."""
 
@@ -108,10 +129,4 @@ class DeploymentWrites(KubeClient):
         if deployment.get("metadata", {}).get("resourceVersion") != resource_version:
             raise _conflict(target, resource_version)
         self.check_state_term(deployment, f"state write on {target}")
-        changes: dict[str, str | None] = {
-            ANNOTATION_ROLLBACK: encode_state(state) if state else None
-        }
-        changes.update(extra or {})
-        existing = deployment.get("metadata", {}).get("annotations")
-        ops = [precondition(resource_version), *annotation_ops(existing, changes)]
-        return await self.patch_deployment(target, ops)
+        return await self.patch_deployment(target, state_ops(deployment, state, extra=extra))
