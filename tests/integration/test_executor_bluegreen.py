@@ -10,11 +10,12 @@ what the Deployment records, as a restarted daemon does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -23,13 +24,18 @@ from kubernetes_asyncio import client, config
 from rollbackd.bluegreen import ANNOTATION_BLUEGREEN, switch_record
 from rollbackd.executor import Executor
 from rollbackd.kube import Kube
-from rollbackd.model import ANNOTATION_ROLLBACK, Action, Decision, Phase, Policy, Rollback, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Decision, Phase, Policy, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
-from tests.integration.test_executor_rolling import FakeSignals, RecordingPager, RecordingRecorder
+from tests.integration.test_executor_rolling import (
+    FakeSignals,
+    RecordingPager,
+    RecordingRecorder,
+    pending_rollback,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +44,8 @@ GREEN = Target(NS, "checkout-green")
 BLUE = Target(NS, "checkout-blue")
 SLOW_READY = {"kubesim.rollbackd.io/ready-after": "1s"}
 NEVER_READY = {"kubesim.rollbackd.io/ready": "false"}
+
+W = TypeVar("W")
 
 
 def colour(name: str, image: str, replicas: int, annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -170,34 +178,24 @@ class World:
 
 
 def rollback_green() -> tuple[Rollback, Decision]:
-    now = datetime.now(UTC)
-    rollback = Rollback(
-        id="rb-20260101-0042",
-        target=GREEN,
-        phase=Phase.PENDING,
-        started_at=now,
-        updated_at=now,
+    return pending_rollback(
+        GREEN,
+        "rb-20260101-0042",
         reason="error_ratio 30% > 5%",
+        decision_reason="switch Service checkout back",
+        revisions=(1, 1),
     )
-    decision = Decision(
-        action=Action.ROLLBACK,
-        target=GREEN,
-        reason_code="rollback",
-        reason="switch Service checkout back",
-        from_revision=1,
-        to_revision=1,
-    )
-    return rollback, decision
 
 
-@pytest_asyncio.fixture
-async def world(kubesim: KubeSim) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def connected(kubesim: KubeSim, world: Callable[..., W]) -> AsyncIterator[W]:
+    """A ``world`` whose adapter's watch cache has synced with ``kubesim``."""
     kube = await Kube.connect(kubeconfig=str(kubesim.kubeconfig))
     api = await config.new_client_from_config(config_file=str(kubesim.kubeconfig))
     async with kube, api:
         await kube.start_watches()
         assert await kube.wait_synced(10), "watch cache never synced"
-        yield World(
+        yield world(
             kubesim,
             kube,
             client.AppsV1Api(api),
@@ -205,6 +203,12 @@ async def world(kubesim: KubeSim) -> AsyncIterator[World]:
             RecordingRecorder(kube),
             RecordingPager(),
         )
+
+
+@pytest_asyncio.fixture
+async def world(kubesim: KubeSim) -> AsyncIterator[World]:
+    async with connected(kubesim, World) as started:
+        yield started
 
 
 async def until(condition: Callable[[], bool], timeout: float = 20) -> None:

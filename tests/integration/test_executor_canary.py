@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
 from rollbackd.canary import ANNOTATION_CANARY, ANNOTATION_CANARY_REPLICAS
-from rollbackd.kube import Kube
-from rollbackd.model import ANNOTATION_ROLLBACK, Action, Decision, Phase, Rollback, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Decision, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.state import decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_bluegreen import World as BlueGreenWorld
-from tests.integration.test_executor_rolling import RecordingPager, RecordingRecorder
+from tests.integration.test_executor_bluegreen import connected
+from tests.integration.test_executor_rolling import pending_rollback
 
 pytestmark = pytest.mark.integration
 
@@ -148,41 +148,19 @@ class World(BlueGreenWorld):
 
 
 def rollback_canary() -> tuple[Rollback, Decision]:
-    now = datetime.now(UTC)
-    rollback = Rollback(
-        id="rb-20260101-0077",
-        target=CANARY,
-        phase=Phase.PENDING,
-        started_at=now,
-        updated_at=now,
+    return pending_rollback(
+        CANARY,
+        "rb-20260101-0077",
         reason="error_ratio 30% > 5%",
+        decision_reason="take canary checkout-canary out of traffic",
+        revisions=(1, 1),
     )
-    decision = Decision(
-        action=Action.ROLLBACK,
-        target=CANARY,
-        reason_code="rollback",
-        reason="take canary checkout-canary out of traffic",
-        from_revision=1,
-        to_revision=1,
-    )
-    return rollback, decision
 
 
 @pytest_asyncio.fixture
 async def world(kubesim: KubeSim) -> AsyncIterator[World]:
-    kube = await Kube.connect(kubeconfig=str(kubesim.kubeconfig))
-    api = await config.new_client_from_config(config_file=str(kubesim.kubeconfig))
-    async with kube, api:
-        await kube.start_watches()
-        assert await kube.wait_synced(10), "watch cache never synced"
-        yield World(
-            kubesim,
-            kube,
-            client.AppsV1Api(api),
-            client.CoreV1Api(api),
-            RecordingRecorder(kube),
-            RecordingPager(),
-        )
+    async with connected(kubesim, World) as started:
+        yield started
 
 
 # --- by replicas ---------------------------------------------------------------------

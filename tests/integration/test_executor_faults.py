@@ -37,7 +37,6 @@ from rollbackd.model import (
     ANNOTATION_ROLLBACK,
     REASON_KUBE_UNAVAILABLE,
     RETRYABLE_REASON_CODES,
-    Action,
     Decision,
     Phase,
     Policy,
@@ -50,6 +49,7 @@ from rollbackd.state import decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
+from tests.integration.test_executor_rolling import pending_rollback
 
 pytestmark = pytest.mark.integration
 
@@ -166,24 +166,7 @@ class World:
 
 
 def rollback_to_v1(target: Target, suffix: str) -> tuple[Rollback, Decision]:
-    now = datetime.now(UTC)
-    rollback = Rollback(
-        id=f"rb-faults-{suffix}",
-        target=target,
-        phase=Phase.PENDING,
-        started_at=now,
-        updated_at=now,
-        reason="error_ratio 50% > 5%",
-    )
-    decision = Decision(
-        action=Action.ROLLBACK,
-        target=target,
-        reason_code="rollback",
-        reason="error_ratio 50% > 5%",
-        from_revision=2,
-        to_revision=1,
-    )
-    return rollback, decision
+    return pending_rollback(target, f"rb-faults-{suffix}")
 
 
 @pytest_asyncio.fixture

@@ -251,25 +251,37 @@ class Harness:
                 await asyncio.sleep(0.02)
 
 
-def rollback_to_v1() -> tuple[Rollback, Decision]:
+def pending_rollback(
+    target: Target,
+    rollback_id: str,
+    *,
+    reason: str = "error_ratio 50% > 5%",
+    decision_reason: str | None = None,
+    revisions: tuple[int, int] = (2, 1),
+) -> tuple[Rollback, Decision]:
+    """A rollback of ``target`` just decided (PENDING), and the decision behind it."""
     now = datetime.now(UTC)
     rollback = Rollback(
-        id="rb-20260101-0001",
-        target=TARGET,
+        id=rollback_id,
+        target=target,
         phase=Phase.PENDING,
         started_at=now,
         updated_at=now,
-        reason="error_ratio 50% > 5%",
+        reason=reason,
     )
     decision = Decision(
         action=Action.ROLLBACK,
-        target=TARGET,
+        target=target,
         reason_code="rollback",
-        reason="error_ratio 50% > 5%",
-        from_revision=2,
-        to_revision=1,
+        reason=decision_reason or reason,
+        from_revision=revisions[0],
+        to_revision=revisions[1],
     )
     return rollback, decision
+
+
+def rollback_to_v1() -> tuple[Rollback, Decision]:
+    return pending_rollback(TARGET, "rb-20260101-0001")
 
 
 async def crash_in(harness: Harness, phase: Phase) -> RollbackState:
