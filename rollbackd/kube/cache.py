@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespace_prefix
 from rollbackd.kube.cursor import WatchCursor, expired
 from rollbackd.kube.nsindex import NamespaceIndex
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
+from rollbackd.kube.rawwatch import RawWatch
 from rollbackd.kube.retry import RetryBudget, budget_scope
 from rollbackd.kube.slim import share_pod_spec
 from rollbackd.kube.transforms import (
@@ -215,8 +215,8 @@ class WatchCache:
             """One watch request; Watch passes the keywords a typed lister takes."""
             return await self._open_watch(spec.path, accept=spec.watch_accept, **params)
 
-        # No return type: events stay the decoded dicts (no model round trip).
-        async with watch.Watch(return_type=None) as stream:
+        # Events stay the decoded dicts (no model round trip).
+        async with RawWatch() as stream:
             async for event in stream.stream(
                 open_stream,
                 resource_version=cursor.resource_version,
