@@ -3,24 +3,35 @@
 #
 # Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
 # CPU, so they run on more workers than there are cores (pytest-xdist,
-# ROLLBACKD_TEST_WORKERS, default 6). Beside them, a second pytest runs the
+# ROLLBACKD_TEST_WORKERS, default 8). Beside them, a second pytest runs the
 # benchmark smoke runs (marker `bench`), one file per worker so that each
 # benchmark runs once; its output is printed when it ends. Tests marked
 # `heavy` (the 1 100-connection attack, which times /healthz against a
 # deadline) load the whole machine and run last, alone. Arguments go to
 # every part.
+#
+# Bytecode is written even where the environment says not to: without it
+# every worker re-runs pytest's assertion rewriting of every test module and
+# every daemon process compiles the package again (11 s of CPU per worker).
+# A collection pass beside the lint and type check writes it once, before the
+# workers start at the same moment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.tools/bin:$PATH"
+unset PYTHONDONTWRITEBYTECODE
+pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
+"${pytest[@]}" -q --collect-only -p no:xdist >/dev/null 2>&1 &
+warm_pid=$!
 .venv/bin/ruff check rollbackd tests bench
 .venv/bin/ruff format --check rollbackd tests bench
 .venv/bin/mypy
+# A collection error shows again, with its cause, in the runs below.
+wait "$warm_pid" || true
 
-workers="${ROLLBACKD_TEST_WORKERS:-6}"
+workers="${ROLLBACKD_TEST_WORKERS:-8}"
 bench_log="$(mktemp)"
 trap 'rm -f "$bench_log"' EXIT
-pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
 # pytest's exit code 5 is "no tests collected": a part that a narrower
 # selection leaves empty is not a failure, as long as one part ran tests.
 set +e
