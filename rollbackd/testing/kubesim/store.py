@@ -13,6 +13,7 @@ callers that may mutate it is a copy.
 from __future__ import annotations
 
 import builtins
+import marshal
 import random
 import uuid
 from collections import deque
@@ -33,11 +34,23 @@ _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def clone(value: Any) -> Any:
-    """Deep copy of a JSON value; several times faster than ``copy.deepcopy``."""
+    """Deep copy of a JSON value.
+
+    A marshal round trip, about twice as fast as walking the value in Python
+    (and many times faster than ``copy.deepcopy``): every read and write of
+    the simulated API copies objects. A value marshal cannot carry is walked.
+    """
+    try:
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:
+        return _walk_clone(value)
+
+
+def _walk_clone(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: clone(v) for k, v in value.items()}
+        return {k: _walk_clone(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [clone(v) for v in value]
+        return [_walk_clone(v) for v in value]
     return value
 
 
