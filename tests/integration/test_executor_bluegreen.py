@@ -235,6 +235,16 @@ async def kill_when(
     return decode_state(world.annotations(GREEN)[ANNOTATION_ROLLBACK]), task
 
 
+async def kill_once(world: World, reached: asyncio.Event) -> None:
+    """Run the rollback and cancel it (the kill) once a recorder hook set ``reached``."""
+    task = asyncio.create_task(world.executor().run(*rollback_green()))
+    async with asyncio.timeout(30):
+        await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # --- the whole path -------------------------------------------------------------
 
 
@@ -326,12 +336,7 @@ async def test_killed_between_the_switch_and_the_cleanup_cleans_up_on_resume(
             await asyncio.Event().wait()
 
     world.recorder.on_phase = hang_when_completed
-    task = asyncio.create_task(world.executor().run(*rollback_green()))
-    async with asyncio.timeout(30):
-        await completed.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await kill_once(world, completed)
     world.recorder.on_phase = None
     annotations = world.annotations(GREEN)
     state = decode_state(annotations[ANNOTATION_ROLLBACK])
@@ -620,12 +625,7 @@ async def test_a_kill_after_both_pauses_resumes_without_pausing_again(world: Wor
             await asyncio.Event().wait()
 
     world.recorder.on_event = hang_after_the_second_pause
-    task = asyncio.create_task(world.executor().run(*rollback_green()))
-    async with asyncio.timeout(30):
-        await paused_twice.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await kill_once(world, paused_twice)
     world.recorder.on_event = None
     state = decode_state(world.annotations(GREEN)[ANNOTATION_ROLLBACK])
     assert state.phase is Phase.PLANNING  # killed between the pauses and the first write
