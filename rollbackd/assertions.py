@@ -31,6 +31,7 @@ import structlog
 
 from rollbackd.config.assertions import ANNOTATION_ASSERTIONS, Assertion
 from rollbackd.config.smoke import checks_named
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL
 from rollbackd.model import StrEnum, Target
 from rollbackd.promql import PromQLError, Sample
 
@@ -69,11 +70,17 @@ class AssertionChecker:
     """Evaluates the assertions that apply to a Deployment: ``applies_to: all`` and its annotation's."""
 
     def __init__(
-        self, assertions: Sequence[Assertion], query: QueryFn, annotations: AnnotationsFn
+        self,
+        assertions: Sequence[Assertion],
+        query: QueryFn,
+        annotations: AnnotationsFn,
+        *,
+        deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
     ) -> None:
         self._assertions = {assertion.name: assertion for assertion in assertions}
         self._query = query
         self._annotations = annotations
+        self._deployment_label = deployment_label  # prometheus.deployment_label
 
     async def run(self, target: Target, window: str, at: datetime) -> tuple[AssertionOutcome, ...]:
         """Every applicable assertion's outcome (global ones first); () when none applies."""
@@ -94,7 +101,12 @@ class AssertionChecker:
                 f"configured: {known})"
             )
             return AssertionOutcome(name, AssertionStatus.INVALID, detail)
-        query = assertion.render(namespace=target.namespace, deployment=target.name, window=window)
+        query = assertion.render(
+            namespace=target.namespace,
+            deployment=target.name,
+            window=window,
+            deployment_label=self._deployment_label,
+        )
         try:
             samples = await self._query(query, at)
         except PromQLError as exc:

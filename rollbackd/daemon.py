@@ -37,7 +37,6 @@ from rollbackd.records import annotated_rollback, annotated_rollback_by_id
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
-from rollbackd.signals import Evaluation, evaluate_specs
 from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_interval
 from rollbackd.state import state_from_annotations
 from rollbackd.supervision import Supervisor, retrying
@@ -94,7 +93,6 @@ class Daemon:
         await self.kube.start_watches(list(s.cluster.namespaces) or None)
         self.promql = s.prometheus.promql()
         self._exit.push_async_callback(self.promql.close)
-        self.specs = list(s.prometheus.signal_specs())
         # Pages go through the journal's outbox; only the leader sends them.
         self.notifier = Notifier(
             build_channels(s),
@@ -146,7 +144,6 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             scrape_interval=self.scrape_interval,
-            evaluate_target=self._evaluate_target,
             target_known=self._target_known,
             policy_for_target=self._policy_for_target,
         )
@@ -169,7 +166,7 @@ class Daemon:
             max_body_bytes=s.webhook.max_body_bytes,
             body_timeout=s.webhook.body_timeout.total_seconds(),
             manual_rollback=self.request_rollback,
-            impact_source=ImpactSource(self.promql, s.report),
+            impact_source=ImpactSource(self.promql, s.report, s.prometheus.deployment_label),
             give_verdict=self.give_verdict,
         )
         runner = web.AppRunner(app, access_log=None)
@@ -303,10 +300,6 @@ class Daemon:
             log.info("resuming_rollback", target=str(target), rollback_id=rollback.id)
 
     # -- adapters between stages ---------------------------------------------------------
-
-    async def _evaluate_target(self, target: Target, window: str, at: datetime) -> list[Evaluation]:
-        found = await evaluate_specs(self.promql, self.specs, window=window, at=at, target=target)
-        return [evaluation for (t, _), evaluation in found.items() if t == target]
 
     def _on_query_error(self, signal_name: str, exc: Exception) -> None:
         self.metrics.prometheus_query_errors_total.labels(signal=signal_name).inc()

@@ -116,7 +116,8 @@ async def run_demo(*, workdir: Path | None, hold: float) -> int:
                 seconds = (at - bad_ready_at).total_seconds()
                 _say(started, f"measured: bad pods Ready -> {label}: {seconds:.1f}s")
         print()
-        source = ImpactSource(stack.daemon.promql, stack.settings.report)
+        s = stack.settings
+        source = ImpactSource(stack.daemon.promql, s.report, s.prometheus.deployment_label)
         draft = await draft_for(stack.daemon.journal, final.id, source, now=datetime.now(UTC))
         if draft is not None:  # it is journaled: wait_rollback read it back
             print(render_draft(draft, "markdown"))

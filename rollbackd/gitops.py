@@ -269,8 +269,9 @@ async def pause(
 ) -> PauseResult:
     """Stop ``owner`` from re-applying ``target``'s template; idempotent.
 
-    ``deployment`` is the fresh Deployment the caller planned from (read
-    again when None): its labels say where the owner lives. Raises
+    ``deployment`` is the fresh object the caller planned from (read again
+    when None): its labels say where the owner lives. Any object's metadata
+    does, so a blue-green Service's own owner is paused the same way. Raises
     :class:`GitOpsError` when the owner cannot be found or paused.
     """
     if deployment is None:

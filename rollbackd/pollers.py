@@ -43,6 +43,7 @@ def leader_pollers(
             on_query_error=on_query_error,
             # Counted cycles let operators (and tests) see the poller is alive.
             on_cycle=lambda result: metrics.poll_cycles_total.labels(result=result).inc(),
+            deployment_label=s.prometheus.deployment_label,
         ).run()
     }
     pod_health = s.sources.kubernetes.pod_health

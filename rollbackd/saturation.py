@@ -3,8 +3,9 @@
 cAdvisor labels its series by ``namespace``, ``pod`` and ``container``, not
 by Deployment; a Deployment's pods are named ``<deployment>-<hash>-<suffix>``,
 so the Deployment is the pod name without its last two parts
-(``label_replace``). Both queries are grouped ``by (namespace, deployment)``
-like every other signal, so the poller runs each once for the fleet.
+(``label_replace`` into the workload label, ``prometheus.deployment_label``).
+Both queries are grouped ``by (namespace, <that label>)`` like every other
+signal, so the poller runs each once for the fleet.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ __all__ = ["CPU_THROTTLING", "MEMORY_SATURATION", "saturation_specs"]
 CPU_THROTTLING = "cpu_throttling"
 MEMORY_SATURATION = "memory_saturation"
 
-_POD_TO_DEPLOYMENT = '"deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]+"'
-_BY = "by (namespace, deployment)"
+# {deployment_label} is filled in with the window (signals.render_query).
+_POD_TO_DEPLOYMENT = '"{deployment_label}", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]+"'
+_BY = "by (namespace, {deployment_label})"
 
 
 def _per_deployment(expr: str) -> str:

@@ -4,7 +4,9 @@ The same code judges a target for the poller (is it breaching?) and for
 post-rollback verification (is it healthy over fresh data?), so both agree on
 what "healthy" means. Each spec is one PromQL query grouped
 ``by (namespace, deployment)``: the cost per cycle does not grow with the
-number of Deployments.
+number of Deployments. The workload's label is configurable
+(``prometheus.deployment_label``, see ``metriclabel.py``): the built-in
+queries say ``{deployment_label}``, filled in with the queries' window.
 
 No data is not health (safety rule 8): an empty result, NaN, a failed query,
 or traffic below ``min_traffic`` gives ``Verdict.NO_DATA``, which neither
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL, LABEL_PLACEHOLDER
 from rollbackd.model import StrEnum, Target
 from rollbackd.promql import (
     Combine,
@@ -56,7 +59,7 @@ class SignalSpec:
     """One health signal: a grouped PromQL query and the threshold that makes it a breach."""
 
     name: str
-    query: str  # contains "{window}"; grouped by (namespace, deployment)
+    query: str  # contains "{window}"; grouped by (namespace, the workload label)
     threshold: float
     comparison: Literal[">", "<"] = ">"
     traffic_query: str | None = None  # requests/s per target, "{window}" placeholder
@@ -97,8 +100,11 @@ class Evaluation:
     detail: str
 
 
-def render_query(template: str, window: str) -> str:
-    return fill(template, {"window": window})
+def render_query(
+    template: str, window: str, deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
+) -> str:
+    """The query as sent: ``{window}`` and ``{deployment_label}`` filled in."""
+    return fill(template, {"window": window, LABEL_PLACEHOLDER: deployment_label})
 
 
 def _fold_samples(
@@ -213,7 +219,7 @@ def evaluate(
     traffic: list[Sample] | None,
     *,
     namespace_label: str = "namespace",
-    deployment_label: str = "deployment",
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
     window: str | None = None,
 ) -> dict[Target, Evaluation]:
     """Judge every target present in ``samples`` (or in ``traffic``).
@@ -261,7 +267,7 @@ async def judge_spec(
     at: datetime | None = None,
     target: Target | None = None,
     namespace_label: str = "namespace",
-    deployment_label: str = "deployment",
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
 ) -> Judgement:
     """Run one spec's value and traffic queries (at once) and fold them per target.
 
@@ -270,7 +276,7 @@ async def judge_spec(
     spec_window = window or spec.window
 
     async def ask(template: str, combine: Combine) -> dict[TargetKey, float]:
-        expr = render_query(template, spec_window)
+        expr = render_query(template, spec_window, deployment_label)
         if target is not None:
             expr = _restrict_to(expr, target, namespace_label, deployment_label)
         return await promql.query_vector(
@@ -304,7 +310,7 @@ async def evaluate_specs(
     target: Target | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
     namespace_label: str = "namespace",
-    deployment_label: str = "deployment",
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
 ) -> dict[tuple[Target, str], Evaluation]:
     """Run every spec once (plus its traffic query) and judge all targets.
 
@@ -359,7 +365,7 @@ async def evaluate_specs(
     return results
 
 
-_BY = "by (namespace, deployment)"
+_BY = "by (namespace, {deployment_label})"
 
 DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec(
@@ -378,7 +384,7 @@ DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec(
         name="latency_p99",
         query=(
-            "histogram_quantile(0.99, sum by (namespace, deployment, le)"
+            "histogram_quantile(0.99, sum by (namespace, {deployment_label}, le)"
             " (rate(http_request_duration_seconds_bucket[{window}])))"
         ),
         threshold=0.5,

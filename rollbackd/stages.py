@@ -7,7 +7,7 @@ Small, one concern each, so the daemon only wires them: the executor sees a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +36,7 @@ from rollbackd.notify.reescalate import LeadEscalation
 from rollbackd.notify.routing import Router, routes_from_settings
 from rollbackd.notify.stale import RollbackStateOf
 from rollbackd.promql import PromQL
-from rollbackd.signals import Evaluation
+from rollbackd.signals import Evaluation, SignalSpec, evaluate_specs
 from rollbackd.smoke_transport import smoke_checker
 from rollbackd.sources.alertmanager import TargetMapping
 from rollbackd.state import RollbackState, recorded_state
@@ -51,6 +51,7 @@ __all__ = [
     "lead_check_interval",
     "readiness",
     "scrape_interval",
+    "target_evaluator",
     "watched_rollback_state",
     "watched_target_facts",
 ]
@@ -193,7 +194,6 @@ def build_pipeline(
     metrics: Metrics,
     clock: Callable[[], datetime],
     scrape_interval: timedelta,
-    evaluate_target: Callable[[Target, str, datetime], Awaitable[list[Evaluation]]],
     target_known: Callable[[Target], bool | None],
     policy_for_target: Callable[[Target], Policy],
 ) -> Pipeline:
@@ -212,7 +212,7 @@ def build_pipeline(
         clock=clock,
     )
     verifier = Verifier(
-        evaluate_target,
+        target_evaluator(promql, s.prometheus.signal_specs(), s.prometheus.deployment_label),
         kube.readiness,
         scrape_interval=scrape_interval,
         intervals=s.verify.intervals,
@@ -222,7 +222,12 @@ def build_pipeline(
         timeout=s.verify.timeout.total_seconds(),
         require_endpoints=s.verify.require_endpoints,
         smoke=smoke_checker(s.verify, kube).run,
-        assertions=AssertionChecker(s.verify.assertions, promql.query, kube_annotations(kube)).run,
+        assertions=AssertionChecker(
+            s.verify.assertions,
+            promql.query,
+            kube_annotations(kube),
+            deployment_label=s.prometheus.deployment_label,
+        ).run,
     )
     recorder = JournalRecorder(journal, metrics, clock)
     approvals = Approvals()
@@ -283,6 +288,20 @@ def build_pipeline(
         ),
     )
     return Pipeline(intake, verifier, executor, dispatcher, lead, approvals)
+
+
+def target_evaluator(
+    promql: PromQL, specs: Sequence[SignalSpec], deployment_label: str
+) -> Callable[[Target, str, datetime], Awaitable[list[Evaluation]]]:
+    """Verification's view of the signals: one target's evaluations over a fresh window."""
+
+    async def evaluate(target: Target, window: str, at: datetime) -> list[Evaluation]:
+        found = await evaluate_specs(
+            promql, specs, window=window, at=at, target=target, deployment_label=deployment_label
+        )
+        return [evaluation for (t, _), evaluation in found.items() if t == target]
+
+    return evaluate
 
 
 def watched_rollback_state(kube: Kube) -> RollbackStateOf:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rollbackd.cli import records
 from rollbackd.cli.common import EXIT_OK, CliError, load
 from rollbackd.config.report import ReportSettings
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL
 
 if TYPE_CHECKING:
     from rollbackd.config import Settings
@@ -38,6 +39,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = records.journal_path(args)
     settings = _settings(args)
     report_settings = settings.report if settings is not None else ReportSettings()
+    label = (
+        settings.prometheus.deployment_label if settings is not None else DEFAULT_DEPLOYMENT_LABEL
+    )
 
     async def read() -> str:
         from rollbackd.postmortem.service import ImpactSource, draft_for, render_draft
@@ -45,7 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         promql = _promql(args, settings)
         try:
             async with records.open_journal_read_only(path) as journal:
-                source = ImpactSource(promql, report_settings)
+                source = ImpactSource(promql, report_settings, label)
                 draft = await draft_for(journal, args.id, source, now=datetime.now(UTC))
         finally:
             if promql is not None:

@@ -8,8 +8,10 @@ assertion would look exactly like missing data, and the page could not say
 which value was seen. A trailing comparison in ``expr`` is therefore refused
 at load with the rewrite spelled out.
 
-``expr`` is a template of ``{namespace}``, ``{deployment}`` and ``{window}``
-(the verification window since the restored version became ready). What can
+``expr`` is a template of ``{namespace}``, ``{deployment}``, ``{window}``
+(the verification window since the restored version became ready) and
+``{deployment_label}`` (the metric label naming the workload,
+``prometheus.deployment_label``). What can
 be checked without a Prometheus is checked here: placeholders, balanced
 brackets and quotes, a top-level comparison, and range selectors with a fixed
 duration (``[5m]`` would reach back into the bad period: ``[{window}]``).
@@ -26,11 +28,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rollbackd.config.types import NonEmptyStr, _Section, unique_named
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL, LABEL_PLACEHOLDER
 from rollbackd.model import ANNOTATION_PREFIX
 from rollbackd.querytemplate import PLACEHOLDER, fill
 
 ANNOTATION_ASSERTIONS = ANNOTATION_PREFIX + "assertions"
-PLACEHOLDERS = ("namespace", "deployment", "window")
+PLACEHOLDERS = ("namespace", "deployment", "window", LABEL_PLACEHOLDER)
 Op = Literal["==", "!=", "<", "<=", ">", ">="]
 AppliesTo = Literal["annotated", "all"]
 
@@ -68,9 +71,17 @@ class Assertion(_Section):
             raise ValueError("; ".join(problems))
         return value
 
-    def render(self, *, namespace: str, deployment: str, window: str) -> str:
+    def render(
+        self,
+        *,
+        namespace: str,
+        deployment: str,
+        window: str,
+        deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
+    ) -> str:
         """The query as sent: placeholders filled in (PromQL's own braces left alone)."""
-        return fill(self.expr, {"namespace": namespace, "deployment": deployment, "window": window})
+        values = {"namespace": namespace, "deployment": deployment, "window": window}
+        return fill(self.expr, {**values, LABEL_PLACEHOLDER: deployment_label})
 
     def holds(self, seen: float) -> bool:
         """Whether a value satisfies the comparison (NaN never does: callers treat it as no data)."""
@@ -112,7 +123,8 @@ def expr_problems(expr: str) -> list[str]:
 def _placeholder_problem(name: str) -> list[str]:
     if name in PLACEHOLDERS:
         return []
-    return [f"unknown placeholder {{{name}}}: use {{namespace}}, {{deployment}} or {{window}}"]
+    known = ", ".join(f"{{{known}}}" for known in PLACEHOLDERS)
+    return [f"unknown placeholder {{{name}}}: use one of {known}"]
 
 
 def _string_end(expr: str, start: int, problems: list[str]) -> int:

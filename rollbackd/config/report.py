@@ -13,17 +13,18 @@ class ReportSettings(_Section):
     """PromQL for the draft's impact: requests failed and served over the incident window.
 
     Each query returns one number for one Deployment; ``{namespace}``,
-    ``{deployment}`` and ``{window}`` (seconds, e.g. ``340s``) are filled in
-    and the filled query is printed in the draft so a human can re-run it.
+    ``{deployment}``, ``{deployment_label}`` (``prometheus.deployment_label``)
+    and ``{window}`` (seconds, e.g. ``340s``) are filled in and the filled
+    query is printed in the draft so a human can re-run it.
     """
 
     failed_requests_query: str = (
         'sum(increase(http_requests_total{namespace="{namespace}",'
-        'deployment="{deployment}",code=~"5.."}[{window}]))'
+        '{deployment_label}="{deployment}",code=~"5.."}[{window}]))'
     )
     total_requests_query: str = (
         'sum(increase(http_requests_total{namespace="{namespace}",'
-        'deployment="{deployment}"}[{window}]))'
+        '{deployment_label}="{deployment}"}[{window}]))'
     )
     # The draft never waits longer than this for Prometheus: it renders "unavailable".
     impact_timeout: PositiveDuration = timedelta(seconds=10)

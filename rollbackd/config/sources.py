@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from rollbackd.config.podhealth import SaturationSettings
 from rollbackd.config.types import (
@@ -19,6 +19,7 @@ from rollbackd.config.types import (
     _Section,
 )
 from rollbackd.durations import is_prometheus_duration
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL, label_problem
 
 if TYPE_CHECKING:
     from rollbackd.promql import PromQL
@@ -105,6 +106,17 @@ class PrometheusSettings(_Section):
     signals: tuple[SignalSettings, ...] = Field(default_factory=_default_signals)
     # cAdvisor CPU throttling and memory against the limit; off by default.
     saturation: SaturationSettings = SaturationSettings()
+    # The label naming the workload in the metrics: what the built-in queries
+    # group by, what answers are read by, {deployment_label} in every query.
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL
+
+    @field_validator("deployment_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        problem = label_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PrometheusSettings:

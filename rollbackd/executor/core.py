@@ -269,7 +269,11 @@ class Core:
         gitops = self._gitops.get(rollback.id)
         if gitops is None:
             return summary, dict(details)
-        owner = gitops["owner"]
+        # Every owner paused: the target's, then e.g. a blue-green Service's own.
+        owner = " and ".join(
+            str(o["owner"]) + (f" ({o['of']})" if o.get("of") else "")
+            for o in (gitops, *gitops.get("also_paused", ()))
+        )
         if gitops.get("abort_only"):
             sentence = (
                 f"managed by {owner}: the abort holds (a sync applies spec, not status), but "

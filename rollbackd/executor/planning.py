@@ -29,6 +29,7 @@ from rollbackd.postmortem.change import compact_template
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import gitops_owner, revision_of
 from rollbackd.strategies import PlanError, Restore
+from rollbackd.strategies.bluegreen import recorded_gitops_owners
 
 
 @dataclass(frozen=True)
@@ -143,46 +144,65 @@ class Planning(Core):
         )
 
     async def _pause_gitops(self, rollback: Rollback, plan: Plan) -> None:
-        """Safety rule 9: stop the GitOps controller before the template is touched.
+        """Safety rule 9: stop every GitOps controller that could undo the rollback, first.
 
-        A rollback the controller re-applies at its next reconcile is worse
-        than none, so a failed pause escalates without patching.
+        The target's owner, then the owner of each other object the strategy
+        writes (a blue-green Service), each owner once. A rollback a
+        controller re-applies at its next reconcile is worse than none, so a
+        failed pause escalates without patching.
         """
-        owner = gitops_owner(plan.deployment)
-        if owner is None:
-            return
-        try:
-            result: PauseResult = await pause(
-                self._kube,
+        objects = {"": plan.deployment, **plan.restore.gitops_objects}
+        owners: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for what, obj in objects.items():
+            owner = gitops_owner(obj)
+            if owner is not None and owner not in owners:
+                owners[owner] = (what, obj)
+        paused: list[dict[str, Any]] = []
+        for owner, (what, obj) in owners.items():
+            result = await self._pause_one(rollback, owner, obj, paused)
+            paused.append({**result.as_dict(), **({"of": what} if what else {})})
+            state = "was already paused" if result.already_paused else "auto-sync paused"
+            owned = f", owner of {what}" if what else ""
+            message = (
+                f"{result.kind} {result.namespace}/{result.name} ({owner}{owned}) {state}; "
+                "revert the change in Git before resuming"
+            )
+            await self._recorder.event(rollback, "gitops_paused", message, paused[-1])
+            await self._kube.emit_event(
                 rollback.target,
-                owner,
-                rollback_id=rollback.id,
-                deployment=plan.deployment,
+                reason=EVENT_GITOPS_PAUSED,
+                message=message,
+                uid=uid_of(plan.deployment),
+            )
+        if paused:
+            also = {"also_paused": paused[1:]} if len(paused) > 1 else {}
+            self._gitops[rollback.id] = {"paused": True, **paused[0], **also}
+
+    async def _pause_one(
+        self,
+        rollback: Rollback,
+        owner: str,
+        obj: Mapping[str, Any],
+        paused: list[dict[str, Any]],
+    ) -> PauseResult:
+        """One owner paused (idempotent); a failure ends the rollback, nothing written."""
+        try:
+            return await pause(
+                self._kube, rollback.target, owner, rollback_id=rollback.id, deployment=obj
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._gitops[rollback.id] = {"owner": owner, "paused": False, "error": str(exc)}
             reason = exc if isinstance(exc, GitOpsError) else f"{owner}: {exc!r}"
+            # An owner paused before this one stays paused: say so, a human resumes it.
+            kept = "".join(f"; {p['owner']} stays paused" for p in paused)
             raise Abort(
                 RollbackReason.GITOPS_PAUSE_FAILED,
                 f"could not pause GitOps owner {reason}; not rolling back, "
-                "the controller would re-apply the bad version",
+                f"the controller would re-apply the bad version{kept}",
                 failed=False,
             ) from exc
-        self._gitops[rollback.id] = {"paused": True, **result.as_dict()}
-        state = "was already paused" if result.already_paused else "auto-sync paused"
-        message = (
-            f"{result.kind} {result.namespace}/{result.name} ({owner}) {state}; "
-            "revert the change in Git before resuming"
-        )
-        await self._recorder.event(rollback, "gitops_paused", message, result.as_dict())
-        await self._kube.emit_event(
-            rollback.target,
-            reason=EVENT_GITOPS_PAUSED,
-            message=message,
-            uid=uid_of(plan.deployment),
-        )
 
     async def _remember_paused_owner(self, rollback: Rollback) -> None:
         """Past planning, the GitOps owner was paused: the pages must keep saying so.
@@ -195,5 +215,8 @@ class Planning(Core):
         except KubeError:  # the resumed steps read it again and report what is wrong
             return
         owner = gitops_owner(deployment)
-        if owner is not None:
-            self._gitops[rollback.id] = {"owner": owner, "paused": True}
+        owners = [{"owner": owner}] if owner is not None else []
+        owners += [o for o in recorded_gitops_owners(deployment) if o["owner"] != owner]
+        if owners:
+            also = {"also_paused": owners[1:]} if len(owners) > 1 else {}
+            self._gitops[rollback.id] = {**owners[0], "paused": True, **also}

@@ -17,14 +17,21 @@ from rollbackd.report import Facts
 
 
 def gitops_owner(f: Facts) -> str | None:
-    """``Kind namespace/name`` of the GitOps owner rollbackd paused, if it did."""
+    """``Kind namespace/name`` of each GitOps owner rollbackd paused (comma-separated), if any.
+
+    Usually one; a blue-green Service owned by another Application or
+    Kustomization than its Deployment's has its owner paused too.
+    """
+    named: list[str] = []
     for entry in f.timeline:
         if entry.kind == "gitops_paused":
             d = entry.data
             if d.get("kind") and d.get("name"):
-                return f"{d['kind']} {d.get('namespace', '')}/{d['name']}".replace(" /", " ")
-            return str(d.get("owner") or "the GitOps owner")
-    return None
+                name = f"{d['kind']} {d.get('namespace', '')}/{d['name']}".replace(" /", " ")
+            else:
+                name = str(d.get("owner") or "the GitOps owner")
+            named += [name] if name not in named else []
+    return ", ".join(named) or None
 
 
 def bad_images(f: Facts) -> list[str]:

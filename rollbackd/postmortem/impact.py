@@ -22,6 +22,7 @@ from typing import Literal
 
 from rollbackd.config.report import ReportSettings
 from rollbackd.durations import format_duration, format_range
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL, LABEL_PLACEHOLDER
 from rollbackd.model import Target
 from rollbackd.postmortem.times import Window
 from rollbackd.promql import PromQL, PromQLError, Sample
@@ -53,9 +54,15 @@ def unavailable(reason: str) -> Impact:
     return Impact("unavailable", reason)
 
 
-def render_impact_query(template: str, target: Target, window: timedelta) -> str:
+def render_impact_query(
+    template: str,
+    target: Target,
+    window: timedelta,
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
+) -> str:
     """One report query, filled in."""
     values = {"namespace": target.namespace, "deployment": target.name}
+    values[LABEL_PLACEHOLDER] = deployment_label
     return fill(template, {**values, "window": format_range(window)})
 
 
@@ -76,6 +83,7 @@ async def measure_impact(
     settings: ReportSettings,
     target: Target,
     window: Window,
+    deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
 ) -> Impact:
     """Ask Prometheus for the impact over ``window``; never raises (see the module docstring)."""
     if window.start is None or window.end is None:
@@ -85,8 +93,8 @@ async def measure_impact(
     span = window.end - window.start
     if span <= timedelta(0):
         return unavailable(f"the incident window is empty ({format_duration(span)})")
-    failed_q = render_impact_query(settings.failed_requests_query, target, span)
-    total_q = render_impact_query(settings.total_requests_query, target, span)
+    failed_q = render_impact_query(settings.failed_requests_query, target, span, deployment_label)
+    total_q = render_impact_query(settings.total_requests_query, target, span, deployment_label)
     asked = Impact("unavailable", None, failed_query=failed_q, total_query=total_q)
     asked = replace(asked, evaluated_at=window.end)
     if promql is None:

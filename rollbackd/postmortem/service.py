@@ -49,7 +49,9 @@ async def draft_for(
     timeline = list(await journal.timeline(rollback_id))
     details = await journal.rollback_details(rollback_id)
     window = incident_window(Facts(rollback, timeline, details or {}), now)
-    impact = await measure_impact(source.promql, source.settings, rollback.target, window)
+    impact = await measure_impact(
+        source.promql, source.settings, rollback.target, window, source.deployment_label
+    )
     return build_draft(rollback, timeline, details, impact, now)
 
 

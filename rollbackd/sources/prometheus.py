@@ -32,6 +32,7 @@ from datetime import datetime
 
 import structlog
 
+from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
 from rollbackd.promql import PromQL, PromQLError
 from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict, judge_spec
@@ -66,6 +67,7 @@ class PrometheusPoller:
         on_query_error: Callable[[str, Exception], None] | None = None,
         on_cycle: Callable[[str], None] | None = None,
         align_to_scrapes: bool = True,
+        deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -78,6 +80,7 @@ class PrometheusPoller:
         self._on_cycle = on_cycle
         self._last_cycle_degraded = False
         self._align = align_to_scrapes
+        self._deployment_label = deployment_label
         self._grid = PollGrid(interval)
         self._next_phase_learning = 0.0  # monotonic time
         self._streaks: dict[_Key, Streak] = {}
@@ -85,7 +88,11 @@ class PrometheusPoller:
     async def _judge_all(self) -> tuple[dict[str, Judgement], dict[str, Exception]]:
         specs = list(self._specs.values())
         outcomes = await asyncio.gather(
-            *(judge_spec(self._promql, spec) for spec in specs), return_exceptions=True
+            *(
+                judge_spec(self._promql, spec, deployment_label=self._deployment_label)
+                for spec in specs
+            ),
+            return_exceptions=True,
         )
         judgements: dict[str, Judgement] = {}
         failed: dict[str, Exception] = {}

@@ -34,7 +34,7 @@ from rollbackd.kube.rollout import deployment_status
 from rollbackd.model import Target
 from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
-from rollbackd.revisions import revision_of, strip_hash
+from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
 from rollbackd.state import with_plan_record
 from rollbackd.strategies import (
@@ -47,7 +47,7 @@ from rollbackd.strategies import (
     StrategyKube,
 )
 
-__all__ = ["BlueGreenStrategy", "plan_record"]
+__all__ = ["BlueGreenStrategy", "plan_record", "recorded_gitops_owners"]
 
 # Re-reads a guarded write of another object may take when only its status moved.
 _ATTEMPTS = 8
@@ -56,6 +56,17 @@ _ATTEMPTS = 8
 def plan_record(deployment: Obj) -> dict[str, Any]:
     """The blue-green record of the rollback recorded on the target; {} when none."""
     return recorded_plan(deployment, ANNOTATION_BLUEGREEN)
+
+
+def recorded_gitops_owners(deployment: Obj) -> list[dict[str, str]]:
+    """GitOps owners beyond the target's that the recorded rollback paused (the Service's)."""
+    record = plan_record(deployment)
+    if not record.get("service_owner"):
+        return []
+    namespace = (deployment.get("metadata") or {}).get("namespace")
+    return [
+        {"owner": str(record["service_owner"]), "of": f"Service {namespace}/{record['service']}"}
+    ]
 
 
 class BlueGreenStrategy:
@@ -98,6 +109,9 @@ class BlueGreenStrategy:
                 ReasonCode.NO_PREVIOUS_COLOR, f"{facts.no_previous}; nothing was switched"
             )
         target = (deployment.get("metadata") or {}).get("name", "")
+        namespace = str((deployment.get("metadata") or {}).get("namespace"))
+        services = context.get("services", ())
+        service: Obj = next((s for s in services if s["metadata"]["name"] == facts.service), {})
         template = (deployment.get("spec") or {}).get("template") or {}
         running = [rs for rs in replicasets if templates_equal(rs["spec"]["template"], template)]
         key = facts.color_label
@@ -111,6 +125,9 @@ class BlueGreenStrategy:
             "replicas": facts.previous_replicas,
             "cleanup": facts.cleanup,
         }
+        if service_owner := gitops_owner(service):
+            # Named on the pages of a resumed rollback: it was paused before this record.
+            record["service_owner"] = service_owner
         scaled = []
         if facts.previous_current_replicas < facts.previous_replicas:
             scaled.append(
@@ -141,11 +158,11 @@ class BlueGreenStrategy:
             template_hash=str(template_hash(running[0]) or "") if running else "",
             predicted_revision=revision_of(deployment) or 0,
             kept_template=template,
-            verify_target=Target(
-                str((deployment.get("metadata") or {}).get("namespace")), str(facts.previous)
-            ),
+            verify_target=Target(namespace, str(facts.previous)),
             changes={**changes, "record": record},
             summary=summary,
+            # A sync of the Service's own owner would switch the selector back.
+            gitops_objects={f"Service {namespace}/{facts.service}": service} if service else {},
         )
 
     def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:

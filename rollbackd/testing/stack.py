@@ -207,6 +207,7 @@ class Stack:
         pod_ready_delay: float = 0.3,
         with_daemon: bool = True,
         alert_rules: str = ALERT_RULES,
+        workload_label: str = "deployment",
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
@@ -217,6 +218,7 @@ class Stack:
         self._pod_ready_delay = pod_ready_delay
         self._with_daemon = with_daemon
         self._alert_rules = alert_rules
+        self._workload_label = workload_label  # kubesim's metric label naming the workload
         self._stack = contextlib.AsyncExitStack()
         self._http: aiohttp.ClientSession | None = None
 
@@ -238,6 +240,7 @@ class Stack:
             KubeSim(
                 pod_ready_delay=self._pod_ready_delay,
                 kubeconfig_path=self.workdir / "kubeconfig",
+                workload_label=self._workload_label,
             )
         )
         self.rollbackd_port = free_port()

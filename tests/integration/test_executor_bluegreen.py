@@ -36,6 +36,7 @@ from tests.integration.test_executor_rolling import (
     RecordingRecorder,
     pending_rollback,
 )
+from tests.integration.test_gitops import APPLICATIONS, StoreLog, application
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,7 @@ class World:
         blue_after_switch: int = 3,
         service_annotations: Mapping[str, str] | None = None,
         green_labels: Mapping[str, str] | None = None,
+        service_labels: Mapping[str, str] | None = None,
     ) -> None:
         """blue serves; green is deployed beside it; the selector is switched to green."""
         await self.apps.create_namespaced_deployment(
@@ -110,7 +112,11 @@ class World:
         await self.core.create_namespaced_service(
             NS,
             {
-                "metadata": {"name": "checkout", "annotations": annotations},
+                "metadata": {
+                    "name": "checkout",
+                    "annotations": annotations,
+                    "labels": dict(service_labels or {}),
+                },
                 "spec": {
                     "selector": {"app": "checkout", "version": "blue"},
                     "ports": [{"port": 80, "targetPort": 8080}],
@@ -229,6 +235,16 @@ async def kill_when(
     return decode_state(world.annotations(GREEN)[ANNOTATION_ROLLBACK]), task
 
 
+async def kill_once(world: World, reached: asyncio.Event) -> None:
+    """Run the rollback and cancel it (the kill) once a recorder hook set ``reached``."""
+    task = asyncio.create_task(world.executor().run(*rollback_green()))
+    async with asyncio.timeout(30):
+        await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # --- the whole path -------------------------------------------------------------
 
 
@@ -320,12 +336,7 @@ async def test_killed_between_the_switch_and_the_cleanup_cleans_up_on_resume(
             await asyncio.Event().wait()
 
     world.recorder.on_phase = hang_when_completed
-    task = asyncio.create_task(world.executor().run(*rollback_green()))
-    async with asyncio.timeout(30):
-        await completed.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await kill_once(world, completed)
     world.recorder.on_phase = None
     annotations = world.annotations(GREEN)
     state = decode_state(annotations[ANNOTATION_ROLLBACK])
@@ -499,3 +510,158 @@ async def test_facts_from_the_watch_cache_tell_the_decision_about_the_switch(
     # Services carry only what the facts read in the cache.
     cached = world.kube.cache.services(NS)
     assert json.dumps(cached).count("managedFields") == 1
+
+
+# --- GitOps: the Service's own owner ------------------------------------------------------
+
+SHOP_APP = {"argocd.argoproj.io/instance": "shop"}  # green's Application
+ROUTING_APP = {"argocd.argoproj.io/instance": "shop-routing"}  # the Service's, when separate
+
+
+def argocd(world: World, *names: str) -> None:
+    """Argo CD's namespace and an auto-syncing Application per name."""
+    world.sim.store.create("v1/namespaces", {"metadata": {"name": "argocd"}})
+    for name in names:
+        world.sim.store.create(APPLICATIONS, application(name))
+
+
+def auto_sync(world: World, name: str) -> bool:
+    app = world.sim.store.peek(APPLICATIONS, "argocd", name)
+    assert app is not None
+    return "automated" in app["spec"].get("syncPolicy", {})
+
+
+def application_patches(world: World, mark: Any) -> list[str]:
+    return [
+        r.path.rsplit("/", 1)[1]
+        for r in world.sim.requests.since(mark)
+        if r.method == "PATCH" and "/applications/" in r.path
+    ]
+
+
+async def test_a_service_owned_by_another_application_is_paused_too_before_the_switch(
+    world: World,
+) -> None:
+    argocd(world, "shop", "shop-routing")
+    await world.release(green_labels=SHOP_APP, service_labels=ROUTING_APP)
+    log = StoreLog(world.sim, APPLICATIONS, "v1/services")
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_green())
+    log.stop()
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    assert not auto_sync(world, "shop") and not auto_sync(world, "shop-routing")
+    assert sorted(application_patches(world, mark)) == ["shop", "shop-routing"]
+    # Both pauses land before the selector is switched back.
+    switched = log.first("v1/services", lambda svc: svc["spec"]["selector"]["version"] == "blue")
+    paused = [
+        log.first(APPLICATIONS, lambda app, n=name: app["metadata"]["name"] == n)  # type: ignore[misc]
+        for name in ("shop", "shop-routing")
+    ]
+    assert -1 < max(paused) < switched, (paused, switched)
+    # Named on the pages, the journal and the Events, the Service's owner as such.
+    kind, summary, details = world.pager.pages[0]
+    assert kind is NotificationKind.ROLLBACK_STARTED
+    assert (
+        "managed by argocd:shop and argocd:shop-routing (Service default/checkout): "
+        "auto-sync paused; revert the change in Git"
+    ) in summary, summary
+    assert [p["name"] for p in details["gitops"]["also_paused"]] == ["shop-routing"]
+    messages = [m for k, m, _ in world.recorder.events if k == "gitops_paused"]
+    assert len(messages) == 2 and "owner of Service default/checkout" in messages[1], messages
+    assert world.events().count("GitOpsPaused") == 2
+    assert "argocd:shop-routing" in world.pager.pages[-1][1]  # the resolve page too
+
+
+async def test_a_service_in_the_deployments_own_application_pauses_it_once(world: World) -> None:
+    argocd(world, "shop")
+    await world.release(green_labels=SHOP_APP, service_labels=SHOP_APP)
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_green())
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    assert application_patches(world, mark) == ["shop"]
+    assert [k for k, _, _ in world.recorder.events].count("gitops_paused") == 1
+    _, summary, details = world.pager.pages[0]
+    assert "managed by argocd:shop: auto-sync paused" in summary and "also_paused" not in details
+
+
+async def test_a_service_whose_owner_cannot_be_paused_escalates_with_nothing_switched(
+    world: World,
+) -> None:
+    # The Service's Application does not exist: its sync could still switch back.
+    argocd(world, "shop")
+    await world.release(blue_after_switch=0, green_labels=SHOP_APP, service_labels={**ROUTING_APP})
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().run(*rollback_green())
+
+    assert (result.phase, result.reason_code) == (Phase.ESCALATED, "gitops_pause_failed")
+    assert "Application argocd/shop-routing not found" in result.reason
+    assert "argocd:shop stays paused" in result.reason  # the human knows what to resume
+    assert world.service()["spec"]["selector"]["version"] == "green"
+    assert world.replicas(BLUE) == 0
+    writes = [
+        r.path.rsplit("/", 1)[1]
+        for r in world.sim.requests.since(mark)
+        if r.is_write and "/events" not in r.path
+    ]
+    assert set(writes) == {"checkout-green", "shop"}  # the state annotation and one pause
+    _, summary, details = world.pager.pages[-1]
+    assert details["gitops"]["owner"] == "argocd:shop-routing"
+    assert "auto-sync could not be paused, so nothing was rolled back" in summary
+
+
+async def test_a_kill_after_both_pauses_resumes_without_pausing_again(world: World) -> None:
+    argocd(world, "shop", "shop-routing")
+    await world.release(green_labels=SHOP_APP, service_labels=ROUTING_APP)
+    paused_twice = asyncio.Event()
+
+    async def hang_after_the_second_pause(kind: str) -> None:
+        if kind == "gitops_paused" and not auto_sync(world, "shop-routing"):
+            paused_twice.set()
+            await asyncio.Event().wait()
+
+    world.recorder.on_event = hang_after_the_second_pause
+    await kill_once(world, paused_twice)
+    world.recorder.on_event = None
+    state = decode_state(world.annotations(GREEN)[ANNOTATION_ROLLBACK])
+    assert state.phase is Phase.PLANNING  # killed between the pauses and the first write
+    assert world.service()["spec"]["selector"]["version"] == "green"
+    mark = world.sim.requests.mark()
+    world.pager.pages.clear()
+
+    result = await world.executor().resume(GREEN, state)
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    assert application_patches(world, mark) == []  # both already paused by this rollback
+    assert world.service()["spec"]["selector"]["version"] == "blue"
+    _, summary, _ = world.pager.pages[0]
+    assert "argocd:shop and argocd:shop-routing (Service default/checkout)" in summary, summary
+
+
+async def test_a_rollback_resumed_mid_switch_still_names_the_services_owner(
+    world: World,
+) -> None:
+    argocd(world, "shop", "shop-routing")
+    await world.release(
+        blue_annotations=SLOW_READY,
+        blue_after_switch=0,
+        green_labels=SHOP_APP,
+        service_labels=ROUTING_APP,
+    )
+    state, _ = await kill_when(world, lambda: world.replicas(BLUE) == 3)
+    assert state.phase is Phase.ROLLING_BACK
+    world.pager.pages.clear()
+    mark = world.sim.requests.mark()
+
+    result = await world.executor().resume(GREEN, state)
+
+    assert result.phase is Phase.ROLLBACK_COMPLETED, result.reason
+    assert application_patches(world, mark) == []
+    summaries = [summary for _, summary, _ in world.pager.pages]
+    assert summaries and all(
+        "argocd:shop and argocd:shop-routing (Service default/checkout)" in s for s in summaries
+    ), summaries

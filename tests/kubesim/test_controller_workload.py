@@ -227,3 +227,27 @@ async def test_degrade_overrides_every_version_and_counters_never_go_back(
     for key, value in degraded.items():
         if key[0].endswith(("_total", "_bucket", "_count", "_sum")) and key in recovered:
             assert recovered[key] >= value, key
+
+
+async def test_the_workload_label_can_be_named_otherwise_and_degrade_still_applies(
+    harness: Harness,
+) -> None:
+    # As an exporter that names the workload "rollout" (rollbackd's prometheus.deployment_label).
+    harness.metrics = WorkloadMetrics(
+        harness.store, clock=harness.clock.epoch, workload_label="rollout"
+    )
+    harness.store.create(DEPLOYMENTS, deployment("checkout", {"kubesim.rollbackd.io/rps": "10"}))
+    await harness.controller.settle()
+    await harness.advance(1.0)
+    harness.metrics.degrade("shop", "checkout", error_rate=0.5)
+    await harness.advance(10.0)
+    samples = harness.samples()
+    assert samples
+    for _name, labels in samples:
+        assert dict(labels)["rollout"] == "checkout" and "deployment" not in dict(labels)
+    errors = sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "http_requests_total" and dict(labels)["code"] == "500"
+    )
+    assert errors == 50  # the override keyed by the Deployment's name still applies

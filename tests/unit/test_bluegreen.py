@@ -36,7 +36,7 @@ from rollbackd.model import (
 )
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
-from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record
+from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record, recorded_gitops_owners
 from rollbackd.strategies.factory import STRATEGIES, recorded
 from rollbackd.strategies.rolling import RollingStrategy
 
@@ -475,3 +475,32 @@ def test_a_restart_resumes_only_a_completed_rollback_whose_cleanup_is_undone(
     assert (found is not None) is resumed
     if found is not None:
         assert (found.id, found.target, found.phase) == ("rb-7", GREEN, phase)
+
+
+def test_the_plan_names_the_service_as_an_object_whose_gitops_owner_is_paused_too() -> None:
+    routed = service()
+    routed["metadata"]["labels"] = {"kustomize.toolkit.fluxcd.io/name": "routing"}
+    restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, context(routed))
+    # The executor pauses the owner of each (the target's first, each owner once).
+    assert dict(restore.gitops_objects) == {"Service shop/checkout": routed}
+    record = dict(restore.changes["record"])
+    assert record["service_owner"] == "flux:kustomization/routing"
+    # A resumed rollback names it on its pages from the record on the target.
+    recorded_target = {
+        "metadata": {
+            "namespace": "shop",
+            "annotations": {
+                **state_annotations(Phase.ROLLING_BACK),
+                ANNOTATION_BLUEGREEN: json.dumps({**record, "rollback_id": "rb-7"}),
+            },
+        }
+    }
+    assert recorded_gitops_owners(recorded_target) == [
+        {"owner": "flux:kustomization/routing", "of": "Service shop/checkout"}
+    ]
+
+
+def test_a_service_without_a_gitops_owner_records_none() -> None:
+    restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, context())
+    assert "service_owner" not in restore.changes["record"]  # the record as before
+    assert recorded_gitops_owners(GREEN_DEPLOYMENT) == []

@@ -267,6 +267,21 @@ def test_a_paused_gitops_owner_must_be_resumed_after_git_is_reverted() -> None:
     assert fix.startswith("Fix forward") and git.startswith("Revert the change in Git")
 
 
+def test_a_blue_green_services_own_paused_owner_is_named_beside_the_deployments() -> None:
+    def paused(name: str, **extra: str) -> TimelineEntry:
+        data = {"owner": f"argocd:{name}", "kind": "Application", "namespace": "argocd"}
+        return TimelineEntry(
+            at(41.5), "gitops_paused", f"{name} paused", {**data, "name": name, **extra}
+        )
+
+    timeline = [*story()[:5], paused("shop"), paused("shop-routing", of="Service shop/checkout")]
+    (git, _manual) = items(rollback(Phase.ESCALATED, reason="verification failed"), timeline)
+    assert git.startswith(
+        "Revert the change in Git, then resume sync of "
+        "Application argocd/shop, Application argocd/shop-routing"
+    ), git
+
+
 # --- rendering ---------------------------------------------------------------------------
 
 

@@ -340,7 +340,8 @@ class TestDefaults:
         assert names == ["error_ratio", "latency_p99"]
         for spec in DEFAULT_SIGNALS:
             assert "{window}" in spec.query
-            assert "by (namespace, deployment" in spec.query
+            # Grouped by the configured workload label (prometheus.deployment_label).
+            assert "by (namespace, {deployment_label}" in spec.query
             assert spec.traffic_query and "{window}" in spec.traffic_query
 
     def test_render_query_leaves_promql_braces_alone(self) -> None:

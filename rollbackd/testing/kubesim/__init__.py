@@ -46,8 +46,11 @@ class KubeSim(StartStop):
         metrics_port: int = 0,
         bookmark_interval: float = 1.0,
         watch_history: int = DEFAULT_HISTORY,
+        workload_label: str = "deployment",
     ) -> None:
         self.host = host
+        # The metric label naming a pod's Deployment or Rollout (WorkloadMetrics).
+        self.workload_label = workload_label
         self.port = port
         self.pod_ready_delay = pod_ready_delay
         self.metrics_port = metrics_port
@@ -91,7 +94,7 @@ class KubeSim(StartStop):
         await self.controller.start()
         self.disruption = DisruptionController(self.store)
         await self.disruption.start()
-        self.workload = WorkloadMetrics(self.store)
+        self.workload = WorkloadMetrics(self.store, workload_label=self.workload_label)
         self.metrics_url = await self.workload.start(self.host, self.metrics_port)
         self.api.proxy.knobs_of = self.workload.knobs_of
 

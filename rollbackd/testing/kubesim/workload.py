@@ -15,7 +15,9 @@ seconds since Ready), so tests can compute what Prometheus should see.
 A pod behind a Gateway API HTTPRoute backend serves its share of the route's
 requests instead of its own rps (``httproutes.py``); a route write takes
 effect at once, a pod joining or leaving a backend at the next scrape. An
-Argo Rollout's pods count under the Rollout's name in ``deployment``.
+Argo Rollout's pods count under the Rollout's name in ``deployment``. That
+label's name is ``workload_label`` (e.g. ``rollout``, as some exporters
+name it), for rollbackd's ``prometheus.deployment_label``.
 Latencies follow a log-normal spread around the median whose p99 is about
 2.5x the median: a 10x regression stands out, ordinary jitter does not.
 """
@@ -186,8 +188,16 @@ def _number(value: float) -> str:
 class WorkloadMetrics:
     """Renders the traffic of Ready pods and serves it at ``GET /metrics``."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] | None = None,
+        workload_label: str = "deployment",
+    ) -> None:
         self._store = store
+        # The exposed name of the label named "deployment" in the series below.
+        self._workload_label = workload_label
         # Epoch seconds, comparable with the pods' Ready lastTransitionTime.
         self._clock = clock or time.time
         self._runner: web.AppRunner | None = None
@@ -304,7 +314,9 @@ class WorkloadMetrics:
             series = self._series.get(key) or _PodSeries(knobs)
             live[key] = series
             traffic = series.at(knobs, elapsed)
-            base = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
+            base = ",".join(
+                f'{self._exposed(key)}="{_escape(value)}"' for key, value in labels.items()
+            )
             requests.append(f'http_requests_total{{{base},code="200"}} {traffic.ok}')
             requests.append(f'http_requests_total{{{base},code="500"}} {traffic.errors}')
             for bound, cumulative in zip(BUCKETS, traffic.buckets, strict=True):
@@ -320,6 +332,9 @@ class WorkloadMetrics:
             durations.append(f"http_request_duration_seconds_count{{{base}}} {traffic.count}")
         self._series = live  # pods gone (or no longer Ready) start afresh if they return
         return "\n".join([*requests, *durations]) + "\n"
+
+    def _exposed(self, key: str) -> str:
+        return self._workload_label if key == "deployment" else key
 
     async def _handle_metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.render().encode(), headers={"Content-Type": CONTENT_TYPE})
