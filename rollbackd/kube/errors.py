@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 
+from rollbackd.retryafter import retry_after_seconds
+
 __all__ = [
     "ConflictError",
     "ConnectionFailedError",
@@ -29,8 +31,6 @@ __all__ = [
     "parse_retry_after",
 ]
 
-# Upper bound on a server-requested wait: a bogus Retry-After must not park a rollback.
-MAX_RETRY_AFTER = 60.0
 
 
 class KubeError(Exception):
@@ -107,23 +107,10 @@ _BY_STATUS: Mapping[int, type[KubeError]] = {
 
 
 def parse_retry_after(header: str | None, status_body: Mapping[str, Any] | None) -> float | None:
-    """Seconds to wait, from the Retry-After header or Status ``details.retryAfterSeconds``.
-
-    Only the delta-seconds form is used (the API server sends it); anything
-    unreadable is ignored rather than trusted.
-    """
-    candidates: list[Any] = [header]
+    """Seconds to wait, from the Retry-After header or Status ``details.retryAfterSeconds``."""
     details = (status_body or {}).get("details")
-    if isinstance(details, Mapping):
-        candidates.append(details.get("retryAfterSeconds"))
-    for value in candidates:
-        try:
-            seconds = float(value) if value is not None else None
-        except (TypeError, ValueError):
-            continue
-        if seconds is not None and seconds >= 0:
-            return min(seconds, MAX_RETRY_AFTER)
-    return None
+    seconds = details.get("retryAfterSeconds") if isinstance(details, Mapping) else None
+    return retry_after_seconds(header, seconds)
 
 
 def error_from_response(

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from rollbackd.notify.channel import ChannelError
+from rollbackd.retryafter import retry_after_seconds
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
@@ -79,18 +80,7 @@ class HttpChannel:
                 raise ChannelError(
                     f"{self.name}: HTTP {resp.status}: {text[:_MAX_ERROR_BODY]}",
                     retryable=retryable,
-                    retry_after=_retry_after(resp.headers.get("Retry-After")),
+                    retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ChannelError(f"{self.name}: {type(exc).__name__}: {exc}", retryable=True) from exc
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header; HTTP dates are ignored (the backoff applies)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
