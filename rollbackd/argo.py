@@ -27,6 +27,7 @@ __all__ = [
     "HASH_LABEL",
     "RolloutFacts",
     "abort_record",
+    "moved_since",
     "replicaset_counts",
     "rollout_facts",
 ]
@@ -143,3 +144,32 @@ def abort_record(rollout: Mapping[str, Any], rollback_id: str) -> dict[str, Any]
     if not isinstance(record, dict) or record.get("rollback_id") != rollback_id:
         return {}
     return record
+
+
+def moved_since(
+    rollout: Mapping[str, Any], record: Mapping[str, Any]
+) -> tuple[ReasonCode, str] | None:
+    """How ``rollout`` moved from the canary ``record`` planned to abort; None: it did not.
+
+    Read from the Rollout's status alone (no ReplicaSets needed): aborted by
+    someone else, promoted (no canary any more), a new canary or stable
+    version, or a Rollout that cannot be judged any more.
+    """
+    facts = rollout_facts(rollout, ())
+    if facts.problem is not None:
+        return facts.problem
+    if facts.aborted:
+        return ReasonCode.ROLLOUT_ALREADY_ABORTED, "it was aborted by someone else"
+    if not facts.updating:
+        return (
+            ReasonCode.ROLLOUT_NOT_UPDATING,
+            f"it has no canary any more (promoted or undone: stable is {facts.stable_hash})",
+        )
+    planned = (record.get("canary_hash"), record.get("stable_hash"))
+    if (facts.canary_hash, facts.stable_hash) != planned:
+        return (
+            ReasonCode.TARGET_CHANGED,
+            f"its canary is now {facts.canary_hash} over stable {facts.stable_hash}, "
+            f"not the proposed {planned[0]} over {planned[1]}",
+        )
+    return None

@@ -353,8 +353,8 @@ class Daemon:
         )
 
     def _annotated_rollback(self, rollback_id: str) -> Rollback | None:
-        now, cached = self.clock(), self.kube.cached_deployments()
-        # Full facts only for the Deployments whose metadata names the id (a cheap scan).
+        now, cached = self.clock(), self.kube.cached_targets()  # a Rollout's too
+        # Full facts only for the targets whose metadata names the id (a cheap scan).
         named = (Target(*key) for key, dep in cached if rollback_id in str(dep.get("metadata")))
         return annotated_rollback_by_id((self.kube.facts(t, now=now) for t in named), rollback_id)
 

@@ -93,6 +93,14 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         """Every cached Deployment by (namespace, name), unsorted."""
         return self.cache.deployment_items()
 
+    def cached_targets(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """Every cached Deployment and Argo Rollout by (namespace, name): what may be a target."""
+        rollouts = ((t, self.cache.rollout(t)) for t in self.cache.rollout_targets())
+        return [
+            *self.cache.deployment_items(),
+            *(((t.namespace, t.name), r) for t, r in rollouts if r),
+        ]
+
     def resumable_targets(self) -> list[Target]:
         """Deployments carrying a rollback state annotation, and every cached Argo Rollout."""
         from rollbackd.records import annotated_targets  # records -> reasons -> this package
