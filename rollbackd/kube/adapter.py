@@ -30,7 +30,7 @@ from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
 from rollbackd.kube.rollouts import RolloutWrites
-from rollbackd.model import ClusterFacts, Target
+from rollbackd.model import ClusterFacts, Rollback, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
 
@@ -93,13 +93,22 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         """Every cached Deployment by (namespace, name), unsorted."""
         return self.cache.deployment_items()
 
-    def cached_targets(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
-        """Every cached Deployment and Argo Rollout by (namespace, name): what may be a target."""
+    def annotated_rollback(self, rollback_id: str, *, now: datetime) -> Rollback | None:
+        """Rollback ``rollback_id`` as a cached Deployment's or Rollout's state annotation has it.
+
+        What a new leader answers a verdict from before its resume has
+        journaled a proposal another leader made. Full facts only for the
+        targets whose metadata names the id (a cheap scan of the cache).
+        """
+        from rollbackd.records import annotated_rollback_by_id  # records -> reasons -> this package
+
         rollouts = ((t, self.cache.rollout(t)) for t in self.cache.rollout_targets())
-        return [
+        cached = [
             *self.cache.deployment_items(),
-            *(((t.namespace, t.name), r) for t, r in rollouts if r),
+            *(((t.namespace, t.name), r) for t, r in rollouts),
         ]
+        named = (Target(*key) for key, obj in cached if obj and rollback_id in str(obj["metadata"]))
+        return annotated_rollback_by_id((self.facts(t, now=now) for t in named), rollback_id)
 
     def resumable_targets(self) -> list[Target]:
         """Deployments carrying a rollback state annotation, and every cached Argo Rollout."""

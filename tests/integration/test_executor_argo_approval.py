@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rollbackd.approval import Approvals, Verdict
+from rollbackd.approval import Approvals, Verdict, give_verdict
 from rollbackd.argo import ANNOTATION_ARGO_ABORT
 from rollbackd.executor import Executor, argoproposal
 from rollbackd.kube import Kube
@@ -307,6 +307,40 @@ async def test_killed_while_waiting_the_next_process_resumes_the_wait_and_aborts
     done = await resumed
     assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
     assert aborts(kubesim) == [200]
+
+
+class EmptyJournal:
+    """A new leader's journal: it never saw the proposal another leader made."""
+
+    async def get_rollback(self, rollback_id: str) -> Rollback | None:
+        return None
+
+    async def timeline(self, rollback_id: str) -> list[Any]:
+        return []
+
+
+async def test_a_new_leader_answers_an_approval_from_the_rollout_until_its_wait_resumes(
+    kube: Kube,
+) -> None:
+    _, rollback = await killed_while_waiting(kube)
+
+    async def in_the_cache() -> Rollback | None:
+        return kube.annotated_rollback(rollback.id, now=now())
+
+    await until(in_the_cache, lambda found: found is not None)  # the watch brought it in
+    verdict = Verdict(True, "alice", now())
+
+    outcome = await give_verdict(
+        Approvals(),
+        EmptyJournal(),
+        rollback.id,
+        verdict,
+        lambda rollback_id: kube.annotated_rollback(rollback_id, now=now()),
+    )
+
+    assert (outcome.status, outcome.phase) == (503, "PENDING_APPROVAL")  # retried, not 404
+    with pytest.raises(LookupError):
+        await give_verdict(Approvals(), EmptyJournal(), "rb-unknown", verdict, lambda _: None)
 
 
 async def test_a_rollout_aborted_by_a_human_while_rollbackd_was_down_is_withdrawn_on_resume(
