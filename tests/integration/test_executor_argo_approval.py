@@ -27,6 +27,7 @@ from rollbackd.kube import Kube
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Policy, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
+from rollbackd.stages import watched_rollback_state
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
@@ -339,6 +340,13 @@ async def test_a_new_leader_answers_an_approval_from_the_rollout_until_its_wait_
     )
 
     assert (outcome.status, outcome.phase) == (503, "PENDING_APPROVAL")  # retried, not 404
+    # The outbox's stale-page check reads the same record (an approval request an
+    # earlier leader left unsent is withdrawn once the Rollout is past this phase).
+    state = watched_rollback_state(kube)(WEB)
+    assert state is not None and (state.rollback_id, state.phase) == (
+        rollback.id,
+        Phase.PENDING_APPROVAL,
+    )
     with pytest.raises(LookupError):
         await give_verdict(Approvals(), EmptyJournal(), "rb-unknown", verdict, lambda _: None)
 
