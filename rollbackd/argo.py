@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from rollbackd.kube.rollouts import API_GROUP_VERSION
+from rollbackd.model import RevisionInfo
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import parse_time
 
@@ -30,6 +31,7 @@ __all__ = [
     "moved_since",
     "replicaset_counts",
     "rollout_facts",
+    "serving_replicaset",
 ]
 
 HASH_LABEL = "rollouts-pod-template-hash"
@@ -52,6 +54,8 @@ class RolloutFacts:
     stable_rs: str | None = None  # the ReplicaSets' names (None: not found)
     canary_rs: str | None = None
     canary_started_at: datetime | None = None  # the canary ReplicaSet's creation
+    stable_uid: str = ""  # the ReplicaSets' uids (their pods' controller), "" when not found
+    canary_uid: str = ""
     # Malformed input: (reason code, sentence); the other fields are not to be trusted.
     problem: tuple[ReasonCode, str] | None = None
 
@@ -123,6 +127,8 @@ def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> Rol
         stable_rs=stable["metadata"].get("name") if stable else None,
         canary_rs=canary["metadata"].get("name") if canary else None,
         canary_started_at=started,
+        stable_uid=str(stable["metadata"].get("uid") or "") if stable else "",
+        canary_uid=str(canary["metadata"].get("uid") or "") if canary else "",
     )
 
 
@@ -173,3 +179,23 @@ def moved_since(
             f"not the proposed {planned[0]} over {planned[1]}",
         )
     return None
+
+
+def serving_replicaset(facts: RolloutFacts) -> RevisionInfo | None:
+    """The ReplicaSet whose pods ``pod_health`` judges: the canary while it runs.
+
+    Once aborted it is the stable one (the canary has no pods left), so a
+    streak on the canary resolves when its ReplicaSet stops being current,
+    as a Deployment's does after a rollback. None: nothing to judge (no
+    release in progress, or a Rollout that cannot be judged).
+    """
+    if facts.problem is not None or facts.canary_started_at is None or not facts.updating:
+        return None
+    name, uid = (
+        (facts.stable_rs, facts.stable_uid)
+        if facts.aborted
+        else (facts.canary_rs, facts.canary_uid)
+    )
+    if not name or not uid:
+        return None
+    return RevisionInfo(0, name, uid, facts.canary_started_at, {}, ())

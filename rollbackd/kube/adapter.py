@@ -110,6 +110,10 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         named = (Target(*key) for key, obj in cached if obj and rollback_id in str(obj["metadata"]))
         return annotated_rollback_by_id((self.facts(t, now=now) for t in named), rollback_id)
 
+    def rollout_targets(self) -> list[Target]:
+        """Every cached Argo Rollout (none when Rollouts are not served)."""
+        return self.cache.rollout_targets()
+
     def resumable_targets(self) -> list[Target]:
         """Deployments carrying a rollback state annotation, and every cached Argo Rollout."""
         from rollbackd.records import annotated_targets  # records -> reasons -> this package
@@ -200,19 +204,26 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         return {name: sorted(ids) for name, ids in sorted(images.items())}
 
     async def current_pods(self, target: Target) -> list[dict[str, Any]]:
-        """The pods the cached Deployment's selector matches, listed now (whole objects).
+        """The pods the cached Deployment's selector matches, listed now (whole objects);
+        a Rollout's canary and stable pods.
 
         On demand rather than watched: pod health needs container statuses,
         which a metadata-only watch does not hold, and only Deployments with
         a recent rollout are looked at (see :mod:`rollbackd.sources.kubernetes`).
         """
         deployment = self.cache.deployment(target)
-        if deployment is None:
-            return []
+        if deployment is not None:
+            query = selector_query(deployment)
+        else:  # an Argo Rollout: its canary's and stable version's pods, by their hash label
+            status = (self.cache.rollout(target) or {}).get("status") or {}
+            hashes = sorted(
+                {str(h) for h in (status.get("currentPodHash"), status.get("stableRS")) if h}
+            )
+            if not hashes:
+                return []
+            query = [("labelSelector", f"rollouts-pod-template-hash in ({','.join(hashes)})")]
         listing = await self.request(
-            "GET",
-            f"/api/v1/namespaces/{quote(target.namespace)}/pods",
-            query=selector_query(deployment),
+            "GET", f"/api/v1/namespaces/{quote(target.namespace)}/pods", query=query
         )
         return list(listing.get("items") or [])
 
