@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -279,26 +279,47 @@ def _changed(task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
 
 def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
     """What the page, the Event and the journal say about the proposed rollback."""
-    before = list(images(plan.deployment["spec"]["template"]))
-    after = list(images(plan.restore.template))
-    approve, reject = commands(rollback.id)
     how = f"from revision {plan.from_revision} to revision {plan.to_revision}"
     if plan.restore.summary:  # a strategy beyond rolling says what it would change
         how = f"by {plan.restore.summary}"
+    return proposal_data(
+        rollback,
+        f"roll back {rollback.target} {how}",
+        before=images(plan.deployment["spec"]["template"]),
+        after=images(plan.restore.template),
+        diff=plan.diff_paths,
+        changes=plan.restore.changes,
+    )
+
+
+def proposal_data(
+    rollback: Rollback,
+    what: str,
+    *,
+    before: Sequence[str],
+    after: Sequence[str],
+    diff: Sequence[str] | None,
+    changes: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A proposal's page, Event and journal data: ``what`` would be done, and how to answer.
+
+    ``diff``: the template paths that change (None: no template is patched).
+    """
+    approve, reject = commands(rollback.id)
+    changed = "" if diff is None else f"; changes {', '.join(diff) or 'nothing'}"
     summary = (
-        f"rollbackd proposes to roll back {rollback.target} {how} "
-        f"(images {', '.join(before)} -> {', '.join(after)}; changes "
-        f"{', '.join(plan.diff_paths) or 'nothing'}) because {rollback.reason or rollback.reason_code}. "
-        f"Approve: {approve} ; reject: {reject}"
+        f"rollbackd proposes to {what} "
+        f"(images {', '.join(before)} -> {', '.join(after)}{changed}) because "
+        f"{rollback.reason or rollback.reason_code}. Approve: {approve} ; reject: {reject}"
     )
     return {
         "summary": summary,
         "reason": rollback.reason,
         "reason_code": rollback.reason_code,
-        "from_images": before,
-        "to_images": after,
-        "diff": list(plan.diff_paths),
+        "from_images": list(before),
+        "to_images": list(after),
+        "diff": list(diff or ()),
         "approve_command": approve,
         "reject_command": reject,
-        **({"changes": dict(plan.restore.changes)} if plan.restore.changes else {}),
+        **({"changes": dict(changes)} if changes else {}),
     }

@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from rollbackd.approval import commands
-from rollbackd.argo import ANNOTATION_ARGO_ABORT, HASH_LABEL, abort_record, moved_since
-from rollbackd.executor.approving import Approving, Proposal
+from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, moved_since
+from rollbackd.executor.approving import Approving, Proposal, proposal_data
 from rollbackd.executor.ports import Abort
 from rollbackd.guard import images
 from rollbackd.kube.errors import NotFoundError
@@ -152,30 +151,13 @@ def rollout_proposal(
     rollback: Rollback, plan: AbortPlan, rollout: Obj, replicasets: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """What the page, the Event and the journal say about a proposed abort."""
-    stable = next(
-        (
-            rs
-            for rs in replicasets
-            if ((rs.get("metadata") or {}).get("labels") or {}).get(HASH_LABEL) == plan.stable_hash
-        ),
-        {},
+    named = {(rs.get("metadata") or {}).get("name"): rs for rs in replicasets}
+    stable = named.get(plan.stable_rs) or {}
+    return proposal_data(
+        rollback,
+        plan.proposal,
+        before=images((rollout.get("spec") or {}).get("template") or {}),
+        after=images((stable.get("spec") or {}).get("template") or {}),
+        diff=None,  # an abort patches no template
+        changes=plan.changes(),
     )
-    before = list(images((rollout.get("spec") or {}).get("template") or {}))
-    after = list(images((stable.get("spec") or {}).get("template") or {}))
-    approve, reject = commands(rollback.id)
-    summary = (
-        f"rollbackd proposes to {plan.proposal} (images {', '.join(before) or '?'} -> "
-        f"{', '.join(after) or '?'}) because {rollback.reason or rollback.reason_code}. "
-        f"Approve: {approve} ; reject: {reject}"
-    )
-    return {
-        "summary": summary,
-        "reason": rollback.reason,
-        "reason_code": rollback.reason_code,
-        "from_images": before,
-        "to_images": after,
-        "diff": [],
-        "approve_command": approve,
-        "reject_command": reject,
-        "changes": plan.changes(),
-    }
