@@ -137,6 +137,7 @@ async def test_in_approve_mode_the_abort_is_proposed_then_done_once_when_approve
     stack: Stack,
 ) -> None:
     stable = await released(stack, {ANNOTATION_MODE: "approve"})
+    released_at = time.monotonic()
 
     proposal = await stack.wait_rollback(SHOP, phases=("PENDING_APPROVAL",), timeout=45)
     page = await stack.sink.wait_for(
@@ -148,6 +149,7 @@ async def test_in_approve_mode_the_abort_is_proposed_then_done_once_when_approve
         ),
         timeout=20,
     )
+    proposed_after = time.monotonic() - released_at
     summary = page.json["payload"]["summary"]
     canary = (await status(stack))["currentPodHash"]
     assert f"abort Rollout default/shop: canary {canary} to 0, stable {stable} keeps serving" in (
@@ -156,6 +158,7 @@ async def test_in_approve_mode_the_abort_is_proposed_then_done_once_when_approve
     assert f"rollbackd approve {proposal.id}" in summary
     assert aborts(stack) == [] and "abort" not in await status(stack)  # asked, not done
 
+    approved_at = time.monotonic()
     async with aiohttp.ClientSession(headers=OPERATOR_HEADERS) as session:
         approve = f"{stack.daemon.url}/api/v1/rollbacks/{proposal.id}/approve"
         async with session.post(approve, json={"by": "alice"}) as resp:
@@ -164,6 +167,10 @@ async def test_in_approve_mode_the_abort_is_proposed_then_done_once_when_approve
 
     done = await stack.wait_rollback(SHOP, phases=("ROLLBACK_COMPLETED", "ESCALATED"))
     assert (done.id, done.phase) == (proposal.id, Phase.ROLLBACK_COMPLETED), done.reason
+    print(
+        f"\ncanary released -> proposal paged: {proposed_after:.1f}s; "
+        f"approved -> ROLLBACK_COMPLETED: {time.monotonic() - approved_at:.1f}s"
+    )
     assert len(aborts(stack)) == 1 and (await status(stack))["stableRS"] == stable
     kinds = [entry.kind for entry in await stack.daemon.journal.timeline(done.id)]
     assert kinds.count("approved") == 1
