@@ -23,11 +23,13 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+import structlog
+
 from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, moved_since
 from rollbackd.executor.approving import Approving, Proposal, proposal_data
 from rollbackd.executor.ports import Abort
 from rollbackd.guard import images
-from rollbackd.kube.errors import NotFoundError
+from rollbackd.kube.errors import KubeError, NotFoundError
 from rollbackd.model import Rollback, Target
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner
@@ -35,6 +37,8 @@ from rollbackd.strategies import Obj, PlanError
 from rollbackd.strategies.argorollouts import AbortPlan, ArgoRolloutsKube, ArgoRolloutsStrategy
 
 __all__ = ["RolloutProposals", "rollout_proposal"]
+
+log = structlog.get_logger("rollbackd.executor")
 
 # The wait looks at the watch cache this often (memory only); a fresh read confirms a move.
 _CACHE_POLL_SECONDS = 0.5
@@ -95,10 +99,25 @@ class RolloutProposals(Approving):
         while True:
             cached = cache.rollout(rollback.target)
             if cached is None or moved_since(cached, watched) is not None:
-                fresh = await self._rollouts.read_rollout(rollback.target)  # NotFound: deleted
-                if moved_since(fresh, watched) is not None:
+                fresh = await self._confirm(rollback.target)
+                if fresh is not None and moved_since(fresh, watched) is not None:
                     return fresh
             await asyncio.sleep(_CACHE_POLL_SECONDS)
+
+    async def _confirm(self, target: Target) -> dict[str, Any] | None:
+        """A fresh read while waiting; None when the API server cannot answer now.
+
+        A proposal may wait for many minutes: an outage of the API server
+        only delays noticing a move (the approval reads again), it does not
+        end the wait. NotFoundError (the Rollout deleted) still does.
+        """
+        try:
+            return await self._rollouts.read_rollout(target)
+        except NotFoundError:
+            raise
+        except KubeError as exc:
+            log.warning("rollout_unread_while_waiting", target=str(target), error=str(exc))
+            return None
 
     async def _moved(
         self, rollback: Rollback, watched: Mapping[str, Any] | None

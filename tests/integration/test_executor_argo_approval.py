@@ -254,6 +254,25 @@ async def test_a_rollout_that_moves_while_waiting_withdraws_the_proposal(
     assert await approvals.submit(rollback.id, Verdict(True, "alice", now())) is None
 
 
+async def test_an_api_outage_while_waiting_delays_the_withdrawal_and_does_not_escalate(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    await paused_canary(kube)
+    approvals, pager = Approvals(), RecordingPager()
+    # A retry budget far shorter than the outage: each fresh read fails fast.
+    _, task, _ = await started(kube, approvals, pager, retry_budget=0.5)
+    rollout_reads = f"^{ROLLOUTS}/web$"
+    kubesim.faults.fail_for("get", rollout_reads, 503, duration=3.0)
+    mark = kubesim.requests.mark()
+
+    await human_abort(kube)  # the watch sees it; the confirming read gets 503s
+
+    done = await task
+    assert (done.phase, done.reason_code) == (Phase.SUPERSEDED, ReasonCode.ROLLOUT_ALREADY_ABORTED)
+    failed = [r for r in kubesim.requests.since(mark) if r.status == 503 and r.method == "GET"]
+    assert failed, "the wait did meet the outage"
+
+
 async def test_an_approval_that_finds_a_new_canary_is_refused_and_aborts_nothing(
     kubesim: KubeSim, kube: Kube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
