@@ -27,6 +27,7 @@ import structlog
 
 from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, moved_since
 from rollbackd.executor.approving import Approving, Proposal, proposal_data
+from rollbackd.executor.endings import change_by_someone_else
 from rollbackd.executor.ports import Abort
 from rollbackd.guard import images
 from rollbackd.kube.errors import KubeError, NotFoundError
@@ -140,7 +141,8 @@ class RolloutProposals(Approving):
             "it changed",
         )
         status = deployment.get("status") or {}
-        change = {
+        change = {  # what the report's "now running" reads, and the Rollout's own terms
+            **change_by_someone_else(deployment),
             "canary_hash": status.get("currentPodHash"),
             "stable_hash": status.get("stableRS"),
             "aborted": bool(status.get("abort")),

@@ -107,7 +107,7 @@ class Endings(Verifying):
     async def _supersede(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
         """Terminal: a human changed the template; step back, record it and say so (info)."""
         during = rollback.phase
-        change = _change_by_someone_else(deployment)
+        change = change_by_someone_else(deployment)
         doing = {
             Phase.VERIFYING: "verifying",
             Phase.PENDING_APPROVAL: "waiting for approval",
@@ -170,7 +170,7 @@ def _ended(during: Phase) -> str:
     return "withdrawn" if during is Phase.PENDING_APPROVAL else "superseded"
 
 
-def _change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
+def change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
     """What the page says about the version that replaced rollbackd's."""
     meta = deployment.get("metadata", {})
     change: dict[str, Any] = {

@@ -239,6 +239,7 @@ async def test_a_rollout_that_moves_while_waiting_withdraws_the_proposal(
     withdrawn: list[Rollback] = []
     executor.on_withdrawn = withdrawn.append
     mark = kubesim.requests.mark()
+    image = "example/app:3.0" if change is redeploy else "example/app:2.0"
 
     await change(kube)
 
@@ -249,6 +250,8 @@ async def test_a_rollout_that_moves_while_waiting_withdraws_the_proposal(
     # The only status patch is the human's own (abort, promote); rollbackd sent none.
     assert len(aborts(kubesim, mark)) == (0 if change is redeploy else 1)
     assert pager.kinds[-1] is NotificationKind.SUPERSEDED
+    now_running = pager.pages[-1][2]["superseded_by"]  # what the report prints
+    assert now_running["images"] == [image] and now_running["aborted"] is (change is human_abort)
     assert (await recorded(kube)).phase is Phase.SUPERSEDED
     # An approval now finds nobody waiting: the API answers it from the record (409).
     assert await approvals.submit(rollback.id, Verdict(True, "alice", now())) is None
