@@ -7,17 +7,21 @@ PENDING_APPROVAL. The next daemon has its own, empty journal (a new leader:
 each replica has its own), so only the Rollout's annotation tells it the
 proposal exists: it resumes the wait, and the exact `rollbackd approve ID`
 the page gave is accepted. The canary is aborted exactly once and the stable
-version verified.
+version verified. And the command an `approval_timeout` page gives,
+`rollbackd rollback NS/NAME --force`, aborts a Rollout without a second approval.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from rollbackd.model import ANNOTATION_MODE, ANNOTATION_ROLLBACK, Target
+from rollbackd.journal import Journal
+from rollbackd.manual import manual_rollback
+from rollbackd.model import ANNOTATION_MODE, ANNOTATION_ROLLBACK, Phase, Target
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, wait_for
@@ -86,3 +90,38 @@ async def test_killed_while_a_rollout_abort_waits_the_next_leader_takes_the_appr
     assert len(aborts(stack)) == 1  # once, by the second daemon
     final = await status(stack)
     assert final["abort"] is True and final["stableRS"] == stable
+
+
+async def test_the_command_an_approval_timeout_page_gives_aborts_a_rollout_without_asking_again(
+    stack: Stack,
+) -> None:
+    """`rollbackd rollback NS/NAME --force` on a Rollout in approve mode: the operator asked."""
+    stable = await released(stack, {ANNOTATION_MODE: "approve"})
+    await wait_for(_canary_running(stack), 30, "the canary's pod")
+    settings = stack.settings  # no daemon runs: the one-shot command uses its journal
+
+    rollback_id = await asyncio.wait_for(
+        manual_rollback(settings, SHOP, reason="approval timed out", force=True), 60
+    )
+
+    final = await status(stack)
+    assert final["abort"] is True and final["stableRS"] == stable
+    assert len(aborts(stack)) == 1
+    journal = await Journal.open(settings.journal.path, create=False)
+    try:
+        done = await journal.get_rollback(rollback_id)
+        kinds = [e.kind for e in await journal.timeline(rollback_id)]
+    finally:
+        await journal.close()
+    assert done is not None and done.phase is Phase.ROLLBACK_COMPLETED, done
+    assert "approved" not in kinds  # no second approval
+
+
+def _canary_running(stack: Stack) -> Callable[[], Awaitable[bool]]:
+    async def running() -> bool:
+        found = await status(stack)
+        return bool(found.get("updatedReplicas")) and found.get("currentPodHash") != found.get(
+            "stableRS"
+        )
+
+    return running
