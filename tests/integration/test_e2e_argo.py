@@ -55,8 +55,15 @@ async def status(stack: Stack) -> dict[str, Any]:
     return dict((await stack._request("GET", f"{ROLLOUTS}/shop")).get("status") or {})
 
 
-async def released(stack: Stack, annotations: dict[str, str] | None = None) -> str:
-    """Shop 1.4.0 Healthy, then 1.5.0 (60 % errors) as a canary paused at 25; the stable hash."""
+async def released(
+    stack: Stack,
+    annotations: dict[str, str] | None = None,
+    canary: dict[str, str] | None = None,
+) -> str:
+    """Shop 1.4.0 Healthy, then 1.5.0 as a canary at setWeight 25; the stable hash.
+
+    The canary fails 60 % of its requests unless ``canary`` gives other knobs.
+    """
     await stack._request(
         "POST", ROLLOUTS, rollout("registry.example/shop:1.4.0", knobs(), annotations)
     )
@@ -66,11 +73,11 @@ async def released(stack: Stack, annotations: dict[str, str] | None = None) -> s
         return found if found.get("phase") == "Healthy" else None
 
     stable = (await wait_for(healthy, 30, "the first version Healthy"))["stableRS"]
-    # The release: the canary (60 % errors) gets one pod of four and the steps pause.
+    # The release: the canary gets one pod of four and the steps pause.
     patch = {
         "spec": {
             "template": {
-                "metadata": {"annotations": knobs(error_rate=0.6)},
+                "metadata": {"annotations": canary or knobs(error_rate=0.6)},
                 "spec": {"containers": [{"name": "app", "image": "registry.example/shop:1.5.0"}]},
             }
         }
