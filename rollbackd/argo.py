@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from rollbackd.kube.rollouts import API_GROUP_VERSION
+from rollbackd.model import RevisionInfo
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import parse_time
 
@@ -27,8 +28,10 @@ __all__ = [
     "HASH_LABEL",
     "RolloutFacts",
     "abort_record",
+    "moved_since",
     "replicaset_counts",
     "rollout_facts",
+    "serving_replicaset",
 ]
 
 HASH_LABEL = "rollouts-pod-template-hash"
@@ -51,6 +54,8 @@ class RolloutFacts:
     stable_rs: str | None = None  # the ReplicaSets' names (None: not found)
     canary_rs: str | None = None
     canary_started_at: datetime | None = None  # the canary ReplicaSet's creation
+    stable_uid: str = ""  # the ReplicaSets' uids (their pods' controller), "" when not found
+    canary_uid: str = ""
     # Malformed input: (reason code, sentence); the other fields are not to be trusted.
     problem: tuple[ReasonCode, str] | None = None
 
@@ -122,6 +127,8 @@ def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> Rol
         stable_rs=stable["metadata"].get("name") if stable else None,
         canary_rs=canary["metadata"].get("name") if canary else None,
         canary_started_at=started,
+        stable_uid=str(stable["metadata"].get("uid") or "") if stable else "",
+        canary_uid=str(canary["metadata"].get("uid") or "") if canary else "",
     )
 
 
@@ -143,3 +150,52 @@ def abort_record(rollout: Mapping[str, Any], rollback_id: str) -> dict[str, Any]
     if not isinstance(record, dict) or record.get("rollback_id") != rollback_id:
         return {}
     return record
+
+
+def moved_since(
+    rollout: Mapping[str, Any], record: Mapping[str, Any]
+) -> tuple[ReasonCode, str] | None:
+    """How ``rollout`` moved from the canary ``record`` planned to abort; None: it did not.
+
+    Read from the Rollout's status alone (no ReplicaSets needed): aborted by
+    someone else, promoted (no canary any more), a new canary or stable
+    version, or a Rollout that cannot be judged any more.
+    """
+    facts = rollout_facts(rollout, ())
+    if facts.problem is not None:
+        return facts.problem
+    if facts.aborted:
+        return ReasonCode.ROLLOUT_ALREADY_ABORTED, "it was aborted by someone else"
+    if not facts.updating:
+        return (
+            ReasonCode.ROLLOUT_NOT_UPDATING,
+            f"it has no canary any more (promoted or undone: stable is {facts.stable_hash})",
+        )
+    planned = (record.get("canary_hash"), record.get("stable_hash"))
+    if (facts.canary_hash, facts.stable_hash) != planned:
+        return (
+            ReasonCode.TARGET_CHANGED,
+            f"its canary is now {facts.canary_hash} over stable {facts.stable_hash}, "
+            f"not the proposed {planned[0]} over {planned[1]}",
+        )
+    return None
+
+
+def serving_replicaset(facts: RolloutFacts) -> RevisionInfo | None:
+    """The ReplicaSet whose pods ``pod_health`` judges: the canary while it runs.
+
+    Once aborted it is the stable one (the canary has no pods left), so a
+    streak on the canary resolves when its ReplicaSet stops being current,
+    as a Deployment's does after a rollback. None: nothing to judge (no
+    release in progress, or a Rollout that cannot be judged).
+    """
+    if facts.problem is not None or facts.canary_started_at is None or not facts.updating:
+        return None
+    name, uid = (
+        (facts.stable_rs, facts.stable_uid)
+        if facts.aborted
+        else (facts.canary_rs, facts.canary_uid)
+    )
+    if not name or not uid:
+        return None
+    return RevisionInfo(0, name, uid, facts.canary_started_at, {}, ())

@@ -33,7 +33,7 @@ from rollbackd.model import Policy, Rollback, Target, utcnow
 from rollbackd.notify.base import Notification, Notifier
 from rollbackd.pollers import POD_HEALTH_POLLER, PROMETHEUS_POLLER, leader_pollers
 from rollbackd.postmortem.source import ImpactSource
-from rollbackd.records import annotated_rollback, annotated_rollback_by_id
+from rollbackd.records import annotated_rollback
 from rollbackd.retention import Retention
 from rollbackd.server import AuthSettings, create_app
 from rollbackd.serving import fd_budget, install_accept_error_limiter, start_site
@@ -346,10 +346,7 @@ class Daemon:
         )
 
     def _annotated_rollback(self, rollback_id: str) -> Rollback | None:
-        now, cached = self.clock(), self.kube.cached_deployments()
-        # Full facts only for the Deployments whose metadata names the id (a cheap scan).
-        named = (Target(*key) for key, dep in cached if rollback_id in str(dep.get("metadata")))
-        return annotated_rollback_by_id((self.kube.facts(t, now=now) for t in named), rollback_id)
+        return self.kube.annotated_rollback(rollback_id, now=self.clock())
 
     async def request_rollback(
         self, target: Target, dry_run: bool, *, reason: str = "", force: bool = False

@@ -58,7 +58,6 @@ class ReasonCode(StrEnum):
     ROLLOUT_SPEC_INVALID = "rollout_spec_invalid"
     ROLLOUT_NO_STABLE = "rollout_no_stable"
     ROLLOUT_ABORT_NOT_DONE = "rollout_abort_not_done"
-    ROLLOUT_APPROVAL_UNSUPPORTED = "rollout_approval_unsupported"
     # how a rollback ended (executor, verification, strategies)
 
     # verification

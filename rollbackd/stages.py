@@ -305,13 +305,14 @@ def target_evaluator(
 
 
 def watched_rollback_state(kube: Kube) -> RollbackStateOf:
-    """The Deployment's recorded rollback, from the watch cache; None when it cannot tell."""
+    """The target's recorded rollback (a Deployment's or an Argo Rollout's), from the watch
+    cache; None when it cannot tell."""
 
     def state_of(target: Target) -> RollbackState | None:
         if not kube.synced:
             return None
-        deployment = kube.cached_deployment(target)
-        return None if deployment is None else recorded_state(deployment)
+        recorded = kube.cached_deployment(target) or kube.cache.rollout(target)
+        return None if recorded is None else recorded_state(recorded)
 
     return state_of
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,18 @@ from rollbackd.revisions import revision_of
 _CHANGE_POLL_SECONDS = 2.0
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """What is proposed, as planned on fresh reads, and what must not move while it waits."""
+
+    rollback: Rollback  # with the planned revisions
+    data: dict[str, Any]  # the page's, the Event's and the journal's proposal
+    watched: Mapping[str, Any]  # a Deployment's template; a Rollout's abort record
+    current: Mapping[str, Any] | None = None  # the read PENDING_APPROVAL's write is guarded by
+    extra: Mapping[str, str | None] | None = None  # annotations written with PENDING_APPROVAL
+    uid: str | None = None  # of the Deployment, for its Events
+
+
 class Approving(Endings):
     """Approve mode: the proposal, the wait, and the verdict."""
 
@@ -61,44 +73,77 @@ class Approving(Endings):
     async def _proposed(
         self, rollback: Rollback, resumed_at: datetime | None, inbox: Inbox
     ) -> Rollback | None:
-        plan = await self._plan(rollback)
-        rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
-        proposal = _proposal(rollback, plan)
-        message = f"waiting for approval: {proposal['summary']}"
+        proposal = await self._proposal_of(rollback)
+        rollback = proposal.rollback
+        message = f"waiting for approval: {proposal.data['summary']}"
         if resumed_at is None:
             rollback = await self._enter(
                 rollback,
                 Phase.PENDING_APPROVAL,
                 message,
-                deployment=plan.deployment,
-                data=proposal,
+                deployment=proposal.current,
+                extra=proposal.extra,
+                data=proposal.data,
             )
             since = rollback.updated_at
             await self._kube.emit_event(
                 rollback.target,
                 reason=EVENT_APPROVAL_REQUESTED,
                 message=message,
-                uid=uid_of(plan.deployment),
+                uid=proposal.uid,
             )
         else:
             # The record of this replica's journal may lack it (another leader proposed it).
             rollback = replace(rollback, phase=Phase.PENDING_APPROVAL, updated_at=resumed_at)
             self._latest[rollback.id] = rollback
-            await self._recorder.phase(rollback, f"(resumed) {message}", proposal)
+            await self._recorder.phase(rollback, f"(resumed) {message}", proposal.data)
             since = resumed_at
-        summary, details = self._with_gitops(rollback, message, proposal)
+        summary, details = self._with_gitops(rollback, message, proposal.data)
         await self._pager.notify(NotificationKind.APPROVAL_REQUESTED, rollback, summary, details)
-        return await self._wait(rollback, plan.deployment["spec"]["template"], since, inbox)
+        return await self._wait(rollback, proposal.watched, since, inbox)
+
+    async def _proposal_of(self, rollback: Rollback) -> Proposal:
+        """A Deployment's proposal: planned on fresh reads, its template watched while it waits."""
+        plan = await self._plan(rollback)
+        rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
+        return Proposal(
+            rollback=rollback,
+            data=_proposal(rollback, plan),
+            watched=plan.deployment["spec"]["template"],
+            current=plan.deployment,
+            uid=uid_of(plan.deployment),
+        )
+
+    async def _watch_change(self, rollback: Rollback, watched: Mapping[str, Any]) -> dict[str, Any]:
+        """The fresh target once it moved from what the proposal watches (its template)."""
+        return await self._kube.wait_template_change(
+            rollback.target, watched, poll_interval=_CHANGE_POLL_SECONDS
+        )
+
+    async def _moved(
+        self, rollback: Rollback, watched: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The fresh target, and how it moved since the proposal (None: it did not).
+
+        ``watched`` None (a resumed wait): only the revision can be compared.
+        """
+        deployment = await self._read(rollback.target)
+        current = revision_of(deployment)
+        moved = current != rollback.from_revision or (
+            watched is not None and not templates_equal(deployment["spec"]["template"], watched)
+        )
+        if not moved:
+            return deployment, None
+        return deployment, (
+            f"{rollback.target} changed while the rollback waited (revision {current}, "
+            f"proposed from revision {rollback.from_revision})"
+        )
 
     async def _wait(
         self, rollback: Rollback, template: Mapping[str, Any], since: datetime, inbox: Inbox
     ) -> Rollback | None:
         deadline = since + self._approval_timeout
-        changed = asyncio.create_task(
-            self._kube.wait_template_change(
-                rollback.target, template, poll_interval=_CHANGE_POLL_SECONDS
-            )
-        )
+        changed = asyncio.create_task(self._watch_change(rollback, template))
         arrived = asyncio.create_task(inbox.get())
         try:
             while True:
@@ -141,25 +186,21 @@ class Approving(Endings):
         verdict: Verdict,
         reply: asyncio.Future[Outcome | None] | None,
     ) -> Rollback | None:
-        deployment = await self._read(rollback.target)
-        current = revision_of(deployment)
-        if current != rollback.from_revision or not templates_equal(
-            deployment["spec"]["template"], template
-        ):
+        current, moved = await self._moved(rollback, template)
+        if moved is not None:
             refusal = (
-                f"approval by {verdict.by} refused: {rollback.target} changed while the rollback "
-                f"waited (revision {current}, proposed from revision {rollback.from_revision}); "
+                f"approval by {verdict.by} refused: {moved}; "
                 "the proposal is withdrawn and the decision is made again"
             )
             await self._recorder.event(rollback, EVENT_KIND_REFUSED, refusal, verdict.as_data())
-            ended = await self._withdraw(rollback, deployment)
+            ended = await self._withdraw(rollback, current)
             if reply is not None:
                 reply.set_result(Outcome(409, refusal, str(ended.phase)))
             return ended
         message = f"approved by {verdict.by} at {verdict.at.isoformat(timespec='seconds')}"
         await self._recorder.event(rollback, EVENT_KIND_APPROVED, message, verdict.as_data())
         await self._kube.emit_event(
-            rollback.target, reason=EVENT_APPROVED, message=message, uid=uid_of(deployment)
+            rollback.target, reason=EVENT_APPROVED, message=message, uid=_deployment_uid(current)
         )
         rollback = await self._enter(rollback, Phase.PLANNING, f"{message}; planning the rollback")
         if reply is not None:
@@ -210,9 +251,9 @@ class Approving(Endings):
 
     async def _resume_proposal(self, rollback: Rollback, since: datetime) -> Rollback | None:
         """A wait an earlier process left: withdrawn if the target moved meanwhile, else resumed."""
-        deployment = await self._read(rollback.target)
-        if revision_of(deployment) != rollback.from_revision:
-            return await self._withdraw(rollback, deployment)
+        current, moved = await self._moved(rollback, None)
+        if moved is not None:
+            return await self._withdraw(rollback, current)
         return await self._propose(rollback, resumed_at=since)
 
     async def _withdraw(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
@@ -220,6 +261,11 @@ class Approving(Endings):
         ended = await self._supersede(rollback, deployment)
         self.on_withdrawn(ended)
         return ended
+
+
+def _deployment_uid(target: Mapping[str, Any]) -> str | None:
+    """The uid an Event names: a Deployment's (the Events name a Deployment)."""
+    return None if target.get("kind") == "Rollout" else uid_of(target)
 
 
 def _changed(task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
@@ -233,26 +279,47 @@ def _changed(task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
 
 def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
     """What the page, the Event and the journal say about the proposed rollback."""
-    before = list(images(plan.deployment["spec"]["template"]))
-    after = list(images(plan.restore.template))
-    approve, reject = commands(rollback.id)
     how = f"from revision {plan.from_revision} to revision {plan.to_revision}"
     if plan.restore.summary:  # a strategy beyond rolling says what it would change
         how = f"by {plan.restore.summary}"
+    return proposal_data(
+        rollback,
+        f"roll back {rollback.target} {how}",
+        before=images(plan.deployment["spec"]["template"]),
+        after=images(plan.restore.template),
+        diff=plan.diff_paths,
+        changes=plan.restore.changes,
+    )
+
+
+def proposal_data(
+    rollback: Rollback,
+    what: str,
+    *,
+    before: Sequence[str],
+    after: Sequence[str],
+    diff: Sequence[str] | None,
+    changes: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A proposal's page, Event and journal data: ``what`` would be done, and how to answer.
+
+    ``diff``: the template paths that change (None: no template is patched).
+    """
+    approve, reject = commands(rollback.id)
+    changed = "" if diff is None else f"; changes {', '.join(diff) or 'nothing'}"
     summary = (
-        f"rollbackd proposes to roll back {rollback.target} {how} "
-        f"(images {', '.join(before)} -> {', '.join(after)}; changes "
-        f"{', '.join(plan.diff_paths) or 'nothing'}) because {rollback.reason or rollback.reason_code}. "
-        f"Approve: {approve} ; reject: {reject}"
+        f"rollbackd proposes to {what} "
+        f"(images {', '.join(before)} -> {', '.join(after)}{changed}) because "
+        f"{rollback.reason or rollback.reason_code}. Approve: {approve} ; reject: {reject}"
     )
     return {
         "summary": summary,
         "reason": rollback.reason,
         "reason_code": rollback.reason_code,
-        "from_images": before,
-        "to_images": after,
-        "diff": list(plan.diff_paths),
+        "from_images": list(before),
+        "to_images": list(after),
+        "diff": list(diff or ()),
         "approve_command": approve,
         "reject_command": reject,
-        **({"changes": dict(plan.restore.changes)} if plan.restore.changes else {}),
+        **({"changes": dict(changes)} if changes else {}),
     }

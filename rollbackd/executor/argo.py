@@ -7,8 +7,8 @@ ROLLBACK_COMPLETED, or ROLLBACK_FAILED and ESCALATED); the durable record on
 the cluster is the Rollout's annotations: the phase (``rollbackd.io/rollback``, as on a
 Deployment) written with the abort record ``rollbackd.io/argo-abort`` before
 the abort, so a restarted daemon resumes the rollback and never sends the
-abort twice (:mod:`rollbackd.strategies.argorollouts`). Approve mode is not offered for
-Rollouts yet: a proposal escalates with the command to run by hand.
+abort twice (:mod:`rollbackd.strategies.argorollouts`). In approve mode the abort is
+proposed first and waits for a verdict (:mod:`rollbackd.executor.argoproposal`).
 """
 
 from __future__ import annotations
@@ -20,45 +20,35 @@ from typing import Any
 
 import structlog
 
-from rollbackd.executor.approving import Approving
+from rollbackd.executor.argoproposal import RolloutProposals
 from rollbackd.executor.ports import EVENT_STARTED, EVENT_VERIFIED, Abort
 from rollbackd.kube.errors import ConflictError
 from rollbackd.kube.writes import state_ops
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback, Target
+from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
-from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
-from rollbackd.strategies.argorollouts import ArgoRolloutsKube, ArgoRolloutsStrategy
+from rollbackd.strategies.argorollouts import ArgoRolloutsStrategy
 
 log = structlog.get_logger("rollbackd.executor")
 
 
-class ArgoAborting(Approving):
+class ArgoAborting(RolloutProposals):
     """The Rollout path of the executor."""
 
-    def _is_rollout(self, target: Target) -> bool:
-        """No Deployment of that name but a Rollout, in the watch cache the decision read.
-
-        Memory only: a Deployment's rollback costs no extra request. An
-        adapter without a cache (or Rollouts not served) takes the Deployment path.
-        """
-        cache = getattr(self._kube, "cache", None)
-        if cache is None or not hasattr(cache, "rollout"):
-            return False
-        return cache.deployment(target) is None and cache.rollout(target) is not None
-
     async def _abort_rollout(self, rollback: Rollback) -> Rollback:
-        """Record (with ROLLING_BACK), abort, wait, verify; a refusal escalates, nothing aborted."""
+        """[Propose and wait,] record (with ROLLING_BACK), abort, wait, verify.
+
+        A refusal escalates, nothing aborted; a proposal rejected, withdrawn or
+        timed out ends there.
+        """
         target = rollback.target
         if rollback.phase is Phase.PENDING_APPROVAL:
-            raise Abort(
-                ReasonCode.ROLLOUT_APPROVAL_UNSUPPORTED,
-                f"approve mode is not offered for Argo Rollouts yet: abort by hand with "
-                f"kubectl argo rollouts abort {target.name} -n {target.namespace}",
-                failed=False,
-            )
+            ended = await self._propose(rollback, resumed_at=None)
+            if ended is not None:
+                return ended
+            rollback = self._latest.get(rollback.id, rollback)  # approved: PLANNING recorded
         rolling = self._advance(rollback, Phase.ROLLING_BACK)
         state = {ANNOTATION_ROLLBACK: encode_state(self._state(rolling))}
         try:
@@ -102,7 +92,12 @@ class ArgoAborting(Approving):
             return await self._after_abort_recorded(rollback)
         if state.phase is Phase.VERIFYING:
             return await self._verify_rollout(rollback, state.ready_at or self._clock())
-        return await self._abort_rollout(rollback)  # PENDING, PLANNING, PENDING_APPROVAL
+        if state.phase is Phase.PENDING_APPROVAL:  # the wait resumes from its recorded time
+            ended = await self._resume_proposal(rollback, state.updated_at)
+            if ended is not None:
+                return ended
+            rollback = self._latest.get(rollback.id, rollback)
+        return await self._abort_rollout(rollback)  # PENDING, PLANNING (approved)
 
     async def _after_abort_recorded(self, rolling: Rollback) -> Rollback:
         """The abort (once) the record names, the wait for the stable version, verification."""
@@ -163,10 +158,6 @@ class ArgoAborting(Approving):
                 return
             except ConflictError as exc:  # the controller's status writes move it often
                 await self._pause_after_conflict(rollback, attempt, exc)
-
-    @property
-    def _rollouts(self) -> ArgoRolloutsKube:
-        return self._kube  # type: ignore[return-value]
 
 
 _strategy = ArgoRolloutsStrategy()

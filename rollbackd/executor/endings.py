@@ -107,7 +107,7 @@ class Endings(Verifying):
     async def _supersede(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
         """Terminal: a human changed the template; step back, record it and say so (info)."""
         during = rollback.phase
-        change = _change_by_someone_else(deployment)
+        change = change_by_someone_else(deployment)
         doing = {
             Phase.VERIFYING: "verifying",
             Phase.PENDING_APPROVAL: "waiting for approval",
@@ -118,17 +118,34 @@ class Endings(Verifying):
             f"{', '.join(change['images']) or 'none'}); rollbackd stepped back and left that "
             "version alone"
         )
+        return await self._step_back(
+            rollback,
+            message,
+            change,
+            what=f"its rollback to revision {rollback.to_revision} was {_ended(during)}",
+        )
+
+    async def _step_back(
+        self,
+        rollback: Rollback,
+        message: str,
+        change: Mapping[str, Any],
+        *,
+        what: str,
+        reason_code: str = RollbackReason.SUPERSEDED,
+    ) -> Rollback:
+        """Terminal SUPERSEDED: ``message`` says what someone else changed (``change``)."""
+        during = rollback.phase
         superseded = replace(
             self._advance(rollback, Phase.SUPERSEDED, finished=True),
-            reason_code=RollbackReason.SUPERSEDED,
+            reason_code=reason_code,
             reason=message,
         )
-        details: dict[str, Any] = {"during": str(during), "superseded_by": change}
+        details: dict[str, Any] = {"during": str(during), "superseded_by": dict(change)}
         summary, page = self._with_gitops(
             superseded,
-            f"rollbackd stepped back from {superseded.target}: its rollback to revision "
-            f"{superseded.to_revision} was {_ended(during)}; {message}",
-            {**details, "reason_code": RollbackReason.SUPERSEDED, "reason": message},
+            f"rollbackd stepped back from {superseded.target}: {what}; {message}",
+            {**details, "reason_code": reason_code, "reason": message},
         )
         # Paged before the phase is written anywhere, as ROLLBACK_COMPLETED is:
         # the start page waiting in the outbox is then closed, not withdrawn.
@@ -153,7 +170,7 @@ def _ended(during: Phase) -> str:
     return "withdrawn" if during is Phase.PENDING_APPROVAL else "superseded"
 
 
-def _change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
+def change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
     """What the page says about the version that replaced rollbackd's."""
     meta = deployment.get("metadata", {})
     change: dict[str, Any] = {

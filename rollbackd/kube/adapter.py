@@ -30,7 +30,7 @@ from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
 from rollbackd.kube.rollouts import RolloutWrites
-from rollbackd.model import ClusterFacts, Target
+from rollbackd.model import ClusterFacts, Rollback, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
 
@@ -92,6 +92,27 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
     def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """Every cached Deployment by (namespace, name), unsorted."""
         return self.cache.deployment_items()
+
+    def annotated_rollback(self, rollback_id: str, *, now: datetime) -> Rollback | None:
+        """Rollback ``rollback_id`` as a cached Deployment's or Rollout's state annotation has it.
+
+        What a new leader answers a verdict from before its resume has
+        journaled a proposal another leader made. Full facts only for the
+        targets whose metadata names the id (a cheap scan of the cache).
+        """
+        from rollbackd.records import annotated_rollback_by_id  # records -> reasons -> this package
+
+        rollouts = ((t, self.cache.rollout(t)) for t in self.cache.rollout_targets())
+        cached = [
+            *self.cache.deployment_items(),
+            *(((t.namespace, t.name), r) for t, r in rollouts),
+        ]
+        named = (Target(*key) for key, obj in cached if obj and rollback_id in str(obj["metadata"]))
+        return annotated_rollback_by_id((self.facts(t, now=now) for t in named), rollback_id)
+
+    def rollout_targets(self) -> list[Target]:
+        """Every cached Argo Rollout (none when Rollouts are not served)."""
+        return self.cache.rollout_targets()
 
     def resumable_targets(self) -> list[Target]:
         """Deployments carrying a rollback state annotation, and every cached Argo Rollout."""
@@ -183,19 +204,26 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         return {name: sorted(ids) for name, ids in sorted(images.items())}
 
     async def current_pods(self, target: Target) -> list[dict[str, Any]]:
-        """The pods the cached Deployment's selector matches, listed now (whole objects).
+        """The pods the cached Deployment's selector matches, listed now (whole objects);
+        a Rollout's canary and stable pods.
 
         On demand rather than watched: pod health needs container statuses,
         which a metadata-only watch does not hold, and only Deployments with
         a recent rollout are looked at (see :mod:`rollbackd.sources.kubernetes`).
         """
         deployment = self.cache.deployment(target)
-        if deployment is None:
-            return []
+        if deployment is not None:
+            query = selector_query(deployment)
+        else:  # an Argo Rollout: its canary's and stable version's pods, by their hash label
+            status = (self.cache.rollout(target) or {}).get("status") or {}
+            hashes = sorted(
+                {str(h) for h in (status.get("currentPodHash"), status.get("stableRS")) if h}
+            )
+            if not hashes:
+                return []
+            query = [("labelSelector", f"rollouts-pod-template-hash in ({','.join(hashes)})")]
         listing = await self.request(
-            "GET",
-            f"/api/v1/namespaces/{quote(target.namespace)}/pods",
-            query=selector_query(deployment),
+            "GET", f"/api/v1/namespaces/{quote(target.namespace)}/pods", query=query
         )
         return list(listing.get("items") or [])
 

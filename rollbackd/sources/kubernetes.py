@@ -2,7 +2,8 @@
 
 Every ``interval`` the poller looks at the Deployments whose newest rollout
 began inside their change window (the only ones a pod problem could roll
-back) and at those it already tracks, lists their pods by selector (one
+back), at the Argo Rollouts whose canary did (its pods are judged, the
+stable ones once it is aborted), and at those it already tracks, lists their pods by selector (one
 paginated-free GET each, a few at a time) and judges them with
 :func:`rollbackd.podhealth.judge_pods`. The watch cache stays metadata-only:
 memory does not grow with the fleet's pods, and the API calls follow the
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from rollbackd.argo import serving_replicaset
 from rollbackd.config.types import ANNOTATION_CHANGE_WINDOW
 from rollbackd.model import ClusterFacts, Signal, SignalSource, SignalStatus, Target
 from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods
@@ -50,6 +52,10 @@ class PodSource(Protocol):
 
     def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]: ...
 
+    def rollout_targets(self) -> list[Target]:
+        """The cached Argo Rollouts (none when Rollouts are not served)."""
+        ...
+
     def facts(self, target: Target, *, now: datetime) -> ClusterFacts: ...
 
     async def current_pods(self, target: Target) -> list[dict[str, Any]]: ...
@@ -61,7 +67,8 @@ async def recent_rollouts(
     window_of: Callable[[Target, Mapping[str, str]], timedelta],
     default_window: timedelta,
 ) -> list[Target]:
-    """Deployments whose newest rollout began inside their change window.
+    """Deployments whose newest rollout began inside their change window (and Argo Rollouts
+    whose canary did).
 
     A cheap first pass over the cached Deployments (the Progressing
     condition's lastUpdateTime, compared as RFC 3339 text) costs one string
@@ -82,6 +89,20 @@ async def recent_rollouts(
         facts = source.facts(target, now=now)
         started = facts.rollout_started_at
         if started is not None and now - started <= window_of(target, facts.annotations):
+            found.append(target)
+    return found + _recent_canaries(source, now, window_of)
+
+
+def _recent_canaries(
+    source: PodSource, now: datetime, window_of: Callable[[Target, Mapping[str, str]], timedelta]
+) -> list[Target]:
+    """Argo Rollouts whose canary (not aborted) started inside their change window."""
+    found = []
+    for target in source.rollout_targets():
+        facts = source.facts(target, now=now)
+        canary = facts.rollout
+        judged = serving_replicaset(canary) if canary is not None and not canary.aborted else None
+        if judged is not None and now - judged.created_at <= window_of(target, facts.annotations):
             found.append(target)
     return found
 
@@ -172,6 +193,9 @@ class PodHealthPoller:
         facts = self._source.facts(target, now=now)
         current = facts.revisions[0] if facts.revisions else None
         started = facts.rollout_started_at
+        if facts.rollout is not None:  # an Argo Rollout: its canary's pods (stable once aborted)
+            current = serving_replicaset(facts.rollout)
+            started = current.created_at if current is not None else None
         if current is None or started is None:
             why = "pod_health: the current revision's rollout start is not known"
             return "", Evaluation(target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why)

@@ -28,6 +28,7 @@ from rollbackd.argo import (
     ANNOTATION_ARGO_ABORT,
     RolloutFacts,
     abort_record,
+    moved_since,
     replicaset_counts,
     rollout_facts,
 )
@@ -75,8 +76,20 @@ class AbortPlan:
             f"stable {self.stable_rs} to {self.replicas}"
         )
 
+    @property
+    def proposal(self) -> str:
+        """What an approval would do, in the words of the approval page."""
+        return (
+            f"abort Rollout {self.rollout}: canary {self.canary_hash} to 0, "
+            f"stable {self.stable_hash} keeps serving"
+        )
+
     def changes(self) -> dict[str, Any]:
         return {"strategy": ARGO_ROLLOUTS, **asdict(self)}
+
+    def record(self) -> str:
+        """The Rollout's ``rollbackd.io/argo-abort`` annotation."""
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 def _refuse(facts: RolloutFacts) -> PlanError | None:
@@ -125,8 +138,7 @@ class ArgoRolloutsStrategy:
         """The plan's record (and ``annotations``: the executor's state) on the Rollout,
         guarded by the planning read's resourceVersion."""
         meta = rollout.get("metadata") or {}
-        record = json.dumps(asdict(plan), sort_keys=True)
-        changes = {**(annotations or {}), ANNOTATION_ARGO_ABORT: record}
+        changes = {**(annotations or {}), ANNOTATION_ARGO_ABORT: plan.record()}
         return [
             precondition(meta.get("resourceVersion")),
             *annotation_ops(meta.get("annotations"), changes),
@@ -147,9 +159,19 @@ class ArgoRolloutsStrategy:
         rollback_id: str,
         annotations: Mapping[str, str] | None = None,
     ) -> AbortPlan:
-        """Plan on a fresh read and record the plan on the Rollout; re-plan on a conflict."""
+        """Plan on a fresh read and record the plan on the Rollout; re-plan on a conflict.
+
+        A record of the same rollback already there (an approved proposal)
+        names the canary a human approved: another one is not aborted.
+        """
         for _ in range(_ATTEMPTS):
             rollout = await kube.read_rollout(target)
+            proposed = abort_record(rollout, rollback_id)
+            moved = moved_since(rollout, proposed) if proposed else None
+            if moved is not None:
+                raise PlanError(
+                    moved[0], f"Rollout {target} changed since the approved proposal: {moved[1]}"
+                )
             plan = self.plan(rollout, await kube.rollout_replicasets(target), rollback_id)
             try:
                 await kube.patch_rollout(target, self.record_ops(rollout, plan, annotations))

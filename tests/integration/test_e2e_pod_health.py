@@ -5,7 +5,8 @@ than readiness: never Ready, so it serves nothing and no error ratio or
 latency ever breaches, and Prometheus and Alertmanager stay quiet). The
 pod_health signal (source kubernetes) alone decides; rollbackd rolls back to
 v1, verifies it against the real Prometheus, completes, and the page names
-the pod, the container and the reason.
+the pod, the container and the reason. The same for an Argo Rollout's
+canary, which is aborted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 from rollbackd.model import Phase, SignalSource, Target
 from rollbackd.testing.kubesim.controllers.crashloop import KNOB_CRASH_AFTER
 from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
+from tests.integration.test_e2e_argo import aborts, released
+from tests.integration.test_e2e_argo import status as argo_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -85,3 +88,23 @@ async def test_a_crash_looping_version_with_no_metric_breach_is_rolled_back_and_
         return any(r["reason_code"] == "signal_resolved" for r in rows)
 
     await wait_for(resolved, 20, "the pod_health signal's resolution")
+
+
+async def test_a_crash_looping_argo_canary_with_no_metric_breach_is_aborted(stack: Stack) -> None:
+    """The same source on an Argo Rollout: its canary's pods crash, the canary is aborted."""
+    stable = await released(stack, canary={**knobs(), KNOB_CRASH_AFTER: "200ms"})
+
+    rollback = await stack.wait_rollback(
+        SHOP, phases=("ROLLBACK_COMPLETED", "ESCALATED"), timeout=60
+    )
+
+    assert rollback.phase is Phase.ROLLBACK_COMPLETED, rollback.reason
+    final = await argo_status(stack)
+    assert final["abort"] is True and final["stableRS"] == stable and len(aborts(stack)) == 1
+    timeline = await stack.daemon.journal.timeline(rollback.id)
+    sources = {str(e.data.get("source")) for e in timeline if e.kind == "signal"}
+    assert sources == {SignalSource.KUBERNETES.value}, sources  # only pod health spoke
+    [decided] = [
+        d for d in await stack.daemon.journal.decisions(target=SHOP) if d["action"] == "rollback"
+    ]
+    assert "pod_health: 1 of 1 pods of ReplicaSet shop-" in decided["reason"], decided

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,21 +185,6 @@ async def test_a_stable_version_that_breaches_too_fails_and_escalates(
     assert aborts(kubesim) == [200]  # aborted once; the escalation asks a human for the rest
     annotations = (await kube.read_rollout(WEB))["metadata"]["annotations"]
     assert decode_state(annotations[ANNOTATION_ROLLBACK]).phase is Phase.ESCALATED
-
-
-async def test_approve_mode_escalates_with_the_command_and_aborts_nothing(
-    kubesim: KubeSim, kube: Kube
-) -> None:
-    await paused_canary(kube)
-    rollback, decision = await decided(kube)
-    proposal = replace(rollback, phase=Phase.PENDING_APPROVAL)
-
-    done = await executor(kube, Journal(), RecordingPager(), FakeSignals()).run(proposal, decision)
-
-    assert done.phase is Phase.ESCALATED
-    assert done.reason_code == ReasonCode.ROLLOUT_APPROVAL_UNSUPPORTED
-    assert "kubectl argo rollouts abort web -n default" in (done.reason or "")
-    assert aborts(kubesim) == []
 
 
 async def test_an_already_aborted_rollout_is_skipped_by_the_decision(kube: Kube) -> None:

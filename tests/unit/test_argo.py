@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, replicaset_counts, rollout_facts
+from rollbackd.argo import (
+    ANNOTATION_ARGO_ABORT,
+    abort_record,
+    moved_since,
+    replicaset_counts,
+    rollout_facts,
+    serving_replicaset,
+)
 from rollbackd.decide_argo import decide_argo, decide_rollout
 from rollbackd.decide_inputs import Inputs
 from rollbackd.model import (
@@ -342,3 +349,60 @@ def test_the_abort_is_done_when_the_canary_is_at_zero_and_the_stable_version_rea
 def test_a_rollout_gone_bad_while_waiting_is_never_complete() -> None:
     outcome = ArgoRolloutsStrategy().status({"spec": {}}, [], {"canary_rs": "x"})
     assert not outcome.complete and "no status.stableRS" in outcome.message
+
+
+def with_uids(replicasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ReplicaSets as the API has them: each with its own uid (its pods' controller)."""
+    return [
+        {**one, "metadata": {**one["metadata"], "uid": f"uid-{one['metadata']['name']}"}}
+        for one in replicasets
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "judged"),
+    [
+        ({}, "web-c2"),  # the canary runs: its pods are judged
+        ({"abort": True}, "web-s1"),  # aborted: the stable pods serve (a streak moves on)
+        ({"currentPodHash": "s1"}, None),  # no release in progress
+        ({"stableRS": ""}, None),  # cannot be judged
+    ],
+)
+def test_pod_health_judges_the_replicaset_that_serves_the_release(
+    status: dict[str, Any], judged: str | None
+) -> None:
+    found = serving_replicaset(rollout_facts(rollout(**status), with_uids(REPLICASETS)))
+
+    assert (found.replicaset if found else None) == judged
+    if found is not None:
+        assert found.uid == f"uid-{judged}"
+        assert found.created_at == NOW - timedelta(minutes=10)  # restarts count from the canary
+
+
+def test_without_replicaset_uids_nothing_is_judged() -> None:
+    assert serving_replicaset(rollout_facts(rollout(), REPLICASETS)) is None
+
+
+PROPOSED = {"canary_hash": "c2", "stable_hash": "s1"}
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "says"),
+    [
+        ({"abort": True}, ReasonCode.ROLLOUT_ALREADY_ABORTED, "aborted by someone else"),
+        ({"stableRS": "c2"}, ReasonCode.ROLLOUT_NOT_UPDATING, "promoted or undone"),
+        ({"currentPodHash": "c3"}, ReasonCode.TARGET_CHANGED, "its canary is now c3"),
+        ({"stableRS": "s0", "currentPodHash": "c2"}, ReasonCode.TARGET_CHANGED, "over stable s0"),
+        ({"stableRS": ""}, ReasonCode.ROLLOUT_STATUS_MISSING, "no status.stableRS"),
+    ],
+)
+def test_a_rollout_that_moved_from_the_proposed_abort_says_how(
+    status: dict[str, Any], code: ReasonCode, says: str
+) -> None:
+    moved = moved_since(rollout(**status), PROPOSED)
+
+    assert moved is not None and moved[0] == code and says in moved[1], moved
+
+
+def test_a_rollout_whose_status_churns_has_not_moved_from_the_proposal() -> None:
+    assert moved_since(rollout(phase="Progressing", readyReplicas=3), PROPOSED) is None

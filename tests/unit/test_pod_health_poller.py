@@ -88,6 +88,9 @@ class FakeCluster:
             for target, started in sorted(self.rollouts.items())
         ]
 
+    def rollout_targets(self) -> list[Target]:
+        return []  # no Argo Rollouts here
+
     def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
         name, uid = self.current[target]
         info = RevisionInfo(2, name, uid, self.rollouts[target], {}, ())
