@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 class KubeError(Exception):
     """The API server refused or failed a request.
 
