@@ -58,6 +58,15 @@ async def leading(daemon: DaemonProcess) -> None:
     await wait_for(leads, 30, "the daemon to lead")
 
 
+async def approval_requested(stack: Stack, rollback_id: str) -> None:
+    """Wait for the page that asks a human to approve ``rollback_id``."""
+    page = await stack.sink.wait_for(
+        lambda r: r.path == PAGERDUTY_PATH and f"rollbackd approve {rollback_id}" in str(r.json),
+        timeout=20,
+    )
+    assert page is not None
+
+
 async def cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -89,14 +98,7 @@ async def test_killed_while_waiting_then_approved_with_the_cli_after_the_restart
         await leading(first)
         await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
         waiting = await in_phase(stack, "PENDING_APPROVAL", 45)
-        page = await stack.sink.wait_for(
-            lambda r: (
-                r.path == PAGERDUTY_PATH
-                and f"rollbackd approve {waiting.rollback_id}" in str(r.json)
-            ),
-            timeout=20,
-        )
-        assert page is not None
+        await approval_requested(stack, waiting.rollback_id)
     finally:
         await first.kill()
 

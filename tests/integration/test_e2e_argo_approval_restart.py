@@ -24,8 +24,8 @@ from rollbackd.manual import manual_rollback
 from rollbackd.model import ANNOTATION_MODE, ANNOTATION_ROLLBACK, Phase, Target
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.testing.process import DaemonProcess
-from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, wait_for
-from tests.integration.test_e2e_approval import cli, leading
+from rollbackd.testing.stack import Stack, wait_for
+from tests.integration.test_e2e_approval import approval_requested, cli, leading
 from tests.integration.test_e2e_argo import ROLLOUTS, aborts, released, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -63,14 +63,7 @@ async def test_killed_while_a_rollout_abort_waits_the_next_leader_takes_the_appr
         await leading(first)
         stable = await released(stack, {ANNOTATION_MODE: "approve"})
         waiting = await in_phase(stack, "PENDING_APPROVAL", 45)
-        page = await stack.sink.wait_for(
-            lambda r: (
-                r.path == PAGERDUTY_PATH
-                and f"rollbackd approve {waiting.rollback_id}" in str(r.json)
-            ),
-            timeout=20,
-        )
-        assert page is not None
+        await approval_requested(stack, waiting.rollback_id)
     finally:
         await first.kill()
     assert aborts(stack) == [] and "abort" not in await status(stack)

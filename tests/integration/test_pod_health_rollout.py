@@ -22,13 +22,13 @@ import pytest_asyncio
 from rollbackd.decide import decide
 from rollbackd.kube import Kube
 from rollbackd.model import Action, History, Policy, Signal, SignalStatus, utcnow
-from rollbackd.podhealth import PodRules
 from rollbackd.reasons import ReasonCode
 from rollbackd.sources.kubernetes import PodHealthPoller
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.kubesim.controllers.crashloop import KNOB_CRASH_AFTER
 from rollbackd.testing.stack import wait_for
 from tests.integration.test_executor_argo import ROLLOUTS, WEB, manifest, status, until
+from tests.integration.test_pod_health_source import poller
 
 pytestmark = pytest.mark.integration
 
@@ -60,22 +60,6 @@ async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
         await k.start_watches(["default"])
         assert await k.wait_synced(timeout=10)
         yield k
-
-
-def poller(kube: Kube, emitted: list[Signal], window: timedelta) -> PodHealthPoller:
-    async def emit(signal: Signal) -> None:
-        emitted.append(signal)
-
-    return PodHealthPoller(
-        kube,
-        rules=PodRules(),
-        for_count=2,
-        interval=0.2,
-        window_of=lambda target, annotations: window,
-        default_window=window,
-        emit=emit,
-        clock=utcnow,
-    )
 
 
 async def first(subject: PodHealthPoller, emitted: list[Signal], wanted: SignalStatus) -> Signal:
