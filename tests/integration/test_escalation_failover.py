@@ -1,0 +1,170 @@
+"""An escalation across a change of leader: one incident, never silence.
+
+Two real `rollbackd run` processes (replica-a leads, replica-b stands by,
+each with its own journal) watch a Deployment that breaches with no recent
+rollout: a rollback would not help, so the leader escalates
+(`no_recent_rollout`). replica-a is SIGKILLed; replica-b leads, its own
+poller keeps seeing the breach, and its journal knows nothing of the page.
+
+- Killed after the page was delivered: replica-b reads the incident from the
+  Deployment (``rollbackd.io/escalated``) and notes the breach as a repeat:
+  PagerDuty holds one incident (one dedup key among the triggers).
+- Killed after queueing the page but before PagerDuty took it: nothing on the
+  Deployment says it was delivered, so replica-b pages; silence would be the
+  worse failure.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollbackd.model import Target
+from rollbackd.testing.process import DaemonProcess
+from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
+from tests.integration._replicas import readyz_reason, replica
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SHOP = Target("default", "shop")
+CHANGE_WINDOW_SECONDS = 2.0
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    overrides = {
+        "policy": {"change_window": f"{CHANGE_WINDOW_SECONDS:g}s", "min_stable": "1s"},
+        "notify": {"escalation": {"group_wait": "1s"}},
+    }
+    async with Stack(tmp_path / "stack", with_daemon=False, overrides=overrides) as started:
+        yield started
+
+
+def triggers(stack: Stack) -> list[dict[str, Any]]:
+    """The PagerDuty triggers PagerDuty accepted (2xx), in order."""
+    return [
+        r.json
+        for r in stack.sink.requests_to(PAGERDUTY_PATH)
+        if isinstance(r.json, dict) and 200 <= r.status < 300 and r.json["event_action"] == "trigger"
+    ]
+
+
+def journal_rows(daemon: DaemonProcess, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a replica's journal, read-only (none before it wrote one)."""
+    path = Path(daemon.config["journal"]["path"])
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return []
+    finally:
+        conn.close()
+
+
+def escalation_events(daemon: DaemonProcess) -> list[str]:
+    """What the replica did with the breach: ``escalated`` (paged) or ``escalation_repeated``."""
+    rows = journal_rows(
+        daemon,
+        "SELECT kind FROM events WHERE namespace = 'default' AND name = 'shop'"
+        " AND kind IN ('escalated', 'escalation_repeated') ORDER BY id",
+    )
+    return [row[0] for row in rows]
+
+
+def pending_pages(daemon: DaemonProcess) -> int:
+    return len(journal_rows(daemon, "SELECT id FROM outbox WHERE state = 'pending'"))
+
+
+async def breaching_shop_under_two_replicas(
+    stack: Stack, a: DaemonProcess, b: DaemonProcess
+) -> None:
+    """replica-a leads, replica-b follows, shop breaches with no recent rollout."""
+
+    async def a_leads_b_follows() -> bool:
+        return (await readyz_reason(a), await readyz_reason(b)) == (
+            "ok: leader",
+            "standby: following replica-a",
+        )
+
+    await wait_for(a_leads_b_follows, 30, "replica-a leading, replica-b standing by")
+    created = await stack.deployment(SHOP.name)
+    assert created["metadata"]["name"] == SHOP.name
+    # Trouble outside the template (a shared dependency): no rollout to blame.
+    stack.sim.workload.degrade(SHOP.namespace, SHOP.name, error_rate=0.4)
+
+
+async def b_has_decided_and_sent(b: DaemonProcess) -> None:
+    """replica-b leads, decided the breach (paged or noted) and has nothing left to send."""
+
+    async def settled() -> list[str] | None:
+        events = escalation_events(b)
+        return events if events and pending_pages(b) == 0 else None
+
+    await wait_for(settled, 60, "replica-b to decide the breach and empty its outbox")
+
+
+async def shop_created_long_ago(stack: Stack) -> None:
+    await stack.create_deployment(
+        deployment_manifest(SHOP.name, image="registry.example/shop:1.4.0", behaviour=knobs())
+    )
+    await stack.wait_rollout_complete(SHOP.name)
+
+
+async def test_a_delivered_escalation_is_not_paged_again_by_the_next_leader(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await shop_created_long_ago(stack)
+    a = replica(stack, tmp_path, "replica-a")
+    b = replica(stack, tmp_path, "replica-b", listen="127.0.0.1:0")
+    async with a, b:
+        await breaching_shop_under_two_replicas(stack, a, b)
+
+        async def delivered() -> list[dict[str, Any]] | None:
+            return triggers(stack) or None
+
+        [first] = await wait_for(delivered, 60, "replica-a's escalation page")
+        assert "not caused by a recent rollout" in first["payload"]["summary"]
+
+        await a.kill()
+        await b_has_decided_and_sent(b)
+
+    assert {t["dedup_key"] for t in triggers(stack)} == {first["dedup_key"]}, triggers(stack)
+    assert escalation_events(b)[0] == "escalation_repeated", escalation_events(b)
+
+
+async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leader(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await shop_created_long_ago(stack)
+    stack.sink.fail_for(PAGERDUTY_PATH, 300)  # PagerDuty down while replica-a leads
+    a = replica(stack, tmp_path, "replica-a")
+    b = replica(stack, tmp_path, "replica-b", listen="127.0.0.1:0")
+    async with a, b:
+        await breaching_shop_under_two_replicas(stack, a, b)
+
+        async def tried() -> bool:
+            return any(
+                isinstance(r.json, dict) and r.status >= 500
+                for r in stack.sink.requests_to(PAGERDUTY_PATH)
+            )
+
+        await wait_for(tried, 60, "replica-a trying its escalation page")
+        assert triggers(stack) == []
+        await a.kill()
+        stack.sink.end_outages(PAGERDUTY_PATH)
+
+        async def paged() -> list[dict[str, Any]] | None:
+            return triggers(stack) or None
+
+        [page] = await wait_for(paged, 60, "the escalation page, from replica-b")
+        await b_has_decided_and_sent(b)
+
+    assert "not caused by a recent rollout" in page["payload"]["summary"]
+    assert escalation_events(b)[0] == "escalated", escalation_events(b)
+    assert len({t["dedup_key"] for t in triggers(stack)}) == 1, triggers(stack)
