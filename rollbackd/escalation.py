@@ -16,6 +16,12 @@ Two rules, in the spirit of Alertmanager's grouping:
   withdrawn: a crash while grouping sends them individually (or both), never
   neither; after a restart the open group, with its members, is read back
   from the journal.
+
+Across a change of leader (each replica has its own journal) the Deployment
+tells: the page is claimed on it (``rollbackd.io/escalated``, see
+``rollbackd.incidents``) when queued and marked as each channel delivers it.
+A new leader notes a delivered incident as a repeat, and pages one its
+predecessor never delivered, under the same dedup key.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from rollbackd.incidents import IncidentLedger, prior_page
 from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
 from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.reasons import ReasonCode
@@ -126,12 +133,15 @@ class Escalations:
         pager: EscalationPager,
         journal: EscalationJournal,
         policy: GroupingPolicy | None = None,
+        ledger: IncidentLedger | None = None,
     ) -> None:
         self._pager = pager
         self._journal = journal
         self._policy = policy or GroupingPolicy()
+        self._ledger = ledger  # the Deployment's record, shared by every leader
         self._open: dict[tuple[Target, str], tuple[str, datetime]] = {}
         self._groups: dict[str, _Group] = {}
+        self._undelivered: dict[tuple[Target, str], str] = {}
 
     async def escalate(self, signal: Signal, decision: Decision, now: datetime) -> str:
         """Page (or not) for ``decision``; returns the dedup key of the page it belongs to."""
@@ -140,6 +150,7 @@ class Escalations:
         if open_key is not None:
             await self._note(target, KIND_REPEATED, decision, now, open_key)
             return open_key
+        reused = self._undelivered.pop((target, reason), None)
         if reason in NOT_A_DEPLOY_PROBLEM:
             group = await self._group_for(target.namespace, now)
             if group.dedup_key is not None:
@@ -153,7 +164,11 @@ class Escalations:
                     await self._pager.revise(page)
                     await self._record_group(namespace_of(group), group, page.summary, now)
                 return group.dedup_key
-        dedup_key = f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
+        # A page the previous leader queued but never delivered keeps its key:
+        # PagerDuty folds it into that incident if it went out after all.
+        dedup_key = (
+            reused or f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
+        )
         self._open[(target, reason)] = (dedup_key, now)
         # A record of its own, so the API and `rollbackd history` list every page.
         await self._journal.save_rollback(
@@ -171,8 +186,10 @@ class Escalations:
         page = _page(signal, decision, dedup_key, now)
         if reason not in NOT_A_DEPLOY_PROBLEM:
             await self._pager.enqueue(page)
+            await self._claim(target, reason, dedup_key, now)
             return dedup_key
         await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
+        await self._claim(target, reason, dedup_key, now)
         group = self._groups[target.namespace]
         group.members[target] = dedup_key
         if len(group.members) >= self._policy.group_min:
@@ -207,10 +224,28 @@ class Escalations:
             target, KIND_ESCALATED, since=since, reason_code=reason
         )
         if found is None:
-            return None
+            return self._paged_elsewhere(target, reason, now)
         dedup_key = str(found["dedup_key"])
         self._open[(target, reason)] = (dedup_key, now)
         return dedup_key
+
+    def _paged_elsewhere(self, target: Target, reason: str, now: datetime) -> str | None:
+        """The incident another leader paged, as the Deployment records it; None: page."""
+        marks = self._ledger.marks(target) if self._ledger is not None else None
+        prior = prior_page(marks or {}, reason, now, self._policy.incident_window)
+        if prior is None:
+            return None
+        if not prior.delivered:
+            self._undelivered[(target, reason)] = prior.key
+            log.warning("escalation_undelivered_elsewhere", target=str(target), dedup_key=prior.key)
+            return None
+        self._open[(target, reason)] = (prior.key, now)
+        log.info("escalation_delivered_elsewhere", target=str(target), dedup_key=prior.key)
+        return prior.key
+
+    async def _claim(self, target: Target, reason: str, dedup_key: str, now: datetime) -> None:
+        if self._ledger is not None:
+            await self._ledger.claim(target, reason, dedup_key, now)
 
     async def _group_for(self, namespace: str, now: datetime) -> _Group:
         group = self._groups.get(namespace)

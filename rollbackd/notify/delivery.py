@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,9 @@ class Delivery:
     # page's levels, ``rollbackd.notify.routing``); None: every channel.
     # ``stages.build_pipeline`` sets it.
     route: Callable[[Notification], Collection[str]] | None = None
+    # When set, awaited after a channel took a page (an escalation is marked on
+    # its Deployment, ``rollbackd.notify.escalated``); must not raise.
+    on_delivered: Callable[[Notification, str], Awaitable[None]] | None = None
     _lanes: list[Lane]
     _own_journal: Journal | None
     _store: OutboxStore | None
@@ -319,6 +322,11 @@ class Delivery:
                 other.wake.set()
 
     async def _report(self, n: Notification, lane: Lane, ok: bool, detail: str) -> None:
+        if ok and self.on_delivered is not None:
+            try:
+                await self.on_delivered(n, lane.name)
+            except Exception:
+                log.exception("on_delivered_failed", channel=lane.name)
         if self._on_result is None:
             return
         try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from rollbackd.incidents import IncidentMark, marks_of
 from rollbackd.model import Target
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
@@ -49,7 +50,9 @@ def triggers(stack: Stack) -> list[dict[str, Any]]:
     return [
         r.json
         for r in stack.sink.requests_to(PAGERDUTY_PATH)
-        if isinstance(r.json, dict) and 200 <= r.status < 300 and r.json["event_action"] == "trigger"
+        if isinstance(r.json, dict)
+        and 200 <= r.status < 300
+        and r.json["event_action"] == "trigger"
     ]
 
 
@@ -79,6 +82,12 @@ def escalation_events(daemon: DaemonProcess) -> list[str]:
 
 def pending_pages(daemon: DaemonProcess) -> int:
     return len(journal_rows(daemon, "SELECT id FROM outbox WHERE state = 'pending'"))
+
+
+def shop_mark(stack: Stack) -> IncidentMark | None:
+    """The no_recent_rollout page recorded on shop (``rollbackd.io/escalated``)."""
+    deployment = stack.sim.store.get("apps/v1/deployments", SHOP.namespace, SHOP.name)
+    return marks_of(deployment).get("no_recent_rollout")
 
 
 async def breaching_shop_under_two_replicas(
@@ -131,6 +140,14 @@ async def test_a_delivered_escalation_is_not_paged_again_by_the_next_leader(
         [first] = await wait_for(delivered, 60, "replica-a's escalation page")
         assert "not caused by a recent rollout" in first["payload"]["summary"]
 
+        async def delivered_everywhere() -> IncidentMark | None:
+            mark = shop_mark(stack)
+            return mark if mark is not None and mark.covered else None
+
+        mark = await wait_for(delivered_everywhere, 15, "every channel's delivery on shop")
+        assert mark.key == first["dedup_key"]
+        assert {"pagerduty", "slack"} <= mark.delivered, mark
+
         await a.kill()
         await b_has_decided_and_sent(b)
 
@@ -156,6 +173,8 @@ async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leade
 
         await wait_for(tried, 60, "replica-a trying its escalation page")
         assert triggers(stack) == []
+        claimed = shop_mark(stack)  # queued by replica-a, delivered by no pager
+        assert claimed is not None and "pagerduty" not in claimed.delivered, claimed
         await a.kill()
         stack.sink.end_outages(PAGERDUTY_PATH)
 
@@ -167,4 +186,5 @@ async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leade
 
     assert "not caused by a recent rollout" in page["payload"]["summary"]
     assert escalation_events(b)[0] == "escalated", escalation_events(b)
-    assert len({t["dedup_key"] for t in triggers(stack)}) == 1, triggers(stack)
+    # Under replica-a's key: had it gone out after all, PagerDuty would fold the two.
+    assert {t["dedup_key"] for t in triggers(stack)} == {claimed.key}, triggers(stack)
