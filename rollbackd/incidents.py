@@ -90,7 +90,9 @@ def merge_mark(
     """``marks`` with ``mark`` recorded for ``reason``; None when that changes nothing.
 
     The same key gains channels (never loses any). A newer incident replaces
-    an older one; an older one (a late delivery) never replaces a newer.
+    an older one (at the same time too: a grouped page replaces the member
+    page that completed the group); an older one (a late delivery) never
+    replaces a newer.
     """
     current = marks.get(reason)
     if current is not None and current.key == mark.key:
@@ -100,7 +102,7 @@ def merge_mark(
         if merged == current:
             return None
         mark = merged
-    elif current is not None and current.at >= mark.at:
+    elif current is not None and current.at > mark.at:
         return None
     return {**marks, reason: mark}
 
