@@ -33,13 +33,23 @@ from typing import Any, Protocol
 
 import structlog
 
+from rollbackd.escalation_pages import (
+    ESCALATION_HEADLINES,
+    GROUP_KEY_PREFIX,
+    GROUP_NAME,
+    escalation_page,
+    escalation_record,
+    escalation_summary,
+    group_page,
+)
 from rollbackd.incidents import IncidentLedger, prior_page
-from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
+from rollbackd.model import Decision, Rollback, Signal, Target
 from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.reasons import ReasonCode
 
 __all__ = [
     "ESCALATION_HEADLINES",
+    "GROUP_NAME",
     "EscalationJournal",
     "EscalationPager",
     "Escalations",
@@ -49,17 +59,6 @@ __all__ = [
 
 log = structlog.get_logger("rollbackd.escalation")
 
-# The first words of an escalation page, by reason: what the on-call must know first.
-ESCALATION_HEADLINES: dict[str, str] = {
-    ReasonCode.NO_RECENT_ROLLOUT: "not caused by a recent rollout",
-    ReasonCode.NO_PREVIOUS_REVISION: "manual rollback needed",
-    ReasonCode.NO_STABLE_PREVIOUS_REVISION: "manual rollback needed",
-    ReasonCode.RESTORED_REVISION_BREACHING: "the restored revision breaches too",
-    ReasonCode.GUARD_DISALLOWED_FIELDS: "manual rollback needed: the change is not only image/config",
-    ReasonCode.GUARD_MUTABLE_IMAGE: "manual rollback needed: the previous image reference is mutable",
-    ReasonCode.PAUSED: "rollout paused by a human",
-}
-
 # Reasons that say "the deploy did not do this": many of them at once in a
 # namespace is one infrastructure incident, not N application incidents.
 NOT_A_DEPLOY_PROBLEM = frozenset({ReasonCode.NO_RECENT_ROLLOUT.value})
@@ -68,12 +67,6 @@ KIND_ESCALATED = "escalated"
 KIND_REPEATED = "escalation_repeated"
 KIND_GROUPED = "escalation_grouped"
 KIND_GROUP = "escalation_group"
-GROUP_NAME = "*"  # the journal's name for a namespace-wide record
-
-
-def escalation_summary(decision: Decision) -> str:
-    headline = ESCALATION_HEADLINES.get(decision.reason_code, "needs a human")
-    return f"{decision.target}: {headline}. {decision.reason}"
 
 
 @dataclass(frozen=True)
@@ -172,7 +165,7 @@ class Escalations:
         self._open[(target, reason)] = (dedup_key, now)
         # A record of its own, so the API and `rollbackd history` list every page.
         await self._journal.save_rollback(
-            _record(dedup_key, target, decision.reason_code, decision.reason, now),
+            escalation_record(dedup_key, target, decision.reason_code, decision.reason, now),
             details={"signal": signal.name, "source": str(signal.source)},
         )
         await self._journal.record_event(
@@ -183,7 +176,7 @@ class Escalations:
             at=now,
             data={"reason_code": reason, "dedup_key": dedup_key},
         )
-        page = _page(signal, decision, dedup_key, now)
+        page = escalation_page(signal, decision, dedup_key, now)
         if reason not in NOT_A_DEPLOY_PROBLEM:
             await self._pager.enqueue(page)
             await self._claim(target, reason, dedup_key, now)
@@ -271,7 +264,7 @@ class Escalations:
     async def _open_group(
         self, namespace: str, group: _Group, decision: Decision, now: datetime
     ) -> str:
-        dedup_key = f"esc-group-{namespace}-not-a-deploy-problem-{int(now.timestamp())}"
+        dedup_key = f"{GROUP_KEY_PREFIX}{namespace}-not-a-deploy-problem-{int(now.timestamp())}"
         group.dedup_key = dedup_key
         group.reason_code = decision.reason_code
         individual = list(group.members.values())
@@ -284,7 +277,9 @@ class Escalations:
         # group_wait, so the rest of the storm joins it before it goes out.
         await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
         await self._journal.save_rollback(
-            _record(dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now),
+            escalation_record(
+                dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now
+            ),
             details={"members": sorted(t.name for t in group.members)},
         )
         await self._record_group(namespace, group, page.summary, now)
@@ -330,64 +325,10 @@ class Escalations:
         )
 
 
-def _record(
-    record_id: str, target: Target, reason_code: str, reason: str, now: datetime
-) -> Rollback:
-    return Rollback(
-        id=record_id,
-        target=target,
-        phase=Phase.ESCALATED,
-        started_at=now,
-        updated_at=now,
-        reason_code=reason_code,
-        reason=reason,
-        finished_at=now,
-        kind=RecordKind.ESCALATION,
-    )
-
-
 def namespace_of(group: _Group) -> str:
     return next(iter(group.members)).namespace
 
 
 def _group_page(namespace: str, group: _Group, now: datetime) -> Notification:
-    names = sorted(t.name for t in group.members)
     assert group.dedup_key is not None
-    return Notification(
-        kind=NotificationKind.ESCALATION,
-        severity="critical",
-        dedup_key=group.dedup_key,
-        target=Target(namespace, GROUP_NAME),
-        summary=(
-            f"{len(names)} Deployments in namespace {namespace} breaching; none recently "
-            "rolled out: not a deploy problem"
-        ),
-        details={
-            "reason_code": group.reason_code,
-            "namespace": namespace,
-            "deployments": names,
-            "hint": "many Deployments breach at once and none was recently rolled out: "
-            "look at what they share (database, network, nodes)",
-        },
-        created_at=now,
-    )
-
-
-def _page(signal: Signal, decision: Decision, dedup_key: str, now: datetime) -> Notification:
-    return Notification(
-        kind=NotificationKind.ESCALATION,
-        severity="critical",
-        dedup_key=dedup_key,
-        target=decision.target,
-        summary=escalation_summary(decision),
-        details={
-            "reason_code": decision.reason_code,
-            "reason": decision.reason,
-            "signal": signal.name,
-            "source": str(signal.source),
-            "value": signal.value,
-            "threshold": signal.threshold,
-            "anomaly_started_at": signal.started_at.isoformat(),
-        },
-        created_at=now,
-    )
+    return group_page(namespace, group.dedup_key, group.reason_code, group.members, now)
