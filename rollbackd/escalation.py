@@ -37,12 +37,13 @@ from rollbackd.escalation_pages import (
     ESCALATION_HEADLINES,
     GROUP_KEY_PREFIX,
     GROUP_NAME,
+    KIND_ADOPTED,
     escalation_page,
     escalation_record,
     escalation_summary,
     group_page,
 )
-from rollbackd.incidents import IncidentLedger, prior_page
+from rollbackd.incidents import IncidentLedger, PriorPage, prior_page
 from rollbackd.model import Decision, Rollback, Signal, Target
 from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.reasons import ReasonCode
@@ -139,7 +140,7 @@ class Escalations:
     async def escalate(self, signal: Signal, decision: Decision, now: datetime) -> str:
         """Page (or not) for ``decision``; returns the dedup key of the page it belongs to."""
         target, reason = decision.target, decision.reason_code
-        open_key = await self._open_incident(target, reason, now)
+        open_key = await self._open_incident(decision, now)
         if open_key is not None:
             await self._note(target, KIND_REPEATED, decision, now, open_key)
             return open_key
@@ -208,7 +209,8 @@ class Escalations:
             )
         )
 
-    async def _open_incident(self, target: Target, reason: str, now: datetime) -> str | None:
+    async def _open_incident(self, decision: Decision, now: datetime) -> str | None:
+        target, reason = decision.target, decision.reason_code
         since = now - self._policy.incident_window
         known = self._open.get((target, reason))
         if known is not None and known[1] >= since:
@@ -217,13 +219,14 @@ class Escalations:
             target, KIND_ESCALATED, since=since, reason_code=reason
         )
         if found is None:
-            return self._paged_elsewhere(target, reason, now)
+            return await self._paged_elsewhere(decision, now)
         dedup_key = str(found["dedup_key"])
         self._open[(target, reason)] = (dedup_key, now)
         return dedup_key
 
-    def _paged_elsewhere(self, target: Target, reason: str, now: datetime) -> str | None:
+    async def _paged_elsewhere(self, decision: Decision, now: datetime) -> str | None:
         """The incident another leader paged, as the Deployment records it; None: page."""
+        target, reason = decision.target, decision.reason_code
         marks = self._ledger.marks(target) if self._ledger is not None else None
         prior = prior_page(marks or {}, reason, now, self._policy.incident_window)
         if prior is None:
@@ -234,7 +237,34 @@ class Escalations:
             return None
         self._open[(target, reason)] = (prior.key, now)
         log.info("escalation_delivered_elsewhere", target=str(target), dedup_key=prior.key)
+        await self._adopt(decision, prior, now)
         return prior.key
+
+    async def _adopt(self, decision: Decision, prior: PriorPage, now: datetime) -> None:
+        """Another leader's delivered page, recorded here: the lead's clock runs from it."""
+        target = decision.target
+        record_target, summary, details = target, decision.reason, {}
+        group = None
+        if prior.key.startswith(GROUP_KEY_PREFIX):
+            group = self._groups.get(target.namespace)
+            if group is None or group.dedup_key != prior.key:
+                # Deployments that breach later join it here, as on the old leader.
+                group = _Group(prior.at, dedup_key=prior.key, reason_code=decision.reason_code)
+                self._groups[target.namespace] = group
+            group.members[target] = prior.key
+            record_target = Target(target.namespace, GROUP_NAME)
+            summary = _group_page(target.namespace, group, prior.at).summary
+            details = {"members": sorted(t.name for t in group.members)}
+        record = escalation_record(
+            prior.key, record_target, decision.reason_code, summary, prior.at
+        )
+        await self._journal.save_rollback(record, details=details)
+        data = {"reason_code": decision.reason_code, "dedup_key": prior.key}
+        await self._journal.record_event(
+            prior.key, record_target, KIND_ADOPTED, summary, at=now, data=data
+        )
+        if group is not None:
+            await self._record_group(target.namespace, group, summary, now)
 
     async def _claim(self, target: Target, reason: str, dedup_key: str, now: datetime) -> None:
         if self._ledger is not None:

@@ -17,6 +17,7 @@ __all__ = [
     "ESCALATION_HEADLINES",
     "GROUP_KEY_PREFIX",
     "GROUP_NAME",
+    "KIND_ADOPTED",
     "escalation_page",
     "escalation_record",
     "escalation_summary",
@@ -25,6 +26,8 @@ __all__ = [
 
 GROUP_NAME = "*"  # the journal's name for a namespace-wide record
 GROUP_KEY_PREFIX = "esc-group-"  # a grouped page's dedup key starts so
+# The journal's event for a page another leader delivered (rollbackd.io/escalated)
+KIND_ADOPTED = "escalation_adopted"
 
 # The first words of an escalation page, by reason: what the on-call must know first.
 ESCALATION_HEADLINES: dict[str, str] = {

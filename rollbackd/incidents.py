@@ -71,6 +71,7 @@ class PriorPage:
     """An incident already opened on the Deployment: page again (same key) or only note it."""
 
     key: str
+    at: datetime
     delivered: bool
 
 
@@ -81,7 +82,7 @@ def prior_page(
     mark = marks.get(reason)
     if mark is None or mark.at < now - window or mark.at > now + window:
         return None
-    return PriorPage(mark.key, mark.covered)
+    return PriorPage(mark.key, mark.at, mark.covered)
 
 
 def merge_mark(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from rollbackd.incidents import marks_of
 from rollbackd.journal import Journal
 from rollbackd.kube.errors import ConflictError, KubeError, NotFoundError
 from rollbackd.kube.fencing import FencedError
-from rollbackd.model import ANNOTATION_ESCALATED, Target
+from rollbackd.model import ANNOTATION_ESCALATED, Phase, Target
 from rollbackd.notify.base import Notification
 from rollbackd.notify.escalated import EscalatedLedger
+from rollbackd.notify.reescalate import LeadEscalation, Unresolved, lead_page
+from rollbackd.notify.routing import Route
 from tests.unit.test_escalation import NOW, POLICY, RecordingPager, escalation, signal
 
 ROUTED = frozenset({"pagerduty", "slack"})
@@ -267,3 +269,75 @@ async def test_a_delivered_rollback_page_is_not_an_escalation_record(
     before = cluster.patches
     await a.ledger.delivered(rollback_page, "pagerduty")
     assert cluster.patches == before
+
+
+ESCALATE_AFTER = timedelta(minutes=10)
+ROUTE = Route(
+    "default",
+    oncall=("pagerduty", "slack"),
+    lead=("lead",),
+    escalate_after=ESCALATE_AFTER,
+    default=True,
+)
+
+
+def lead_escalation(
+    journal: Journal, cluster: Cluster, pager: RecordingPager, at: datetime
+) -> LeadEscalation:
+    def annotations_of(target: Target) -> dict[str, str] | None:
+        found = cluster.cached_deployment(target)
+        return None if found is None else dict(found["metadata"].get("annotations") or {})
+
+    return LeadEscalation(
+        journal,
+        pager,
+        route_for=lambda target: ROUTE,
+        annotations_of=annotations_of,
+        clock=lambda: at,
+        horizon=timedelta(hours=24),
+        interval=1.0,
+        soonest=ESCALATE_AFTER,
+    )
+
+
+async def test_the_new_leader_pages_the_lead_for_what_the_old_one_paged_on_call(
+    journals: tuple[Journal, Journal],
+) -> None:
+    cluster = Cluster("cart")
+    a, b = Leader(journals[0], cluster), Leader(journals[1], cluster)
+    key = await a.escalations.escalate(signal("cart"), escalation("cart"), NOW)
+    await a.deliver("pagerduty", "slack")  # on-call heard it; the leader dies before escalate_after
+
+    await b.escalations.escalate(signal("cart"), escalation("cart"), NOW + timedelta(minutes=2))
+    assert b.pager.sent() == []
+    lead_pager = RecordingPager()
+    early = NOW + ESCALATE_AFTER - timedelta(seconds=1)
+    assert await lead_escalation(journals[1], cluster, lead_pager, early).check() == []
+    # The clock runs from the old leader's page, not from the new leader's adoption.
+    due = NOW + ESCALATE_AFTER + timedelta(seconds=1)
+    assert await lead_escalation(journals[1], cluster, lead_pager, due).check() == [key]
+    [page] = lead_pager.sent()
+    assert page.dedup_key == key and page.details["level"] == "lead"
+
+
+async def test_the_new_leader_does_not_page_the_lead_again_when_the_old_one_did(
+    journals: tuple[Journal, Journal],
+) -> None:
+    cluster = Cluster("cart")
+    a, b = Leader(journals[0], cluster), Leader(journals[1], cluster)
+    key = await a.escalations.escalate(signal("cart"), escalation("cart"), NOW)
+    await a.deliver("pagerduty", "slack")
+    due = NOW + ESCALATE_AFTER + timedelta(seconds=1)
+    # The old leader's re-escalation (its outbox row is what its own check reads).
+    item = Unresolved(
+        key, CART, Phase.ESCALATED, NOW, "no_recent_rollout", "cart: no_recent_rollout"
+    )
+    await a.ledger.delivered(lead_page(item, ROUTE, due), "lead")  # taken; then the leader died
+
+    await b.escalations.escalate(signal("cart"), escalation("cart"), due + timedelta(seconds=5))
+    b_lead = RecordingPager()
+    assert (
+        await lead_escalation(journals[1], cluster, b_lead, due + timedelta(minutes=1)).check()
+        == []
+    )
+    assert b_lead.sent() == [] and b.pager.sent() == []

@@ -75,7 +75,9 @@ def test_no_record_or_an_elapsed_window_is_a_new_incident() -> None:
 
 def test_a_page_every_routed_channel_took_is_the_same_incident_not_paged_again() -> None:
     marks = {REASON: mark(at=NOW - timedelta(minutes=29), delivered=set(ROUTED))}
-    assert prior_page(marks, REASON, NOW, WINDOW) == PriorPage("esc-1", delivered=True)
+    assert prior_page(marks, REASON, NOW, WINDOW) == PriorPage(
+        "esc-1", marks[REASON].at, delivered=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,7 @@ def test_a_page_every_routed_channel_took_is_the_same_incident_not_paged_again()
 def test_a_page_not_delivered_everywhere_is_paged_again_under_its_key(delivered: set[str]) -> None:
     marks = {REASON: mark(delivered=delivered)}
     assert prior_page(marks, REASON, NOW + timedelta(minutes=1), WINDOW) == PriorPage(
-        "esc-1", delivered=False
+        "esc-1", NOW, delivered=False
     )
 
 
