@@ -247,6 +247,9 @@ async def test_a_delivered_grouped_page_covers_its_members_on_the_new_leader(
     for n in names:
         assert await b.escalations.escalate(signal(n), escalation(n), later) == group.dedup_key
     assert b.pager.sent() == []
+    # A Deployment that starts breaching after the failover joins the open group.
+    joined = await b.escalations.escalate(signal("payments"), escalation("payments"), later)
+    assert joined == group.dedup_key and b.pager.sent() == []
 
 
 async def test_a_delivered_rollback_page_is_not_an_escalation_record(
