@@ -137,3 +137,15 @@ async def test_a_refused_write_is_retried_on_a_fresh_read_then_given_up_quietly(
         assert KEY in annotations["rollbackd.io/escalated"]
     else:  # the API server failing: logged, the page went out anyway
         assert "rollbackd.io/escalated" not in annotations
+
+
+async def test_a_slow_api_server_delays_the_page_by_the_write_timeout_at_most(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    ledger = EscalatedLedger(kube, timeout=0.3)
+    kubesim.faults.delay("PATCH", PATCH_WEB, 30.0)
+    started = asyncio.get_running_loop().time()
+    with capture_logs() as logs:
+        await ledger.delivered(page(), "pagerduty")
+    assert asyncio.get_running_loop().time() - started < 5
+    assert "escalated_mark_failed" in [e["event"] for e in logs], logs
