@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,14 @@ async def breaching_shop_under_two_replicas(
         )
 
     await wait_for(a_leads_b_follows, 30, "replica-a leading, replica-b standing by")
-    created = await stack.deployment(SHOP.name)
-    assert created["metadata"]["name"] == SHOP.name
+    meta = (await stack.deployment(SHOP.name))["metadata"]
+    created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+
+    async def outside_the_change_window() -> bool:
+        # creationTimestamp is whole seconds: one more to be sure.
+        return datetime.now(UTC) - created > timedelta(seconds=CHANGE_WINDOW_SECONDS + 1)
+
+    await wait_for(outside_the_change_window, 10, "shop's only rollout to leave the change window")
     # Trouble outside the template (a shared dependency): no rollout to blame.
     stack.sim.workload.degrade(SHOP.namespace, SHOP.name, error_rate=0.4)
 
