@@ -344,3 +344,22 @@ async def test_the_new_leader_does_not_page_the_lead_again_when_the_old_one_did(
         == []
     )
     assert b_lead.sent() == [] and b.pager.sent() == []
+
+
+async def test_a_failover_copy_stands_in_for_the_channel_that_could_not_take_the_page(
+    journals: tuple[Journal, Journal],
+) -> None:
+    cluster = Cluster("cart")
+    a, b = Leader(journals[0], cluster), Leader(journals[1], cluster)
+    d = escalation("cart", "no_previous_revision")
+    key = await a.escalations.escalate(signal("cart"), d, NOW)
+    [page] = a.pager.sent()
+    await a.ledger.delivered(page, "slack")
+    # PagerDuty held it past failover_after: its copy went out on Slack, marked as such.
+    copy_of = Notification(
+        **{**page.__dict__, "details": {**page.details, "failover_from": "pagerduty"}}
+    )
+    await a.ledger.delivered(copy_of, "slack")
+
+    assert await b.escalations.escalate(signal("cart"), d, NOW + timedelta(minutes=1)) == key
+    assert b.pager.sent() == []
