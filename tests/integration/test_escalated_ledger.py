@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from rollbackd.model import Target
 from rollbackd.notify.escalated import EscalatedLedger
 from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.testing.kubesim import KubeSim
+from rollbackd.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +63,6 @@ def page() -> Notification:
     )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
-
-
 @pytest_asyncio.fixture
 async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
     adapter = await Kube.connect(kubeconfig=str(kubesim.kubeconfig))
@@ -80,8 +73,15 @@ async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
         )
         await adapter.start_watches()
         assert await adapter.wait_synced(10), "watch cache never synced"
-        await wait_until(lambda: adapter.cached_deployment(WEB) is not None)
+        await wait_for(_async(lambda: adapter.cached_deployment(WEB)), 10, "web in the cache")
         yield adapter
+
+
+def _async(read: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    async def probe() -> Any:
+        return read()
+
+    return probe
 
 
 def stored(sim: KubeSim) -> dict[str, Any]:
@@ -97,11 +97,11 @@ async def test_a_claim_and_its_deliveries_are_read_back_from_the_watch_cache(
     await ledger.delivered(page(), "pagerduty")
     await ledger.delivered(page(), "slack")
 
-    def covered() -> bool:
+    async def covered() -> bool:
         marks = ledger.marks(WEB) or {}
         return REASON in marks and marks[REASON].covered
 
-    await wait_until(covered)
+    await wait_for(covered, 10, "both deliveries in the watch cache")
     assert (ledger.marks(WEB) or {})[REASON] == IncidentMark(
         KEY, AT, frozenset({"pagerduty", "slack"}), frozenset({"pagerduty", "slack"})
     )

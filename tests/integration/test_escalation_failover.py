@@ -16,7 +16,6 @@ poller keeps seeing the breach, and its journal knows nothing of the page.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from rollbackd.incidents import IncidentMark, marks_of
 from rollbackd.model import Target
 from rollbackd.testing.process import DaemonProcess
 from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
-from tests.integration._replicas import readyz_reason, replica
+from tests.integration._replicas import journal_rows, readyz_reason, replica
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -57,24 +56,10 @@ def triggers(stack: Stack) -> list[dict[str, Any]]:
     ]
 
 
-def journal_rows(daemon: DaemonProcess, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of a replica's journal, read-only (none before it wrote one)."""
-    path = Path(daemon.config["journal"]["path"])
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return []
-    finally:
-        conn.close()
-
-
 def escalation_events(daemon: DaemonProcess) -> list[str]:
     """What the replica did with the breach: ``escalated`` (paged) or ``escalation_repeated``."""
     rows = journal_rows(
-        daemon,
+        Path(daemon.config["journal"]["path"]),
         "SELECT kind FROM events WHERE namespace = 'default' AND name = 'shop'"
         " AND kind IN ('escalated', 'escalation_repeated') ORDER BY id",
     )
@@ -82,7 +67,8 @@ def escalation_events(daemon: DaemonProcess) -> list[str]:
 
 
 def pending_pages(daemon: DaemonProcess) -> int:
-    return len(journal_rows(daemon, "SELECT id FROM outbox WHERE state = 'pending'"))
+    sql = "SELECT id FROM outbox WHERE state = 'pending'"
+    return len(journal_rows(Path(daemon.config["journal"]["path"]), sql))
 
 
 def shop_mark(stack: Stack) -> IncidentMark | None:

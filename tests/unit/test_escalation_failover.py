@@ -26,6 +26,8 @@ from rollbackd.notify.base import Notification
 from rollbackd.notify.escalated import EscalatedLedger
 from rollbackd.notify.reescalate import LeadEscalation, Unresolved, lead_page
 from rollbackd.notify.routing import Route
+from rollbackd.testing.kubesim.errors import ApiError
+from rollbackd.testing.kubesim.patch import apply_json_patch
 from tests.unit.test_escalation import NOW, POLICY, RecordingPager, escalation, signal
 
 ROUTED = frozenset({"pagerduty", "slack"})
@@ -64,18 +66,14 @@ class Cluster:
         if self.conflicts:
             self.conflicts -= 1
             meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
-        [test, *changes] = ops
-        if test["value"] != meta["resourceVersion"]:
-            raise ConflictError(f"{target} changed", 409)
-        for op in changes:
-            if op["path"] == "/metadata/annotations":
-                meta["annotations"] = dict(op["value"])
-            else:
-                key = op["path"].rsplit("/", 1)[1].replace("~1", "/").replace("~0", "~")
-                meta["annotations"][key] = op["value"]
-        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        try:
+            patched = apply_json_patch(self.objects[target], ops)
+        except ApiError as exc:  # the resourceVersion test failed: a conflict, as the adapter says
+            raise ConflictError(f"{target} changed", 409) from exc
+        patched["metadata"]["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        self.objects[target] = patched
         self.patches += 1
-        return copy.deepcopy(self.objects[target])
+        return copy.deepcopy(patched)
 
     def check_state_term(self, deployment: Any, what: str) -> None:
         return None
