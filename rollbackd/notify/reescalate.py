@@ -123,6 +123,9 @@ def lead_page(item: Unresolved, route: Route, now: datetime) -> Notification:
             DETAIL_LEVEL: Level.LEAD.value,
             DETAIL_ROUTE: route.name,
             "unresolved_for": age,
+            # A grouped page's Deployments: the lead sees them, and each is
+            # marked as paged (``rollbackd.io/escalated``) once it is delivered.
+            **({"deployments": list(item.members)} if item.members else {}),
         },
         created_at=now,
     )

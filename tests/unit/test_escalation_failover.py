@@ -361,3 +361,55 @@ async def test_a_failover_copy_stands_in_for_the_channel_that_could_not_take_the
 
     assert await b.escalations.escalate(signal("cart"), d, NOW + timedelta(minutes=1)) == key
     assert b.pager.sent() == []
+
+
+async def test_a_grouped_page_the_old_leader_took_to_the_lead_is_not_sent_to_the_lead_again(
+    journals: tuple[Journal, Journal],
+) -> None:
+    names = ("cart", "orders", "search")
+    cluster = Cluster(*names)
+    a, b = Leader(journals[0], cluster), Leader(journals[1], cluster)
+    for i, n in enumerate(names):
+        await a.escalations.escalate(signal(n), escalation(n), NOW + timedelta(seconds=i))
+    [group] = a.pager.sent()
+    await a.deliver("pagerduty", "slack")
+    due = NOW + ESCALATE_AFTER + timedelta(seconds=5)
+    item = Unresolved(
+        group.dedup_key,
+        group.target,
+        Phase.ESCALATED,
+        NOW,
+        "no_recent_rollout",
+        group.summary,
+        names,
+    )
+    await a.ledger.delivered(lead_page(item, ROUTE, due), "lead")  # then the leader died
+
+    for n in names:
+        await b.escalations.escalate(signal(n), escalation(n), due + timedelta(seconds=1))
+    b_lead = RecordingPager()
+    assert (
+        await lead_escalation(journals[1], cluster, b_lead, due + timedelta(minutes=1)).check()
+        == []
+    )
+    assert b_lead.sent() == [] and b.pager.sent() == []
+
+
+async def test_a_grouped_page_adopted_by_the_new_leader_reaches_the_lead_once(
+    journals: tuple[Journal, Journal],
+) -> None:
+    names = ("cart", "orders", "search")
+    cluster = Cluster(*names)
+    a, b = Leader(journals[0], cluster), Leader(journals[1], cluster)
+    for i, n in enumerate(names):
+        await a.escalations.escalate(signal(n), escalation(n), NOW + timedelta(seconds=i))
+    [group] = a.pager.sent()
+    await a.deliver("pagerduty", "slack")  # the leader dies before escalate_after
+
+    for n in names:
+        await b.escalations.escalate(signal(n), escalation(n), NOW + timedelta(minutes=1))
+    b_lead = RecordingPager()
+    due = NOW + ESCALATE_AFTER + timedelta(seconds=5)
+    assert await lead_escalation(journals[1], cluster, b_lead, due).check() == [group.dedup_key]
+    [page] = b_lead.sent()
+    assert sorted(page.details["deployments"]) == sorted(names)
