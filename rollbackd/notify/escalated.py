@@ -94,8 +94,18 @@ class EscalatedLedger:
             took.add(str(failover_from))  # a copy that stands in for the channel that failed
         routed = set(self.route(n)) if self.route is not None else set()
         mark = IncidentMark(n.dedup_key, n.created_at, frozenset(routed), frozenset(took))
-        for target in targets:
-            await self._record(target, str(n.details[DETAIL_REASON_CODE]), mark)
+        try:
+            # One deadline for the page, however many members: the channel's next page waits.
+            async with asyncio.timeout(self._timeout):
+                for target in targets:
+                    await self._record(target, str(n.details[DETAIL_REASON_CODE]), mark)
+        except TimeoutError:
+            log.warning(
+                "escalated_mark_failed",
+                dedup_key=n.dedup_key,
+                error="timed out",
+                targets=len(targets),
+            )
 
     async def _record(self, target: Target, reason: str, mark: IncidentMark) -> None:
         cached = self._kube.cached_deployment(target) if self._kube.synced else None

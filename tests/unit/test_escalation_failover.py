@@ -8,6 +8,7 @@ the old leader never delivered is never lost.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Collection
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ class Cluster:
         self.fenced = False
         self.conflicts = 0  # the next PATCHes that lose a race with another writer
         self.broken = False  # the API server answers 503
+        self.slow = 0.0  # seconds each read takes (an API server under load)
         self.patches = 0
         self.objects: dict[Target, dict[str, Any]] = {
             Target("shop", n): {"metadata": {"name": n, "resourceVersion": "1"}} for n in names
@@ -52,6 +54,7 @@ class Cluster:
         return copy.deepcopy(found) if found is not None else None
 
     async def read_deployment(self, target: Target) -> dict[str, Any]:
+        await asyncio.sleep(self.slow)
         if self.broken:
             raise KubeError("service unavailable", 503)
         found = self.cached_deployment(target)
@@ -413,3 +416,20 @@ async def test_a_grouped_page_adopted_by_the_new_leader_reaches_the_lead_once(
     assert await lead_escalation(journals[1], cluster, b_lead, due).check() == [group.dedup_key]
     [page] = b_lead.sent()
     assert sorted(page.details["deployments"]) == sorted(names)
+
+
+async def test_a_slow_api_server_holds_a_grouped_page_s_channel_for_one_timeout_not_one_per_member(
+    journals: tuple[Journal, Journal],
+) -> None:
+    names = ("cart", "orders", "search")
+    cluster = Cluster(*names)
+    a = Leader(journals[0], cluster)
+    for i, n in enumerate(names):
+        await a.escalations.escalate(signal(n), escalation(n), NOW + timedelta(seconds=i))
+    [group] = a.pager.sent()
+    cluster.slow = 5.0
+    ledger = EscalatedLedger(cluster, route=routed, timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await ledger.delivered(group, "pagerduty")
+    assert loop.time() - started < 0.5  # 3 members x 0.2 s would be 0.6 s
