@@ -249,6 +249,7 @@ def build_pipeline(
     # Escalation pages are recorded on their Deployment, so a new leader knows them.
     ledger = EscalatedLedger(kube)
     notifier.on_delivered = ledger.delivered
+    notifier.taken_elsewhere = ledger.taken
     dispatcher = Dispatcher(
         facts=lambda target, now: kube.facts(target, now=now),
         policy_for=lambda target, annotations: s.policy_for(target, annotations)[0],

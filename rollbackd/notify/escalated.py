@@ -81,6 +81,22 @@ class EscalatedLedger:
             return None
         return marks_of(self._kube.cached_deployment(target))
 
+    def taken(self, n: Notification, channel: str) -> bool:
+        """Whether the Deployment says ``channel`` already took this very page (another leader).
+
+        False when the cluster cannot tell, and for a failover copy (it says
+        something the original did not: its channel failed).
+        """
+        targets = marked_targets(n)
+        if not targets or n.details.get(DETAIL_FAILOVER_FROM) or not self._kube.synced:
+            return False
+        reason = str(n.details[DETAIL_REASON_CODE])
+        for target in targets:
+            mark = marks_of(self._kube.cached_deployment(target)).get(reason)
+            if mark is None or mark.key != n.dedup_key or channel not in mark.delivered:
+                return False
+        return True
+
     async def claim(self, target: Target, reason: str, key: str, at: datetime) -> None:
         await self._record(target, reason, IncidentMark(key, at))
 

@@ -16,6 +16,7 @@ poller keeps seeing the breach, and its journal knows nothing of the page.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,14 @@ import pytest
 from rollbackd.incidents import IncidentMark, marks_of
 from rollbackd.model import Target
 from rollbackd.testing.process import DaemonProcess
-from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
+from rollbackd.testing.stack import (
+    PAGERDUTY_PATH,
+    SLACK_PATH,
+    Stack,
+    deployment_manifest,
+    knobs,
+    wait_for,
+)
 from tests.integration._replicas import journal_rows, readyz_reason, replica
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -69,6 +77,15 @@ def escalation_events(daemon: DaemonProcess) -> list[str]:
 def pending_pages(daemon: DaemonProcess) -> int:
     sql = "SELECT id FROM outbox WHERE state = 'pending'"
     return len(journal_rows(Path(daemon.config["journal"]["path"]), sql))
+
+
+def slack_messages(stack: Stack, text: str) -> list[Any]:
+    """Slack messages the sink took that mention ``text``."""
+    return [
+        r.json
+        for r in stack.sink.requests_to(SLACK_PATH)
+        if 200 <= r.status < 300 and text in json.dumps(r.json)
+    ]
 
 
 def shop_mark(stack: Stack) -> IncidentMark | None:
@@ -146,6 +163,7 @@ async def test_a_delivered_escalation_is_not_paged_again_by_the_next_leader(
 
     assert {t["dedup_key"] for t in triggers(stack)} == {first["dedup_key"]}, triggers(stack)
     assert escalation_events(b)[0] == "escalation_repeated", escalation_events(b)
+    assert len(slack_messages(stack, "not caused by a recent rollout")) == 1
 
 
 async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leader(
@@ -166,8 +184,13 @@ async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leade
 
         await wait_for(tried, 60, "replica-a trying its escalation page")
         assert triggers(stack) == []
-        claimed = shop_mark(stack)  # queued by replica-a, delivered by no pager
-        assert claimed is not None and "pagerduty" not in claimed.delivered, claimed
+
+        async def slack_took_it() -> IncidentMark | None:
+            mark = shop_mark(stack)  # claimed when queued, marked as channels take it
+            return mark if mark is not None and "slack" in mark.delivered else None
+
+        claimed = await wait_for(slack_took_it, 15, "Slack's delivery recorded on shop")
+        assert "pagerduty" not in claimed.delivered, claimed
         await a.kill()
         stack.sink.end_outages(PAGERDUTY_PATH)
 
@@ -181,3 +204,5 @@ async def test_a_page_the_dead_leader_never_delivered_is_paged_by_the_next_leade
     assert escalation_events(b)[0] == "escalated", escalation_events(b)
     # Under replica-a's key: had it gone out after all, PagerDuty would fold the two.
     assert {t["dedup_key"] for t in triggers(stack)} == {claimed.key}, triggers(stack)
+    # Slack had it from replica-a: replica-b withdrew its copy instead of repeating it.
+    assert len(slack_messages(stack, "not caused by a recent rollout")) == 1

@@ -23,7 +23,7 @@ from rollbackd.journal import Journal
 from rollbackd.kube.errors import ConflictError, KubeError, NotFoundError
 from rollbackd.kube.fencing import FencedError
 from rollbackd.model import ANNOTATION_ESCALATED, Phase, Target
-from rollbackd.notify.base import Notification
+from rollbackd.notify.base import Notification, Notifier
 from rollbackd.notify.escalated import EscalatedLedger
 from rollbackd.notify.reescalate import LeadEscalation, Unresolved, lead_page
 from rollbackd.notify.routing import Route
@@ -433,3 +433,40 @@ async def test_a_slow_api_server_holds_a_grouped_page_s_channel_for_one_timeout_
     started = loop.time()
     await ledger.delivered(group, "pagerduty")
     assert loop.time() - started < 0.5  # 3 members x 0.2 s would be 0.6 s
+
+
+class Channel:
+    """A channel that records the dedup keys it was given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[str] = []
+
+    async def send(self, n: Notification) -> None:
+        self.sent.append(n.dedup_key)
+
+
+async def test_a_channel_that_took_the_page_from_another_leader_is_not_sent_it_again(
+    journals: tuple[Journal, Journal],
+) -> None:
+    cluster = Cluster("cart")
+    a = Leader(journals[0], cluster)
+    d = escalation("cart", "no_previous_revision")
+    key = await a.escalations.escalate(signal("cart"), d, NOW)
+    [page] = a.pager.sent()
+    await a.deliver("slack")  # PagerDuty refused it; then this leader died
+
+    # The next leader's outbox holds the same page for both channels (paged
+    # again under its key); the one a channel took is withdrawn there, not re-sent.
+    pagerduty, slack = Channel("pagerduty"), Channel("slack")
+    notifier = Notifier([pagerduty, slack], journal=journals[1], failover_after=None)
+    ledger = EscalatedLedger(cluster, route=routed)
+    notifier.taken_elsewhere, notifier.on_delivered = ledger.taken, ledger.delivered
+    await notifier.enqueue(page)
+    async with notifier:
+        assert await notifier.drain(5)
+    assert pagerduty.sent == [key] and slack.sent == []
+    assert marks_of(cluster.objects[CART])["no_previous_revision"].covered
+    # A failover copy says something new (its channel failed): never withheld.
+    copy_of = Notification(**{**page.__dict__, "details": {**page.details, "failover_from": "x"}})
+    assert not ledger.taken(copy_of, "slack") and ledger.taken(page, "slack")
