@@ -10,8 +10,12 @@ poller keeps seeing the breach, and its journal knows nothing of the page.
   Deployment (``rollbackd.io/escalated``) and notes the breach as a repeat:
   PagerDuty holds one incident (one dedup key among the triggers).
 - Killed after queueing the page but before PagerDuty took it: nothing on the
-  Deployment says it was delivered, so replica-b pages; silence would be the
-  worse failure.
+  Deployment says PagerDuty has it, so replica-b pages it, under replica-a's
+  key and not to Slack, which had it already; silence would be the worse
+  failure.
+
+Without the record, the first case ends with two PagerDuty incidents (a new
+dedup key from replica-b).
 """
 
 from __future__ import annotations
