@@ -16,6 +16,12 @@ Two rules, in the spirit of Alertmanager's grouping:
   withdrawn: a crash while grouping sends them individually (or both), never
   neither; after a restart the open group, with its members, is read back
   from the journal.
+
+Across a change of leader (each replica has its own journal) the Deployment
+tells: the page is claimed on it (``rollbackd.io/escalated``, see
+``rollbackd.incidents``) when queued and marked as each channel delivers it.
+A new leader notes a delivered incident as a repeat, and pages one its
+predecessor never delivered, under the same dedup key.
 """
 
 from __future__ import annotations
@@ -27,12 +33,24 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.model import Decision, Phase, RecordKind, Rollback, Signal, Target
+from rollbackd.escalation_pages import (
+    ESCALATION_HEADLINES,
+    GROUP_KEY_PREFIX,
+    GROUP_NAME,
+    KIND_ADOPTED,
+    escalation_page,
+    escalation_record,
+    escalation_summary,
+    group_page,
+)
+from rollbackd.incidents import IncidentLedger, PriorPage, prior_page
+from rollbackd.model import Decision, Rollback, Signal, Target
 from rollbackd.notify.model import Notification, NotificationKind
 from rollbackd.reasons import ReasonCode
 
 __all__ = [
     "ESCALATION_HEADLINES",
+    "GROUP_NAME",
     "EscalationJournal",
     "EscalationPager",
     "Escalations",
@@ -42,17 +60,6 @@ __all__ = [
 
 log = structlog.get_logger("rollbackd.escalation")
 
-# The first words of an escalation page, by reason: what the on-call must know first.
-ESCALATION_HEADLINES: dict[str, str] = {
-    ReasonCode.NO_RECENT_ROLLOUT: "not caused by a recent rollout",
-    ReasonCode.NO_PREVIOUS_REVISION: "manual rollback needed",
-    ReasonCode.NO_STABLE_PREVIOUS_REVISION: "manual rollback needed",
-    ReasonCode.RESTORED_REVISION_BREACHING: "the restored revision breaches too",
-    ReasonCode.GUARD_DISALLOWED_FIELDS: "manual rollback needed: the change is not only image/config",
-    ReasonCode.GUARD_MUTABLE_IMAGE: "manual rollback needed: the previous image reference is mutable",
-    ReasonCode.PAUSED: "rollout paused by a human",
-}
-
 # Reasons that say "the deploy did not do this": many of them at once in a
 # namespace is one infrastructure incident, not N application incidents.
 NOT_A_DEPLOY_PROBLEM = frozenset({ReasonCode.NO_RECENT_ROLLOUT.value})
@@ -61,12 +68,6 @@ KIND_ESCALATED = "escalated"
 KIND_REPEATED = "escalation_repeated"
 KIND_GROUPED = "escalation_grouped"
 KIND_GROUP = "escalation_group"
-GROUP_NAME = "*"  # the journal's name for a namespace-wide record
-
-
-def escalation_summary(decision: Decision) -> str:
-    headline = ESCALATION_HEADLINES.get(decision.reason_code, "needs a human")
-    return f"{decision.target}: {headline}. {decision.reason}"
 
 
 @dataclass(frozen=True)
@@ -126,20 +127,24 @@ class Escalations:
         pager: EscalationPager,
         journal: EscalationJournal,
         policy: GroupingPolicy | None = None,
+        ledger: IncidentLedger | None = None,
     ) -> None:
         self._pager = pager
         self._journal = journal
         self._policy = policy or GroupingPolicy()
+        self._ledger = ledger  # the Deployment's record, shared by every leader
         self._open: dict[tuple[Target, str], tuple[str, datetime]] = {}
         self._groups: dict[str, _Group] = {}
+        self._undelivered: dict[tuple[Target, str], str] = {}
 
     async def escalate(self, signal: Signal, decision: Decision, now: datetime) -> str:
         """Page (or not) for ``decision``; returns the dedup key of the page it belongs to."""
         target, reason = decision.target, decision.reason_code
-        open_key = await self._open_incident(target, reason, now)
+        open_key = await self._open_incident(decision, now)
         if open_key is not None:
             await self._note(target, KIND_REPEATED, decision, now, open_key)
             return open_key
+        reused = self._undelivered.pop((target, reason), None)
         if reason in NOT_A_DEPLOY_PROBLEM:
             group = await self._group_for(target.namespace, now)
             if group.dedup_key is not None:
@@ -153,11 +158,15 @@ class Escalations:
                     await self._pager.revise(page)
                     await self._record_group(namespace_of(group), group, page.summary, now)
                 return group.dedup_key
-        dedup_key = f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
+        # A page the previous leader queued but never delivered keeps its key:
+        # PagerDuty folds it into that incident if it went out after all.
+        dedup_key = (
+            reused or f"esc-{target.namespace}-{target.name}-{reason}-{int(now.timestamp())}"
+        )
         self._open[(target, reason)] = (dedup_key, now)
         # A record of its own, so the API and `rollbackd history` list every page.
         await self._journal.save_rollback(
-            _record(dedup_key, target, decision.reason_code, decision.reason, now),
+            escalation_record(dedup_key, target, decision.reason_code, decision.reason, now),
             details={"signal": signal.name, "source": str(signal.source)},
         )
         await self._journal.record_event(
@@ -168,11 +177,13 @@ class Escalations:
             at=now,
             data={"reason_code": reason, "dedup_key": dedup_key},
         )
-        page = _page(signal, decision, dedup_key, now)
+        page = escalation_page(signal, decision, dedup_key, now)
         if reason not in NOT_A_DEPLOY_PROBLEM:
             await self._pager.enqueue(page)
+            await self._claim(target, reason, dedup_key, now)
             return dedup_key
         await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
+        await self._claim(target, reason, dedup_key, now)
         group = self._groups[target.namespace]
         group.members[target] = dedup_key
         if len(group.members) >= self._policy.group_min:
@@ -198,7 +209,8 @@ class Escalations:
             )
         )
 
-    async def _open_incident(self, target: Target, reason: str, now: datetime) -> str | None:
+    async def _open_incident(self, decision: Decision, now: datetime) -> str | None:
+        target, reason = decision.target, decision.reason_code
         since = now - self._policy.incident_window
         known = self._open.get((target, reason))
         if known is not None and known[1] >= since:
@@ -207,10 +219,56 @@ class Escalations:
             target, KIND_ESCALATED, since=since, reason_code=reason
         )
         if found is None:
-            return None
+            return await self._paged_elsewhere(decision, now)
         dedup_key = str(found["dedup_key"])
         self._open[(target, reason)] = (dedup_key, now)
         return dedup_key
+
+    async def _paged_elsewhere(self, decision: Decision, now: datetime) -> str | None:
+        """The incident another leader paged, as the Deployment records it; None: page."""
+        target, reason = decision.target, decision.reason_code
+        marks = self._ledger.marks(target) if self._ledger is not None else None
+        prior = prior_page(marks or {}, reason, now, self._policy.incident_window)
+        if prior is None:
+            return None
+        if not prior.delivered:
+            self._undelivered[(target, reason)] = prior.key
+            log.warning("escalation_undelivered_elsewhere", target=str(target), dedup_key=prior.key)
+            return None
+        self._open[(target, reason)] = (prior.key, now)
+        log.info("escalation_delivered_elsewhere", target=str(target), dedup_key=prior.key)
+        await self._adopt(decision, prior, now)
+        return prior.key
+
+    async def _adopt(self, decision: Decision, prior: PriorPage, now: datetime) -> None:
+        """Another leader's delivered page, recorded here: the lead's clock runs from it."""
+        target = decision.target
+        record_target, summary, details = target, decision.reason, {}
+        group = None
+        if prior.key.startswith(GROUP_KEY_PREFIX):
+            group = self._groups.get(target.namespace)
+            if group is None or group.dedup_key != prior.key:
+                # Deployments that breach later join it here, as on the old leader.
+                group = _Group(prior.at, dedup_key=prior.key, reason_code=decision.reason_code)
+                self._groups[target.namespace] = group
+            group.members[target] = prior.key
+            record_target = Target(target.namespace, GROUP_NAME)
+            summary = _group_page(target.namespace, group, prior.at).summary
+            details = {"members": sorted(t.name for t in group.members)}
+        record = escalation_record(
+            prior.key, record_target, decision.reason_code, summary, prior.at
+        )
+        await self._journal.save_rollback(record, details=details)
+        data = {"reason_code": decision.reason_code, "dedup_key": prior.key}
+        await self._journal.record_event(
+            prior.key, record_target, KIND_ADOPTED, summary, at=now, data=data
+        )
+        if group is not None:
+            await self._record_group(target.namespace, group, summary, now)
+
+    async def _claim(self, target: Target, reason: str, dedup_key: str, now: datetime) -> None:
+        if self._ledger is not None:
+            await self._ledger.claim(target, reason, dedup_key, now)
 
     async def _group_for(self, namespace: str, now: datetime) -> _Group:
         group = self._groups.get(namespace)
@@ -236,7 +294,7 @@ class Escalations:
     async def _open_group(
         self, namespace: str, group: _Group, decision: Decision, now: datetime
     ) -> str:
-        dedup_key = f"esc-group-{namespace}-not-a-deploy-problem-{int(now.timestamp())}"
+        dedup_key = f"{GROUP_KEY_PREFIX}{namespace}-not-a-deploy-problem-{int(now.timestamp())}"
         group.dedup_key = dedup_key
         group.reason_code = decision.reason_code
         individual = list(group.members.values())
@@ -249,7 +307,9 @@ class Escalations:
         # group_wait, so the rest of the storm joins it before it goes out.
         await self._pager.enqueue(page, not_before=now + self._policy.group_wait)
         await self._journal.save_rollback(
-            _record(dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now),
+            escalation_record(
+                dedup_key, Target(namespace, GROUP_NAME), group.reason_code, page.summary, now
+            ),
             details={"members": sorted(t.name for t in group.members)},
         )
         await self._record_group(namespace, group, page.summary, now)
@@ -295,64 +355,10 @@ class Escalations:
         )
 
 
-def _record(
-    record_id: str, target: Target, reason_code: str, reason: str, now: datetime
-) -> Rollback:
-    return Rollback(
-        id=record_id,
-        target=target,
-        phase=Phase.ESCALATED,
-        started_at=now,
-        updated_at=now,
-        reason_code=reason_code,
-        reason=reason,
-        finished_at=now,
-        kind=RecordKind.ESCALATION,
-    )
-
-
 def namespace_of(group: _Group) -> str:
     return next(iter(group.members)).namespace
 
 
 def _group_page(namespace: str, group: _Group, now: datetime) -> Notification:
-    names = sorted(t.name for t in group.members)
     assert group.dedup_key is not None
-    return Notification(
-        kind=NotificationKind.ESCALATION,
-        severity="critical",
-        dedup_key=group.dedup_key,
-        target=Target(namespace, GROUP_NAME),
-        summary=(
-            f"{len(names)} Deployments in namespace {namespace} breaching; none recently "
-            "rolled out: not a deploy problem"
-        ),
-        details={
-            "reason_code": group.reason_code,
-            "namespace": namespace,
-            "deployments": names,
-            "hint": "many Deployments breach at once and none was recently rolled out: "
-            "look at what they share (database, network, nodes)",
-        },
-        created_at=now,
-    )
-
-
-def _page(signal: Signal, decision: Decision, dedup_key: str, now: datetime) -> Notification:
-    return Notification(
-        kind=NotificationKind.ESCALATION,
-        severity="critical",
-        dedup_key=dedup_key,
-        target=decision.target,
-        summary=escalation_summary(decision),
-        details={
-            "reason_code": decision.reason_code,
-            "reason": decision.reason,
-            "signal": signal.name,
-            "source": str(signal.source),
-            "value": signal.value,
-            "threshold": signal.threshold,
-            "anomaly_started_at": signal.started_at.isoformat(),
-        },
-        created_at=now,
-    )
+    return group_page(namespace, group.dedup_key, group.reason_code, group.members, now)

@@ -24,6 +24,8 @@ ANNOTATION_ROLLBACK = "rollbackd.io/rollback"  # JSON state of the rollback in f
 ANNOTATION_RESTORED = (
     "rollbackd.io/restored"  # on the Deployment: JSON {rollback_id, template_hash, revision}
 )
+# JSON, per reason code: the escalation page's dedup key, time and channels (incidents.py)
+ANNOTATION_ESCALATED = "rollbackd.io/escalated"
 ANNOTATION_DRY_RUN = "rollbackd.io/dry-run"
 ANNOTATION_MODE = "rollbackd.io/mode"  # "approve": a human approves each rollback first
 ANNOTATION_STRATEGY = "rollbackd.io/strategy"  # on a Service: how its Deployments roll back

@@ -32,6 +32,7 @@ from rollbackd.notify.configured import (
     lead_check_interval,
     watched_target_facts,
 )
+from rollbackd.notify.escalated import EscalatedLedger
 from rollbackd.notify.reescalate import LeadEscalation
 from rollbackd.notify.routing import Router, routes_from_settings
 from rollbackd.notify.stale import RollbackStateOf
@@ -245,6 +246,10 @@ def build_pipeline(
         recorded=journal.get_rollback,
     )
     escalation = s.notify.escalation
+    # Escalation pages are recorded on their Deployment, so a new leader knows them.
+    ledger = EscalatedLedger(kube)
+    notifier.on_delivered = ledger.delivered
+    notifier.taken_elsewhere = ledger.taken
     dispatcher = Dispatcher(
         facts=lambda target, now: kube.facts(target, now=now),
         policy_for=lambda target, annotations: s.policy_for(target, annotations)[0],
@@ -259,6 +264,7 @@ def build_pipeline(
                 group_wait=escalation.group_wait,
                 group_min=escalation.group_min,
             ),
+            ledger=ledger,
         ),
         clock=clock,
     )
@@ -273,7 +279,7 @@ def build_pipeline(
     if unrouted := [name for name in s.notify.channel_names() if name not in routed]:
         # Configured but named by no route: it will hear nothing; say so at start.
         log.warning("notify_channels_unrouted", channels=unrouted)
-    notifier.route = router.channels_for
+    notifier.route = ledger.route = router.channels_for
     lead = LeadEscalation(
         journal,
         notifier,

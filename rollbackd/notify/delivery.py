@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
 from rollbackd.notify.lane import Lane, backoff_delay, new_row
 from rollbackd.notify.model import DETAIL_FAILOVER_FROM, Notification, notification_from_json
 from rollbackd.notify.outbox import PENDING, OutboxRow, OutboxStore, PendingEntry, heads
-from rollbackd.notify.stale import RollbackStateOf, judge_trigger, tied_to_rollback
+from rollbackd.notify.stale import SEND, RollbackStateOf, Verdict, judge_trigger, tied_to_rollback
 
 if TYPE_CHECKING:
     from rollbackd.metrics import Metrics
@@ -39,6 +39,13 @@ class Delivery:
     # page's levels, ``rollbackd.notify.routing``); None: every channel.
     # ``stages.build_pipeline`` sets it.
     route: Callable[[Notification], Collection[str]] | None = None
+    # When set, an escalation page the Deployment's record says this channel
+    # already took from another leader (``rollbackd.notify.escalated``) is
+    # withdrawn: re-sent after a human resolved it, it would open a new incident.
+    taken_elsewhere: Callable[[Notification, str], bool] | None = None
+    # When set, awaited after a channel took a page (an escalation is marked on
+    # its Deployment, ``rollbackd.notify.escalated``); must not raise.
+    on_delivered: Callable[[Notification, str], Awaitable[None]] | None = None
     _lanes: list[Lane]
     _own_journal: Journal | None
     _store: OutboxStore | None
@@ -143,24 +150,33 @@ class Delivery:
     async def _withdrawn_as_stale(
         self, store: OutboxStore, lane: Lane, row: OutboxRow, entries: Sequence[PendingEntry]
     ) -> bool:
-        """Withdraw ``row`` if it is a start page whose rollback ended elsewhere; True if so."""
-        if self.rollback_state is None or row.resolves:
+        """Withdraw ``row`` if another leader made it pointless (see ``_judge``); True if so."""
+        if row.resolves or (self.rollback_state is None and self.taken_elsewhere is None):
             return False
         n = notification_from_json(row.body)
-        if not tied_to_rollback(n):
-            return False
-        try:
-            state = self.rollback_state(n.target)
-        except Exception:
-            # Cannot tell: a late page beats a lost page.
-            log.exception("rollback_state_read_failed", channel=lane.name, dedup_key=n.dedup_key)
-            return False
-        verdict = judge_trigger(n, state, entries)
+        verdict = self._judge(n, lane, entries)
         if verdict.send:
             return False
         # Shielded: a lost leadership cancels this worker, and a row withdrawn
         # in the journal must still be logged, counted and put on the timeline.
         return await asyncio.shield(self._withdraw(store, lane, row, n, verdict.reason))
+
+    def _judge(self, n: Notification, lane: Lane, entries: Sequence[PendingEntry]) -> Verdict:
+        """A start page whose rollback ended elsewhere, or a page this channel already took."""
+        try:
+            if self.taken_elsewhere is not None and self.taken_elsewhere(n, lane.name):
+                return Verdict.withdraw(
+                    f"delivered: {lane.name} already took {n.dedup_key} from another leader"
+                    " (rollbackd.io/escalated)"
+                )
+            if self.rollback_state is None or not tied_to_rollback(n):
+                return SEND
+            state = self.rollback_state(n.target)
+        except Exception:
+            # Cannot tell: a late page beats a lost page.
+            log.exception("rollback_state_read_failed", channel=lane.name, dedup_key=n.dedup_key)
+            return SEND
+        return judge_trigger(n, state, entries)
 
     async def _withdraw(
         self, store: OutboxStore, lane: Lane, row: OutboxRow, n: Notification, reason: str
@@ -319,6 +335,11 @@ class Delivery:
                 other.wake.set()
 
     async def _report(self, n: Notification, lane: Lane, ok: bool, detail: str) -> None:
+        if ok and self.on_delivered is not None:
+            try:
+                await self.on_delivered(n, lane.name)
+            except Exception:
+                log.exception("on_delivered_failed", channel=lane.name)
         if self._on_result is None:
             return
         try:

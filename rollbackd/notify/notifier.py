@@ -20,7 +20,9 @@ own rows.
 
 A rollback's start page is checked against the cluster before each send
 (``rollback_state``, see ``rollbackd.notify.stale``): one that an earlier term
-left unsent, for a rollback another leader has since ended, is withdrawn.
+left unsent, for a rollback another leader has since ended, is withdrawn; so
+is an escalation page the channel already took from another leader
+(``taken_elsewhere``, see ``rollbackd.notify.escalated``).
 
 Only the leader sends: ``start`` on gaining leadership, ``stop`` on losing
 it. ``stop`` cancels sends in flight and leaves their rows pending; whoever

@@ -4,7 +4,9 @@ What is unresolved (the journal says it):
 
 - an escalation record, or a rollback that ended ESCALATED, whose page was
   meant (an outbox row not withdrawn: members of a grouped page are
-  represented by the group's record);
+  represented by the group's record), or that another leader paged (the
+  record adopted from the Deployment's ``rollbackd.io/escalated``, see
+  ``rollbackd.escalation``: the clock runs from that leader's page);
 - a rollback stuck in a phase that is not terminal (PLANNING, ROLLING_BACK,
   VERIFYING...) since it started.
 
@@ -23,7 +25,9 @@ once per channel (an immediate lead page, e.g. for a failed verification,
 counts too), and an ``escalated_to_lead`` event is journaled after the page
 is durable. A restart, a new leader reading the same journal, or a crash
 between the two writes never pages the lead a second time; the on-call
-level is not paged again at all.
+level is not paged again at all. A new leader with its own journal reads
+the lead's delivery from ``rollbackd.io/escalated`` (every lead channel
+among the page's ``delivered``).
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from rollbackd.durations import format_age
+from rollbackd.escalation_pages import KIND_ADOPTED
+from rollbackd.incidents import decode_marks
 from rollbackd.journal.rows import format_time, loads_json, parse_time
-from rollbackd.model import TERMINAL_PHASES, Phase, RecordKind, Target
+from rollbackd.model import ANNOTATION_ESCALATED, TERMINAL_PHASES, Phase, RecordKind, Target
 from rollbackd.notify.model import (
     DETAIL_PHASE,
     DETAIL_REASON,
@@ -117,6 +123,9 @@ def lead_page(item: Unresolved, route: Route, now: datetime) -> Notification:
             DETAIL_LEVEL: Level.LEAD.value,
             DETAIL_ROUTE: route.name,
             "unresolved_for": age,
+            # A grouped page's Deployments: the lead sees them, and each is
+            # marked as paged (``rollbackd.io/escalated``) once it is delivered.
+            **({"deployments": list(item.members)} if item.members else {}),
         },
         created_at=now,
     )
@@ -202,7 +211,10 @@ class LeadEscalation:
             # IN over a subquery: SQLite builds each set once per query.
             " AND r.id NOT IN (SELECT rollback_id FROM events WHERE kind = ?"
             " AND rollback_id IS NOT NULL)"
-            " AND r.id IN (SELECT dedup_key FROM outbox WHERE state != ?)"
+            " AND (r.id IN (SELECT dedup_key FROM outbox WHERE state != ?)"
+            # A page another leader delivered (read from the Deployment) was meant too.
+            " OR r.id IN (SELECT rollback_id FROM events WHERE kind = ?"
+            " AND rollback_id IS NOT NULL))"
             " ORDER BY r.started_at DESC LIMIT ?",
             (
                 Phase.ESCALATED.value,
@@ -214,6 +226,7 @@ class LeadEscalation:
                 until,
                 KIND_LEAD_PAGED,
                 WITHDRAWN,
+                KIND_ADOPTED,
                 _BATCH,
             ),
         )
@@ -226,6 +239,8 @@ class LeadEscalation:
         annotations = self._annotations_of(item.target) or {}
         if annotations.get(ANNOTATION_ACKNOWLEDGED, "").strip() == item.record_id:
             return True
+        if self._lead_paged_elsewhere(item, route.lead):
+            return True
         if await self._lead_paged(item, route.lead):
             return True
         if item.phase is not Phase.ESCALATED:
@@ -235,6 +250,16 @@ class LeadEscalation:
             if not await self._resolved_after(target, item.since):
                 return False
         return True
+
+    def _lead_paged_elsewhere(self, item: Unresolved, lead: Sequence[str]) -> bool:
+        """Another leader's page reached every lead channel, says the Deployment."""
+        targets = [Target(item.target.namespace, m) for m in item.members] or [item.target]
+        for target in targets:
+            annotations = self._annotations_of(target) or {}
+            for mark in decode_marks(annotations.get(ANNOTATION_ESCALATED)).values():
+                if mark.key == item.record_id and set(lead) <= mark.delivered:
+                    return True
+        return False
 
     async def _lead_paged(self, item: Unresolved, lead: Sequence[str]) -> bool:
         marks = ",".join("?" * len(lead))

@@ -23,16 +23,24 @@ def recorded_state(stack: Stack, target: Target) -> RollbackState | None:
     return decode_state(raw) if raw else None
 
 
-def rollback_ids(journal: Path) -> set[str]:
-    """The rollbacks a replica's journal records (none if it never wrote one)."""
+def journal_rows(journal: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a replica's journal, read-only (none before it wrote its schema)."""
     if not journal.exists():
-        return set()
+        return []
     conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT id FROM rollbacks WHERE kind = 'rollback'").fetchall()
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return []
     finally:
         conn.close()
-    return {row[0] for row in rows}
+
+
+def rollback_ids(journal: Path) -> set[str]:
+    """The rollbacks a replica's journal records (none if it never wrote one)."""
+    return {
+        row[0] for row in journal_rows(journal, "SELECT id FROM rollbacks WHERE kind = 'rollback'")
+    }
 
 
 async def readyz_reason(daemon: DaemonProcess) -> str:
