@@ -129,15 +129,7 @@ class JournalRecorder:
     ) -> None:
         now = self._clock()
         self.on_phase(rollback)
-        await self._journal.save_rollback(rollback, details=data)
-        await self._journal.record_event(
-            rollback.id,
-            rollback.target,
-            f"phase:{rollback.phase}",
-            message,
-            at=now,
-            data=data,
-        )
+        await self._journal.save_phase(rollback, message, at=now, data=data)
         log.info(
             "rollback_phase",
             rollback_id=rollback.id,

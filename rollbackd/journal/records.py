@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,37 @@ class RecordStore(Connection):
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
     ) -> None:
         """Insert or update the rollback's current state; ``details`` merge into what is stored."""
+        await self._transaction(self._upsert(rollback, details))
+
+    async def save_phase(
+        self,
+        rollback: Rollback,
+        message: str,
+        *,
+        at: datetime,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The rollback's new phase and its ``phase:X`` timeline entry, in one transaction.
+
+        Written apart, a reader (the API, ``rollbackd show``, a test) could see
+        the phase with no entry for it, and a kill in between would leave the
+        timeline without the step for good.
+        """
+        upsert = self._upsert(rollback, data)
+        event = _event_row(
+            rollback.id, rollback.target, f"phase:{rollback.phase}", message, at, data
+        )
+
+        async def both() -> None:
+            await upsert()
+            await self._conn.execute(_INSERT_EVENT, event)
+
+        await self._transaction(both)
+
+    def _upsert(
+        self, rollback: Rollback, details: Mapping[str, Any] | None
+    ) -> Callable[[], Awaitable[None]]:
+        """The statements that insert or update ``rollback``'s row, to run in a transaction."""
         values = (
             rollback.target.namespace,
             rollback.target.name,
@@ -145,7 +176,7 @@ class RecordStore(Connection):
                 (*values, dumps_json(merged), rollback.id),
             )
 
-        await self._transaction(upsert)
+        return upsert
 
     async def record_event(
         self,
@@ -157,21 +188,7 @@ class RecordStore(Connection):
         at: datetime,
         data: Mapping[str, Any] | None = None,
     ) -> None:
-        if not kind:
-            raise ValueError("event kind must not be empty")
-        await self._write(
-            "INSERT INTO events (rollback_id, namespace, name, at, kind, message, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                rollback_id,
-                target.namespace,
-                target.name,
-                format_time(at),
-                kind,
-                message,
-                dumps_json(data),
-            ),
-        )
+        await self._write(_INSERT_EVENT, _event_row(rollback_id, target, kind, message, at, data))
 
     async def record_notification(
         self, n: Notification, channel: str, ok: bool, detail: str, at: datetime
@@ -325,3 +342,30 @@ class RecordStore(Connection):
             }
             for r in rows
         ]
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (rollback_id, namespace, name, at, kind, message, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _event_row(
+    rollback_id: str | None,
+    target: Target,
+    kind: str,
+    message: str,
+    at: datetime,
+    data: Mapping[str, Any] | None,
+) -> tuple[Any, ...]:
+    if not kind:
+        raise ValueError("event kind must not be empty")
+    return (
+        rollback_id,
+        target.namespace,
+        target.name,
+        format_time(at),
+        kind,
+        message,
+        dumps_json(data),
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rollbackd.journal import SCHEMA_VERSION, Journal, JournalError
+from rollbackd.metrics import Metrics
 from rollbackd.model import (
     Action,
     Decision,
@@ -24,6 +25,7 @@ from rollbackd.model import (
     Target,
 )
 from rollbackd.notify.base import Notification, NotificationKind
+from rollbackd.stages import JournalRecorder
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
 APP = Target("shop", "checkout")
@@ -466,3 +468,25 @@ async def test_closing_waits_for_the_write_in_flight_to_commit(tmp_path: Path) -
 
     async with await Journal.open(path) as reopened:
         assert [r[0] for r in await reopened.query("SELECT id FROM marks")] == ["delivered"]
+
+
+async def test_a_phase_is_journaled_with_its_timeline_entry_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    async with await Journal.open(path) as journal:
+        recorder = JournalRecorder(journal, Metrics(), clock=lambda: at(90))
+        await recorder.phase(rollback(phase=Phase.VERIFYING), "verifying")
+        # The next timeline write fails (as a full disk would stop it) ...
+        other = sqlite3.connect(path)
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END"
+        )
+        other.commit()
+        other.close()
+        with pytest.raises(sqlite3.Error):
+            await recorder.phase(rollback(phase=Phase.ROLLBACK_COMPLETED, finished=90), "healthy")
+        # ... so the phase did not move either: no reader ever sees a step the
+        # timeline does not tell.
+        stored = await journal.get_rollback("rb-1")
+        assert stored is not None and stored.phase is Phase.VERIFYING
+        kinds = [entry.kind for entry in await journal.timeline("rb-1")]
+        assert kinds.count("phase:VERIFYING") == 1 and "phase:ROLLBACK_COMPLETED" not in kinds
