@@ -46,6 +46,9 @@ def _undo_command(f: Facts) -> str:
         # Blue-green: the undo is the selector switch back (after the colour is Ready).
         selector = json.dumps({"spec": {"selector": dict(changes["selector_after"])}})
         return f"kubectl -n {rb.target.namespace} patch service {changes.get('service')} -p '{selector}'"
+    if isinstance(changes, Mapping) and changes.get("strategy") == "argo-rollouts":
+        # A Rollout: abort its canary as rollbackd would have (the stable version serves).
+        return f"kubectl argo rollouts abort {rb.target.name} -n {rb.target.namespace}"
     to = f" --to-revision={rb.to_revision}" if rb.to_revision else ""
     return f"kubectl -n {rb.target.namespace} rollout undo deployment/{rb.target.name}{to}"
 

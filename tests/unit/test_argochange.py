@@ -14,10 +14,12 @@ from typing import Any
 from rollbackd.argochange import abort_plan_event
 from rollbackd.journal import TimelineEntry
 from rollbackd.model import Phase, Rollback, Target
+from rollbackd.postmortem.actions import action_items
 from rollbackd.postmortem.draft import build_draft
 from rollbackd.postmortem.impact import Impact
 from rollbackd.postmortem.markdown import render_markdown
 from rollbackd.redact import MASK
+from rollbackd.report import Facts
 from rollbackd.strategies.argorollouts import AbortPlan
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -102,3 +104,19 @@ def test_the_postmortem_shows_the_canarys_change_against_the_stable_version() ->
     text = render_markdown(draft)
     assert "Bad revision **2**, restored revision **1**." in text
     assert "hunter2" not in text
+
+
+def test_an_escalated_abort_gives_the_argo_abort_as_the_manual_rollback() -> None:
+    message, data = abort_plan_event(PLAN, [STABLE, CANARY])
+    rollback = Rollback(
+        id="rb-1",
+        target=Target("shop", "web"),
+        phase=Phase.ESCALATED,
+        started_at=NOW,
+        updated_at=NOW,
+        reason="rollout_abort_not_done",
+    )
+
+    items = action_items(Facts(rollback, [TimelineEntry(NOW, "plan", message, data)], {}))
+
+    assert "`kubectl argo rollouts abort web -n shop`" in items[0], items
