@@ -68,9 +68,12 @@ def _superseded(f: Facts) -> str:
 def _fix_forward(f: Facts) -> str:
     images = ", ".join(f"`{i}`" for i in bad_images(f)) or "the bad revision's images"
     rb = f.rollback
+    # An Argo abort's revisions are its ReplicaSets', journaled with its plan.
+    bad = rb.from_revision or f.first_value("from_revision") or "?"
+    restored = rb.to_revision or f.first_value("to_revision") or "?"
     return (
-        f"Fix forward: the bad revision {rb.from_revision or '?'}'s image {images} failed; "
-        f"revision {rb.to_revision or '?'}'s template runs again, so the next deploy must carry the fix."
+        f"Fix forward: the bad revision {bad}'s image {images} failed; "
+        f"revision {restored}'s template runs again, so the next deploy must carry the fix."
     )
 
 

@@ -120,3 +120,20 @@ def test_an_escalated_abort_gives_the_argo_abort_as_the_manual_rollback() -> Non
     items = action_items(Facts(rollback, [TimelineEntry(NOW, "plan", message, data)], {}))
 
     assert "`kubectl argo rollouts abort web -n shop`" in items[0], items
+
+
+def test_a_completed_abort_asks_to_fix_forward_the_canarys_revision() -> None:
+    message, data = abort_plan_event(PLAN, [STABLE, CANARY])
+    rollback = Rollback(
+        id="rb-1",
+        target=Target("shop", "web"),
+        phase=Phase.ROLLBACK_COMPLETED,
+        started_at=NOW,
+        updated_at=NOW,
+    )
+
+    items = action_items(Facts(rollback, [TimelineEntry(NOW, "plan", message, data)], {}))
+
+    assert items[0].startswith(
+        "Fix forward: the bad revision 2's image `example/app:2.0` failed; revision 1's template"
+    ), items
