@@ -43,10 +43,12 @@ async def events(kube: Kube, selector: str) -> list[dict[str, Any]]:
     return [e for e in listing.get("items") or () if e.get("reportingComponent") == "rollbackd"]
 
 
-async def aborted(kube: Kube) -> None:
+async def aborted(kube: Kube, journal: Journal | None = None) -> None:
+    """The canary of Rollout default/web aborted by the executor, the stable version verified."""
     await paused_canary(kube)
     rollback, decision = await decided(kube)
-    done = await executor(kube, Journal(), RecordingPager(), FakeSignals()).run(rollback, decision)
+    recorder = journal or Journal()
+    done = await executor(kube, recorder, RecordingPager(), FakeSignals()).run(rollback, decision)
     assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
 
 

@@ -23,7 +23,6 @@ from rollbackd.strategies import PlanError
 from rollbackd.strategies.argorollouts import ArgoRolloutsStrategy
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_argo import (
-    ROLLOUTS,
     TIMEOUT,
     WEB,
     aborts,
@@ -31,12 +30,11 @@ from tests.integration.test_executor_argo import (
     status,
     until,
 )
+from tests.integration.test_executor_argo_approval import human_pause
 from tests.integration.test_executor_argo_run import Journal, decided, executor
 from tests.integration.test_executor_rolling import FakeSignals, RecordingPager
 
 pytestmark = pytest.mark.integration
-
-PAUSE = {"spec": {"paused": True}}  # pkg/kubectl-argo-rollouts/cmd/pause
 
 
 @pytest_asyncio.fixture
@@ -46,9 +44,8 @@ async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
 
 
 async def human_pauses(kube: Kube) -> None:
-    await kube.request(
-        "PATCH", f"{ROLLOUTS}/web", body=PAUSE, content_type="application/merge-patch+json"
-    )
+    """``kubectl argo rollouts pause``, then the controller's word that it holds."""
+    await human_pause(kube)
     await until(lambda: status(kube), lambda s: s.get("message") == "manually paused")
 
 

@@ -15,11 +15,11 @@ import pytest
 import pytest_asyncio
 
 from rollbackd.kube import Kube
-from rollbackd.model import Phase, Rollback
+from rollbackd.model import Rollback
 from rollbackd.testing.kubesim import KubeSim
-from tests.integration.test_executor_argo import aborts, paused_canary
-from tests.integration.test_executor_argo_run import Journal, decided, executor
-from tests.integration.test_executor_rolling import FakeSignals, RecordingPager
+from tests.integration.test_executor_argo import aborts
+from tests.integration.test_executor_argo_events import aborted
+from tests.integration.test_executor_argo_run import Journal
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +46,8 @@ async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
 
 
 async def run_abort(kube: Kube) -> DataJournal:
-    await paused_canary(kube)
-    rollback, decision = await decided(kube)
     journal = DataJournal()
-    done = await executor(kube, journal, RecordingPager(), FakeSignals()).run(rollback, decision)
-    assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
+    await aborted(kube, journal)
     return journal
 
 

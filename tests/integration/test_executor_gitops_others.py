@@ -9,16 +9,13 @@ not the target's. The worlds are the canary and blue-green executor tests'
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from rollbackd.model import ANNOTATION_ROLLBACK, Phase
+from rollbackd.model import Phase
 from rollbackd.notify.base import NotificationKind
-from rollbackd.state import decode_state
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_bluegreen import (
     BLUE,
@@ -33,7 +30,11 @@ from tests.integration.test_executor_bluegreen import (
     rollback_green,
 )
 from tests.integration.test_executor_bluegreen import World as BlueGreenWorld
-from tests.integration.test_executor_canary import CANARY, rollback_canary
+from tests.integration.test_executor_canary import (
+    CANARY,
+    killed_at_the_route_write,
+    rollback_canary,
+)
 from tests.integration.test_executor_canary import World as CanaryWorld
 from tests.integration.test_gitops import APPLICATIONS, StoreLog
 
@@ -104,22 +105,7 @@ async def test_killed_before_the_route_write_a_resume_names_the_paused_route_own
     world = canary_world
     argocd(world, "shop", "shop-routing")
     await routed_canary(world, ROUTING_APP)
-    reached = asyncio.Event()
-
-    async def killed_here(namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        reached.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    monkeypatch.setattr(world.kube, "patch_httproute", killed_here)
-    task = asyncio.create_task(world.executor().run(*rollback_canary()))
-    async with asyncio.timeout(20):
-        await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    monkeypatch.undo()
-    state = decode_state(world.annotations(CANARY)[ANNOTATION_ROLLBACK])
+    state = await killed_at_the_route_write(world, monkeypatch)
     assert state.phase is Phase.ROLLING_BACK and not auto_sync(world, "shop-routing")
     world.pager.pages.clear()
     mark = world.sim.requests.mark()
