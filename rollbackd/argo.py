@@ -50,6 +50,9 @@ class RolloutFacts:
     stable_hash: str = ""
     canary_hash: str = ""
     aborted: bool = False
+    # spec.paused: a human's ``kubectl argo rollouts pause`` (the controller's own
+    # step pauses are status.pauseConditions and do not count).
+    paused: bool = False
     phase: str = ""
     stable_rs: str | None = None  # the ReplicaSets' names (None: not found)
     canary_rs: str | None = None
@@ -81,6 +84,8 @@ def _malformed(rollout: Mapping[str, Any]) -> tuple[ReasonCode, str] | None:
     replicas = spec.get("replicas", 1) if isinstance(spec, Mapping) else None
     if not isinstance(spec, Mapping) or not isinstance(replicas, int) or replicas < 0:
         return ReasonCode.ROLLOUT_SPEC_INVALID, "its spec is malformed (spec.replicas)"
+    if not isinstance(spec.get("paused", False), bool):
+        return ReasonCode.ROLLOUT_SPEC_INVALID, "its spec is malformed (spec.paused)"
     # The controller's own verdict first: a refused spec may never get a stable RS.
     conditions = status.get("conditions") if isinstance(status, Mapping) else None
     for condition in conditions if isinstance(conditions, list) else ():
@@ -123,6 +128,7 @@ def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> Rol
         stable_hash=stable_hash,
         canary_hash=canary_hash,
         aborted=bool(status.get("abort")),
+        paused=spec.get("paused") is True,
         phase=str(status.get("phase", "")),
         stable_rs=stable["metadata"].get("name") if stable else None,
         canary_rs=canary["metadata"].get("name") if canary else None,
@@ -157,15 +163,17 @@ def moved_since(
 ) -> tuple[ReasonCode, str] | None:
     """How ``rollout`` moved from the canary ``record`` planned to abort; None: it did not.
 
-    Read from the Rollout's status alone (no ReplicaSets needed): aborted by
-    someone else, promoted (no canary any more), a new canary or stable
-    version, or a Rollout that cannot be judged any more.
+    Read from the Rollout alone (no ReplicaSets needed): aborted by someone
+    else, paused by a human, promoted (no canary any more), a new canary or
+    stable version, or a Rollout that cannot be judged any more.
     """
     facts = rollout_facts(rollout, ())
     if facts.problem is not None:
         return facts.problem
     if facts.aborted:
         return ReasonCode.ROLLOUT_ALREADY_ABORTED, "it was aborted by someone else"
+    if facts.paused:
+        return ReasonCode.PAUSED, "a human paused it (spec.paused) and is in control"
     if not facts.updating:
         return (
             ReasonCode.ROLLOUT_NOT_UPDATING,

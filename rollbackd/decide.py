@@ -50,7 +50,8 @@ Blue-green targets (``facts.bluegreen``: one colour of a Service annotated
 selector switch, the previous state is the other colour. Canary targets
 (``facts.canary``) share steps 1-7; the rest is :mod:`rollbackd.decide_canary`.
 Argo Rollouts (``facts.rollout``: no Deployment of that name, a Rollout)
-share steps 1-6 and then follow :mod:`rollbackd.decide_argo` (abort the canary).
+share steps 1-5 and then follow :mod:`rollbackd.decide_argo` (abort the canary),
+whose own ``paused`` rule reads the Rollout's ``spec.paused``.
 
 Definitions: the current revision is the highest revision number (the
 controller numbers them); a revision was stable when ``replaced_at -

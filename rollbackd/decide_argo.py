@@ -6,11 +6,14 @@ cooldown...), which do not depend on the release shape. In order:
 1. a Rollout rollbackd cannot read (no status, a refused spec): escalate with
    the reason, nothing is written;
 2. already aborted: skip, the abort is done (no second write);
-3. no update in progress (no canary): skip, there is nothing to abort;
-4. no stable ReplicaSet to fall back to: escalate, manual rollback needed;
-5. the canary started outside the change window before the anomaly (or
+3. paused by a human (``spec.paused``, ``kubectl argo rollouts pause``; not
+   the controller's step pauses in ``status.pauseConditions``): escalate
+   ``paused`` as for a paused Deployment, the human is in control;
+4. no update in progress (no canary): skip, there is nothing to abort;
+5. no stable ReplicaSet to fall back to: escalate, manual rollback needed;
+6. the canary started outside the change window before the anomaly (or
    after it): escalate, not caused by a recent rollout;
-6. else: roll back, i.e. abort the canary; a dry run (policy or the
+7. else: roll back, i.e. abort the canary; a dry run (policy or the
    Rollout's ``rollbackd.io/dry-run`` annotation) records what it would abort.
 
 :func:`decide_argo` is the entry point over the shared :class:`Inputs`
@@ -26,7 +29,7 @@ from rollbackd.decide_inputs import Inputs
 from rollbackd.decide_target import dry_run_source
 from rollbackd.model import Action, Decision, Signal
 from rollbackd.reasons import ReasonCode
-from rollbackd.wording import ago, duration, signal_phrase
+from rollbackd.wording import MANUAL, ago, duration, signal_phrase
 
 __all__ = ["decide_argo", "decide_rollout"]
 
@@ -67,6 +70,14 @@ def decide_rollout(
             Action.SKIP,
             ReasonCode.ROLLOUT_ALREADY_ABORTED,
             f"{rollout} is already aborted (phase {facts.phase or 'unknown'}): nothing to do",
+        )
+    if facts.paused:
+        canary = f"canary {facts.canary_rs or facts.canary_hash}" if facts.updating else "no canary"
+        return decision(
+            Action.ESCALATE,
+            ReasonCode.PAUSED,
+            f"{rollout} is paused ({canary}, spec.paused): a human paused the rollout and is "
+            f"in control; nothing was aborted: {MANUAL}",
         )
     if not facts.updating:
         return decision(

@@ -20,16 +20,17 @@ from typing import Any
 
 import structlog
 
+from rollbackd.argochange import abort_plan_event
 from rollbackd.executor.argoproposal import RolloutProposals
 from rollbackd.executor.ports import EVENT_STARTED, EVENT_VERIFIED, Abort
-from rollbackd.kube.errors import ConflictError
+from rollbackd.kube.errors import ConflictError, KubeError
 from rollbackd.kube.writes import state_ops
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.revisions import gitops_owner
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
-from rollbackd.strategies.argorollouts import ArgoRolloutsStrategy
+from rollbackd.strategies.argorollouts import AbortPlan, ArgoRolloutsStrategy
 
 log = structlog.get_logger("rollbackd.executor")
 
@@ -56,6 +57,7 @@ class ArgoAborting(RolloutProposals):
         except PlanError as exc:
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
         self._latest[rollback.id] = rolling
+        await self._journal_abort_plan(rolling, plan)
         await self._note_gitops_owner(rolling)
         changes = {"changes": plan.changes()}
         await self._recorder.phase(rolling, plan.summary, changes)
@@ -67,6 +69,21 @@ class ArgoAborting(RolloutProposals):
         )
         await self._pager.notify(NotificationKind.ROLLBACK_STARTED, rolling, summary, details)
         return await self._after_abort_recorded(rolling)
+
+    async def _journal_abort_plan(self, rollback: Rollback, plan: AbortPlan) -> None:
+        """The ``plan`` event, with the canary's and the stable's pod templates.
+
+        As the Deployment path journals it, so the postmortem shows the change
+        after the ReplicaSets are gone. Best effort: a failed read journals the
+        plan without templates and the abort goes on.
+        """
+        try:
+            replicasets = await self._rollouts.rollout_replicasets(rollback.target)
+        except KubeError as exc:
+            log.warning("abort_plan_templates_unread", target=str(rollback.target), error=str(exc))
+            replicasets = []
+        message, data = abort_plan_event(plan, replicasets)
+        await self._recorder.event(rollback, "plan", message, data)
 
     async def _note_gitops_owner(self, rollback: Rollback) -> None:
         """Say on the pages who syncs the Rollout; nothing is paused.

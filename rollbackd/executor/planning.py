@@ -28,8 +28,7 @@ from rollbackd.model import Rollback
 from rollbackd.postmortem.change import compact_template
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import gitops_owner, revision_of
-from rollbackd.strategies import PlanError, Restore
-from rollbackd.strategies.bluegreen import recorded_gitops_owners
+from rollbackd.strategies import PlanError, Restore, bluegreen, canary
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,8 @@ class Planning(Core):
         """Safety rule 9: stop every GitOps controller that could undo the rollback, first.
 
         The target's owner, then the owner of each other object the strategy
-        writes (a blue-green Service), each owner once. A rollback a
+        writes (a blue-green Service and the previous colour it scales up, a
+        canary's HTTPRoute), each owner once. A rollback a
         controller re-applies at its next reconcile is worse than none, so a
         failed pause escalates without patching.
         """
@@ -216,7 +216,12 @@ class Planning(Core):
             return
         owner = gitops_owner(deployment)
         owners = [{"owner": owner}] if owner is not None else []
-        owners += [o for o in recorded_gitops_owners(deployment) if o["owner"] != owner]
+        for other in (
+            *bluegreen.recorded_gitops_owners(deployment),
+            *canary.recorded_gitops_owners(deployment),
+        ):
+            if all(other["owner"] != known["owner"] for known in owners):  # each owner once
+                owners.append(other)
         if owners:
             also = {"also_paused": owners[1:]} if len(owners) > 1 else {}
             self._gitops[rollback.id] = {**owners[0], "paused": True, **also}

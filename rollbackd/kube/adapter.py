@@ -29,7 +29,7 @@ from rollbackd.kube.election import LeaderElection
 from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
-from rollbackd.kube.rollouts import RolloutWrites
+from rollbackd.kube.rollouts import API_GROUP_VERSION, RolloutWrites
 from rollbackd.model import ClusterFacts, Rollback, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
@@ -135,6 +135,21 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
         if self.cache.rollout(target) is not None:
             return await self.read_rollout(target)
         return await self.read_deployment(target)
+
+    def involved_object(
+        self, target: Target, uid: str | None
+    ) -> tuple[tuple[str, str], str | None]:
+        """An Event on a Rollout target names the Rollout (its kind, group and uid).
+
+        So ``kubectl describe rollout`` and ``--field-selector
+        involvedObject.kind=Rollout`` show it. Read from the watch cache, as
+        the executor tells a Rollout apart; a Deployment stays a Deployment.
+        """
+        rollout = self.cache.rollout(target) if self.cache.deployment(target) is None else None
+        if rollout is None:
+            return super().involved_object(target, uid)
+        rollout_uid = (rollout.get("metadata") or {}).get("uid")
+        return (API_GROUP_VERSION, "Rollout"), str(rollout_uid) if rollout_uid else uid
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences, from the cache."""

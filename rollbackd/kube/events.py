@@ -1,4 +1,4 @@
-"""core/v1 Events on a Deployment: what ``kubectl describe`` shows of a rollback."""
+"""core/v1 Events on a Deployment (or a Rollout): what ``kubectl describe`` shows of a rollback."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from rollbackd.model import Target
 
 log = structlog.get_logger("rollbackd.kube")
 
+# (apiVersion, kind) of the object an Event names.
+DEPLOYMENT_KIND = ("apps/v1", "Deployment")
+
 
 def event_body(
     target: Target,
@@ -26,8 +29,9 @@ def event_body(
     uid: str | None,
     identity: str,
     now: datetime,
+    kind: tuple[str, str] = DEPLOYMENT_KIND,
 ) -> dict[str, Any]:
-    """The Event object (messages are capped at the API's 1 KiB)."""
+    """The Event object naming ``target`` as ``kind`` (messages are capped at the API's 1 KiB)."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
@@ -37,8 +41,8 @@ def event_body(
             "namespace": target.namespace,
         },
         "involvedObject": {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "apiVersion": kind[0],
+            "kind": kind[1],
             "name": target.name,
             "namespace": target.namespace,
             **({"uid": uid} if uid else {}),
@@ -58,6 +62,12 @@ def event_body(
 class DeploymentEvents(KubeClient):
     """Best-effort Events: a failure is logged, never raised."""
 
+    def involved_object(
+        self, target: Target, uid: str | None
+    ) -> tuple[tuple[str, str], str | None]:
+        """The (apiVersion, kind) and uid an Event on ``target`` names: its Deployment here."""
+        return DEPLOYMENT_KIND, uid
+
     async def emit_event(
         self,
         target: Target,
@@ -67,13 +77,14 @@ class DeploymentEvents(KubeClient):
         type: str = "Normal",
         uid: str | None = None,
     ) -> None:
-        """A core/v1 Event on the Deployment; failures are logged, never raised.
+        """A core/v1 Event on the target (:meth:`involved_object`); logged, never raised.
 
         Transient faults are retried, but only for a request timeout's worth
         of the budget in scope: an Event is worth less than the rollback's
         next step.
         """
         try:
+            kind, uid = self.involved_object(target, uid)
             body = event_body(
                 target,
                 reason=reason,
@@ -82,6 +93,7 @@ class DeploymentEvents(KubeClient):
                 uid=uid,
                 identity=self._identity,
                 now=datetime.now(UTC),
+                kind=kind,
             )
             budget = (current_budget() or RetryBudget(self._retry_budget)).child(
                 self._request_timeout

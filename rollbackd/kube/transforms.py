@@ -44,7 +44,12 @@ def trim_rollout(rollout: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("name", "namespace", "uid", "annotations", "resourceVersion")
     trimmed: dict[str, Any] = {"metadata": {k: meta[k] for k in keep if k in meta}}
     # A malformed spec is kept as it is: the facts say why it cannot be judged.
-    trimmed["spec"] = {"replicas": spec.get("replicas", 1)} if isinstance(spec, Mapping) else spec
+    if isinstance(spec, Mapping):
+        # spec.paused: a human's pause, which the decision tells apart (rollbackd.argo).
+        kept = {"replicas": spec.get("replicas", 1)}
+        trimmed["spec"] = kept | ({"paused": spec["paused"]} if "paused" in spec else {})
+    else:
+        trimmed["spec"] = spec
     if "status" in rollout:
         trimmed["status"] = rollout["status"]
     return trimmed

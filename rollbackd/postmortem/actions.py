@@ -46,6 +46,9 @@ def _undo_command(f: Facts) -> str:
         # Blue-green: the undo is the selector switch back (after the colour is Ready).
         selector = json.dumps({"spec": {"selector": dict(changes["selector_after"])}})
         return f"kubectl -n {rb.target.namespace} patch service {changes.get('service')} -p '{selector}'"
+    if isinstance(changes, Mapping) and changes.get("strategy") == "argo-rollouts":
+        # A Rollout: abort its canary as rollbackd would have (the stable version serves).
+        return f"kubectl argo rollouts abort {rb.target.name} -n {rb.target.namespace}"
     to = f" --to-revision={rb.to_revision}" if rb.to_revision else ""
     return f"kubectl -n {rb.target.namespace} rollout undo deployment/{rb.target.name}{to}"
 
@@ -65,9 +68,12 @@ def _superseded(f: Facts) -> str:
 def _fix_forward(f: Facts) -> str:
     images = ", ".join(f"`{i}`" for i in bad_images(f)) or "the bad revision's images"
     rb = f.rollback
+    # An Argo abort's revisions are its ReplicaSets', journaled with its plan.
+    bad = rb.from_revision or f.first_value("from_revision") or "?"
+    restored = rb.to_revision or f.first_value("to_revision") or "?"
     return (
-        f"Fix forward: the bad revision {rb.from_revision or '?'}'s image {images} failed; "
-        f"revision {rb.to_revision or '?'}'s template runs again, so the next deploy must carry the fix."
+        f"Fix forward: the bad revision {bad}'s image {images} failed; "
+        f"revision {restored}'s template runs again, so the next deploy must carry the fix."
     )
 
 

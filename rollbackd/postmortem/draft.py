@@ -76,9 +76,14 @@ def _change(f: Facts) -> Change:
         fields, source = [], "not recorded"
     diff = plan.get("diff")
     paths: list[Any] = diff if isinstance(diff, list) else []
-    return Change(
-        rb.from_revision, rb.to_revision, source, tuple(fields), tuple(map(str, paths)), images_from
-    )
+    # An Argo Rollout's abort journals its ReplicaSets' revisions in the plan.
+    bad_rev = rb.from_revision or _revision(plan.get("from_revision"))
+    restored_rev = rb.to_revision or _revision(plan.get("to_revision"))
+    return Change(bad_rev, restored_rev, source, tuple(fields), tuple(map(str, paths)), images_from)
+
+
+def _revision(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def build_draft(

@@ -77,8 +77,10 @@ class Restore:
     # The same, as one sentence for the Events and pages ("" for rolling).
     summary: str = ""
     # Objects beyond the target that the rollback writes, by description
-    # ("Service default/checkout"): their GitOps owners are paused too, each
-    # owner once, since a sync of theirs would undo the write (safety rule 9).
+    # ("Service default/checkout", "Deployment default/checkout-blue" when the
+    # previous colour is scaled up, "HTTPRoute default/checkout"): their GitOps
+    # owners are paused too, each owner once, since a sync of theirs would undo
+    # the write (safety rule 9).
     gitops_objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property

@@ -101,6 +101,8 @@ def _refuse(facts: RolloutFacts) -> PlanError | None:
         )
     if facts.aborted:
         return PlanError(ReasonCode.ROLLOUT_ALREADY_ABORTED, f"{where} is already aborted")
+    if facts.paused:
+        return PlanError(ReasonCode.PAUSED, f"{where} was paused by a human: not aborted")
     if not facts.updating or facts.canary_rs is None:
         return PlanError(ReasonCode.ROLLOUT_NOT_UPDATING, f"{where} has no canary to abort")
     if facts.stable_rs is None:
@@ -196,6 +198,11 @@ class ArgoRolloutsStrategy:
                 ReasonCode.TARGET_CHANGED,
                 f"Rollout {target} changed since the plan (canary {record['canary_hash']} "
                 f"planned; {now}): not aborted, a human took over",
+            )
+        if facts.paused and not facts.aborted:  # a human paused it after the plan: theirs
+            raise PlanError(
+                ReasonCode.PAUSED,
+                f"Rollout {target} was paused by a human since the plan: not aborted",
             )
         if not facts.aborted:
             await kube.abort_rollout(target)

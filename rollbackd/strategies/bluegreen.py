@@ -59,14 +59,22 @@ def plan_record(deployment: Obj) -> dict[str, Any]:
 
 
 def recorded_gitops_owners(deployment: Obj) -> list[dict[str, str]]:
-    """GitOps owners beyond the target's that the recorded rollback paused (the Service's)."""
+    """GitOps owners beyond the target's that the recorded rollback paused.
+
+    The Service's, and the previous colour's when the rollback scaled it up.
+    """
     record = plan_record(deployment)
-    if not record.get("service_owner"):
-        return []
     namespace = (deployment.get("metadata") or {}).get("namespace")
-    return [
-        {"owner": str(record["service_owner"]), "of": f"Service {namespace}/{record['service']}"}
-    ]
+    owned = (
+        ("service_owner", f"Service {namespace}/{record.get('service')}"),
+        ("previous_owner", f"Deployment {namespace}/{record.get('previous')}"),
+    )
+    return [{"owner": str(record[key]), "of": of} for key, of in owned if record.get(key)]
+
+
+def _named(objects: Sequence[Obj], name: str) -> Obj:
+    """The object of that name among ``objects``; {} when none."""
+    return next((o for o in objects if (o.get("metadata") or {}).get("name") == name), {})
 
 
 class BlueGreenStrategy:
@@ -111,7 +119,7 @@ class BlueGreenStrategy:
         target = (deployment.get("metadata") or {}).get("name", "")
         namespace = str((deployment.get("metadata") or {}).get("namespace"))
         services = context.get("services", ())
-        service: Obj = next((s for s in services if s["metadata"]["name"] == facts.service), {})
+        service = _named(services, str(facts.service))
         template = (deployment.get("spec") or {}).get("template") or {}
         running = [rs for rs in replicasets if templates_equal(rs["spec"]["template"], template)]
         key = facts.color_label
@@ -125,9 +133,12 @@ class BlueGreenStrategy:
             "replicas": facts.previous_replicas,
             "cleanup": facts.cleanup,
         }
-        if service_owner := gitops_owner(service):
-            # Named on the pages of a resumed rollback: it was paused before this record.
-            record["service_owner"] = service_owner
+        # Objects it writes besides the target, whose owner's sync would undo the write:
+        # the Service (switched back) and the previous colour when it is scaled up.
+        previous_of = f"Deployment {namespace}/{facts.previous}"
+        others: dict[str, Obj] = (
+            {f"Service {namespace}/{facts.service}": service} if service else {}
+        )
         scaled = []
         if facts.previous_current_replicas < facts.previous_replicas:
             scaled.append(
@@ -137,6 +148,12 @@ class BlueGreenStrategy:
                     "to": facts.previous_replicas,
                 }
             )
+            previous = _named(context.get("deployments", ()), str(facts.previous))
+            if previous:
+                others[previous_of] = previous
+        # Named on the pages of a resumed rollback: they were paused before this record.
+        owned_by = (("service_owner", service), ("previous_owner", others.get(previous_of, {})))
+        record.update({key: owner for key, obj in owned_by if (owner := gitops_owner(obj))})
         replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
         changes = {
             "strategy": BLUE_GREEN,
@@ -161,8 +178,7 @@ class BlueGreenStrategy:
             verify_target=Target(namespace, str(facts.previous)),
             changes={**changes, "record": record},
             summary=summary,
-            # A sync of the Service's own owner would switch the selector back.
-            gitops_objects={f"Service {namespace}/{facts.service}": service} if service else {},
+            gitops_objects=others,
         )
 
     def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:

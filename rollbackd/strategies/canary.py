@@ -41,12 +41,12 @@ from rollbackd.kube.rollout import deployment_status
 from rollbackd.model import Target
 from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
-from rollbackd.revisions import revision_of, strip_hash
+from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
 from rollbackd.state import with_plan_record
 from rollbackd.strategies import Obj, Ops, PlanError, Restore, RolloutOutcome, RolloutWaiter
 
-__all__ = ["CanaryStrategy", "plan_record"]
+__all__ = ["CanaryStrategy", "plan_record", "recorded_gitops_owners"]
 
 # Re-reads a guarded route write may take when only its status moved.
 _ATTEMPTS = 8
@@ -55,6 +55,15 @@ _ATTEMPTS = 8
 def plan_record(deployment: Obj) -> dict[str, Any]:
     """The canary record of the rollback recorded on the target; {} when none (or another's)."""
     return recorded_plan(deployment, ANNOTATION_CANARY)
+
+
+def recorded_gitops_owners(deployment: Obj) -> list[dict[str, str]]:
+    """The HTTPRoute's GitOps owner the recorded rollback paused, when not the canary's."""
+    record = plan_record(deployment)
+    if not record.get("route_owner"):
+        return []
+    namespace = (deployment.get("metadata") or {}).get("namespace")
+    return [{"owner": str(record["route_owner"]), "of": f"HTTPRoute {namespace}/{record['route']}"}]
 
 
 def _weights(route: Obj, positions: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -123,8 +132,12 @@ class CanaryStrategy:
         )
         record: dict[str, Any] = {"stable": facts.stable, "replicas": facts.replicas}
         changes: dict[str, Any] = {"strategy": CANARY, "stable": facts.stable}
+        others: dict[str, Obj] = {}  # a sync of the route's owner would put the weight back
         if facts.route:
             record.update(self._route_record(facts.route, context, deployment, stable))
+            others[f"HTTPRoute {meta.get('namespace')}/{facts.route}"] = context["route"]
+            if route_owner := gitops_owner(context["route"]):
+                record["route_owner"] = route_owner  # named on a resumed rollback's pages
             changes["route"] = record["route"]
             changes["weights_before"], changes["weights_after"] = record["before"], record["after"]
             summary = (
@@ -156,6 +169,7 @@ class CanaryStrategy:
             verify_target=Target(str(meta.get("namespace")), facts.stable),
             changes={**changes, "record": record},
             summary=summary,
+            gitops_objects=others,
         )
 
     @staticmethod

@@ -130,6 +130,9 @@ async def test_a_failing_canary_paused_at_25_is_aborted_and_the_stable_version_v
     assert started["data"]["changes"]["strategy"] == "argo-rollouts"
     assert started["data"]["changes"]["stable_hash"] == stable
     assert "aborting Rollout default/shop" in report
+    # The change that caused it: the canary's template against the stable's.
+    assert "Bad revision **2**, restored revision **1**." in report
+    assert "`registry.example/shop:1.5.0`" in report and "`registry.example/shop:1.4.0`" in report
 
     # Alertmanager's alert names the Rollout too: it is decided, not dropped as unknown.
     async def alert_decided() -> dict[str, Any] | None:

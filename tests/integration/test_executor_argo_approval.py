@@ -222,12 +222,23 @@ async def human_abort(kube: Kube) -> None:
     await kube.abort_rollout(WEB)
 
 
+async def human_pause(kube: Kube) -> None:
+    """``kubectl argo rollouts pause``: spec.paused, no status patch."""
+    await kube.request(
+        "PATCH",
+        f"{ROLLOUTS}/web",
+        body={"spec": {"paused": True}},
+        content_type="application/merge-patch+json",
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "reason_code", "says"),
     [
         (human_abort, ReasonCode.ROLLOUT_ALREADY_ABORTED, "aborted by someone else"),
         (promote_full, ReasonCode.ROLLOUT_NOT_UPDATING, "has no canary any more"),
         (redeploy, ReasonCode.TARGET_CHANGED, "its canary is now"),
+        (human_pause, ReasonCode.PAUSED, "a human paused it (spec.paused)"),
     ],
 )
 async def test_a_rollout_that_moves_while_waiting_withdraws_the_proposal(
@@ -248,7 +259,7 @@ async def test_a_rollout_that_moves_while_waiting_withdraws_the_proposal(
     assert says in (done.reason or "") and "nothing was aborted" in (done.reason or "")
     assert [r.id for r in withdrawn] == [done.id]  # its signals are decided again
     # The only status patch is the human's own (abort, promote); rollbackd sent none.
-    assert len(aborts(kubesim, mark)) == (0 if change is redeploy else 1)
+    assert len(aborts(kubesim, mark)) == (0 if change in (redeploy, human_pause) else 1)
     assert pager.kinds[-1] is NotificationKind.SUPERSEDED
     now_running = pager.pages[-1][2]["superseded_by"]  # what the report prints
     assert now_running["images"] == [image] and now_running["aborted"] is (change is human_abort)

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 from rollbackd.canary import ANNOTATION_CANARY, ANNOTATION_CANARY_REPLICAS
 from rollbackd.model import ANNOTATION_ROLLBACK, Decision, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
-from rollbackd.state import decode_state
+from rollbackd.state import RollbackState, decode_state
 from rollbackd.strategies import RolloutStatus
 from rollbackd.testing.kubesim import KubeSim
 from tests.integration.test_executor_bluegreen import World as BlueGreenWorld
@@ -298,10 +298,8 @@ async def test_sets_the_canary_weight_to_zero_and_the_stable_to_the_total(world:
     assert plan is not None and plan["changes"]["weights_after"] == [[0, 1, 0], [0, 0, 100]]
 
 
-async def test_a_kill_between_the_record_and_the_route_write_resumes_and_writes_once(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await world.release_canary(canary_route="checkout", with_route=True)
+async def killed_at_the_route_write(world: World, monkeypatch: pytest.MonkeyPatch) -> RollbackState:
+    """Run the rollback and kill it as it is about to write the route; the state it left."""
     reached = asyncio.Event()
 
     async def killed_here(namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,7 +315,14 @@ async def test_a_kill_between_the_record_and_the_route_write_resumes_and_writes_
     with pytest.raises(asyncio.CancelledError):
         await task
     monkeypatch.undo()
-    state = decode_state(world.annotations(CANARY)[ANNOTATION_ROLLBACK])
+    return decode_state(world.annotations(CANARY)[ANNOTATION_ROLLBACK])
+
+
+async def test_a_kill_between_the_record_and_the_route_write_resumes_and_writes_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.release_canary(canary_route="checkout", with_route=True)
+    state = await killed_at_the_route_write(world, monkeypatch)
     assert state.phase is Phase.ROLLING_BACK
     assert world.weights() == {"checkout-stable": 90, "checkout-canary": 10}
     mark = world.sim.requests.mark()

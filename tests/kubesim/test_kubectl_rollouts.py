@@ -310,3 +310,25 @@ async def test_an_abort_the_api_server_fails_changes_nothing_and_a_retry_applies
     await kubectl.run(*args)
     await until_phase(kubectl, "Degraded")
     await wait_for(lambda: replica_sets(kubectl), lambda rs: rs == {stable: (4, 4), canary: (0, 0)})
+
+
+async def test_a_human_pause_holds_the_steps_until_it_is_lifted(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """``kubectl argo rollouts pause`` sets spec.paused: no step completes, no pause condition."""
+    await create(kubectl, tmp_path, rollout_manifest(steps=[{"setWeight": 25}]))
+    stable = (await until_phase(kubectl, "Healthy"))["stableRS"]
+    pause = '{"spec":{"paused":true}}'  # pkg/kubectl-argo-rollouts/cmd/pause
+    await kubectl.run("patch", "rollout", "web", "--type=merge", "-p", pause)
+    await until_phase(kubectl, "Paused", message="manually paused")
+
+    await set_image(kubectl, "example/app:2.0")
+    # The sync that saw the canary available would have completed setWeight 25.
+    held = await until_phase(kubectl, "Paused", updatedReplicas=1, availableReplicas=4)
+    assert held["currentStepIndex"] == 0 and held["stableRS"] == stable
+    assert held["message"] == "manually paused" and "pauseConditions" not in held
+
+    resume = '{"spec":{"paused":false}}'
+    await kubectl.run("patch", "rollout", "web", "--type=merge", "-p", resume)
+    done = await until_phase(kubectl, "Healthy", stableRS=held["currentPodHash"])
+    assert done["currentStepIndex"] == 1

@@ -125,6 +125,7 @@ def test_no_current_pod_hash_means_no_update_in_progress() -> None:
         (lambda o: o.update(spec=["not", "a", "map"]), ReasonCode.ROLLOUT_SPEC_INVALID),
         (lambda o: o["spec"].update(replicas="4"), ReasonCode.ROLLOUT_SPEC_INVALID),
         (lambda o: o["spec"].update(replicas=-1), ReasonCode.ROLLOUT_SPEC_INVALID),
+        (lambda o: o["spec"].update(paused="yes"), ReasonCode.ROLLOUT_SPEC_INVALID),
         (
             lambda o: o["status"].update(
                 conditions=[{"type": "InvalidSpec", "message": "steps[0].setWeight: -5"}]
@@ -183,6 +184,47 @@ def test_a_rollout_without_a_canary_is_skipped() -> None:
     decision = decide(rollout(currentPodHash="s1", phase="Healthy"))
     assert decision.action is Action.SKIP
     assert decision.reason_code == ReasonCode.ROLLOUT_NOT_UPDATING
+
+
+def paused(obj: dict[str, Any]) -> dict[str, Any]:
+    """``kubectl argo rollouts pause``: a human sets spec.paused."""
+    obj["spec"]["paused"] = True
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "names"),
+    [
+        (paused(rollout()), "canary web-c2"),
+        (paused(rollout(currentPodHash="s1", phase="Paused")), "no canary"),
+    ],
+)
+def test_a_rollout_a_human_paused_escalates_paused_and_nothing_is_aborted(
+    obj: dict[str, Any], names: str
+) -> None:
+    decision = decide(obj)
+
+    assert decision.action is Action.ESCALATE and decision.reason_code == ReasonCode.PAUSED
+    assert f"Rollout shop/web is paused ({names}, spec.paused)" in decision.reason
+    assert "a human paused the rollout and is in control" in decision.reason
+    assert "nothing was aborted" in decision.reason
+
+
+def test_the_controllers_own_step_pause_is_not_a_human_pause() -> None:
+    step_pause = rollout(
+        pauseConditions=[{"reason": "CanaryPauseStep", "startTime": ts(timedelta(minutes=9))}],
+        controllerPause=True,
+    )
+    assert not rollout_facts(step_pause, REPLICASETS).paused
+    assert decide(step_pause).action is Action.ROLLBACK
+    # spec.paused false is what "kubectl argo rollouts resume" leaves behind.
+    resumed = rollout()
+    resumed["spec"]["paused"] = False
+    assert decide(resumed).action is Action.ROLLBACK
+
+
+def test_a_paused_rollout_that_is_already_aborted_stays_skipped() -> None:
+    assert decide(paused(rollout(abort=True))).reason_code == ReasonCode.ROLLOUT_ALREADY_ABORTED
 
 
 def test_no_stable_replicaset_escalates_manual_rollback() -> None:
@@ -306,6 +348,7 @@ def test_the_plan_names_what_the_abort_changes() -> None:
         (rollout(currentPodHash="s1"), REPLICASETS, ReasonCode.ROLLOUT_NOT_UPDATING),
         (rollout(), [REPLICASETS[1]], ReasonCode.ROLLOUT_NO_STABLE),
         ({"metadata": {"name": "web"}, "spec": {}}, [], ReasonCode.ROLLOUT_STATUS_MISSING),
+        (paused(rollout()), REPLICASETS, ReasonCode.PAUSED),
     ],
 )
 def test_the_plan_refuses_with_the_reason_and_writes_nothing(
@@ -402,6 +445,12 @@ def test_a_rollout_that_moved_from_the_proposed_abort_says_how(
     moved = moved_since(rollout(**status), PROPOSED)
 
     assert moved is not None and moved[0] == code and says in moved[1], moved
+
+
+def test_a_proposal_on_a_rollout_a_human_then_paused_is_withdrawn_as_paused() -> None:
+    moved = moved_since(paused(rollout()), PROPOSED)
+
+    assert moved == (ReasonCode.PAUSED, "a human paused it (spec.paused) and is in control")
 
 
 def test_a_rollout_whose_status_churns_has_not_moved_from_the_proposal() -> None:

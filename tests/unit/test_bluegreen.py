@@ -481,10 +481,15 @@ def test_the_plan_names_the_service_as_an_object_whose_gitops_owner_is_paused_to
     routed = service()
     routed["metadata"]["labels"] = {"kustomize.toolkit.fluxcd.io/name": "routing"}
     restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, context(routed))
-    # The executor pauses the owner of each (the target's first, each owner once).
-    assert dict(restore.gitops_objects) == {"Service shop/checkout": routed}
+    # The executor pauses the owner of each (the target's first, each owner once);
+    # blue, at 0, is scaled up too (it has no owner here).
+    assert dict(restore.gitops_objects) == {
+        "Service shop/checkout": routed,
+        "Deployment shop/checkout-blue": context()["deployments"][0],
+    }
     record = dict(restore.changes["record"])
     assert record["service_owner"] == "flux:kustomization/routing"
+    assert "previous_owner" not in record
     # A resumed rollback names it on its pages from the record on the target.
     recorded_target = {
         "metadata": {
@@ -504,3 +509,41 @@ def test_a_service_without_a_gitops_owner_records_none() -> None:
     restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, context())
     assert "service_owner" not in restore.changes["record"]  # the record as before
     assert recorded_gitops_owners(GREEN_DEPLOYMENT) == []
+
+
+def owned_blue(replicas: int) -> dict[str, Any]:
+    blue = deployment("blue", "shop/checkout:1.4", replicas=replicas)
+    blue["metadata"]["labels"] = {"argocd.argoproj.io/instance": "shop-blue"}
+    return blue
+
+
+def test_the_previous_colour_it_scales_up_is_an_object_whose_owner_is_paused_too() -> None:
+    blue = owned_blue(0)
+    ctx = {"services": [service()], "deployments": [blue, GREEN_DEPLOYMENT]}
+
+    restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, ctx)
+
+    assert restore.gitops_objects["Deployment shop/checkout-blue"] == blue
+    record = dict(restore.changes["record"])
+    assert record["previous_owner"] == "argocd:shop-blue"
+    recorded_target = {
+        "metadata": {
+            "namespace": "shop",
+            "annotations": {
+                **state_annotations(Phase.ROLLING_BACK),
+                ANNOTATION_BLUEGREEN: json.dumps({**record, "rollback_id": "rb-7"}),
+            },
+        }
+    }
+    assert recorded_gitops_owners(recorded_target) == [
+        {"owner": "argocd:shop-blue", "of": "Deployment shop/checkout-blue"}
+    ]
+
+
+def test_a_previous_colour_left_at_its_replicas_is_not_written_so_its_owner_is_not_paused() -> None:
+    ctx = {"services": [service()], "deployments": [owned_blue(3), GREEN_DEPLOYMENT]}
+
+    restore = BlueGreenStrategy().plan(GREEN_DEPLOYMENT, [], None, ctx)
+
+    assert list(restore.gitops_objects) == ["Service shop/checkout"]
+    assert "previous_owner" not in restore.changes["record"]

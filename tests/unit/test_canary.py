@@ -41,7 +41,7 @@ from rollbackd.model import (
 )
 from rollbackd.state import RollbackState, encode_state
 from rollbackd.strategies import PlanError
-from rollbackd.strategies.canary import CanaryStrategy
+from rollbackd.strategies.canary import CanaryStrategy, recorded_gitops_owners
 from rollbackd.strategies.factory import STRATEGIES, recorded
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -372,6 +372,39 @@ def test_a_weighted_plan_writes_no_replicas_and_records_the_weights() -> None:
     assert restore.changes["weights_before"] == [[0, 1, 20], [0, 0, 80]]
     ops = CanaryStrategy().patch(target, restore, annotations={})
     assert not [op for op in ops if op["path"] == "/spec/replicas"]
+
+
+def test_the_route_it_re_weights_is_an_object_whose_gitops_owner_is_paused_too() -> None:
+    target = canary(**{"rollbackd.io/canary-route": "checkout"})
+    routed = route()
+    routed["metadata"]["labels"] = {"argocd.argoproj.io/instance": "shop-routing"}
+    context = {"deployments": [STABLE, target], "services": SERVICES, "route": routed}
+
+    restore = CanaryStrategy().plan(target, [], None, context)
+
+    # A sync of the route's Application would put the canary's weight back.
+    assert dict(restore.gitops_objects) == {"HTTPRoute shop/checkout": routed}
+    record = dict(restore.changes["record"])
+    assert record["route_owner"] == "argocd:shop-routing"
+    recorded_target = {
+        "metadata": {
+            "namespace": "shop",
+            "annotations": {
+                ANNOTATION_ROLLBACK: encode_state(
+                    RollbackState("rb-7", Phase.ROLLING_BACK, 1, 1, NOW, NOW, "rollback")
+                ),
+                ANNOTATION_CANARY: json.dumps({**record, "rollback_id": "rb-7"}),
+            },
+        }
+    }
+    assert recorded_gitops_owners(recorded_target) == [
+        {"owner": "argocd:shop-routing", "of": "HTTPRoute shop/checkout"}
+    ]
+
+
+def test_a_canary_by_replicas_writes_no_other_object() -> None:
+    restore = CanaryStrategy().plan(canary(), [], None, {"deployments": [STABLE, canary()]})
+    assert dict(restore.gitops_objects) == {}
 
 
 @pytest.mark.parametrize(
