@@ -236,7 +236,8 @@ class Daemon:
     # -- leadership ------------------------------------------------------------------
 
     async def _become_leader(self) -> None:
-        if self._leader:
+        # A Lease won back while stopping (it was lost under load) starts nothing.
+        if self._leader or self._stopped:
             return
         self._leader = True
         self.metrics.is_leader.set(1)

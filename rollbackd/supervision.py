@@ -12,15 +12,18 @@ way to stop a task and is not a failure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
+from types import FrameType
 
 import structlog
 
 __all__ = ["Supervisor", "retrying"]
 
 log = structlog.get_logger("rollbackd.supervision")
+
+# How long stopping waits for a cancelled task before it logs and goes on.
+STOP_TIMEOUT = 15.0
 
 
 class Supervisor:
@@ -40,15 +43,27 @@ class Supervisor:
         self._tasks[name] = task
         self._bodies[name] = body
 
-    async def cancel(self, *names: str) -> None:
-        """Cancel the named tasks (all when none are named) and wait for them to end."""
+    async def cancel(self, *names: str, timeout: float = STOP_TIMEOUT) -> None:
+        """Cancel the named tasks (all when none are named) and wait for them to end.
+
+        At most ``timeout`` seconds: a task that will not end (a bug that
+        swallows its cancellation, a call that never returns) is logged with
+        where it is stuck and left behind, so a stopping daemon still closes
+        its journal and exits instead of hanging until it is killed.
+        """
         chosen = [n for n in (names or tuple(self._tasks)) if n in self._tasks]
         tasks = [self._tasks.pop(n) for n in chosen]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout)
+            for task in stuck:
+                log.error(
+                    "task_would_not_stop",
+                    task=task.get_name(),
+                    waited=timeout,
+                    at=_awaiting(task.get_coro()),
+                )
         for name in chosen:
             body = self._bodies.pop(name)
             if inspect.iscoroutine(body):
@@ -101,3 +116,15 @@ async def retrying(
                 await on_error()
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+def _awaiting(coro: object, depth: int = 12) -> list[str]:
+    """Where a suspended coroutine waits: each frame down its chain of awaits."""
+    where: list[str] = []
+    while coro is not None and len(where) < depth:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if isinstance(frame, FrameType):
+            code = frame.f_code
+            where.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return where

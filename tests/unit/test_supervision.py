@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import structlog
 
 from rollbackd.supervision import Supervisor, retrying
+from rollbackd.testing.stack import Stack
 
 
 async def test_an_essential_task_that_crashes_sets_failed_with_its_name() -> None:
@@ -78,3 +82,40 @@ async def test_retrying_runs_again_after_errors_and_calls_on_error() -> None:
         await done.wait()
     task.cancel()
     assert (attempts, errors) == (3, 2)
+
+
+async def test_a_task_that_will_not_stop_is_logged_and_left_behind_not_waited_for() -> None:
+    supervisor = Supervisor()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # the bug: a cancellation swallowed
+
+    supervisor.spawn("stubborn", stubborn())
+    supervisor.spawn("poller", asyncio.Event().wait())
+    await asyncio.sleep(0)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await supervisor.cancel(timeout=0.2)
+    assert supervisor.running() == []
+    [stuck] = [e for e in logs if e["event"] == "task_would_not_stop"]
+    assert stuck["task"] == "rollbackd-stubborn" and stuck["log_level"] == "error"
+    assert any("stubborn" in where for where in stuck["at"]), stuck["at"]
+    release.set()
+
+
+async def test_a_lease_won_back_while_the_daemon_stops_starts_nothing(tmp_path: Path) -> None:
+    async with Stack(tmp_path / "stack") as stack:
+        daemon = stack.daemon
+        await daemon._lose_leadership()  # the Lease lost under load ...
+        daemon._stopped = True  # ... while stop() has begun
+        try:
+            await daemon._become_leader()  # and won back before stop() cancels the campaign
+            assert not daemon._leader
+            assert "dispatcher" not in daemon.supervisor.running()
+        finally:
+            daemon._stopped = False  # let the stack's own stop run in full
