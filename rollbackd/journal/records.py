@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -55,45 +56,45 @@ class RecordStore(Connection):
         replayed.
         """
         stamp = format_time(at)
-        decision_id = 0
+        row = (
+            stamp,
+            signal_key,
+            decision.target.namespace,
+            decision.target.name,
+            str(decision.action),
+            decision.reason_code,
+            decision.reason,
+            decision.from_revision,
+            decision.to_revision,
+            rollback_id or decision.rollback_id,
+        )
+        ids = list(covers)
 
-        async def body() -> None:
-            nonlocal decision_id
-            cursor = await self._conn.execute(
+        def body(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
                 " reason, from_revision, to_revision, rollback_id)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stamp,
-                    signal_key,
-                    decision.target.namespace,
-                    decision.target.name,
-                    str(decision.action),
-                    decision.reason_code,
-                    decision.reason,
-                    decision.from_revision,
-                    decision.to_revision,
-                    rollback_id or decision.rollback_id,
-                ),
+                row,
             )
             decision_id = int(cursor.lastrowid or 0)
             if signal_key:
-                await self._conn.execute(
+                conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"
                     " WHERE key = ? AND accepted = 1 AND decided_at IS NULL",
                     (stamp, decision_id, signal_key),
                 )
-            ids = list(covers)
             for start in range(0, len(ids), SQL_CHUNK):
                 chunk = ids[start : start + SQL_CHUNK]
-                await self._conn.execute(
+                conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"
                     f" WHERE decided_at IS NULL AND id IN ({','.join('?' * len(chunk))})",
                     (stamp, decision_id, *chunk),
                 )
+            return decision_id
 
-        await self._transaction(body)
-        return decision_id
+        # One trip to the journal's thread: see ``_transaction_in_thread``.
+        return await self._transaction_in_thread(body)
 
     async def link_decision(self, decision_id: int, record_id: str) -> None:
         """Attach a decision to the record its action produced (an escalation's page)."""
@@ -120,13 +121,12 @@ class RecordStore(Connection):
         )
         new_details = to_jsonable(dict(details or {}))
 
-        async def upsert() -> None:
-            async with self._conn.execute(
+        def upsert(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
                 "SELECT namespace, name, details FROM rollbacks WHERE id = ?", (rollback.id,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None:
-                await self._conn.execute(
+                conn.execute(
                     "INSERT INTO rollbacks (id, namespace, name, phase, started_at, updated_at,"
                     " finished_at, from_revision, to_revision, reason_code, reason, kind, details)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -138,14 +138,14 @@ class RecordStore(Connection):
                     f"rollback {rollback.id} belongs to {row[0]}/{row[1]}, not {rollback.target}"
                 )
             merged = {**loads_json(row[2]), **new_details}
-            await self._conn.execute(
+            conn.execute(
                 "UPDATE rollbacks SET namespace = ?, name = ?, phase = ?, started_at = ?,"
                 " updated_at = ?, finished_at = ?, from_revision = ?, to_revision = ?,"
                 " reason_code = ?, reason = ?, kind = ?, details = ? WHERE id = ?",
                 (*values, dumps_json(merged), rollback.id),
             )
 
-        await self._transaction(upsert)
+        await self._transaction_in_thread(upsert)
 
     async def record_event(
         self,
