@@ -144,6 +144,15 @@ class Connection:
         async with self._write_lock:
             return await _busy_retried(lambda: self._conn._execute(_run_transaction, raw, body))
 
+    async def _read_in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(connection)``'s reads in one trip to the journal's thread (no transaction).
+
+        A decision's history was four reads, four trips: each waits for a
+        turn of a busy loop, and the webhooks' commits queue behind them on
+        the connection's one thread.
+        """
+        return await self._conn._execute(body, self._conn._conn)
+
     async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
         # aiosqlite runs calls in order on one thread, but two coroutines'
         # statements would interleave between BEGIN and COMMIT on the shared

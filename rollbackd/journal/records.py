@@ -243,28 +243,35 @@ class RecordStore(Connection):
         in rollback details, newest first.
         """
         key = (target.namespace, target.name, str(RecordKind.ROLLBACK))
-        in_flight = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
-            (*key, *_NON_TERMINAL),
-        )
-        finished = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            f" AND phase IN ({','.join('?' * len(_ACTED_TERMINAL))})"
-            " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
-            (*key, *_ACTED_TERMINAL),
-        )
-        restored_rows = await self._rows(
-            "SELECT details FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            " ORDER BY started_at DESC, id DESC",
-            key,
-        )
-        dry_run = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
-            (target.namespace, target.name, str(RecordKind.DRY_RUN)),
-        )
+
+        def read(conn: sqlite3.Connection) -> list[list[sqlite3.Row]]:
+            return [
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
+                    " ORDER BY started_at DESC, id DESC LIMIT 1",
+                    (*key, *_NON_TERMINAL),
+                ).fetchall(),
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    f" AND phase IN ({','.join('?' * len(_ACTED_TERMINAL))})"
+                    " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
+                    (*key, *_ACTED_TERMINAL),
+                ).fetchall(),
+                conn.execute(
+                    "SELECT details FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    " ORDER BY started_at DESC, id DESC",
+                    key,
+                ).fetchall(),
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    " ORDER BY started_at DESC, id DESC LIMIT 1",
+                    (target.namespace, target.name, str(RecordKind.DRY_RUN)),
+                ).fetchall(),
+            ]
+
+        # Every decision reads it: one trip to the journal's thread, not four.
+        in_flight, finished, restored_rows, dry_run = await self._read_in_thread(read)
         restored: list[int] = []
         for row in restored_rows:
             value = loads_json(row["details"]).get(DETAIL_RESTORED_REVISION)

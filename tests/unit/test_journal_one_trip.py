@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     await opened.close()
 
 
-async def turns_while(write: Callable[[], Any]) -> int:
+async def turns_while(write: Awaitable[Any]) -> int:
     """Turns a busy loop (a task holding it ``HOG_TURN_SECONDS`` per turn) makes during ``write``."""
     turns = 0
     running = True
@@ -70,7 +70,7 @@ async def turns_while(write: Callable[[], Any]) -> int:
     await asyncio.sleep(0)
     before = turns
     try:
-        await write()
+        await write
     finally:
         running = False
         await task
@@ -83,23 +83,41 @@ async def undecided(journal: Journal) -> list[str]:
 
 async def test_a_webhooks_commit_takes_one_trip_not_one_per_statement(journal: Journal) -> None:
     await journal.accept([signal("warm")])  # the connection's first statements are behind us
-    turns = await turns_while(lambda: journal.accept([signal("am:fp1"), signal("am:fp2")]))
+    # The fewest of a few commits: a disk that stalls once (a WAL checkpoint) says nothing
+    # about the trips, and a trip per statement can never take fewer turns than statements.
+    turns = min(
+        [
+            await turns_while(journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")]))
+            for n in range(3)
+        ]
+    )
     # One trip: its statements' hand-overs of the GIL and the group commit's own.
     # A trip per statement was 13 turns here.
     assert turns <= 8, f"{turns} turns of the busy loop for one commit"
-    assert await undecided(journal) == ["warm", "am:fp1", "am:fp2"]
+    assert len(await undecided(journal)) == 7
 
 
 async def test_a_decision_is_recorded_in_one_trip(journal: Journal) -> None:
-    ids = await journal.accept([signal("am:fp1"), signal("am:fp2")])
     decision = Decision(Action.SKIP, APP, ReasonCode.SIGNAL_RESOLVED, "the alert resolved")
-    turns = await turns_while(
-        lambda: journal.record_decision(
-            decision, signal_key="am:fp1", at=T0, covers=[i for i in ids if i]
+    fewest = None
+    for n in range(3):
+        ids = await journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")])
+        turns = await turns_while(
+            journal.record_decision(
+                decision, signal_key=f"am:{n}:1", at=T0, covers=[i for i in ids if i]
+            )
         )
-    )
-    assert turns <= 7, f"{turns} turns of the busy loop for one decision"  # a trip each: 10-12
-    assert await undecided(journal) == [], "both signals are settled by the decision"
+        fewest = turns if fewest is None else min(fewest, turns)
+    assert fewest is not None and fewest <= 7, (
+        f"{fewest} turns for one decision"
+    )  # a trip each: 10-12
+    assert await undecided(journal) == [], "every signal is settled by its decision"
+
+
+async def test_a_decisions_history_is_read_in_one_trip(journal: Journal) -> None:
+    await journal.history(APP)
+    turns = min([await turns_while(journal.history(APP)) for _ in range(3)])
+    assert turns <= 3, f"{turns} turns of the busy loop for one history"  # a read each: 4+
 
 
 async def test_a_transaction_failing_midway_commits_nothing_and_every_caller_hears_it(
