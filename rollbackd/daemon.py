@@ -23,6 +23,7 @@ from rollbackd import leanimport
 from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
+from rollbackd.heap import freeze_when_synced
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
 from rollbackd.kube.leader_label import LeaderLabel
@@ -191,7 +192,7 @@ class Daemon:
         # writes nothing (the Kube client asks the fence) and pages nothing.
         self.notifier.gate = self.kube.fence.may_act
         # A label left by an earlier process in this pod must not draw webhooks.
-        await self._leader_label().release()
+        await self._leader_label.release()
         await self.kube.run_leader_election(
             namespace=le.namespace,
             lease_name=le.lease_name,
@@ -204,13 +205,10 @@ class Daemon:
             on_stopped=self._lose_leadership,
         )
 
+    @functools.cached_property
     def _leader_label(self) -> LeaderLabel:
         """This replica's pod label (created on first use: start() does not know it)."""
-        label: LeaderLabel | None = getattr(self, "_pod_label", None)
-        if label is None:
-            label = LeaderLabel.from_env(self.kube.request, self.kube.fence)
-            self._pod_label = label
-        return label
+        return LeaderLabel.from_env(self.kube.request, self.kube.fence)
 
     async def stop(self) -> None:
         """Stop in order: finish what is due, hand over leadership, close what was opened."""
@@ -243,7 +241,7 @@ class Daemon:
         self.metrics.is_leader.set(1)
         log.info("leadership_acquired", term=str(self.kube.fence.term or "unfenced"))
         # The webhook Service selects the leader's pod by this label.
-        await self._leader_label().claim()
+        await self._leader_label.claim()
         await self.kube.wait_synced(timeout=60)
         if not self.notifier.running:
             await self.notifier.start()  # pages left by an earlier leader go out now
@@ -283,7 +281,7 @@ class Daemon:
         await self.dispatcher.stop(grace=grace)
         # Unsent pages stay in the outbox for whoever leads next.
         await self.notifier.stop()
-        await self._leader_label().release()
+        await self._leader_label.release()
 
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""
@@ -376,6 +374,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
     daemon = Daemon(settings)
     await daemon.start()
+    # This process's first list is never garbage: out of full collections (heap.py).
+    daemon.supervisor.spawn("gc-freeze", freeze_when_synced(daemon.kube), essential=False)
     try:
         stopping = asyncio.ensure_future(stop.wait())
         failing = asyncio.ensure_future(daemon.supervisor.failed.wait())

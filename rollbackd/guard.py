@@ -51,7 +51,10 @@ def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     ours) and the guard (what a rollback would change) must never disagree,
     e.g. on ``emptyDir: {}`` against an absent key.
     """
-    return not template_diff_paths(a, b)
+    # Identical templates (the common case: a Deployment's and its current
+    # ReplicaSet's) have no diff; the comparison in C spares the two
+    # normalizing walks, which every Deployment's facts paid at every look.
+    return a == b or not template_diff_paths(a, b)
 
 
 def field_of(path: str) -> str:

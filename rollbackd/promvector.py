@@ -15,15 +15,16 @@ so the result array starts right after ``VECTOR_PREFIX``; any other answer
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import requests
+
+from rollbackd import loopslice
+from rollbackd.loopslice import LoopSlices
 
 __all__ = [
     "VECTOR_PREFIX",
@@ -48,7 +49,7 @@ Combine = Literal["max", "min", "sum"]
 
 VECTOR_PREFIX = '{"status":"success","data":{"resultType":"vector","result":['
 # How long the loop is held at most between yields while folding.
-SLICE_SECONDS = 0.002
+SLICE_SECONDS = loopslice.SLICE_SECONDS
 _CHECK_EVERY = 256  # items between clock reads
 _DECODER = json.JSONDecoder()
 
@@ -196,13 +197,11 @@ async def each_item(answer: Any, visit: Callable[[Any], None]) -> None:
         items: Iterable[Any] = result
     else:
         items = _vector_items(answer.text)
-    clock = time.perf_counter
-    deadline = clock() + SLICE_SECONDS
+    slices = LoopSlices(SLICE_SECONDS)
     for count, item in enumerate(items, 1):
         visit(item)
-        if count % _CHECK_EVERY == 0 and clock() > deadline:
-            await asyncio.sleep(0)
-            deadline = clock() + SLICE_SECONDS
+        if count % _CHECK_EVERY == 0:
+            await slices.pause_if_due()
 
 
 async def fold_answer(

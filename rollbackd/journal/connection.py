@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -24,6 +24,8 @@ BUSY_TIMEOUT_MS = 5000
 # Test-only: cap the journal at this many pages, so a test can fill it as a
 # full disk would (SQLITE_FULL) without root or a small mount.
 MAX_PAGES_ENV = "ROLLBACKD_TEST_JOURNAL_MAX_PAGES"
+
+T = TypeVar("T")
 
 
 class Connection:
@@ -118,28 +120,38 @@ class Connection:
 
     async def _write(self, sql: str, params: Iterable[Any]) -> None:
         """One statement in its own transaction, committed before returning."""
-        await self._transaction(lambda: self._conn.execute(sql, tuple(params)))
+        values = tuple(params)
+        await self._transaction_in_thread(lambda conn: conn.execute(sql, values))
 
     async def _begin(self) -> None:
-        """BEGIN IMMEDIATE, retried while SQLite answers busy without waiting.
+        """BEGIN IMMEDIATE, retried while SQLite answers busy without waiting (``_busy_retried``)."""
+        await _busy_retried(lambda: self._conn.execute("BEGIN IMMEDIATE"))
 
-        Another coroutine's read may be open on this shared connection; if
-        another connection (a second process on the file) wrote since that
-        read began, BEGIN IMMEDIATE fails at once (SQLITE_BUSY_SNAPSHOT: the
-        busy timeout does not apply). The read ends within a few loop turns.
+    async def _transaction_in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(connection)`` between BEGIN IMMEDIATE and COMMIT, in one trip to the journal's thread.
+
+        ``_transaction`` sends each statement on a trip of its own, and each
+        trip waits for a turn of the event loop while the write lock is held:
+        on a busy loop (a fleet polled, hundreds of alerts a second) a
+        webhook's commit was five turns, and every webhook and decision
+        behind the lock waited for all of them. Here the whole transaction,
+        its COMMIT or ROLLBACK included, is one call on the connection's
+        thread (aiosqlite's own way of running a call there), so one turn;
+        and a cancelled caller can never leave it open. ``body`` runs on that
+        thread: plain sqlite3, no awaiting.
         """
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        pause = 0.001
-        while True:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        raw = self._conn._conn  # the sqlite3 connection aiosqlite runs calls on
+        async with self._write_lock:
+            return await _busy_retried(lambda: self._conn._execute(_run_transaction, raw, body))
+
+    async def _read_in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(connection)``'s reads in one trip to the journal's thread (no transaction).
+
+        A decision's history was four reads, four trips: each waits for a
+        turn of a busy loop, and the webhooks' commits queue behind them on
+        the connection's one thread.
+        """
+        return await self._conn._execute(body, self._conn._conn)
 
     async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
         # aiosqlite runs calls in order on one thread, but two coroutines'
@@ -162,3 +174,58 @@ class Connection:
                 with contextlib.suppress(sqlite3.OperationalError):
                     await self._conn.execute("ROLLBACK")
                 raise
+
+
+class _BeginBusy(Exception):
+    """BEGIN IMMEDIATE answered busy at once: nothing ran, the call may be sent again."""
+
+    def __init__(self, cause: sqlite3.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _run_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """On the journal's thread: BEGIN IMMEDIATE, ``body``, COMMIT; ROLLBACK if anything fails."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise _BeginBusy(exc) from exc
+        raise
+    try:
+        result = body(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        # As in ``_transaction``: SQLite may have rolled back already (SQLITE_FULL).
+        with contextlib.suppress(sqlite3.OperationalError):
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+async def _busy_retried(begin: Callable[[], Awaitable[T]]) -> T:
+    """``begin()`` again while SQLite answers busy without waiting, up to the busy timeout.
+
+    Another coroutine's read may be open on this shared connection; if
+    another connection (a second process on the file) wrote since that read
+    began, BEGIN IMMEDIATE fails at once (SQLITE_BUSY_SNAPSHOT: the busy
+    timeout does not apply). The read ends within a few loop turns, so the
+    pause is on the loop, never on the journal's thread that read needs.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            return await begin()
+        except _BeginBusy as busy:
+            if time.monotonic() > deadline:
+                raise busy.cause from None
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any
 
 import aiosqlite
 
@@ -69,48 +70,18 @@ class IntakeStore(Connection):
         return results[: len(signals)]
 
     async def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
-        results: list[int | None] = [None] * len(items)
-        signal_at = [i for i, item in enumerate(items) if isinstance(item, Signal)]
-        unresolved = [item for item in items if isinstance(item, UnresolvedRecord)]
-
-        async def body() -> None:
-            signals = [cast(Signal, items[i]) for i in signal_at]
-            seen = await self._accepted_keys([s.key for s in signals if s.key])
-            fresh: list[int] = []  # positions in ``items``
-            for position, signal in zip(signal_at, signals, strict=True):
-                if signal.key:
-                    if signal.key in seen:
-                        continue
-                    seen.add(signal.key)
-                fresh.append(position)
-            if fresh:
-                await self._conn.executemany(
-                    _INSERT_SIGNAL,
-                    [signal_to_row(cast(Signal, items[p]), accepted=True) for p in fresh],
-                )
-                # One transaction holding the write lock, AUTOINCREMENT, no
-                # deletes in between: the new ids are consecutive and end here.
-                last = int(await self._scalar("SELECT last_insert_rowid()"))
-                for offset, position in enumerate(fresh):
-                    results[position] = last - len(fresh) + 1 + offset
-            if unresolved:
-                await self._conn.executemany(
-                    _UPSERT_UNRESOLVED, [unresolved_to_row(u) for u in unresolved]
-                )
-
-        await self._transaction(body)
-        return results
-
-    async def _accepted_keys(self, keys: list[str]) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(keys), SQL_CHUNK):
-            chunk = keys[start : start + SQL_CHUNK]
-            rows = await self._rows(
-                f"SELECT key FROM signals WHERE accepted = 1 AND key IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            found.update(r[0] for r in rows)
-        return found
+        # The rows are built here, on the loop; the transaction is one trip to the journal's thread.
+        signal_rows = [
+            (i, item.key, signal_to_row(item, accepted=True))
+            for i, item in enumerate(items)
+            if isinstance(item, Signal)
+        ]
+        unresolved_rows = [
+            unresolved_to_row(item) for item in items if isinstance(item, UnresolvedRecord)
+        ]
+        return await self._transaction_in_thread(
+            lambda conn: _insert_intake(conn, len(items), signal_rows, unresolved_rows)
+        )
 
     async def signal_seen(self, key: str) -> bool:
         """True when a signal with ``key`` was recorded as accepted (survives restarts)."""
@@ -149,3 +120,48 @@ class IntakeStore(Connection):
         at: datetime,
     ) -> None:
         await self.accept([], [UnresolvedRecord(fingerprint, alertname, labels, reason, at)])
+
+
+def _accepted_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(keys), SQL_CHUNK):
+        chunk = keys[start : start + SQL_CHUNK]
+        rows = conn.execute(
+            f"SELECT key FROM signals WHERE accepted = 1 AND key IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.update(r[0] for r in rows)
+    return found
+
+
+def _insert_intake(
+    conn: sqlite3.Connection,
+    count: int,
+    signal_rows: list[tuple[int, str, tuple[Any, ...]]],
+    unresolved_rows: list[tuple[Any, ...]],
+) -> list[int | None]:
+    """On the journal's thread, inside the transaction: new signals and unmappable alerts.
+
+    Per item, the new signal's row id, or None for a signal whose key was
+    accepted before (a re-send, or a repeat after a restart) and for an
+    unmappable alert.
+    """
+    results: list[int | None] = [None] * count
+    seen = _accepted_keys(conn, [key for _, key, _ in signal_rows if key])
+    fresh: list[tuple[int, tuple[Any, ...]]] = []
+    for position, key, row in signal_rows:
+        if key:
+            if key in seen:
+                continue
+            seen.add(key)
+        fresh.append((position, row))
+    if fresh:
+        conn.executemany(_INSERT_SIGNAL, [row for _, row in fresh])
+        # One transaction holding the write lock, AUTOINCREMENT, no deletes
+        # in between: the new ids are consecutive and end here.
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        for offset, (position, _) in enumerate(fresh):
+            results[position] = last - len(fresh) + 1 + offset
+    if unresolved_rows:
+        conn.executemany(_UPSERT_UNRESOLVED, unresolved_rows)
+    return results

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,45 +56,45 @@ class RecordStore(Connection):
         replayed.
         """
         stamp = format_time(at)
-        decision_id = 0
+        row = (
+            stamp,
+            signal_key,
+            decision.target.namespace,
+            decision.target.name,
+            str(decision.action),
+            decision.reason_code,
+            decision.reason,
+            decision.from_revision,
+            decision.to_revision,
+            rollback_id or decision.rollback_id,
+        )
+        ids = list(covers)
 
-        async def body() -> None:
-            nonlocal decision_id
-            cursor = await self._conn.execute(
+        def body(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 "INSERT INTO decisions (at, signal_key, namespace, name, action, reason_code,"
                 " reason, from_revision, to_revision, rollback_id)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stamp,
-                    signal_key,
-                    decision.target.namespace,
-                    decision.target.name,
-                    str(decision.action),
-                    decision.reason_code,
-                    decision.reason,
-                    decision.from_revision,
-                    decision.to_revision,
-                    rollback_id or decision.rollback_id,
-                ),
+                row,
             )
             decision_id = int(cursor.lastrowid or 0)
             if signal_key:
-                await self._conn.execute(
+                conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"
                     " WHERE key = ? AND accepted = 1 AND decided_at IS NULL",
                     (stamp, decision_id, signal_key),
                 )
-            ids = list(covers)
             for start in range(0, len(ids), SQL_CHUNK):
                 chunk = ids[start : start + SQL_CHUNK]
-                await self._conn.execute(
+                conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"
                     f" WHERE decided_at IS NULL AND id IN ({','.join('?' * len(chunk))})",
                     (stamp, decision_id, *chunk),
                 )
+            return decision_id
 
-        await self._transaction(body)
-        return decision_id
+        # One trip to the journal's thread: see ``_transaction_in_thread``.
+        return await self._transaction_in_thread(body)
 
     async def link_decision(self, decision_id: int, record_id: str) -> None:
         """Attach a decision to the record its action produced (an escalation's page)."""
@@ -105,7 +106,8 @@ class RecordStore(Connection):
         self, rollback: Rollback, *, details: Mapping[str, Any] | None = None
     ) -> None:
         """Insert or update the rollback's current state; ``details`` merge into what is stored."""
-        await self._transaction(self._upsert(rollback, details))
+        # One trip to the journal's thread: see ``_transaction_in_thread``.
+        await self._transaction_in_thread(self._upsert(rollback, details))
 
     async def save_phase(
         self,
@@ -126,15 +128,15 @@ class RecordStore(Connection):
             rollback.id, rollback.target, f"phase:{rollback.phase}", message, at, data
         )
 
-        async def both() -> None:
-            await upsert()
-            await self._conn.execute(_INSERT_EVENT, event)
+        def both(conn: sqlite3.Connection) -> None:
+            upsert(conn)
+            conn.execute(_INSERT_EVENT, event)
 
-        await self._transaction(both)
+        await self._transaction_in_thread(both)
 
     def _upsert(
         self, rollback: Rollback, details: Mapping[str, Any] | None
-    ) -> Callable[[], Awaitable[None]]:
+    ) -> Callable[[sqlite3.Connection], None]:
         """The statements that insert or update ``rollback``'s row, to run in a transaction."""
         values = (
             rollback.target.namespace,
@@ -151,13 +153,12 @@ class RecordStore(Connection):
         )
         new_details = to_jsonable(dict(details or {}))
 
-        async def upsert() -> None:
-            async with self._conn.execute(
+        def upsert(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
                 "SELECT namespace, name, details FROM rollbacks WHERE id = ?", (rollback.id,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None:
-                await self._conn.execute(
+                conn.execute(
                     "INSERT INTO rollbacks (id, namespace, name, phase, started_at, updated_at,"
                     " finished_at, from_revision, to_revision, reason_code, reason, kind, details)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -169,7 +170,7 @@ class RecordStore(Connection):
                     f"rollback {rollback.id} belongs to {row[0]}/{row[1]}, not {rollback.target}"
                 )
             merged = {**loads_json(row[2]), **new_details}
-            await self._conn.execute(
+            conn.execute(
                 "UPDATE rollbacks SET namespace = ?, name = ?, phase = ?, started_at = ?,"
                 " updated_at = ?, finished_at = ?, from_revision = ?, to_revision = ?,"
                 " reason_code = ?, reason = ?, kind = ?, details = ? WHERE id = ?",
@@ -260,28 +261,35 @@ class RecordStore(Connection):
         in rollback details, newest first.
         """
         key = (target.namespace, target.name, str(RecordKind.ROLLBACK))
-        in_flight = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
-            (*key, *_NON_TERMINAL),
-        )
-        finished = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            f" AND phase IN ({','.join('?' * len(_ACTED_TERMINAL))})"
-            " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
-            (*key, *_ACTED_TERMINAL),
-        )
-        restored_rows = await self._rows(
-            "SELECT details FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            " ORDER BY started_at DESC, id DESC",
-            key,
-        )
-        dry_run = await self._rows(
-            "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
-            (target.namespace, target.name, str(RecordKind.DRY_RUN)),
-        )
+
+        def read(conn: sqlite3.Connection) -> list[list[sqlite3.Row]]:
+            return [
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    f" AND phase IN ({','.join('?' * len(_NON_TERMINAL))})"
+                    " ORDER BY started_at DESC, id DESC LIMIT 1",
+                    (*key, *_NON_TERMINAL),
+                ).fetchall(),
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    f" AND phase IN ({','.join('?' * len(_ACTED_TERMINAL))})"
+                    " ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT 1",
+                    (*key, *_ACTED_TERMINAL),
+                ).fetchall(),
+                conn.execute(
+                    "SELECT details FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    " ORDER BY started_at DESC, id DESC",
+                    key,
+                ).fetchall(),
+                conn.execute(
+                    "SELECT * FROM rollbacks WHERE namespace = ? AND name = ? AND kind = ?"
+                    " ORDER BY started_at DESC, id DESC LIMIT 1",
+                    (target.namespace, target.name, str(RecordKind.DRY_RUN)),
+                ).fetchall(),
+            ]
+
+        # Every decision reads it: one trip to the journal's thread, not four.
+        in_flight, finished, restored_rows, dry_run = await self._read_in_thread(read)
         restored: list[int] = []
         for row in restored_rows:
             value = loads_json(row["details"]).get(DETAIL_RESTORED_REVISION)

@@ -21,6 +21,7 @@ from kubernetes_asyncio import config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rollbackd.kube.environ import skip_unused_environment
 from rollbackd.kube.errors import KubeError, error_from_exception, error_from_response
 from rollbackd.kube.fencing import Fence
 from rollbackd.kube.fencing import install as install_fence
@@ -86,6 +87,7 @@ class KubeClient:
         # (open until leader election turns it on).
         self.fence = Fence()
         install_fence(api, self.fence)
+        skip_unused_environment(api)  # no thread hops for proxy and netrc look-ups per request
 
     @classmethod
     async def connect(

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rollbackd import guard
 from rollbackd.guard import (
     disallowed_changes,
     field_of,
@@ -67,6 +68,21 @@ def test_guard_and_strategy_use_one_template_comparison() -> None:
     replicaset_copy = pod(app(args=None, env=[]))
     replicaset_copy["metadata"]["labels"]["pod-template-hash"] = "5d8f9c7b6"
     assert templates_equal(pod(app()), replicaset_copy)
+
+
+def test_equal_templates_are_told_equal_without_walking_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every Deployment's facts compare it with its current ReplicaSet at every look:
+    equal copies are the common case and must not pay the normalizing walk."""
+
+    def walked(template: Any) -> Any:
+        raise AssertionError("an equal copy was normalized")
+
+    template = pod(app(env=[{"name": "A", "value": "1"}]))
+    copy = pod(app(env=[{"name": "A", "value": "1"}]))
+    monkeypatch.setattr(guard, "_normalized_template", walked)
+    assert templates_equal(template, copy)
 
 
 def test_image_change_is_reported_under_the_container_name() -> None:

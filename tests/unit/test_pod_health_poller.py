@@ -10,6 +10,7 @@ is no data, never a trigger.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 from rollbackd.model import ClusterFacts, RevisionInfo, Signal, SignalSource, SignalStatus, Target
 from rollbackd.podhealth import PodRules
-from rollbackd.sources.kubernetes import CONCURRENT_LISTS, PodHealthPoller
+from rollbackd.sources.kubernetes import CONCURRENT_LISTS, PodHealthPoller, recent_rollouts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FRESH = Target("shop", "checkout")
@@ -295,3 +296,45 @@ async def test_a_fleet_wide_rollout_is_looked_at_a_few_deployments_at_a_time() -
     await poller.evaluate_once()
     assert sorted(fleet.listed) == sorted(fleet.rollouts), "every recent rollout looked at once"
     assert 1 < fleet.most_in_flight <= CONCURRENT_LISTS
+
+
+class CostlyFacts(SlowFleet):
+    """A fleet-wide rollout whose facts cost what a Deployment's template comparison does."""
+
+    FACTS_SECONDS = 0.0005
+
+    def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
+        until = time.perf_counter() + self.FACTS_SECONDS
+        while time.perf_counter() < until:
+            pass
+        return super().facts(target, now=now)
+
+
+async def test_the_scan_of_a_fleet_wide_rollout_lets_webhooks_run_between_slices() -> None:
+    """Every Deployment recent: the scan yields by the clock, not after a thousand facts.
+
+    300 Deployments at 0.5 ms of facts each is 150 ms of work; a count-based
+    yield every 1 000 Deployments held the loop for all of it (the webhook's
+    p99 was the scan's length). Other tasks must run at least every few ms.
+    """
+    fleet = CostlyFacts(300)
+    turns = 0
+    scanning = True
+
+    async def webhook_like() -> None:
+        nonlocal turns
+        while scanning:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(webhook_like())
+    await asyncio.sleep(0)
+    before = turns
+    found = await recent_rollouts(
+        fleet, T0 + timedelta(seconds=30), lambda t, a: timedelta(minutes=30), timedelta(minutes=30)
+    )
+    scanning = False
+    await other
+    assert sorted(found) == sorted(fleet.rollouts), "every fresh rollout is still found"
+    # 150 ms in slices of about 2 ms: dozens of turns; never fewer than one per 10 ms.
+    assert turns - before >= 15

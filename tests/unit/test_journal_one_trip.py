@@ -1,0 +1,159 @@
+"""Journal writes on a busy event loop: a transaction is one trip to the journal's thread.
+
+Each trip to aiosqlite's thread waits for a turn of the event loop. With
+the write lock held across five of them (BEGIN, read, insert, last id,
+COMMIT), a webhook's commit on a loop busy polling 10 000 Deployments took
+five turns, and every webhook and decision queued behind the lock waited
+for them. These tests count the turns a busy loop makes while a write runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollbackd.journal import Journal
+from rollbackd.journal import intake as journal_intake
+from rollbackd.model import Action, Decision, Signal, SignalSource, SignalStatus, Target
+from rollbackd.reasons import ReasonCode
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+APP = Target("shop", "checkout")
+HOG_TURN_SECONDS = 0.003  # what a turn of a loop busy with polls and webhooks costs
+
+
+def signal(key: str) -> Signal:
+    return Signal(
+        target=APP,
+        source=SignalSource.ALERTMANAGER,
+        name="HighErrorRatio",
+        status=SignalStatus.FIRING,
+        started_at=T0 - timedelta(minutes=1),
+        observed_at=T0,
+        value=0.31,
+        threshold=0.05,
+        key=key,
+        labels={"severity": "page"},
+        summary="error ratio 31%",
+    )
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = await Journal.open(tmp_path / "journal.sqlite")
+    yield opened
+    await opened.close()
+
+
+async def turns_while(write: Awaitable[Any]) -> int:
+    """Turns a busy loop (a task holding it ``HOG_TURN_SECONDS`` per turn) makes during ``write``."""
+    turns = 0
+    running = True
+
+    async def hog() -> None:
+        nonlocal turns
+        while running:
+            until = time.perf_counter() + HOG_TURN_SECONDS
+            while time.perf_counter() < until:
+                pass
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(hog())
+    await asyncio.sleep(0)
+    before = turns
+    try:
+        await write
+    finally:
+        running = False
+        await task
+    return turns - before
+
+
+async def undecided(journal: Journal) -> list[str]:
+    return [s.key for _, s in await journal.undecided_signals()]
+
+
+async def test_a_webhooks_commit_takes_one_trip_not_one_per_statement(journal: Journal) -> None:
+    await journal.accept([signal("warm")])  # the connection's first statements are behind us
+    # The fewest of a few commits: a disk that stalls once (a WAL checkpoint) says nothing
+    # about the trips, and a trip per statement can never take fewer turns than statements.
+    turns = min(
+        [
+            await turns_while(journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")]))
+            for n in range(3)
+        ]
+    )
+    # One trip: its statements' hand-overs of the GIL and the group commit's own.
+    # A trip per statement was 13 turns here.
+    assert turns <= 8, f"{turns} turns of the busy loop for one commit"
+    assert len(await undecided(journal)) == 7
+
+
+async def test_a_decision_is_recorded_in_one_trip(journal: Journal) -> None:
+    decision = Decision(Action.SKIP, APP, ReasonCode.SIGNAL_RESOLVED, "the alert resolved")
+    fewest = None
+    for n in range(3):
+        ids = await journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")])
+        turns = await turns_while(
+            journal.record_decision(
+                decision, signal_key=f"am:{n}:1", at=T0, covers=[i for i in ids if i]
+            )
+        )
+        fewest = turns if fewest is None else min(fewest, turns)
+    assert fewest is not None and fewest <= 7, (
+        f"{fewest} turns for one decision"
+    )  # a trip each: 10-12
+    assert await undecided(journal) == [], "every signal is settled by its decision"
+
+
+async def test_a_decisions_history_is_read_in_one_trip(journal: Journal) -> None:
+    await journal.history(APP)
+    turns = min([await turns_while(journal.history(APP)) for _ in range(3)])
+    assert turns <= 3, f"{turns} turns of the busy loop for one history"  # a read each: 4+
+
+
+async def test_a_transaction_failing_midway_commits_nothing_and_every_caller_hears_it(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent webhooks share one transaction: a failure after their rows were written
+    rolls all of them back and every one of them is refused (503), none acknowledged."""
+    real = journal_intake._insert_intake
+
+    def insert_then_fail(conn: sqlite3.Connection, *args: Any) -> list[int | None]:
+        real(conn, *args)  # the rows are in the transaction...
+        raise sqlite3.OperationalError("disk I/O error")  # ...and the commit never happens
+
+    monkeypatch.setattr(journal_intake, "_insert_intake", insert_then_fail)
+    outcomes = await asyncio.gather(
+        *(journal.accept([signal(f"am:fp{i}")]) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
+    assert await undecided(journal) == []
+    assert not await journal.signal_seen("am:fp0"), "a refused signal is not remembered"
+
+    monkeypatch.setattr(journal_intake, "_insert_intake", real)
+    retried = await asyncio.gather(*(journal.accept([signal(f"am:fp{i}")]) for i in range(5)))
+    assert all(ids[0] is not None for ids in retried), "the retries are accepted"
+    assert sorted(await undecided(journal)) == [f"am:fp{i}" for i in range(5)]
+
+
+async def test_a_cancelled_writer_leaves_no_transaction_open(journal: Journal) -> None:
+    """The caller gave up (a client hung up): its transaction ends whole, the next one commits."""
+    write = asyncio.create_task(
+        journal.record_event(None, APP, "note", "first", at=T0, data={"n": 1})
+    )
+    await asyncio.sleep(0)
+    write.cancel()
+    await asyncio.gather(write, return_exceptions=True)
+    await journal.record_event(None, APP, "note", "second", at=T0, data={"n": 2})
+    assert (await journal.accept([signal("am:after")]))[0] is not None
+    rows = await journal.query("SELECT message FROM events ORDER BY id")
+    assert [r[0] for r in rows][-1] == "second"
