@@ -24,6 +24,7 @@ from rollbackd.manual import manual_rollback
 from rollbackd.model import ANNOTATION_MODE, ANNOTATION_ROLLBACK, Phase, Target
 from rollbackd.state import RollbackState, decode_state
 from rollbackd.testing.process import DaemonProcess
+from rollbackd.testing.promstack import instant_query
 from rollbackd.testing.stack import Stack, wait_for
 from tests.integration.test_e2e_approval import approval_requested, cli, leading
 from tests.integration.test_e2e_argo import ROLLOUTS, aborts, released, status
@@ -91,6 +92,10 @@ async def test_the_command_an_approval_timeout_page_gives_aborts_a_rollout_witho
     """`rollbackd rollback NS/NAME --force` on a Rollout in approve mode: the operator asked."""
     stable = await released(stack, {ANNOTATION_MODE: "approve"})
     await wait_for(_canary_running(stack), 30, "the canary's pod")
+    # The stable version's error ratio has data to verify against (a rate
+    # needs two scrapes in its window): without it, verification would rightly
+    # end inconclusive and escalate, which is not what this test is about.
+    await wait_for(_traffic_scraped(stack), 30, "shop's error ratio in Prometheus")
     settings = stack.settings  # no daemon runs: the one-shot command uses its journal
 
     rollback_id = await asyncio.wait_for(
@@ -118,3 +123,15 @@ def _canary_running(stack: Stack) -> Callable[[], Awaitable[bool]]:
         )
 
     return running
+
+
+def _traffic_scraped(stack: Stack) -> Callable[[], Awaitable[bool]]:
+    expr = (
+        'sum(rate(http_requests_total{namespace="default",deployment="shop",code=~"5.."}[10s]))'
+        ' / sum(rate(http_requests_total{namespace="default",deployment="shop"}[10s]))'
+    )
+
+    async def scraped() -> bool:
+        return bool(await instant_query(stack.prometheus.url, expr))
+
+    return scraped
