@@ -13,7 +13,7 @@ no-ping-pong rule and resumption depend on both sides reading it the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -228,6 +228,23 @@ def plan_record(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(record, dict) or state is None:
         return {}
     return record if record.get("rollback_id") == state.rollback_id else {}
+
+
+def recorded_owners(
+    obj: Mapping[str, Any], key: str, owned: Sequence[tuple[str, str, str]]
+) -> list[dict[str, str]]:
+    """GitOps owners beside the target's that the recorded plan paused, for the pages.
+
+    ``owned``: (the record's owner key, the object's kind, the record's key of
+    its name) for each object the strategy writes besides the target.
+    """
+    record = plan_record(obj, key)
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    return [
+        {"owner": str(record[owner]), "of": f"{kind} {namespace}/{record.get(name)}"}
+        for owner, kind, name in owned
+        if record.get(owner)
+    ]
 
 
 def with_plan_record(

@@ -36,7 +36,7 @@ from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
-from rollbackd.state import with_plan_record
+from rollbackd.state import recorded_owners, with_plan_record
 from rollbackd.strategies import (
     Obj,
     Ops,
@@ -63,13 +63,8 @@ def recorded_gitops_owners(deployment: Obj) -> list[dict[str, str]]:
 
     The Service's, and the previous colour's when the rollback scaled it up.
     """
-    record = plan_record(deployment)
-    namespace = (deployment.get("metadata") or {}).get("namespace")
-    owned = (
-        ("service_owner", f"Service {namespace}/{record.get('service')}"),
-        ("previous_owner", f"Deployment {namespace}/{record.get('previous')}"),
-    )
-    return [{"owner": str(record[key]), "of": of} for key, of in owned if record.get(key)]
+    owned = [("service_owner", "Service", "service"), ("previous_owner", "Deployment", "previous")]
+    return recorded_owners(deployment, ANNOTATION_BLUEGREEN, owned)
 
 
 def _named(objects: Sequence[Obj], name: str) -> Obj:

@@ -43,7 +43,7 @@ from rollbackd.readiness import template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
-from rollbackd.state import with_plan_record
+from rollbackd.state import recorded_owners, with_plan_record
 from rollbackd.strategies import Obj, Ops, PlanError, Restore, RolloutOutcome, RolloutWaiter
 
 __all__ = ["CanaryStrategy", "plan_record", "recorded_gitops_owners"]
@@ -59,11 +59,7 @@ def plan_record(deployment: Obj) -> dict[str, Any]:
 
 def recorded_gitops_owners(deployment: Obj) -> list[dict[str, str]]:
     """The HTTPRoute's GitOps owner the recorded rollback paused, when not the canary's."""
-    record = plan_record(deployment)
-    if not record.get("route_owner"):
-        return []
-    namespace = (deployment.get("metadata") or {}).get("namespace")
-    return [{"owner": str(record["route_owner"]), "of": f"HTTPRoute {namespace}/{record['route']}"}]
+    return recorded_owners(deployment, ANNOTATION_CANARY, [("route_owner", "HTTPRoute", "route")])
 
 
 def _weights(route: Obj, positions: Sequence[Sequence[int]]) -> list[list[int]]:
