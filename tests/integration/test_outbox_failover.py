@@ -202,8 +202,15 @@ async def test_a_frozen_leaders_start_page_is_withdrawn_after_another_leader_res
             )
 
         resolve = await wait_for(resolved, 45, "replica-b's resolve", interval=0.1)
-        final = recorded_state(stack)
-        assert final is not None and final.rollback_id == rollback_id
+
+        # The resolve is queued before the phase is written (a kill in between
+        # resolves again), so the annotation may follow the page by a moment.
+        async def ended() -> RollbackState | None:
+            state = recorded_state(stack)
+            return state if state is not None and state.phase.terminal else None
+
+        final = await wait_for(ended, 10, "replica-b's rollback to end")
+        assert final.rollback_id == rollback_id
         assert final.phase is Phase.ROLLBACK_COMPLETED and final.holder == "replica-b"
 
         os.kill(a.pid, signal.SIGCONT)
