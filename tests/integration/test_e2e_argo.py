@@ -135,6 +135,23 @@ async def test_a_failing_canary_paused_at_25_is_aborted_and_the_stable_version_v
     assert "`registry.example/shop:1.5.0`" in report and "`registry.example/shop:1.4.0`" in report
 
     # Alertmanager's alert names the Rollout too: it is decided, not dropped as unknown.
+    # The rule's alert may never fire here (the poller's lower threshold can abort the
+    # canary before the rule's ratio holds for its `for`), so the same alert is also
+    # pushed into the real Alertmanager, which posts it to rollbackd as it would the rule's.
+    await stack.alertmanager.post_alerts(
+        [
+            {
+                "labels": {
+                    "alertname": "DeploymentHighErrorRatio",
+                    "namespace": SHOP.namespace,
+                    "deployment": SHOP.name,
+                    "severity": "page",
+                },
+                "annotations": {"summary": "default/shop error ratio 0.15"},
+            }
+        ]
+    )
+
     async def alert_decided() -> dict[str, Any] | None:
         decisions = await stack.daemon.journal.decisions(target=SHOP)
         return next((d for d in decisions if str(d["signal_key"]).startswith("am:")), None)
