@@ -115,7 +115,9 @@ class LeaseElector:
             outcome = await self._bounded_attempt(s.renew_deadline)
             if outcome is Outcome.LEADING:
                 problems = 0
-                if await self._lead(on_started, on_stopped, release_on_cancel):
+                work_failed = await self._lead(on_started, on_stopped, release_on_cancel)
+                _raise_if_cancelling()
+                if work_failed:
                     # Our own work failed: give another replica the chance first.
                     await asyncio.sleep(s.lease_duration)
                 continue
@@ -372,3 +374,19 @@ class LeaseElector:
         if error != self._failures_logged:
             log.warning("lease_attempt_failed", error=error)
             self._failures_logged = error
+
+
+def _raise_if_cancelling() -> None:
+    """Stop when this task was told to, even if the CancelledError was swallowed on the way.
+
+    Stopping a lost leadership's work awaits tasks that were just cancelled
+    (``suppress(CancelledError)`` around them, here and in the daemon); a
+    stop that lands in that moment is indistinguishable from theirs and was
+    lost, so the campaign went on, won the Lease back and never ended: the
+    daemon's stop waited its 15 s bound and left it running, and the event
+    loop's own teardown could wait for it forever. ``cancelling()`` still
+    counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
