@@ -35,7 +35,11 @@ trap 'rm -f "$bench_log"' EXIT
 # pytest's exit code 5 is "no tests collected": a part that a narrower
 # selection leaves empty is not a failure, as long as one part ran tests.
 set +e
-"${pytest[@]}" -n 3 --dist loadfile -m bench "$@" >"$bench_log" 2>&1 &
+# Without arguments the benchmark part collects only tests/bench (the marker's
+# home): each of its workers would otherwise import and collect the whole suite.
+bench_args=("$@")
+[[ $# -eq 0 ]] && bench_args=(tests/bench)
+"${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
 bench_pid=$!
 "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
 parallel=$?
