@@ -72,6 +72,8 @@ class Daemon:
         self.supervisor = Supervisor()
         self._exit = contextlib.AsyncExitStack()
         self._leader = False
+        # True from winning leadership until every step of losing it has run.
+        self._leading_work = False
         self._stopped = False
         self.url = ""
 
@@ -237,7 +239,7 @@ class Daemon:
         # A Lease won back while stopping (it was lost under load) starts nothing.
         if self._leader or self._stopped:
             return
-        self._leader = True
+        self._leader = self._leading_work = True
         self.metrics.is_leader.set(1)
         log.info("leadership_acquired", term=str(self.kube.fence.term or "unfenced"))
         # The webhook Service selects the leader's pod by this label.
@@ -266,11 +268,14 @@ class Daemon:
         self.supervisor.spawn("lead-escalation", self.lead_escalation.run())
 
     async def _lose_leadership(self) -> None:
-        if not self._leader:
+        # Until every step below has run, a later call runs them again (each is
+        # safe to repeat): a stop may cancel this half-way in the election task.
+        if not self._leading_work:
             return
-        self._leader = False
-        self.metrics.is_leader.set(0)
-        log.info("leadership_released")
+        if self._leader:
+            self._leader = False
+            self.metrics.is_leader.set(0)
+            log.info("leadership_released")
         await self.supervisor.cancel(
             "dispatcher", PROMETHEUS_POLLER, POD_HEALTH_POLLER, "lead-escalation"
         )
@@ -282,6 +287,7 @@ class Daemon:
         # Unsent pages stay in the outbox for whoever leads next.
         await self.notifier.stop()
         await self._leader_label.release()
+        self._leading_work = False
 
     async def _resume_in_flight(self) -> None:
         """Continue rollbacks an earlier leader left mid-way (phase annotation)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 
 from rollbackd.supervision import Supervisor, retrying
-from rollbackd.testing.stack import Stack
+from rollbackd.testing.stack import Stack, wait_for
 
 
 async def test_an_essential_task_that_crashes_sets_failed_with_its_name() -> None:
@@ -119,3 +119,36 @@ async def test_a_lease_won_back_while_the_daemon_stops_starts_nothing(tmp_path: 
             assert "dispatcher" not in daemon.supervisor.running()
         finally:
             daemon._stopped = False  # let the stack's own stop run in full
+
+
+async def test_a_stop_that_cuts_short_the_loss_of_leadership_still_runs_every_step(
+    tmp_path: Path,
+) -> None:
+    async with Stack(tmp_path / "stack") as stack:
+        daemon = stack.daemon
+
+        async def leading() -> bool:
+            return daemon._leader and daemon.notifier.running
+
+        await wait_for(leading, 20, "leadership")
+        # The Lease is lost; the election task stops the leader's work and, while
+        # the dispatcher's rollbacks wind down, stop() cancels that task.
+        winding_down, never = asyncio.Event(), asyncio.Event()
+        real_stop = daemon.dispatcher.stop
+
+        async def slow_stop(grace: float) -> None:
+            winding_down.set()
+            await never.wait()
+
+        daemon.dispatcher.stop = slow_stop  # type: ignore[method-assign]
+        losing = asyncio.create_task(daemon._lose_leadership())
+        await asyncio.wait_for(winding_down.wait(), 10)
+        losing.cancel()
+        await asyncio.gather(losing, return_exceptions=True)
+        daemon.dispatcher.stop = real_stop  # type: ignore[method-assign]
+        assert daemon.notifier.running  # the steps after it never ran
+
+        await daemon._lose_leadership()  # stop()'s own call runs them now
+        assert not daemon._leader
+        assert not daemon.notifier.running
+        assert "dispatcher" not in daemon.supervisor.running()
