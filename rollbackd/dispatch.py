@@ -9,7 +9,6 @@ up in the same rollback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,6 +33,7 @@ from rollbackd.pending import PendingSignals
 from rollbackd.reasons import ReasonCode
 from rollbackd.records import already_escalated, annotated_rollback, rollback_for
 from rollbackd.redecide import Redecisions
+from rollbackd.supervision import cancel_and_wait
 from rollbackd.weigh import strongest
 
 log = structlog.get_logger("rollbackd.dispatch")
@@ -385,11 +385,7 @@ class Dispatcher:
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(pending)
 
 
 async def _as_coroutine(factory: Callable[[], Awaitable[Rollback]]) -> Rollback:

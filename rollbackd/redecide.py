@@ -20,6 +20,7 @@ import structlog
 
 from rollbackd.model import Action, Decision, Rollback, Signal
 from rollbackd.reasons import ReasonCode
+from rollbackd.supervision import cancel_and_wait
 
 log = structlog.get_logger("rollbackd.dispatch")
 
@@ -75,8 +76,4 @@ class Redecisions:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)

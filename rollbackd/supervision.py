@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
+from typing import Any
 
 import structlog
 
-__all__ = ["Supervisor", "retrying"]
+__all__ = ["Supervisor", "cancel_and_wait", "retrying"]
 
 log = structlog.get_logger("rollbackd.supervision")
 
@@ -88,6 +89,25 @@ class Supervisor:
             log.error("task_ended", task=name)
             self.failure = f"{name} ended"
             self.failed.set()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they end, without swallowing a cancellation of our own.
+
+    ``with suppress(CancelledError): await task`` cannot tell the task's
+    cancellation from its caller's: a stop that lands meanwhile is lost (the
+    leader election once campaigned on after one). ``asyncio.wait`` raises
+    only the caller's; the tasks' own outcomes are read and dropped, since
+    each task reports its failures where it runs.
+    """
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # read, so asyncio does not log it as never retrieved
 
 
 async def retrying(

@@ -48,6 +48,7 @@ from rollbackd.kube.transforms import (
 )
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
+from rollbackd.supervision import cancel_and_wait
 
 log = structlog.get_logger("rollbackd.kube")
 
@@ -145,11 +146,7 @@ class WatchCache:
 
     async def stop(self) -> None:
         """Cancel the loops and wait for them to end."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     @property

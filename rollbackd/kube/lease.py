@@ -46,6 +46,7 @@ from rollbackd.kube.leaserecord import (
     micro_time,
     utcnow,
 )
+from rollbackd.supervision import cancel_and_wait
 
 __all__ = ["LeaseElector", "LeaseProblem", "LeaseSettings"]
 
@@ -152,9 +153,7 @@ class LeaseElector:
             if not voluntary:
                 # Lost: nothing may be written from here on, before any cleanup runs.
                 self._fence.revoke()
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
+            await cancel_and_wait([work])
             try:
                 # A voluntary step-down still holds the Lease while on_stopped
                 # runs: pages pending can go out until the fence runs out.

@@ -35,7 +35,6 @@ by dedup key / labels).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from rollbackd.notify.delivery import Delivery
 from rollbackd.notify.lane import Lane, new_row, pending_of
 from rollbackd.notify.model import Notification, notification_to_json, utcnow
 from rollbackd.notify.outbox import OutboxStore, row_kind
+from rollbackd.supervision import cancel_and_wait
 
 if TYPE_CHECKING:
     from rollbackd.journal import Journal
@@ -152,14 +152,9 @@ class Notifier(Delivery):
         if self._running:
             if drain_timeout > 0:
                 await self.drain(drain_timeout)
+            await cancel_and_wait(lane.task for lane in self._lanes if lane.task is not None)
             for lane in self._lanes:
-                if lane.task is not None:
-                    lane.task.cancel()
-            for lane in self._lanes:
-                if lane.task is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await lane.task
-                    lane.task = None
+                lane.task = None
                 lane.sending = False
                 # Not sending: not this replica's lag to report.
                 lane.pending, lane.oldest = 0, None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import structlog
 
-from rollbackd.supervision import Supervisor, retrying
+from rollbackd.supervision import Supervisor, cancel_and_wait, retrying
 from rollbackd.testing.stack import Stack, wait_for
 
 
@@ -152,3 +152,44 @@ async def test_a_stop_that_cuts_short_the_loss_of_leadership_still_runs_every_st
         assert not daemon._leader
         assert not daemon.notifier.running
         assert "dispatcher" not in daemon.supervisor.running()
+
+
+async def test_cancel_and_wait_ends_every_task_and_raises_none_of_their_errors() -> None:
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("cleanup failed")  # reported where it runs, not here
+
+    tasks = [asyncio.create_task(forever()), asyncio.create_task(fails_when_cancelled())]
+    await asyncio.sleep(0)
+    await cancel_and_wait(tasks)
+    assert tasks[0].cancelled() and isinstance(tasks[1].exception(), RuntimeError)
+
+
+async def test_cancel_and_wait_does_not_swallow_a_cancellation_of_its_caller() -> None:
+    """The stop that lands while cancelled work unwinds must reach the caller."""
+    unwinding = asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            unwinding.set()
+            await asyncio.sleep(0.5)
+            raise
+
+    async def caller() -> str:
+        task = asyncio.create_task(slow_to_stop())
+        await asyncio.sleep(0)  # started, so its cancellation runs its handler
+        await cancel_and_wait([task])
+        return "went on"
+
+    work = asyncio.create_task(caller())
+    await asyncio.wait_for(unwinding.wait(), 5)
+    work.cancel()  # the daemon's stop
+    done, _ = await asyncio.wait([work], timeout=5)
+    assert done and work.cancelled()
