@@ -40,7 +40,7 @@ class Plan:
     rollout_started_at: str | None = None  # the bad ReplicaSet's creation (the postmortem)
 
     @property
-    def to_revision(self) -> int:
+    def to_revision(self) -> int | None:
         return self.restore.to_revision
 
     @property

@@ -62,7 +62,7 @@ class Restore:
     """What a strategy chose to restore, and what it will look like once restored."""
 
     replicaset: Mapping[str, Any]  # the old version's ReplicaSet
-    to_revision: int
+    to_revision: int | None  # None: no numbered revision is restored (an abort)
     template: Mapping[str, Any]  # the pod template that will run (no pod-template-hash)
     template_hash: str  # the old ReplicaSet's pod-template-hash
     predicted_revision: int  # the revision number the controller will give it
@@ -136,8 +136,13 @@ class Strategy(Protocol):
         replicasets: Sequence[Obj],
         to_revision: int | None,
         context: Obj | None = None,
+        *,
+        rollback_id: str = "",
     ) -> Restore:
-        """Choose what to restore (``to_revision`` None: the previous one); raises PlanError."""
+        """Choose what to restore (``to_revision`` None: the previous one); raises PlanError.
+
+        ``rollback_id``: the rollback planned, for a strategy whose record names it.
+        """
         ...
 
     def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:
