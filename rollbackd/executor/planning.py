@@ -20,7 +20,8 @@ from rollbackd.kube.errors import KubeError
 from rollbackd.model import Rollback
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import gitops_owner
-from rollbackd.strategies import PlanError, bluegreen, canary
+from rollbackd.strategies import PlanError
+from rollbackd.strategies.factory import recorded_owners
 from rollbackd.strategies.kinds import Plan
 
 __all__ = ["Plan", "Planning"]
@@ -175,10 +176,7 @@ class Planning(Core):
             return
         owner = gitops_owner(deployment)
         owners = [{"owner": owner}] if owner is not None else []
-        for other in (
-            *bluegreen.recorded_gitops_owners(deployment),
-            *canary.recorded_gitops_owners(deployment),
-        ):
+        for other in recorded_owners(deployment):
             if all(other["owner"] != known["owner"] for known in owners):  # each owner once
                 owners.append(other)
         if owners:

@@ -19,7 +19,7 @@ from rollbackd.canary import canary_of
 from rollbackd.model import Target
 from rollbackd.reasons import ReasonCode
 from rollbackd.state import plan_record as recorded_plan
-from rollbackd.strategies import Obj, PlanError, Strategy, StrategyKube
+from rollbackd.strategies import Obj, PlanError, Strategy, StrategyKube, bluegreen, canary
 from rollbackd.strategies.argoabort import AbortStrategy, is_rollout
 from rollbackd.strategies.argotarget import ROLLOUT
 from rollbackd.strategies.bluegreen import BlueGreenStrategy, plan_record
@@ -59,6 +59,18 @@ def recorded(deployment: Obj) -> Strategy:
     if canary_record(deployment):
         return CanaryStrategy()
     return BlueGreenStrategy() if plan_record(deployment) else by_name(DEFAULT)
+
+
+def recorded_owners(deployment: Obj) -> list[dict[str, str]]:
+    """The GitOps owners beyond the target's that the recorded rollback paused.
+
+    A blue-green Service's and previous colour's, a canary's HTTPRoute's: each
+    strategy's record names them, so a resumed rollback's pages still do.
+    """
+    return [
+        *bluegreen.recorded_gitops_owners(deployment),
+        *canary.recorded_gitops_owners(deployment),
+    ]
 
 
 async def for_target(kube: StrategyKube, target: Target, deployment: Obj) -> Strategy:
