@@ -21,11 +21,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from rollbackd.argo import abort_record, moved_since, rollout_facts
+from rollbackd.argo import rollout_facts
 from rollbackd.model import Target
 from rollbackd.state import recorded_state
-from rollbackd.strategies import Obj, Ops, PlanError, Restore, RolloutOutcome, RolloutStatus
-from rollbackd.strategies.argorollouts import ARGO_ROLLOUTS, AbortPlan, ArgoRolloutsStrategy
+from rollbackd.strategies import Obj, Ops, Restore, RolloutOutcome, RolloutStatus
+from rollbackd.strategies.argorollouts import (
+    ARGO_ROLLOUTS,
+    AbortPlan,
+    ArgoRolloutsStrategy,
+    check_approved,
+)
 
 __all__ = ["AbortStrategy", "abort_plan", "is_rollout"]
 
@@ -68,15 +73,7 @@ class AbortStrategy:
 
         That record names the canary a human approved: another one is not aborted.
         """
-        meta = deployment.get("metadata") or {}
-        proposed = abort_record(deployment, rollback_id)
-        moved = moved_since(deployment, proposed) if proposed else None
-        if moved is not None:
-            raise PlanError(
-                moved[0],
-                f"Rollout {meta.get('namespace')}/{meta.get('name')} changed since the approved "
-                f"proposal: {moved[1]}",
-            )
+        check_approved(deployment, rollback_id)
         plan = _abort.plan(deployment, replicasets, rollback_id)
         stable = _replicaset(replicasets, plan.stable_rs)
         return Restore(
