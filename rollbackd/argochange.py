@@ -1,7 +1,7 @@
 """The change an Argo Rollouts abort undoes, pure: the journal's ``plan`` event of an abort.
 
 The Deployment path journals both pod templates when it plans
-(:mod:`rollbackd.executor.planning`), so the postmortem shows what the bad
+(:mod:`rollbackd.strategies.deployment`), so the postmortem shows what the bad
 revision changed after its ReplicaSet is gone. An abort's plan names
 ReplicaSets, not templates: this reads the canary's (the bad version) and the
 stable's (the restored one) templates from their ReplicaSets, in the same

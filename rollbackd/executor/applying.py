@@ -36,13 +36,20 @@ class Applying(Planning):
     """The template patch, and adopting it again after a restart."""
 
     def _annotations(self, rollback: Rollback, rolling: Rollback, plan: Plan) -> dict[str, str]:
-        """What the patch writes besides the template: cause, state, restored record."""
+        """What the first write carries besides the strategy's: state, cause, restored record.
+
+        The cause and the restored record describe a restored template: a
+        target kind that tracks none gets the state alone.
+        """
+        state = {ANNOTATION_ROLLBACK: encode_state(self._state(rolling))}
+        if not self._kind(rollback.target).tracks_template:
+            return state
         return {
+            **state,
             ANNOTATION_CHANGE_CAUSE: (
                 f"rollbackd {rollback.id}: rollback to revision {plan.to_revision}"
                 + (f" ({rollback.reason})" if rollback.reason else "")
             ),
-            ANNOTATION_ROLLBACK: encode_state(self._state(rolling)),
             ANNOTATION_RESTORED: encode_restored(
                 {
                     "rollback_id": rollback.id,
@@ -98,19 +105,21 @@ class Applying(Planning):
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
 
     async def _started(self, rollback: Rollback, plan: Plan, ops: list[dict[str, Any]]) -> Rollback:
+        kind = self._kind(rollback.target)
         self._latest[rollback.id] = rollback
-        self._restored[rollback.id] = plan.restore.watched_template
+        if kind.tracks_template:  # watched from now on: a change means a human took over
+            self._restored[rollback.id] = plan.restore.watched_template
         self._verify_targets[rollback.id] = plan.restore.verify_target or rollback.target
         restore = plan.restore
-        message = f"restoring revision {plan.to_revision} ({', '.join(images(restore.template))})"
-        if restore.summary:
-            message = f"{restore.summary} ({', '.join(images(restore.template))})"
+        message = restore.summary or f"restoring revision {plan.to_revision}"
+        if kind.tracks_template:
+            message = f"{message} ({', '.join(images(restore.template))})"
         changes = {"changes": dict(restore.changes)} if restore.changes else {}
         await self._recorder.phase(rollback, message, {"patch": ops, **changes})
         await self._kube.emit_event(
             rollback.target, reason=EVENT_STARTED, message=message, uid=uid_of(plan.deployment)
         )
-        headline = f"rollbackd is rolling back {rollback.target} to revision {plan.to_revision}"
+        headline = kind.headline(rollback, Phase.ROLLING_BACK)
         summary, details = self._with_gitops(
             rollback,
             f"{headline}: {restore.summary}" if restore.summary else headline,
@@ -132,10 +141,14 @@ class Applying(Planning):
 
         Our restored record and its ReplicaSet gone: the rollback cannot be
         followed any more. Present but the template differs: a human took over.
+        A target kind that tracks no template has nothing to find.
         """
         deployment = await self._read(rollback.target)
         strategy = await self._choose_strategy(rollback, deployment, resumed=True)
         self._verify_targets[rollback.id] = strategy.verified(rollback.target, deployment)
+        if not self._kind(rollback.target).tracks_template:
+            self._latest[rollback.id] = rollback
+            return deployment
         restored = restored_record(deployment)
         ours = [
             rs

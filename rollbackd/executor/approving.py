@@ -1,19 +1,20 @@
 """PENDING_APPROVAL: propose the rollback, page it, and wait for a human (or the timeout).
 
-Durable: the phase is written on the Deployment (and journaled) before the
+Durable: the phase is written on the target (and journaled) before the
 page, so a restarted or newly elected leader resumes the wait; the timeout
 runs from that recorded time, not from a process timer. While it waits the
-target has a rollback in flight (signals join it). A template change by
-someone else withdraws the proposal (SUPERSEDED) and the signals behind it
-are decided again; so does an approval that finds the target changed.
-After an approval the normal path runs: PLANNING re-checks everything.
+target has a rollback in flight (signals join it). A change by someone else
+(what counts is the target kind's: a Deployment's template) withdraws the
+proposal (SUPERSEDED) and the signals behind it are decided again; so does
+an approval that finds the target changed. After an approval the normal
+path runs: PLANNING re-checks everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -26,22 +27,16 @@ from rollbackd.approval import (
     Inbox,
     Outcome,
     Verdict,
-    commands,
 )
 from rollbackd.durations import format_duration
 from rollbackd.executor.core import uid_of
 from rollbackd.executor.endings import Endings
-from rollbackd.executor.planning import Plan
 from rollbackd.executor.ports import EVENT_APPROVAL_REQUESTED, EVENT_APPROVED, EVENT_REJECTED, Abort
-from rollbackd.guard import images, templates_equal
 from rollbackd.kube.errors import NotFoundError
 from rollbackd.model import Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
-from rollbackd.revisions import revision_of
-
-# How often the wait re-reads the Deployment when the watch stays silent.
-_CHANGE_POLL_SECONDS = 2.0
+from rollbackd.strategies.kinds import Proposed
 
 
 @dataclass(frozen=True)
@@ -49,11 +44,8 @@ class Proposal:
     """What is proposed, as planned on fresh reads, and what must not move while it waits."""
 
     rollback: Rollback  # with the planned revisions
-    data: dict[str, Any]  # the page's, the Event's and the journal's proposal
-    watched: Mapping[str, Any]  # a Deployment's template; a Rollout's abort record
-    current: Mapping[str, Any] | None = None  # the read PENDING_APPROVAL's write is guarded by
-    extra: Mapping[str, str | None] | None = None  # annotations written with PENDING_APPROVAL
-    uid: str | None = None  # of the Deployment, for its Events
+    proposed: Proposed  # the target kind's: the page's data, what is watched, what is written
+    uid: str | None = None  # of the target object, for its Events
 
 
 class Approving(Endings):
@@ -74,16 +66,16 @@ class Approving(Endings):
         self, rollback: Rollback, resumed_at: datetime | None, inbox: Inbox
     ) -> Rollback | None:
         proposal = await self._proposal_of(rollback)
-        rollback = proposal.rollback
-        message = f"waiting for approval: {proposal.data['summary']}"
+        rollback, proposed = proposal.rollback, proposal.proposed
+        message = f"waiting for approval: {proposed.data['summary']}"
         if resumed_at is None:
             rollback = await self._enter(
                 rollback,
                 Phase.PENDING_APPROVAL,
                 message,
-                deployment=proposal.current,
-                extra=proposal.extra,
-                data=proposal.data,
+                deployment=proposed.current,
+                extra=proposed.extra,
+                data=proposed.data,
             )
             since = rollback.updated_at
             await self._kube.emit_event(
@@ -96,48 +88,35 @@ class Approving(Endings):
             # The record of this replica's journal may lack it (another leader proposed it).
             rollback = replace(rollback, phase=Phase.PENDING_APPROVAL, updated_at=resumed_at)
             self._latest[rollback.id] = rollback
-            await self._recorder.phase(rollback, f"(resumed) {message}", proposal.data)
+            await self._recorder.phase(rollback, f"(resumed) {message}", proposed.data)
             since = resumed_at
-        summary, details = self._with_gitops(rollback, message, proposal.data)
+        summary, details = self._with_gitops(rollback, message, proposed.data)
         await self._pager.notify(NotificationKind.APPROVAL_REQUESTED, rollback, summary, details)
-        return await self._wait(rollback, proposal.watched, since, inbox)
+        return await self._wait(rollback, proposed.watched, since, inbox)
 
     async def _proposal_of(self, rollback: Rollback) -> Proposal:
-        """A Deployment's proposal: planned on fresh reads, its template watched while it waits."""
+        """Planned on fresh reads; the target kind says what is proposed and what is watched."""
+        kind = self._kind(rollback.target)
         plan = await self._plan(rollback)
         rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
-        return Proposal(
-            rollback=rollback,
-            data=_proposal(rollback, plan),
-            watched=plan.deployment["spec"]["template"],
-            current=plan.deployment,
-            uid=uid_of(plan.deployment),
-        )
+        if kind.gitops_note is not None:  # named on the proposal page too: Git holds the change
+            self._name_owner(rollback, plan.deployment)
+        return Proposal(rollback, kind.proposal(rollback, plan), uid_of(plan.deployment))
 
     async def _watch_change(self, rollback: Rollback, watched: Mapping[str, Any]) -> dict[str, Any]:
-        """The fresh target once it moved from what the proposal watches (its template)."""
-        return await self._kube.wait_template_change(
-            rollback.target, watched, poll_interval=_CHANGE_POLL_SECONDS
-        )
+        """The fresh target once it moved from what the proposal watches."""
+        kind = self._kind(rollback.target)
+        return await kind.watch_change(self._kube, rollback.target, watched)
 
     async def _moved(
         self, rollback: Rollback, watched: Mapping[str, Any] | None
     ) -> tuple[dict[str, Any], str | None]:
         """The fresh target, and how it moved since the proposal (None: it did not).
 
-        ``watched`` None (a resumed wait): only the revision can be compared.
+        ``watched`` None (a resumed wait): what the target itself records.
         """
-        deployment = await self._read(rollback.target)
-        current = revision_of(deployment)
-        moved = current != rollback.from_revision or (
-            watched is not None and not templates_equal(deployment["spec"]["template"], watched)
-        )
-        if not moved:
-            return deployment, None
-        return deployment, (
-            f"{rollback.target} changed while the rollback waited (revision {current}, "
-            f"proposed from revision {rollback.from_revision})"
-        )
+        target = await self._read(rollback.target)
+        return target, self._kind(rollback.target).moved(rollback, target, watched)
 
     async def _wait(
         self, rollback: Rollback, template: Mapping[str, Any], since: datetime, inbox: Inbox
@@ -158,7 +137,7 @@ class Approving(Endings):
                     verdict, reply = arrived.result()
                     return await self._answer(rollback, template, verdict, reply)
                 if changed.done():
-                    return await self._withdraw(rollback, _changed(changed))
+                    return await self._withdraw(rollback, self._changed(rollback, changed))
         finally:
             for task in (arrived, changed):
                 task.cancel()
@@ -200,7 +179,7 @@ class Approving(Endings):
         message = f"approved by {verdict.by} at {verdict.at.isoformat(timespec='seconds')}"
         await self._recorder.event(rollback, EVENT_KIND_APPROVED, message, verdict.as_data())
         await self._kube.emit_event(
-            rollback.target, reason=EVENT_APPROVED, message=message, uid=_deployment_uid(current)
+            rollback.target, reason=EVENT_APPROVED, message=message, uid=uid_of(current)
         )
         rollback = await self._enter(rollback, Phase.PLANNING, f"{message}; planning the rollback")
         if reply is not None:
@@ -262,64 +241,11 @@ class Approving(Endings):
         self.on_withdrawn(ended)
         return ended
 
-
-def _deployment_uid(target: Mapping[str, Any]) -> str | None:
-    """The uid an Event names: a Deployment's (the Events name a Deployment)."""
-    return None if target.get("kind") == "Rollout" else uid_of(target)
-
-
-def _changed(task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return task.result()
-    except NotFoundError as exc:
-        raise Abort(
-            RollbackReason.TARGET_NOT_FOUND, "the Deployment was deleted", failed=False
-        ) from exc
-
-
-def _proposal(rollback: Rollback, plan: Plan) -> dict[str, Any]:
-    """What the page, the Event and the journal say about the proposed rollback."""
-    how = f"from revision {plan.from_revision} to revision {plan.to_revision}"
-    if plan.restore.summary:  # a strategy beyond rolling says what it would change
-        how = f"by {plan.restore.summary}"
-    return proposal_data(
-        rollback,
-        f"roll back {rollback.target} {how}",
-        before=images(plan.deployment["spec"]["template"]),
-        after=images(plan.restore.template),
-        diff=plan.diff_paths,
-        changes=plan.restore.changes,
-    )
-
-
-def proposal_data(
-    rollback: Rollback,
-    what: str,
-    *,
-    before: Sequence[str],
-    after: Sequence[str],
-    diff: Sequence[str] | None,
-    changes: Mapping[str, Any],
-) -> dict[str, Any]:
-    """A proposal's page, Event and journal data: ``what`` would be done, and how to answer.
-
-    ``diff``: the template paths that change (None: no template is patched).
-    """
-    approve, reject = commands(rollback.id)
-    changed = "" if diff is None else f"; changes {', '.join(diff) or 'nothing'}"
-    summary = (
-        f"rollbackd proposes to {what} "
-        f"(images {', '.join(before)} -> {', '.join(after)}{changed}) because "
-        f"{rollback.reason or rollback.reason_code}. Approve: {approve} ; reject: {reject}"
-    )
-    return {
-        "summary": summary,
-        "reason": rollback.reason,
-        "reason_code": rollback.reason_code,
-        "from_images": list(before),
-        "to_images": list(after),
-        "diff": list(diff or ()),
-        "approve_command": approve,
-        "reject_command": reject,
-        **({"changes": dict(changes)} if changes else {}),
-    }
+    def _changed(self, rollback: Rollback, task: asyncio.Task[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return task.result()
+        except NotFoundError as exc:
+            name = self._kind(rollback.target).name
+            raise Abort(
+                RollbackReason.TARGET_NOT_FOUND, f"the {name} was deleted", failed=False
+            ) from exc

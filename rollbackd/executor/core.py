@@ -34,7 +34,8 @@ from rollbackd.model import Phase, Policy, Rollback, Target
 from rollbackd.reasons import RollbackReason
 from rollbackd.state import RollbackState, recorded_state
 from rollbackd.strategies import PlanError, Strategy
-from rollbackd.strategies.factory import DEFAULT, by_name, for_target, recorded
+from rollbackd.strategies.factory import DEFAULT, by_name, for_target, kind_of, recorded
+from rollbackd.strategies.kinds import TargetKind
 
 log = structlog.get_logger("rollbackd.executor")
 
@@ -121,6 +122,10 @@ class Core:
         self._strategies[rollback.id] = strategy
         return strategy
 
+    def _kind(self, target: Target) -> TargetKind:
+        """What the target is (the factory's TargetKind), from the watch cache on each call."""
+        return kind_of(self._kube, target)
+
     def _verify_target(self, rollback: Rollback) -> Target:
         return self._verify_targets.get(rollback.id, rollback.target)
 
@@ -173,7 +178,7 @@ class Core:
         extra: Mapping[str, str | None] | None = None,
         deployment: Mapping[str, Any] | None = None,
     ) -> None:
-        """Annotation-only write from a fresh read; a conflict re-reads and re-applies.
+        """Annotation-only write on the target object from a fresh read; a conflict re-reads.
 
         Re-applying is safe only while the change is still right, checked on
         every read: the state annotation is not another rollback's, and in
@@ -187,12 +192,10 @@ class Core:
             current = deployment if deployment is not None else await self._read(rollback.target)
             deployment = None
             self._check_still_ours(rollback, current, restored=rollback.phase in RESTORED_PHASES)
+            kind = self._kind(rollback.target)
             try:
-                await self._kube.write_state(
-                    rollback.target,
-                    self._state(rollback, ready_at),
-                    resource_version=current["metadata"]["resourceVersion"],
-                    extra=extra,
+                await kind.write_state(
+                    self._kube, rollback.target, current, self._state(rollback, ready_at), extra
                 )
                 return
             except ConflictError as exc:
@@ -245,7 +248,7 @@ class Core:
     async def _fresh_or_none(self, target: Target) -> dict[str, Any] | None:
         """A fresh read for an ending, which must not fail because the read did."""
         try:
-            return await self._kube.read_deployment(target)
+            return await self._kind(target).read(self._kube, target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -253,11 +256,13 @@ class Core:
             return None
 
     async def _read(self, target: Target) -> dict[str, Any]:
+        """A fresh read of the object the target kind reads; gone: escalate."""
+        kind = self._kind(target)
         try:
-            return await self._kube.read_deployment(target)
+            return await kind.read(self._kube, target)
         except NotFoundError as exc:
             raise Abort(
-                RollbackReason.TARGET_NOT_FOUND, f"deployment {target} not found", failed=False
+                RollbackReason.TARGET_NOT_FOUND, f"{kind.name} {target} not found", failed=False
             ) from exc
 
     # ------------------------------------------------------------------ pages
@@ -274,11 +279,8 @@ class Core:
             str(o["owner"]) + (f" ({o['of']})" if o.get("of") else "")
             for o in (gitops, *gitops.get("also_paused", ()))
         )
-        if gitops.get("abort_only"):
-            sentence = (
-                f"managed by {owner}: the abort holds (a sync applies spec, not status), but "
-                "Git still holds the bad version; revert it before the Rollout is retried"
-            )
+        if gitops.get("note"):  # named, not paused: the target kind says why
+            sentence = f"managed by {owner}: {gitops['note']}"
         elif gitops["paused"]:
             sentence = (
                 f"managed by {owner}: auto-sync paused; revert the change in Git before resuming"

@@ -21,9 +21,9 @@ from rollbackd.executor.ports import (
     Abort,
 )
 from rollbackd.executor.verifying import Verifying
-from rollbackd.guard import images, templates_equal
+from rollbackd.guard import templates_equal
 from rollbackd.journal import DETAIL_RESTORED_REVISION
-from rollbackd.model import ANNOTATION_CHANGE_CAUSE, Phase, Rollback
+from rollbackd.model import Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
 from rollbackd.revisions import revision_of
@@ -105,36 +105,12 @@ class Endings(Verifying):
         return escalated
 
     async def _supersede(self, rollback: Rollback, deployment: Mapping[str, Any]) -> Rollback:
-        """Terminal: a human changed the template; step back, record it and say so (info)."""
-        during = rollback.phase
-        change = change_by_someone_else(deployment)
-        doing = {
-            Phase.VERIFYING: "verifying",
-            Phase.PENDING_APPROVAL: "waiting for approval",
-        }.get(during, "rolling back")
-        message = (
-            f"the pod template of {rollback.target} was changed by someone else while "
-            f"rollbackd was {doing} (now generation {change['generation']}, images "
-            f"{', '.join(change['images']) or 'none'}); rollbackd stepped back and left that "
-            "version alone"
-        )
-        return await self._step_back(
-            rollback,
-            message,
-            change,
-            what=f"its rollback to revision {rollback.to_revision} was {_ended(during)}",
-        )
+        """Terminal SUPERSEDED: someone else moved the target; step back and say so (info).
 
-    async def _step_back(
-        self,
-        rollback: Rollback,
-        message: str,
-        change: Mapping[str, Any],
-        *,
-        what: str,
-        reason_code: str = RollbackReason.SUPERSEDED,
-    ) -> Rollback:
-        """Terminal SUPERSEDED: ``message`` says what someone else changed (``change``)."""
+        The target kind words it (what moved, and the reason code it ends with).
+        """
+        stepped = self._kind(rollback.target).stepped_back(rollback, deployment)
+        message, change, reason_code = stepped.message, stepped.change, stepped.reason_code
         during = rollback.phase
         superseded = replace(
             self._advance(rollback, Phase.SUPERSEDED, finished=True),
@@ -144,7 +120,7 @@ class Endings(Verifying):
         details: dict[str, Any] = {"during": str(during), "superseded_by": dict(change)}
         summary, page = self._with_gitops(
             superseded,
-            f"rollbackd stepped back from {superseded.target}: {what}; {message}",
+            f"rollbackd stepped back from {superseded.target}: {stepped.what}; {message}",
             {**details, "reason_code": reason_code, "reason": message},
         )
         # Paged before the phase is written anywhere, as ROLLBACK_COMPLETED is:
@@ -164,21 +140,3 @@ def _reason(code: str) -> RollbackReason:
         return RollbackReason(code) if code else RollbackReason.ROLLBACK_FAILED
     except ValueError:
         return RollbackReason.ROLLBACK_FAILED
-
-
-def _ended(during: Phase) -> str:
-    return "withdrawn" if during is Phase.PENDING_APPROVAL else "superseded"
-
-
-def change_by_someone_else(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    """What the page says about the version that replaced rollbackd's."""
-    meta = deployment.get("metadata", {})
-    change: dict[str, Any] = {
-        "images": list(images(deployment.get("spec", {}).get("template") or {})),
-        "generation": meta.get("generation"),
-        "revision": revision_of(deployment),
-    }
-    cause = (meta.get("annotations") or {}).get(ANNOTATION_CHANGE_CAUSE)
-    if cause and not str(cause).startswith("rollbackd "):
-        change["change_cause"] = cause
-    return change

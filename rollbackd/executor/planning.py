@@ -1,93 +1,66 @@
 """PLANNING: re-check every rule on a fresh read, let the strategy choose, pause GitOps.
 
 The decision was made on the watch cache; the plan is made again on fresh
-reads, because the Deployment may have moved since (a human deployed, the
-controller numbered a new revision). A plan that no longer holds escalates
-without touching the template.
+reads, because the target may have moved since (a human deployed, the
+controller numbered a new revision): the target kind re-checks, the
+strategy plans. A plan that no longer holds escalates with nothing written.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.executor.core import Core, uid_of
 from rollbackd.executor.ports import EVENT_GITOPS_PAUSED, EVENT_PLANNED, Abort
 from rollbackd.gitops import GitOpsError, PauseResult, pause
-from rollbackd.guard import (
-    disallowed_changes,
-    images,
-    mutable_images,
-    template_diff_paths,
-    templates_equal,
-)
+from rollbackd.guard import disallowed_changes, mutable_images, template_diff_paths
 from rollbackd.kube.errors import KubeError
 from rollbackd.model import Rollback
-from rollbackd.postmortem.change import compact_template
 from rollbackd.reasons import RollbackReason
-from rollbackd.revisions import gitops_owner, revision_of
-from rollbackd.strategies import PlanError, Restore, bluegreen, canary
+from rollbackd.revisions import gitops_owner
+from rollbackd.strategies import PlanError
+from rollbackd.strategies.factory import recorded_owners
+from rollbackd.strategies.kinds import Plan
 
-
-@dataclass(frozen=True)
-class Plan:
-    deployment: Mapping[str, Any]  # fresh, after the PLANNING state write
-    restore: Restore
-    from_revision: int
-    diff_paths: tuple[str, ...]
-    rollout_started_at: str | None = None  # the bad ReplicaSet's creation (the postmortem)
-
-    @property
-    def to_revision(self) -> int:
-        return self.restore.to_revision
-
-    @property
-    def replicaset_name(self) -> str:
-        return str(self.restore.replicaset.get("metadata", {}).get("name", ""))
+__all__ = ["Plan", "Planning"]
 
 
 class Planning(Core):
     """Choosing what to restore, and stopping the GitOps owner first."""
 
     async def _plan(self, rollback: Rollback) -> Plan:
-        """Let the strategy choose (``kubectl rollout undo``) and re-check every rule."""
+        """Re-check the decision on fresh reads, let the strategy choose, guard its template."""
+        kind = self._kind(rollback.target)
         deployment = await self._read(rollback.target)
-        # The template patch is guarded by this read's resourceVersion.
+        # The first write is guarded by this read's resourceVersion.
         self._kube.check_state_term(deployment, f"rollback of {rollback.target}")
-        current = revision_of(deployment)
-        if rollback.from_revision is not None and current != rollback.from_revision:
-            raise Abort(
-                RollbackReason.TARGET_CHANGED,
-                f"target changed during rollback: revision is now {current}, "
-                f"expected {rollback.from_revision}",
-                failed=False,
-            )
-        replicasets = await self._kube.list_replicasets(rollback.target)
-        template = deployment["spec"]["template"]
-        running = [rs for rs in replicasets if revision_of(rs) == current]
-        if not running or not templates_equal(running[0]["spec"]["template"], template):
-            # The spec moved on and the controller has not numbered it yet.
-            raise Abort(
-                RollbackReason.TARGET_CHANGED,
-                f"target changed during rollback: the template is no longer revision {current}'s",
-                failed=False,
-            )
-        if deployment.get("spec", {}).get("paused"):
-            raise Abort(
-                RollbackReason.PAUSED, "deployment is paused: a human is mid-rollout", failed=False
-            )
+        replicasets = await kind.replicasets(self._kube, rollback.target)
+        try:
+            fresh = kind.recheck(rollback, deployment, replicasets)
+        except PlanError as exc:
+            raise Abort(exc.reason_code, exc.message, failed=False) from exc
         strategy = await self._choose_strategy(rollback, deployment)
         context = await strategy.context(self._kube, rollback.target, deployment)
         try:
-            restore = strategy.plan(deployment, replicasets, rollback.to_revision, context)
+            restore = strategy.plan(
+                deployment, replicasets, rollback.to_revision, context, rollback_id=rollback.id
+            )
         except PlanError as exc:
             raise Abort(exc.reason_code, exc.message, failed=False) from exc
-        paths = template_diff_paths(template, restore.template)
-        self._check_guard(rollback, paths, restore.template)
-        created = running[0].get("metadata", {}).get("creationTimestamp")
-        return Plan(deployment, restore, current or 0, tuple(paths), created)
+        paths: list[str] = []
+        if kind.tracks_template:  # the template it writes or keeps serving is guarded
+            paths = template_diff_paths(deployment["spec"]["template"], restore.template)
+            self._check_guard(rollback, paths, restore.template)
+        return Plan(
+            deployment,
+            restore,
+            fresh.from_revision,
+            tuple(paths),
+            fresh.rollout_started_at,
+            tuple(replicasets),
+        )
 
     def _check_guard(
         self, rollback: Rollback, paths: list[str], candidate: Mapping[str, Any]
@@ -110,37 +83,16 @@ class Planning(Core):
             )
 
     async def _record_plan(self, rollback: Rollback, plan: Plan) -> None:
-        message = (
-            f"rolling back from revision {plan.from_revision} to revision {plan.to_revision} "
-            f"(ReplicaSet {plan.replicaset_name})"
+        """The journal's ``plan`` event (the target kind's), announced by an Event."""
+        kind = self._kind(rollback.target)
+        message, data = await kind.plan_event(
+            self._kube, rollback.target, plan, self._strategy_of(rollback).name
         )
-        if plan.restore.summary:
-            message = f"{self._strategy_of(rollback).name}: {plan.restore.summary}"
-        # What a strategy other than rolling changes (selector, replicas): the report and API.
-        changes = {"changes": dict(plan.restore.changes)} if plan.restore.changes else {}
-        await self._kube.emit_event(
-            rollback.target, reason=EVENT_PLANNED, message=message, uid=uid_of(plan.deployment)
-        )
-        await self._recorder.event(
-            rollback,
-            "plan",
-            message,
-            {
-                "replicaset": plan.replicaset_name,
-                "template_hash": plan.restore.template_hash,
-                "diff": list(plan.diff_paths),
-                "images_from": list(images(plan.deployment["spec"]["template"])),
-                "images_to": list(images(plan.restore.template)),
-                # So the postmortem draft shows the change after the ReplicaSets are gone.
-                "templates": {
-                    "bad": compact_template(plan.deployment["spec"]["template"]),
-                    "restored": compact_template(plan.restore.template),
-                },
-                "rollout_started_at": plan.rollout_started_at,
-                "strategy": self._strategy_of(rollback).name,
-                **changes,
-            },
-        )
+        if kind.tracks_template:
+            await self._kube.emit_event(
+                rollback.target, reason=EVENT_PLANNED, message=message, uid=uid_of(plan.deployment)
+            )
+        await self._recorder.event(rollback, "plan", message, data)
 
     async def _pause_gitops(self, rollback: Rollback, plan: Plan) -> None:
         """Safety rule 9: stop every GitOps controller that could undo the rollback, first.
@@ -149,8 +101,12 @@ class Planning(Core):
         writes (a blue-green Service and the previous colour it scales up, a
         canary's HTTPRoute), each owner once. A rollback a
         controller re-applies at its next reconcile is worse than none, so a
-        failed pause escalates without patching.
+        failed pause escalates without patching. A target kind whose write no
+        sync can undo names its owner instead (``gitops_note``).
         """
+        if self._kind(rollback.target).gitops_note is not None:
+            self._name_owner(rollback, plan.deployment)
+            return
         objects = {"": plan.deployment, **plan.restore.gitops_objects}
         owners: dict[str, tuple[str, Mapping[str, Any]]] = {}
         for what, obj in objects.items():
@@ -210,18 +166,26 @@ class Planning(Core):
         The pause precedes the template patch that wrote ROLLING_BACK, so a
         rollback resumed from that phase or later has a paused owner.
         """
+        kind = self._kind(rollback.target)
         try:
-            deployment = await self._kube.read_deployment(rollback.target)
+            deployment = await kind.read(self._kube, rollback.target)
         except KubeError:  # the resumed steps read it again and report what is wrong
+            return
+        if kind.gitops_note is not None:
+            self._name_owner(rollback, deployment)
             return
         owner = gitops_owner(deployment)
         owners = [{"owner": owner}] if owner is not None else []
-        for other in (
-            *bluegreen.recorded_gitops_owners(deployment),
-            *canary.recorded_gitops_owners(deployment),
-        ):
+        for other in recorded_owners(deployment):
             if all(other["owner"] != known["owner"] for known in owners):  # each owner once
                 owners.append(other)
         if owners:
             also = {"also_paused": owners[1:]} if len(owners) > 1 else {}
             self._gitops[rollback.id] = {**owners[0], "paused": True, **also}
+
+    def _name_owner(self, rollback: Rollback, target: Mapping[str, Any]) -> None:
+        """The pages name the target's GitOps owner with the kind's note; nothing is paused."""
+        owner = gitops_owner(target)
+        note = self._kind(rollback.target).gitops_note
+        if owner is not None:
+            self._gitops[rollback.id] = {"owner": owner, "paused": False, "note": note}

@@ -17,6 +17,7 @@ from rollbackd.model import Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.state import RollbackState
 from rollbackd.strategies import StrategyKube
+from rollbackd.strategies.kinds import Changes
 from rollbackd.verify import VerifyResult
 
 # Event reasons on the Deployment, one per step (kubectl describe shows them).
@@ -32,10 +33,6 @@ EVENT_APPROVAL_REQUESTED = "RollbackApprovalRequested"
 EVENT_APPROVED = "RollbackApproved"
 EVENT_REJECTED = "RollbackRejected"
 EVENT_CLEANED_UP = "RollbackCleanedUp"
-
-
-# Annotations to set, or (None) to remove, in one write.
-Changes = Mapping[str, str | None] | None
 
 
 class KubePort(StrategyKube, OwnerApi, Protocol):

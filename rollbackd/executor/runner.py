@@ -31,7 +31,7 @@ from datetime import datetime
 
 import structlog
 
-from rollbackd.executor.argo import ArgoAborting
+from rollbackd.executor.approving import Approving
 from rollbackd.executor.core import PATCHED_PHASES
 from rollbackd.executor.ports import Abort, Superseded
 from rollbackd.kube.errors import ForbiddenError, KubeError
@@ -46,7 +46,7 @@ from rollbackd.strategies.factory import recorded
 log = structlog.get_logger("rollbackd.executor")
 
 
-class Executor(ArgoAborting):
+class Executor(Approving):
     """Runs one rollback at a time per call; the daemon guarantees one per target."""
 
     # ------------------------------------------------------------ entry points
@@ -72,8 +72,6 @@ class Executor(ArgoAborting):
             ),
             budget_scope(RetryBudget(self._retry_budget)),
         ):
-            if self._is_rollout(rollback.target):  # an Argo Rollout: abort its canary
-                return await self._guarded(rollback, self._abort_rollout(rollback))
             if rollback.phase is Phase.PENDING_APPROVAL:  # the dispatcher's approve mode
                 return await self._guarded(rollback, self._after_approval(rollback, None))
             return await self._guarded(rollback, self._from_planning(rollback))
@@ -105,9 +103,6 @@ class Executor(ArgoAborting):
         await self._recorder.event(
             rollback, "resumed", f"resuming rollback from phase {state.phase}"
         )
-        if self._is_rollout(target) and state.phase is not Phase.ROLLBACK_FAILED:
-            # An Argo Rollout's abort: its own steps (a recorded failure escalates below).
-            return await self._guarded(rollback, self._resume_rollout(rollback, state))
         if state.phase is Phase.PENDING_APPROVAL:
             return await self._guarded(rollback, self._after_approval(rollback, state.updated_at))
         if state.phase in (Phase.PENDING, Phase.PLANNING):
@@ -118,7 +113,7 @@ class Executor(ArgoAborting):
             # page was durable: re-send it (the outbox keeps one per rollback).
             summary, details = self._with_gitops(
                 rollback,
-                f"rollbackd is rolling back {rollback.target} to revision {rollback.to_revision}",
+                self._kind(target).headline(rollback, Phase.ROLLING_BACK),
                 {"reason_code": rollback.reason_code, "resumed_from": str(state.phase)},
             )
             await self._pager.notify(NotificationKind.ROLLBACK_STARTED, rollback, summary, details)
@@ -149,11 +144,17 @@ class Executor(ArgoAborting):
         return await self._planned(self._latest.get(rollback.id, rollback))
 
     async def _from_planning(self, rollback: Rollback) -> Rollback:
-        rollback = await self._enter(rollback, Phase.PLANNING, "planning the rollback")
+        """PLANNING recorded first when GitOps owners are paused before the first write.
+
+        A kill during the pause then resumes it; a target kind that pauses
+        nothing (its plan's record is the first write) records no PLANNING.
+        """
+        if self._kind(rollback.target).gitops_note is None:
+            rollback = await self._enter(rollback, Phase.PLANNING, "planning the rollback")
         return await self._planned(rollback)
 
     async def _planned(self, rollback: Rollback) -> Rollback:
-        """From PLANNING on the Deployment: plan on fresh reads, pause GitOps, patch, verify."""
+        """From PLANNING: plan on fresh reads, pause GitOps, the first write, wait, verify."""
         plan = await self._plan(rollback)
         rollback = replace(rollback, from_revision=plan.from_revision, to_revision=plan.to_revision)
         await self._record_plan(rollback, plan)

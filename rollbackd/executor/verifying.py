@@ -26,11 +26,12 @@ from rollbackd.executor.ports import (
 from rollbackd.journal import DETAIL_RESTORED_REVISION
 from rollbackd.kube.errors import KubeError, NotFoundError
 from rollbackd.kube.fencing import FencedError
-from rollbackd.model import ANNOTATION_RESTORED, Phase, Rollback
+from rollbackd.model import ANNOTATION_RESTORED, Phase, Rollback, Target
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason, rollout_reason
 from rollbackd.revisions import revision_of
 from rollbackd.state import encode_restored, restored_record
+from rollbackd.strategies import PlanError
 from rollbackd.verify import VerifyResult
 
 log = structlog.get_logger("rollbackd.executor")
@@ -43,17 +44,26 @@ class Verifying(Applying):
 
     async def _wait_and_verify(self, rollback: Rollback) -> Rollback:
         restored = self._verify_target(rollback)
-        outcome = await self._unless_superseded(
-            rollback,
-            self._strategy_of(rollback).wait(self._kube, restored, timeout=self._rollout_timeout),
-        )
+        strategy = self._strategy_of(rollback)
+        try:
+            outcome = await self._unless_superseded(
+                rollback, strategy.wait(self._kube, restored, timeout=self._rollout_timeout)
+            )
+        except PlanError as exc:  # the strategy's last write refused, or it never took
+            raise Abort(exc.reason_code, exc.message, failed=True) from exc
         if not outcome.complete:
             raise Abort(rollout_reason(outcome.status), outcome.message, failed=True)
         ready_at = self._clock()
+        if self._kind(rollback.target).tracks_template:
+            await self._ready(rollback, restored, outcome.message)
+        return await self._verify(rollback, ready_at)
+
+    async def _ready(self, rollback: Rollback, restored: Target, message: str) -> None:
+        """The restored template runs: an Event, and the image digests it runs with."""
         await self._kube.emit_event(
             rollback.target,
             reason=EVENT_READY,
-            message=f"restored version ready: {outcome.message}",
+            message=f"restored version ready: {message}",
         )
         try:
             digests = await self._kube.pod_images(restored)
@@ -63,7 +73,6 @@ class Verifying(Applying):
         await self._recorder.event(
             rollback, "images", "image digests running after the rollback", {"images": digests}
         )
-        return await self._verify(rollback, ready_at)
 
     async def _verify(self, rollback: Rollback, ready_at: datetime) -> Rollback:
         deployment = await self._read_restored(rollback)
@@ -102,7 +111,7 @@ class Verifying(Applying):
         done = replace(done, reason=result.reason)
         summary, details = self._with_gitops(
             done,
-            f"rollbackd rolled back {done.target} to revision {done.to_revision}: {result.reason}",
+            f"{self._kind(done.target).headline(done, done.phase)}: {result.reason}",
             {"verification": [i.detail for i in result.intervals]},
         )
         # The resolve is in the outbox before the Deployment says the rollback

@@ -1,11 +1,14 @@
 """How a rollback is planned, applied and waited for: the Strategy interface.
 
-The executor owns the state machine; a strategy owns what differs between
-rolling, blue/green and canary rollbacks (Flagger's router idea: a tiny
-interface and a factory, :mod:`rollbackd.strategies.factory`). The target is
-always the Deployment whose signals breach (its state annotation carries the
-phase); a strategy may restore something else (another Deployment, a
-Service's selector) and says so in its :class:`Restore`:
+The executor owns the state machine, one phase flow for every target
+(``[PENDING_APPROVAL ->] PLANNING -> ROLLING_BACK -> VERIFYING -> ROLLBACK_COMPLETED``,
+or ``ROLLBACK_FAILED -> ESCALATED``, and resume from the recorded phase); a
+strategy owns what differs between rolling, blue/green, canary and Argo
+Rollouts rollbacks (Flagger's router idea: a tiny interface and a factory,
+:mod:`rollbackd.strategies.factory`). The target is the object whose signals
+breach (its state annotation carries the phase); a strategy may restore
+something else (another Deployment, a Service's selector) and says so in its
+:class:`Restore`:
 
 - ``context``: the extra plain objects ``plan`` needs, read fresh (rolling: none);
 - ``plan``: what to restore and what it changes, from plain Kubernetes JSON;
@@ -13,12 +16,28 @@ Service's selector) and says so in its :class:`Restore`:
   state and the plan's record), then the strategy's further guarded writes;
 - ``resume``: finish the writes a kill interrupted (each one idempotent);
 - ``verified``: whose version is waited for and verified once applied;
-- ``wait``: until the restored version is rolled out (or cannot be);
+- ``wait``: until the restored version is rolled out (or cannot be); a
+  PlanError from it fails the rollback (an Argo abort sends its status
+  patch here, once the record is down, and refuses when a human took over);
 - ``status``: the completion predicate ``wait`` uses, over one object;
 - ``cleanup``: what is left to do after ROLLBACK_COMPLETED (rolling: nothing).
 
 ``plan`` and ``status`` are pure, so they are tested without a cluster;
 ``apply``, ``resume``, ``wait`` and ``cleanup`` get only the adapter they need.
+
+What the target *is* is the second, smaller interface,
+:class:`~rollbackd.strategies.kinds.TargetKind`, chosen by the factory's
+``kind_of`` from the watch cache: a Deployment
+(:mod:`~rollbackd.strategies.deployment`) or an Argo Rollout
+(:mod:`~rollbackd.strategies.argotarget`). It says which object is read and
+carries the state annotation (``read``, ``replicasets``, ``write_state``),
+re-checks the decision on fresh reads (``recheck``), words the journal's
+``plan`` event and the pages (``plan_event``, ``headline``), proposes and
+watches in approve mode (``proposal``, ``watch_change``, ``moved``,
+``stepped_back``), and declares two capabilities: ``tracks_template`` (the
+pod template is restored or kept, guarded, recorded and watched; a Rollout's
+abort writes status only) and ``gitops_note`` (None: GitOps owners are
+paused first, after a recorded PLANNING; else they are named with it).
 """
 
 from __future__ import annotations
@@ -62,7 +81,7 @@ class Restore:
     """What a strategy chose to restore, and what it will look like once restored."""
 
     replicaset: Mapping[str, Any]  # the old version's ReplicaSet
-    to_revision: int
+    to_revision: int | None  # None: no numbered revision is restored (an abort)
     template: Mapping[str, Any]  # the pod template that will run (no pod-template-hash)
     template_hash: str  # the old ReplicaSet's pod-template-hash
     predicted_revision: int  # the revision number the controller will give it
@@ -136,8 +155,13 @@ class Strategy(Protocol):
         replicasets: Sequence[Obj],
         to_revision: int | None,
         context: Obj | None = None,
+        *,
+        rollback_id: str = "",
     ) -> Restore:
-        """Choose what to restore (``to_revision`` None: the previous one); raises PlanError."""
+        """Choose what to restore (``to_revision`` None: the previous one); raises PlanError.
+
+        ``rollback_id``: the rollback planned, for a strategy whose record names it.
+        """
         ...
 
     def patch(self, deployment: Obj, restore: Restore, *, annotations: Mapping[str, str]) -> Ops:

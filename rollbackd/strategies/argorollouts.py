@@ -38,7 +38,7 @@ from rollbackd.model import Target
 from rollbackd.reasons import ReasonCode
 from rollbackd.strategies import Obj, Ops, PlanError, RolloutOutcome, RolloutStatus
 
-__all__ = ["AbortPlan", "ArgoRolloutsKube", "ArgoRolloutsStrategy"]
+__all__ = ["AbortPlan", "ArgoRolloutsKube", "ArgoRolloutsStrategy", "check_approved"]
 
 ARGO_ROLLOUTS = "argo-rollouts"
 _ATTEMPTS = 8  # re-reads a guarded record write may take when only the status moved
@@ -113,6 +113,23 @@ def _refuse(facts: RolloutFacts) -> PlanError | None:
     return None
 
 
+def check_approved(rollout: Obj, rollback_id: str) -> None:
+    """PlanError when ``rollout`` moved from the abort its record of this rollback names.
+
+    That record (an approved proposal) names the canary a human approved:
+    another one is not aborted. No record of this rollback: nothing to check.
+    """
+    proposed = abort_record(rollout, rollback_id)
+    moved = moved_since(rollout, proposed) if proposed else None
+    if moved is not None:
+        meta = rollout.get("metadata") or {}
+        raise PlanError(
+            moved[0],
+            f"Rollout {meta.get('namespace')}/{meta.get('name')} changed since the approved "
+            f"proposal: {moved[1]}",
+        )
+
+
 class ArgoRolloutsStrategy:
     """Abort an Argo Rollouts canary and wait for the stable version to serve alone."""
 
@@ -168,12 +185,7 @@ class ArgoRolloutsStrategy:
         """
         for _ in range(_ATTEMPTS):
             rollout = await kube.read_rollout(target)
-            proposed = abort_record(rollout, rollback_id)
-            moved = moved_since(rollout, proposed) if proposed else None
-            if moved is not None:
-                raise PlanError(
-                    moved[0], f"Rollout {target} changed since the approved proposal: {moved[1]}"
-                )
+            check_approved(rollout, rollback_id)
             plan = self.plan(rollout, await kube.rollout_replicasets(target), rollback_id)
             try:
                 await kube.patch_rollout(target, self.record_ops(rollout, plan, annotations))

@@ -90,6 +90,8 @@ class BlueGreenStrategy:
         replicasets: Sequence[Obj],
         to_revision: int | None,
         context: Obj | None = None,
+        *,
+        rollback_id: str = "",  # unused: its record names the state annotation's rollback
     ) -> Restore:
         """The other colour, the switch and the scaling; PlanError when it cannot be done."""
         context = context or {}

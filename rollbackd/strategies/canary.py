@@ -113,6 +113,8 @@ class CanaryStrategy:
         replicasets: Sequence[Obj],
         to_revision: int | None,
         context: Obj | None = None,
+        *,
+        rollback_id: str = "",  # unused: its record names the state annotation's rollback
     ) -> Restore:
         """The scale-down or the weight shift; PlanError on bad input (nothing written)."""
         context = context or {}

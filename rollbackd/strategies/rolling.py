@@ -103,6 +103,8 @@ class RollingStrategy:
         replicasets: Sequence[Obj],
         to_revision: int | None,
         context: Obj | None = None,
+        *,
+        rollback_id: str = "",  # unused: it records nothing beyond the state
     ) -> Restore:
         """kubectl's choice of ReplicaSet; the controller will reuse it as the next revision."""
         chosen = select_replicaset(deployment, replicasets, to_revision)

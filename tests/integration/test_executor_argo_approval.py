@@ -22,13 +22,14 @@ import pytest
 
 from rollbackd.approval import Approvals, Verdict, give_verdict
 from rollbackd.argo import ANNOTATION_ARGO_ABORT
-from rollbackd.executor import Executor, argoproposal
+from rollbackd.executor import Executor
 from rollbackd.kube import Kube
 from rollbackd.model import ANNOTATION_ROLLBACK, Phase, Policy, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import ReasonCode
 from rollbackd.stages import watched_rollback_state
 from rollbackd.state import RollbackState, decode_state
+from rollbackd.strategies import argotarget
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.verify import Verifier
 from tests.integration import test_executor_argo_run as argo_run
@@ -292,7 +293,7 @@ async def test_an_approval_that_finds_a_new_canary_is_refused_and_aborts_nothing
 ) -> None:
     await paused_canary(kube)
     # The watch has not seen the change yet: only the approval's fresh read can.
-    monkeypatch.setattr(argoproposal, "_CACHE_POLL_SECONDS", 3600.0)
+    monkeypatch.setattr(argotarget, "_CACHE_POLL_SECONDS", 3600.0)
     approvals, pager = Approvals(), RecordingPager()
     executor, task, rollback = await started(kube, approvals, pager)
     withdrawn: list[Rollback] = []
