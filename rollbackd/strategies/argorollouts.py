@@ -32,7 +32,6 @@ from rollbackd.argo import (
     replicaset_counts,
     rollout_facts,
 )
-from rollbackd.kube.errors import ConflictError
 from rollbackd.kube.patch import annotation_ops, precondition
 from rollbackd.model import Target
 from rollbackd.reasons import ReasonCode
@@ -41,7 +40,6 @@ from rollbackd.strategies import Obj, Ops, PlanError, RolloutOutcome, RolloutSta
 __all__ = ["AbortPlan", "ArgoRolloutsKube", "ArgoRolloutsStrategy", "check_approved"]
 
 ARGO_ROLLOUTS = "argo-rollouts"
-_ATTEMPTS = 8  # re-reads a guarded record write may take when only the status moved
 _POLL = 0.2
 
 
@@ -162,38 +160,6 @@ class ArgoRolloutsStrategy:
             precondition(meta.get("resourceVersion")),
             *annotation_ops(meta.get("annotations"), changes),
         ]
-
-    async def apply(
-        self, kube: ArgoRolloutsKube, target: Target, rollback_id: str, *, timeout: float
-    ) -> AbortPlan:
-        """:meth:`prepare`, then :meth:`resume`: the whole abort."""
-        plan = await self.prepare(kube, target, rollback_id)
-        await self.resume(kube, target, rollback_id, timeout=timeout)
-        return plan
-
-    async def prepare(
-        self,
-        kube: ArgoRolloutsKube,
-        target: Target,
-        rollback_id: str,
-        annotations: Mapping[str, str] | None = None,
-    ) -> AbortPlan:
-        """Plan on a fresh read and record the plan on the Rollout; re-plan on a conflict.
-
-        A record of the same rollback already there (an approved proposal)
-        names the canary a human approved: another one is not aborted.
-        """
-        for _ in range(_ATTEMPTS):
-            rollout = await kube.read_rollout(target)
-            check_approved(rollout, rollback_id)
-            plan = self.plan(rollout, await kube.rollout_replicasets(target), rollback_id)
-            try:
-                await kube.patch_rollout(target, self.record_ops(rollout, plan, annotations))
-            except ConflictError:
-                await asyncio.sleep(0.05)  # status churn, or a human: the re-plan tells
-                continue
-            return plan
-        raise PlanError(ReasonCode.WRITE_CONFLICTS, f"Rollout {target} kept changing: not aborted")
 
     async def resume(
         self, kube: ArgoRolloutsKube, target: Target, rollback_id: str, *, timeout: float

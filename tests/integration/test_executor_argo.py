@@ -4,7 +4,8 @@ Every test creates Rollout default/web (4 replicas, steps setWeight 25 then an
 indefinite pause), lets it become Healthy on image 1.0, then deploys 2.0: the
 canary gets 1 pod beside 3 stable ones and the Rollout waits, Paused. A kill
 is the record written and nothing after it, followed by ``resume`` from a
-fresh strategy, as a restarted daemon does.
+fresh strategy, as a restarted daemon does. The executor's own handling
+(phases, conflicts, pages) is specified in test_executor_argo_run.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rollbackd.kube import Kube
 from rollbackd.model import Target
 from rollbackd.reasons import ReasonCode
 from rollbackd.strategies import PlanError
-from rollbackd.strategies.argorollouts import ArgoRolloutsStrategy
+from rollbackd.strategies.argorollouts import AbortPlan, ArgoRolloutsStrategy
 from rollbackd.testing.kubesim import KubeSim
 
 pytestmark = pytest.mark.integration
@@ -90,6 +91,16 @@ async def paused_canary(kube: Kube, image: str = "example/app:2.0") -> dict[str,
     )
 
 
+async def abort(kube: Kube, rollback_id: str = "rb-1") -> AbortPlan:
+    """The abort as the executor runs it: plan on a fresh read, the guarded record, then resume."""
+    strategy = ArgoRolloutsStrategy()
+    rollout = await kube.read_rollout(WEB)
+    plan = strategy.plan(rollout, await kube.rollout_replicasets(WEB), rollback_id)
+    await kube.patch_rollout(WEB, strategy.record_ops(rollout, plan))
+    await strategy.resume(kube, WEB, rollback_id, timeout=TIMEOUT)
+    return plan
+
+
 def aborts(sim: KubeSim, mark: int = 0) -> list[int]:
     """The answers to every abort patch (status subresource) since ``mark``."""
     return [
@@ -114,7 +125,7 @@ async def test_a_paused_canary_is_aborted_once_and_the_stable_version_serves_alo
     stable, canary = before["stableRS"], before["currentPodHash"]
     assert await replicasets(kube) == {stable: (3, 3), canary: (1, 1)}
 
-    plan = await ArgoRolloutsStrategy().apply(kube, WEB, "rb-1", timeout=TIMEOUT)
+    plan = await abort(kube)
 
     assert (plan.canary_hash, plan.stable_hash, plan.replicas) == (canary, stable, 4)
     assert (
@@ -153,7 +164,7 @@ async def test_an_abort_answered_500_once_is_retried(kubesim: KubeSim, kube: Kub
     await paused_canary(kube)
     kubesim.faults.fail("PATCH", f"^{STATUS_PATH}$", 500, count=1)
 
-    await ArgoRolloutsStrategy().apply(kube, WEB, "rb-1", timeout=TIMEOUT)
+    await abort(kube)
 
     assert aborts(kubesim) == [500, 200]
     assert (await status(kube))["abort"] is True
@@ -168,7 +179,7 @@ async def test_an_already_aborted_rollout_is_refused_with_no_write(
     mark = kubesim.requests.mark()
 
     with pytest.raises(PlanError) as refused:
-        await ArgoRolloutsStrategy().apply(kube, WEB, "rb-1", timeout=TIMEOUT)
+        await abort(kube)
 
     assert refused.value.reason_code == ReasonCode.ROLLOUT_ALREADY_ABORTED
     assert [r for r in kubesim.requests.since(mark) if r.is_write] == []
@@ -190,17 +201,6 @@ async def test_a_canary_replaced_since_the_plan_is_not_aborted(
     assert refused.value.reason_code == ReasonCode.TARGET_CHANGED
     assert f"canary {plan.canary_hash} planned" in refused.value.message
     assert aborts(kubesim) == [] and "abort" not in await status(kube)
-
-
-async def test_a_record_write_that_conflicts_re_plans_on_a_fresh_read(
-    kubesim: KubeSim, kube: Kube
-) -> None:
-    await paused_canary(kube)
-    kubesim.faults.fail("PATCH", f"^{ROLLOUTS}/web$", 409, count=1)
-
-    plan = await ArgoRolloutsStrategy().apply(kube, WEB, "rb-1", timeout=TIMEOUT)
-
-    assert plan.rollback_id == "rb-1" and aborts(kubesim) == [200]
 
 
 async def test_without_the_crd_nothing_breaks_and_it_is_said_once(

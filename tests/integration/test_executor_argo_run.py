@@ -135,6 +135,24 @@ async def test_a_breaching_canary_is_aborted_and_the_stable_version_verified(
     assert (await status(kube))["abort"] is True and aborts(kubesim) == [200]
 
 
+async def test_a_record_write_that_conflicts_is_planned_again_on_a_fresh_read_and_aborts_once(
+    kubesim: KubeSim, kube: Kube
+) -> None:
+    await paused_canary(kube)
+    rollback, decision = await decided(kube)
+    # The controller's status writes move the Rollout between the plan's read and the record.
+    kubesim.faults.fail("PATCH", f"^{ROLLOUTS}/web$", 409, count=1)
+    journal, pager = Journal(), RecordingPager()
+
+    done = await executor(kube, journal, pager, FakeSignals()).run(rollback, decision)
+
+    assert done.phase is Phase.ROLLBACK_COMPLETED, done.reason
+    assert "conflict" in journal.events
+    record = (await kube.read_rollout(WEB))["metadata"]["annotations"]
+    assert decode_state(record[ANNOTATION_ROLLBACK]).rollback_id == rollback.id
+    assert aborts(kubesim) == [200]
+
+
 async def test_a_rollout_synced_by_argo_cd_is_aborted_unpaused_and_the_pages_say_revert_git(
     kubesim: KubeSim, kube: Kube
 ) -> None:
