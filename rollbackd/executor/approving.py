@@ -13,7 +13,6 @@ path runs: PLANNING re-checks everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -37,6 +36,7 @@ from rollbackd.model import Phase, Rollback
 from rollbackd.notify.base import NotificationKind
 from rollbackd.reasons import RollbackReason
 from rollbackd.strategies.kinds import Proposed
+from rollbackd.supervision import cancel_and_wait
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,7 @@ class Approving(Endings):
                 if changed.done():
                     return await self._withdraw(rollback, self._changed(rollback, changed))
         finally:
-            for task in (arrived, changed):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait((arrived, changed))
 
     async def _answer(
         self,
