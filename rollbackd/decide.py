@@ -1,7 +1,7 @@
 """The decision: should this signal roll this Deployment back, and to what?
 
 ``decide`` is a pure function of plain values (no I/O, no clock, no logging:
-``now`` is passed in), so every safety rule of DESIGN.md is testable by hand
+``now`` is passed in), so every safety rule (docs/architecture.md) is testable by hand
 and the same input always gives the same decision.
 
 Check order, first match wins, and why:
