@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from rollbackd.groupcommit import GroupCommit
-from rollbackd.journal.connection import SQL_CHUNK, Connection
+from rollbackd.journal.connection import SQL_CHUNK, Connection, _busy_retried, _run_transaction
 from rollbackd.journal.rows import (
     UnresolvedRecord,
     signal_from_row,
@@ -40,7 +40,7 @@ class IntakeStore(Connection):
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         super().__init__(conn, path)
         self._intake_commit: GroupCommit[Signal | UnresolvedRecord, int | None] = GroupCommit(
-            self._flush_intake
+            self._flush_intake, self._post
         )
 
     @property
@@ -66,11 +66,12 @@ class IntakeStore(Connection):
         When it raises, nothing of the call was committed.
         """
         items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
-        results = await self._intake_commit.submit(items)
+        # A batch whose BEGIN met another connection's write is sent again (nothing ran).
+        results = await _busy_retried(lambda: self._intake_commit.submit(items))
         return results[: len(signals)]
 
-    async def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
-        # The rows are built here, on the loop; the transaction is one trip to the journal's thread.
+    def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
+        """On the journal's thread: the batch's rows, built off the loop, in one transaction."""
         signal_rows = [
             (i, item.key, signal_to_row(item, accepted=True))
             for i, item in enumerate(items)
@@ -79,8 +80,9 @@ class IntakeStore(Connection):
         unresolved_rows = [
             unresolved_to_row(item) for item in items if isinstance(item, UnresolvedRecord)
         ]
-        return await self._transaction_in_thread(
-            lambda conn: _insert_intake(conn, len(items), signal_rows, unresolved_rows)
+        return _run_transaction(
+            self._conn._conn,
+            lambda conn: _insert_intake(conn, len(items), signal_rows, unresolved_rows),
         )
 
     async def signal_seen(self, key: str) -> bool:
