@@ -255,3 +255,21 @@ async def test_a_webhook_that_hangs_up_does_not_cost_its_neighbours_their_commit
         await gone
     # Committed with its neighbour: a retry of it is a repeat, not a loss.
     assert sorted(await undecided(journal)) == ["am:gone", "am:stays"]
+
+
+async def test_a_commit_that_meets_another_writer_waits_for_it_on_the_thread(
+    journal: Journal,
+) -> None:
+    """Another process writing the file (a CLI prune, a second replica by mistake) holds the
+    write lock: the webhooks' commit waits for it there, within the busy timeout, and lands."""
+    other = sqlite3.connect(journal.path, check_same_thread=False, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    released.start()
+    try:
+        ids = await asyncio.wait_for(journal.accept([signal("am:behind-other")]), timeout=10)
+    finally:
+        released.join()
+        other.close()
+    assert ids[0] is not None
+    assert await undecided(journal) == ["am:behind-other"]
