@@ -273,3 +273,20 @@ async def test_a_commit_that_meets_another_writer_waits_for_it_on_the_thread(
         other.close()
     assert ids[0] is not None
     assert await undecided(journal) == ["am:behind-other"]
+
+
+async def test_a_webhooks_commit_is_a_few_statements_whatever_its_alerts(
+    journal: Journal,
+) -> None:
+    """Each SQLite call hands the GIL over and takes it back, and a busy loop can keep the
+    journal's thread waiting each time: a body of 50 alerts is not 50 inserts."""
+    statements: list[str] = []
+    await journal._read_in_thread(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        ids = await journal.accept([signal(f"am:many:{i}") for i in range(50)])
+    finally:
+        await journal._read_in_thread(lambda conn: conn.set_trace_callback(None))
+    assert all(row_id is not None for row_id in ids)
+    assert ids == list(range(ids[0], ids[0] + 50)), "each signal gets its own row's id"
+    assert len(statements) <= 5, statements  # BEGIN, the keys seen, one INSERT, COMMIT
+    assert len(await undecided(journal)) == 50
