@@ -92,16 +92,24 @@ class PendingSignals:
 
     def add(self, items: Iterable[Accepted]) -> None:
         """Make committed signals visible to the dispatcher (never refuses)."""
+        wake = False
         for item in items:
             if self._size >= self._max:
                 # Already durable; the dispatcher reads it back from the journal.
-                self.reload_needed = True
+                self.reload_needed = wake = True
                 break
-            batch = self._by_target.setdefault(item.signal.target, {})
+            batch = self._by_target.get(item.signal.target)
+            if batch is None:
+                # Newly pending: takeable now, or at its rest's end, which the waiter must learn.
+                batch = self._by_target[item.signal.target] = {}
+                wake = True
             if item.row_id not in batch:
                 batch[item.row_id] = item.signal
                 self._size += 1
-        self._wakeup.set()
+        if wake:
+            # A target already pending is takeable (the waiter is awake) or resting
+            # (the waiter wakes at its end): more signals for it change nothing.
+            self._wakeup.set()
 
     def request_reload(self) -> None:
         """The journal may hold undecided signals (a new term as leader, say)."""

@@ -126,3 +126,28 @@ async def test_wait_wakes_at_once_for_another_target_while_one_rests() -> None:
 def test_the_default_rest_is_short_beside_the_time_to_mitigate() -> None:
     # A repeat waits at most this long; bench/mttr.py's target is a 2.5 s median.
     assert 0 < DECIDE_REST <= 0.5
+
+
+class CountingEvent(asyncio.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+def test_more_signals_for_a_resting_target_do_not_wake_the_dispatcher() -> None:
+    """The dispatcher woke for every webhook in a storm only to find its target resting."""
+    clock = Clock()
+    pending = PendingSignals(rest=0.25, clock=clock)
+    wakeup = pending._wakeup = CountingEvent()
+    pending.add([accepted(1)])
+    pending.take()
+    for row_id in range(2, 52):  # 50 webhooks while the target rests
+        pending.add([accepted(row_id)])
+    assert wakeup.sets == 2, "once when it was first pending, once when it was again"
+    clock.now += 0.25
+    taken = taken_ids(pending)
+    assert taken is not None and taken[1] == list(range(2, 52))
