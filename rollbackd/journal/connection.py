@@ -1,4 +1,4 @@
-"""One SQLite connection: pragmas and migrations, queries, one write transaction at a time."""
+"""One SQLite connection: pragmas and migrations, queries, write transactions in one call each."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 class Connection:
-    """The connection and its write lock, shared by the journal's stores."""
+    """The connection and its transactions, shared by the journal's stores."""
 
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self._conn = conn
@@ -89,8 +89,8 @@ class Connection:
     # --- low-level helpers -------------------------------------------------
 
     # One round trip to the connection's thread each (execute_fetchall), not
-    # three (execute, fetch, close): inside a transaction every round trip
-    # waits for a turn of a busy event loop while the write lock is held.
+    # three (execute, fetch, close): every round trip waits for a turn of a
+    # busy event loop.
 
     async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
         rows = list(await self._conn.execute_fetchall(sql, tuple(params)))
