@@ -23,6 +23,7 @@ from rollbackd import leanimport
 from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
+from rollbackd.gil import gil_shared_promptly
 from rollbackd.heap import freeze_when_synced
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
@@ -373,6 +374,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
     configure_logging(settings.logging.level, settings.logging.format)
     leanimport.log_outcome()
+    # The journal's thread gets the GIL back promptly from a busy loop (gil.py).
+    with gil_shared_promptly():
+        return await _run(settings, stop)
+
+
+async def _run(settings: Settings, stop: asyncio.Event | None) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal_module.SIGTERM, signal_module.SIGINT):

@@ -19,6 +19,7 @@ this version) and reused otherwise.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -94,11 +95,10 @@ async def _prune_older_than(journal: Journal, cutoff: datetime) -> dict[str, int
     stamp = format_time(cutoff)
     deleted: dict[str, int] = {}
 
-    async def body(conn: Any) -> None:
+    def body(conn: sqlite3.Connection) -> None:
         for table, sql in _STATEMENTS:
             params: tuple[Any, ...] = (*_TERMINAL, stamp) if table == "rollbacks" else (stamp,)
-            cursor = await conn.execute(sql, params)
-            deleted[table] = cursor.rowcount
+            deleted[table] = conn.execute(sql, params).rowcount
 
     await journal.transaction(body)
     return deleted

@@ -22,7 +22,7 @@ patch, images, verification intervals, ...) and the notification outcomes
 events.
 
 The package: ``schema`` (tables, migrations), ``rows`` (values to rows and
-back), ``connection`` (pragmas, the write lock, transactions), ``intake``
+back), ``connection`` (pragmas, transactions in one call on the connection's thread), ``intake``
 (accepted signals, the undecided queue), ``records`` (decisions, records,
 events, notifications, history) and ``timeline``. ``Journal`` is all of them
 on one connection.

@@ -1,4 +1,4 @@
-"""One SQLite connection: pragmas and migrations, queries, one write transaction at a time."""
+"""One SQLite connection: pragmas and migrations, queries, write transactions in one call each."""
 
 from __future__ import annotations
 
@@ -29,12 +29,11 @@ T = TypeVar("T")
 
 
 class Connection:
-    """The connection and its write lock, shared by the journal's stores."""
+    """The connection and its transactions, shared by the journal's stores."""
 
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self._conn = conn
         self._conn.row_factory = sqlite3.Row
-        self._write_lock = asyncio.Lock()
         self._synchronous = "NORMAL"
         self.path = path
 
@@ -75,14 +74,14 @@ class Connection:
             await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
 
     async def _close_connection(self) -> None:
-        """Close once the write in flight, if any, has committed or rolled back.
+        """Close once every write already sent has committed or rolled back.
 
         A write whose caller was cancelled (a shielded "delivered" mark on
         shutdown) still runs; closing under it would drop its COMMIT, and the
-        next start would send that page again.
+        next start would send that page again. Each write is one call on the
+        connection's thread, and the close is queued behind them.
         """
-        async with self._write_lock:
-            await self._conn.close()
+        await self._conn.close()
 
     async def schema_version(self) -> int:
         return int(await self._scalar("PRAGMA user_version") or 0)
@@ -90,8 +89,8 @@ class Connection:
     # --- low-level helpers -------------------------------------------------
 
     # One round trip to the connection's thread each (execute_fetchall), not
-    # three (execute, fetch, close): inside a transaction every round trip
-    # waits for a turn of a busy event loop while the write lock is held.
+    # three (execute, fetch, close): every round trip waits for a turn of a
+    # busy event loop.
 
     async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
         rows = list(await self._conn.execute_fetchall(sql, tuple(params)))
@@ -101,48 +100,59 @@ class Connection:
         return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     # Public for the stores that keep their tables in this file (the outbox,
-    # retention): one connection, one write lock, one place that commits.
+    # retention): one connection, one place that commits.
     async def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return await self._rows(sql, params)
 
-    async def transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
-        """Run ``body(connection)`` inside one write transaction (BEGIN IMMEDIATE .. COMMIT)."""
-        await self._transaction(lambda: body(self._conn))
+    async def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(connection)`` inside one write transaction (BEGIN IMMEDIATE .. COMMIT).
+
+        ``body`` runs on the journal's thread: plain sqlite3, no awaiting
+        (see ``_transaction_in_thread``).
+        """
+        return await self._transaction_in_thread(body)
 
     async def release_free_pages(self) -> None:
         """Give free pages back to the file system (journals with incremental auto-vacuum).
 
-        Under the write lock, so no transaction is open; executescript, because
-        a plain execute steps the pragma once and frees a single page.
+        One call on the journal's thread, where no transaction is ever left
+        open; executescript, because a plain execute steps the pragma once
+        and frees a single page.
         """
-        async with self._write_lock:
-            await self._conn.executescript("PRAGMA incremental_vacuum;")
+        await self._conn.executescript("PRAGMA incremental_vacuum;")
 
     async def _write(self, sql: str, params: Iterable[Any]) -> None:
         """One statement in its own transaction, committed before returning."""
         values = tuple(params)
         await self._transaction_in_thread(lambda conn: conn.execute(sql, values))
 
-    async def _begin(self) -> None:
-        """BEGIN IMMEDIATE, retried while SQLite answers busy without waiting (``_busy_retried``)."""
-        await _busy_retried(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+    def _post(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` on the journal's thread without waiting for it.
+
+        aiosqlite's own queue, the one its calls go through (so ``job`` runs
+        in order with them); nothing reports back: ``job`` catches what it
+        raises and answers its callers itself (``ThreadGroupCommit``).
+        """
+        if not self._conn._running:
+            raise ValueError("Connection closed")
+        self._conn._tx.put_nowait((None, job))
 
     async def _transaction_in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """``body(connection)`` between BEGIN IMMEDIATE and COMMIT, in one trip to the journal's thread.
 
-        ``_transaction`` sends each statement on a trip of its own, and each
-        trip waits for a turn of the event loop while the write lock is held:
-        on a busy loop (a fleet polled, hundreds of alerts a second) a
-        webhook's commit was five turns, and every webhook and decision
-        behind the lock waited for all of them. Here the whole transaction,
-        its COMMIT or ROLLBACK included, is one call on the connection's
-        thread (aiosqlite's own way of running a call there), so one turn;
-        and a cancelled caller can never leave it open. ``body`` runs on that
-        thread: plain sqlite3, no awaiting.
+        Every write is one call on the connection's thread, its COMMIT or
+        ROLLBACK included: the thread runs calls one after the other, so no
+        two transactions interleave and none needs a lock on the event loop.
+        A transaction sent statement by statement held a lock there for a
+        loop turn per statement, and every webhook and decision behind it
+        waited for all of them on a busy loop (a fleet polled, hundreds of
+        alerts a second); a write that queued behind another waited for the
+        loop to see the first one finish before it even reached the thread.
+        A cancelled caller can never leave a transaction open. ``body`` runs
+        on that thread: plain sqlite3, no awaiting.
         """
         raw = self._conn._conn  # the sqlite3 connection aiosqlite runs calls on
-        async with self._write_lock:
-            return await _busy_retried(lambda: self._conn._execute(_run_transaction, raw, body))
+        return await _busy_retried(lambda: self._conn._execute(_run_transaction, raw, body))
 
     async def _read_in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """``body(connection)``'s reads in one trip to the journal's thread (no transaction).
@@ -152,28 +162,6 @@ class Connection:
         the connection's one thread.
         """
         return await self._conn._execute(body, self._conn._conn)
-
-    async def _transaction(self, body: Callable[[], Awaitable[Any]]) -> None:
-        # aiosqlite runs calls in order on one thread, but two coroutines'
-        # statements would interleave between BEGIN and COMMIT on the shared
-        # connection; the lock keeps each write in a transaction of its own.
-        async with self._write_lock:
-            try:
-                # Inside the try: aiosqlite runs a statement even when its
-                # caller is cancelled, so a cancel during BEGIN still opens a
-                # transaction that only the ROLLBACK below closes.
-                await self._begin()
-                await body()
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                # SQLite may have rolled back already (SQLITE_FULL, IOERR), or
-                # BEGIN never ran: a failing ROLLBACK must not hide the cause,
-                # and a failed COMMIT must not leave the transaction open for
-                # the next BEGIN. Queued before any later BEGIN, so it runs
-                # first even if this await is cancelled again.
-                with contextlib.suppress(sqlite3.OperationalError):
-                    await self._conn.execute("ROLLBACK")
-                raise
 
 
 class _BeginBusy(Exception):
@@ -189,7 +177,10 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _run_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
-    """On the journal's thread: BEGIN IMMEDIATE, ``body``, COMMIT; ROLLBACK if anything fails."""
+    """On the journal's thread: BEGIN IMMEDIATE, ``body``, COMMIT; ROLLBACK if anything fails.
+
+    Raises ``_BeginBusy`` when BEGIN answered busy at once (nothing ran).
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
@@ -200,7 +191,9 @@ def _run_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connectio
         result = body(conn)
         conn.execute("COMMIT")
     except BaseException:
-        # As in ``_transaction``: SQLite may have rolled back already (SQLITE_FULL).
+        # SQLite may have rolled back already (SQLITE_FULL, IOERR), or the
+        # COMMIT failed: a failing ROLLBACK must not hide the cause, and no
+        # transaction may stay open for the next BEGIN.
         with contextlib.suppress(sqlite3.OperationalError):
             conn.execute("ROLLBACK")
         raise

@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from rollbackd.groupcommit import GroupCommit
-from rollbackd.journal.connection import SQL_CHUNK, Connection
+from rollbackd.journal.connection import SQL_CHUNK, Connection, _busy_retried, _run_transaction
 from rollbackd.journal.rows import (
     UnresolvedRecord,
     signal_from_row,
@@ -19,11 +19,14 @@ from rollbackd.journal.rows import (
 )
 from rollbackd.model import Signal
 
-_INSERT_SIGNAL = (
+_SIGNAL_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SIGNALS = (
     "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
-    " observed_at, value, threshold, labels, summary, accepted, note)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " observed_at, value, threshold, labels, summary, accepted, note) VALUES "
 )
+_INSERT_SIGNAL = _INSERT_SIGNALS + _SIGNAL_ROW
+# 14 parameters a row: 896 a statement, under the 999 older SQLite builds allow.
+_ROWS_PER_INSERT = 64
 
 # One row per fingerprint: a repeat bumps the count and the last time.
 _UPSERT_UNRESOLVED = (
@@ -40,7 +43,7 @@ class IntakeStore(Connection):
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         super().__init__(conn, path)
         self._intake_commit: GroupCommit[Signal | UnresolvedRecord, int | None] = GroupCommit(
-            self._flush_intake
+            self._flush_intake, self._post
         )
 
     @property
@@ -66,11 +69,12 @@ class IntakeStore(Connection):
         When it raises, nothing of the call was committed.
         """
         items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
-        results = await self._intake_commit.submit(items)
+        # A batch whose BEGIN met another connection's write is sent again (nothing ran).
+        results = await _busy_retried(lambda: self._intake_commit.submit(items))
         return results[: len(signals)]
 
-    async def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
-        # The rows are built here, on the loop; the transaction is one trip to the journal's thread.
+    def _flush_intake(self, items: list[Signal | UnresolvedRecord]) -> list[int | None]:
+        """On the journal's thread: the batch's rows, built off the loop, in one transaction."""
         signal_rows = [
             (i, item.key, signal_to_row(item, accepted=True))
             for i, item in enumerate(items)
@@ -79,8 +83,9 @@ class IntakeStore(Connection):
         unresolved_rows = [
             unresolved_to_row(item) for item in items if isinstance(item, UnresolvedRecord)
         ]
-        return await self._transaction_in_thread(
-            lambda conn: _insert_intake(conn, len(items), signal_rows, unresolved_rows)
+        return _run_transaction(
+            self._conn._conn,
+            lambda conn: _insert_intake(conn, len(items), signal_rows, unresolved_rows),
         )
 
     async def signal_seen(self, key: str) -> bool:
@@ -134,6 +139,21 @@ def _accepted_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
     return found
 
 
+def _insert_signal_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` a chunk per statement; the last row's id.
+
+    Each SQLite call hands the GIL over and takes it back, and a busy event
+    loop can keep this thread waiting for it each time: one multi-row
+    statement, not a step per row (``executemany``) and a query for the id.
+    """
+    last = 0
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _INSERT_SIGNALS + ", ".join([_SIGNAL_ROW] * len(chunk))
+        last = int(conn.execute(sql, [value for row in chunk for value in row]).lastrowid or 0)
+    return last
+
+
 def _insert_intake(
     conn: sqlite3.Connection,
     count: int,
@@ -156,10 +176,9 @@ def _insert_intake(
             seen.add(key)
         fresh.append((position, row))
     if fresh:
-        conn.executemany(_INSERT_SIGNAL, [row for _, row in fresh])
         # One transaction holding the write lock, AUTOINCREMENT, no deletes
-        # in between: the new ids are consecutive and end here.
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        # in between: the new ids are consecutive and end at the last one.
+        last = _insert_signal_rows(conn, [row for _, row in fresh])
         for offset, (position, _) in enumerate(fresh):
             results[position] = last - len(fresh) + 1 + offset
     if unresolved_rows:

@@ -35,8 +35,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import aiosqlite
-
     from rollbackd.journal import Journal
     from rollbackd.notify.model import Notification
 
@@ -171,9 +169,9 @@ class OutboxStore:
         due = _fmt(not_before) if not_before is not None else now
         inserted: list[bool] = []
 
-        async def body(conn: aiosqlite.Connection) -> None:
+        def body(conn: sqlite3.Connection) -> None:
             for row in rows:
-                cur = await conn.execute(
+                cur = conn.execute(
                     "INSERT OR IGNORE INTO outbox (channel, dedup_key, kind, resolves, severity,"
                     " rollback_id, body, created_at, state, attempts, next_attempt_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
@@ -191,7 +189,6 @@ class OutboxStore:
                     ),
                 )
                 inserted.append(cur.rowcount == 1)
-                await cur.close()
 
         if rows:
             await self._journal.transaction(body)
@@ -350,15 +347,17 @@ class OutboxStore:
         """Mark pending rows of ``channel`` created before ``created_before`` expired; returns them."""
         expired: list[OutboxRow] = []
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            async with conn.execute(
-                "SELECT * FROM outbox WHERE channel = ? AND state = ? AND created_at < ?"
-                " ORDER BY id",
-                (channel, PENDING, _fmt(created_before)),
-            ) as cur:
-                found = [_row(r) for r in await cur.fetchall()]
+        def body(conn: sqlite3.Connection) -> None:
+            found = [
+                _row(r)
+                for r in conn.execute(
+                    "SELECT * FROM outbox WHERE channel = ? AND state = ? AND created_at < ?"
+                    " ORDER BY id",
+                    (channel, PENDING, _fmt(created_before)),
+                ).fetchall()
+            ]
             for row in found:
-                await conn.execute(
+                conn.execute(
                     "UPDATE outbox SET state = ?, finished_at = ? WHERE id = ?",
                     (EXPIRED, _fmt(at), row.id),
                 )
@@ -369,13 +368,4 @@ class OutboxStore:
 
     async def _update(self, sql: str, params: tuple[Any, ...]) -> int:
         """One UPDATE in its own transaction; how many rows it changed."""
-        changed = 0
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            nonlocal changed
-            cur = await conn.execute(sql, params)
-            changed = cur.rowcount
-            await cur.close()
-
-        await self._journal.transaction(body)
-        return changed
+        return await self._journal.transaction(lambda conn: conn.execute(sql, params).rowcount)

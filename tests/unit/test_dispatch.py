@@ -362,6 +362,36 @@ async def test_a_storm_for_one_target_is_one_decision_that_settles_every_signal(
     h.release.set()
 
 
+async def test_an_alert_every_few_milliseconds_costs_a_few_decisions_not_one_each() -> None:
+    """The dispatcher kept pace with a storm by deciding after every webhook: most of the
+    process's CPU, and work the webhooks' answers queued behind. A target now rests
+    between decisions, and every signal is still settled."""
+    h = Harness()
+    pending = PendingSignals(rest=0.2)
+    pending.reload_needed = False
+    task = asyncio.create_task(h.dispatcher.run(pending))
+    started = asyncio.get_running_loop().time()
+    for i in range(1, 101):  # 0.5 s of webhooks, one every 5 ms
+        s = signal(f"am:{i}")
+        h.journal.accepted[i] = s
+        pending.add([Accepted(i, s)])
+        await asyncio.sleep(0.005)
+    seconds = asyncio.get_running_loop().time() - started
+    try:
+
+        async def settled() -> bool:
+            return len(h.journal.settled) == 100
+
+        await wait_for(settled, timeout=5, what="every signal settled", interval=0.005)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # One decision at once, then one per rest at most (a slow machine stretches the feed).
+    assert len(h.journal.decisions) <= 2 + seconds / 0.2, len(h.journal.decisions)
+    h.release.set()
+
+
 async def test_a_rollback_worthy_breach_is_not_outvoted_by_resolved_alerts_beside_it() -> None:
     h = Harness()
     resolved = [replace(signal(f"am:r{i}"), status=SignalStatus.RESOLVED) for i in range(5)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -450,16 +450,17 @@ async def test_closing_waits_for_the_write_in_flight_to_commit(tmp_path: Path) -
     """
     path = tmp_path / "j.sqlite"
     journal = await Journal.open(path)
-    inside, release = asyncio.Event(), asyncio.Event()
+    inside, release = threading.Event(), threading.Event()
 
-    async def slow_write(conn: Any) -> None:
-        await conn.execute("CREATE TABLE marks (id TEXT)")
+    def slow_write(conn: sqlite3.Connection) -> None:
+        # On the journal's thread, inside the transaction: the write is on its way.
+        conn.execute("CREATE TABLE marks (id TEXT)")
         inside.set()
-        await release.wait()
-        await conn.execute("INSERT INTO marks VALUES ('delivered')")
+        release.wait(timeout=30)
+        conn.execute("INSERT INTO marks VALUES ('delivered')")
 
     write = asyncio.create_task(journal.transaction(slow_write))
-    await inside.wait()
+    assert await asyncio.to_thread(inside.wait, 30)
     close = asyncio.create_task(journal.close())
     await asyncio.sleep(0.05)
     assert not close.done()  # still waiting for the write
