@@ -12,23 +12,18 @@ import asyncio
 import contextlib
 import functools
 import math
-import signal as signal_module
 from collections.abc import Callable
 from datetime import datetime
 
 import structlog
 from aiohttp import web
 
-from rollbackd import leanimport
 from rollbackd.approval import Outcome, Verdict, give_verdict
 from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
-from rollbackd.gil import gil_shared_promptly
-from rollbackd.heap import freeze_when_synced
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
 from rollbackd.kube.leader_label import LeaderLabel
-from rollbackd.logs import configure_logging
 from rollbackd.manual import manual_rollback, request_rollback
 from rollbackd.metrics import Metrics
 from rollbackd.model import Policy, Rollback, Target, utcnow
@@ -43,7 +38,7 @@ from rollbackd.stages import build_channels, build_pipeline, readiness, scrape_i
 from rollbackd.state import state_from_annotations
 from rollbackd.supervision import Supervisor, retrying
 
-__all__ = ["Daemon", "manual_rollback", "run"]
+__all__ = ["Daemon", "manual_rollback"]
 
 log = structlog.get_logger("rollbackd.daemon")
 
@@ -368,37 +363,3 @@ class Daemon:
             reason=reason,
             force=force,
         )
-
-
-async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
-    """`rollbackd run`: until SIGTERM/SIGINT (or ``stop`` is set)."""
-    configure_logging(settings.logging.level, settings.logging.format)
-    leanimport.log_outcome()
-    # The journal's thread gets the GIL back promptly from a busy loop (gil.py).
-    with gil_shared_promptly():
-        return await _run(settings, stop)
-
-
-async def _run(settings: Settings, stop: asyncio.Event | None) -> int:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal_module.SIGTERM, signal_module.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(settings)
-    await daemon.start()
-    # This process's first list is never garbage: out of full collections (heap.py).
-    daemon.supervisor.spawn("gc-freeze", freeze_when_synced(daemon.kube), essential=False)
-    try:
-        stopping = asyncio.ensure_future(stop.wait())
-        failing = asyncio.ensure_future(daemon.supervisor.failed.wait())
-        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (stopping, failing):
-            waiter.cancel()
-        if daemon.supervisor.failure is not None:
-            log.error("shutting_down_after_failure", failure=daemon.supervisor.failure)
-        else:
-            log.info("shutting_down")
-    finally:
-        await daemon.stop()
-    return 1 if daemon.supervisor.failure is not None else 0

@@ -138,10 +138,10 @@ def _routes_summary(s: Settings) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load(args.config)
     leanimport.install()  # before the daemon imports kubernetes_asyncio
-    from rollbackd import daemon
+    from rollbackd import process
 
     try:
-        result = asyncio.run(daemon.run(settings))
+        result = asyncio.run(process.run(settings))
     except KeyboardInterrupt:
         return EXIT_OK  # a second Ctrl-C during shutdown: the user insists
     return EXIT_OK if result is None else int(result)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd import daemon
+from rollbackd import process
 from rollbackd.config import Settings
 from rollbackd.gil import SWITCH_SECONDS, gil_shared_promptly
 from rollbackd.journal import Journal
@@ -107,8 +107,8 @@ async def test_rollbackd_run_shares_the_gil_promptly_while_it_runs(
         seen.append(sys.getswitchinterval())
         return 0
 
-    monkeypatch.setattr(daemon, "_run", serve)
-    monkeypatch.setattr(daemon, "configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr(process, "_run", serve)
+    monkeypatch.setattr(process, "configure_logging", lambda level, fmt: None)
     before = sys.getswitchinterval()
     settings = Settings.model_validate(
         {
@@ -116,6 +116,6 @@ async def test_rollbackd_run_shares_the_gil_promptly_while_it_runs(
             "webhook": {"allow_unauthenticated": True},
         }
     )
-    assert await daemon.run(settings) == 0
+    assert await process.run(settings) == 0
     assert seen == [pytest.approx(SWITCH_SECONDS)]
     assert sys.getswitchinterval() == before
