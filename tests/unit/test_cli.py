@@ -184,7 +184,7 @@ def test_run_hands_the_loaded_settings_to_the_daemon(
         seen.append(settings)
         return 0
 
-    fake_module(monkeypatch, "daemon", run=run)
+    fake_module(monkeypatch, "process", run=run)
     assert cli.main(["run", "--config", str(config(tmp_path))]) == 0
     assert [s.policy.dry_run for s in seen] == [True]
 
@@ -195,7 +195,7 @@ def test_run_with_a_bad_config_never_starts_the_daemon(
     async def run(settings: Settings) -> int:
         raise AssertionError("must not start")
 
-    fake_module(monkeypatch, "daemon", run=run)
+    fake_module(monkeypatch, "process", run=run)
     assert cli.main(["run", "--config", str(config(tmp_path, "prometheus: {}\n"))]) == 2
     assert "prometheus.url: Field required" in capsys.readouterr().err
 
@@ -206,7 +206,7 @@ def test_a_failure_never_prints_url_credentials(
     async def run(settings: Settings) -> int:
         raise OSError("cannot reach http://ops:hunter2@prom:9090/api/v1/query")
 
-    fake_module(monkeypatch, "daemon", run=run)
+    fake_module(monkeypatch, "process", run=run)
     assert cli.main(["run", "--config", str(config(tmp_path))]) == 1
     err = capsys.readouterr().err
     assert err == "rollbackd: OSError: cannot reach http://ops:***@prom:9090/api/v1/query\n"
@@ -218,7 +218,7 @@ def test_a_daemon_failure_is_exit_1_with_the_reason(
     async def run(settings: Settings) -> int:
         raise OSError("address already in use")
 
-    fake_module(monkeypatch, "daemon", run=run)
+    fake_module(monkeypatch, "process", run=run)
     assert cli.main(["run", "--config", str(config(tmp_path))]) == 1
     assert "rollbackd: OSError: address already in use" in capsys.readouterr().err
 
