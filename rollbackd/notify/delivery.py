@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -213,7 +213,24 @@ class Delivery:
             lane.hold_until = self._clock() + timedelta(seconds=1)
             log.warning("notification_send_fenced", **fields)
             return
+        # Sending until the outcome is recorded and reported: a drain that saw the
+        # row delivered but not yet reported would let a stop cut the report off.
         lane.sending = True
+        try:
+            await self._attempt(store, lane, row, n, attempt, fields)
+        finally:
+            lane.sending = False
+
+    async def _attempt(
+        self,
+        store: OutboxStore,
+        lane: Lane,
+        row: OutboxRow,
+        n: Notification,
+        attempt: int,
+        fields: dict[str, Any],
+    ) -> None:
+        """One send of ``row``, its outcome written to the outbox, then reported."""
         try:
             await lane.channel.send(n)
         except ChannelError as exc:
@@ -252,8 +269,6 @@ class Delivery:
             )
             await self._report(n, lane, False, detail)
             return
-        finally:
-            lane.sending = False
         # The page is out: record it even if we are being cancelled right now.
         await asyncio.shield(store.delivered(row.id, attempts=attempt, at=self._clock()))
         log.info("notification_sent", **fields)

@@ -177,6 +177,27 @@ async def test_the_same_page_enqueued_twice_is_sent_once(journal: Journal) -> No
     assert len(await OutboxStore(journal).rows()) == 1
 
 
+async def test_a_drain_waits_until_a_delivered_page_is_reported(journal: Journal) -> None:
+    """The report journals the page in the timeline: a stop after the drain must not cut it off."""
+    reporting, release = asyncio.Event(), asyncio.Event()
+    recorder = Recorder()
+
+    async def slow_report(n: Notification, channel: str, ok: bool, detail: str) -> None:
+        reporting.set()
+        await release.wait()
+        await recorder(n, channel, ok, detail)
+
+    async with Notifier([FlakyChannel()], journal=journal, on_result=slow_report) as notifier:
+        await notifier.enqueue(trigger("rb-1"))
+        await asyncio.wait_for(reporting.wait(), 5)  # delivered, its report in flight
+        draining = asyncio.create_task(notifier.drain(5.0))
+        await asyncio.sleep(0.1)
+        assert not draining.done()
+        release.set()
+        assert await draining
+        assert recorder.results == [("rb-1", "flaky", True, "sent")]
+
+
 async def test_submit_returns_while_the_channel_is_stuck(journal: Journal) -> None:
     channel = GatedChannel()
     notifier = Notifier([channel], journal=journal)
