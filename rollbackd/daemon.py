@@ -23,6 +23,7 @@ from rollbackd.config import Settings
 from rollbackd.errors import NotLeaderError
 from rollbackd.journal import Journal
 from rollbackd.kube import Kube
+from rollbackd.kube.fencing import fenced_request_class
 from rollbackd.kube.leader_label import LeaderLabel
 from rollbackd.manual import manual_rollback, request_rollback
 from rollbackd.metrics import Metrics
@@ -94,7 +95,8 @@ class Daemon:
         self._exit.push_async_callback(self.promql.close)
         # Pages go through the journal's outbox; only the leader sends them.
         self.notifier = Notifier(
-            build_channels(s),
+            # The Lease is asked once more as each page leaves (fencing).
+            build_channels(s, request_class=fenced_request_class(self.kube.fence)),
             journal=self.journal,
             on_result=self._on_notification_result,
             metrics=self.metrics,

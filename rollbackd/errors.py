@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AcceptError", "AcceptResult", "NotLeaderError"]
+__all__ = ["AcceptError", "AcceptResult", "FencedError", "NotLeaderError"]
 
 
 @dataclass(frozen=True)
@@ -29,3 +29,12 @@ class AcceptError(Exception):
 
 class NotLeaderError(Exception):
     """This replica does not hold the Lease, so it may not act: ask the leader (503)."""
+
+
+class FencedError(Exception):
+    """This replica is not sure it holds the Lease: the write or page was not made.
+
+    Deliberately not a KubeError: it must never be retried, and code that
+    tolerates a failed Kubernetes call must not carry on past it. Here, not
+    in the fence's module, because the pager's delivery meets it too.
+    """

@@ -41,12 +41,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
+from rollbackd.errors import FencedError
+
 __all__ = [
     "Fence",
     "FencedError",
     "StaleTermError",
     "Term",
     "check_state_term",
+    "fenced_request_class",
     "install",
 ]
 
@@ -59,14 +62,6 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # renewals, which have their own optimistic concurrency; giving up the
 # leader label). A ContextVar, so the exemption never leaks into other tasks.
 _EXEMPT: ContextVar[str | None] = ContextVar("rollbackd_fence_exempt", default=None)
-
-
-class FencedError(Exception):
-    """This replica is not sure it holds the Lease: the write or page was not made.
-
-    Deliberately not a KubeError: it must never be retried, and code that
-    tolerates a failed Kubernetes call must not carry on past it.
-    """
 
 
 class StaleTermError(FencedError):
@@ -209,12 +204,19 @@ def install(api_client: Any, fence: Fence) -> None:
     session = getattr(rest, "pool_manager", None)
     if isinstance(session, aiohttp.ClientSession) and hasattr(session, "_request_class"):
         # aiohttp takes request_class only at construction; the client built it.
-        session._request_class = _fenced_request_class(fence)
+        session._request_class = fenced_request_class(fence)
     else:
         log.warning("fence_late_check_unavailable", reason="unexpected HTTP client")
 
 
-def _fenced_request_class(fence: Fence) -> type[aiohttp.ClientRequest]:
+def fenced_request_class(fence: Fence) -> type[aiohttp.ClientRequest]:
+    """An aiohttp request class that asks ``fence`` when the connection is ready and
+    again before the first byte of a write (any method but GET, HEAD, OPTIONS).
+
+    The Kubernetes client's session and the pager's use it: a process stopped
+    after an earlier check sends nothing on waking past its Lease.
+    """
+
     class FencedClientRequest(aiohttp.ClientRequest):
         def _what(self) -> str:
             return f"{self.method} {self.url.path}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from rollbackd.config import Settings
 from rollbackd.config.notify import (
     AlertmanagerPushSettings,
@@ -32,13 +34,20 @@ if TYPE_CHECKING:
 __all__ = ["annotations_of", "build_channels", "lead_check_interval", "watched_target_facts"]
 
 
-def build_channels(settings: Settings) -> list[Channel]:
-    """Instantiate the configured notification channels (all optional), each by its name."""
+def build_channels(
+    settings: Settings, *, request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest
+) -> list[Channel]:
+    """Instantiate the configured notification channels (all optional), each by its name.
+
+    ``request_class`` makes every channel's HTTP requests (the daemon's: fenced).
+    """
     notify = settings.notify
     # The replica in the User-Agent, as on its Kubernetes requests: a pager's
     # request log then shows which replica sent a page.
     identity = settings.leader_election.effective_identity()
-    sessions = default_session_factory(user_agent=f"rollbackd ({identity})")
+    sessions = default_session_factory(
+        user_agent=f"rollbackd ({identity})", request_class=request_class
+    )
     report_url = (
         f"{str(notify.report_base_url).rstrip('/')}/api/v1/rollbacks/{{rollback_id}}/report"
         if notify.report_base_url

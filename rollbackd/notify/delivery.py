@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from rollbackd.durations import format_age
+from rollbackd.errors import FencedError
 from rollbackd.journal import Journal
 from rollbackd.notify.channel import ChannelError, OnResult, channel_accepts
 from rollbackd.notify.lane import Lane, backoff_delay, new_row
@@ -233,6 +234,12 @@ class Delivery:
         """One send of ``row``, its outcome written to the outbox, then reported."""
         try:
             await lane.channel.send(n)
+        except FencedError:
+            # Checked again as the request left, after a freeze past the Lease:
+            # nothing was sent, and the row stays pending, as at the gate.
+            lane.hold_until = self._clock() + timedelta(seconds=1)
+            log.warning("notification_send_fenced", **fields, stage="as the request left")
+            return
         except ChannelError as exc:
             now = self._clock()
             if exc.retryable:

@@ -25,14 +25,22 @@ _MAX_ERROR_BODY = 300
 
 
 def default_session_factory(
-    timeout: float = 10.0, *, user_agent: str = "rollbackd"
+    timeout: float = 10.0,
+    *,
+    user_agent: str = "rollbackd",
+    request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,
 ) -> SessionFactory:
-    """A factory of sessions with a total per-request timeout."""
+    """A factory of sessions with a total per-request timeout.
+
+    ``request_class``: the daemon's fenced one, so a page is checked against
+    the Lease at the last moment before it leaves (the Notifier asks first).
+    """
 
     def make() -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
             headers={"User-Agent": user_agent},
+            request_class=request_class,
         )
 
     return make
