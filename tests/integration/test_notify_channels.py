@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -207,7 +208,8 @@ async def test_unreachable_server_is_retried_until_the_page_expires() -> None:
         [channel], [started()], max_age=timedelta(seconds=0.5)
     )
     assert ok is False
-    assert detail.startswith("expired: undelivered for 0s after ")
+    # The age is the page's when it expired: past max_age, by how much depends on the load.
+    assert re.match(r"expired: undelivered for \d+s after \d+ attempt\(s\); last error: ", detail)
     assert "ClientConnectorError" in detail  # the last error, for the timeline
 
 
