@@ -143,11 +143,8 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_leader(
-    stack: Stack, tmp_path: Path
-) -> None:
-    a, b = replica(stack, tmp_path, "replica-a"), replica(stack, tmp_path, "replica-b")
-    journal_a, journal_b = a.workdir / "journal.sqlite", b.workdir / "journal.sqlite"
+async def bad_release_under_two_replicas(stack: Stack, a: DaemonProcess, b: DaemonProcess) -> None:
+    """Shop v1 in approve mode, replica-a leading and replica-b standing by, then a failing v2."""
     await stack.create_deployment(
         deployment_manifest(
             SHOP.name,
@@ -158,13 +155,21 @@ async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_l
         )
     )
     await stack.wait_rollout_complete(SHOP.name)
+    await a.start()
+    await wait_reason(a, "ok: leader", "replica-a to lead")
+    await b.start()
+    await wait_reason(b, "standby: following replica-a", "replica-b standing by")
+    await asyncio.sleep(MIN_STABLE_SECONDS)  # policy: v1 was stable for min_stable
+    await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
+
+
+async def test_a_proposal_survives_the_leaders_kill_and_is_approved_on_the_new_leader(
+    stack: Stack, tmp_path: Path
+) -> None:
+    a, b = replica(stack, tmp_path, "replica-a"), replica(stack, tmp_path, "replica-b")
+    journal_a, journal_b = a.workdir / "journal.sqlite", b.workdir / "journal.sqlite"
     try:
-        await a.start()
-        await wait_reason(a, "ok: leader", "replica-a to lead")
-        await b.start()
-        await wait_reason(b, "standby: following replica-a", "replica-b standing by")
-        await asyncio.sleep(MIN_STABLE_SECONDS)  # policy: v1 was stable for min_stable
-        await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
+        await bad_release_under_two_replicas(stack, a, b)
 
         async def proposed() -> RollbackState | None:
             state = recorded_state(stack, SHOP)

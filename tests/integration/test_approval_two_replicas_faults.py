@@ -32,17 +32,14 @@ from rollbackd.testing.stack import (
     OPERATOR_HEADERS,
     PAGERDUTY_PATH,
     Stack,
-    deployment_manifest,
-    knobs,
     wait_for,
 )
 from tests.integration.test_approval_failover import (
-    MIN_STABLE_SECONDS,
     RESUME_READ_DELAY,
     SHOP,
     SHOP_PATH,
     V1,
-    V2,
+    bad_release_under_two_replicas,
     journal_rows,
     replica,
     stack,
@@ -174,23 +171,8 @@ async def test_two_approvals_racing_to_the_new_leader_roll_back_a_deployment_onc
     stack: Stack, tmp_path: Path
 ) -> None:
     a, b = replica(stack, tmp_path, "replica-a"), replica(stack, tmp_path, "replica-b")
-    await stack.create_deployment(
-        deployment_manifest(
-            SHOP.name,
-            image=V1,
-            behaviour=knobs(rps=20),
-            replicas=2,
-            annotations={ANNOTATION_MODE: "approve"},
-        )
-    )
-    await stack.wait_rollout_complete(SHOP.name)
     try:
-        await a.start()
-        await wait_reason(a, "ok: leader", "replica-a to lead")
-        await b.start()
-        await wait_reason(b, "standby: following replica-a", "replica-b standing by")
-        await asyncio.sleep(MIN_STABLE_SECONDS)  # policy: v1 was stable for min_stable
-        await stack.roll_out(SHOP.name, image=V2, behaviour=knobs(rps=20, error_rate=0.5))
+        await bad_release_under_two_replicas(stack, a, b)
         race = await kill_the_proposer_and_race(stack, a, b, DEPLOYMENTS, SHOP_PATH)
     finally:
         await a.stop()
