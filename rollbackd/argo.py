@@ -30,6 +30,7 @@ __all__ = [
     "abort_record",
     "moved_since",
     "replicaset_counts",
+    "replicasets_by_name",
     "rollout_facts",
     "serving_replicaset",
 ]
@@ -99,6 +100,13 @@ def _malformed(rollout: Mapping[str, Any]) -> tuple[ReasonCode, str] | None:
             "(is the controller running?)",
         )
     return None
+
+
+def replicasets_by_name(replicasets: Sequence[Any]) -> dict[Any, Mapping[str, Any]]:
+    """A Rollout's ReplicaSets by name; an entry that is not an object is left out."""
+    return {
+        (rs.get("metadata") or {}).get("name"): rs for rs in replicasets if isinstance(rs, Mapping)
+    }
 
 
 def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> RolloutFacts:

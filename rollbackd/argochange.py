@@ -14,7 +14,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.argo import HASH_LABEL
+from rollbackd.argo import HASH_LABEL, replicasets_by_name
 from rollbackd.guard import images, template_diff_paths
 from rollbackd.postmortem.change import compact_template
 from rollbackd.strategies.argorollouts import ARGO_ROLLOUTS, AbortPlan
@@ -52,9 +52,7 @@ def abort_plan_event(plan: AbortPlan, replicasets: Sequence[Any]) -> tuple[str, 
     empty: the templates are then not journaled and the postmortem falls back
     to the images it has, or says the change was not recorded.
     """
-    named = {
-        (rs.get("metadata") or {}).get("name"): rs for rs in replicasets if isinstance(rs, Mapping)
-    }
+    named = replicasets_by_name(replicasets)
     canary, stable = named.get(plan.canary_rs) or {}, named.get(plan.stable_rs) or {}
     bad, restored = _template(canary), _template(stable)
     data: dict[str, Any] = {

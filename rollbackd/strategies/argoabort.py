@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from rollbackd.argo import rollout_facts
+from rollbackd.argo import replicasets_by_name, rollout_facts
 from rollbackd.model import Target
 from rollbackd.state import recorded_state
 from rollbackd.strategies import Obj, Ops, Restore, RolloutOutcome, RolloutStatus
@@ -48,8 +48,7 @@ def abort_plan(restore: Restore) -> AbortPlan:
 
 
 def _replicaset(replicasets: Sequence[Obj], name: str) -> Obj:
-    named = {(rs.get("metadata") or {}).get("name"): rs for rs in replicasets}
-    return named.get(name) or {}
+    return replicasets_by_name(replicasets).get(name) or {}
 
 
 class AbortStrategy:

@@ -30,6 +30,7 @@ from rollbackd.argo import (
     abort_record,
     moved_since,
     replicaset_counts,
+    replicasets_by_name,
     rollout_facts,
 )
 from rollbackd.kube.patch import annotation_ops, precondition
@@ -218,9 +219,7 @@ class ArgoRolloutsStrategy:
         facts = rollout_facts(rollout, replicasets)
         if facts.problem is not None:
             return RolloutOutcome(RolloutStatus.PROGRESSING, facts.problem[1])
-        named = {
-            rs.get("metadata", {}).get("name"): rs for rs in replicasets if isinstance(rs, Mapping)
-        }
+        named = replicasets_by_name(replicasets)
         canary, _ = replicaset_counts(named.get(record.get("canary_rs")))
         _, ready = replicaset_counts(named.get(record.get("stable_rs")))
         if canary > 0:

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, moved_since
+from rollbackd.argo import ANNOTATION_ARGO_ABORT, abort_record, moved_since, replicasets_by_name
 from rollbackd.argochange import abort_plan_event
 from rollbackd.guard import images
 from rollbackd.kube.errors import KubeError, NotFoundError
@@ -172,8 +172,7 @@ def rollout_proposal(
     rollback: Rollback, plan: AbortPlan, rollout: Obj, replicasets: Sequence[Obj]
 ) -> dict[str, Any]:
     """What the page, the Event and the journal say about a proposed abort."""
-    named = {(rs.get("metadata") or {}).get("name"): rs for rs in replicasets}
-    stable = named.get(plan.stable_rs) or {}
+    stable = replicasets_by_name(replicasets).get(plan.stable_rs) or {}
     return proposal_data(
         rollback,
         plan.proposal,
