@@ -54,17 +54,13 @@ class Supervisor:
         """
         chosen = [n for n in (names or tuple(self._tasks)) if n in self._tasks]
         tasks = [self._tasks.pop(n) for n in chosen]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=timeout)
-            for task in stuck:
-                log.error(
-                    "task_would_not_stop",
-                    task=task.get_name(),
-                    waited=timeout,
-                    at=_awaiting(task.get_coro()),
-                )
+        for task in await cancel_and_wait(tasks, timeout=timeout):
+            log.error(
+                "task_would_not_stop",
+                task=task.get_name(),
+                waited=timeout,
+                at=_awaiting(task.get_coro()),
+            )
         for name in chosen:
             body = self._bodies.pop(name)
             if inspect.iscoroutine(body):
@@ -91,23 +87,28 @@ class Supervisor:
             self.failed.set()
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], *, timeout: float | None = None
+) -> set[asyncio.Task[Any]]:
     """Cancel ``tasks`` and wait until they end, without swallowing a cancellation of our own.
 
     ``with suppress(CancelledError): await task`` cannot tell the task's
     cancellation from its caller's: a stop that lands meanwhile is lost (the
     leader election once campaigned on after one). ``asyncio.wait`` raises
     only the caller's; the tasks' own outcomes are read and dropped, since
-    each task reports its failures where it runs.
+    each task reports its failures where it runs. Returns the tasks still
+    running after ``timeout`` seconds (None: waits for all).
     """
     tasks = list(tasks)
     for task in tasks:
         task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-    for task in tasks:
+    if not tasks:
+        return set()
+    done, stuck = await asyncio.wait(tasks, timeout=timeout)
+    for task in done:
         if not task.cancelled():
             task.exception()  # read, so asyncio does not log it as never retrieved
+    return stuck
 
 
 async def retrying(
