@@ -91,13 +91,19 @@ async def paused_canary(kube: Kube, image: str = "example/app:2.0") -> dict[str,
     )
 
 
-async def abort(kube: Kube, rollback_id: str = "rb-1") -> AbortPlan:
-    """The abort as the executor runs it: plan on a fresh read, the guarded record, then resume."""
+async def recorded_plan(kube: Kube, rollback_id: str = "rb-1") -> AbortPlan:
+    """The abort planned on a fresh read and its guarded record written, nothing after it."""
     strategy = ArgoRolloutsStrategy()
     rollout = await kube.read_rollout(WEB)
     plan = strategy.plan(rollout, await kube.rollout_replicasets(WEB), rollback_id)
     await kube.patch_rollout(WEB, strategy.record_ops(rollout, plan))
-    await strategy.resume(kube, WEB, rollback_id, timeout=TIMEOUT)
+    return plan
+
+
+async def abort(kube: Kube, rollback_id: str = "rb-1") -> AbortPlan:
+    """The abort as the executor runs it: plan on a fresh read, the guarded record, then resume."""
+    plan = await recorded_plan(kube, rollback_id)
+    await ArgoRolloutsStrategy().resume(kube, WEB, rollback_id, timeout=TIMEOUT)
     return plan
 
 
@@ -146,10 +152,7 @@ async def test_killed_between_the_record_and_the_abort_a_resume_aborts_once(
     kubesim: KubeSim, kube: Kube
 ) -> None:
     await paused_canary(kube)
-    first = ArgoRolloutsStrategy()
-    rollout = await kube.read_rollout(WEB)
-    plan = first.plan(rollout, await kube.rollout_replicasets(WEB), "rb-1")
-    await kube.patch_rollout(WEB, first.record_ops(rollout, plan))  # ... and the process dies
+    await recorded_plan(kube)  # ... and the process dies
     assert aborts(kubesim) == []
     assert "abort" not in await status(kube)
 
@@ -189,14 +192,11 @@ async def test_a_canary_replaced_since_the_plan_is_not_aborted(
     kubesim: KubeSim, kube: Kube
 ) -> None:
     await paused_canary(kube)
-    strategy = ArgoRolloutsStrategy()
-    rollout = await kube.read_rollout(WEB)
-    plan = strategy.plan(rollout, await kube.rollout_replicasets(WEB), "rb-1")
-    await kube.patch_rollout(WEB, strategy.record_ops(rollout, plan))
+    plan = await recorded_plan(kube)
     await paused_canary(kube, "example/app:3.0")  # a human deploys again before the abort
 
     with pytest.raises(PlanError) as refused:
-        await strategy.resume(kube, WEB, "rb-1", timeout=TIMEOUT)
+        await ArgoRolloutsStrategy().resume(kube, WEB, "rb-1", timeout=TIMEOUT)
 
     assert refused.value.reason_code == ReasonCode.TARGET_CHANGED
     assert f"canary {plan.canary_hash} planned" in refused.value.message

@@ -27,6 +27,7 @@ from tests.integration.test_executor_argo import (
     WEB,
     aborts,
     paused_canary,
+    recorded_plan,
     status,
     until,
 )
@@ -89,10 +90,7 @@ async def test_paused_between_the_record_and_the_abort_the_resume_refuses_nothin
     kubesim: KubeSim, kube: Kube
 ) -> None:
     await paused_canary(kube)
-    strategy = ArgoRolloutsStrategy()
-    rollout = await kube.read_rollout(WEB)
-    plan = strategy.plan(rollout, await kube.rollout_replicasets(WEB), "rb-1")
-    await kube.patch_rollout(WEB, strategy.record_ops(rollout, plan))  # ... and the process dies
+    await recorded_plan(kube)  # ... and the process dies
     await human_pauses(kube)  # meanwhile a human takes over
 
     with pytest.raises(PlanError) as refused:
