@@ -39,6 +39,7 @@ from pydantic import SecretStr
 from rollbackd.config import Settings, format_duration
 from rollbackd.testing.promstack import free_port
 
+from . import forkclient
 from .lifecycle import StartStop
 
 __all__ = [
@@ -53,8 +54,11 @@ STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 40
 CONFIG_NAME = "rollbackd.yaml"
 
+# What DaemonProcess uses of a child: an exec'd one or a forked one.
+_Child = asyncio.subprocess.Process | forkclient.ForkedProcess
+
 # pid -> process, for the exit hook; entries leave when the process is reaped.
-_LIVE: dict[int, asyncio.subprocess.Process] = {}
+_LIVE: dict[int, _Child] = {}
 
 
 @atexit.register
@@ -213,7 +217,7 @@ class DaemonProcess(StartStop):
         self._env = dict(env or {})
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Child | None = None
         self.host, self.port = self._fix_listen()
 
     def _fix_listen(self) -> tuple[str, int]:
@@ -247,6 +251,11 @@ class DaemonProcess(StartStop):
         return None if self._proc is None else self._proc.returncode
 
     @property
+    def forked(self) -> bool:
+        """Started by the fork server (``forkclient``), not by an exec of the interpreter."""
+        return isinstance(self._proc, forkclient.ForkedProcess)
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
@@ -278,9 +287,41 @@ class DaemonProcess(StartStop):
         if self.running:
             return self
         self._write_config()
+        proc = await self._forked() or await self._executed()
+        self._proc = proc
+        _LIVE[proc.pid] = proc
+        try:
+            await self.wait_healthy(self.start_timeout)
+        except BaseException:
+            await self.kill()
+            raise
+        return self
+
+    async def _forked(self) -> forkclient.ForkedProcess | None:
+        """The child forked from the test run's fork server, when that is on and can do it.
+
+        A ``preexec`` callable cannot cross to the server; it needs an exec.
+        """
+        if not forkclient.enabled() or self._preexec is not None:
+            return None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            return await forkclient.spawn(
+                ["run", "--config", str(self.config_path)],
+                cwd=self.workdir,
+                env=_child_env(self._env),
+                stdout=self.stdout_path,
+                stderr=self.stderr_path,
+                rlimits=self.rlimits,
+            )
+        except forkclient.ForkServerError:
+            return None
+
+    async def _executed(self) -> asyncio.subprocess.Process:
+        """``python -m rollbackd run --config FILE``, a fresh interpreter."""
         stdout, stderr = self._open_logs()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            return await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "rollbackd",
@@ -299,14 +340,6 @@ class DaemonProcess(StartStop):
         finally:
             stdout.close()
             stderr.close()
-        self._proc = proc
-        _LIVE[proc.pid] = proc
-        try:
-            await self.wait_healthy(self.start_timeout)
-        except BaseException:
-            await self.kill()
-            raise
-        return self
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +424,7 @@ class DaemonProcess(StartStop):
         with contextlib.suppress(TimeoutError):
             await self.terminate()
 
-    def _require(self) -> asyncio.subprocess.Process:
+    def _require(self) -> _Child:
         if self._proc is None:
             raise RuntimeError("the daemon has not been started")
         return self._proc

@@ -12,10 +12,16 @@ must not import pytest; only the fixtures that wrap them live here.
 - ``prometheus_factory`` / ``alertmanager_factory``: start real servers on
   demand. A missing binary fails the test with a clear message; it is never a
   silent skip.
+
+``rollbackd run`` children (``DaemonProcess``) are forked from a fork server
+that has imported the package once (``rollbackd.testing.forkclient``): the
+suite starts some sixty daemons on two cores, each otherwise a second of CPU
+spent importing. ``ROLLBACKD_TEST_FORK=0`` execs every one instead.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import pytest
 import pytest_asyncio
 
+from rollbackd.testing import forkclient
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.promstack import (
     AlertmanagerConfig,
@@ -36,6 +43,10 @@ from rollbackd.testing.promstack import (
 from rollbackd.testing.sink import HttpSink
 
 _Server = TypeVar("_Server", PrometheusServer, AlertmanagerServer)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    forkclient.enable(os.environ.get("ROLLBACKD_TEST_FORK", "1") != "0")
 
 
 @pytest_asyncio.fixture
