@@ -14,6 +14,7 @@ Off unless :func:`enable` was called (the test suite's plugin does).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -152,6 +153,15 @@ class _Server:
                 self._started.add(pid)
         return ForkedProcess(self, pid)
 
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
     def status(self, pid: int) -> int | None:
         with self._lock:
             return self._statuses.get(pid)
@@ -225,6 +235,14 @@ async def spawn(
 def _kill_unwanted(started: asyncio.Future[ForkedProcess]) -> None:
     if not started.cancelled() and started.exception() is None:
         started.result().kill()
+
+
+@atexit.register
+def _stop_server() -> None:
+    """End of input stops the server, which SIGKILLs its children; then it is reaped."""
+    server: _Server | None = _state["server"]
+    if server is not None:
+        server.close()
 
 
 def _server_env(env: Mapping[str, str]) -> dict[str, str]:
