@@ -113,7 +113,10 @@ class _Server:
 
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # not the server's: a child wrote before its stdout was redirected
             if "exit" in message:
                 self._exited(int(message["exit"]), int(message["status"]))
             elif "ready" not in message:
