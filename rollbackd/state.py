@@ -32,6 +32,9 @@ from rollbackd.model import (
 log = structlog.get_logger("rollbackd.state")
 
 STATE_VERSION = 1
+# The reason travels with the state so that a new leader's pages say why, not
+# only a code; bounded, as an annotation is (256 KiB for all of them).
+REASON_MAX_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class RollbackState:
     # leader election.
     holder: str | None = None
     term: int | None = None
+    # Why, in words (the decision's reason): what a resumed rollback pages.
+    reason: str = ""
 
     def rollback(self, target: Target) -> Rollback:
         """The rollback this state records, as the executor and dispatcher know it."""
@@ -65,6 +70,7 @@ class RollbackState:
             from_revision=self.from_revision,
             to_revision=self.to_revision,
             reason_code=self.reason_code,
+            reason=self.reason,
         )
 
 
@@ -84,6 +90,8 @@ def encode_state(s: RollbackState) -> str:
     if s.term is not None:
         payload["holder"] = s.holder
         payload["term"] = s.term
+    if s.reason:
+        payload["reason"] = _bounded(s.reason)
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
@@ -110,6 +118,9 @@ def decode_state(text: str) -> RollbackState:
     reason_code = raw.get("reason_code", "")
     if not isinstance(reason_code, str):
         raise ValueError("rollback state field reason_code must be a string")
+    reason = raw.get("reason", "")
+    if not isinstance(reason, str):
+        raise ValueError("rollback state field reason must be a string")
     ready_raw = raw.get("ready_at")
     return RollbackState(
         rollback_id=rollback_id,
@@ -122,7 +133,14 @@ def decode_state(text: str) -> RollbackState:
         ready_at=None if ready_raw is None else _decode_time(ready_raw, "ready_at"),
         holder=_decode_holder(raw),
         term=_decode_term(raw),
+        reason=reason,
     )
+
+
+def _bounded(reason: str) -> str:
+    if len(reason) <= REASON_MAX_CHARS:
+        return reason
+    return reason[: REASON_MAX_CHARS - 1] + "…"
 
 
 def _decode_holder(raw: dict[str, Any]) -> str | None:

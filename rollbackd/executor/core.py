@@ -162,6 +162,7 @@ class Core:
             started_at=rollback.started_at,
             updated_at=rollback.updated_at,
             reason_code=rollback.reason_code,
+            reason=rollback.reason,
             ready_at=ready_at,
             # Fencing: the term this state is written in (None without a Lease).
             holder=term.holder if (term := self._kube.fence.term) else None,

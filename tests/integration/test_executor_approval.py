@@ -11,6 +11,7 @@ otherwise), and a target that moved is never rolled back on a stale approval.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +79,20 @@ async def waiting(approvals: Approvals, rollback_id: str, harness: Harness) -> N
             approvals.waiting(rollback_id)
             and NotificationKind.APPROVAL_REQUESTED in harness.pager.kinds
         ):
+            await asyncio.sleep(0.02)
+
+
+async def approval_pages(harness: Harness, count: int) -> list[Mapping[str, Any]]:
+    """The details of the first ``count`` proposal pages, once that many were sent."""
+    async with asyncio.timeout(20):
+        while True:
+            pages = [
+                details
+                for kind, _, details in harness.pager.pages
+                if kind is NotificationKind.APPROVAL_REQUESTED
+            ]
+            if len(pages) >= count:
+                return pages[:count]
             await asyncio.sleep(0.02)
 
 
@@ -242,6 +257,9 @@ async def test_a_wait_cut_by_a_crash_resumes_and_is_approved(harness: Harness) -
 
     resumed = asyncio.create_task(executor.resume(TARGET, state))
     await waiting(approvals, state.rollback_id, harness)
+    # The resumed proposal's page says why in words, as the first one did.
+    proposals = await approval_pages(harness, count=2)
+    assert proposals[-1]["reason"] == proposals[0]["reason"] == rollback_to_v1()[0].reason
     outcome = await approvals.submit(state.rollback_id, Verdict(True, "carol", now()))
 
     assert outcome == Outcome(202, outcome.message, "PLANNING")

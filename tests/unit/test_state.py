@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollbackd.model import Phase
-from rollbackd.state import RollbackState, decode_state, encode_state
+from rollbackd.model import Phase, Target
+from rollbackd.state import REASON_MAX_CHARS, RollbackState, decode_state, encode_state
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -75,6 +75,7 @@ def test_garbage_is_a_clear_value_error(text: str, message: str) -> None:
         ("updated_at", "2026-01-01T00:00:00", "timezone"),
         ("ready_at", 5, "ready_at"),
         ("reason_code", 7, "reason_code"),
+        ("reason", ["error ratio"], "field reason must"),
     ],
 )
 def test_each_bad_field_is_named(field: str, value: object, message: str) -> None:
@@ -82,3 +83,25 @@ def test_each_bad_field_is_named(field: str, value: object, message: str) -> Non
     raw[field] = value
     with pytest.raises(ValueError, match=message):
         decode_state(json.dumps(raw))
+
+
+def test_the_reason_in_words_round_trips_for_the_next_leaders_pages() -> None:
+    state = make_state(reason="error_ratio 31% > 5% for 3 polls")
+    assert decode_state(encode_state(state)).reason == "error_ratio 31% > 5% for 3 polls"
+    assert decode_state(encode_state(state)).rollback(_target()).reason == state.reason
+
+
+def test_a_state_written_before_the_reason_was_kept_reads_with_none() -> None:
+    raw = json.loads(encode_state(make_state()))
+    assert "reason" not in raw
+    assert decode_state(json.dumps(raw)).reason == ""
+
+
+def test_a_long_reason_is_cut_to_a_bounded_length() -> None:
+    state = make_state(reason="x" * (REASON_MAX_CHARS * 4))
+    kept = decode_state(encode_state(state)).reason
+    assert len(kept) == REASON_MAX_CHARS and kept.endswith("…")
+
+
+def _target() -> Target:
+    return Target("shop", "web")
