@@ -210,6 +210,9 @@ async def spawn(
     with _state_lock:
         server: _Server | None = _state["server"]
         if server is None or not server.alive:
+            if threading.current_thread() is not threading.main_thread():
+                # The kernel would end the server with this thread, and its children with it.
+                raise ForkServerError("the fork server starts only from the main thread")
             server = _state["server"] = _Server(_server_env(env))
     if interpreter_env(env) != interpreter_env(server.env):
         raise ForkServerError("the command's PYTHON* variables differ from the server's")
