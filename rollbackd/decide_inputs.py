@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from rollbackd.guard import template_diff_paths
 from rollbackd.model import Action, ClusterFacts, Decision, History, Policy, RevisionInfo, Signal
 from rollbackd.reasons import ReasonCode
 
@@ -41,6 +42,26 @@ class Inputs:
         if self.facts.template:
             return dict(self.facts.template)
         return dict(self.current.template) if self.current else {}
+
+    def template_diff(self, revision: RevisionInfo) -> list[str]:
+        """``template_diff_paths`` from the current template to ``revision``'s, once per decision.
+
+        The choice of a revision and the guard both need it, and a real pod
+        template's diff is the costliest step of a decision.
+        """
+        memo = self._template_diffs
+        remembered = memo.get(id(revision))
+        # The object is kept with its paths, so a recycled id never matches.
+        if remembered is None or remembered[0] is not revision:
+            remembered = memo[id(revision)] = (
+                revision,
+                template_diff_paths(self.current_template, revision.template),
+            )
+        return list(remembered[1])
+
+    @cached_property
+    def _template_diffs(self) -> dict[int, tuple[RevisionInfo, list[str]]]:
+        return {}
 
     @property
     def current_revision(self) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -289,6 +290,25 @@ def test_diff_is_symmetric_and_empty_exactly_when_templates_match(
 
     assert (paths == []) == (without_hash(a) == without_hash(b))
     assert templates_equal(a, b) is (paths == [])
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as read-only mappings and tuples, as other callers may hold a template."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@given(_templates, _templates)
+def test_any_mapping_and_sequence_types_diff_like_dicts_and_lists(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    # Plain dicts, lists and strings take a fast path; the rest must agree with it.
+    expected = template_diff_paths(a, b)
+    assert template_diff_paths(_frozen(a), _frozen(b)) == expected
+    assert template_diff_paths(_frozen(a), b) == expected
 
 
 @given(_templates, _templates)
