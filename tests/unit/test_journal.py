@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rollbackd.journal import SCHEMA_VERSION, Journal, JournalError
+from rollbackd.journal.rows import signal_to_row
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
     Action,
@@ -491,3 +493,18 @@ async def test_a_phase_is_journaled_with_its_timeline_entry_or_not_at_all(tmp_pa
         assert stored is not None and stored.phase is Phase.VERIFYING
         kinds = [entry.kind for entry in await journal.timeline("rb-1")]
         assert kinds.count("phase:VERIFYING") == 1 and "phase:ROLLBACK_COMPLETED" not in kinds
+
+
+def test_a_signals_labels_are_stored_as_json_text_with_sorted_keys() -> None:
+    # Text labels (every webhook alert's) take a shortcut; anything else the
+    # general converter. Both must store the same text for the same labels.
+    text_only = signal_to_row(
+        dataclasses.replace(signal(), labels={"team": "shop", "pod": "p-1", "é": "ü"}),
+        accepted=True,
+    )
+    assert text_only[10] == '{"pod": "p-1", "team": "shop", "\\u00e9": "\\u00fc"}'
+    mixed = signal_to_row(
+        dataclasses.replace(signal(), labels={"team": "shop", "at": at(0)}),  # type: ignore[dict-item]
+        accepted=True,
+    )
+    assert mixed[10] == f'{{"at": "{at(0).isoformat()}", "team": "shop"}}'
