@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rollbackd.journal import SCHEMA_VERSION, Journal, JournalError
+from rollbackd.journal.records import DecisionNote
 from rollbackd.journal.rows import signal_to_row
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
@@ -220,6 +221,17 @@ async def test_decisions_are_listed_newest_first(journal: Journal) -> None:
     ]
     assert rows[0]["action"] is Action.ROLLBACK and rows[0]["to_revision"] == 6
     assert len(await journal.decisions(limit=2)) == 2
+
+
+async def test_a_decisions_note_joins_the_timeline_of_the_record_it_names(
+    journal: Journal,
+) -> None:
+    joined = Decision(Action.JOIN, APP, "rollback_in_flight", "joins rb-1", rollback_id="rb-1")
+    note = DecisionNote("rb-1", "signal_joined", "am signal joined", {"key": "k2"})
+    await journal.record_decision(joined, signal_key="k2", at=at(3), note=note)
+    entries = [(e.at, e.kind, e.message, e.data) for e in await journal.timeline("rb-1")]
+    assert (at(3), "signal_joined", "am signal joined", {"key": "k2"}) in entries
+    assert [r["reason_code"] for r in await journal.decisions(target=APP)] == ["rollback_in_flight"]
 
 
 async def test_timeline_merges_signal_decision_events_and_notifications_in_order(
