@@ -19,7 +19,9 @@ uniquely named, or whose named items were reordered, is reported as a whole
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import copy
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rollbackd.model import LABEL_POD_TEMPLATE_HASH
@@ -45,6 +47,40 @@ def template_diff_paths(current: Mapping[str, Any], candidate: Mapping[str, Any]
     paths: list[str] = []
     _diff(_normalized_template(current), _normalized_template(candidate), "", paths)
     return sorted(paths)
+
+
+class TemplateDiffMemo:
+    """``template_diff_paths`` remembered under a key while both templates stay equal.
+
+    A Deployment's decisions diff the same two templates until one of them
+    changes, and a real pod template's diff costs far more than comparing
+    it with a copy. Copies are kept and compared, so a changed template (in
+    place or not, under a reused key or not) is diffed afresh. Bounded: the
+    least recently used keys are dropped first.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[Hashable, tuple[Any, Any, tuple[str, ...]]] = OrderedDict()
+
+    def paths(
+        self, key: Hashable, current: Mapping[str, Any], candidate: Mapping[str, Any]
+    ) -> list[str]:
+        """``template_diff_paths(current, candidate)``; ``key`` names the pair (target, revision)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == current and entry[1] == candidate:
+            self._entries.move_to_end(key)
+            return list(entry[2])
+        paths = template_diff_paths(current, candidate)
+        try:
+            self._entries[key] = (copy.deepcopy(current), copy.deepcopy(candidate), tuple(paths))
+        except Exception:  # a template that cannot be copied is not remembered
+            self._entries.pop(key, None)
+            return paths
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return paths
 
 
 def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

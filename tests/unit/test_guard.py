@@ -86,6 +86,38 @@ def test_equal_templates_are_told_equal_without_walking_them(
     assert templates_equal(template, copy)
 
 
+def test_a_remembered_diff_is_reused_only_while_both_templates_stay_equal() -> None:
+    memo = guard.TemplateDiffMemo()
+    current, candidate = pod(app("shop/cart:7")), pod(app("shop/cart:6"))
+    assert memo.paths("cart", current, candidate) == ["spec.containers[app].image"]
+    assert memo.paths("cart", pod(app("shop/cart:7")), candidate) == ["spec.containers[app].image"]
+    # A new rollout under the same key: diffed afresh, not the remembered paths.
+    rolled = pod(app("shop/cart:6", resources={"limits": {"cpu": "2"}}))
+    assert memo.paths("cart", rolled, candidate) == ["spec.containers[app].resources.limits.cpu"]
+    # Changed in place after it was remembered: the memo kept its own copy.
+    candidate["spec"]["containers"][0]["image"] = "shop/cart:5"
+    assert memo.paths("cart", rolled, candidate) == [
+        "spec.containers[app].image",
+        "spec.containers[app].resources.limits.cpu",
+    ]
+
+
+def test_the_diff_memo_forgets_the_least_recently_used_pair_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    diffed: list[str] = []
+
+    def counting(current: Any, candidate: Any) -> list[str]:
+        diffed.append(candidate["spec"]["containers"][0]["image"])
+        return []
+
+    monkeypatch.setattr(guard, "template_diff_paths", counting)
+    memo = guard.TemplateDiffMemo(max_entries=2)
+    for image in ("a:1", "b:1", "a:1", "c:1", "a:1", "b:1"):
+        memo.paths(image, pod(app()), pod(app(image)))
+    assert diffed == ["a:1", "b:1", "c:1", "b:1"]
+
+
 def test_image_change_is_reported_under_the_container_name() -> None:
     paths = template_diff_paths(pod(app("shop/cart:7")), pod(app("shop/cart:6")))
     assert paths == ["spec.containers[app].image"]
