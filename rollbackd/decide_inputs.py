@@ -8,10 +8,15 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from rollbackd.guard import TemplateDiffMemo
 from rollbackd.model import Action, ClusterFacts, Decision, History, Policy, RevisionInfo, Signal
 from rollbackd.reasons import ReasonCode
 
-__all__ = ["Check", "Inputs"]
+__all__ = ["TEMPLATE_DIFFS", "Check", "Inputs"]
+
+# Across decisions: a target's templates change per rollout, its decisions come
+# several a second in an alert storm.
+TEMPLATE_DIFFS = TemplateDiffMemo()
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,26 @@ class Inputs:
         if self.facts.template:
             return dict(self.facts.template)
         return dict(self.current.template) if self.current else {}
+
+    def template_diff(self, revision: RevisionInfo) -> list[str]:
+        """``template_diff_paths`` from the current template to ``revision``'s, once per decision.
+
+        The choice of a revision and the guard both need it, and a real pod
+        template's diff is the costliest step of a decision (hence also
+        ``TEMPLATE_DIFFS`` across decisions).
+        """
+        memo = self._template_diffs
+        remembered = memo.get(id(revision))
+        # The object is kept with its paths, so a recycled id never matches.
+        if remembered is None or remembered[0] is not revision:
+            key = (self.facts.target, revision.revision, revision.replicaset)
+            paths = TEMPLATE_DIFFS.paths(key, self.current_template, revision.template)
+            remembered = memo[id(revision)] = (revision, paths)
+        return list(remembered[1])
+
+    @cached_property
+    def _template_diffs(self) -> dict[int, tuple[RevisionInfo, list[str]]]:
+        return {}
 
     @property
     def current_revision(self) -> int | None:

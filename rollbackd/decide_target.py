@@ -15,7 +15,6 @@ from rollbackd.guard import (
     images,
     is_mutable_image,
     mutable_images,
-    template_diff_paths,
 )
 from rollbackd.model import ANNOTATION_DRY_RUN, Action, Decision, RevisionInfo
 from rollbackd.reasons import ReasonCode
@@ -46,7 +45,12 @@ def choose_revision(inp: Inputs) -> RevisionInfo | Decision:
         key=lambda r: r.revision,
         reverse=True,
     )
-    differing = [r for r in older if template_diff_paths(inp.current_template, r.template)]
+    # The newest stable one that differs: the stability check is cheap, the
+    # template diff is not, so the diff runs only for stable candidates.
+    for revision in older:
+        if stable(revision, inp.policy.min_stable) and inp.template_diff(revision):
+            return revision
+    differing = [r for r in older if inp.template_diff(r)]
     if not differing:
         identical = f" ({len(older)} older, all with the same template)" if older else ""
         return inp.decision(
@@ -55,9 +59,6 @@ def choose_revision(inp: Inputs) -> RevisionInfo | Decision:
             f"{inp.target} has no previous revision that differs from the current revision "
             f"{current.revision}{identical}: {MANUAL}",
         )
-    for revision in differing:
-        if stable(revision, inp.policy.min_stable):
-            return revision
     ran = ", ".join(ran_for(r) for r in differing)
     return inp.decision(
         Action.ESCALATE,
@@ -84,7 +85,7 @@ def ran_for(revision: RevisionInfo) -> str:
 
 
 def guard_disallowed_fields(inp: Inputs, chosen: RevisionInfo) -> Decision | None:
-    paths = template_diff_paths(inp.current_template, chosen.template)
+    paths = inp.template_diff(chosen)
     disallowed = disallowed_changes(paths, inp.policy.allowed_template_fields)
     if not disallowed:
         return None

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from rollbackd.escalation import Escalations, RecordsWriter
+from rollbackd.journal.records import DecisionNote
 from rollbackd.keyedlocks import KeyedLocks
 from rollbackd.model import (
     Action,
@@ -49,6 +50,7 @@ class JournalLike(RecordsWriter, Protocol):
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
+        note: DecisionNote | None = None,
     ) -> int: ...
     async def link_decision(self, decision_id: int, record_id: str) -> None: ...
     async def get_rollback(self, rollback_id: str) -> Rollback | None: ...
@@ -219,7 +221,12 @@ class Dispatcher:
         )
         rollback_id = new_rollback.id if new_rollback else decision.rollback_id or repeat_of
         decision_id = await self._journal.record_decision(
-            decision, signal_key=signal.key, at=now, rollback_id=rollback_id, covers=covers
+            decision,
+            signal_key=signal.key,
+            at=now,
+            rollback_id=rollback_id,
+            covers=covers,
+            note=_note(signal, decision, repeat_of),
         )
         self._redecisions.remember(decision, rollback_id, signals)
         record_id = await self._act(
@@ -265,33 +272,17 @@ class Dispatcher:
         repeat_of: str | None,
         page_escalations: bool,
     ) -> str | None:
-        """Do what ``decision`` says; the id of an escalation record it opened or joined."""
+        """Do what ``decision`` says; the id of an escalation record it opened.
+
+        A join, or an escalation that repeats ``repeat_of`` (already paged),
+        did all it does with the decision's record: its ``_note``.
+        """
         if decision.action is Action.ROLLBACK and new_rollback is not None:
             self._metrics.time_to_detect_seconds.observe(
                 max(0.0, (now - signal.started_at).total_seconds())
             )
             await self._launch(new_rollback, decision)
-        elif decision.action is Action.JOIN and decision.rollback_id:
-            joined_late = decision.reason_code == ReasonCode.ANOMALY_BEFORE_RESTORE
-            await self._note_signal(
-                decision.rollback_id,
-                signal,
-                "signal_attributed" if joined_late else "signal_joined",
-                decision.reason
-                if joined_late
-                else f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight",
-                now,
-            )
-        elif decision.action is Action.ESCALATE and repeat_of is not None:
-            # The same anomaly that the failed rollback already paged for.
-            await self._note_signal(
-                repeat_of,
-                signal,
-                "signal_after_escalation",
-                f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})",
-                now,
-            )
-        elif decision.action is Action.ESCALATE and page_escalations:
+        elif decision.action is Action.ESCALATE and repeat_of is None and page_escalations:
             return await self._escalations.escalate(signal, decision, now)
         elif decision.action is Action.DRY_RUN and new_rollback is not None:
             await self._record_dry_run(new_rollback, decision, now)
@@ -344,19 +335,6 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def _note_signal(
-        self, rollback_id: str, signal: Signal, kind: str, message: str, now: datetime
-    ) -> None:
-        """A later signal on an existing rollback's timeline, so the review sees it."""
-        await self._journal.record_event(
-            rollback_id,
-            signal.target,
-            kind,
-            message,
-            at=now,
-            data={"key": signal.key, "value": signal.value},
-        )
-
     async def _record_dry_run(self, rollback: Rollback, decision: Decision, now: datetime) -> None:
         await self._journal.save_rollback(rollback)
         await self._journal.record_event(
@@ -386,6 +364,23 @@ class Dispatcher:
             return
         _done, pending = await asyncio.wait(tasks, timeout=grace)
         await cancel_and_wait(pending)
+
+
+def _note(signal: Signal, decision: Decision, repeat_of: str | None) -> DecisionNote | None:
+    """A later signal on an existing record's timeline, so the review sees it."""
+    data = {"key": signal.key, "value": signal.value}
+    if decision.action is Action.JOIN and decision.rollback_id:
+        if decision.reason_code == ReasonCode.ANOMALY_BEFORE_RESTORE:
+            return DecisionNote(decision.rollback_id, "signal_attributed", decision.reason, data)
+        joined = (
+            f"{signal.source} signal {signal.name} ({signal.status}) joined the rollback in flight"
+        )
+        return DecisionNote(decision.rollback_id, "signal_joined", joined, data)
+    if decision.action is Action.ESCALATE and repeat_of is not None:
+        # The same anomaly that the failed rollback already paged for.
+        still = f"{signal.name} still {signal.status}; already escalated ({decision.reason_code})"
+        return DecisionNote(repeat_of, "signal_after_escalation", still, data)
+    return None
 
 
 async def _as_coroutine(factory: Callable[[], Awaitable[Rollback]]) -> Rollback:

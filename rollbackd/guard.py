@@ -19,7 +19,9 @@ uniquely named, or whose named items were reordered, is reported as a whole
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import copy
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rollbackd.model import LABEL_POD_TEMPLATE_HASH
@@ -39,9 +41,46 @@ def template_diff_paths(current: Mapping[str, Any], candidate: Mapping[str, Any]
     ReplicaSet copy only), and absent, null and empty values are equal
     because the Kubernetes API omits empty fields.
     """
+    if current == candidate:
+        # Identical templates have no diff; the comparison in C spares both walks.
+        return []
     paths: list[str] = []
     _diff(_normalized_template(current), _normalized_template(candidate), "", paths)
     return sorted(paths)
+
+
+class TemplateDiffMemo:
+    """``template_diff_paths`` remembered under a key while both templates stay equal.
+
+    A Deployment's decisions diff the same two templates until one of them
+    changes, and a real pod template's diff costs far more than comparing
+    it with a copy. Copies are kept and compared, so a changed template (in
+    place or not, under a reused key or not) is diffed afresh. Bounded: the
+    least recently used keys are dropped first.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[Hashable, tuple[Any, Any, tuple[str, ...]]] = OrderedDict()
+
+    def paths(
+        self, key: Hashable, current: Mapping[str, Any], candidate: Mapping[str, Any]
+    ) -> list[str]:
+        """``template_diff_paths(current, candidate)``; ``key`` names the pair (target, revision)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == current and entry[1] == candidate:
+            self._entries.move_to_end(key)
+            return list(entry[2])
+        paths = template_diff_paths(current, candidate)
+        try:
+            self._entries[key] = (copy.deepcopy(current), copy.deepcopy(candidate), tuple(paths))
+        except Exception:  # a template that cannot be copied is not remembered
+            self._entries.pop(key, None)
+            return paths
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return paths
 
 
 def templates_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -142,8 +181,19 @@ def _normalized_template(template: Mapping[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+# Types that are neither mappings nor sequences here: checked first, by exact
+# type, because a template is mostly such leaves and the ABC checks below cost
+# several times more (they made a real template's diff cost a millisecond).
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_mapping(value: Any) -> bool:
+    kind = type(value)
+    return kind is dict or (kind not in _LEAF_TYPES and isinstance(value, Mapping))
+
+
 def _is_empty(value: Any) -> bool:
-    return isinstance(value, Mapping) and not value
+    return _is_mapping(value) and not value
 
 
 def _drop_empty(value: Any) -> Any:
@@ -152,11 +202,14 @@ def _drop_empty(value: Any) -> Any:
     Empty mappings stay: ``emptyDir: {}`` selects a volume type, so it is not
     the same as an absent key.
     """
-    if isinstance(value, Mapping):
+    if type(value) in _LEAF_TYPES:
+        return value
+    if _is_mapping(value):
         result = {}
         for key, item in value.items():
             cleaned = _drop_empty(item)
-            if cleaned is not None and not (_is_sequence(cleaned) and not cleaned):
+            # Every sequence comes back as a list, so an empty one is ``[]``.
+            if cleaned is not None and not (type(cleaned) is list and not cleaned):
                 result[key] = cleaned
         return result
     if _is_sequence(value):
@@ -165,6 +218,11 @@ def _drop_empty(value: Any) -> Any:
 
 
 def _is_sequence(value: Any) -> bool:
+    kind = type(value)
+    if kind is list:
+        return True
+    if kind in _LEAF_TYPES:
+        return False
     return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
@@ -173,7 +231,10 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
+    if type(old) in _LEAF_TYPES and type(new) in _LEAF_TYPES:
+        if old != new:
+            out.append(path)
+    elif _is_mapping(old) and _is_mapping(new):
         for key in sorted(set(old) | set(new), key=str):
             key_path = _join(path, str(key))
             if key in old and key in new:
@@ -197,7 +258,7 @@ def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
 
 
 def _empty_like(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    if _is_mapping(value):
         return {}
     if _is_sequence(value):
         return []
@@ -208,7 +269,7 @@ def _item_names(items: Sequence[Any]) -> list[str] | None:
     """Names of the items when every item is a mapping with a unique string ``name``."""
     names: list[str] = []
     for item in items:
-        name = item.get("name") if isinstance(item, Mapping) else None
+        name = item.get("name") if _is_mapping(item) else None
         if not isinstance(name, str):
             return None
         names.append(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rollbackd.journal.connection import SQL_CHUNK, Connection
 from rollbackd.journal.rows import (
@@ -36,6 +36,15 @@ _ACTED_TERMINAL = (Phase.ROLLBACK_COMPLETED.value, Phase.ESCALATED.value, Phase.
 _NON_TERMINAL = tuple(p.value for p in Phase if not p.terminal)
 
 
+class DecisionNote(NamedTuple):
+    """A timeline entry journaled with its decision: a signal that joins a record, say."""
+
+    rollback_id: str
+    kind: str
+    message: str
+    data: Mapping[str, Any] | None = None
+
+
 class RecordStore(Connection):
     """What was decided and done, and what the next decision must remember."""
 
@@ -47,15 +56,24 @@ class RecordStore(Connection):
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
+        note: DecisionNote | None = None,
     ) -> int:
         """Record ``decision`` and mark as decided the signals it answers; its row id.
 
         ``covers`` lists the row ids of every accepted signal this decision
         settles (the dispatcher decides once for all signals of a target);
         signals with ``signal_key`` are settled too. Settled signals are never
-        replayed.
+        replayed. ``note`` goes on the decision's target's timeline in the same
+        transaction: one trip to the journal's thread, not two, per decision.
         """
         stamp = format_time(at)
+        event = (
+            None
+            if note is None
+            else _event_row(
+                note.rollback_id, decision.target, note.kind, note.message, at, note.data
+            )
+        )
         row = (
             stamp,
             signal_key,
@@ -78,6 +96,8 @@ class RecordStore(Connection):
                 row,
             )
             decision_id = int(cursor.lastrowid or 0)
+            if event is not None:
+                conn.execute(_INSERT_EVENT, event)
             if signal_key:
                 conn.execute(
                     "UPDATE signals SET decided_at = ?, decision_id = ?"

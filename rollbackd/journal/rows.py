@@ -100,10 +100,16 @@ def signal_to_row(signal: Signal, *, accepted: bool, note: str = "") -> tuple[An
     )
 
 
+# ``json.dumps(..., sort_keys=True)`` builds an encoder at every call; every
+# accepted signal's labels are encoded, so one encoder is kept (it holds no state).
+_LABELS_ENCODER = json.JSONEncoder(sort_keys=True)
+_TEXT_ONLY = frozenset({str})
+
+
 def _dumps_labels(labels: Mapping[str, str]) -> str:
     # Labels are text to text (validated at intake): skip the general converter.
-    if all(type(v) is str for v in labels.values()):
-        return json.dumps(labels, sort_keys=True)
+    if _TEXT_ONLY.issuperset(map(type, labels.values())):
+        return _LABELS_ENCODER.encode(labels)
     return dumps_json(labels)
 
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from rollbackd import decide_inputs, guard
 from rollbackd.decide import ReasonCode, decide
 from rollbackd.guard import disallowed_changes, mutable_images, template_diff_paths
 from rollbackd.model import (
@@ -608,6 +609,41 @@ def test_rollback_that_would_change_resources_escalates_guard_disallowed_fields(
     assert (decision.from_revision, decision.to_revision) == (7, 6)
     assert "spec.containers[app].resources.limits.memory" in decision.reason
     assert "spec.containers[app].image" not in decision.reason
+
+
+def test_a_decision_diffs_only_the_revision_it_chooses_and_later_ones_reuse_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The diff of a real pod template is the costliest step of a decision:
+    # older revisions behind the chosen one are not diffed, the guard reuses
+    # it, and so do later decisions while both templates stay the same.
+    diffed: list[Any] = []
+
+    def counting(current: Any, candidate: Any) -> list[str]:
+        diffed.append(candidate)
+        return template_diff_paths(current, candidate)
+
+    monkeypatch.setattr(guard, "template_diff_paths", counting)
+    monkeypatch.setattr(decide_inputs, "TEMPLATE_DIFFS", guard.TemplateDiffMemo())
+    decision = run()
+    assert (decision.action, decision.to_revision) == (Action.ROLLBACK, 6)
+    assert diffed == [template("shop/cart:6")]
+    assert run() == decision
+    assert len(diffed) == 1
+
+
+def test_the_next_decision_diffs_the_template_as_it_is_then() -> None:
+    # Nothing of one decision's diff outlives it: the same revisions with a
+    # current template changed in a disallowed field since escalate.
+    revisions = default_revisions()
+    assert run(cluster=facts(revisions=revisions)).action is Action.ROLLBACK
+    changed = facts(
+        revisions=revisions,
+        template=template("shop/cart:7", resources={"limits": {"memory": "1Gi"}}),
+    )
+    decision = run(cluster=changed)
+    assert (decision.action, decision.reason_code) == (Action.ESCALATE, "guard_disallowed_fields")
+    assert "spec.containers[app].resources.limits.memory" in decision.reason
 
 
 def test_policy_can_allow_more_fields_for_a_target() -> None:

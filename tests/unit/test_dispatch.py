@@ -13,6 +13,7 @@ import pytest
 
 from rollbackd.dispatch import Dispatcher
 from rollbackd.escalation import Escalations
+from rollbackd.journal.records import DecisionNote
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
     ANNOTATION_ROLLBACK,
@@ -94,6 +95,7 @@ class FakeJournal:
         self.settled: set[int] = set()
         self.fail_decisions = 0
         self.history_delay = 0.0  # also delays record_decision
+        self.writes = 0  # transactions: each one a trip to the journal's thread
 
     async def history(self, target: Target) -> History:
         await asyncio.sleep(self.history_delay)  # a journal read takes time: paths can overlap
@@ -107,12 +109,16 @@ class FakeJournal:
         at: datetime,
         rollback_id: str | None = None,
         covers: Sequence[int] = (),
+        note: DecisionNote | None = None,
     ) -> int:
         await asyncio.sleep(self.history_delay)
+        self.writes += 1
         if self.fail_decisions:
             self.fail_decisions -= 1
             raise OSError("journal unavailable")
         self.decisions.append((decision, rollback_id))
+        if note is not None:
+            self.events.append((note.rollback_id, note.kind))
         self.settled.update(covers)
         return len(self.decisions)
 
@@ -153,6 +159,7 @@ class FakeJournal:
         at: datetime,
         data: Mapping[str, Any] | None = None,
     ) -> None:
+        self.writes += 1
         self.events.append((rollback_id, kind))
 
 
@@ -208,6 +215,20 @@ async def test_alerts_and_polls_for_one_regression_start_exactly_one_rollback() 
     finished = await h.dispatcher.wait(CART)
     assert finished is not None and finished.phase is Phase.ROLLBACK_COMPLETED
     assert h.dispatcher.in_flight == {}
+
+
+async def test_a_joining_signal_is_noted_on_the_timeline_with_its_decision_in_one_write() -> None:
+    # Every decision in an alert storm is a join: its note and its record used
+    # to be two transactions, each a trip through the journal's busy thread.
+    h = Harness()
+    await h.dispatcher.handle(signal("am:1"))
+    writes = h.journal.writes
+    joined = await h.dispatcher.handle(signal("am:2"))
+    assert joined.action is Action.JOIN
+    assert h.journal.events[-1] == (joined.rollback_id, "signal_joined")
+    assert h.journal.writes - writes == 1
+    h.release.set()
+    await h.dispatcher.wait(CART)
 
 
 async def test_escalation_pages_once_per_incident_not_once_per_alert() -> None:

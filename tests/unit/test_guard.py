@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -83,6 +84,38 @@ def test_equal_templates_are_told_equal_without_walking_them(
     copy = pod(app(env=[{"name": "A", "value": "1"}]))
     monkeypatch.setattr(guard, "_normalized_template", walked)
     assert templates_equal(template, copy)
+
+
+def test_a_remembered_diff_is_reused_only_while_both_templates_stay_equal() -> None:
+    memo = guard.TemplateDiffMemo()
+    current, candidate = pod(app("shop/cart:7")), pod(app("shop/cart:6"))
+    assert memo.paths("cart", current, candidate) == ["spec.containers[app].image"]
+    assert memo.paths("cart", pod(app("shop/cart:7")), candidate) == ["spec.containers[app].image"]
+    # A new rollout under the same key: diffed afresh, not the remembered paths.
+    rolled = pod(app("shop/cart:6", resources={"limits": {"cpu": "2"}}))
+    assert memo.paths("cart", rolled, candidate) == ["spec.containers[app].resources.limits.cpu"]
+    # Changed in place after it was remembered: the memo kept its own copy.
+    candidate["spec"]["containers"][0]["image"] = "shop/cart:5"
+    assert memo.paths("cart", rolled, candidate) == [
+        "spec.containers[app].image",
+        "spec.containers[app].resources.limits.cpu",
+    ]
+
+
+def test_the_diff_memo_forgets_the_least_recently_used_pair_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    diffed: list[str] = []
+
+    def counting(current: Any, candidate: Any) -> list[str]:
+        diffed.append(candidate["spec"]["containers"][0]["image"])
+        return []
+
+    monkeypatch.setattr(guard, "template_diff_paths", counting)
+    memo = guard.TemplateDiffMemo(max_entries=2)
+    for image in ("a:1", "b:1", "a:1", "c:1", "a:1", "b:1"):
+        memo.paths(image, pod(app()), pod(app(image)))
+    assert diffed == ["a:1", "b:1", "c:1", "b:1"]
 
 
 def test_image_change_is_reported_under_the_container_name() -> None:
@@ -289,6 +322,25 @@ def test_diff_is_symmetric_and_empty_exactly_when_templates_match(
 
     assert (paths == []) == (without_hash(a) == without_hash(b))
     assert templates_equal(a, b) is (paths == [])
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as read-only mappings and tuples, as other callers may hold a template."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@given(_templates, _templates)
+def test_any_mapping_and_sequence_types_diff_like_dicts_and_lists(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    # Plain dicts, lists and strings take a fast path; the rest must agree with it.
+    expected = template_diff_paths(a, b)
+    assert template_diff_paths(_frozen(a), _frozen(b)) == expected
+    assert template_diff_paths(_frozen(a), b) == expected
 
 
 @given(_templates, _templates)

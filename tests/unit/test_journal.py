@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from rollbackd.journal import SCHEMA_VERSION, Journal, JournalError
+from rollbackd.journal.records import DecisionNote
+from rollbackd.journal.rows import signal_to_row
 from rollbackd.metrics import Metrics
 from rollbackd.model import (
     Action,
@@ -218,6 +221,17 @@ async def test_decisions_are_listed_newest_first(journal: Journal) -> None:
     ]
     assert rows[0]["action"] is Action.ROLLBACK and rows[0]["to_revision"] == 6
     assert len(await journal.decisions(limit=2)) == 2
+
+
+async def test_a_decisions_note_joins_the_timeline_of_the_record_it_names(
+    journal: Journal,
+) -> None:
+    joined = Decision(Action.JOIN, APP, "rollback_in_flight", "joins rb-1", rollback_id="rb-1")
+    note = DecisionNote("rb-1", "signal_joined", "am signal joined", {"key": "k2"})
+    await journal.record_decision(joined, signal_key="k2", at=at(3), note=note)
+    entries = [(e.at, e.kind, e.message, e.data) for e in await journal.timeline("rb-1")]
+    assert (at(3), "signal_joined", "am signal joined", {"key": "k2"}) in entries
+    assert [r["reason_code"] for r in await journal.decisions(target=APP)] == ["rollback_in_flight"]
 
 
 async def test_timeline_merges_signal_decision_events_and_notifications_in_order(
@@ -491,3 +505,18 @@ async def test_a_phase_is_journaled_with_its_timeline_entry_or_not_at_all(tmp_pa
         assert stored is not None and stored.phase is Phase.VERIFYING
         kinds = [entry.kind for entry in await journal.timeline("rb-1")]
         assert kinds.count("phase:VERIFYING") == 1 and "phase:ROLLBACK_COMPLETED" not in kinds
+
+
+def test_a_signals_labels_are_stored_as_json_text_with_sorted_keys() -> None:
+    # Text labels (every webhook alert's) take a shortcut; anything else the
+    # general converter. Both must store the same text for the same labels.
+    text_only = signal_to_row(
+        dataclasses.replace(signal(), labels={"team": "shop", "pod": "p-1", "é": "ü"}),
+        accepted=True,
+    )
+    assert text_only[10] == '{"pod": "p-1", "team": "shop", "\\u00e9": "\\u00fc"}'
+    mixed = signal_to_row(
+        dataclasses.replace(signal(), labels={"team": "shop", "at": at(0)}),  # type: ignore[dict-item]
+        accepted=True,
+    )
+    assert mixed[10] == f'{{"at": "{at(0).isoformat()}", "team": "shop"}}'
