@@ -4,7 +4,18 @@ They live in a plugin of the tests, not in ``rollbackd.testing``: the runtime
 package (and the demo built on it) imports no test framework.
 """
 
+import os
+
 import pytest
+
+# kubernetes-asyncio builds a TLS context for every API client, even for
+# kubesim's plain http, and without a cluster CA in the kubeconfig that loads
+# the system's CA bundle: 40 ms of CPU per client, two or more clients per
+# kubesim test, in this process and in every daemon it starts. The tests
+# speak TLS only to servers whose CA they name, so the bundle is never
+# consulted; OpenSSL's own setting points it at an empty file (the CA
+# directory, read lazily per lookup, stays as it was).
+os.environ["SSL_CERT_FILE"] = os.devnull
 
 pytest_plugins = ["tests.plugins.rollbackd_fixtures"]
 

@@ -57,12 +57,15 @@ FAULT_KINDS = ("429", "500", "503", "reset")
 
 
 def deployment(target: Target, image: str) -> dict[str, Any]:
+    """One replica: the faults are on the API calls, whose sequence does not
+    depend on the replica count; each more replica costs every namespace a pod
+    and a rolling-update step per rollout (a fifth of this module's CPU)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": target.name, "namespace": target.namespace},
         "spec": {
-            "replicas": 2,
+            "replicas": 1,
             "selector": {"matchLabels": {"app": target.name}},
             "template": {
                 "metadata": {"labels": {"app": target.name}},
