@@ -7,6 +7,13 @@ package (and the demo built on it) imports no test framework.
 import os
 
 import pytest
+from hypothesis import settings
+
+# Property tests share two cores with the daemons and servers of other tests:
+# a wall-clock deadline per example would measure the machine's load, not the
+# code (one example took 323 ms once under load, 0.1 ms on replay).
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 # kubernetes-asyncio builds a TLS context for every API client, even for
 # kubesim's plain http, and without a cluster CA in the kubeconfig that loads
