@@ -54,6 +54,8 @@ REQUIRED = (
     (f"{PACKAGE}.config", "load_incluster_config"),
     (f"{PACKAGE}.watch", "Watch"),
 )
+# Names with an underscore that the real ``__init__`` defines: asking for them loads it.
+_PUBLIC_DUNDERS = frozenset({"__all__", "__version__"})
 # A model module: loaded means the lean import saved nothing.
 MODEL_PROBE = f"{PACKAGE}.client.models.v1_pod"
 
@@ -154,6 +156,9 @@ def _lazy_package(name: str) -> ModuleType:
     def __getattr__(attribute: str) -> Any:
         # PEP 562: called only for names the module does not hold.
         nonlocal ran
+        if attribute.startswith("_") and attribute not in _PUBLIC_DUNDERS:
+            # A probe (pytest's, inspect's, a mock's), never a generated class.
+            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
         with lock:
             if not ran:
                 ran = True  # a name asked for while __init__ runs is simply missing

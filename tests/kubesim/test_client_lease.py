@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from rollbackd.testing.kubesim import KubeSim
 
@@ -27,24 +28,31 @@ async def api_client(kubesim: KubeSim) -> AsyncIterator[client.ApiClient]:
         yield api
 
 
-class CountingLeaseLock(LeaseLock):
-    """A LeaseLock that counts reads, so a test can tell a candidate has tried."""
+@dataclass
+class Reads:
+    """How often a candidate's LeaseLock read the Lease, so a test can tell it has tried."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.reads = 0
-        self.read_event = asyncio.Event()
-
-    async def get(self, name: str, namespace: str):  # type: ignore[no-untyped-def]
-        self.reads += 1
-        self.read_event.set()
-        return await super().get(name, namespace)
+    count: int = 0
+    happened: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def candidate(
     api: client.ApiClient, identity: str, leading: asyncio.Event
-) -> tuple[leaderelection.LeaderElection, CountingLeaseLock]:
-    lock = CountingLeaseLock("rollbackd", NS, identity, api)
+) -> tuple[leaderelection.LeaderElection, Reads]:
+    # Imported here: LeaseLock's module loads the generated models, which only
+    # this module's tests need (not every worker that collects it).
+    from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+
+    lock = LeaseLock("rollbackd", NS, identity, api)
+    reads = Reads()
+    read = lock.get
+
+    async def counted_get(name: str, namespace: str) -> Any:
+        reads.count += 1
+        reads.happened.set()
+        return await read(name, namespace)
+
+    lock.get = counted_get  # type: ignore[method-assign]
 
     async def on_started() -> None:
         leading.set()
@@ -62,13 +70,13 @@ def candidate(
             onstopped_leading=on_stopped,
         )
     )
-    return election, lock
+    return election, reads
 
 
-async def wait_reads(lock: CountingLeaseLock, count: int) -> None:
-    while lock.reads < count:
-        lock.read_event.clear()
-        await lock.read_event.wait()
+async def wait_reads(reads: Reads, count: int) -> None:
+    while reads.count < count:
+        reads.happened.clear()
+        await reads.happened.wait()
 
 
 async def test_one_candidate_leads_and_the_other_takes_over_when_it_stops(
@@ -76,13 +84,13 @@ async def test_one_candidate_leads_and_the_other_takes_over_when_it_stops(
 ) -> None:
     a_leading, b_leading = asyncio.Event(), asyncio.Event()
     election_a, _ = candidate(api_client, "a", a_leading)
-    election_b, lock_b = candidate(api_client, "b", b_leading)
+    election_b, reads_b = candidate(api_client, "b", b_leading)
     task_a = asyncio.create_task(election_a.run())
     task_b: asyncio.Task[None] | None = None
     try:
         await asyncio.wait_for(a_leading.wait(), DEADLINE)
         task_b = asyncio.create_task(election_b.run())
-        await asyncio.wait_for(wait_reads(lock_b, 2), DEADLINE)
+        await asyncio.wait_for(wait_reads(reads_b, 2), DEADLINE)
         assert not b_leading.is_set()
         lease = await client.CoordinationV1Api(api_client).read_namespaced_lease("rollbackd", NS)
         assert lease.spec.holder_identity == "a"

@@ -76,6 +76,29 @@ def test_the_runtime_loads_without_models_and_the_full_client_still_loads_later(
     assert found["same_client"] is True
 
 
+def test_a_probe_for_a_private_name_does_not_load_the_generated_client() -> None:
+    found = run_child(
+        """
+        import inspect, json, sys
+        from rollbackd import leanimport
+
+        leanimport.install()
+        from kubernetes_asyncio import client
+        # What pytest's collection, inspect and mock ask of every module object.
+        probes = [hasattr(client, "_pytestfixturefunction"), hasattr(client, "__wrapped__"),
+                  hasattr(client, "_mock_name"), inspect.unwrap(client) is client]
+        lean = "kubernetes_asyncio.client.models.v1_pod" not in sys.modules
+        import kubernetes_asyncio
+        version = kubernetes_asyncio.__version__  # a public dunder loads the real __init__
+        api = client.CoreV1Api.__name__  # and a generated class still loads when asked for
+        print(json.dumps({"probes": probes, "lean": lean, "version": bool(version), "api": api}))
+        """
+    )
+    assert found["probes"] == [False, False, False, True]
+    assert found["lean"] is True
+    assert found["version"] is True and found["api"] == "CoreV1Api"
+
+
 def _other_layout(root: Path) -> None:
     """A package named ``otherkube`` whose client keeps everything in its ``__init__``."""
     client = root / "otherkube" / "client"
