@@ -3,7 +3,7 @@
 #
 # Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
 # CPU, so they run on more workers than there are cores (pytest-xdist,
-# ROLLBACKD_TEST_WORKERS, default 8). Beside them, a second pytest runs the
+# ROLLBACKD_TEST_WORKERS, default 12). Beside them, a second pytest runs the
 # benchmark smoke runs (marker `bench`), one file per worker so that each
 # benchmark runs once; its output is printed when it ends. Tests marked
 # `heavy` (the 1 100-connection attack, which times /healthz against a
@@ -33,7 +33,7 @@ mypy_log="$(mktemp)"
 .venv/bin/mypy >"$mypy_log" 2>&1 &
 mypy_pid=$!
 
-workers="${ROLLBACKD_TEST_WORKERS:-8}"
+workers="${ROLLBACKD_TEST_WORKERS:-12}"
 bench_log="$(mktemp)"
 trap 'rm -f "$bench_log" "$mypy_log"' EXIT
 # pytest's exit code 5 is "no tests collected": a part that a narrower
