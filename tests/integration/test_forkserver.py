@@ -42,6 +42,17 @@ def launcher(request: pytest.FixtureRequest) -> Iterator[str]:
         forkclient.enable(was)
 
 
+@pytest.fixture
+def forking() -> Iterator[None]:
+    """The fork server on for one test, whatever ROLLBACKD_TEST_FORK says for the others."""
+    was = forkclient.enabled()
+    forkclient.enable()
+    try:
+        yield
+    finally:
+        forkclient.enable(was)
+
+
 async def healthy(daemon: DaemonProcess) -> bool:
     timeout = aiohttp.ClientTimeout(total=2)
     async with (
@@ -90,10 +101,10 @@ def _fd_targets(pid: int) -> dict[int, str]:
     return targets
 
 
+@pytest.mark.usefixtures("forking")
 async def test_a_forked_daemon_holds_nothing_of_the_server(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    forkclient.enable()
     # The test runner's own config overrides never reach the daemon (as with an exec).
     monkeypatch.setenv("ROLLBACKD__LOGGING__LEVEL", "error")
     # What the caller passes does.
@@ -121,10 +132,10 @@ async def test_a_forked_daemon_holds_nothing_of_the_server(
     assert not any(line.startswith("{") for line in log.splitlines())
 
 
+@pytest.mark.usefixtures("forking")
 async def test_the_servers_death_kills_its_children_and_the_next_start_forks_again(
     stack: Stack, tmp_path: Path
 ) -> None:
-    forkclient.enable()
     first = DaemonProcess(stack.daemon_config(), tmp_path / "first")
     await first.start()
     try:
