@@ -148,6 +148,9 @@ class _Server:
                 self._stdin.flush()
                 answer = self._answers.get(timeout=ANSWER_TIMEOUT)
             except (OSError, queue.Empty) as exc:
+                # A server that wakes later must not fork this request behind the
+                # caller's back (the caller execs it instead): it is ended now.
+                self._abandon()
                 raise ForkServerError(f"the fork server did not answer: {exc!r}") from None
             if "pid" not in answer:
                 raise ForkServerError(str(answer.get("error", answer)))
@@ -155,6 +158,15 @@ class _Server:
             with self._lock:
                 self._started.add(pid)
         return ForkedProcess(self, pid)
+
+    def _abandon(self) -> None:
+        """SIGKILL the server (its children die with it); the next spawn starts another."""
+        with self._lock:
+            self.alive = False
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=5)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ environment, and death when the server dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -155,3 +156,36 @@ async def test_the_servers_death_kills_its_children_and_the_next_start_forks_aga
             assert await healthy(second)
     finally:
         await first.stop()
+
+
+@pytest.mark.usefixtures("forking")
+async def test_a_server_that_does_not_answer_is_ended_and_the_daemon_execd(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = DaemonProcess(stack.daemon_config(), tmp_path / "first")
+    async with first:  # a server is running and has answered
+        assert first.forked
+    server = forkclient.server_pid()
+    assert server is not None
+    os.kill(server, signal.SIGSTOP)  # hung: it reads nothing and answers nothing
+    monkeypatch.setattr(forkclient, "ANSWER_TIMEOUT", 1.0)
+    try:
+        second = DaemonProcess(stack.daemon_config(), tmp_path / "second")
+        async with second:
+            assert not second.forked and await healthy(second)
+
+            async def server_reaped() -> bool:
+                try:
+                    os.kill(server, 0)
+                except ProcessLookupError:
+                    return True
+                return False
+
+            # Ended, so it can never fork the request it was sent once it wakes.
+            await wait_for(server_reaped, 10, "the hung server to be killed and reaped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGCONT)
+    third = DaemonProcess(stack.daemon_config(), tmp_path / "third")
+    async with third:
+        assert third.forked and forkclient.server_pid() not in (None, server)
