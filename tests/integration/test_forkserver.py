@@ -168,9 +168,11 @@ async def test_a_server_that_does_not_answer_is_ended_and_the_daemon_execd(
     server = forkclient.server_pid()
     assert server is not None
     os.kill(server, signal.SIGSTOP)  # hung: it reads nothing and answers nothing
-    monkeypatch.setattr(forkclient, "ANSWER_TIMEOUT", 1.0)
     try:
         second = DaemonProcess(stack.daemon_config(), tmp_path / "second")
+        with monkeypatch.context() as patch:
+            patch.setattr(forkclient, "ANSWER_TIMEOUT", 1.0)
+            await second.start()
         async with second:
             assert not second.forked and await healthy(second)
 
@@ -186,6 +188,7 @@ async def test_a_server_that_does_not_answer_is_ended_and_the_daemon_execd(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server, signal.SIGCONT)
+    # The usual timeout again: a new server's first answer waits for its imports.
     third = DaemonProcess(stack.daemon_config(), tmp_path / "third")
     async with third:
         assert third.forked and forkclient.server_pid() not in (None, server)
