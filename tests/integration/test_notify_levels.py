@@ -29,8 +29,6 @@ from rollbackd.model import (
     Phase,
     Rollback,
     Signal,
-    SignalSource,
-    SignalStatus,
     Target,
     utcnow,
 )
@@ -40,6 +38,7 @@ from rollbackd.notify.reescalate import ANNOTATION_ACKNOWLEDGED, LeadEscalation
 from rollbackd.notify.routing import Router, TargetFacts, routes_from_settings
 from rollbackd.stages import NotifierPager
 from rollbackd.testing.sink import HttpSink, RecordedRequest
+from tests.factories import firing_alert
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -191,16 +190,8 @@ def rollback(target: Target, rollback_id: str, phase: Phase, started_at: datetim
 
 
 def signal(target: Target, at: datetime) -> Signal:
-    return Signal(
-        target=target,
-        source=SignalSource.ALERTMANAGER,
-        name="HighErrorRatio",
-        status=SignalStatus.FIRING,
-        started_at=at,
-        observed_at=at,
-        value=0.4,
-        threshold=0.1,
-        key=f"am:{target}:{at.timestamp()}",
+    return firing_alert(
+        f"am:{target}:{at.timestamp()}", at, target=target, value=0.4, threshold=0.1
     )
 
 

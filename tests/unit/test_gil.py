@@ -23,23 +23,15 @@ from rollbackd.config import Settings
 from rollbackd.gil import SWITCH_SECONDS, gil_shared_promptly
 from rollbackd.journal import Journal
 from rollbackd.loopslice import SLICE_SECONDS
-from rollbackd.model import Signal, SignalSource, SignalStatus, Target
+from rollbackd.model import Signal
+from tests.factories import firing_alert
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 COMMITS = 200
 
 
 def signal(key: str) -> Signal:
-    return Signal(
-        target=Target("shop", "checkout"),
-        source=SignalSource.ALERTMANAGER,
-        name="HighErrorRatio",
-        status=SignalStatus.FIRING,
-        started_at=T0,
-        observed_at=T0,
-        key=key,
-        labels={"severity": "page"},
-    )
+    return firing_alert(key, T0, labels={"severity": "page"})
 
 
 @pytest.fixture

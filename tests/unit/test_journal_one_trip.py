@@ -24,8 +24,9 @@ import pytest
 
 from rollbackd.journal import Journal
 from rollbackd.journal import intake as journal_intake
-from rollbackd.model import Action, Decision, Signal, SignalSource, SignalStatus, Target
+from rollbackd.model import Action, Decision, Signal, Target
 from rollbackd.reasons import ReasonCode
+from tests.factories import firing_alert
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 APP = Target("shop", "checkout")
@@ -33,16 +34,13 @@ HOG_TURN_SECONDS = 0.003  # what a turn of a loop busy with polls and webhooks c
 
 
 def signal(key: str) -> Signal:
-    return Signal(
+    return firing_alert(
+        key,
+        T0,
         target=APP,
-        source=SignalSource.ALERTMANAGER,
-        name="HighErrorRatio",
-        status=SignalStatus.FIRING,
         started_at=T0 - timedelta(minutes=1),
-        observed_at=T0,
         value=0.31,
         threshold=0.05,
-        key=key,
         labels={"severity": "page"},
         summary="error ratio 31%",
     )

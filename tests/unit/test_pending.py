@@ -13,26 +13,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rollbackd.model import Signal, SignalSource, SignalStatus, Target
+from rollbackd.model import Target
 from rollbackd.pending import DECIDE_REST, Accepted, PendingSignals
+from tests.factories import firing_alert
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CART, SHOP = Target("shop", "cart"), Target("shop", "checkout")
 
 
 def accepted(row_id: int, target: Target = CART) -> Accepted:
-    return Accepted(
-        row_id,
-        Signal(
-            target=target,
-            source=SignalSource.ALERTMANAGER,
-            name="HighErrorRatio",
-            status=SignalStatus.FIRING,
-            started_at=NOW,
-            observed_at=NOW,
-            key=f"am:{row_id}",
-        ),
-    )
+    return Accepted(row_id, firing_alert(f"am:{row_id}", NOW, target=target))
 
 
 class Clock:

@@ -15,11 +15,10 @@ from rollbackd.model import (
     Phase,
     Rollback,
     Signal,
-    SignalSource,
-    SignalStatus,
     Target,
 )
 from rollbackd.retention import Retention, prune, used_bytes
+from tests.factories import firing_alert
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 APP = Target("shop", "checkout")
@@ -34,16 +33,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
 
 
 def signal(key: str, at: datetime, summary: str = "") -> Signal:
-    return Signal(
-        target=APP,
-        source=SignalSource.ALERTMANAGER,
-        name="HighErrorRatio",
-        status=SignalStatus.FIRING,
-        started_at=at,
-        observed_at=at,
-        key=key,
-        summary=summary,
-    )
+    return firing_alert(key, at, target=APP, summary=summary)
 
 
 def rollback(rid: str, phase: Phase, at: datetime) -> Rollback:
