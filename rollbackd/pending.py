@@ -43,6 +43,8 @@ RELOAD_PAGE = 1000
 
 # Seconds a target rests after it was taken (see the module's docstring).
 DECIDE_REST = 0.25
+# Resting entries kept before ended rests are swept out.
+_SWEEP_AT_LEAST = 64
 
 
 class ReadPage(Protocol):
@@ -81,6 +83,7 @@ class PendingSignals:
         self._by_target: OrderedDict[Target, dict[int, Signal]] = OrderedDict()
         # Targets taken less than ``rest`` ago: when each may be taken again.
         self._resting: dict[Target, float] = {}
+        self._sweep_at = _SWEEP_AT_LEAST
         self._size = 0
         self._wakeup = asyncio.Event()
         # The journal holds undecided signals that are not (or may not be) here:
@@ -132,9 +135,12 @@ class PendingSignals:
         return target, [Accepted(row_id, signal) for row_id, signal in batch.items()]
 
     def _forget_rested(self, now: float) -> None:
-        # Bounded by the targets taken within one rest; swept only when it grows.
-        if len(self._resting) > 64:
+        # Bounded by the targets taken within one rest. Swept when it doubled since
+        # the last sweep: a storm over thousands of targets pays O(1) per take, not a
+        # walk of every resting target on every take. (A rest that ended is inert.)
+        if len(self._resting) > self._sweep_at:
             self._resting = {t: until for t, until in self._resting.items() if until > now}
+            self._sweep_at = max(_SWEEP_AT_LEAST, 2 * len(self._resting))
 
     def _ready_in(self) -> float | None:
         """Seconds until a pending target may be taken: 0 now, None when nothing is pending."""

@@ -141,3 +141,20 @@ def test_more_signals_for_a_resting_target_do_not_wake_the_dispatcher() -> None:
     clock.now += 0.25
     taken = taken_ids(pending)
     assert taken is not None and taken[1] == list(range(2, 52))
+
+
+def test_what_it_remembers_of_rests_stays_bounded_and_every_target_still_rests() -> None:
+    clock = Clock()
+    pending = PendingSignals(rest=0.25, clock=clock)
+    largest = 0
+    for n in range(5000):
+        target = Target("shop", f"app-{n}")
+        pending.add([accepted(n, target)])
+        assert taken_ids(pending) == (target, [n])
+        # Within its rest, a second signal for the same target waits.
+        pending.add([accepted(n + 100_000, target)])
+        assert taken_ids(pending) is None
+        clock.now += 0.3  # every rest so far has ended
+        assert taken_ids(pending) == (target, [n + 100_000])
+        largest = max(largest, len(pending._resting))  # the memory the sweep bounds
+    assert largest <= 130
