@@ -55,6 +55,11 @@ class GroupCommit(Generic[T, R]):
         self._posted = False  # a flushing job is queued or running on the thread
         self.flushes = 0  # for tests and the benchmark: how many transactions ran
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting, nothing being flushed: a commit made elsewhere jumps no queue."""
+        return not self._posted
+
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Return the results for ``items`` once the batch holding them is committed."""
         if not items:

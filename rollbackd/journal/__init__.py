@@ -90,12 +90,15 @@ class Journal(IntakeStore, RecordStore, TimelineStore):
         journal._synchronous = synchronous.upper()
         try:
             await journal._prepare()
+            if create:
+                journal.open_direct()
         except BaseException:
             await conn.close()
             raise
         return journal
 
     async def close(self) -> None:
+        self.close_direct()
         await self._intake_commit.close()
         await self._close_connection()
 

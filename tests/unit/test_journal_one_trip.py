@@ -53,6 +53,17 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     await opened.close()
 
 
+@pytest.fixture
+def threaded(journal: Journal) -> Journal:
+    """The journal with every intake commit sent to its thread, as when the lock is busy.
+
+    A free lock lets the intake commit on the loop's thread instead
+    (``test_journal_direct.py``); these specs are about the thread's path.
+    """
+    journal.close_direct()
+    return journal
+
+
 async def turns_while(write: Awaitable[Any]) -> int:
     """Turns a busy loop (a task holding it ``HOG_TURN_SECONDS`` per turn) makes during ``write``."""
     turns = 0
@@ -82,7 +93,8 @@ async def undecided(journal: Journal) -> list[str]:
     return [s.key for _, s in await journal.undecided_signals()]
 
 
-async def test_a_webhooks_commit_takes_one_trip_not_one_per_statement(journal: Journal) -> None:
+async def test_a_webhooks_commit_takes_one_trip_not_one_per_statement(threaded: Journal) -> None:
+    journal = threaded
     await journal.accept([signal("warm")])  # the connection's first statements are behind us
     # The fewest of a few commits: a disk that stalls once (a WAL checkpoint) says nothing
     # about the trips, and a trip per statement can never take fewer turns than statements.
@@ -199,9 +211,10 @@ async def test_a_write_queued_behind_another_reaches_the_thread_without_the_loop
 
 
 async def test_webhooks_waiting_behind_a_commit_are_committed_next_without_the_loop(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
+    threaded: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The next group commit starts on the journal's thread as the previous one ends."""
+    journal = threaded
     real = journal_intake._insert_intake
     batches: list[int] = []
     inside, release, second_done = threading.Event(), threading.Event(), threading.Event()
@@ -231,9 +244,10 @@ async def test_webhooks_waiting_behind_a_commit_are_committed_next_without_the_l
 
 
 async def test_a_webhook_that_hangs_up_does_not_cost_its_neighbours_their_commit(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
+    threaded: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cancelled caller stops waiting; the commit it shares goes on, and it is durable."""
+    journal = threaded
     real = journal_intake._insert_intake
     inside, release = threading.Event(), threading.Event()
 
@@ -273,17 +287,29 @@ async def test_a_commit_that_meets_another_writer_waits_for_it_on_the_thread(
     assert await undecided(journal) == ["am:behind-other"]
 
 
+@pytest.mark.parametrize("path", ["journal's thread", "direct"])
 async def test_a_webhooks_commit_is_a_few_statements_whatever_its_alerts(
-    journal: Journal,
+    journal: Journal, path: str
 ) -> None:
     """Each SQLite call hands the GIL over and takes it back, and a busy loop can keep the
     journal's thread waiting each time: a body of 50 alerts is not 50 inserts."""
     statements: list[str] = []
-    await journal._read_in_thread(lambda conn: conn.set_trace_callback(statements.append))
+    if path == "direct":
+        assert journal._direct is not None
+        traced = journal._direct._conn
+        assert traced is not None
+        traced.set_trace_callback(statements.append)
+    else:
+        journal.close_direct()
+        await journal._read_in_thread(lambda conn: conn.set_trace_callback(statements.append))
     try:
         ids = await journal.accept([signal(f"am:many:{i}") for i in range(50)])
     finally:
-        await journal._read_in_thread(lambda conn: conn.set_trace_callback(None))
+        if path == "direct":
+            traced.set_trace_callback(None)
+        else:
+            await journal._read_in_thread(lambda conn: conn.set_trace_callback(None))
+    assert statements, "the commit ran on the connection traced"
     assert all(row_id is not None for row_id in ids)
     assert ids == list(range(ids[0], ids[0] + 50)), "each signal gets its own row's id"
     assert len(statements) <= 5, statements  # BEGIN, the keys seen, one INSERT, COMMIT
