@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from rollbackd.groupcommit import GroupCommit
 from rollbackd.journal.connection import SQL_CHUNK, Connection, _busy_retried, _run_transaction
@@ -19,6 +20,8 @@ from rollbackd.journal.rows import (
     unresolved_to_row,
 )
 from rollbackd.model import Signal
+
+log = structlog.get_logger("rollbackd.journal")
 
 _SIGNAL_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_SIGNALS = (
@@ -61,7 +64,11 @@ class IntakeStore(Connection):
             # progress", so that job's COMMIT (a decision's) would fail.
             raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
-        self._direct = DirectCommit.open(self.path, self._post, checkpoint)
+        try:
+            self._direct = DirectCommit.open(self.path, self._post, checkpoint)
+        except sqlite3.Error as exc:
+            # Only a shortcut: every commit still has the journal's thread.
+            log.warning("journal_direct_commit_unavailable", path=self.path, error=str(exc))
 
     def close_direct(self) -> None:
         direct, self._direct = self._direct, None

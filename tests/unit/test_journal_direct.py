@@ -193,6 +193,21 @@ async def test_a_journal_that_must_fsync_each_commit_never_commits_on_the_loop(
         await journal.close()
 
 
+async def test_a_second_connection_that_cannot_open_leaves_every_commit_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> direct.DirectCommit:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(direct.DirectCommit, "open", refuse)
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    try:
+        assert journal._direct is None
+        assert (await journal.accept([signal("am:still")]))[0] is not None
+    finally:
+        await journal.close()
+
+
 async def test_a_call_from_another_thread_uses_the_journals_thread(journal: Journal) -> None:
     """The connection belongs to the loop that opened it; SQLite objects are not shared."""
 
