@@ -14,7 +14,7 @@ IMMEDIATE with no busy wait, a few inserts, COMMIT. In WAL mode at
 no fsync, a fraction of a millisecond; the same promise as the thread's
 commit (it survives the process dying at any instant). When the lock is
 held (another write in progress) nothing ran, and the caller uses the
-journal's thread as before. Never used where a commit must fsync
+journal's thread as before; so do batches over ``MAX_ITEMS``. Never used where a commit must fsync
 (``synchronous=FULL``): that would stall the loop on the disk.
 
 This connection never checkpoints (a checkpoint writes the database file
@@ -34,12 +34,17 @@ from typing import TypeVar
 
 from rollbackd.journal.connection import MAX_PAGES_ENV, _BeginBusy, _run_transaction
 
-__all__ = ["CHECKPOINT_EVERY", "DirectCommit"]
+__all__ = ["CHECKPOINT_EVERY", "MAX_ITEMS", "DirectCommit"]
 
 T = TypeVar("T")
 
 # Direct commits between passive checkpoints requested from the journal's thread.
 CHECKPOINT_EVERY = 100
+
+# Larger batches go to the journal's thread: their rows and inserts would hold
+# the loop for milliseconds (a body of 1 000 alerts, about 60 ms), where the
+# thread builds them off it.
+MAX_ITEMS = 64
 
 
 class DirectCommit:

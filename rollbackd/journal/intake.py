@@ -12,6 +12,7 @@ import structlog
 
 from rollbackd.groupcommit import GroupCommit
 from rollbackd.journal.connection import SQL_CHUNK, Connection, _busy_retried, _run_transaction
+from rollbackd.journal.direct import MAX_ITEMS as DIRECT_MAX_ITEMS
 from rollbackd.journal.direct import DirectCommit
 from rollbackd.journal.rows import (
     UnresolvedRecord,
@@ -105,7 +106,7 @@ class IntakeStore(Connection):
         items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
         # While the thread has intake commits queued, join them: fewer
         # transactions in a storm, and none overtakes signals accepted first.
-        if self._direct is not None and self._intake_commit.idle:
+        if self._direct is not None and len(items) <= DIRECT_MAX_ITEMS and self._intake_commit.idle:
             done = self._direct.try_transaction(_intake_body(items))
             if done is not None:
                 return done[0][: len(signals)]

@@ -62,6 +62,19 @@ async def test_with_the_lock_free_a_commit_takes_no_turn_of_the_loop_and_is_comm
     assert keys_seen_by_another_connection(journal.path) == ["warm", "am:1", "am:2"]
 
 
+async def test_a_large_batch_is_committed_on_the_thread_not_on_the_loop(
+    journal: Journal,
+) -> None:
+    """A body of a thousand alerts would hold the loop for tens of milliseconds here."""
+    await journal.accept([signal(f"am:small{i}") for i in range(direct.MAX_ITEMS)])
+    assert journal.direct_commits == 1
+    flushes = journal._intake_commit.flushes
+    ids = await journal.accept([signal(f"am:large{i}") for i in range(direct.MAX_ITEMS + 1)])
+    assert None not in ids
+    assert journal.direct_commits == 1
+    assert journal._intake_commit.flushes == flushes + 1
+
+
 async def test_with_the_lock_held_by_a_write_on_the_thread_the_commit_waits_there_and_lands(
     journal: Journal,
 ) -> None:
