@@ -88,6 +88,7 @@ class Daemon:
         s = self.settings
         self.journal = await Journal.open(s.journal.path, synchronous=s.journal.synchronous)
         self._exit.push_async_callback(self.journal.close)
+        self.metrics.count_intake_commits(self.journal.intake_commit_counts)
         self.kube = await Kube.connect(kubeconfig=s.cluster.kubeconfig, context=s.cluster.context)
         self._exit.push_async_callback(self.kube.close)
         await self.kube.start_watches(list(s.cluster.namespaces) or None)

@@ -7,8 +7,12 @@ process never collide and tests never see each other's counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -142,7 +146,46 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._register_collectors()
+
+    def _register_collectors(self) -> None:
+        self._intake_commits = _IntakeCommits(dict)
+        self.registry.register(self._intake_commits)
+
+    def count_intake_commits(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export ``counts()`` (transactions so far, by path) as a counter read at each scrape.
+
+        The latest source wins: a daemon restarted on the same metrics reports
+        its new journal's counts.
+        """
+        self._intake_commits.counts = counts
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _IntakeCommits(Collector):
+    """The intake's transactions by path: ``in_place`` (on the loop's own connection,
+    the lock free) or ``journal_thread`` (shared commits there). A rising share of
+    the second means another write often holds the lock when webhooks arrive."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for path, value in sorted(self.counts().items()):
+            family.add_metric([path], value)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "rollbackd_journal_intake_commits",
+            "Intake transactions committed, by path: in_place or journal_thread.",
+            labels=["path"],
+        )

@@ -72,14 +72,18 @@ class IntakeStore(Connection):
             log.warning("journal_direct_commit_unavailable", path=self.path, error=str(exc))
 
     def close_direct(self) -> None:
-        direct, self._direct = self._direct, None
-        if direct is not None:
-            direct.close()
+        """Send every later commit to the journal's thread (the counts stay, for ``/metrics``)."""
+        if self._direct is not None:
+            self._direct.close()
 
     @property
     def direct_commits(self) -> int:
         """Intake transactions committed on the caller's thread so far."""
         return self._direct.commits if self._direct is not None else 0
+
+    def intake_commit_counts(self) -> dict[str, int]:
+        """Intake transactions so far by path, for ``/metrics``."""
+        return {"in_place": self.direct_commits, "journal_thread": self._intake_commit.flushes}
 
     @property
     def intake_commits(self) -> int:

@@ -154,6 +154,8 @@ async def assert_single_completed_rollback(stack: Stack, v1: dict[str, Any]) -> 
     found = await metrics_of(stack)
     assert metric(found, "rollbackd_rollbacks_total", result="ROLLBACK_COMPLETED") == 1
     assert metric(found, "rollbackd_decisions_total", action="rollback") == 1
+    # The signals were committed on the loop's own connection, the lock free.
+    assert metric(found, "rollbackd_journal_intake_commits_total", path="in_place") >= 1
 
 
 async def assert_only_an_escalation_record(stack: Stack, dedup_key: str) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from rollbackd.journal import Journal, direct
 from rollbackd.journal import intake as journal_intake
+from rollbackd.metrics import Metrics
 from rollbackd.model import Signal, Target
 from tests.factories import firing_alert
 from tests.unit.test_journal_one_trip import turns_while
@@ -237,3 +238,22 @@ async def test_after_close_a_commit_is_refused_not_made_in_place(journal: Journa
     await journal.close()
     with pytest.raises(ValueError, match="closed"):
         await journal.accept([signal("am:late")])
+
+
+async def test_metrics_count_the_commits_made_in_place_and_on_the_thread(
+    journal: Journal,
+) -> None:
+    metrics = Metrics()
+    metrics.count_intake_commits(journal.intake_commit_counts)
+    await journal.accept([signal("am:here1")])
+    await journal.accept([signal("am:here2")])
+    journal.close_direct()
+    await journal.accept([signal("am:there")])
+
+    def commits(path: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "rollbackd_journal_intake_commits_total", {"path": path}
+        )
+
+    assert commits("in_place") == 2
+    assert commits("journal_thread") == 1
