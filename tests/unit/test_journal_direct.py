@@ -11,6 +11,7 @@ only once its rows are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -52,6 +53,25 @@ def keys_seen_by_another_connection(path: str) -> list[str]:
         other.close()
 
 
+@contextlib.asynccontextmanager
+async def lock_held_on_the_thread(journal: Journal) -> AsyncIterator[None]:
+    """A write transaction on the journal's thread holds the lock until the block ends."""
+    inside, release = threading.Event(), threading.Event()
+
+    def long_write(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE marks (id TEXT)")
+        inside.set()
+        release.wait(5)
+
+    writing = asyncio.create_task(journal.transaction(long_write))
+    assert await asyncio.to_thread(inside.wait, 5)
+    try:
+        yield
+    finally:
+        release.set()
+        await writing
+
+
 async def test_with_the_lock_free_a_commit_takes_no_turn_of_the_loop_and_is_committed(
     journal: Journal,
 ) -> None:
@@ -82,21 +102,11 @@ async def test_with_the_lock_held_by_a_write_on_the_thread_the_commit_waits_ther
     """A decision's write holds the lock: the webhook is neither refused nor run on a
     loop that would have to wait for the lock; the journal's thread commits it next."""
     assert journal._direct is not None
-    inside, release = threading.Event(), threading.Event()
-
-    def long_write(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE marks (id TEXT)")
-        inside.set()
-        release.wait(5)
-
-    writing = asyncio.create_task(journal.transaction(long_write))
-    assert await asyncio.to_thread(inside.wait, 5)
-    webhook = asyncio.create_task(journal.accept([signal("am:behind")]))
-    await asyncio.sleep(0.05)  # the loop keeps turning while the webhook waits
-    assert not webhook.done()
-    assert journal._direct.fallbacks == 1
-    release.set()
-    await writing
+    async with lock_held_on_the_thread(journal):
+        webhook = asyncio.create_task(journal.accept([signal("am:behind")]))
+        await asyncio.sleep(0.05)  # the loop keeps turning while the webhook waits
+        assert not webhook.done()
+        assert journal._direct.fallbacks == 1
     ids = await asyncio.wait_for(webhook, 10)
     assert ids[0] is not None
     assert keys_seen_by_another_connection(journal.path) == ["am:behind"]
@@ -108,22 +118,12 @@ async def test_while_the_thread_has_intake_commits_queued_a_new_one_joins_them(
     """No commit made in place overtakes signals accepted before it, and a storm meeting
     a held lock shares the thread's next transaction instead of trying the lock each time."""
     assert journal._direct is not None
-    inside, release = threading.Event(), threading.Event()
-
-    def long_write(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE marks (id TEXT)")
-        inside.set()
-        release.wait(5)
-
-    writing = asyncio.create_task(journal.transaction(long_write))
-    assert await asyncio.to_thread(inside.wait, 5)
-    first = asyncio.create_task(journal.accept([signal("am:first")]))
-    await asyncio.sleep(0)
-    later = [asyncio.create_task(journal.accept([signal(f"am:later{i}")])) for i in range(3)]
-    await asyncio.sleep(0)
-    flushes = journal._intake_commit.flushes
-    release.set()
-    await writing
+    async with lock_held_on_the_thread(journal):
+        first = asyncio.create_task(journal.accept([signal("am:first")]))
+        await asyncio.sleep(0)
+        later = [asyncio.create_task(journal.accept([signal(f"am:later{i}")])) for i in range(3)]
+        await asyncio.sleep(0)
+        flushes = journal._intake_commit.flushes
     await asyncio.gather(first, *later)
     assert journal._direct.fallbacks == 1, "only the first tried the lock"
     assert journal._intake_commit.flushes - flushes == 1, "the four shared one transaction"
