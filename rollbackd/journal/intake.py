@@ -108,7 +108,8 @@ class IntakeStore(Connection):
         When it raises, nothing of the call was committed.
         """
         items: list[Signal | UnresolvedRecord] = [*signals, *unresolved]
-        # While the thread has intake commits queued, join them: fewer
+        # In place while the lock is free and no intake commit waits on the
+        # journal's thread; while some wait there, join them: fewer
         # transactions in a storm, and none overtakes signals accepted first.
         if self._direct is not None and len(items) <= DIRECT_MAX_ITEMS and self._intake_commit.idle:
             done = self._direct.try_transaction(_intake_body(items))
