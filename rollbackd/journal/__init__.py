@@ -22,7 +22,8 @@ patch, images, verification intervals, ...) and the notification outcomes
 events.
 
 The package: ``schema`` (tables, migrations), ``rows`` (values to rows and
-back), ``connection`` (pragmas, transactions in one call on the connection's thread), ``intake``
+back), ``connection`` (pragmas, transactions in one call on the connection's thread), ``direct``
+(the intake's commits in place while the write lock is free), ``intake``
 (accepted signals, the undecided queue), ``records`` (decisions, records,
 events, notifications, history) and ``timeline``. ``Journal`` is all of them
 on one connection.
