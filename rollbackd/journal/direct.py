@@ -4,9 +4,8 @@ A webhook's commit sent to the journal's thread costs the answer three
 waits a busy machine stretches: that thread woken, the GIL handed to it,
 the event loop woken with the result. Behind a decision's write or a
 history read queued on the same thread, the wait is the sum of all of them.
-With Prometheus holding both CPUs, that hop was most of the tail of the
-webhook's acknowledgement (p99 11 ms of the handler's 13 ms at 100
-Deployments).
+Under 500 alerts/s, that hop was most of the tail of the webhook handler's
+time (its p99 was 11 ms of the handler's 13 ms, at 100 Deployments).
 
 So the intake first tries its own connection, here, in one step: BEGIN
 IMMEDIATE with no busy wait, a few inserts, COMMIT. In WAL mode at
@@ -14,8 +13,9 @@ IMMEDIATE with no busy wait, a few inserts, COMMIT. In WAL mode at
 no fsync, a fraction of a millisecond; the same promise as the thread's
 commit (it survives the process dying at any instant). When the lock is
 held (another write in progress) nothing ran, and the caller uses the
-journal's thread as before; so do batches over ``MAX_ITEMS``. Never used where a commit must fsync
-(``synchronous=FULL``): that would stall the loop on the disk.
+journal's thread as before; so do batches over ``MAX_ITEMS``. Never used
+where a commit must fsync (``synchronous=FULL``): that would stall the
+loop on the disk.
 
 This connection never checkpoints (a checkpoint writes the database file
 and syncs it); every ``CHECKPOINT_EVERY`` commits it asks the journal's
