@@ -146,11 +146,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self._register_collectors()
-
-    def _register_collectors(self) -> None:
-        self._intake_commits = _IntakeCommits(dict)
-        self.registry.register(self._intake_commits)
+        self._intake_commits = _IntakeCommits(dict)  # no journal yet: no samples
+        r.register(self._intake_commits)
 
     def count_intake_commits(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Export ``counts()`` (transactions so far, by path) as a counter read at each scrape.

@@ -28,6 +28,12 @@ MAX_PAGES_ENV = "ROLLBACKD_TEST_JOURNAL_MAX_PAGES"
 T = TypeVar("T")
 
 
+def page_cap_pragma() -> str | None:
+    """The test-only page cap (``MAX_PAGES_ENV``) as a pragma, for every connection on the file."""
+    max_pages = os.environ.get(MAX_PAGES_ENV, "")
+    return f"PRAGMA max_page_count={int(max_pages)}" if max_pages.isdigit() else None
+
+
 class Connection:
     """The connection and its transactions, shared by the journal's stores."""
 
@@ -69,9 +75,9 @@ class Connection:
             await self._conn.executescript(
                 f"BEGIN;\n{script}\nPRAGMA user_version={target_version};\nCOMMIT;"
             )
-        max_pages = os.environ.get(MAX_PAGES_ENV, "")
-        if max_pages.isdigit():
-            await self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        cap = page_cap_pragma()
+        if cap is not None:
+            await self._conn.execute(cap)
 
     async def _close_connection(self) -> None:
         """Close once every write already sent has committed or rolled back.

@@ -26,13 +26,12 @@ webhooks while nothing else writes.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from rollbackd.journal.connection import MAX_PAGES_ENV, _BeginBusy, _run_transaction
+from rollbackd.journal.connection import _BeginBusy, _run_transaction, page_cap_pragma
 
 __all__ = ["CHECKPOINT_EVERY", "MAX_ITEMS", "DirectCommit"]
 
@@ -60,7 +59,6 @@ class DirectCommit:
         self._post = post
         self._checkpoint = checkpoint
         self._thread = threading.get_ident()
-        self._since_checkpoint = 0
         self.commits = 0  # for tests and the benchmark
         self.fallbacks = 0  # the lock was held: the journal's thread took the commit
 
@@ -79,9 +77,9 @@ class DirectCommit:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            max_pages = os.environ.get(MAX_PAGES_ENV, "")
-            if max_pages.isdigit():
-                conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
+            cap = page_cap_pragma()
+            if cap is not None:
+                conn.execute(cap)
         except BaseException:
             conn.close()
             raise
@@ -102,9 +100,7 @@ class DirectCommit:
             self.fallbacks += 1
             return None
         self.commits += 1
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self._since_checkpoint = 0
+        if self.commits % CHECKPOINT_EVERY == 0:
             # A closing journal refuses new jobs; its own close checkpoints anyway.
             with contextlib.suppress(ValueError):
                 self._post(self._checkpoint)
