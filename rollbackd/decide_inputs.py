@@ -48,24 +48,14 @@ class Inputs:
         return dict(self.current.template) if self.current else {}
 
     def template_diff(self, revision: RevisionInfo) -> list[str]:
-        """``template_diff_paths`` from the current template to ``revision``'s, once per decision.
+        """``template_diff_paths`` from the current template to ``revision``'s, remembered.
 
-        The choice of a revision and the guard both need it, and a real pod
-        template's diff is the costliest step of a decision (hence also
-        ``TEMPLATE_DIFFS`` across decisions).
+        The choice of a revision and the guard both need it, and later
+        decisions on the same templates too; a real pod template's diff is
+        the costliest step of a decision (``TEMPLATE_DIFFS``).
         """
-        memo = self._template_diffs
-        remembered = memo.get(id(revision))
-        # The object is kept with its paths, so a recycled id never matches.
-        if remembered is None or remembered[0] is not revision:
-            key = (self.facts.target, revision.revision, revision.replicaset)
-            paths = TEMPLATE_DIFFS.paths(key, self.current_template, revision.template)
-            remembered = memo[id(revision)] = (revision, paths)
-        return list(remembered[1])
-
-    @cached_property
-    def _template_diffs(self) -> dict[int, tuple[RevisionInfo, list[str]]]:
-        return {}
+        key = (self.facts.target, revision.revision, revision.replicaset)
+        return TEMPLATE_DIFFS.paths(key, self.current_template, revision.template)
 
     @property
     def current_revision(self) -> int | None:
