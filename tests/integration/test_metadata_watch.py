@@ -9,6 +9,7 @@ after a 410, falling back to one full list when a continue token expires.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pathlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -165,7 +166,7 @@ async def test_a_relist_after_410_is_paginated_and_replaces_the_pods(
             assert "limit=2" in lists[0].query and "continue=" not in lists[0].query
             # A list in one piece only follows a continue token that expired meanwhile
             # (on a busy machine the history of 3 can run out between two pages).
-            for before, unpaged in zip(lists, lists[1:], strict=False):
+            for before, unpaged in itertools.pairwise(lists):
                 if "limit=" not in unpaged.query:
                     assert "continue=" in before.query and before.status == 410, before
 
