@@ -245,10 +245,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         wrk=wrk,
         client_note=note,
         connections=args.connections,
-        duration=args.duration or (1.0 if args.quick else 10.0),
+        duration=args.duration or (0.4 if args.quick else 10.0),
         rounds=args.rounds or (1 if args.quick else 2),
         warmup=0.0 if args.quick else 2.0,
-        latency_seconds=args.latency_seconds or (2.0 if args.quick else 10.0),
+        latency_seconds=args.latency_seconds or (1.0 if args.quick else 10.0),
         latency_rate=args.rate,
     )
 

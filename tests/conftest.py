@@ -28,6 +28,11 @@ pytest_plugins = ["tests.plugins.rollbackd_fixtures"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _refuse_stray_benchmarks(items)
+    _long_files_first(items)
+
+
+def _refuse_stray_benchmarks(items: list[pytest.Item]) -> None:
     """A benchmark smoke run lives in tests/bench: scripts/test.sh collects only there for them."""
     strays = [
         i.nodeid
@@ -38,3 +43,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             f"marked bench outside tests/bench (scripts/test.sh would miss them): {strays}"
         )
+
+
+# What a module uses when its tests run the loopback stack or a daemon: 5 to 35 s each.
+_LONG_TEST_MARKS = ("Stack", "DaemonProcess", "prometheus_factory")
+
+
+def _long_files_first(items: list[pytest.Item]) -> None:
+    """Modules whose tests start real servers or daemons run first, each kept in one piece.
+
+    scripts/test.sh hands tests to workers one at a time in this order; a
+    30 s test that starts last would hold the run open after every other
+    worker is done. Only the order of whole modules changes.
+    """
+
+    def starts_servers(item: pytest.Item) -> bool:
+        module = getattr(item, "module", None)
+        return any(hasattr(module, name) for name in _LONG_TEST_MARKS) or any(
+            name in _LONG_TEST_MARKS for name in getattr(item, "fixturenames", ())
+        )
+
+    modules: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    groups = sorted(modules.values(), key=lambda group: not starts_servers(group[0]))
+    items[:] = [item for group in groups for item in group]
