@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, then the whole suite with the type check beside it.
 #
-# Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
-# CPU, so they run on more workers than there are cores (pytest-xdist,
-# ROLLBACKD_TEST_WORKERS, default 12). Every worker imports and collects
-# what its pytest was given, so without arguments the unit tests, which
-# compute more than they wait, run in a pytest of their own on two more
-# workers (each worker collects only its part of the suite: 15 s of CPU
-# less). Beside them, a third pytest runs the benchmark smoke runs
-# (marker `bench`), one file per worker so that each benchmark runs once.
-# The outputs of the parts beside the first are printed when they end.
 # Tests marked `heavy` (the 1 100-connection attack, which times /healthz
-# against a deadline) load the whole machine and run last, alone. Arguments
-# go to every part (and keep the suite in one pytest).
+# against a deadline) load the whole machine: they run first, beside only
+# the lint and a collection pass, which end while their stack starts.
+#
+# Most other tests wait on real time (1 s scrapes, for-counts, leases), not
+# on the CPU, so they run on more workers than there are cores
+# (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 12), handed out one test at
+# a time (tests/conftest.py puts the modules that start servers first).
+# Every worker imports and collects what its pytest was given, so without
+# arguments the unit tests, which compute more than they wait, run in a
+# pytest of their own on two more workers, and each worker collects only
+# its part of the suite (15 s of CPU less). Beside them, another pytest runs
+# the benchmark smoke runs (marker `bench`), one file per worker so that
+# each benchmark runs once. The outputs of the parts that run beside
+# another are printed when they end. Arguments go to every part (and keep
+# the rest of the suite in one pytest).
 #
 # Bytecode is written even where the environment says not to: without it
 # every worker re-runs pytest's assertion rewriting of every test module and
 # every daemon process compiles the package again (11 s of CPU per worker).
-# A collection pass beside the lint writes it once, before the
+# The collection pass beside the lint writes it once, before the
 # workers start at the same moment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,25 +29,13 @@ bash scripts/setup.sh
 export PATH="$PWD/.tools/bin:$PATH"
 unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
-"${pytest[@]}" -q --collect-only -p no:xdist >/dev/null 2>&1 &
-warm_pid=$!
-.venv/bin/ruff check rollbackd tests bench
-.venv/bin/ruff format --check rollbackd tests bench
-# A collection error shows again, with its cause, in the runs below.
-wait "$warm_pid" || true
-# The type check runs beside the tests (they leave a core idle while they
-# wait on scrapes); its verdict counts like theirs.
-mypy_log="$(mktemp)"
-.venv/bin/mypy >"$mypy_log" 2>&1 &
-mypy_pid=$!
-
 workers="${ROLLBACKD_TEST_WORKERS:-12}"
+heavy_log="$(mktemp)"
+mypy_log="$(mktemp)"
 bench_log="$(mktemp)"
 unit_log="$(mktemp)"
-trap 'rm -f "$bench_log" "$unit_log" "$mypy_log"' EXIT
-# pytest's exit code 5 is "no tests collected": a part that a narrower
-# selection leaves empty is not a failure, as long as one part ran tests.
-set +e
+trap 'rm -f "$heavy_log" "$mypy_log" "$bench_log" "$unit_log"' EXIT
+
 # Without arguments the benchmark and heavy parts collect only the files that
 # hold their marker: each worker would otherwise import and collect the whole suite.
 bench_args=("$@")
@@ -52,6 +44,32 @@ if [[ $# -eq 0 ]]; then
   bench_args=(tests/bench)
   mapfile -t heavy_args < <(grep -rl --include='test_*.py' 'mark\.heavy' tests | sort)
 fi
+
+# pytest's exit code 5 is "no tests collected": a part that a narrower
+# selection leaves empty is not a failure, as long as one part ran tests.
+set +e
+"${pytest[@]}" -p no:xdist -m heavy "${heavy_args[@]}" >"$heavy_log" 2>&1 &
+heavy_pid=$!
+"${pytest[@]}" -q --collect-only -p no:xdist >/dev/null 2>&1 &
+warm_pid=$!
+.venv/bin/ruff check rollbackd tests bench
+lint=$?
+.venv/bin/ruff format --check rollbackd tests bench
+format=$?
+# A collection error shows again, with its cause, in the runs below.
+wait "$warm_pid"
+wait "$heavy_pid"
+heavy=$?
+echo "--- tests marked heavy, run first ---"
+cat "$heavy_log"
+if [[ $lint -ne 0 || $format -ne 0 ]]; then
+  echo "test.sh: ruff failed (check $lint, format $format)" >&2
+  exit 1
+fi
+
+# The type check runs beside the tests; its verdict counts like theirs.
+.venv/bin/mypy >"$mypy_log" 2>&1 &
+mypy_pid=$!
 "${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
 bench_pid=$!
 unit=5
@@ -77,8 +95,6 @@ echo "--- mypy, run beside the above ---"
 cat "$mypy_log"
 echo "--- benchmark smoke runs (marker bench), run beside the above ---"
 cat "$bench_log"
-"${pytest[@]}" -p no:xdist -m heavy "${heavy_args[@]}"
-heavy=$?
 set -e
 if [[ $typecheck -ne 0 ]]; then
   echo "test.sh: mypy failed (exit $typecheck)" >&2
