@@ -3,7 +3,8 @@
 #
 # Tests marked `heavy` (the 1 100-connection attack, which times /healthz
 # against a deadline) load the whole machine: they run first, beside only
-# the lint and a collection pass, which end while their stack starts.
+# the lint, a collection pass and the unit tests on one worker (which use
+# the core the heavy tests' stack leaves idle while it starts and waits).
 #
 # Most other tests wait on real time (1 s scrapes, for-counts, leases), not
 # on the CPU, so they run on more workers than there are cores
@@ -11,12 +12,12 @@
 # a time (tests/conftest.py puts the modules that start servers first).
 # Every worker imports and collects what its pytest was given, so without
 # arguments the unit tests, which compute more than they wait, run in a
-# pytest of their own on two more workers, and each worker collects only
-# its part of the suite (15 s of CPU less). Beside them, another pytest runs
-# the benchmark smoke runs (marker `bench`), one file per worker so that
-# each benchmark runs once. The outputs of the parts that run beside
-# another are printed when they end. Arguments go to every part (and keep
-# the rest of the suite in one pytest).
+# pytest of their own, and each worker collects only its part of the suite
+# (15 s of CPU less). Beside them, another pytest runs the benchmark smoke
+# runs (marker `bench`), one file per worker so that each benchmark runs
+# once. The outputs of the parts that run beside another are printed when
+# they end. Arguments go to every part (and keep the rest of the suite in
+# one pytest).
 #
 # Bytecode is written even where the environment says not to: without it
 # every worker re-runs pytest's assertion rewriting of every test module and
@@ -50,6 +51,11 @@ fi
 set +e
 "${pytest[@]}" -p no:xdist -m heavy "${heavy_args[@]}" >"$heavy_log" 2>&1 &
 heavy_pid=$!
+unit=5
+if [[ $# -eq 0 ]]; then
+  "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
+  unit_pid=$!
+fi
 "${pytest[@]}" -q --collect-only -p no:xdist >/dev/null 2>&1 &
 warm_pid=$!
 .venv/bin/ruff check rollbackd tests bench
@@ -62,20 +68,13 @@ wait "$heavy_pid"
 heavy=$?
 echo "--- tests marked heavy, run first ---"
 cat "$heavy_log"
-if [[ $lint -ne 0 || $format -ne 0 ]]; then
-  echo "test.sh: ruff failed (check $lint, format $format)" >&2
-  exit 1
-fi
 
 # The type check runs beside the tests; its verdict counts like theirs.
 .venv/bin/mypy >"$mypy_log" 2>&1 &
 mypy_pid=$!
 "${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
 bench_pid=$!
-unit=5
 if [[ $# -eq 0 ]]; then
-  "${pytest[@]}" -n 2 --dist worksteal -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
-  unit_pid=$!
   "${pytest[@]}" -n "$workers" --dist load --maxschedchunk 1 -m "not bench and not heavy" \
     tests --ignore=tests/unit --ignore=tests/bench
   parallel=$?
@@ -96,6 +95,10 @@ cat "$mypy_log"
 echo "--- benchmark smoke runs (marker bench), run beside the above ---"
 cat "$bench_log"
 set -e
+if [[ $lint -ne 0 || $format -ne 0 ]]; then
+  echo "test.sh: ruff failed (check $lint, format $format)" >&2
+  exit 1
+fi
 if [[ $typecheck -ne 0 ]]; then
   echo "test.sh: mypy failed (exit $typecheck)" >&2
   exit 1
