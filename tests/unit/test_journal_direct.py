@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from rollbackd.model import Signal, Target
 from tests.factories import firing_alert
 from tests.unit.test_journal_one_trip import turns_while
 
+REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 APP = Target("shop", "checkout")
 
@@ -257,3 +259,73 @@ async def test_metrics_count_the_commits_made_in_place_and_on_the_thread(
 
     assert commits("in_place") == 2
     assert commits("journal_thread") == 1
+
+
+# A process that commits a batch in place, then starts a second one and stops
+# inside it (its rows inserted, no COMMIT), saying on which thread it stopped.
+_KILLED_INSIDE = """
+import asyncio, sys, threading, time
+from rollbackd.journal import Journal
+from rollbackd.journal import intake as journal_intake
+from tests.unit.test_journal_direct import signal
+
+def inserted_then_stalled(*args, **kwargs):
+    result = original(*args, **kwargs)
+    where = "loop" if threading.current_thread() is threading.main_thread() else "thread"
+    print(f"inside {where}", flush=True)
+    time.sleep(60)
+    return result
+
+original = journal_intake._insert_intake
+
+async def main():
+    journal = await Journal.open(sys.argv[1])
+    await journal.accept([signal("before:1"), signal("before:2")])
+    print(f"committed in place: {journal.direct_commits}", flush=True)
+    journal_intake._insert_intake = inserted_then_stalled
+    await journal.accept([signal("torn:1"), signal("torn:2"), signal("torn:3")])
+
+asyncio.run(main())
+"""
+
+
+async def test_a_process_killed_inside_a_commit_in_place_keeps_what_it_committed_before_and_none_of_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_INSIDE,
+        str(path),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            lines = [(await child.stdout.readline()).decode().strip() for _ in range(2)]
+    finally:
+        child.kill()
+        await child.wait()
+    # Both batches were committed on the loop's thread: the kill tore the second in place.
+    assert lines == ["committed in place: 1", "inside loop"]
+
+    assert keys_seen_by_another_connection(str(path)) == ["before:1", "before:2"]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # The sender never had its 2xx, so it sends again: the retry lands, once.
+    reopened = await Journal.open(path)
+    try:
+        torn = [signal("torn:1"), signal("torn:2"), signal("torn:3")]
+        assert None not in await reopened.accept(torn)
+        assert await reopened.accept([signal("before:1")]) == [None]
+    finally:
+        await reopened.close()
+    assert keys_seen_by_another_connection(str(path)) == [
+        "before:1",
+        "before:2",
+        "torn:1",
+        "torn:2",
+        "torn:3",
+    ]
