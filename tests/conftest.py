@@ -66,5 +66,5 @@ def _long_files_first(items: list[pytest.Item]) -> None:
     modules: dict[object, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.path, []).append(item)
-    groups = sorted(modules.values(), key=lambda group: not starts_servers(group[0]))
+    groups = sorted(modules.values(), key=lambda group: not any(map(starts_servers, group)))
     items[:] = [item for group in groups for item in group]
