@@ -82,3 +82,17 @@ def test_uses_the_registry_it_is_given() -> None:
     metrics.is_leader.set(1)
     assert metrics.registry is registry
     assert registry.get_sample_value("rollbackd_is_leader") == 1
+
+
+def test_intake_commits_come_from_the_latest_journal_given() -> None:
+    """Before a journal is given, no samples; a daemon restarted on the same metrics
+    reports its new journal's counts, not the closed one's."""
+    metrics = Metrics()
+    assert not any(
+        name == "rollbackd_journal_intake_commits_total" for name, _ in _samples(metrics)
+    )
+    metrics.count_intake_commits(lambda: {"in_place": 7, "journal_thread": 3})
+    metrics.count_intake_commits(lambda: {"in_place": 1, "journal_thread": 0})
+    samples = _samples(metrics)
+    assert samples[("rollbackd_journal_intake_commits_total", (("path", "in_place"),))] == 1
+    assert samples[("rollbackd_journal_intake_commits_total", (("path", "journal_thread"),))] == 0
