@@ -45,8 +45,9 @@ def _refuse_stray_benchmarks(items: list[pytest.Item]) -> None:
         )
 
 
-# What a module uses when its tests run the loopback stack or a daemon: 5 to 35 s each.
-_LONG_TEST_MARKS = ("Stack", "DaemonProcess", "prometheus_factory")
+# Names a module imports, or fixtures a test asks for, when it runs the loopback
+# stack, a daemon or Prometheus: such tests take 5 to 35 s each.
+_SERVER_STARTERS = ("Stack", "DaemonProcess", "prometheus_factory")
 
 
 def _long_files_first(items: list[pytest.Item]) -> None:
@@ -59,8 +60,8 @@ def _long_files_first(items: list[pytest.Item]) -> None:
 
     def starts_servers(item: pytest.Item) -> bool:
         module = getattr(item, "module", None)
-        return any(hasattr(module, name) for name in _LONG_TEST_MARKS) or any(
-            name in _LONG_TEST_MARKS for name in getattr(item, "fixturenames", ())
+        return any(hasattr(module, name) for name in _SERVER_STARTERS) or any(
+            name in _SERVER_STARTERS for name in getattr(item, "fixturenames", ())
         )
 
     modules: dict[object, list[pytest.Item]] = {}
