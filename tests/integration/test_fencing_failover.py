@@ -29,7 +29,15 @@ import pytest
 from rollbackd.model import Phase, Target
 from rollbackd.state import RollbackState
 from rollbackd.testing.process import DaemonProcess
-from rollbackd.testing.stack import PAGERDUTY_PATH, Stack, deployment_manifest, knobs, wait_for
+from rollbackd.testing.sink import RecordedRequest
+from rollbackd.testing.stack import (
+    PAGERDUTY_PATH,
+    SLACK_PATH,
+    Stack,
+    deployment_manifest,
+    knobs,
+    wait_for,
+)
 from tests.integration._replicas import recorded_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -77,6 +85,13 @@ def log_events(daemon: DaemonProcess, since_byte: int) -> list[dict[str, Any]]:
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+def sent_by(stack: Stack, replica: str) -> list[RecordedRequest]:
+    """What the pager sink received from ``replica`` (told apart by User-Agent)."""
+    return [
+        r for r in stack.sink.requests_to("") if f"({replica})" in (r.header("User-Agent") or "")
+    ]
 
 
 def accepted_pages(stack: Stack) -> list[dict[str, Any]]:
@@ -131,6 +146,15 @@ async def test_a_leader_frozen_past_its_lease_writes_and_pages_nothing_after_wak
             return state if state is not None and state.phase is Phase.ROLLING_BACK else None
 
         in_flight = await wait_for(rolling_back, 60, "replica-a's rollback patch", interval=0.01)
+
+        # Frozen once its start pages have landed: a freeze in the microseconds
+        # between the last fence check and the write would let one out after
+        # waking, a race no sender can close (test_notify_fenced_send.py
+        # covers the check as the request leaves).
+        async def start_pages_landed() -> bool:
+            return {SLACK_PATH, PAGERDUTY_PATH} <= {r.path for r in sent_by(stack, "replica-a")}
+
+        await wait_for(start_pages_landed, 30, "replica-a's start pages", interval=0.005)
         os.kill(a.pid, signal.SIGSTOP)
         frozen = True
         frozen_at = time.monotonic()
@@ -202,15 +226,11 @@ async def test_a_leader_frozen_past_its_lease_writes_and_pages_nothing_after_wak
     assert any("(replica-a)" in r.user_agent and r.is_write for r in stack.sim.requests)
 
     # 0 pages from replica-a after waking: the pager received nothing from it
-    # (a request already on the wire when it froze may be logged as sent after
-    # waking; it reached the pager before), and saw no escalation and one
+    # (its start pages landed before the freeze; one may be logged as sent
+    # after waking, its answer read then), and saw no escalation and one
     # resolve for the rollback, replica-b's.
     after_wake = log_events(a, woken_log)
-    from_a = [
-        r
-        for r in stack.sink.requests_to("")
-        if "(replica-a)" in (r.header("User-Agent") or "") and r.at > woken_at
-    ]
+    from_a = [r for r in sent_by(stack, "replica-a") if r.at > woken_at]
     assert from_a == [], from_a
     # The filter works: pages carry the sending replica's name (replica-b's here).
     assert any("(replica-b)" in (r.header("User-Agent") or "") for r in stack.sink.requests_to(""))
