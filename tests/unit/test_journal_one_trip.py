@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,17 @@ def threaded(journal: Journal) -> Journal:
     return journal
 
 
-async def turns_while(write: Awaitable[Any]) -> int:
-    """Turns a busy loop (a task holding it ``HOG_TURN_SECONDS`` per turn) makes during ``write``."""
+async def turns_while(write: Awaitable[Any], journal: Journal | None = None) -> int:
+    """Turns a busy loop (a task holding it ``HOG_TURN_SECONDS`` per turn) makes during ``write``.
+
+    Given ``journal``, the turns made while a job waits for or runs on the
+    journal's thread are left out: how soon a loaded machine runs that thread
+    is the machine's doing (a full test run made 9 of a 3-turn commit), while
+    the turns the loop spends handing work over and taking answers back are
+    the journal's.
+    """
     turns = 0
+    on_thread: list[int] = []
     running = True
 
     async def hog() -> None:
@@ -78,15 +86,38 @@ async def turns_while(write: Awaitable[Any]) -> int:
             turns += 1
             await asyncio.sleep(0)
 
+    conn = journal._conn if journal is not None else None
+    queue = conn._tx if conn is not None else None
+
+    class TimedQueue:
+        """aiosqlite's queue to its thread, each job timed in loop turns."""
+
+        def put_nowait(self, item: tuple[Any, Callable[[], Any]]) -> None:
+            future, job = item
+            posted = turns
+
+            def timed() -> Any:
+                try:
+                    return job()
+                finally:
+                    on_thread.append(turns - posted)
+
+            assert queue is not None
+            queue.put_nowait((future, timed))
+
     task = asyncio.create_task(hog())
     await asyncio.sleep(0)
     before = turns
+    if conn is not None:
+        conn._tx = TimedQueue()  # type: ignore[assignment]
     try:
         await write
     finally:
+        if conn is not None and queue is not None:
+            conn._tx = queue
         running = False
         await task
-    return turns - before
+    return turns - before - sum(on_thread)
 
 
 async def undecided(journal: Journal) -> list[str]:
@@ -100,7 +131,7 @@ async def test_a_webhooks_commit_takes_one_trip_not_one_per_statement(threaded: 
     # about the trips, and a trip per statement can never take fewer turns than statements.
     turns = min(
         [
-            await turns_while(journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")]))
+            await turns_while(journal.accept([signal(f"am:{n}:1"), signal(f"am:{n}:2")]), journal)
             for n in range(3)
         ]
     )
@@ -119,10 +150,11 @@ async def test_a_decision_is_recorded_in_one_trip(journal: Journal) -> None:
         turns = await turns_while(
             journal.record_decision(
                 decision, signal_key=f"am:{n}:1", at=T0, covers=[i for i in ids if i]
-            )
+            ),
+            journal,
         )
         fewest = turns if fewest is None else min(fewest, turns)
-    assert fewest is not None and fewest <= 7, (
+    assert fewest is not None and fewest <= 3, (
         f"{fewest} turns for one decision"
     )  # a trip each: 10-12
     assert await undecided(journal) == [], "every signal is settled by its decision"
@@ -130,7 +162,7 @@ async def test_a_decision_is_recorded_in_one_trip(journal: Journal) -> None:
 
 async def test_a_decisions_history_is_read_in_one_trip(journal: Journal) -> None:
     await journal.history(APP)
-    turns = min([await turns_while(journal.history(APP)) for _ in range(3)])
+    turns = min([await turns_while(journal.history(APP), journal) for _ in range(3)])
     assert turns <= 3, f"{turns} turns of the busy loop for one history"  # a read each: 4+
 
 
