@@ -80,9 +80,9 @@ async def turns_while(write: Awaitable[Any], journal: Journal | None = None) -> 
     async def hog() -> None:
         nonlocal turns
         while running:
-            until = time.perf_counter() + HOG_TURN_SECONDS
-            while time.perf_counter() < until:
-                pass
+            # Holding the loop, not the GIL: a spinning hog made the thread wait
+            # for the GIL at each of its steps (seconds for one history read).
+            time.sleep(HOG_TURN_SECONDS)  # noqa: ASYNC251 (blocking the loop is the point)
             turns += 1
             await asyncio.sleep(0)
 
