@@ -4,8 +4,8 @@ Starts kubesim (with Deployments the alerts name), the real daemon
 (``python -m rollbackd run``, dry-run, bearer auth, journal in a temp dir) and
 the baseline server, each as its own process, then measures:
 
-- closed-loop throughput (wrk, or this script's own client when wrk is absent
-  in --quick mode) for Alertmanager v4 bodies of 1, 10 and 100 alerts, (a) the
+- closed-loop throughput (wrk; in --quick mode, or when wrk is absent, this
+  script's own client) for Alertmanager v4 bodies of 1, 10 and 100 alerts, (a) the
   same body repeated and (b) a unique fingerprint per alert per request;
 - after every unique run against rollbackd: that every alert answered 2xx is
   in the journal (``lost`` must be 0);
@@ -224,9 +224,15 @@ def latency_json(result: LatencyResult) -> dict[str, Any]:
 
 
 def choose_client(args: argparse.Namespace) -> tuple[str, str | None, str]:
-    """(client, wrk path, note): wrk when there (installing it in full runs), else our own."""
+    """(client, wrk path, note): wrk when there (installing it in full runs), else our own.
+
+    --quick takes our own unless told otherwise: wrk measures whole seconds
+    (``-d`` has no finer unit), so a 0.4 s cell would load both servers for 1 s.
+    """
     if args.client == "python":
         return "python", None, "own asyncio client (--client python)"
+    if args.quick and args.client == "auto":
+        return "python", None, "own asyncio client (--quick; --client wrk to use wrk)"
     wrk = ensure_debian_tool("wrk", "wrk", install=not args.quick)
     if wrk is not None:
         return "wrk", wrk, "wrk, 1 thread"
