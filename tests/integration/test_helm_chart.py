@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kubesim.kubectl_helpers import GO_SHORT_LIVED
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +90,7 @@ def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("helm-home")
     return {
         **os.environ,
+        **GO_SHORT_LIVED,
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),

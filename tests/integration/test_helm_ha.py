@@ -34,7 +34,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from rollbackd.kube.leader_label import LEADER_LABEL
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.process import DaemonProcess
-from tests.kubesim.kubectl_helpers import Kubectl, make_kubectl
+from tests.kubesim.kubectl_helpers import GO_SHORT_LIVED, Kubectl, make_kubectl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -61,6 +61,7 @@ def render(tmp: Path, values: Mapping[str, Any] | None = None) -> str:
     home = tmp / "helm-home"
     env = {
         **os.environ,
+        **GO_SHORT_LIVED,
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
