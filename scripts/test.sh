@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, then the whole suite with the type check beside it.
 #
-# Tests marked `heavy` (the 1 100-connection attack, which times /healthz
-# against a deadline) load the whole machine: they run first, beside only
-# the lint, a collection pass and the unit tests on one worker (which use
-# the core the heavy tests' stack leaves idle while it starts and waits).
+# Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
+# CPU, so the integration and kubesim tests run on more workers than there
+# are cores (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 12), handed out
+# one test at a time (tests/conftest.py puts the modules that start servers
+# first). Every worker imports and collects what its pytest was given, so
+# without arguments the unit tests, which compute more than they wait, run in
+# a pytest of their own, and each part collects only its own files. Another
+# pytest runs the benchmark smoke runs (marker `bench`), one file per worker
+# so that each benchmark runs once.
 #
-# Most other tests wait on real time (1 s scrapes, for-counts, leases), not
-# on the CPU, so they run on more workers than there are cores
-# (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 12), handed out one test at
-# a time (tests/conftest.py puts the modules that start servers first).
-# Every worker imports and collects what its pytest was given, so without
-# arguments the unit tests, which compute more than they wait, run in a
-# pytest of their own, and each worker collects only its part of the suite
-# (15 s of CPU less). Beside them, another pytest runs the benchmark smoke
-# runs (marker `bench`), one file per worker so that each benchmark runs
-# once. The outputs of the parts that run beside another are printed when
-# they end. Arguments go to every part (and keep the rest of the suite in
-# one pytest).
+# Tests marked `heavy` (the 1 100-connection attack, which times /healthz
+# against a deadline, and a stop on a machine loaded on purpose) need the
+# machine: beside a dozen busy workers /healthz missed its deadline. They run
+# first, beside the unit tests, the lint and a collection pass. The rest
+# starts meanwhile at the lowest CPU priority, so it only takes what the
+# heavy tests leave idle, and gets normal priority when they end
+# (scripts/priority.py; only root may do that, so elsewhere the rest waits).
+# The outputs of the parts that run beside another are printed when they end.
+# Arguments go to every part (and keep the rest of the suite in one pytest,
+# after the heavy tests).
 #
 # Bytecode is written even where the environment says not to: without it
 # every worker re-runs pytest's assertion rewriting of every test module and
 # every daemon process compiles the package again (11 s of CPU per worker).
-# The collection pass beside the lint writes it once, before the
-# workers start at the same moment.
+# The collection pass beside the lint writes it once, before the workers
+# start at the same moment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -37,13 +40,15 @@ bench_log="$(mktemp)"
 unit_log="$(mktemp)"
 trap 'rm -f "$heavy_log" "$mypy_log" "$bench_log" "$unit_log"' EXIT
 
-# Without arguments the benchmark and heavy parts collect only the files that
-# hold their marker: each worker would otherwise import and collect the whole suite.
+# Without arguments each part collects only its own files: each worker would
+# otherwise import and collect the whole suite.
 bench_args=("$@")
 heavy_args=("$@")
+warm_args=("$@")
 if [[ $# -eq 0 ]]; then
   bench_args=(tests/bench)
   mapfile -t heavy_args < <(grep -rl --include='test_*.py' 'mark\.heavy' tests | sort)
+  warm_args=(tests --ignore=tests/unit)
 fi
 
 # pytest's exit code 5 is "no tests collected": a part that a narrower
@@ -56,7 +61,7 @@ if [[ $# -eq 0 ]]; then
   "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
   unit_pid=$!
 fi
-"${pytest[@]}" -q --collect-only -p no:xdist >/dev/null 2>&1 &
+"${pytest[@]}" -q --collect-only -p no:xdist "${warm_args[@]}" >/dev/null 2>&1 &
 warm_pid=$!
 .venv/bin/ruff check rollbackd tests bench
 lint=$?
@@ -64,27 +69,44 @@ lint=$?
 format=$?
 # A collection error shows again, with its cause, in the runs below.
 wait "$warm_pid"
-wait "$heavy_pid"
-heavy=$?
-echo "--- tests marked heavy, run first ---"
-cat "$heavy_log"
 
+# The rest starts now at the lowest priority, and gets normal priority back
+# when the heavy tests end. Only root may raise a priority again: elsewhere,
+# and with arguments, the rest waits for the heavy tests instead.
+meanwhile=()
+if [[ $# -eq 0 && $(id -u) -eq 0 ]]; then
+  meanwhile=(nice -n 19)
+else
+  wait "$heavy_pid"
+  heavy=$?
+fi
 # The type check runs beside the tests; its verdict counts like theirs.
-.venv/bin/mypy >"$mypy_log" 2>&1 &
+"${meanwhile[@]}" .venv/bin/mypy >"$mypy_log" 2>&1 &
 mypy_pid=$!
-"${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
+"${meanwhile[@]}" "${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
 bench_pid=$!
 if [[ $# -eq 0 ]]; then
-  "${pytest[@]}" -n "$workers" --dist load --maxschedchunk 1 -m "not bench and not heavy" \
-    tests --ignore=tests/unit --ignore=tests/bench
-  parallel=$?
+  "${meanwhile[@]}" "${pytest[@]}" -n "$workers" --dist load --maxschedchunk 1 \
+    -m "not bench and not heavy" tests --ignore=tests/unit --ignore=tests/bench &
+else
+  "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@" &
+fi
+parallel_pid=$!
+if [[ ${#meanwhile[@]} -gt 0 ]]; then
+  wait "$heavy_pid"
+  heavy=$?
+  python3 scripts/priority.py 0 "$parallel_pid"
+  python3 scripts/priority.py 10 "$bench_pid"
+fi
+wait "$parallel_pid"
+parallel=$?
+echo "--- tests marked heavy, run first ---"
+cat "$heavy_log"
+if [[ $# -eq 0 ]]; then
   wait "$unit_pid"
   unit=$?
   echo "--- unit tests (tests/unit), run beside the above ---"
   cat "$unit_log"
-else
-  "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
-  parallel=$?
 fi
 wait "$bench_pid"
 bench=$?
