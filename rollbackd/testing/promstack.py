@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,12 @@ def find_binary(names: Sequence[str], env_var: str) -> str:
 # here in the seconds before its server binds it ("address already in use").
 _PICK_FLOOR = 10_000
 _EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+# Two processes picking at random from the same range could hand out the same
+# port before either binds it (a dozen test workers start several servers a
+# second; one lost that race in a full run). A pick is recorded as a file
+# here, created exclusively, and no process picks it again for a while.
+_PICKED_DIR = Path(tempfile.gettempdir()) / "rollbackd-picked-ports"
+_PICK_HELD_SECONDS = 600.0
 
 
 def _ephemeral_low() -> int:
@@ -116,6 +123,8 @@ def free_port() -> int:
     if low > _PICK_FLOOR:
         for _ in range(50):
             port = random.randrange(_PICK_FLOOR, low)
+            if not _claim(port):
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
                     sock.bind(("127.0.0.1", port))
@@ -125,6 +134,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _claim(port: int) -> bool:
+    """True if no process on this machine picked ``port`` in the last few minutes."""
+    path = _PICKED_DIR / str(port)
+    try:
+        _PICKED_DIR.mkdir(exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < _PICK_HELD_SECONDS:
+                return False
+            os.utime(path)  # an old pick: the port's server has bound it, or never will
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return True  # nowhere to record picks: the bind check below still applies
 
 
 async def poll_until(

@@ -1,8 +1,14 @@
-"""Ports handed to servers that bind later stay out of the way of outgoing connections."""
+"""Ports handed to servers that bind later stay out of the way of outgoing connections,
+and of each other."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import socket
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +32,45 @@ def test_without_a_readable_range_the_kernel_picks(monkeypatch: pytest.MonkeyPat
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def _pick_in_child(picked_dir: str, floor: int, ceiling: int, out: Any) -> None:
+    promstack._PICKED_DIR = Path(picked_dir)
+    promstack._PICK_FLOOR = floor
+    promstack._ephemeral_low = lambda: ceiling  # type: ignore[assignment]
+    out.put(sorted(free_port() for _ in range(10)))
+
+
+def test_processes_picking_at_once_never_hand_out_the_same_port(tmp_path: Path) -> None:
+    """Four processes pick ten ports each from a range of sixty: without the
+    record of picks, each pair shares a port almost every time."""
+    low = promstack._ephemeral_low()
+    if low <= promstack._PICK_FLOOR:
+        pytest.skip("this kernel's ephemeral range starts too low to pick below it")
+    floor = low - 100  # sixty ports just below the ephemeral range
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    pickers = [
+        context.Process(target=_pick_in_child, args=(str(tmp_path), floor, floor + 60, out))
+        for _ in range(4)
+    ]
+    for picker in pickers:
+        picker.start()
+    picks = [out.get(timeout=30) for _ in pickers]
+    for picker in pickers:
+        picker.join(timeout=30)
+    every = [port for ports in picks for port in ports]
+    assert len(every) == 40
+    assert len(set(every)) == 40, picks
+
+
+def test_a_pick_is_held_for_a_while_then_free_to_take_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(promstack, "_PICKED_DIR", tmp_path)
+    assert promstack._claim(20_001)
+    assert not promstack._claim(20_001), "picked a moment ago, by this or another process"
+    held = time.time() - promstack._PICK_HELD_SECONDS - 1
+    os.utime(tmp_path / "20001", (held, held))
+    assert promstack._claim(20_001), "an old pick: its server bound the port, or never will"
+    assert not promstack._claim(20_001)
