@@ -57,9 +57,18 @@ set +e
 "${pytest[@]}" -p no:xdist -m heavy "${heavy_args[@]}" >"$heavy_log" 2>&1 &
 heavy_pid=$!
 unit=5
-if [[ $# -eq 0 ]]; then
-  "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
-  unit_pid=$!
+unit_pid=
+start_unit() {
+  if [[ $# -eq 0 ]]; then
+    "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
+    unit_pid=$!
+  fi
+}
+# Only root may raise a priority again (below): elsewhere the unit tests run
+# beside the heavy tests, and the rest waits for them.
+lowered=$([[ $# -eq 0 && $(id -u) -eq 0 ]] && echo yes || echo no)
+if [[ $lowered == no ]]; then
+  start_unit "$@"
 fi
 "${pytest[@]}" -q --collect-only -p no:xdist "${warm_args[@]}" >/dev/null 2>&1 &
 warm_pid=$!
@@ -71,10 +80,9 @@ format=$?
 wait "$warm_pid"
 
 # The rest starts now at the lowest priority, and gets normal priority back
-# when the heavy tests end. Only root may raise a priority again: elsewhere,
-# and with arguments, the rest waits for the heavy tests instead.
+# when the heavy tests end; with arguments it waits for them instead.
 meanwhile=()
-if [[ $# -eq 0 && $(id -u) -eq 0 ]]; then
+if [[ $lowered == yes ]]; then
   meanwhile=(nice -n 19)
 else
   wait "$heavy_pid"
@@ -97,12 +105,13 @@ if [[ ${#meanwhile[@]} -gt 0 ]]; then
   heavy=$?
   python3 scripts/priority.py 0 "$parallel_pid"
   python3 scripts/priority.py 10 "$bench_pid"
+  start_unit "$@"
 fi
 wait "$parallel_pid"
 parallel=$?
 echo "--- tests marked heavy, run first ---"
 cat "$heavy_log"
-if [[ $# -eq 0 ]]; then
+if [[ -n $unit_pid ]]; then
   wait "$unit_pid"
   unit=$?
   echo "--- unit tests (tests/unit), run beside the above ---"
