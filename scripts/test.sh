@@ -14,10 +14,12 @@
 # Tests marked `heavy` (the 1 100-connection attack, which times /healthz
 # against a deadline, and a stop on a machine loaded on purpose) need the
 # machine: beside a dozen busy workers /healthz missed its deadline. They run
-# first, beside the unit tests, the lint and a collection pass. The rest
-# starts meanwhile at the lowest CPU priority, so it only takes what the
-# heavy tests leave idle, and gets normal priority when they end
-# (scripts/priority.py; only root may do that, so elsewhere the rest waits).
+# first, beside the lint and a collection pass. The integration, benchmark
+# and type-check parts start meanwhile at the lowest CPU priority, so they
+# only take what the heavy tests leave idle; when those end, the integration
+# tests get normal priority back and the unit tests start
+# (scripts/priority.py). Only root may raise a priority: elsewhere the unit
+# tests run beside the heavy tests and the rest waits for them.
 # The outputs of the parts that run beside another are printed when they end.
 # Arguments go to every part (and keep the rest of the suite in one pytest,
 # after the heavy tests).
@@ -58,17 +60,17 @@ set +e
 heavy_pid=$!
 unit=5
 unit_pid=
-start_unit() {
-  if [[ $# -eq 0 ]]; then
-    "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1 &
-    unit_pid=$!
-  fi
+run_unit() {
+  "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1
 }
 # Only root may raise a priority again (below): elsewhere the unit tests run
 # beside the heavy tests, and the rest waits for them.
-lowered=$([[ $# -eq 0 && $(id -u) -eq 0 ]] && echo yes || echo no)
-if [[ $lowered == no ]]; then
-  start_unit "$@"
+lowered=no
+if [[ $# -eq 0 && $(id -u) -eq 0 ]]; then
+  lowered=yes
+elif [[ $# -eq 0 ]]; then
+  run_unit &
+  unit_pid=$!
 fi
 "${pytest[@]}" -q --collect-only -p no:xdist "${warm_args[@]}" >/dev/null 2>&1 &
 warm_pid=$!
@@ -79,8 +81,7 @@ format=$?
 # A collection error shows again, with its cause, in the runs below.
 wait "$warm_pid"
 
-# The rest starts now at the lowest priority, and gets normal priority back
-# when the heavy tests end; with arguments it waits for them instead.
+# The rest starts now at the lowest priority; elsewhere it waits for the heavy tests.
 meanwhile=()
 if [[ $lowered == yes ]]; then
   meanwhile=(nice -n 19)
@@ -93,22 +94,35 @@ fi
 mypy_pid=$!
 "${meanwhile[@]}" "${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
 bench_pid=$!
+if [[ $lowered == yes ]]; then
+  # When the heavy tests end, everything this script started gets normal
+  # priority back but the benchmarks (10: they have time to spare) and mypy
+  # (19: it fills idle CPU), and the unit tests start. Twice, in case the
+  # heavy tests ended before the integration tests started.
+  (
+    while kill -0 "$heavy_pid" 2>/dev/null; do sleep 0.2; done
+    for _ in 1 2; do
+      python3 scripts/priority.py 0 "$$"
+      python3 scripts/priority.py 10 "$bench_pid"
+      python3 scripts/priority.py 19 "$mypy_pid"
+      sleep 1
+    done
+    run_unit
+  ) &
+  unit_pid=$!
+fi
+# In the foreground, so that Ctrl-C reaches it.
 if [[ $# -eq 0 ]]; then
   "${meanwhile[@]}" "${pytest[@]}" -n "$workers" --dist load --maxschedchunk 1 \
-    -m "not bench and not heavy" tests --ignore=tests/unit --ignore=tests/bench &
+    -m "not bench and not heavy" tests --ignore=tests/unit --ignore=tests/bench
 else
-  "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@" &
+  "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
 fi
-parallel_pid=$!
-if [[ ${#meanwhile[@]} -gt 0 ]]; then
+parallel=$?
+if [[ $lowered == yes ]]; then
   wait "$heavy_pid"
   heavy=$?
-  python3 scripts/priority.py 0 "$parallel_pid"
-  python3 scripts/priority.py 10 "$bench_pid"
-  start_unit "$@"
 fi
-wait "$parallel_pid"
-parallel=$?
 echo "--- tests marked heavy, run first ---"
 cat "$heavy_log"
 if [[ -n $unit_pid ]]; then
