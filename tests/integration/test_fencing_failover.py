@@ -2,8 +2,8 @@
 
 Two real `rollbackd run` processes (replica-a, replica-b) against one
 loopback stack. replica-a leads and starts rolling back a bad rollout; it is
-frozen right after its rollback patch, while the rollback is in flight.
-replica-b takes the Lease over and resumes the rollback from the phase
+frozen right after its rollback patch and its start pages, while the
+rollback is in flight. replica-b takes the Lease over and resumes the rollback from the phase
 annotation. replica-a is woken only once replica-b has written its own state:
 the moment a deposed leader used to patch, conflict, escalate and resolve a
 second time. From the time replica-b holds the Lease, kubesim's request log
