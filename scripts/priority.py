@@ -17,18 +17,25 @@ import os
 import sys
 
 
+def stat_fields(path: str) -> list[str]:
+    """The fields of a ``/proc/.../stat`` file after the command name (state first).
+
+    The command name may hold spaces and parentheses: the fields follow the last ")".
+    """
+    with open(path) as f:
+        stat = f.read()
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def _children() -> dict[int, list[int]]:
     found: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
+            ppid = int(stat_fields(f"/proc/{entry}/stat")[1])
         except OSError:
             continue
-        # The command name may hold spaces and parentheses: the fields follow the last ")".
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
         found.setdefault(ppid, []).append(int(entry))
     return found
 

@@ -53,14 +53,12 @@ def tree() -> Iterator[tuple[int, int, int]]:
             os.kill(child, signal.SIGKILL)
 
 
-def nice_values(pid: int) -> set[int]:
+def nice_values(priority: ModuleType, pid: int) -> set[int]:
     """The nice value of every thread of ``pid``."""
-    found = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            stat = f.read()
-        found.add(int(stat[stat.rfind(")") + 2 :].split()[16]))
-    return found
+    return {
+        int(priority.stat_fields(f"/proc/{pid}/task/{tid}/stat")[16])
+        for tid in os.listdir(f"/proc/{pid}/task")
+    }
 
 
 def test_every_thread_of_the_tree_gets_the_value_and_nothing_else_does(
@@ -71,9 +69,9 @@ def test_every_thread_of_the_tree_gets_the_value_and_nothing_else_does(
     target = min(before + 5, 19)  # lowering a priority needs no privilege
     assert len(os.listdir(f"/proc/{parent}/task")) >= 2, "the parent runs a second thread"
     assert priority.main([str(target), str(parent)]) == 0
-    assert nice_values(parent) == {target}
-    assert nice_values(child) == {target}
-    assert nice_values(bystander) == {before}
+    assert nice_values(priority, parent) == {target}
+    assert nice_values(priority, child) == {target}
+    assert nice_values(priority, bystander) == {before}
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
