@@ -183,7 +183,10 @@ async def test_retention_during_a_storm_prunes_nothing_the_next_decision_needs(
             return decisions or None
 
         decisions = await wait_for(everything_decided, 30, "every accepted signal decided")
-        assert decisions[-1]["reason_code"] == "cooldown", decisions[-1]
+        # The poller may decide too meanwhile (v1's recovery resolving its breach,
+        # v3's breach): nothing rolls back, and a firing signal meets the cooldown.
+        assert all(d["action"] != "rollback" for d in decisions), decisions
+        assert any(d["reason_code"] == "cooldown" for d in decisions), decisions
         assert log_events(daemon, "journal_prune_failed") == []
         assert "database is locked" not in daemon.stderr_text()
 
