@@ -36,11 +36,24 @@ export PATH="$PWD/.tools/bin:$PATH"
 unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
 workers="${ROLLBACKD_TEST_WORKERS:-12}"
-heavy_log="$(mktemp)"
-mypy_log="$(mktemp)"
-bench_log="$(mktemp)"
-unit_log="$(mktemp)"
-trap 'rm -f "$heavy_log" "$mypy_log" "$bench_log" "$unit_log"' EXIT
+# This run's logs, and each pytest's own temporary directory (--basetemp):
+# with pytest's default, every session ends by deleting the directories of
+# earlier runs, and the last part to end spent seconds of its tail on that.
+# Kept when the run fails, for the failed tests' files.
+work="$(mktemp -d)"
+finish() {
+  local status=$?
+  if [[ $status -eq 0 ]]; then
+    rm -rf "$work"
+  else
+    echo "test.sh: this run's temporary files are kept in $work" >&2
+  fi
+}
+trap finish EXIT
+heavy_log="$work/heavy.log"
+mypy_log="$work/mypy.log"
+bench_log="$work/bench.log"
+unit_log="$work/unit.log"
 
 # Without arguments each part collects only its own files: each worker would
 # otherwise import and collect the whole suite.
@@ -56,12 +69,12 @@ fi
 # pytest's exit code 5 is "no tests collected": a part that a narrower
 # selection leaves empty is not a failure, as long as one part ran tests.
 set +e
-"${pytest[@]}" -p no:xdist -m heavy "${heavy_args[@]}" >"$heavy_log" 2>&1 &
+"${pytest[@]}" --basetemp "$work/heavy" -p no:xdist -m heavy "${heavy_args[@]}" >"$heavy_log" 2>&1 &
 heavy_pid=$!
 unit=5
 unit_pid=
 run_unit() {
-  "${pytest[@]}" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1
+  "${pytest[@]}" --basetemp "$work/unit" -p no:xdist -m "not bench and not heavy" tests/unit >"$unit_log" 2>&1
 }
 # Only root may raise a priority again (below): elsewhere the unit tests run
 # beside the heavy tests, and the rest waits for them.
@@ -72,7 +85,7 @@ elif [[ $# -eq 0 ]]; then
   run_unit &
   unit_pid=$!
 fi
-"${pytest[@]}" -q --collect-only -p no:xdist "${warm_args[@]}" >/dev/null 2>&1 &
+"${pytest[@]}" --basetemp "$work/collect" -q --collect-only -p no:xdist "${warm_args[@]}" >/dev/null 2>&1 &
 warm_pid=$!
 .venv/bin/ruff check rollbackd tests bench
 lint=$?
@@ -89,10 +102,18 @@ else
   wait "$heavy_pid"
   heavy=$?
 fi
-# The type check runs beside the tests; its verdict counts like theirs.
-"${meanwhile[@]}" .venv/bin/mypy >"$mypy_log" 2>&1 &
+# The type check runs beside the tests; its verdict counts like theirs. Where
+# the heavy tests run meanwhile, it and the benchmarks start once those end:
+# what the heavy tests leave idle goes to the integration workers' collection.
+after_heavy() {
+  if [[ $lowered == yes ]]; then
+    while kill -0 "$heavy_pid" 2>/dev/null; do sleep 0.2; done
+  fi
+}
+(after_heavy && exec nice -n 19 .venv/bin/mypy) >"$mypy_log" 2>&1 &
 mypy_pid=$!
-"${meanwhile[@]}" "${pytest[@]}" -n 3 --dist loadfile -m bench "${bench_args[@]}" >"$bench_log" 2>&1 &
+(after_heavy && exec nice -n 10 "${pytest[@]}" --basetemp "$work/bench" -n 3 --dist loadfile -m bench "${bench_args[@]}") \
+  >"$bench_log" 2>&1 &
 bench_pid=$!
 if [[ $lowered == yes ]]; then
   # When the heavy tests end, everything this script started gets normal
@@ -113,10 +134,10 @@ if [[ $lowered == yes ]]; then
 fi
 # In the foreground, so that Ctrl-C reaches it.
 if [[ $# -eq 0 ]]; then
-  "${meanwhile[@]}" "${pytest[@]}" -n "$workers" --dist load --maxschedchunk 1 \
+  "${meanwhile[@]}" "${pytest[@]}" --basetemp "$work/integration" -n "$workers" --dist load --maxschedchunk 1 \
     -m "not bench and not heavy" tests --ignore=tests/unit --ignore=tests/bench
 else
-  "${pytest[@]}" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
+  "${pytest[@]}" --basetemp "$work/integration" -n "$workers" --dist worksteal -m "not bench and not heavy" "$@"
 fi
 parallel=$?
 if [[ $lowered == yes ]]; then
