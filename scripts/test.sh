@@ -14,12 +14,12 @@
 # Tests marked `heavy` (the 1 100-connection attack, which times /healthz
 # against a deadline, and a stop on a machine loaded on purpose) need the
 # machine: beside a dozen busy workers /healthz missed its deadline. They run
-# first, beside the lint and a collection pass. The integration, benchmark
-# and type-check parts start meanwhile at the lowest CPU priority, so they
-# only take what the heavy tests leave idle; when those end, the integration
-# tests get normal priority back and the unit tests start
-# (scripts/priority.py). Only root may raise a priority: elsewhere the unit
-# tests run beside the heavy tests and the rest waits for them.
+# first, beside the lint and a collection pass. The integration workers start
+# meanwhile at the lowest CPU priority, so their collection only takes what
+# the heavy tests leave idle; when those end, they get normal priority back
+# (scripts/priority.py) and the unit tests, the benchmarks (priority 10) and
+# the type check (19) start. Only root may raise a priority: elsewhere the
+# unit tests run beside the heavy tests and the rest waits for them.
 # The outputs of the parts that run beside another are printed when they end.
 # Arguments go to every part (and keep the rest of the suite in one pytest,
 # after the heavy tests).
