@@ -74,3 +74,22 @@ def test_a_pick_is_held_for_a_while_then_free_to_take_again(
     os.utime(tmp_path / "20001", (held, held))
     assert promstack._claim(20_001), "an old pick: its server bound the port, or never will"
     assert not promstack._claim(20_001)
+
+
+def test_where_picks_cannot_be_recorded_ports_are_still_picked_and_bindable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only or missing temp directory costs the record, never a port."""
+    low = promstack._ephemeral_low()
+    if low <= promstack._PICK_FLOOR:
+        pytest.skip("this kernel's ephemeral range starts too low to pick below it")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # The record's directory cannot be created under a regular file, even by root.
+    monkeypatch.setattr(promstack, "_PICKED_DIR", blocker / "picked")
+    assert promstack._claim(20_002), "nowhere to record: every port may be tried"
+    ports = [free_port() for _ in range(5)]
+    assert all(promstack._PICK_FLOOR <= p < low for p in ports), ports
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", ports[0]))
+    assert not (blocker / "picked").exists()
