@@ -36,8 +36,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     unraisable exceptions), and so does the interpreter's exit. After some
     sixty server tests a worker's collection took 0.5 to 1 s of CPU, and the
     dozen workers all end within the same seconds, on two cores: the last
-    seconds of the run. Frozen objects are skipped by every collection.
-    Errors in a test's own teardown are still reported with that test.
+    seconds of the run. Frozen objects are skipped by every collection, so
+    only that last sweep is lost: an unraisable exception raised while a
+    test runs is still reported with that test.
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         gc.freeze()
