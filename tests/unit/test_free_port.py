@@ -16,10 +16,16 @@ from rollbackd.testing import promstack
 from rollbackd.testing.promstack import free_port
 
 
-def test_a_port_is_picked_below_the_ephemeral_range_and_is_bindable() -> None:
-    low = promstack._ephemeral_low()
-    if low <= promstack._PICK_FLOOR:
+@pytest.fixture
+def low() -> int:
+    """Where this kernel's ephemeral range starts; the specs that pick below it need room."""
+    start = promstack._ephemeral_low()
+    if start <= promstack._PICK_FLOOR:
         pytest.skip("this kernel's ephemeral range starts too low to pick below it")
+    return start
+
+
+def test_a_port_is_picked_below_the_ephemeral_range_and_is_bindable(low: int) -> None:
     ports = {free_port() for _ in range(20)}
     assert all(promstack._PICK_FLOOR <= p < low for p in ports)
     assert len(ports) > 1  # random, so two servers started together rarely meet
@@ -41,12 +47,9 @@ def _pick_in_child(picked_dir: str, floor: int, ceiling: int, out: Any) -> None:
     out.put(sorted(free_port() for _ in range(10)))
 
 
-def test_processes_picking_at_once_never_hand_out_the_same_port(tmp_path: Path) -> None:
+def test_processes_picking_at_once_never_hand_out_the_same_port(tmp_path: Path, low: int) -> None:
     """Four processes pick ten ports each from a range of sixty: without the
     record of picks, each pair shares a port almost every time."""
-    low = promstack._ephemeral_low()
-    if low <= promstack._PICK_FLOOR:
-        pytest.skip("this kernel's ephemeral range starts too low to pick below it")
     floor = low - 100  # sixty ports just below the ephemeral range
     context = multiprocessing.get_context("fork")
     out = context.Queue()
@@ -77,12 +80,9 @@ def test_a_pick_is_held_for_a_while_then_free_to_take_again(
 
 
 def test_where_picks_cannot_be_recorded_ports_are_still_picked_and_bindable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low: int
 ) -> None:
     """A read-only or missing temp directory costs the record, never a port."""
-    low = promstack._ephemeral_low()
-    if low <= promstack._PICK_FLOOR:
-        pytest.skip("this kernel's ephemeral range starts too low to pick below it")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     # The record's directory cannot be created under a regular file, even by root.
