@@ -22,8 +22,10 @@ Check order, first match wins, and why:
    and a breach there is the verifier's business, not a new incident.
 4. ``anomaly_before_restore`` (JOIN the finished rollback): the current
    revision is one rollbackd restored, and the anomaly began before it was
-   ready (the ``ready_at`` of the Deployment's state annotation): the signal
-   is about the replaced revision, never a page (rule 12). Then
+   ready (the ``ready_at`` of the Deployment's state annotation), or was
+   first seen after it on evidence reaching back before it (a new leader's
+   first look): the signal is about the replaced revision, never a page
+   (rule 12). Then
    ``restored_revision_breaching`` (ESCALATE): the current revision is one
    rollbackd restored and it breaches too: no ping-pong (rule 4). This comes
    before the cooldown on purpose: a breach right after our own rollback is
@@ -256,16 +258,26 @@ def _anomaly_before_restore(inp: Inputs) -> Decision | None:
         state.phase is not Phase.ROLLBACK_COMPLETED
         or state.ready_at is None
         or not restored_here
-        or inp.signal.started_at >= state.ready_at
+        or inp.signal.earliest_start >= state.ready_at
     ):
         return None
     return inp.decision(
         Action.JOIN,
         ReasonCode.ANOMALY_BEFORE_RESTORE,
-        f"{signal_phrase(inp.signal)} began {duration(state.ready_at - inp.signal.started_at)} "
-        f"before revision {current.revision} of {inp.target} was restored and ready "
+        f"{signal_phrase(inp.signal)} {_began_before(inp.signal, state.ready_at)} "
+        f"revision {current.revision} of {inp.target} was restored and ready "
         f"(rollback {state.rollback_id}); it is about the replaced revision",
         rollback_id=state.rollback_id,
+    )
+
+
+def _began_before(signal: Signal, ready_at: datetime) -> str:
+    if signal.started_at < ready_at:
+        return f"began {duration(ready_at - signal.started_at)} before"
+    # First seen after the restore, on a window reaching back before it.
+    return (
+        f"was first seen {duration(signal.started_at - ready_at)} after, on evidence "
+        f"reaching back {duration(ready_at - signal.earliest_start)} before,"
     )
 
 

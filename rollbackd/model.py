@@ -81,6 +81,13 @@ class Signal:
     ``started_at`` is when the anomaly began (Alertmanager's startsAt, or the
     first breaching evaluation); ``observed_at`` is when rollbackd saw it.
     ``key`` identifies repeats of the same signal for idempotency.
+
+    ``evidence_since`` is set when the evidence behind ``started_at`` may
+    reach further back than it: a polled look judges a whole query window,
+    so a breach first seen with nothing looked at just before (a poller
+    that only now took the Lease, or came back from an outage) may be made
+    of samples from up to one window earlier. Attribution to a replaced
+    revision asks whether that evidence began before the restore.
     """
 
     target: Target
@@ -94,6 +101,14 @@ class Signal:
     key: str = ""  # e.g. "am:<fingerprint>:<status>:<startsAt>"
     labels: Mapping[str, str] = field(default_factory=dict)
     summary: str = ""
+    evidence_since: datetime | None = None
+
+    @property
+    def earliest_start(self) -> datetime:
+        """The earliest the anomaly may have begun, as far as its evidence shows."""
+        if self.evidence_since is None:
+            return self.started_at
+        return min(self.evidence_since, self.started_at)
 
 
 @dataclass(frozen=True)

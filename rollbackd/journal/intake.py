@@ -24,13 +24,13 @@ from rollbackd.model import Signal
 
 log = structlog.get_logger("rollbackd.journal")
 
-_SIGNAL_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SIGNAL_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_SIGNALS = (
     "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
-    " observed_at, value, threshold, labels, summary, accepted, note) VALUES "
+    " observed_at, value, threshold, labels, summary, accepted, note, evidence_since) VALUES "
 )
 _INSERT_SIGNAL = _INSERT_SIGNALS + _SIGNAL_ROW
-# 14 parameters a row: 896 a statement, under the 999 older SQLite builds allow.
+# 15 parameters a row: 960 a statement, under the 999 older SQLite builds allow.
 _ROWS_PER_INSERT = 64
 
 # One row per fingerprint: a repeat bumps the count and the last time.

@@ -97,6 +97,7 @@ def signal_to_row(signal: Signal, *, accepted: bool, note: str = "") -> tuple[An
         signal.summary,
         int(accepted),
         note,
+        format_time(signal.evidence_since) if signal.evidence_since else None,
     )
 
 
@@ -126,6 +127,7 @@ def signal_from_row(row: sqlite3.Row) -> Signal:
         key=row["key"],
         labels=loads_json(row["labels"]),
         summary=row["summary"],
+        evidence_since=opt_time(row["evidence_since"]),
     )
 
 

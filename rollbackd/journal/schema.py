@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 SCHEMA_V1 = """
@@ -162,5 +162,11 @@ CREATE INDEX notifications_at ON notifications (at);
 CREATE INDEX decisions_at ON decisions (at);
 """
 
+# Version 3: a polled signal first seen with no look just before it keeps how
+# far back its evidence may reach, so a replayed one is attributed the same way.
+SCHEMA_V3 = """
+ALTER TABLE signals ADD COLUMN evidence_since TEXT;
+"""
+
 # One entry per schema version: the script that brings version i-1 to i.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)

@@ -23,6 +23,7 @@ def polled_signal(
     threshold: float | None,
     labels: Mapping[str, str],
     summary: str,
+    evidence_since: datetime | None = None,
 ) -> Signal:
     """FIRING repeats share ``key_base:started_at`` (the intake dedupes them);
     RESOLVED and NO_DATA get their own keys, so neither is taken for a repeat."""
@@ -41,4 +42,5 @@ def polled_signal(
         key=key,
         labels=labels,
         summary=summary,
+        evidence_since=evidence_since,
     )

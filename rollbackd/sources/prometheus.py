@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
+from rollbackd.durations import parse_prometheus_duration
 from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
 from rollbackd.promql import PromQL, PromQLError
@@ -51,6 +53,12 @@ PHASE_RETRY_SECONDS = 60.0
 
 # (namespace, deployment, signal name)
 _Key = tuple[str, str, str]
+
+
+@dataclass
+class _PolledStreak(Streak):
+    # How far back the first breaching look's evidence may reach (Signal.evidence_since).
+    evidence_since: datetime | None = None
 
 
 class PrometheusPoller:
@@ -83,7 +91,11 @@ class PrometheusPoller:
         self._deployment_label = deployment_label
         self._grid = PollGrid(interval)
         self._next_phase_learning = 0.0  # monotonic time
-        self._streaks: dict[_Key, Streak] = {}
+        self._streaks: dict[_Key, _PolledStreak] = {}
+        self._windows = {spec.name: parse_prometheus_duration(spec.window) for spec in specs}
+        # When each signal's query last answered: a breach first seen then is
+        # new since that look; one with no look just before it may be old.
+        self._judged_at: dict[str, datetime] = {}
 
     async def _judge_all(self) -> tuple[dict[str, Judgement], dict[str, Exception]]:
         specs = list(self._specs.values())
@@ -123,6 +135,11 @@ class PrometheusPoller:
             signal = self._step(key, self._evaluation(key, judgements, failed), now)
             if signal is not None:
                 signals.append(signal)
+        for name in self._specs:
+            if name in judgements:
+                self._judged_at[name] = now
+            else:
+                self._judged_at.pop(name, None)
         for signal in signals:
             try:
                 await self._emit(signal)
@@ -148,18 +165,39 @@ class PrometheusPoller:
     def _step(self, key: _Key, evaluation: Evaluation, now: datetime) -> Signal | None:
         spec = self._specs[key[2]]
         streak, status = advance(
-            self._streaks, key, evaluation.verdict, now=now, for_count=spec.for_count, new=Streak
+            self._streaks,
+            key,
+            evaluation.verdict,
+            now=now,
+            for_count=spec.for_count,
+            new=_PolledStreak,
         )
+        if streak is not None and streak.started_at == now and streak.breaches == 1:
+            streak.evidence_since = self._evidence_since(spec.name, now)
         if streak is None or status is None:
             return None
         return self._signal(status, spec, evaluation, streak, now)
+
+    def _evidence_since(self, name: str, now: datetime) -> datetime:
+        """How far back a first breaching look's samples may reach.
+
+        Its query judged a whole window. After a healthy look, what is new is
+        the samples since that look, which count requests from up to one
+        interval before it; with no look just before (the first cycle after
+        taking the Lease or an outage), the whole window may be old.
+        """
+        since = now - self._windows[name]
+        judged = self._judged_at.get(name)
+        if judged is not None:
+            since = max(since, judged - timedelta(seconds=self._interval))
+        return since
 
     @staticmethod
     def _signal(
         status: SignalStatus,
         spec: SignalSpec,
         evaluation: Evaluation,
-        streak: Streak,
+        streak: _PolledStreak,
         now: datetime,
     ) -> Signal:
         target = evaluation.target
@@ -175,6 +213,7 @@ class PrometheusPoller:
             threshold=spec.threshold,
             labels={"namespace": target.namespace, "deployment": target.name},
             summary=evaluation.detail,
+            evidence_since=streak.evidence_since,
         )
 
     async def run(self) -> None:

@@ -446,6 +446,67 @@ async def test_a_failing_emit_does_not_hide_the_other_signals() -> None:
     assert received == [WEB]
 
 
+class SteppedClock:
+    """A clock the test moves: one second a cycle."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def step(self, seconds: float = 1.0) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def _looks(script: list[Folded | Exception]) -> tuple[list[Signal], SteppedClock]:
+    """Run one cycle per scripted answer, a second apart; the signals emitted."""
+    spec = SignalSpec(name="x", query="q", threshold=0.5, for_count=1, window="30s")
+    clock = SteppedClock()
+    start = clock.now
+    poller = PrometheusPoller(
+        ScriptedPromQL(list(script)),  # type: ignore[arg-type]
+        [spec],
+        interval=1.0,
+        emit=lambda _signal: asyncio.sleep(0),
+        clock=clock,
+    )
+    emitted: list[Signal] = []
+    for _ in script:
+        emitted += await poller.evaluate_once()
+        clock.step()
+    clock.now = start
+    return emitted, clock
+
+
+HEALTHY_CART: Folded = {(CART.namespace, CART.name): 0.0}
+
+
+async def test_a_first_look_that_breaches_may_be_made_of_a_whole_windows_old_samples() -> None:
+    # A poller that just took the Lease: nothing looked at before this breach.
+    emitted, clock = await _looks([_breach(CART), _breach(CART)])
+    first, repeat = emitted
+    assert first.started_at == clock.now
+    assert first.evidence_since == clock.now - timedelta(seconds=30)
+    assert first.earliest_start == clock.now - timedelta(seconds=30)
+    assert (repeat.key, repeat.evidence_since) == (first.key, first.evidence_since)
+
+
+async def test_a_breach_after_a_healthy_look_is_new_since_that_look() -> None:
+    emitted, clock = await _looks([HEALTHY_CART, HEALTHY_CART, _breach(CART)])
+    [signal] = emitted
+    assert signal.started_at == clock.now + timedelta(seconds=2)
+    # The samples new since the look at +1 s count requests from one interval before it.
+    assert signal.evidence_since == clock.now
+
+
+async def test_a_breach_after_a_failed_query_may_be_a_whole_window_old() -> None:
+    emitted, clock = await _looks([HEALTHY_CART, PromQLError("down"), _breach(CART)])
+    [signal] = emitted
+    assert signal.started_at == clock.now + timedelta(seconds=2)
+    assert signal.evidence_since == clock.now + timedelta(seconds=2 - 30)
+
+
 async def test_a_cycle_judges_only_breaching_and_tracked_targets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

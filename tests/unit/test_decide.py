@@ -414,6 +414,30 @@ def test_an_anomaly_that_began_when_the_restore_was_ready_is_about_the_restored_
     )
 
 
+def test_a_breach_first_seen_after_the_restore_on_evidence_from_before_it_joins() -> None:
+    # A new leader's first look: seen 5 s after ready, its 30 s window reaching back before.
+    ready_ago = minutes(1)
+    first_look = signal(
+        started_ago=ready_ago - timedelta(seconds=5),
+        evidence_since=NOW - ready_ago - timedelta(seconds=25),
+    )
+    decision = run(sig=first_look, cluster=restored_and_ready(ready_ago))
+    assert (decision.action, decision.reason_code) == (Action.JOIN, "anomaly_before_restore")
+    assert decision.rollback_id == "rb-1"
+    assert "first seen 5s after" in decision.reason
+    assert "reaching back 25s before" in decision.reason
+
+
+def test_a_breach_whose_evidence_begins_when_the_restore_was_ready_is_not_attributed() -> None:
+    ready_ago = minutes(1)
+    fresh = signal(started_ago=ready_ago - timedelta(seconds=5), evidence_since=NOW - ready_ago)
+    decision = run(sig=fresh, cluster=restored_and_ready(ready_ago))
+    assert (decision.action, decision.reason_code) == (
+        Action.ESCALATE,
+        "restored_revision_breaching",
+    )
+
+
 def test_attribution_needs_the_current_revision_to_be_the_one_restored() -> None:
     # The state names another rollback than the one that restored revision 8.
     cluster = restored_and_ready(minutes(1), rid="rb-other")

@@ -419,11 +419,49 @@ async def test_a_version_1_journal_is_migrated_and_old_signals_are_not_replayed(
     conn.close()
 
     async with await Journal.open(path) as j:
-        assert await j.schema_version() == SCHEMA_VERSION == 2
+        assert await j.schema_version() == SCHEMA_VERSION == 3
         assert await j.undecided_signals() == []
         assert await j.signal_seen("old")
         [row] = await j.unresolved_alerts()
         assert (row["fingerprint"], row["count"]) == ("fp", 3)
+
+
+async def test_a_polled_signals_evidence_window_is_replayed_as_accepted(
+    journal: Journal,
+) -> None:
+    first_look = dataclasses.replace(
+        signal("prom:shop/web:error_ratio:t0"),
+        source=SignalSource.PROMETHEUS,
+        evidence_since=at(-90),
+    )
+    await journal.accept([first_look, signal("am:fp2:firing:t0")])
+    replayed = {s.key: s for _, s in await journal.undecided_signals()}
+    assert replayed[first_look.key] == first_look
+    assert replayed["am:fp2:firing:t0"].evidence_since is None
+
+
+async def test_a_version_2_journal_gains_the_evidence_column_and_keeps_its_queue(
+    tmp_path: Path,
+) -> None:
+    from rollbackd.journal.schema import SCHEMA_V1, SCHEMA_V2
+
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V1 + SCHEMA_V2 + "PRAGMA user_version=2;")
+    conn.execute(
+        "INSERT INTO signals (key, namespace, name, source, signal, status, started_at,"
+        " observed_at, labels, summary, accepted, note) VALUES"
+        " ('waiting', 'shop', 'checkout', 'prometheus', 'error_ratio', 'firing', ?, ?,"
+        " '{}', '', 1, '')",
+        (at(-60).isoformat(), at(0).isoformat()),
+    )
+    conn.commit()
+    conn.close()
+
+    async with await Journal.open(path) as j:
+        assert await j.schema_version() == SCHEMA_VERSION == 3
+        [(_, waiting)] = await j.undecided_signals()
+        assert (waiting.key, waiting.evidence_since) == ("waiting", None)
 
 
 @pytest.mark.parametrize(("level", "pragma"), [("normal", 1), ("full", 2)])
