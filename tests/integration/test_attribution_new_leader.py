@@ -33,6 +33,7 @@ from rollbackd.testing.stack import (
     knobs,
     wait_for,
 )
+from tests.integration.test_e2e_loop import wait_poll_cycles
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -101,8 +102,8 @@ async def test_a_new_leaders_first_look_at_the_replaced_revisions_errors_never_p
     timeline = await daemon.journal.timeline(rollback.id)
     assert any(e.kind == "signal_attributed" for e in timeline)
 
-    # No page but the rollback's own, while the old errors leave the window.
-    await asyncio.sleep(3)
+    # No page but the rollback's own while the new poller keeps looking at the old errors.
+    await wait_poll_cycles(stack, 3)
     assert {p["dedup_key"] for p in pages(stack)} == {rollback.id}
     assert len(pages(stack)) == 2
     assert await stack.revision(SHOP.name) == 3
