@@ -82,12 +82,13 @@ class Signal:
     first breaching evaluation); ``observed_at`` is when rollbackd saw it.
     ``key`` identifies repeats of the same signal for idempotency.
 
-    ``evidence_since`` is set when the evidence behind ``started_at`` may
-    reach further back than it: a polled look judges a whole query window,
-    so a breach first seen with nothing looked at just before (a poller
-    that only now took the Lease, or came back from an outage) may be made
-    of samples from up to one window earlier. Attribution to a replaced
-    revision asks whether that evidence began before the restore.
+    ``evidence_since`` (polled signals) is how far back the evidence behind
+    ``started_at`` may reach: a polled look judges a whole query window. A
+    breach first seen with nothing looked at just before (a poller that only
+    now took the Lease, or came back from an outage) may be made of samples
+    from up to one window earlier; one seen after a healthy look, of samples
+    since that look (less one interval). Attribution to a replaced revision
+    asks whether that evidence began before the restore.
     """
 
     target: Target

@@ -162,8 +162,8 @@ CREATE INDEX notifications_at ON notifications (at);
 CREATE INDEX decisions_at ON decisions (at);
 """
 
-# Version 3: a polled signal first seen with no look just before it keeps how
-# far back its evidence may reach, so a replayed one is attributed the same way.
+# Version 3: a polled signal keeps how far back its evidence may reach
+# (Signal.evidence_since), so a replayed one is attributed the same way.
 SCHEMA_V3 = """
 ALTER TABLE signals ADD COLUMN evidence_since TEXT;
 """
