@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -200,13 +201,15 @@ async def test_400_is_not_retried(pager_sink: HttpSink) -> None:
 
 
 async def test_unreachable_server_is_retried_until_the_page_expires() -> None:
-    sink = await HttpSink().start()
-    url = sink.url
-    await sink.stop()  # nothing listens on this port any more
-    channel = PagerDutyChannel(ROUTING_KEY, url=f"{url}/v2/enqueue")
-    [(_, _, ok, detail)] = await run_notifier(
-        [channel], [started()], max_age=timedelta(seconds=0.5)
-    )
+    # Bound and never listening, so refused for the whole test: a stopped server's
+    # port could be taken meanwhile by another test's server.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        channel = PagerDutyChannel(ROUTING_KEY, url=f"{url}/v2/enqueue")
+        [(_, _, ok, detail)] = await run_notifier(
+            [channel], [started()], max_age=timedelta(seconds=0.5)
+        )
     assert ok is False
     # The age is the page's when it expired: past max_age, by how much depends on the load.
     assert re.match(r"expired: undelivered for \d+s after \d+ attempt\(s\); last error: ", detail)
