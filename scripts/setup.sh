@@ -57,11 +57,19 @@ fi
 #    does the install in a fresh venv.
 UV=.tools/uv/bin/uv
 install_with_uv() {
+  # uv reads no pip configuration: it gets pip's index, where one is set, and a
+  # short timeout, so that an index it cannot reach costs seconds before pip.
+  local index
+  index="${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}"
+  if [ -n "$index" ]; then
+    export UV_DEFAULT_INDEX="$index"
+  fi
+  export UV_HTTP_TIMEOUT=20 UV_PYTHON_DOWNLOADS=never
   if [ ! -x "$UV" ]; then
     python3 -m pip install -q --disable-pip-version-check --target .tools/uv uv >/dev/null 2>&1 || return 1
   fi
   if [ ! -x "$VENV/bin/python" ]; then
-    UV_PYTHON_DOWNLOADS=never "$UV" venv -q --python "$(command -v python3)" "$VENV" || return 1
+    "$UV" venv -q --python "$(command -v python3)" "$VENV" || return 1
   fi
   "$UV" pip install -q --python "$VENV/bin/python" -e '.[dev]'
 }
