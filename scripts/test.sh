@@ -3,7 +3,7 @@
 #
 # Most tests wait on real time (1 s scrapes, for-counts, leases), not on the
 # CPU, so the integration and kubesim tests run on more workers than there
-# are cores (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 12), handed out
+# are cores (pytest-xdist, ROLLBACKD_TEST_WORKERS, default 16), handed out
 # one test at a time (tests/conftest.py puts the modules that start servers
 # first). Every worker imports and collects what its pytest was given, so
 # without arguments the unit tests, which compute more than they wait, run in
@@ -35,7 +35,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.tools/bin:$PATH"
 unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/pytest -p no:cacheprovider -rs)
-workers="${ROLLBACKD_TEST_WORKERS:-12}"
+workers="${ROLLBACKD_TEST_WORKERS:-16}"
 # This run's logs, and each pytest's own temporary directory (--basetemp):
 # with pytest's default, every session ends by deleting the directories of
 # earlier runs, and the last part to end spent seconds of its tail on that.
