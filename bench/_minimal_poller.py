@@ -7,7 +7,10 @@ do to look at every Deployment's value. No retries, no thresholds, no state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Callable, Sequence
+from multiprocessing.synchronize import Event, Lock
+from typing import Any
 
 import requests
 
@@ -38,3 +41,69 @@ class MinimalPoller:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _poll_until_stopped(
+    url: str, queries: Sequence[str], started: Event, stop: Event, between: Lock, cycles: Any
+) -> None:
+    poller = MinimalPoller(url, queries)
+    started.set()
+    try:
+        while not stop.is_set():
+            with between:
+                poller.cycle()
+                with cycles.get_lock():
+                    cycles.value += 1
+    finally:
+        poller.close()
+
+
+class BackgroundPolling:
+    """The minimal poller in a process of its own, cycle after cycle, until the block ends.
+
+    Keeps Prometheus (and the machine) as busy as a polling daemon does, so
+    an idle daemon's latency is measured under the same load. A process, not
+    a thread: decoding a 10 000-series answer holds the GIL for tens of
+    milliseconds, and the load generator's loop in this process would wait
+    that long to send, which the open-loop latency counts against the daemon.
+    """
+
+    def __init__(self, url: str, queries: Sequence[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._started = context.Event()
+        self._stop = context.Event()
+        self._between = context.Lock()
+        self._cycles = context.Value("i", 0)
+        self._process = context.Process(
+            target=_poll_until_stopped,
+            args=(url, list(queries), self._started, self._stop, self._between, self._cycles),
+            name="background-polling",
+            daemon=True,
+        )
+
+    @property
+    def cycles(self) -> int:
+        return int(self._cycles.value)
+
+    def between_cycles(self, read: Callable[[], float]) -> tuple[float, int]:
+        """``read()`` and the cycles done, taken while no cycle is half done.
+
+        With Prometheus's own query counter as ``read``, a cycle that
+        straddles the reading is never counted as the daemon's.
+        """
+        with self._between:
+            return read(), self.cycles
+
+    def __enter__(self) -> BackgroundPolling:
+        self._process.start()
+        if not self._started.wait(timeout=60):
+            self._process.kill()
+            raise RuntimeError("the background poller did not start within 60 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(timeout=120)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()

@@ -33,7 +33,6 @@ import math
 import os
 import statistics
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -55,7 +54,7 @@ from _common import (
 )
 from _fleet import create_fleet
 from _httpload import LatencyResult, open_loop
-from _minimal_poller import MinimalPoller
+from _minimal_poller import BackgroundPolling, MinimalPoller
 from _servers import (
     WEBHOOK_PATH,
     KubeSimProcess,
@@ -398,45 +397,6 @@ def thread_runqueue_wait(pid: int) -> float:
         return math.nan
 
 
-class BackgroundPolling:
-    """The minimal poller in a thread, cycle after cycle, until the block ends.
-
-    Keeps Prometheus (and the machine) as busy as a polling daemon does, so
-    an idle daemon's latency is measured under the same load.
-    """
-
-    def __init__(self, url: str) -> None:
-        self._poller = MinimalPoller(url, signal_queries())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="background-polling", daemon=True)
-        self._between_cycles = threading.Lock()
-        self.cycles = 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._between_cycles:
-                self._poller.cycle()
-                self.cycles += 1
-
-    def between_cycles(self, read: Callable[[], float]) -> tuple[float, int]:
-        """``read()`` and the cycles done, taken while no cycle is half done.
-
-        With Prometheus's own query counter as ``read``, a cycle that
-        straddles the reading is never counted as the daemon's.
-        """
-        with self._between_cycles:
-            return read(), self.cycles
-
-    def __enter__(self) -> BackgroundPolling:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
-        self._poller.close()
-
-
 async def ack_run(
     plan: Plan,
     url: str,
@@ -537,7 +497,7 @@ async def measure_daemon(
     # Its one cycle at start is over before the measurement begins.
     await wait_queries_answered(prometheus_url, answered + len(signal_queries()), timeout=300)
     progress(f"{size}: webhook ack latency, daemon not polling, the bench polling instead")
-    with BackgroundPolling(prometheus_url) as load:
+    with BackgroundPolling(prometheus_url, signal_queries()) as load:
         ack["rollbackd_not_polling"] = await ack_run(
             plan, *_webhook(idle), idle, prometheus_url, load
         )
