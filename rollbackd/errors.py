@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AcceptError", "AcceptResult", "FencedError", "NotLeaderError"]
+__all__ = ["AcceptError", "AcceptResult", "FencedError", "NotLeaderError", "PromQLError"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,18 @@ class FencedError(Exception):
     tolerates a failed Kubernetes call must not carry on past it. Here, not
     in the fence's module, because the pager's delivery meets it too.
     """
+
+
+class PromQLError(Exception):
+    """A query could not be answered (after retries, or at once for a bad query).
+
+    Here, not in the PromQL adapter, so that what only judges answers (the
+    signal specs, the configuration) does not load the HTTP client with it.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True, bad_query: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        # The query itself is at fault (Prometheus's 400/422, or an answer of
+        # the wrong shape): asking again, or later, gives the same error.
+        self.bad_query = bad_query

@@ -13,7 +13,7 @@ The HTTP session is ours (passed to the client) and its response hook does
 two things, so nothing reads the client's private attributes or parses its
 exception text: an error answer becomes a ``PromQLError`` carrying its
 status, and a successful query answer reaches the client undecoded
-(``promvector.UndecodedQueryResponse``). Large answers are then folded into
+(``UndecodedQueryResponse`` below). Large answers are then folded into
 ``{(namespace, deployment): value}`` on the event loop in slices of a couple
 of milliseconds (``query_vector``): a poll of 10 000 Deployments builds no
 object per sample and never holds the loop, or the GIL, for long.
@@ -25,7 +25,6 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -43,11 +42,13 @@ from tenacity import (
 from urllib3.util.retry import Retry
 
 from rollbackd.durations import format_range, parse_prometheus_duration
+from rollbackd.errors import PromQLError
 from rollbackd.promvector import (
+    AnswerText,
     Combine,
     NotAVectorError,
+    Sample,
     TargetKey,
-    UndecodedQueryResponse,
     decoded_result,
     each_item,
     fold_answer,
@@ -73,24 +74,17 @@ parse_duration = parse_prometheus_duration
 format_duration = format_range
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One element of an instant vector (or a scalar, with empty labels)."""
+class UndecodedQueryResponse(requests.Response):
+    """A successful query answer whose ``json()`` hands the body over undecoded.
 
-    labels: Mapping[str, str]
-    value: float  # NaN stays NaN: callers treat it as no data
-    timestamp: float
+    prometheus-api-client reads ``response.json()["data"]["result"]``; with
+    this class (set by the adapter's session hook) that is an ``AnswerText``,
+    so the client never runs one long ``json.loads``.
+    """
 
-
-class PromQLError(Exception):
-    """A query could not be answered (after retries, or at once for a bad query)."""
-
-    def __init__(self, message: str, *, retryable: bool = True, bad_query: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        # The query itself is at fault (Prometheus's 400/422, or an answer of
-        # the wrong shape): asking again, or later, gives the same error.
-        self.bad_query = bad_query
+    def json(self, **kwargs: Any) -> Any:
+        # JSON is UTF-8 (RFC 8259); Prometheus says so in its Content-Type too.
+        return {"data": {"result": AnswerText(self.content.decode("utf-8"))}}
 
 
 def _to_float(raw: Any) -> float:
@@ -143,7 +137,7 @@ def _raise_for_status(response: requests.Response, *_args: Any, **_kwargs: Any) 
     """
     if response.status_code < 400:
         if response.status_code == 200 and urlsplit(response.url).path.endswith(_QUERY_PATH):
-            # The client calls .json() next; see promvector.UndecodedQueryResponse.
+            # The client calls .json() next; see UndecodedQueryResponse.
             response.__class__ = UndecodedQueryResponse
         return
     status = response.status_code

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import requests
 
 from rollbackd import loopslice
 from rollbackd.loopslice import LoopSlices
@@ -32,8 +30,8 @@ __all__ = [
     "Combine",
     "Folder",
     "NotAVectorError",
+    "Sample",
     "TargetKey",
-    "UndecodedQueryResponse",
     "decoded_result",
     "each_item",
     "fold_answer",
@@ -54,6 +52,15 @@ _CHECK_EVERY = 256  # items between clock reads
 _DECODER = json.JSONDecoder()
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One element of an instant vector (or a scalar, with empty labels)."""
+
+    labels: Mapping[str, str]
+    value: float  # NaN stays NaN: callers treat it as no data
+    timestamp: float
+
+
 class NotAVectorError(ValueError):
     """The answer is not an instant vector (a range vector, a string, malformed JSON)."""
 
@@ -63,19 +70,6 @@ class AnswerText:
     """The undecoded body of a successful ``/api/v1/query`` answer."""
 
     text: str
-
-
-class UndecodedQueryResponse(requests.Response):
-    """A successful query answer whose ``json()`` hands the body over undecoded.
-
-    prometheus-api-client reads ``response.json()["data"]["result"]``; with
-    this class (set by the adapter's session hook) that is an ``AnswerText``,
-    so the client never runs one long ``json.loads``.
-    """
-
-    def json(self, **kwargs: Any) -> Any:
-        # JSON is UTF-8 (RFC 8259); Prometheus says so in its Content-Type too.
-        return {"data": {"result": AnswerText(self.content.decode("utf-8"))}}
 
 
 def is_scalar(result: Any) -> bool:

@@ -26,20 +26,19 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from rollbackd.durations import parse_prometheus_duration as parse_duration
+from rollbackd.errors import PromQLError
 from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL, LABEL_PLACEHOLDER
 from rollbackd.model import StrEnum, Target
-from rollbackd.promql import (
-    Combine,
-    PromQL,
-    PromQLError,
-    Sample,
-    TargetKey,
-    parse_duration,
-    reduce_vector,
-)
+from rollbackd.promvector import Combine, Sample, TargetKey, reduce_vector
 from rollbackd.querytemplate import fill
+
+if TYPE_CHECKING:
+    # Only annotated here: the adapter loads the HTTP client, which the
+    # configuration and the CLI, importing the specs, do not need.
+    from rollbackd.promql import PromQL
 
 __all__ = [
     "DEFAULT_SIGNALS",

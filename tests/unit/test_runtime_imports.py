@@ -138,3 +138,23 @@ def test_without_jsonpatch_alone_demo_names_the_extra() -> None:
     demo = run_child(("jsonpatch",), "cli", ["demo"])
     assert demo.returncode == 1
     assert "needs the demo extra" in demo.stderr
+
+
+def test_loading_the_configuration_leaves_the_prometheus_client_unloaded() -> None:
+    """Every CLI command loads the configuration first; only the daemon queries Prometheus.
+
+    The signal specs are part of the configuration, and the PromQL adapter
+    they once imported brought requests and prometheus-api-client with it:
+    a fifth of each CLI call's start-up.
+    """
+    probe = (
+        "import json, sys\n"
+        "import rollbackd.config, rollbackd.signals\n"
+        "print(json.dumps(sorted(m for m in ('requests', 'prometheus_api_client', "
+        "'rollbackd.promql') if m in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
