@@ -18,6 +18,7 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
@@ -72,6 +73,29 @@ class SeenKeys:
             self._seen.popitem(last=False)
 
 
+@dataclass
+class _BodySorting:
+    """Where the alerts of one webhook body went, before and after the commit."""
+
+    duplicates: int = 0
+    rejected: list[RejectedAlert] = field(default_factory=list)
+    unresolved: list[tuple[str | None, UnresolvedAlert]] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    signal_keys: list[str | None] = field(default_factory=list)
+
+    def records(self, now: datetime) -> list[UnresolvedRecord]:
+        """The journal's rows for the alerts that name no Deployment or are invalid."""
+        return [
+            UnresolvedRecord(u.fingerprint, u.alertname, u.labels, u.reason, now)
+            for _, u in self.unresolved
+        ] + [
+            UnresolvedRecord(
+                r.fingerprint, r.alertname, r.labels, f"invalid: {r.path}: {r.reason}", now
+            )
+            for r in self.rejected
+        ]
+
+
 class SignalIntake:
     """Validate, dedupe, journal (group commit) and hand signals to the dispatcher."""
 
@@ -111,62 +135,62 @@ class SignalIntake:
             return AcceptResult(accepted=0, duplicates=repeated[0], unresolved=0)
         payload = parse_body(body)
         now = self._clock()
-        duplicates = 0
-        rejected: list[RejectedAlert] = []
+        sorted_ = _BodySorting()
+        fresh = self._validate(payload.raw_alerts, may_hold_surrogates(body), sorted_)
+        self._convert(fresh, now, sorted_)
+        ids = await self._commit(sorted_.signals, sorted_.records(now))
+        accepted = self._publish(sorted_.signals, ids)
+        self._remember_outcome(sorted_)
+        if not sorted_.rejected and not sorted_.unresolved and payload.raw_alerts:
+            self._remember_body(digest, len(payload.raw_alerts))
+        return AcceptResult(
+            accepted=accepted,
+            duplicates=sorted_.duplicates + len(sorted_.signals) - accepted,
+            unresolved=len(sorted_.unresolved),
+            rejected=[r.as_json() for r in sorted_.rejected],
+        )
+
+    def _validate(
+        self, raw_alerts: Sequence[object], check_surrogates: bool, sorted_: _BodySorting
+    ) -> list[tuple[str | None, WebhookAlert]]:
+        """The alerts not already committed or unresolved, valid; the rest counted or rejected."""
         fresh: list[tuple[str | None, WebhookAlert]] = []
-        check_surrogates = may_hold_surrogates(body)
-        for index, raw in enumerate(payload.raw_alerts):
+        for index, raw in enumerate(raw_alerts):
             key = raw_alert_key(raw)
             if key is not None and (key in self._committed or key in self._unresolved):
-                duplicates += 1
+                sorted_.duplicates += 1
                 continue
             checked = validate_alert(index, raw, check_surrogates=check_surrogates)
             if isinstance(checked, RejectedAlert):
-                rejected.append(checked)
+                sorted_.rejected.append(checked)
             else:
                 fresh.append((key, checked))
+        return fresh
 
-        signals: list[Signal] = []
-        signal_keys: list[str | None] = []
-        unresolved: list[tuple[str | None, UnresolvedAlert]] = []
+    def _convert(
+        self, fresh: Sequence[tuple[str | None, WebhookAlert]], now: datetime, sorted_: _BodySorting
+    ) -> None:
+        """Each valid alert becomes a signal, an unresolved alert, or (rollbackd's own) nothing."""
         for key, alert in fresh:
             converted = alert_to_signal(alert, self._mapping, self._resolve_pod, now)
             if isinstance(converted, UnresolvedAlert):
-                unresolved.append((key, converted))
+                sorted_.unresolved.append((key, converted))
             elif converted.name in OWN_ALERTNAMES:
-                duplicates += 1
+                sorted_.duplicates += 1
             elif self._target_known(converted.target) is False:
-                unresolved.append(
-                    (
-                        key,
-                        UnresolvedAlert(
-                            alert.identity,
-                            converted.name,
-                            alert.labels,
-                            f"Deployment {converted.target} not found in the cluster",
-                        ),
-                    )
-                )
+                reason = f"Deployment {converted.target} not found in the cluster"
+                missing = UnresolvedAlert(alert.identity, converted.name, alert.labels, reason)
+                sorted_.unresolved.append((key, missing))
             else:
-                signals.append(converted)
-                signal_keys.append(key)
+                sorted_.signals.append(converted)
+                sorted_.signal_keys.append(key)
 
-        records = [
-            UnresolvedRecord(u.fingerprint, u.alertname, u.labels, u.reason, now)
-            for _, u in unresolved
-        ] + [
-            UnresolvedRecord(
-                r.fingerprint, r.alertname, r.labels, f"invalid: {r.path}: {r.reason}", now
-            )
-            for r in rejected
-        ]
-        ids = await self._commit(signals, records)
-        accepted = self._publish(signals, ids)
-        duplicates += len(signals) - accepted
-        for key in signal_keys:
+    def _remember_outcome(self, sorted_: _BodySorting) -> None:
+        """After the commit: keys remembered, unresolved and rejected alerts counted and logged."""
+        for key in sorted_.signal_keys:
             if key is not None:
                 self._committed.add(key)
-        for key, missing in unresolved:
+        for key, missing in sorted_.unresolved:
             self._metrics.unresolved_alerts_total.inc()
             log.warning(
                 "alert_without_target",
@@ -176,16 +200,8 @@ class SignalIntake:
             )
             if key is not None:
                 self._unresolved.add(key)
-        for r in rejected:
+        for r in sorted_.rejected:
             log.warning("alert_rejected", index=r.index, path=r.path, reason=r.reason)
-        if not rejected and not unresolved and payload.raw_alerts:
-            self._remember_body(digest, len(payload.raw_alerts))
-        return AcceptResult(
-            accepted=accepted,
-            duplicates=duplicates,
-            unresolved=len(unresolved),
-            rejected=[r.as_json() for r in rejected],
-        )
 
     def _remember_body(self, digest: bytes, alerts: int) -> None:
         self._repeated_bodies[digest] = (alerts, time.monotonic())
