@@ -24,6 +24,13 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.value)
     if isinstance(value, Target):
         return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return _collection_to_jsonable(value)
+
+
+def _collection_to_jsonable(value: Any) -> Any:
+    """Dataclasses and mappings as objects, sequences and sets as arrays, the rest as text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -31,6 +38,4 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
         return [to_jsonable(v) for v in items]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
     return str(value)

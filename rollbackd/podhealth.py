@@ -21,7 +21,7 @@ tested with pod JSON in and a verdict out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,10 +107,17 @@ def judge_pods(
         for pod in sorted(mine, key=lambda p: str(p.get("metadata", {}).get("name", "")))
         if (problem := _judged(pod, rollout_started_at, now, rules)) is not None
     ]
-    needed = min(rules.min_pods, len(mine))
+    return _verdict(target, problems, len(mine), rs_name, rules)
+
+
+def _verdict(
+    target: Target, problems: Sequence[PodProblem], pods: int, rs_name: str, rules: PodRules
+) -> Evaluation:
+    """A breach when enough of the ``pods`` have problems, by count and by fraction."""
+    needed = min(rules.min_pods, pods)
     bad = len(problems)
-    breach = bad >= needed and bad >= rules.min_fraction * len(mine) and bad > 0
-    head = f"{bad} of {len(mine)} pods of ReplicaSet {rs_name} unhealthy"
+    breach = bad >= needed and bad >= rules.min_fraction * pods and bad > 0
+    head = f"{bad} of {pods} pods of ReplicaSet {rs_name} unhealthy"
     rule = f"at least {needed} and {rules.min_fraction:.0%} make a breach"
     if not problems:
         return _evaluation(target, Verdict.HEALTHY, bad, needed, f"pod_health: {head}")
@@ -174,13 +181,8 @@ def _container_problem(
         return PodProblem(pod, name, waiting, restarts)
     terminated = state.get("terminated") or {}
     last = (container.get("lastState") or {}).get("terminated") or {}
-    # A container terminated now and not yet restarted has crashed once more.
-    crashes = restarts + (1 if terminated else 0)
     ended = _time((terminated or last).get("finishedAt"))
-    if not fresh:
-        # Restarts before the rollout are not its fault: only a termination
-        # recorded after the start is known to be recent.
-        crashes = 1 if ended is not None and ended >= rollout_started_at else 0
+    crashes = _crashes(restarts, bool(terminated), ended, fresh, rollout_started_at)
     if crashes < rules.min_restarts:
         return None
     # Restart counts never go down: a container Ready again that has not
@@ -188,13 +190,33 @@ def _container_problem(
     recovered = ended is None or now - ended >= rules.not_ready_after
     if container.get("ready") and not terminated and recovered:
         return None
+    return PodProblem(pod, name, _crash_reason(waiting, terminated, last, crashes), restarts)
+
+
+def _crashes(
+    restarts: int,
+    terminated: bool,
+    ended: datetime | None,
+    fresh: bool,
+    rollout_started_at: datetime,
+) -> int:
+    """The crashes that count against the rollout."""
+    if not fresh:
+        # Restarts before the rollout are not its fault: only a termination
+        # recorded after the start is known to be recent.
+        return 1 if ended is not None and ended >= rollout_started_at else 0
+    # A container terminated now and not yet restarted has crashed once more.
+    return restarts + (1 if terminated else 0)
+
+
+def _crash_reason(
+    waiting: str, terminated: Mapping[str, Any], last: Mapping[str, Any], crashes: int
+) -> str:
     if waiting == CRASH_LOOP:
-        reason = CRASH_LOOP
-    elif OOM_KILLED in (terminated.get("reason"), last.get("reason")):
-        reason = OOM_KILLED
-    else:
-        reason = f"restarted {crashes} times"
-    return PodProblem(pod, name, reason, restarts)
+        return CRASH_LOOP
+    if OOM_KILLED in (terminated.get("reason"), last.get("reason")):
+        return OOM_KILLED
+    return f"restarted {crashes} times"
 
 
 def _time(value: object) -> datetime | None:
