@@ -123,11 +123,6 @@ def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> Rol
     stable_hash = str(status["stableRS"])
     canary_hash = str(status.get("currentPodHash") or stable_hash)
     stable, canary = owned.get(stable_hash), owned.get(canary_hash)
-    created = (canary or {}).get("metadata", {}).get("creationTimestamp")
-    try:
-        started = parse_time(created) if isinstance(created, str) else None
-    except ValueError:
-        started = None
     return RolloutFacts(
         namespace=base.namespace,
         name=base.name,
@@ -138,12 +133,29 @@ def rollout_facts(rollout: Mapping[str, Any], replicasets: Sequence[Any]) -> Rol
         aborted=bool(status.get("abort")),
         paused=spec.get("paused") is True,
         phase=str(status.get("phase", "")),
-        stable_rs=stable["metadata"].get("name") if stable else None,
-        canary_rs=canary["metadata"].get("name") if canary else None,
-        canary_started_at=started,
-        stable_uid=str(stable["metadata"].get("uid") or "") if stable else "",
-        canary_uid=str(canary["metadata"].get("uid") or "") if canary else "",
+        stable_rs=_rs_name(stable),
+        canary_rs=_rs_name(canary),
+        canary_started_at=_created_at(canary),
+        stable_uid=_rs_uid(stable),
+        canary_uid=_rs_uid(canary),
     )
+
+
+def _rs_name(rs: Mapping[str, Any] | None) -> str | None:
+    return rs["metadata"].get("name") if rs else None
+
+
+def _rs_uid(rs: Mapping[str, Any] | None) -> str:
+    return str(rs["metadata"].get("uid") or "") if rs else ""
+
+
+def _created_at(rs: Mapping[str, Any] | None) -> datetime | None:
+    """When ``rs`` was created; None when it is unknown or its timestamp is not one."""
+    created = (rs or {}).get("metadata", {}).get("creationTimestamp")
+    try:
+        return parse_time(created) if isinstance(created, str) else None
+    except ValueError:
+        return None
 
 
 def replicaset_counts(rs: Mapping[str, Any] | None) -> tuple[int, int]:

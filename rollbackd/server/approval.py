@@ -30,6 +30,18 @@ MAX_BY_CHARS = 200
 GiveVerdict = Callable[[str, Verdict], Awaitable[Outcome]]
 
 
+def _verdict_from(payload: dict[str, Any], *, approve: bool) -> Verdict | web.Response:
+    """The verdict a body gives (who, why, now), or the 400 answer."""
+    by, reason = payload.get("by") or "operator", payload.get("reason") or ""
+    if not isinstance(by, str) or len(by) > MAX_BY_CHARS:
+        return error(400, f"by must be text of at most {MAX_BY_CHARS} characters")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        return error(400, f"reason must be text of at most {MAX_REASON_CHARS} characters")
+    if not approve and not reason.strip():
+        return error(400, 'a rejection needs a reason: {"reason": "why not"}')
+    return Verdict(approve, by.strip() or "operator", utcnow(), reason.strip())
+
+
 class ApprovalApi:
     """The approve and reject handlers."""
 
@@ -55,15 +67,10 @@ class ApprovalApi:
             return refused.response
         except ValueError as exc:
             return error(400, str(exc))
-        by, reason = payload.get("by") or "operator", payload.get("reason") or ""
-        if not isinstance(by, str) or len(by) > MAX_BY_CHARS:
-            return error(400, f"by must be text of at most {MAX_BY_CHARS} characters")
-        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
-            return error(400, f"reason must be text of at most {MAX_REASON_CHARS} characters")
-        if not approve and not reason.strip():
-            return error(400, 'a rejection needs a reason: {"reason": "why not"}')
+        verdict = _verdict_from(payload, approve=approve)
+        if isinstance(verdict, web.Response):
+            return verdict
         rollback_id = request.match_info["id"]
-        verdict = Verdict(approve, by.strip() or "operator", utcnow(), reason.strip())
         try:
             outcome = await self.give(rollback_id, verdict)
         except NotLeaderError as exc:

@@ -36,6 +36,28 @@ def _refused(exc: ValueError, *, force: bool) -> web.Response:
     return error(409, str(exc), **extra)
 
 
+def _manual_request(body: bytes) -> tuple[Target, bool, bool, str] | web.Response:
+    """(target, dry_run, force, reason) from a manual rollback's body, or the 400 answer."""
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        # Not UTF-8, not JSON, a number past Python's digit limit, or nested too deep.
+        return error(400, "body must be JSON")
+    if not isinstance(payload, dict) or set(payload) - _MANUAL_KEYS:
+        return error(400, f"expected {_MANUAL_SHAPE}")
+    for flag in ("dry_run", "force"):
+        if not isinstance(payload.get(flag, False), bool):
+            return error(400, f"{flag} must be true or false")
+    reason = payload.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        return error(400, f"reason must be text of at most {MAX_REASON_CHARS} characters")
+    try:
+        target = Target.parse(str(payload.get("target", "")))
+    except ValueError as exc:
+        return error(400, f"target: {exc}")
+    return target, payload.get("dry_run", False), payload.get("force", False), reason
+
+
 def operator_only(
     auth: AuthSettings, request: web.Request, what: str, action: str
 ) -> web.Response | None:
@@ -78,24 +100,10 @@ class ManualApi:
             body = await read_body(request, self.body_timeout)
         except BodyRefused as refused:
             return refused.response
-        try:
-            payload = json.loads(body.decode("utf-8"))
-        except (ValueError, RecursionError):
-            # Not UTF-8, not JSON, a number past Python's digit limit, or nested too deep.
-            return error(400, "body must be JSON")
-        if not isinstance(payload, dict) or set(payload) - _MANUAL_KEYS:
-            return error(400, f"expected {_MANUAL_SHAPE}")
-        for flag in ("dry_run", "force"):
-            if not isinstance(payload.get(flag, False), bool):
-                return error(400, f"{flag} must be true or false")
-        dry_run, force = payload.get("dry_run", False), payload.get("force", False)
-        reason = payload.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
-            return error(400, f"reason must be text of at most {MAX_REASON_CHARS} characters")
-        try:
-            target = Target.parse(str(payload.get("target", "")))
-        except ValueError as exc:
-            return error(400, f"target: {exc}")
+        parsed = _manual_request(body)
+        if isinstance(parsed, web.Response):
+            return parsed
+        target, dry_run, force, reason = parsed
         try:
             rollback_id = await self.manual_rollback(target, dry_run, force=force, reason=reason)
         except NotLeaderError as exc:
