@@ -234,21 +234,11 @@ class LeaseElector:
             self._raise_if_misconfigured(exc, "get")
             raise
         spec = lease.get("spec") or {}
-        meta = lease.get("metadata") or {}
-        version = str(meta.get("resourceVersion", ""))
-        now = self._clock()
-        if version != self._observed_version:
-            self._observed_version = version
-            self._observed_at = now
-        holder = str(spec.get("holderIdentity") or "")
-        self.holder = holder
-        duration = int(spec.get("leaseDurationSeconds") or s.lease_duration)
-        mine = holder == s.identity
-        if holder and not mine and self._observed_at + duration > now:
+        if self._held_by_another(lease, spec):
             if self.leading:
                 self._fence.revoke()  # someone else holds it: stop at once
             return Outcome.HELD
-        renewing = mine and self.leading and self.term is not None
+        renewing = self.holder == s.identity and self.leading and self.term is not None
         transitions = int(spec.get("leaseTransitions") or 0)
         if not renewing:
             transitions += 1  # a new term: this process was not leading
@@ -270,6 +260,19 @@ class LeaseElector:
             raise
         self._granted(updated, transitions, started)
         return Outcome.LEADING
+
+    def _held_by_another(self, lease: dict[str, Any], spec: dict[str, Any]) -> bool:
+        """Another holder's term still runs: timed from when this process saw its version."""
+        version = str((lease.get("metadata") or {}).get("resourceVersion", ""))
+        now = self._clock()
+        if version != self._observed_version:
+            self._observed_version = version
+            self._observed_at = now
+        holder = str(spec.get("holderIdentity") or "")
+        self.holder = holder
+        duration = int(spec.get("leaseDurationSeconds") or self.settings.lease_duration)
+        mine = holder == self.settings.identity
+        return bool(holder) and not mine and self._observed_at + duration > now
 
     async def _create(self, started: float) -> Outcome:
         s = self.settings

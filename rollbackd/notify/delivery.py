@@ -135,11 +135,28 @@ class Delivery:
         if due:
             # One row a pass, then look again: delivering a trigger makes its
             # resolve a head, and that resolve is older than later triggers.
-            row = await store.get(due[0].id)
-            if row is not None and row.state == PENDING:
-                if not await self._withdrawn_as_stale(store, lane, row, entries):
-                    await self._send(store, lane, row)
+            await self._deliver(store, lane, due[0], entries)
             return 0
+        return self._until_next_event(lane, entries, first, hold, now)
+
+    async def _deliver(
+        self, store: OutboxStore, lane: Lane, head: PendingEntry, entries: Sequence[PendingEntry]
+    ) -> None:
+        """Send the row of ``head`` unless it is gone, taken, or withdrawn as stale."""
+        row = await store.get(head.id)
+        if row is not None and row.state == PENDING:
+            if not await self._withdrawn_as_stale(store, lane, row, entries):
+                await self._send(store, lane, row)
+
+    def _until_next_event(
+        self,
+        lane: Lane,
+        entries: Sequence[PendingEntry],
+        first: Sequence[PendingEntry],
+        hold: datetime | None,
+        now: datetime,
+    ) -> float:
+        """Seconds until a head is due, a row expires, or a row may fail over."""
         wake_at = [max(e.next_attempt_at, hold or e.next_attempt_at) for e in first]
         wake_at.append(min(e.created_at for e in entries) + self._max_age)
         if self._failover_after is not None:
