@@ -68,6 +68,16 @@ def template_hash(obj: Mapping[str, Any]) -> str | None:
     return ((meta or {}).get("labels") or {}).get(LABEL_POD_TEMPLATE_HASH)
 
 
+def running_template_hash(
+    replicasets: Iterable[Mapping[str, Any]], template: Mapping[str, Any]
+) -> str:
+    """The pod-template-hash of the ReplicaSet running ``template``; "" when none does."""
+    for rs in replicasets:
+        if templates_equal(rs["spec"]["template"], template):
+            return str(template_hash(rs) or "")
+    return ""
+
+
 def desired_replicas(deployment: Mapping[str, Any]) -> int:
     """``spec.replicas``, which the API defaults to 1 when absent."""
     replicas = (deployment.get("spec") or {}).get("replicas")

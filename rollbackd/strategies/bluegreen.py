@@ -26,13 +26,12 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.bluegreen import ANNOTATION_BLUEGREEN, BLUE_GREEN, bluegreen_facts
-from rollbackd.guard import templates_equal
+from rollbackd.bluegreen import ANNOTATION_BLUEGREEN, BLUE_GREEN, BlueGreenFacts, bluegreen_facts
 from rollbackd.kube.errors import ConflictError, NotFoundError
 from rollbackd.kube.patch import annotation_ops, escape_pointer, precondition
 from rollbackd.kube.rollout import deployment_status
 from rollbackd.model import Target
-from rollbackd.readiness import template_hash
+from rollbackd.readiness import running_template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
@@ -72,6 +71,59 @@ def _named(objects: Sequence[Obj], name: str) -> Obj:
     return next((o for o in objects if (o.get("metadata") or {}).get("name") == name), {})
 
 
+def _switchable(deployment: Obj, context: Obj) -> BlueGreenFacts:
+    """The blue-green facts of a Deployment whose Service can be switched back; else PlanError."""
+    facts = bluegreen_facts(deployment, context.get("services", ()), context.get("deployments", ()))
+    if facts is None:
+        raise PlanError(
+            ReasonCode.STRATEGY_UNKNOWN, "no Service declares blue-green for this Deployment"
+        )
+    if facts.problem is not None:
+        raise PlanError(*facts.problem)
+    if not facts.live:
+        raise PlanError(
+            ReasonCode.NOT_LIVE_COLOR,
+            f"Service {facts.service} no longer selects this colour; nothing was switched",
+        )
+    if facts.previous is None:
+        raise PlanError(ReasonCode.NO_PREVIOUS_COLOR, f"{facts.no_previous}; nothing was switched")
+    return facts
+
+
+def _written_besides_target(
+    facts: BlueGreenFacts, namespace: str, service: Obj, context: Obj
+) -> tuple[dict[str, Obj], list[dict[str, Any]]]:
+    """The objects written besides the target, and the previous colour's scaling (if any).
+
+    Their owner's sync would undo the write: the Service (switched back) and
+    the previous colour when it is scaled up.
+    """
+    others: dict[str, Obj] = {f"Service {namespace}/{facts.service}": service} if service else {}
+    scaled: list[dict[str, Any]] = []
+    if facts.previous_current_replicas < facts.previous_replicas:
+        scaled.append(
+            {
+                "deployment": facts.previous,
+                "from": facts.previous_current_replicas,
+                "to": facts.previous_replicas,
+            }
+        )
+        previous = _named(context.get("deployments", ()), str(facts.previous))
+        if previous:
+            others[f"Deployment {namespace}/{facts.previous}"] = previous
+    return others, scaled
+
+
+def _summary(facts: BlueGreenFacts, scaled: Sequence[Mapping[str, Any]]) -> str:
+    key = facts.color_label
+    summary = f"switching Service {facts.service} selector {key}={facts.live_color} -> " + (
+        f"{key}={facts.previous_color} ({facts.previous})"
+    )
+    if scaled:
+        summary += f" after scaling {facts.previous} {scaled[0]['from']} -> {scaled[0]['to']}"
+    return summary
+
+
 class BlueGreenStrategy:
     """Switch a blue-green Service back to the colour that ran before."""
 
@@ -95,30 +147,12 @@ class BlueGreenStrategy:
     ) -> Restore:
         """The other colour, the switch and the scaling; PlanError when it cannot be done."""
         context = context or {}
-        facts = bluegreen_facts(
-            deployment, context.get("services", ()), context.get("deployments", ())
-        )
-        if facts is None:
-            raise PlanError(
-                ReasonCode.STRATEGY_UNKNOWN, "no Service declares blue-green for this Deployment"
-            )
-        if facts.problem is not None:
-            raise PlanError(*facts.problem)
-        if not facts.live:
-            raise PlanError(
-                ReasonCode.NOT_LIVE_COLOR,
-                f"Service {facts.service} no longer selects this colour; nothing was switched",
-            )
-        if facts.previous is None:
-            raise PlanError(
-                ReasonCode.NO_PREVIOUS_COLOR, f"{facts.no_previous}; nothing was switched"
-            )
-        target = (deployment.get("metadata") or {}).get("name", "")
-        namespace = str((deployment.get("metadata") or {}).get("namespace"))
+        facts = _switchable(deployment, context)
+        meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+        target, namespace = meta.get("name", ""), str(meta.get("namespace"))
         services = context.get("services", ())
         service = _named(services, str(facts.service))
-        template = (deployment.get("spec") or {}).get("template") or {}
-        running = [rs for rs in replicasets if templates_equal(rs["spec"]["template"], template)]
+        template = spec.get("template") or {}
         key = facts.color_label
         after = {**facts.selector, key: str(facts.previous_color)}
         record = {
@@ -130,28 +164,12 @@ class BlueGreenStrategy:
             "replicas": facts.previous_replicas,
             "cleanup": facts.cleanup,
         }
-        # Objects it writes besides the target, whose owner's sync would undo the write:
-        # the Service (switched back) and the previous colour when it is scaled up.
         previous_of = f"Deployment {namespace}/{facts.previous}"
-        others: dict[str, Obj] = (
-            {f"Service {namespace}/{facts.service}": service} if service else {}
-        )
-        scaled = []
-        if facts.previous_current_replicas < facts.previous_replicas:
-            scaled.append(
-                {
-                    "deployment": facts.previous,
-                    "from": facts.previous_current_replicas,
-                    "to": facts.previous_replicas,
-                }
-            )
-            previous = _named(context.get("deployments", ()), str(facts.previous))
-            if previous:
-                others[previous_of] = previous
+        others, scaled = _written_besides_target(facts, namespace, service, context)
         # Named on the pages of a resumed rollback: they were paused before this record.
         owned_by = (("service_owner", service), ("previous_owner", others.get(previous_of, {})))
         record.update({key: owner for key, obj in owned_by if (owner := gitops_owner(obj))})
-        replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+        replicas = int(spec.get("replicas", 1) or 0)
         changes = {
             "strategy": BLUE_GREEN,
             "service": facts.service,
@@ -160,21 +178,16 @@ class BlueGreenStrategy:
             "replicas_scaled": scaled,
             "cleanup": {"deployment": target, "mode": facts.cleanup, "replicas": replicas},
         }
-        summary = f"switching Service {facts.service} selector {key}={facts.live_color} -> " + (
-            f"{key}={facts.previous_color} ({facts.previous})"
-        )
-        if scaled:
-            summary += f" after scaling {facts.previous} {scaled[0]['from']} -> {scaled[0]['to']}"
         return Restore(
             replicaset={"metadata": {"name": facts.previous}},
             to_revision=facts.previous_revision or 0,
             template=strip_hash(facts.previous_template),
-            template_hash=str(template_hash(running[0]) or "") if running else "",
+            template_hash=running_template_hash(replicasets, template),
             predicted_revision=revision_of(deployment) or 0,
             kept_template=template,
             verify_target=Target(namespace, str(facts.previous)),
             changes={**changes, "record": record},
-            summary=summary,
+            summary=_summary(facts, scaled),
             gitops_objects=others,
         )
 

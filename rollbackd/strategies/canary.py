@@ -29,17 +29,17 @@ from rollbackd.canary import (
     ANNOTATION_CANARY,
     ANNOTATION_CANARY_REPLICAS,
     CANARY,
+    CanaryFacts,
     canary_facts,
     route_shift,
     weight_of,
     weight_ops,
 )
-from rollbackd.guard import templates_equal
 from rollbackd.kube.errors import ConflictError, NotFoundError
 from rollbackd.kube.patch import annotation_ops, precondition
 from rollbackd.kube.rollout import deployment_status
 from rollbackd.model import Target
-from rollbackd.readiness import template_hash
+from rollbackd.readiness import running_template_hash
 from rollbackd.reasons import ReasonCode
 from rollbackd.revisions import gitops_owner, revision_of, strip_hash
 from rollbackd.state import plan_record as recorded_plan
@@ -88,6 +88,41 @@ def _serving(canary: Obj, stable: Obj) -> dict[str, Any]:
     return serving
 
 
+def _canary_and_stable(deployment: Obj, deployments: Sequence[Obj]) -> tuple[CanaryFacts, Obj]:
+    """The canary's facts and its stable Deployment; PlanError when it is no valid canary."""
+    facts = canary_facts(deployment, deployments)
+    if facts is None:
+        raise PlanError(ReasonCode.CANARY_OF_INVALID, "this Deployment is not a canary")
+    if facts.problem is not None:
+        raise PlanError(*facts.problem)
+    stable = next(d for d in deployments if (d.get("metadata") or {}).get("name") == facts.stable)
+    return facts, stable
+
+
+def _route_change(facts: CanaryFacts, record: Mapping[str, Any], changes: dict[str, Any]) -> str:
+    """The weight shift into ``changes``; its summary."""
+    changes["route"] = record["route"]
+    changes["weights_before"], changes["weights_after"] = record["before"], record["after"]
+    return (
+        f"setting canary {facts.canary}'s weight to 0 in HTTPRoute {facts.route} "
+        f"(Service {record['canary_service']} -> 0, {record['stable_service']} the total)"
+    )
+
+
+def _scale_down_change(facts: CanaryFacts, changes: dict[str, Any]) -> str:
+    """The scale-down into ``changes``; its summary (PlanError when already at 0)."""
+    if facts.replicas == 0:
+        raise PlanError(
+            ReasonCode.CANARY_OUT_OF_TRAFFIC,
+            f"canary {facts.canary} is scaled to 0 already; its recorded replicas are kept",
+        )
+    changes["replicas_scaled"] = [{"deployment": facts.canary, "from": facts.replicas, "to": 0}]
+    return (
+        f"scaling canary {facts.canary} {facts.replicas} -> 0 (stable {facts.stable} "
+        f"serves; the count is kept in {ANNOTATION_CANARY_REPLICAS} to restore it)"
+    )
+
+
 class CanaryStrategy:
     """Take a breaching canary out of traffic; the stable Deployment serves."""
 
@@ -118,16 +153,8 @@ class CanaryStrategy:
     ) -> Restore:
         """The scale-down or the weight shift; PlanError on bad input (nothing written)."""
         context = context or {}
-        deployments = context.get("deployments", ())
-        facts = canary_facts(deployment, deployments)
-        if facts is None:
-            raise PlanError(ReasonCode.CANARY_OF_INVALID, "this Deployment is not a canary")
-        if facts.problem is not None:
-            raise PlanError(*facts.problem)
+        facts, stable = _canary_and_stable(deployment, context.get("deployments", ()))
         meta = deployment.get("metadata") or {}
-        stable = next(
-            d for d in deployments if (d.get("metadata") or {}).get("name") == facts.stable
-        )
         record: dict[str, Any] = {"stable": facts.stable, "replicas": facts.replicas}
         changes: dict[str, Any] = {"strategy": CANARY, "stable": facts.stable}
         others: dict[str, Obj] = {}  # a sync of the route's owner would put the weight back
@@ -136,32 +163,16 @@ class CanaryStrategy:
             others[f"HTTPRoute {meta.get('namespace')}/{facts.route}"] = context["route"]
             if route_owner := gitops_owner(context["route"]):
                 record["route_owner"] = route_owner  # named on a resumed rollback's pages
-            changes["route"] = record["route"]
-            changes["weights_before"], changes["weights_after"] = record["before"], record["after"]
-            summary = (
-                f"setting canary {facts.canary}'s weight to 0 in HTTPRoute {facts.route} "
-                f"(Service {record['canary_service']} -> 0, {record['stable_service']} the total)"
-            )
-        elif facts.replicas == 0:
-            raise PlanError(
-                ReasonCode.CANARY_OUT_OF_TRAFFIC,
-                f"canary {facts.canary} is scaled to 0 already; its recorded replicas are kept",
-            )
+            summary = _route_change(facts, record, changes)
         else:
-            scaled = {"deployment": facts.canary, "from": facts.replicas, "to": 0}
-            changes["replicas_scaled"] = [scaled]
-            summary = (
-                f"scaling canary {facts.canary} {facts.replicas} -> 0 (stable {facts.stable} "
-                f"serves; the count is kept in {ANNOTATION_CANARY_REPLICAS} to restore it)"
-            )
+            summary = _scale_down_change(facts, changes)
         template = (deployment.get("spec") or {}).get("template") or {}
-        running = [rs for rs in replicasets if templates_equal(rs["spec"]["template"], template)]
         serving = _serving(template, (stable.get("spec") or {}).get("template") or {})
         return Restore(
             replicaset={"metadata": {"name": facts.stable}},
             to_revision=revision_of(stable) or 1,
             template=serving,
-            template_hash=str(template_hash(running[0]) or "") if running else "",
+            template_hash=running_template_hash(replicasets, template),
             predicted_revision=revision_of(deployment) or 0,
             kept_template=template,
             verify_target=Target(str(meta.get("namespace")), facts.stable),
