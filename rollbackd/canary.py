@@ -166,11 +166,7 @@ def route_shift(route: Obj, services: Sequence[Obj], canary: Obj, stable: Obj) -
     after: list[tuple[int, int, int]] = []
     found: dict[str, str] = {}
     for i, rule in enumerate((route.get("spec") or {}).get("rules") or []):
-        refs = [
-            (j, str(ref.get("name", "")), weight_of(ref))
-            for j, ref in enumerate(rule.get("backendRefs") or [])
-            if ref.get("kind", "Service") == "Service" and ref.get("group", "") == ""
-        ]
+        refs = _service_refs(rule)
         ours = [r for r in refs if r[1] in canary_services]
         theirs = [r for r in refs if r[1] in stable_services]
         if not ours:
@@ -181,15 +177,37 @@ def route_shift(route: Obj, services: Sequence[Obj], canary: Obj, stable: Obj) -
             )
         found.setdefault("canary", ours[0][1])
         found.setdefault("stable", theirs[0][1])
-        total = sum(w for _, _, w in refs)
-        others = sum(w for j, _, w in theirs[1:])
-        before += [(i, j, w) for j, _, w in ours + theirs]
-        after += [(i, j, 0) for j, _, _ in ours]
-        after += [(i, theirs[0][0], total - others)] + [(i, j, w) for j, _, w in theirs[1:]]
+        rule_before, rule_after = _rule_shift(i, refs, ours, theirs)
+        before += rule_before
+        after += rule_after
     if "canary" not in found:
         wanted = ", ".join(canary_services) or "none selects only the canary's pods"
         return f"HTTPRoute {name} has no backend for the canary's Service ({wanted})"
     return RouteShift(name, found["canary"], found["stable"], tuple(before), tuple(after))
+
+
+_Ref = tuple[int, str, int]  # (index in backendRefs, Service name, weight)
+
+
+def _service_refs(rule: Mapping[str, Any]) -> list[_Ref]:
+    """The rule's backends that are core Services."""
+    return [
+        (j, str(ref.get("name", "")), weight_of(ref))
+        for j, ref in enumerate(rule.get("backendRefs") or [])
+        if ref.get("kind", "Service") == "Service" and ref.get("group", "") == ""
+    ]
+
+
+def _rule_shift(
+    i: int, refs: Sequence[_Ref], ours: Sequence[_Ref], theirs: Sequence[_Ref]
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Rule ``i``'s weights before, and after: the canary's at 0, the first stable's the rest."""
+    total = sum(w for _, _, w in refs)
+    others = sum(w for _, _, w in theirs[1:])
+    before = [(i, j, w) for j, _, w in [*ours, *theirs]]
+    after = [(i, j, 0) for j, _, _ in ours]
+    after += [(i, theirs[0][0], total - others)] + [(i, j, w) for j, _, w in theirs[1:]]
+    return before, after
 
 
 def weight_ops(weights: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
