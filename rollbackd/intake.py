@@ -135,62 +135,62 @@ class SignalIntake:
             return AcceptResult(accepted=0, duplicates=repeated[0], unresolved=0)
         payload = parse_body(body)
         now = self._clock()
-        sorted_ = _BodySorting()
-        fresh = self._validate(payload.raw_alerts, may_hold_surrogates(body), sorted_)
-        self._convert(fresh, now, sorted_)
-        ids = await self._commit(sorted_.signals, sorted_.records(now))
-        accepted = self._publish(sorted_.signals, ids)
-        self._remember_outcome(sorted_)
-        if not sorted_.rejected and not sorted_.unresolved and payload.raw_alerts:
+        sorting = _BodySorting()
+        fresh = self._validate(payload.raw_alerts, may_hold_surrogates(body), sorting)
+        self._convert(fresh, now, sorting)
+        ids = await self._commit(sorting.signals, sorting.records(now))
+        accepted = self._publish(sorting.signals, ids)
+        self._remember_outcome(sorting)
+        if not sorting.rejected and not sorting.unresolved and payload.raw_alerts:
             self._remember_body(digest, len(payload.raw_alerts))
         return AcceptResult(
             accepted=accepted,
-            duplicates=sorted_.duplicates + len(sorted_.signals) - accepted,
-            unresolved=len(sorted_.unresolved),
-            rejected=[r.as_json() for r in sorted_.rejected],
+            duplicates=sorting.duplicates + len(sorting.signals) - accepted,
+            unresolved=len(sorting.unresolved),
+            rejected=[r.as_json() for r in sorting.rejected],
         )
 
     def _validate(
-        self, raw_alerts: Sequence[object], check_surrogates: bool, sorted_: _BodySorting
+        self, raw_alerts: Sequence[object], check_surrogates: bool, sorting: _BodySorting
     ) -> list[tuple[str | None, WebhookAlert]]:
         """The alerts not already committed or unresolved, valid; the rest counted or rejected."""
         fresh: list[tuple[str | None, WebhookAlert]] = []
         for index, raw in enumerate(raw_alerts):
             key = raw_alert_key(raw)
             if key is not None and (key in self._committed or key in self._unresolved):
-                sorted_.duplicates += 1
+                sorting.duplicates += 1
                 continue
             checked = validate_alert(index, raw, check_surrogates=check_surrogates)
             if isinstance(checked, RejectedAlert):
-                sorted_.rejected.append(checked)
+                sorting.rejected.append(checked)
             else:
                 fresh.append((key, checked))
         return fresh
 
     def _convert(
-        self, fresh: Sequence[tuple[str | None, WebhookAlert]], now: datetime, sorted_: _BodySorting
+        self, fresh: Sequence[tuple[str | None, WebhookAlert]], now: datetime, sorting: _BodySorting
     ) -> None:
         """Each valid alert becomes a signal, an unresolved alert, or (rollbackd's own) nothing."""
         for key, alert in fresh:
             converted = alert_to_signal(alert, self._mapping, self._resolve_pod, now)
             if isinstance(converted, UnresolvedAlert):
-                sorted_.unresolved.append((key, converted))
+                sorting.unresolved.append((key, converted))
             elif converted.name in OWN_ALERTNAMES:
-                sorted_.duplicates += 1
+                sorting.duplicates += 1
             elif self._target_known(converted.target) is False:
                 reason = f"Deployment {converted.target} not found in the cluster"
                 missing = UnresolvedAlert(alert.identity, converted.name, alert.labels, reason)
-                sorted_.unresolved.append((key, missing))
+                sorting.unresolved.append((key, missing))
             else:
-                sorted_.signals.append(converted)
-                sorted_.signal_keys.append(key)
+                sorting.signals.append(converted)
+                sorting.signal_keys.append(key)
 
-    def _remember_outcome(self, sorted_: _BodySorting) -> None:
+    def _remember_outcome(self, sorting: _BodySorting) -> None:
         """After the commit: keys remembered, unresolved and rejected alerts counted and logged."""
-        for key in sorted_.signal_keys:
+        for key in sorting.signal_keys:
             if key is not None:
                 self._committed.add(key)
-        for key, missing in sorted_.unresolved:
+        for key, missing in sorting.unresolved:
             self._metrics.unresolved_alerts_total.inc()
             log.warning(
                 "alert_without_target",
@@ -200,7 +200,7 @@ class SignalIntake:
             )
             if key is not None:
                 self._unresolved.add(key)
-        for r in sorted_.rejected:
+        for r in sorting.rejected:
             log.warning("alert_rejected", index=r.index, path=r.path, reason=r.reason)
 
     def _remember_body(self, digest: bytes, alerts: int) -> None:
