@@ -71,7 +71,9 @@ install_with_uv() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$UV" venv -q --python "$(command -v python3)" "$VENV" || return 1
   fi
-  "$UV" pip install -q --python "$VENV/bin/python" -e '.[dev]'
+  # Compiled now, as pip does: otherwise every test worker, started at the same
+  # moment, compiles the same dependencies on its first import.
+  "$UV" pip install -q --compile-bytecode --python "$VENV/bin/python" -e '.[dev]'
 }
 install_with_pip() {
   rm -rf "$VENV"
