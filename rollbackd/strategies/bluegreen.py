@@ -92,14 +92,15 @@ def _switchable(deployment: Obj, context: Obj) -> BlueGreenFacts:
 
 def _written_besides_target(
     facts: BlueGreenFacts, namespace: str, service: Obj, context: Obj
-) -> tuple[dict[str, Obj], list[dict[str, Any]]]:
-    """The objects written besides the target, and the previous colour's scaling (if any).
+) -> tuple[dict[str, Obj], list[dict[str, Any]], Obj]:
+    """The objects written besides the target, the previous colour's scaling, and that colour.
 
     Their owner's sync would undo the write: the Service (switched back) and
-    the previous colour when it is scaled up.
+    the previous colour when it is scaled up ({} for it when it is not).
     """
     others: dict[str, Obj] = {f"Service {namespace}/{facts.service}": service} if service else {}
     scaled: list[dict[str, Any]] = []
+    previous: Obj = {}
     if facts.previous_current_replicas < facts.previous_replicas:
         scaled.append(
             {
@@ -111,7 +112,7 @@ def _written_besides_target(
         previous = _named(context.get("deployments", ()), str(facts.previous))
         if previous:
             others[f"Deployment {namespace}/{facts.previous}"] = previous
-    return others, scaled
+    return others, scaled, previous
 
 
 def _summary(facts: BlueGreenFacts, scaled: Sequence[Mapping[str, Any]]) -> str:
@@ -164,10 +165,9 @@ class BlueGreenStrategy:
             "replicas": facts.previous_replicas,
             "cleanup": facts.cleanup,
         }
-        previous_of = f"Deployment {namespace}/{facts.previous}"
-        others, scaled = _written_besides_target(facts, namespace, service, context)
+        others, scaled, previous = _written_besides_target(facts, namespace, service, context)
         # Named on the pages of a resumed rollback: they were paused before this record.
-        owned_by = (("service_owner", service), ("previous_owner", others.get(previous_of, {})))
+        owned_by = (("service_owner", service), ("previous_owner", previous))
         record.update({key: owner for key, obj in owned_by if (owner := gitops_owner(obj))})
         replicas = int(spec.get("replicas", 1) or 0)
         changes = {

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.unit.test_import_graph import module_files
+
 PACKAGE = Path(__file__).resolve().parents[2] / "rollbackd"
 TEST_FRAMEWORKS = ("pytest", "_pytest", "pytest_asyncio", "pytest_timeout", "hypothesis")
 DEMO_ONLY = ("jsonpatch", "rollbackd.testing")
@@ -67,16 +69,11 @@ def run_child(
 
 def modules_under(package: Path, *, excluding: Sequence[str] = ()) -> list[str]:
     """Every importable module name below ``package``, from its files."""
-    names: list[str] = []
-    for path in sorted(package.rglob("*.py")):
-        parts = list(path.relative_to(package.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        name = ".".join(parts)
-        if any(name == e or name.startswith(e + ".") for e in excluding):
-            continue
-        names.append(name)
-    return names
+    return [
+        name
+        for name in module_files(package)
+        if not any(name == e or name.startswith(e + ".") for e in excluding)
+    ]
 
 
 def import_all(blocked: Sequence[str], modules: Sequence[str]) -> dict[str, object]:
