@@ -16,6 +16,11 @@ Thin evidence is not a breach (safety rule 11): a ratio is judged only when
 the window holds at least ``min_requests`` requests (rate x window). A rate
 gate alone is not enough: ``rate()`` extrapolates, so one failed request in
 a short window can read as a rate above any small ``min_traffic``.
+
+The built-in queries count only series that still exist (``_live_rate``):
+right after a rollout, the pods it replaced would otherwise keep their old,
+healthy rate in every window that still holds their samples, and dilute the
+new pods' errors for a whole window.
 """
 
 from __future__ import annotations
@@ -366,17 +371,34 @@ async def evaluate_specs(
 
 _BY = "by (namespace, {deployment_label})"
 
+
+def _live_rate(metric: str, matchers: str = "") -> str:
+    """``rate()`` over the window of ``metric``'s series that have a current sample.
+
+    A replaced pod's series ends, but ``rate()`` keeps its last rate until
+    its samples leave the window. At a 10 s window and a 1 s scrape, two new
+    pods failing 30 % of requests read 4 % one scrape in (under a 5 %
+    threshold) and 30 % with the replaced pods left out. Prometheus marks a
+    vanished series stale at the next scrape, and an instant selector skips
+    stale series, so ``and metric`` keeps the live ones. A series kept
+    without staleness markers (remote read) stays in for the lookback, as
+    before.
+    """
+    return f"(rate({metric}{matchers}[{{window}}]) and {metric})"
+
+
+_REQUESTS = _live_rate("http_requests_total")
+_SERVER_ERRORS = _live_rate("http_requests_total", '{code=~"5.."}')
+
 DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec(
         name="error_ratio",
         # "or ... * 0" makes a target with traffic but no 5xx series read 0, not empty.
         query=(
-            f'(sum {_BY} (rate(http_requests_total{{code=~"5.."}}[{{window}}]))'
-            f" or sum {_BY} (rate(http_requests_total[{{window}}])) * 0)"
-            f" / sum {_BY} (rate(http_requests_total[{{window}}]))"
+            f"(sum {_BY} {_SERVER_ERRORS} or sum {_BY} {_REQUESTS} * 0) / sum {_BY} {_REQUESTS}"
         ),
         threshold=0.05,
-        traffic_query=f"sum {_BY} (rate(http_requests_total[{{window}}]))",
+        traffic_query=f"sum {_BY} {_REQUESTS}",
         min_traffic=0.1,
         min_requests=10,
     ),
@@ -384,10 +406,10 @@ DEFAULT_SIGNALS: tuple[SignalSpec, ...] = (
         name="latency_p99",
         query=(
             "histogram_quantile(0.99, sum by (namespace, {deployment_label}, le)"
-            " (rate(http_request_duration_seconds_bucket[{window}])))"
+            f" {_live_rate('http_request_duration_seconds_bucket')})"
         ),
         threshold=0.5,
-        traffic_query=f"sum {_BY} (rate(http_request_duration_seconds_count[{{window}}]))",
+        traffic_query=f"sum {_BY} {_live_rate('http_request_duration_seconds_count')}",
         min_traffic=0.1,
         min_requests=10,
     ),

@@ -183,6 +183,47 @@ def test_error_ratio_is_zero_not_absent_without_any_5xx_series(tmp_path: Path) -
     )
 
 
+def _pod_requests(pod: str, code: str, values: str) -> dict[str, str]:
+    labels = f'namespace="shop",deployment="checkout",pod="{pod}",code="{code}"'
+    return {"series": f"http_requests_total{{{labels}}}", "values": values}
+
+
+def test_after_a_rollout_the_error_ratio_is_the_new_pods_not_diluted_by_the_replaced_ones(
+    tmp_path: Path,
+) -> None:
+    # The old pod serves 1 req/s without errors for 5 minutes, then is gone
+    # (stale); the new pod, from the next scrape on, fails a third of 1 req/s.
+    # Two scrapes into the new pod the 1m window still holds 45 s of the old
+    # pod's samples: counted, they would read 0.33 x 2/5 at most.
+    ratio = "namespace_deployment:http_requests_errors:ratio_rate1m"
+    _promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "15s",
+                "input_series": [
+                    _pod_requests("old", "200", "0+15x20 stale"),
+                    _pod_requests("old", "500", "0+0x20 stale"),
+                    _pod_requests("new", "200", "_x21 0+10x10"),
+                    _pod_requests("new", "500", "_x21 0+5x10"),
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": ratio,
+                        "eval_time": "5m30s",
+                        "exp_samples": [
+                            {
+                                "labels": f'{ratio}{{namespace="shop",deployment="checkout"}}',
+                                "value": 1 / 3,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    )
+
+
 def test_no_alert_below_the_minimum_traffic_even_if_every_request_fails(
     tmp_path: Path,
 ) -> None:

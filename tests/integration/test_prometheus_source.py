@@ -18,7 +18,7 @@ from aiohttp import web
 
 from rollbackd.model import Signal, SignalStatus, Target
 from rollbackd.promql import Combine, PromQL, PromQLError, TargetKey
-from rollbackd.signals import DEFAULT_SIGNALS, SignalSpec, Verdict, evaluate_specs
+from rollbackd.signals import DEFAULT_SIGNALS, Evaluation, SignalSpec, Verdict, evaluate_specs
 from rollbackd.sources.pollgrid import landing_margin
 from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.testing.promstack import MetricsEndpoint, PrometheusServer, poll_until
@@ -38,49 +38,53 @@ class Behaviour:
     rps: float = 10.0
     error_ratio: float = 0.0
     latency: float = 0.05  # seconds, every request
+    pod: str = "abc12"  # a new name is a rollout: the old pod's series end
 
 
 @dataclass
 class Workload:
-    """Serves http_requests_total and a latency histogram; each scrape advances one second."""
+    """Serves http_requests_total and a latency histogram; each scrape advances one second.
+
+    Only each target's current pod is exposed, so a pod replaced by a rollout
+    disappears from the scrape (and Prometheus marks its series stale).
+    """
 
     behaviour: dict[Target, Behaviour] = field(default_factory=dict)
-    _requests: dict[tuple[Target, str], float] = field(default_factory=dict)
-    _buckets: dict[tuple[Target, str], float] = field(default_factory=dict)
-    _count: dict[Target, float] = field(default_factory=dict)
-    _sum: dict[Target, float] = field(default_factory=dict)
+    _counters: dict[tuple[Target, str, str, str], float] = field(default_factory=dict)
+
+    def _add(self, target: Target, pod: str, series: str, label: str, amount: float) -> None:
+        key = (target, pod, series, label)
+        self._counters[key] = self._counters.get(key, 0.0) + amount
 
     def render(self) -> str:
         lines = []
         for target, b in self.behaviour.items():
             errors = b.rps * b.error_ratio
-            for code, amount in (("200", b.rps - errors), ("500", errors)):
-                key = (target, code)
-                self._requests[key] = self._requests.get(key, 0.0) + amount
+            self._add(target, b.pod, "requests", '"200"', b.rps - errors)
+            self._add(target, b.pod, "requests", '"500"', errors)
             for le in BUCKETS:
                 hit = le == "+Inf" or b.latency <= float(le)
-                key = (target, le)
-                self._buckets[key] = self._buckets.get(key, 0.0) + (b.rps if hit else 0.0)
-            self._count[target] = self._count.get(target, 0.0) + b.rps
-            self._sum[target] = self._sum.get(target, 0.0) + b.rps * b.latency
-        for (target, code), value in self._requests.items():
-            labels = self._labels(target) + f',code="{code}"'
-            lines.append(f"http_requests_total{{{labels}}} {value}")
-        for (target, le), value in self._buckets.items():
-            labels = self._labels(target) + f',le="{le}"'
-            lines.append(f"http_request_duration_seconds_bucket{{{labels}}} {value}")
-        for target, value in self._count.items():
-            lines.append(f"http_request_duration_seconds_count{{{self._labels(target)}}} {value}")
-            lines.append(
-                f"http_request_duration_seconds_sum{{{self._labels(target)}}} {self._sum[target]}"
-            )
+                self._add(target, b.pod, "bucket", f'"{le}"', b.rps if hit else 0.0)
+            self._add(target, b.pod, "count", "", b.rps)
+            self._add(target, b.pod, "sum", "", b.rps * b.latency)
+        current = {(target, b.pod) for target, b in self.behaviour.items()}
+        for (target, pod, series, label), value in self._counters.items():
+            if (target, pod) in current:
+                lines.append(self._line(target, pod, series, label, value))
         return "\n".join(lines) + "\n"
 
     @staticmethod
-    def _labels(target: Target) -> str:
-        return (
-            f'namespace="{target.namespace}",deployment="{target.name}",pod="{target.name}-abc12"'
+    def _line(target: Target, pod: str, series: str, label: str, value: float) -> str:
+        labels = (
+            f'namespace="{target.namespace}",deployment="{target.name}",pod="{target.name}-{pod}"'
         )
+        name, extra = {
+            "requests": ("http_requests_total", f",code={label}"),
+            "bucket": ("http_request_duration_seconds_bucket", f",le={label}"),
+            "count": ("http_request_duration_seconds_count", ""),
+            "sum": ("http_request_duration_seconds_sum", ""),
+        }[series]
+        return f"{name}{{{labels}{extra}}} {value}"
 
 
 class CountingPromQL(PromQL):
@@ -181,6 +185,38 @@ async def test_one_breaching_cycle_then_healthy_stays_silent(rig: Rig) -> None:
     assert await poller.evaluate_once() == []
     assert rig.emitted == []
     assert poller.tracked == 0
+
+
+async def test_a_rollout_is_judged_on_the_pods_it_runs_not_on_those_it_replaced(
+    rig: Rig,
+) -> None:
+    """The first look with two scrapes of the new pod reads its own error ratio.
+
+    The 10 s window still holds eight seconds of the replaced, healthy pod;
+    counted, they hold the ratio at a fraction of the new pod's for several
+    scrapes (the diluted reading below shows they are there).
+    """
+    spec = dataclasses.replace(ERROR_RATIO, window="10s")
+    diluted = dataclasses.replace(spec, query=spec.query.replace(" and http_requests_total", ""))
+    assert diluted.query != spec.query
+    await asyncio.sleep(10)  # ten healthy scrapes fill the window
+    rig.workload.behaviour[CART] = Behaviour(error_ratio=0.3, pod="v2pod")
+
+    async def scraped() -> bool | None:
+        return bool(await rig.promql.query('http_requests_total{pod="cart-v2pod"}')) or None
+
+    await poll_until(scraped, within=15, interval=0.1, message="new pod scraped")
+
+    async def first_judged() -> tuple[datetime, Evaluation] | None:
+        at = datetime.now(UTC)
+        found = (await evaluate_specs(rig.promql, [spec], target=CART, at=at))[(CART, spec.name)]
+        return None if found.verdict is Verdict.NO_DATA else (at, found)
+
+    at, live = await poll_until(first_judged, within=15, interval=0.2, message="new pod judged")
+    assert live.verdict is Verdict.BREACH, live
+    assert live.value is not None and 0.25 <= live.value <= 0.35, live
+    old = (await evaluate_specs(rig.promql, [diluted], target=CART, at=at))[(CART, spec.name)]
+    assert old.value is not None and old.value < live.value / 2, old
 
 
 async def test_latency_breach_is_read_from_the_histogram(rig: Rig) -> None:

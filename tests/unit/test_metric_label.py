@@ -1,7 +1,7 @@
 """``prometheus.deployment_label``: the metric label naming a workload, in every query rollbackd sends.
 
-The default must send exactly the queries rollbackd sent before the key
-existed; another label must reach the poller's grouping and parsing, the
+The default must send exactly the documented queries (those sent before the
+key existed, with the built-in signals counting live series only); another label must reach the poller's grouping and parsing, the
 verification's narrowing to one target, the saturation queries, the
 postmortem's impact and the data assertions; a bad label is refused at load
 with its key path.
@@ -34,20 +34,27 @@ SHOP = Target("default", "shop")
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 ERROR_RATIO = DEFAULT_SIGNALS[0]
 
-# What rollbackd sent before the key existed, copied from the released code.
+# What rollbackd sends: the released queries, with the built-in signals'
+# rates restricted to live series since (``signals._live_rate``).
 BEFORE = {
     "error_ratio": (
-        '(sum by (namespace, deployment) (rate(http_requests_total{code=~"5.."}[1m]))'
-        " or sum by (namespace, deployment) (rate(http_requests_total[1m])) * 0)"
-        " / sum by (namespace, deployment) (rate(http_requests_total[1m]))"
+        '(sum by (namespace, deployment) (rate(http_requests_total{code=~"5.."}[1m])'
+        " and http_requests_total)"
+        " or sum by (namespace, deployment) (rate(http_requests_total[1m])"
+        " and http_requests_total) * 0)"
+        " / sum by (namespace, deployment) (rate(http_requests_total[1m]) and http_requests_total)"
     ),
-    "error_ratio traffic": "sum by (namespace, deployment) (rate(http_requests_total[1m]))",
+    "error_ratio traffic": (
+        "sum by (namespace, deployment) (rate(http_requests_total[1m]) and http_requests_total)"
+    ),
     "latency_p99": (
         "histogram_quantile(0.99, sum by (namespace, deployment, le)"
-        " (rate(http_request_duration_seconds_bucket[1m])))"
+        " (rate(http_request_duration_seconds_bucket[1m])"
+        " and http_request_duration_seconds_bucket))"
     ),
     "latency_p99 traffic": (
-        "sum by (namespace, deployment) (rate(http_request_duration_seconds_count[1m]))"
+        "sum by (namespace, deployment) (rate(http_request_duration_seconds_count[1m])"
+        " and http_request_duration_seconds_count)"
     ),
     "cpu_throttling": (
         "sum by (namespace, deployment) (label_replace(rate(container_cpu_cfs_throttled_periods_"
