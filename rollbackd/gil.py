@@ -1,4 +1,4 @@
-"""The GIL handed to a waiting thread within half a millisecond, not five.
+"""The GIL handed to a waiting thread within a quarter of a millisecond, not five.
 
 The journal's thread (aiosqlite's) gives the GIL up around every SQLite call
 and must take it back after each one; a webhook's commit is a dozen of them.
@@ -6,7 +6,7 @@ CPython makes the holder hand the GIL over only when a waiting thread saw
 no switch for a whole switch interval (5 ms by default). A busy event loop
 lets go for an instant at every ``select`` and takes it straight back,
 which counts as a switch, so the waiting thread's interval starts over and
-over: under a loop busy in 2 ms slices (the poller's fold, hundreds of
+over: under a loop busy in slices of a few ms (the poller's fold, hundreds of
 webhooks a second) single commits waited whole seconds for the GIL
 (``tests/unit/test_gil.py``), and every webhook of their batch with them.
 An interval shorter than the loop's slices makes the holder hand over
@@ -26,8 +26,8 @@ __all__ = ["SWITCH_SECONDS", "gil_shared_promptly"]
 
 log = structlog.get_logger("rollbackd.gil")
 
-# Well under loopslice.SLICE_SECONDS (2 ms), the longest the loop holds on by design.
-SWITCH_SECONDS = 0.0005
+# Well under loopslice.SLICE_SECONDS (1 ms), the longest the loop holds on by design.
+SWITCH_SECONDS = 0.00025
 
 
 @contextlib.contextmanager

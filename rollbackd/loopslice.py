@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 __all__ = ["SLICE_SECONDS", "LoopSlices"]
 
-# How long a fleet-sized loop holds the event loop at most between two yields.
-SLICE_SECONDS = 0.002
+# How long a fleet-sized loop holds the event loop at most between two yields. A webhook
+# answer needs a few loop turns, and each may wait a slice: at 10 000 Deployments
+# polled every second, 2 ms slices put its p99 at 23 ms, 1 ms slices at 19 to 20 ms.
+SLICE_SECONDS = 0.001
 
 
 class LoopSlices:
