@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -272,8 +272,15 @@ async def judge_spec(
     target: Target | None = None,
     namespace_label: str = "namespace",
     deployment_label: str = DEFAULT_DEPLOYMENT_LABEL,
+    tracked: Collection[TargetKey] | None = None,
 ) -> Judgement:
     """Run one spec's value and traffic queries (at once) and fold them per target.
+
+    With ``tracked`` (the poller's targets with a streak for this spec), the
+    traffic query runs after the value query, and only when a value breaches
+    or something is tracked: the traffic gates a verdict, and without a
+    candidate there is nothing to gate. A fleet of healthy Deployments then
+    costs Prometheus and rollbackd one query per signal, not two.
 
     Raises ``PromQLError`` when either query fails: half an answer is no data.
     """
@@ -291,6 +298,11 @@ async def judge_spec(
             deployment_label=deployment_label,
         )
 
+    if tracked is not None and spec.traffic_query:
+        worst = await ask(spec.query, _worst(spec))
+        if not tracked and not any(spec.breaches(value) for value in worst.values()):
+            return Judgement(spec, worst, {}, spec_window)
+        return Judgement(spec, worst, await ask(spec.traffic_query, "sum"), spec_window)
     asks = [ask(spec.query, _worst(spec))]
     if spec.traffic_query:
         asks.append(ask(spec.traffic_query, "sum"))

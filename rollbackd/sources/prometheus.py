@@ -15,8 +15,11 @@ Every ``interval`` the poller runs each signal's query once for all targets
 State is kept only for targets that are not healthy, and a cycle looks only
 at those and at the targets breaching now (one comparison per target, no
 object per healthy target), so its cost on the event loop follows the
-number of troubled targets, not the fleet. Responses are decoded and folded
-in worker threads (``PromQL.query_vector``).
+number of troubled targets, not the fleet. Answers are folded on the event
+loop in short slices (``PromQL.query_vector``). A signal's traffic query
+runs only in a cycle where one of its values breaches or a target is
+tracked (``judge_spec``'s ``tracked``): a healthy fleet costs one query per
+signal.
 
 Polls run on a grid placed just after Prometheus's scrapes land
 (``pollgrid``), relearnt every few minutes, so a breach is read a fraction of
@@ -101,7 +104,14 @@ class PrometheusPoller:
         specs = list(self._specs.values())
         outcomes = await asyncio.gather(
             *(
-                judge_spec(self._promql, spec, deployment_label=self._deployment_label)
+                judge_spec(
+                    self._promql,
+                    spec,
+                    deployment_label=self._deployment_label,
+                    tracked={
+                        (ns, name) for ns, name, signal in self._streaks if signal == spec.name
+                    },
+                )
                 for spec in specs
             ),
             return_exceptions=True,

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from rollbackd.model import Signal, SignalStatus, Target
 from rollbackd.promql import Combine, PromQL, PromQLError, TargetKey
-from rollbackd.signals import DEFAULT_SIGNALS, Evaluation, SignalSpec, Verdict, evaluate_specs
+from rollbackd.signals import (
+    DEFAULT_SIGNALS,
+    Evaluation,
+    SignalSpec,
+    Verdict,
+    evaluate_specs,
+    render_query,
+)
 from rollbackd.sources.pollgrid import landing_margin
 from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.testing.promstack import MetricsEndpoint, PrometheusServer, poll_until
@@ -298,11 +305,22 @@ async def test_one_query_per_signal_per_cycle_however_many_deployments(rig: Rig)
     poller = rig.poller()
     rig.promql.queries.clear()
     await poller.evaluate_once()
-    # Two signals, each with one value query and one traffic query.
-    assert len(rig.promql.queries) == 4
+    # Two signals, one value query each: with nothing breaching or tracked,
+    # there is no verdict for a traffic query to gate.
+    values = [render_query(spec.query, spec.window) for spec in SPECS]
+    assert sorted(rig.promql.queries) == sorted(values)
+
+    rig.workload.behaviour[fleet[0]].error_ratio = 0.5
+    await rig.wait_verdict(fleet[0], ERROR_RATIO, Verdict.BREACH)
+    rig.promql.queries.clear()
+    await poller.evaluate_once()
+    # A breach: its signal's traffic query runs too, to judge the evidence.
+    assert ERROR_RATIO.traffic_query is not None
+    traffic = render_query(ERROR_RATIO.traffic_query, ERROR_RATIO.window)
+    assert sorted(rig.promql.queries) == sorted([*values, traffic])
     found = await evaluate_specs(rig.promql, SPECS)
     judged = {target for (target, _), e in found.items() if e.verdict is Verdict.HEALTHY}
-    assert set(fleet) | {CART, WEB} <= judged
+    assert set(fleet[1:]) | {CART, WEB} <= judged
 
 
 async def _has_active_targets(url: str) -> bool | None:
