@@ -26,6 +26,7 @@ from rollbackd.signals import (
     Verdict,
     evaluate,
     evaluate_specs,
+    judge_spec,
     render_query,
 )
 
@@ -273,6 +274,42 @@ class TestEvaluateSpecs:
         with pytest.raises(RuntimeError, match="bug"):
             await evaluate_specs(as_promql(fake), [ERRORS, other])
         assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]", "other[1m]"]
+
+
+class TestPollerTrafficGate:
+    """``judge_spec(tracked=...)``: the traffic query only when a verdict needs it."""
+
+    async def test_no_breach_and_nothing_tracked_asks_only_for_the_values(self) -> None:
+        fake = FakePromQL({"ratio": [sample(CART, 0.01), sample(WEB, 0.0)], "traffic": []})
+        judgement = await judge_spec(as_promql(fake), ERRORS, tracked=set())
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]"]
+        assert judgement.breaching() == []
+
+    async def test_a_breaching_value_brings_the_traffic_query_that_gates_it(self) -> None:
+        fake = FakePromQL({"ratio": [sample(CART, 0.2)], "traffic": [sample(CART, 0.01)]})
+        judgement = await judge_spec(as_promql(fake), ERRORS, tracked=set())
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]"]
+        assert judgement.breaching() == [], "too little traffic: not judged"
+        assert judgement.evaluation(("shop", "cart")).verdict is Verdict.NO_DATA
+
+    async def test_a_tracked_target_brings_it_even_when_nothing_breaches(self) -> None:
+        fake = FakePromQL({"ratio": [sample(CART, 0.0)], "traffic": [sample(CART, 3)]})
+        judgement = await judge_spec(as_promql(fake), ERRORS, tracked={("shop", "cart")})
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]"]
+        assert judgement.evaluation(("shop", "cart")).verdict is Verdict.HEALTHY
+
+    async def test_a_below_threshold_signal_breaches_below(self) -> None:
+        floor = SignalSpec(
+            name="throughput",
+            query="ratio[{window}]",
+            threshold=1.0,
+            comparison="<",
+            traffic_query="traffic[{window}]",
+        )
+        fake = FakePromQL({"ratio": [sample(CART, 0.5)], "traffic": [sample(CART, 3)]})
+        judgement = await judge_spec(as_promql(fake), floor, tracked=set())
+        assert [expr for expr, _ in fake.asked] == ["ratio[1m]", "traffic[1m]"]
+        assert judgement.breaching() == [("shop", "cart")]
 
 
 class TestJudgement:
