@@ -37,7 +37,8 @@ from rollbackd.notify.reescalate import LeadEscalation
 from rollbackd.notify.routing import Router, routes_from_settings
 from rollbackd.notify.stale import RollbackStateOf
 from rollbackd.promql import PromQL
-from rollbackd.signals import Evaluation, SignalSpec, evaluate_specs
+from rollbackd.signalquery import evaluate_specs
+from rollbackd.signals import Evaluation, SignalSpec
 from rollbackd.smoke_transport import smoke_checker
 from rollbackd.sources.alertmanager import TargetMapping
 from rollbackd.state import RollbackState, recorded_state

@@ -1,7 +1,7 @@
 """Prometheus poller: rollbackd's own eyes on the signals, independent of alert rules.
 
 Every ``interval`` the poller runs each signal's query once for all targets
-(``signals.judge_spec``) and keeps a small state per (target, signal):
+(``signalquery.judge_spec``) and keeps a small state per (target, signal):
 
 - BREACH counts consecutive breaching cycles; at ``for_count`` it emits
   FIRING, and repeats FIRING with the same key every cycle while breaching
@@ -40,7 +40,8 @@ from rollbackd.durations import parse_prometheus_duration
 from rollbackd.metriclabel import DEFAULT_DEPLOYMENT_LABEL
 from rollbackd.model import Signal, SignalSource, SignalStatus, Target
 from rollbackd.promql import PromQL, PromQLError
-from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict, judge_spec
+from rollbackd.signalquery import judge_spec
+from rollbackd.signals import Evaluation, Judgement, SignalSpec, Verdict
 from rollbackd.sources.polled import polled_signal
 from rollbackd.sources.pollgrid import PollGrid, best_phase
 from rollbackd.sources.streak import Streak, advance

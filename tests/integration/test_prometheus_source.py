@@ -18,12 +18,12 @@ from aiohttp import web
 
 from rollbackd.model import Signal, SignalStatus, Target
 from rollbackd.promql import Combine, PromQL, PromQLError, TargetKey
+from rollbackd.signalquery import evaluate_specs
 from rollbackd.signals import (
     DEFAULT_SIGNALS,
     Evaluation,
     SignalSpec,
     Verdict,
-    evaluate_specs,
     render_query,
 )
 from rollbackd.sources.pollgrid import landing_margin

@@ -17,7 +17,8 @@ import pytest
 from rollbackd.model import Target
 from rollbackd.promql import PromQL
 from rollbackd.saturation import CPU_THROTTLING, MEMORY_SATURATION, saturation_specs
-from rollbackd.signals import Verdict, evaluate_specs
+from rollbackd.signalquery import evaluate_specs
+from rollbackd.signals import Verdict
 from rollbackd.testing.promstack import MetricsEndpoint, poll_until
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,8 @@ from rollbackd.postmortem.impact import measure_impact, render_impact_query
 from rollbackd.postmortem.times import Window
 from rollbackd.promql import PromQL, PromQLError, Sample
 from rollbackd.saturation import saturation_specs
-from rollbackd.signals import DEFAULT_SIGNALS, Verdict, evaluate_specs, judge_spec, render_query
+from rollbackd.signalquery import evaluate_specs, judge_spec
+from rollbackd.signals import DEFAULT_SIGNALS, Verdict, render_query
 from rollbackd.sources.prometheus import PrometheusPoller
 from tests.unit.test_signals import FakePromQL, as_promql
 

@@ -19,14 +19,13 @@ from rollbackd.promql import (
     parse_duration,
     reduce_vector,
 )
+from rollbackd.signalquery import evaluate_specs, judge_spec
 from rollbackd.signals import (
     DEFAULT_SIGNALS,
     Judgement,
     SignalSpec,
     Verdict,
     evaluate,
-    evaluate_specs,
-    judge_spec,
     render_query,
 )
 
