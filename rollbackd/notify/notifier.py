@@ -240,7 +240,14 @@ class Notifier(Delivery):
         return await self._store.count_pending(self.channel_names)
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until every row of these channels is finished; False on timeout."""
+        """Wait until every row of these channels due within ``timeout`` is finished.
+
+        False on timeout. A row not due until later (a held escalation, a
+        retry backing off past the deadline) cannot go out in time anyway and
+        stays for the next start: waiting for it only kept a stopping leader
+        at work for the whole timeout.
+        """
+        deadline = self._clock() + timedelta(seconds=timeout)
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -248,7 +255,7 @@ class Notifier(Delivery):
                         await self._flush_enqueues()
                         continue
                     async with self._changed:
-                        if not self._enqueues and await self._idle():
+                        if not self._enqueues and await self._idle(deadline):
                             return True
                         await self._changed.wait()
         except TimeoutError:
@@ -271,10 +278,12 @@ class Notifier(Delivery):
             # outbox writes themselves, or a submitted page would be lost.
             await asyncio.shield(asyncio.gather(*list(self._enqueues), return_exceptions=True))
 
-    async def _idle(self) -> bool:
+    async def _idle(self, deadline: datetime) -> bool:
         if any(lane.sending for lane in self._lanes):
             return False
-        return await self.pending() == 0
+        if self._store is None:
+            return True
+        return await self._store.count_pending(self.channel_names, due_before=deadline) == 0
 
     def _export_gauges(self) -> None:
         """Pending count and delivery lag per channel, read at scrape time."""

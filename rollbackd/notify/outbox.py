@@ -292,14 +292,21 @@ class OutboxStore:
             )
         return [_row(r) for r in rows]
 
-    async def count_pending(self, channels: Sequence[str]) -> int:
+    async def count_pending(
+        self, channels: Sequence[str], *, due_before: datetime | None = None
+    ) -> int:
+        """Pending rows of ``channels``; with ``due_before``, only those to be tried before it."""
         if not channels:
             return 0
-        rows = await self._journal.query(
+        sql = (
             f"SELECT COUNT(*) AS n FROM outbox WHERE state = ?"
-            f" AND channel IN ({','.join('?' * len(channels))})",
-            (PENDING, *channels),
+            f" AND channel IN ({','.join('?' * len(channels))})"
         )
+        params: tuple[str, ...] = (PENDING, *channels)
+        if due_before is not None:
+            sql += " AND next_attempt_at < ?"
+            params += (_fmt(due_before),)
+        rows = await self._journal.query(sql, params)
         return int(rows[0]["n"]) if rows else 0
 
     async def channels_with_pending(self) -> list[str]:

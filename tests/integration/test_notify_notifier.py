@@ -198,6 +198,27 @@ async def test_a_drain_waits_until_a_delivered_page_is_reported(journal: Journal
         assert recorder.results == [("rb-1", "flaky", True, "sent")]
 
 
+async def test_a_drain_sends_what_is_due_and_leaves_a_page_held_past_its_deadline(
+    journal: Journal,
+) -> None:
+    """A stopping leader waits for what can go out in time, not for a page held for later.
+
+    A held escalation used to keep the drain (and the leader's rollbacks)
+    going for the whole timeout; it stays pending for the next leader.
+    """
+    channel = FlakyChannel()
+    async with Notifier([channel], journal=journal) as notifier:
+        held_until = datetime.now(UTC) + timedelta(seconds=30)
+        await notifier.enqueue(trigger("rb-held"), not_before=held_until)
+        await notifier.enqueue(trigger("rb-now"))
+        started = asyncio.get_running_loop().time()
+        assert await notifier.drain(10.0)
+        assert asyncio.get_running_loop().time() - started < 5.0
+        assert channel.calls == ["rb-now:rollback_started"]
+        [held] = await OutboxStore(journal).pending()
+        assert (held.dedup_key, held.state) == ("rb-held", "pending")
+
+
 async def test_submit_returns_while_the_channel_is_stuck(journal: Journal) -> None:
     channel = GatedChannel()
     notifier = Notifier([channel], journal=journal)
