@@ -297,7 +297,12 @@ async def test_one_key_in_backoff_does_not_hold_back_another(journal: Journal) -
         await notifier.enqueue(resolve("rb-1"))
         await notifier.enqueue(trigger("rb-2"))
         await notifier.enqueue(resolve("rb-2"))
-        assert not await notifier.drain(0.3)
+
+        async def rb2_sent_and_rb1_retried() -> bool:
+            return len(channel.sent) == 2 and channel.calls.count("rb-1:rollback_started") > 1
+
+        await eventually(rb2_sent_and_rb1_retried)
+        assert await notifier.pending() == 2  # rb-1's trigger and resolve, still waiting
     assert channel.sent == ["rb-2:rollback_started", "rb-2:resolve"]
     # rb-1's resolve was never tried: its trigger is still pending.
     assert "rb-1:resolve" not in channel.calls
