@@ -8,8 +8,8 @@ do to look at every Deployment's value. No retries, no thresholds, no state.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
-from multiprocessing.synchronize import Event, Lock
+from collections.abc import Sequence
+from multiprocessing.synchronize import Event
 from typing import Any
 
 import requests
@@ -44,16 +44,15 @@ class MinimalPoller:
 
 
 def _poll_until_stopped(
-    url: str, queries: Sequence[str], started: Event, stop: Event, between: Lock, cycles: Any
+    url: str, queries: Sequence[str], started: Event, stop: Event, cycles: Any
 ) -> None:
     poller = MinimalPoller(url, queries)
     started.set()
     try:
         while not stop.is_set():
-            with between:
-                poller.cycle()
-                with cycles.get_lock():
-                    cycles.value += 1
+            poller.cycle()
+            with cycles.get_lock():
+                cycles.value += 1
     finally:
         poller.close()
 
@@ -72,11 +71,10 @@ class BackgroundPolling:
         context = multiprocessing.get_context("spawn")
         self._started = context.Event()
         self._stop = context.Event()
-        self._between = context.Lock()
         self._cycles = context.Value("i", 0)
         self._process = context.Process(
             target=_poll_until_stopped,
-            args=(url, list(queries), self._started, self._stop, self._between, self._cycles),
+            args=(url, list(queries), self._started, self._stop, self._cycles),
             name="background-polling",
             daemon=True,
         )
@@ -84,15 +82,6 @@ class BackgroundPolling:
     @property
     def cycles(self) -> int:
         return int(self._cycles.value)
-
-    def between_cycles(self, read: Callable[[], float]) -> tuple[float, int]:
-        """``read()`` and the cycles done, taken while no cycle is half done.
-
-        With Prometheus's own query counter as ``read``, a cycle that
-        straddles the reading is never counted as the daemon's.
-        """
-        with self._between:
-            return read(), self.cycles
 
     def __enter__(self) -> BackgroundPolling:
         self._process.start()

@@ -151,21 +151,6 @@ async def wait_fleet_in_prometheus(url: str, expected: int, timeout: float) -> f
         await asyncio.sleep(1.0)
 
 
-def prometheus_queries_answered(url: str) -> float:
-    """Instant queries Prometheus has answered so far (its own metrics)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name == "prometheus_http_requests_total"
-                and sample.labels.get("handler") == "/api/v1/query"
-            ):
-                total += sample.value
-    return total
-
-
 def daemon_poll_cycles(daemon: Rollbackd) -> float:
     """Poll cycles the daemon has finished (its ``rollbackd_poll_cycles_total``)."""
     with urllib.request.urlopen(f"{daemon.url}/metrics", timeout=10) as response:
@@ -422,7 +407,6 @@ async def ack_run(
     url: str,
     headers: dict[str, str],
     daemon: Rollbackd,
-    prometheus_url: str,
     load: BackgroundPolling | None = None,
 ) -> dict[str, Any]:
     """Open-loop ack latency against ``url``; what the daemon did meanwhile."""
@@ -432,25 +416,18 @@ async def ack_run(
     warmup = unique_bodies(3, stream=0)
     pid = daemon.child.process.pid
     await asyncio.to_thread(wait_quiet, pid, timeout=30)
-    _, external_before = _query_counts(prometheus_url, load)
+    external_before = load.cycles if load is not None else 0
     cycles_before = daemon_poll_cycles(daemon)
     cpu_before, waited_before = cpu_seconds(pid), thread_runqueue_wait(pid)
     result = await open_loop(url, headers, bodies, rate=request_rate, warmup=warmup)
     figures = latency_json(result)
-    _, external_after = _query_counts(prometheus_url, load)
+    external_after = load.cycles if load is not None else 0
     figures["poll_cycles_during_run"] = daemon_poll_cycles(daemon) - cycles_before
     figures["bench_poll_cycles_during_run"] = external_after - external_before
     figures["daemon_cpu_s"] = cpu_seconds(pid) - cpu_before
     # How long the daemon's loop thread was runnable but had no CPU (the machine is shared).
     figures["daemon_loop_runqueue_wait_s"] = thread_runqueue_wait(pid) - waited_before
     return figures
-
-
-def _query_counts(prometheus_url: str, load: BackgroundPolling | None) -> tuple[float, int]:
-    """Queries Prometheus answered and the bench's own cycles, read at one quiet moment."""
-    if load is None:
-        return prometheus_queries_answered(prometheus_url), 0
-    return load.between_cycles(lambda: prometheus_queries_answered(prometheus_url))
 
 
 def _webhook(daemon: Rollbackd) -> tuple[str, dict[str, str]]:
@@ -497,9 +474,9 @@ async def measure_daemon(
         "daemon_poll_interval_s": DAEMON_POLL_SECONDS,
     }
     progress(f"{size}: webhook ack latency, bare handler")
-    ack["baseline"] = await ack_run(plan, baseline_url + WEBHOOK_PATH, {}, polling, prometheus_url)
+    ack["baseline"] = await ack_run(plan, baseline_url + WEBHOOK_PATH, {}, polling)
     progress(f"{size}: webhook ack latency while the daemon polls every {DAEMON_POLL_SECONDS:g} s")
-    ack["rollbackd"] = await ack_run(plan, *_webhook(polling), polling, prometheus_url)
+    ack["rollbackd"] = await ack_run(plan, *_webhook(polling), polling)
     alive = polling.child.process.poll() is None
     polling.child.stop()
     # The same daemon with its poller idle while the bench runs the same queries back
@@ -516,9 +493,7 @@ async def measure_daemon(
     await wait_poll_cycles(idle, 1, timeout=300)
     progress(f"{size}: webhook ack latency, daemon not polling, the bench polling instead")
     with BackgroundPolling(prometheus_url, signal_queries()) as load:
-        ack["rollbackd_not_polling"] = await ack_run(
-            plan, *_webhook(idle), idle, prometheus_url, load
-        )
+        ack["rollbackd_not_polling"] = await ack_run(plan, *_webhook(idle), idle, load)
     alive = alive and idle.child.process.poll() is None
     idle.child.stop()
     base = ack["baseline"]["p99_ms"]
