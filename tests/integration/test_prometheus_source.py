@@ -29,6 +29,7 @@ from rollbackd.signals import (
 from rollbackd.sources.pollgrid import landing_margin
 from rollbackd.sources.prometheus import PrometheusPoller
 from rollbackd.testing.promstack import MetricsEndpoint, PrometheusServer, poll_until
+from tests.integration.test_attribution_new_leader import counting_replaced_pods
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +205,7 @@ async def test_a_rollout_is_judged_on_the_pods_it_runs_not_on_those_it_replaced(
     scrapes (the diluted reading below shows they are there).
     """
     spec = dataclasses.replace(ERROR_RATIO, window="10s")
-    diluted = dataclasses.replace(spec, query=spec.query.replace(" and http_requests_total", ""))
+    diluted = dataclasses.replace(spec, query=counting_replaced_pods(spec.query))
     assert diluted.query != spec.query
     await asyncio.sleep(10)  # ten healthy scrapes fill the window
     rig.workload.behaviour[CART] = Behaviour(error_ratio=0.3, pod="v2pod")
