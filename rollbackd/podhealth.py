@@ -15,8 +15,9 @@ Deployment's current ReplicaSet (the new revision) and nothing else:
   so one flaky pod of fifty rolls nothing back, while a one-pod surge that
   blocks the rollout does.
 
-The adapter lists the pods; the judging is pure (time passed in), so it is
-tested with pod JSON in and a verdict out.
+The watch cache (or, while its pod watch is not current, a list) supplies
+the pods; the judging is pure (time passed in), so it is tested with pod JSON
+in and a verdict out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rollbackd.model import RevisionInfo, Target
 from rollbackd.revisions import controller_uid, parse_time
 from rollbackd.signals import Evaluation, Verdict
 
-__all__ = ["POD_HEALTH", "PodProblem", "PodRules", "judge_pods"]
+__all__ = ["POD_HEALTH", "PodProblem", "PodRules", "judge_pods", "judge_replicaset_pods"]
 
 POD_HEALTH = "pod_health"
 
@@ -84,7 +85,28 @@ def judge_pods(
     now: datetime,
     rules: PodRules,
 ) -> Evaluation:
-    """The ``pod_health`` verdict of ``target``'s current ReplicaSet.
+    """The ``pod_health`` verdict of ``target``'s current ReplicaSet, from any of its namespace's pods.
+
+    Only the pods that ReplicaSet controls (by UID) count; see
+    :func:`judge_replicaset_pods`.
+    """
+    rs_uid = replicaset.uid if replicaset is not None else ""
+    mine = [pod for pod in pods if rs_uid and controller_uid(pod) == rs_uid]
+    return judge_replicaset_pods(
+        target, replicaset, mine, rollout_started_at=rollout_started_at, now=now, rules=rules
+    )
+
+
+def judge_replicaset_pods(
+    target: Target,
+    replicaset: RevisionInfo | None,
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    rollout_started_at: datetime,
+    now: datetime,
+    rules: PodRules,
+) -> Evaluation:
+    """The ``pod_health`` verdict of ``target``'s current ReplicaSet, from its own pods.
 
     NO_DATA when the current ReplicaSet is unknown or has no live pods:
     nothing was observed, which is not health.
@@ -93,11 +115,7 @@ def judge_pods(
     rs_name = replicaset.replicaset if replicaset is not None else ""
     if not rs_uid:
         return _evaluation(target, Verdict.NO_DATA, None, 0, "pod_health: no current ReplicaSet")
-    mine = [
-        pod
-        for pod in pods
-        if controller_uid(pod) == rs_uid and not pod.get("metadata", {}).get("deletionTimestamp")
-    ]
+    mine = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
     if not mine:
         return _evaluation(
             target, Verdict.NO_DATA, None, 0, f"pod_health: ReplicaSet {rs_name} has no pods"
@@ -148,12 +166,11 @@ def pod_problem(
     name = str(meta.get("name", ""))
     created = _time(meta.get("creationTimestamp"))
     fresh = created is None or created >= rollout_started_at
-    containers = [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
-    ]
-    for container in containers:
-        problem = _container_problem(name, container, fresh, rollout_started_at, now, rules)
+    inits = list(status.get("initContainerStatuses") or [])
+    containers = [*inits, *(status.get("containerStatuses") or [])]
+    for index, container in enumerate(containers):
+        init = index < len(inits)
+        problem = _container_problem(name, container, fresh, rollout_started_at, now, rules, init)
         if problem is not None:
             return problem
     unready_since = _unready_since(status)
@@ -172,6 +189,7 @@ def _container_problem(
     rollout_started_at: datetime,
     now: datetime,
     rules: PodRules,
+    init: bool = False,
 ) -> PodProblem | None:
     name = str(container.get("name", ""))
     state = container.get("state") or {}
@@ -182,13 +200,16 @@ def _container_problem(
     terminated = state.get("terminated") or {}
     last = (container.get("lastState") or {}).get("terminated") or {}
     ended = _time((terminated or last).get("finishedAt"))
-    crashes = _crashes(restarts, bool(terminated), ended, fresh, rollout_started_at)
+    # An init container that exited 0 has done its job: not a crash.
+    completed = init and terminated.get("exitCode") == 0
+    failed_now = bool(terminated) and not completed
+    crashes = _crashes(restarts, failed_now, ended, fresh, rollout_started_at)
     if crashes < rules.min_restarts:
         return None
-    # Restart counts never go down: a container Ready again that has not
-    # exited for ``not_ready_after`` has recovered (the signal resolves).
+    # Restart counts never go down: a container Ready (or an init container
+    # completed) that has not exited for ``not_ready_after`` has recovered.
     recovered = ended is None or now - ended >= rules.not_ready_after
-    if container.get("ready") and not terminated and recovered:
+    if (container.get("ready") or completed) and not failed_now and recovered:
         return None
     return PodProblem(pod, name, _crash_reason(waiting, terminated, last, crashes), restarts)
 

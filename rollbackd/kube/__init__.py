@@ -4,7 +4,7 @@
 - :mod:`~rollbackd.kube.errors`: typed errors from the Status body (and connection errors)
 - :mod:`~rollbackd.kube.retry`: the one retry policy and the per-rollback budget
 - :mod:`~rollbackd.kube.cache`: the watch cache (list+watch, per-kind transforms,
-  pods as metadata only); :mod:`~rollbackd.kube.pager`: lists in pages
+  pods as :mod:`~rollbackd.kube.podrecord` records); :mod:`~rollbackd.kube.pager`: lists in pages
 - :mod:`~rollbackd.kube.writes`, :mod:`~rollbackd.kube.patch`: guarded writes
 - :mod:`~rollbackd.kube.events`: Events on the Deployment
 - :mod:`~rollbackd.kube.rollout`: waiting for a rollout or a template change

@@ -30,6 +30,7 @@ from rollbackd.kube.events import DeploymentEvents
 from rollbackd.kube.pager import PAGE_SIZE
 from rollbackd.kube.rollout import RolloutWaits
 from rollbackd.kube.rollouts import API_GROUP_VERSION, RolloutWrites
+from rollbackd.kube.transforms import PODS
 from rollbackd.model import ClusterFacts, Rollback, Target
 from rollbackd.readiness import ReadinessReport, readiness_report
 from rollbackd.revisions import cluster_facts, parse_time
@@ -218,13 +219,22 @@ class Kube(RolloutWrites, DeploymentEvents, RolloutWaits, LeaderElection):
                     images.setdefault(status.get("name", "?"), set()).add(str(image_id))
         return {name: sorted(ids) for name, ids in sorted(images.items())}
 
+    def pods_watched(self) -> bool:
+        """True while the pod watch is current (see :meth:`WatchCache.current`)."""
+        return self.cache.current(PODS)
+
+    async def replicaset_pods(
+        self, wanted: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """The watched pods of each (namespace, ReplicaSet), as pod JSON (no API call)."""
+        return await self.cache.replicaset_pods(wanted)
+
     async def current_pods(self, target: Target) -> list[dict[str, Any]]:
         """The pods the cached Deployment's selector matches, listed now (whole objects);
         a Rollout's canary and stable pods.
 
-        On demand rather than watched: pod health needs container statuses,
-        which a metadata-only watch does not hold, and only Deployments with
-        a recent rollout are looked at (see :mod:`rollbackd.sources.kubernetes`).
+        What pod health reads while the pod watch is not current (see
+        :mod:`rollbackd.sources.kubernetes`).
         """
         deployment = self.cache.deployment(target)
         if deployment is not None:

@@ -5,35 +5,34 @@ a watch cache answers in microseconds). Objects pass through a per-kind
 transform before they are stored (client-go's ``SetTransform``,
 :mod:`rollbackd.kube.transforms`): each kind is cut down to the fields
 rollbackd reads, pod templates whole and shared when equal
-(:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster and
-the cache needs only their owners (to resolve an alert's pod to its
-Deployment), so pods are listed and watched as metadata only
-(``PartialObjectMetadata``, as client-go's metadata informers do) and kept
-as the name of their ReplicaSet; readiness and images are read on demand
+(:mod:`rollbackd.kube.slim`). Pods are the bulk of a cluster: a pod with
+nothing wrong is kept as the name of its ReplicaSet (what resolving an
+alert's pod needs), any other as the few status fields pod health reads
+(:mod:`rollbackd.kube.podrecord`), so pod health judges a fleet-wide rollout
+without one API call per Deployment. Readiness and images are read on demand
 for one Deployment's pods (see :mod:`rollbackd.kube.adapter`). Lists are
 paginated (:mod:`~rollbackd.kube.pager`). ReplicaSets are indexed by their
 controller's UID, so the facts of one Deployment never scan the cluster.
 Services are kept trimmed to what the blue-green facts read: annotations,
 the selector, and the managedFields entries that own the selector (when it
-was switched, and by whom).
+was switched, and by whom). Each kind says whether it is current (listed,
+and its watch not failing since), so a reader can refuse a stale view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT, namespace_prefix
 from rollbackd.kube.cursor import WatchCursor, expired
 from rollbackd.kube.nsindex import NamespaceIndex
 from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
+from rollbackd.kube.podrecord import PodRecord, pod_json, pod_owner
 from rollbackd.kube.rawwatch import RawWatch
 from rollbackd.kube.retry import RetryBudget, budget_scope
 from rollbackd.kube.slim import share_pod_spec
@@ -46,6 +45,8 @@ from rollbackd.kube.transforms import (
     Transform,
     slim_transforms,
 )
+from rollbackd.kube.watchspec import Key, WatchSpec, object_key, watch_specs
+from rollbackd.loopslice import LoopSlices
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 from rollbackd.supervision import cancel_and_wait
@@ -53,36 +54,12 @@ from rollbackd.supervision import cancel_and_wait
 log = structlog.get_logger("rollbackd.kube")
 
 JSON = "application/json"
-
-Key = tuple[str, str]
 # open_watch(path, accept=..., **lister keywords) -> the raw streaming response
 OpenWatch = Callable[..., Awaitable[Any]]
 
 
-def object_key(obj: Mapping[str, Any], *, shared_name: bool = True) -> Key:
-    """(namespace, name), interned: the slim object holds the same strings.
-
-    A pod's name is in the key only (its slim value is its ReplicaSet's
-    name), so interning it would only grow the interpreter's table.
-    """
-    meta = obj.get("metadata", {})
-    name = meta.get("name", "")
-    return sys.intern(meta.get("namespace", "")), sys.intern(name) if shared_name else name
-
-
-@dataclass(frozen=True)
-class WatchSpec:
-    """One list+watch loop: a kind in one namespace (None: all), and the Accept of each."""
-
-    kind: str
-    path: str
-    namespace: str | None
-    list_accept: str = JSON
-    watch_accept: str = JSON
-
-
 class WatchCache:
-    """In-memory Deployments, ReplicaSets and pod metadata, fed by list+watch."""
+    """In-memory Deployments, ReplicaSets, pod records and Services, fed by list+watch."""
 
     def __init__(
         self,
@@ -98,7 +75,7 @@ class WatchCache:
         self._page_size = page_size
         self._watch_timeout = watch_timeout
         self._transforms = dict(transforms if transforms is not None else slim_transforms())
-        # Deployments and ReplicaSets as slim dicts; pods as their ReplicaSet's name.
+        # Deployments and ReplicaSets as slim dicts; pods as records (kube/podrecord.py).
         self._objects: dict[str, dict[Key, Any]] = {
             DEPLOYMENTS: {},
             REPLICASETS: {},
@@ -111,34 +88,18 @@ class WatchCache:
         self._index = NamespaceIndex((SERVICES, DEPLOYMENTS), declaring_kind=SERVICES)
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_sync: set[tuple[str, str | None]] = set()
+        # Per loop: listed, and no failure of its watch or list since.
+        self._current: dict[tuple[str, str | None], bool] = {}
         self._synced = asyncio.Event()
         self._waiters: dict[Key, set[asyncio.Event]] = {}
-
-    @staticmethod
-    def specs(namespaces: Sequence[str] | None, *, rollouts: bool = False) -> list[WatchSpec]:
-        """The four loops per namespace (or one set for all); a fifth for served Rollouts."""
-        scopes: list[str | None] = list(namespaces) if namespaces else [None]
-        specs: list[WatchSpec] = []
-        for ns in scopes:
-            prefix = namespace_prefix(ns)
-            specs += [
-                WatchSpec(DEPLOYMENTS, f"/apis/apps/v1{prefix}/deployments", ns),
-                WatchSpec(REPLICASETS, f"/apis/apps/v1{prefix}/replicasets", ns),
-                WatchSpec(PODS, f"/api/v1{prefix}/pods", ns, METADATA_LIST_ACCEPT, METADATA_ACCEPT),
-                WatchSpec(SERVICES, f"/api/v1{prefix}/services", ns),
-            ]
-            if rollouts:
-                specs.append(
-                    WatchSpec(ROLLOUTS, f"/apis/argoproj.io/v1alpha1{prefix}/rollouts", ns)
-                )
-        return specs
 
     def start(self, namespaces: Sequence[str] | None = None, *, rollouts: bool = False) -> None:
         """Start list+watch loops (all namespaces when None); returns at once."""
         if self._tasks:
             raise RuntimeError("watches already started")
-        specs = self.specs(namespaces, rollouts=rollouts)
+        specs = watch_specs(namespaces, rollouts=rollouts)
         self._pending_sync = {(s.kind, s.namespace) for s in specs}
+        self._current = dict.fromkeys(self._pending_sync, False)
         self._synced.clear()
         for spec in specs:
             name = f"kube-watch-{spec.kind}-{spec.namespace or 'all'}"
@@ -153,6 +114,15 @@ class WatchCache:
     def synced(self) -> bool:
         """True once every watched resource has been listed at least once."""
         return self._synced.is_set()
+
+    def current(self, kind: str) -> bool:
+        """True while every loop of ``kind`` has listed and its watch has not failed since.
+
+        False from a failed watch or list until the next list succeeds: the
+        cache then holds the last view, which may be minutes old.
+        """
+        loops = [current for (k, _), current in self._current.items() if k == kind]
+        return bool(loops) and all(loops)
 
     async def wait_synced(self, timeout: float) -> bool:
         try:
@@ -181,6 +151,7 @@ class WatchCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._current[(spec.kind, spec.namespace)] = False
                 if expired(exc):
                     cursor.resource_version = None
                     if isinstance(exc, ApiException):
@@ -197,10 +168,11 @@ class WatchCache:
             return object_key(obj, shared_name=spec.kind != PODS), self._transform(spec.kind, obj)
 
         items, resource_version = await list_all(
-            self._list, spec.path, spec.list_accept, keyed, page_size=self._page_size
+            self._list, spec.path, JSON, keyed, page_size=self._page_size
         )
         self._replace(spec.kind, spec.namespace, items)
         self._pending_sync.discard((spec.kind, spec.namespace))
+        self._current[(spec.kind, spec.namespace)] = True
         if not self._pending_sync:
             self._synced.set()
         return resource_version
@@ -210,7 +182,10 @@ class WatchCache:
 
         async def open_stream(**params: Any) -> Any:
             """One watch request; Watch passes the keywords a typed lister takes."""
-            return await self._open_watch(spec.path, accept=spec.watch_accept, **params)
+            response = await self._open_watch(spec.path, accept=JSON, **params)
+            # Resumed from the last resourceVersion seen: nothing was missed.
+            self._current[(spec.kind, spec.namespace)] = True
+            return response
 
         # Events stay the decoded dicts (no model round trip).
         async with RawWatch() as stream:
@@ -360,9 +335,10 @@ class WatchCache:
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """What the cache knows of a pod, as metadata (name, namespace, controller), or None."""
-        owner = self._objects[PODS].get((namespace, name))
-        if owner is None:
+        record = self._objects[PODS].get((namespace, name))
+        if record is None:
             return None
+        owner = pod_owner(record)
         meta: dict[str, Any] = {"name": name, "namespace": namespace}
         if owner:
             meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "controller": True}]
@@ -370,7 +346,8 @@ class WatchCache:
 
     def resolve_pod(self, namespace: str, pod: str) -> Target | None:
         """Pod -> ReplicaSet -> Deployment through controller ownerReferences."""
-        rs_name = self._objects[PODS].get((namespace, pod))
+        record = self._objects[PODS].get((namespace, pod))
+        rs_name = pod_owner(record) if record is not None else ""
         if not rs_name:
             return None
         rs = self._objects[REPLICASETS].get((namespace, rs_name))
@@ -378,6 +355,23 @@ class WatchCache:
             return None
         deployment = _controller_name(rs, "Deployment")
         return Target(namespace, deployment) if deployment else None
+
+    async def replicaset_pods(self, wanted: set[Key]) -> dict[Key, list[dict[str, Any]]]:
+        """The cached pods of each (namespace, ReplicaSet name) in ``wanted``, as pod JSON.
+
+        One pass over the cached pods (an index by ReplicaSet would cost
+        memory for every pod of the fleet, all the time), yielding to the
+        event loop by the clock.
+        """
+        found: dict[Key, list[dict[str, Any]]] = {key: [] for key in wanted}
+        records: list[tuple[Key, PodRecord]] = list(self._objects[PODS].items())
+        slices = LoopSlices()
+        for (namespace, name), record in records:
+            await slices.pause_if_due()
+            pods = found.get((namespace, pod_owner(record)))
+            if pods is not None:
+                pods.append(pod_json(name, record))
+        return found
 
 
 def _same(obj: dict[str, Any]) -> Any:

@@ -15,8 +15,8 @@ cut down to what its readers use, in the same Kubernetes JSON shape:
   ``rollouts-pod-template-hash`` label (Argo Rollouts' stable and canary), the
   controller reference; the whole ``template``; status ``replicas`` and
   ``availableReplicas``.
-- Pods: the name of the controlling ReplicaSet (the resolver's only need);
-  pods are listed and watched as metadata only in the first place.
+- Pods: see :mod:`rollbackd.kube.podrecord` (the name of the controlling
+  ReplicaSet, and the status fields pod health reads when it has trouble).
 
 Pod templates are kept whole (they are compared with fresh reads, and a
 missing key would be a diff), so they are shared instead: a ReplicaSet's
@@ -132,14 +132,6 @@ class Slim:
             slim["spec"]["template"] = self._template(spec["template"])
         slim["status"] = _pick(obj.get("status") or {}, _REPLICASET_STATUS)
         return slim
-
-    @staticmethod
-    def pod(obj: Mapping[str, Any]) -> str:
-        """The name of the ReplicaSet controlling a pod ("" when none does)."""
-        owner = _controller_reference((obj.get("metadata") or {}).get("ownerReferences"))
-        if owner is None or owner.get("kind") != "ReplicaSet":
-            return ""
-        return _intern(str(owner.get("name") or ""))
 
     def _template(self, template: Any) -> Any:
         """A pod template, whole: its metadata's maps shared, its spec shared when equal."""

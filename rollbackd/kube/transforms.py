@@ -1,6 +1,7 @@
 """The watch cache's kinds, and what it keeps of a Service and of an Argo Rollout.
 
-Deployments, ReplicaSets and pods are cut down in :mod:`rollbackd.kube.slim`;
+Deployments and ReplicaSets are cut down in :mod:`rollbackd.kube.slim`, pods
+in :mod:`rollbackd.kube.podrecord`;
 a Service keeps what the blue-green facts read, and managedFields only where
 they say something rollbackd reads (a Service selector's owner).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rollbackd.kube.podrecord import pod_record
 from rollbackd.kube.slim import Slim
 
 DEPLOYMENTS = "deployments"
@@ -61,7 +63,7 @@ def slim_transforms() -> dict[str, Transform]:
     return {
         DEPLOYMENTS: slim.deployment,
         REPLICASETS: slim.replicaset,
-        PODS: slim.pod,
+        PODS: pod_record,
         SERVICES: trim_service,
         ROLLOUTS: trim_rollout,
     }

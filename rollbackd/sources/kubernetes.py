@@ -3,11 +3,15 @@
 Every ``interval`` the poller looks at the Deployments whose newest rollout
 began inside their change window (the only ones a pod problem could roll
 back), at the Argo Rollouts whose canary did (its pods are judged, the
-stable ones once it is aborted), and at those it already tracks, lists their pods by selector (one
-paginated-free GET each, a few at a time) and judges them with
-:func:`rollbackd.podhealth.judge_pods`. The watch cache stays metadata-only:
-memory does not grow with the fleet's pods, and the API calls follow the
-number of recent rollouts, not the number of Deployments.
+stable ones once it is aborted), and at those it already tracks, and judges
+their current ReplicaSet's pods with :func:`rollbackd.podhealth.judge_pods`.
+The pods come from the watch cache, which keeps each pod as its
+ReplicaSet's name or, when it has trouble, the fields judged
+(:mod:`rollbackd.kube.podrecord`): no API call per Deployment, so a
+fleet-wide rollout costs the API server nothing more. While the pod watch is
+not current (failing, relisting) the cache's view may be old, so each target's
+pods are listed by selector instead (a few at a time), as fresh as a look
+can be; a list that fails is no data for that target.
 
 Per target, like the Prometheus poller: ``for_count`` consecutive breaches
 emit FIRING (repeated with the same key while the breach lasts), a healthy
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,8 +35,15 @@ import structlog
 from rollbackd.argo import serving_replicaset
 from rollbackd.config.types import ANNOTATION_CHANGE_WINDOW
 from rollbackd.loopslice import LoopSlices
-from rollbackd.model import ClusterFacts, Signal, SignalSource, SignalStatus, Target
-from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods
+from rollbackd.model import (
+    ClusterFacts,
+    RevisionInfo,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
+from rollbackd.podhealth import POD_HEALTH, PodRules, judge_pods, judge_replicaset_pods
 from rollbackd.signals import Evaluation, Verdict
 from rollbackd.sources.polled import polled_signal
 from rollbackd.sources.streak import Streak, advance
@@ -57,7 +68,19 @@ class PodSource(Protocol):
 
     def facts(self, target: Target, *, now: datetime) -> ClusterFacts: ...
 
-    async def current_pods(self, target: Target) -> list[dict[str, Any]]: ...
+    def pods_watched(self) -> bool:
+        """True while the watch cache's pods are current."""
+        ...
+
+    async def replicaset_pods(
+        self, wanted: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """The watched pods of each (namespace, ReplicaSet name), as pod JSON."""
+        ...
+
+    async def current_pods(self, target: Target) -> list[dict[str, Any]]:
+        """The target's pods, listed now."""
+        ...
 
 
 async def recent_rollouts(
@@ -117,6 +140,27 @@ def _progressing_updated(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Subject:
+    """One target's look: its judged ReplicaSet and when its rollout began (None: unknown)."""
+
+    target: Target
+    replicaset: RevisionInfo | None
+    started: datetime | None
+
+    @property
+    def pods_key(self) -> tuple[str, str] | None:
+        """(namespace, ReplicaSet name): where the cache keeps its pods."""
+        if self.replicaset is None or self.started is None:
+            return None
+        return self.target.namespace, self.replicaset.replicaset
+
+
+def _unknown(target: Target) -> tuple[str, Evaluation]:
+    why = "pod_health: the current revision's rollout start is not known"
+    return "", Evaluation(target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why)
+
+
 @dataclass
 class _Streak(Streak):
     replicaset: str = ""  # a streak belongs to one ReplicaSet
@@ -173,34 +217,81 @@ class PodHealthPoller:
         return signals
 
     async def _look_all(self, targets: list[Target], now: datetime) -> list[tuple[str, Evaluation]]:
-        """Every target's look, in order, ``CONCURRENT_LISTS`` at a time.
+        """Every target's look, in order: from the watched pods, or listed when they are stale."""
+        slices = LoopSlices()
+        subjects = []
+        for target in targets:
+            await slices.pause_if_due()
+            subjects.append(self._subject(target, now))
+        if self._source.pods_watched():
+            return await self._look_watched(subjects, now)
+        if subjects:
+            log.info(
+                "pod_health_listing_pods", why="the pod watch is not current", targets=len(subjects)
+            )
+        return await self._look_listed(subjects, now)
 
-        A fixed set of workers, not a task per target: after a fleet-wide
-        rollout every Deployment is recent, and 10 000 tasks each holding its
-        facts (template copies included) while waiting for a list slot held
-        the event loop for seconds and tens of MB at once.
-        """
-        looks: list[tuple[str, Evaluation] | None] = [None] * len(targets)
-        pending = iter(enumerate(targets))
-
-        async def worker() -> None:
-            for index, target in pending:
-                looks[index] = await self._look(target, now)
-
-        await asyncio.gather(*(worker() for _ in range(min(CONCURRENT_LISTS, len(targets)))))
-        return [look for look in looks if look is not None]
-
-    async def _look(self, target: Target, now: datetime) -> tuple[str, Evaluation]:
-        """The current ReplicaSet's name and its pods' verdict (NO_DATA when unknown)."""
+    def _subject(self, target: Target, now: datetime) -> _Subject:
+        """What is judged: the current ReplicaSet (a Rollout's canary, its stable once aborted)."""
         facts = self._source.facts(target, now=now)
         current = facts.revisions[0] if facts.revisions else None
         started = facts.rollout_started_at
-        if facts.rollout is not None:  # an Argo Rollout: its canary's pods (stable once aborted)
+        if facts.rollout is not None:
             current = serving_replicaset(facts.rollout)
             started = current.created_at if current is not None else None
         if current is None or started is None:
-            why = "pod_health: the current revision's rollout start is not known"
-            return "", Evaluation(target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why)
+            return _Subject(target, None, None)
+        # Held for the whole cycle, for every recent rollout: not its template.
+        return _Subject(target, replace(current, template={}, images=()), started)
+
+    async def _look_watched(
+        self, subjects: list[_Subject], now: datetime
+    ) -> list[tuple[str, Evaluation]]:
+        """Each subject judged on the cached pods of its ReplicaSet (no API call)."""
+        wanted = {s.pods_key for s in subjects if s.pods_key is not None}
+        pods = await self._source.replicaset_pods(wanted)
+        looks = []
+        slices = LoopSlices()
+        for subject in subjects:
+            await slices.pause_if_due()
+            if subject.replicaset is None or subject.started is None or subject.pods_key is None:
+                looks.append(_unknown(subject.target))
+                continue
+            evaluation = judge_replicaset_pods(
+                subject.target,
+                subject.replicaset,
+                pods.get(subject.pods_key, []),
+                rollout_started_at=subject.started,
+                now=now,
+                rules=self._rules,
+            )
+            looks.append((subject.replicaset.replicaset, evaluation))
+        return looks
+
+    async def _look_listed(
+        self, subjects: list[_Subject], now: datetime
+    ) -> list[tuple[str, Evaluation]]:
+        """Every subject's look from a fresh list, in order, ``CONCURRENT_LISTS`` at a time.
+
+        A fixed set of workers, not a task per target: after a fleet-wide
+        rollout every Deployment is recent, and 10 000 tasks each waiting for
+        a list slot held the event loop for seconds and tens of MB at once.
+        """
+        looks: list[tuple[str, Evaluation] | None] = [None] * len(subjects)
+        pending = iter(enumerate(subjects))
+
+        async def worker() -> None:
+            for index, subject in pending:
+                looks[index] = await self._look_listed_one(subject, now)
+
+        await asyncio.gather(*(worker() for _ in range(min(CONCURRENT_LISTS, len(subjects)))))
+        return [look for look in looks if look is not None]
+
+    async def _look_listed_one(self, subject: _Subject, now: datetime) -> tuple[str, Evaluation]:
+        """The current ReplicaSet's name and its listed pods' verdict (NO_DATA when unknown)."""
+        target, current = subject.target, subject.replicaset
+        if current is None or subject.started is None:
+            return _unknown(target)
         try:
             pods = await self._source.current_pods(target)
         except Exception as exc:
@@ -213,7 +304,7 @@ class PodHealthPoller:
                 target, POD_HEALTH, Verdict.NO_DATA, None, 0.0, why
             )
         evaluation = judge_pods(
-            target, current, pods, rollout_started_at=started, now=now, rules=self._rules
+            target, current, pods, rollout_started_at=subject.started, now=now, rules=self._rules
         )
         return current.replicaset, evaluation
 

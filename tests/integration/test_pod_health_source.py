@@ -1,10 +1,11 @@
 """The pod_health source against kubesim through the real Kubernetes adapter.
 
-Pods are listed on demand, by selector, only for Deployments with a rollout
-inside the change window; the watch cache stays metadata-only. An API
-server answering 503 or 429 while the signal fires is no data (said once),
-never a trigger and never a crash; when it answers again, the same anomaly
-goes on under the same key.
+Only Deployments with a rollout inside the change window are judged. Their
+pods come from the watch cache, with no API call, while its pod watch is
+current; while it is not, they are listed by selector. An API server
+answering 503 or 429 to the pod watch and lists while the signal fires is no
+data (said once), never a trigger and never a crash; when it answers again,
+the same anomaly goes on under the same key.
 """
 
 from __future__ import annotations
@@ -62,6 +63,28 @@ async def kube(kubesim: KubeSim) -> AsyncIterator[Kube]:
         yield adapter
 
 
+async def pods_unwatched(
+    kubesim: KubeSim, kube: Kube, *, lists: int | None = None, duration: float = 30
+) -> None:
+    """The pod watch refused (and the pod lists too, answered ``lists``) until the poller sees it."""
+    kubesim.faults.fail_for("watch", POD_LISTS, lists or 503, duration=duration)
+    if lists is not None:
+        kubesim.faults.fail_for("list", POD_LISTS, lists, duration=duration)
+    kubesim.faults.drop_watches(POD_LISTS)
+
+    async def stale() -> bool:
+        return not kube.pods_watched()
+
+    await wait_for(stale, 10, "the pod watch to fail", interval=0.02)
+
+
+def pod_lists(kubesim: KubeSim, mark: int) -> list[Any]:
+    """The pod lists (not watches) since ``mark``."""
+    return [
+        r for r in kubesim.requests.since(mark) if r.verb == "list" and r.path.endswith("/pods")
+    ]
+
+
 def poller(kube: Kube, emitted: list[Signal], window: timedelta) -> PodHealthPoller:
     async def emit(signal: Signal) -> None:
         emitted.append(signal)
@@ -87,7 +110,7 @@ async def fire(subject: PodHealthPoller, emitted: list[Signal]) -> Signal:
     return await wait_for(fired, 20, "pod_health to fire", interval=0.2)
 
 
-async def test_the_crash_looping_deployment_fires_from_pods_listed_by_selector(
+async def test_the_crash_looping_deployment_fires_from_the_watched_pods_without_a_list(
     kube: Kube, kubesim: KubeSim
 ) -> None:
     emitted: list[Signal] = []
@@ -98,35 +121,46 @@ async def test_the_crash_looping_deployment_fires_from_pods_listed_by_selector(
     assert "2 of 2 pods of ReplicaSet crashy-" in signal.summary
     assert "container app CrashLoopBackOff" in signal.summary or "restarted" in signal.summary
     assert all(s.target == CRASHY for s in emitted), "the calm Deployment never signals"
-    listed = [
-        r for r in kubesim.requests.since(mark) if r.verb == "list" and r.path.endswith("/pods")
-    ]
-    selectors = {r.query for r in listed}
+    assert pod_lists(kubesim, mark) == [], "the watch cache holds what pod health reads"
+
+
+async def test_while_the_pod_watch_fails_the_pods_are_listed_by_selector_and_still_fire(
+    kube: Kube, kubesim: KubeSim
+) -> None:
+    emitted: list[Signal] = []
+    subject = poller(kube, emitted, timedelta(minutes=30))
+    await pods_unwatched(kubesim, kube)
+    mark = kubesim.requests.mark()
+    signal = await fire(subject, emitted)
+    assert signal.target == CRASHY and "2 of 2 pods of ReplicaSet crashy-" in signal.summary
+    assert not kube.pods_watched(), "fired from lists, the watch still refused"
+    selectors = {r.query for r in pod_lists(kubesim, mark)}
     assert selectors and all("labelSelector=app%3D" in q for q in selectors), selectors
     assert any("crashy" in q for q in selectors) and any("calm" in q for q in selectors)
 
 
-async def test_deployments_outside_their_change_window_are_not_listed(
+async def test_deployments_outside_their_change_window_are_neither_judged_nor_listed(
     kube: Kube, kubesim: KubeSim
 ) -> None:
     emitted: list[Signal] = []
     # The rollouts began seconds ago: a window of a millisecond excludes them.
     subject = poller(kube, emitted, timedelta(milliseconds=1))
+    await pods_unwatched(kubesim, kube)  # lists would be the visible trace of a look
     mark = kubesim.requests.mark()
     for _ in range(3):
         assert await subject.evaluate_once() == []
-    pod_lists = [r for r in kubesim.requests.since(mark) if r.path.endswith("/pods")]
-    assert pod_lists == []
+    assert pod_lists(kubesim, mark) == []
+    assert subject.tracked == 0
 
 
 @pytest.mark.parametrize("status", [503, 429])
-async def test_an_api_server_refusing_pod_lists_is_no_data_once_then_the_anomaly_goes_on(
+async def test_an_api_server_refusing_pods_is_no_data_once_then_the_anomaly_goes_on(
     kube: Kube, kubesim: KubeSim, status: int
 ) -> None:
     emitted: list[Signal] = []
     subject = poller(kube, emitted, timedelta(minutes=30))
     fired = await fire(subject, emitted)
-    kubesim.faults.fail_for("list", POD_LISTS, status, duration=30)
+    await pods_unwatched(kubesim, kube, lists=status)
     emitted.clear()
     for _ in range(3):
         await subject.evaluate_once()

@@ -1,8 +1,9 @@
-"""Pod health of an Argo Rollout's canary while the API server refuses the pod lists.
+"""Pod health of an Argo Rollout's canary while the API server refuses the pod watch and lists.
 
 The world is the pod-health Rollout test's: Rollout default/web paused at
-setWeight 25 with a crash-looping 2.0 canary. Missing data is not health and
-not a breach: a pod list answered 503 or 429 is no data for that look (log
+setWeight 25 with a crash-looping 2.0 canary. While the pod watch fails the
+canary's pods are listed by the Rollouts' hash label. Missing data is not
+health and not a breach: a pod list answered 503 or 429 is no data for that look (log
 event ``pod_health_list_failed`` naming the Rollout), never a FIRING signal,
 so the decision never aborts the canary on it; a firing anomaly says NO_DATA
 once, whose decision is ``no_data``; a throttle shorter than the retry budget
@@ -30,7 +31,7 @@ from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.stack import wait_for
 from tests.integration.test_executor_argo import WEB
 from tests.integration.test_pod_health_rollout import first, kube
-from tests.integration.test_pod_health_source import POD_LISTS, poller
+from tests.integration.test_pod_health_source import POD_LISTS, pods_unwatched, poller
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ async def test_an_outage_during_a_pending_streak_never_fires_then_detection_resu
     emitted: list[Signal] = []
     subject = poller(kube, emitted, timedelta(minutes=30))  # for_count 2
     await one_bad_look(subject, emitted)
-    kubesim.faults.fail_for("list", POD_LISTS, status, duration=30)
+    await pods_unwatched(kubesim, kube, lists=status)
     mark = kubesim.requests.mark()
 
     with capture_logs() as logs, short_budget():
@@ -105,7 +106,7 @@ async def test_an_outage_while_firing_is_no_data_once_and_never_a_second_trigger
     emitted: list[Signal] = []
     subject = poller(kube, emitted, timedelta(minutes=30))
     fired = await first(subject, emitted, SignalStatus.FIRING)
-    kubesim.faults.fail_for("list", POD_LISTS, status, duration=30)
+    await pods_unwatched(kubesim, kube, lists=status)
     emitted.clear()
 
     with short_budget():
@@ -133,6 +134,7 @@ async def test_a_throttle_shorter_than_the_budget_is_waited_out_inside_the_look(
     emitted: list[Signal] = []
     subject = poller(kube, emitted, timedelta(minutes=30))
     await first(subject, emitted, SignalStatus.FIRING)
+    await pods_unwatched(kubesim, kube)  # the watch refused; the lists answer
     kubesim.faults.fail("list", POD_LISTS, 429, count=1)  # Retry-After: 1, budget 5 s
     emitted.clear()
     mark = kubesim.requests.mark()
@@ -140,6 +142,8 @@ async def test_a_throttle_shorter_than_the_budget_is_waited_out_inside_the_look(
     signals = await subject.evaluate_once()
 
     assert [s.status for s in signals] == [SignalStatus.FIRING], signals
-    lists = [r for r in kubesim.requests.since(mark) if r.path.endswith("/pods")]
+    lists = [
+        r for r in kubesim.requests.since(mark) if r.verb == "list" and r.path.endswith("/pods")
+    ]
     assert [r.status for r in lists] == [429, 200]
     assert lists[1].at - lists[0].at >= 0.9, "the retry did not honour Retry-After"

@@ -296,21 +296,6 @@ def test_the_pool_is_bounded_and_a_family_still_shares() -> None:
     assert mine["spec"]["template"]["spec"] is rs["spec"]["template"]["spec"]
 
 
-def test_a_pod_is_kept_as_its_controlling_replicaset() -> None:
-    owned = {
-        "metadata": {
-            "name": "web-h2-x",
-            "ownerReferences": [
-                {"kind": "Node", "name": "n1"},
-                {"kind": "ReplicaSet", "name": "web-h2", "controller": True},
-            ],
-        }
-    }
-    job = {"metadata": {"ownerReferences": [{"kind": "Job", "name": "j", "controller": True}]}}
-    assert Slim.pod(owned) == "web-h2"
-    assert Slim.pod(job) == "" and Slim.pod({"metadata": {}}) == "" and Slim.pod({}) == ""
-
-
 @pytest.mark.parametrize(
     "hostile",
     [

@@ -1,20 +1,23 @@
 """The pod_health poller: which Deployments it looks at, and the signals its looks become.
 
 Only Deployments with a rollout inside their change window (and those it
-already tracks) are listed, so the API calls follow the recent rollouts;
-a breach fires after ``for_count`` looks, repeats under one key, resolves
-when the pods recover or another ReplicaSet takes over, and a failed list
-is no data, never a trigger.
+already tracks) are looked at; their pods come from the watch cache while
+its pod watch is current (no API call) and are listed, a few at a time, while
+it is not. Either way a breach fires after ``for_count`` looks, repeats under
+one key, resolves when the pods recover or another ReplicaSet takes over, and
+a failed list is no data, never a trigger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
 
 from rollbackd.model import ClusterFacts, RevisionInfo, Signal, SignalSource, SignalStatus, Target
 from rollbackd.podhealth import PodRules
@@ -74,6 +77,8 @@ class FakeCluster:
             OLD: [crashing_pod("cart-v1-a", "uid-cart")] * 2,
         }
         self.listed: list[Target] = []
+        self.watched = False  # the pod watch current: pods come from the cache, nothing is listed
+        self.asked: list[set[tuple[str, str]]] = []
 
     def cached_deployments(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         return [
@@ -106,6 +111,20 @@ class FakeCluster:
             raise pods
         return pods
 
+    def pods_watched(self) -> bool:
+        return self.watched
+
+    async def replicaset_pods(
+        self, wanted: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        self.asked.append(wanted)
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in wanted}
+        for target, (name, _) in self.current.items():
+            pods = self.pods.get(target)
+            if (target.namespace, name) in wanted and isinstance(pods, list):
+                found[(target.namespace, name)] += pods
+        return found
+
 
 class Clock:
     def __init__(self) -> None:
@@ -116,6 +135,21 @@ class Clock:
 
     def tick(self) -> None:
         self.now += timedelta(seconds=10)
+
+
+@pytest.fixture(params=["watched", "listed"])
+def cluster(request: pytest.FixtureRequest) -> FakeCluster:
+    """The same cluster, its pods read from a current pod watch or listed."""
+    found = FakeCluster()
+    found.watched = request.param == "watched"
+    return found
+
+
+def looked_at(cluster: FakeCluster) -> list[Target]:
+    """The targets whose pods were read, from the cache or by a list."""
+    asked = set().union(*cluster.asked) if cluster.asked else set()
+    cached = [t for t, (name, _) in cluster.current.items() if (t.namespace, name) in asked]
+    return sorted(cached + cluster.listed)
 
 
 def make_poller(
@@ -144,18 +178,22 @@ def make_poller(
     )
 
 
-async def test_only_deployments_with_a_rollout_in_their_change_window_are_listed() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_only_deployments_with_a_rollout_in_their_change_window_are_looked_at(
+    cluster: FakeCluster,
+) -> None:
+    clock = Clock()
     emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     await poller.evaluate_once()
-    assert cluster.listed == [FRESH], (
+    assert looked_at(cluster) == [FRESH], (
         "a two-day-old rollout crash-looping is not this rollout's fault"
     )
 
 
-async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key(
+    cluster: FakeCluster,
+) -> None:
+    clock = Clock()
     emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     assert await poller.evaluate_once() == []
@@ -172,8 +210,8 @@ async def test_a_breach_fires_after_for_count_looks_and_repeats_under_one_key() 
     assert (fired.value, fired.threshold) == (2, 2.0)
 
 
-async def test_the_signal_resolves_once_when_the_pods_recover() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_the_signal_resolves_once_when_the_pods_recover(cluster: FakeCluster) -> None:
+    clock = Clock()
     emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
@@ -189,8 +227,10 @@ async def test_the_signal_resolves_once_when_the_pods_recover() -> None:
     assert poller.tracked == 0
 
 
-async def test_a_new_current_replicaset_resolves_the_old_streak_and_starts_afresh() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_a_new_current_replicaset_resolves_the_old_streak_and_starts_afresh(
+    cluster: FakeCluster,
+) -> None:
+    clock = Clock()
     emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
@@ -232,8 +272,10 @@ async def test_a_failing_pod_list_is_no_data_once_and_never_a_trigger() -> None:
     assert await poller.evaluate_once() == [], "no data is said once per streak"
 
 
-async def test_a_tracked_deployment_is_still_looked_at_after_its_window_closes() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_a_tracked_deployment_is_still_looked_at_after_its_window_closes(
+    cluster: FakeCluster,
+) -> None:
+    clock = Clock()
     emitted: list[Signal] = []
     poller = make_poller(cluster, clock, emitted)
     for _ in range(2):
@@ -245,8 +287,8 @@ async def test_a_tracked_deployment_is_still_looked_at_after_its_window_closes()
     assert resolved.status is SignalStatus.RESOLVED, "a firing signal is always closed"
 
 
-async def test_an_emit_failure_does_not_hide_the_other_signals() -> None:
-    cluster, clock = FakeCluster(), Clock()
+async def test_an_emit_failure_does_not_hide_the_other_signals(cluster: FakeCluster) -> None:
+    clock = Clock()
     cluster.rollouts[OLD] = T0
     emitted: list[Signal] = []
 
@@ -262,8 +304,41 @@ async def test_an_emit_failure_does_not_hide_the_other_signals() -> None:
     assert [s.target for s in emitted] == [OLD]
 
 
+async def test_while_the_pod_watch_is_current_a_breach_fires_without_one_api_call() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    cluster.watched = True
+    cluster.rollouts[OLD] = T0
+    poller = make_poller(cluster, clock, [])
+    await poller.evaluate_once()
+    clock.tick()
+    fired = await poller.evaluate_once()
+    assert {s.target for s in fired} == {FRESH, OLD}
+    assert cluster.listed == [], "nothing is listed while the watch is current"
+    assert cluster.asked[-1] == {("shop", "checkout-v2"), ("shop", "cart-v1")}, (
+        "one read of the cache per cycle, for every ReplicaSet looked at"
+    )
+
+
+async def test_a_pod_watch_that_stops_being_current_turns_the_looks_into_lists_and_back() -> None:
+    cluster, clock = FakeCluster(), Clock()
+    cluster.watched = True
+    poller = make_poller(cluster, clock, [])
+    await poller.evaluate_once()
+    clock.tick()
+    cluster.watched = False  # the watch failed: the cache may be minutes old
+    with capture_logs() as logs:
+        [fired] = await poller.evaluate_once()
+    assert fired.status is SignalStatus.FIRING, "the streak goes on across the switch"
+    assert cluster.listed == [FRESH] and len(cluster.asked) == 1
+    assert [e["targets"] for e in logs if e["event"] == "pod_health_listing_pods"] == [1]
+    cluster.watched = True
+    clock.tick()
+    await poller.evaluate_once()
+    assert cluster.listed == [FRESH] and len(cluster.asked) == 2
+
+
 class SlowFleet(FakeCluster):
-    """Many fresh rollouts whose pod lists take a while: counts the looks in flight."""
+    """Many fresh rollouts whose pod lists take a while: counts the lists in flight."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -271,18 +346,12 @@ class SlowFleet(FakeCluster):
         self.rollouts = dict.fromkeys(fleet, T0)
         self.current = {target: (f"{target.name}-v2", f"uid-{target.name}") for target in fleet}
         self.pods = {t: [ready_pod(f"{t.name}-a", f"uid-{t.name}")] for t in fleet}
-        self.facts_asked: Counter[Target] = Counter()
-        self.in_flight = 0  # looks whose facts are computed and whose pod list has not returned
+        self.in_flight = 0  # pod lists asked for and not yet answered
         self.most_in_flight = 0
 
-    def facts(self, target: Target, *, now: datetime) -> ClusterFacts:
-        self.facts_asked[target] += 1
-        if self.facts_asked[target] == 2:  # the first is the scan for recent rollouts
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        return super().facts(target, now=now)
-
     async def current_pods(self, target: Target) -> list[dict[str, Any]]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(0.001)
         pods = await super().current_pods(target)
         self.in_flight -= 1
@@ -290,7 +359,7 @@ class SlowFleet(FakeCluster):
 
 
 async def test_a_fleet_wide_rollout_is_looked_at_a_few_deployments_at_a_time() -> None:
-    """Not a task per Deployment, each holding its facts while it waits for a list slot."""
+    """With the pod watch not current: a few lists at a time, never one per Deployment at once."""
     fleet = SlowFleet(100)
     poller = make_poller(fleet, Clock(), [])
     await poller.evaluate_once()

@@ -200,6 +200,25 @@ def test_one_restart_is_not_a_crash_loop() -> None:
     assert judge(once).verdict is Verdict.HEALTHY
 
 
+def test_an_init_container_that_completed_is_not_a_crash_but_one_that_failed_is() -> None:
+    strict = PodRules(
+        min_restarts=1, min_pods=1, min_fraction=0.5, not_ready_after=RULES.not_ready_after
+    )
+    done = {"reason": "Completed", "exitCode": 0, "finishedAt": stamp(STARTED)}
+    failed = {"reason": "Error", "exitCode": 1, "finishedAt": stamp(NOW)}
+
+    def with_init(ended: dict[str, Any]) -> dict[str, Any]:
+        one = pod("checkout-new-a")
+        init = {"name": "migrate", "ready": True, "restartCount": 0, "state": {"terminated": ended}}
+        one["status"]["initContainerStatuses"] = [init]
+        return one
+
+    assert judge([with_init(done)], strict).verdict is Verdict.HEALTHY
+    failing = judge([with_init(failed)], strict)
+    assert failing.verdict is Verdict.BREACH
+    assert "container migrate restarted 1 times" in failing.detail
+
+
 def test_terminating_pods_are_not_judged_and_no_pods_is_no_data() -> None:
     dying = [pod(n, deleting=True, ready=False, container=crash_looping(5)) for n in ("a", "b")]
     result = judge(dying)

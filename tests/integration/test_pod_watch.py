@@ -1,14 +1,17 @@
-"""rollbackd's watch cache against kubesim: pods as metadata only, lists in pages.
+"""rollbackd's watch cache against kubesim: each pod as its ReplicaSet or its trouble, lists in pages.
 
-The cache lists and watches pods as ``PartialObjectMetadata`` (client-go's
-metadata informers), keeps only what resolving a pod to its Deployment needs,
-and lists every kind with ``limit``/``continue``, first at start and again
-after a 410, falling back to one full list when a continue token expires.
+The cache lists and watches pods, keeps a pod with nothing wrong as the name
+of its ReplicaSet (what resolving an alert's pod to its Deployment needs) and
+any other as the status fields pod health reads, and says whether its pod
+view is current. It lists every kind with ``limit``/``continue``, first at
+start and again after a 410, falling back to one full list when a continue
+token expires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import pathlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,10 +23,11 @@ import pytest_asyncio
 from kubernetes_asyncio import config
 
 from rollbackd.kube import Kube
-from rollbackd.kube.client import METADATA_ACCEPT, METADATA_LIST_ACCEPT
+from rollbackd.kube.client import METADATA_LIST_ACCEPT
 from rollbackd.kube.pager import list_all
 from rollbackd.model import Target
 from rollbackd.testing.kubesim import KubeSim
+from rollbackd.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,27 +85,104 @@ async def kube(sim: KubeSim) -> AsyncIterator[Kube]:
         yield adapter
 
 
-async def test_pods_are_listed_in_pages_and_watched_as_metadata_only(
+def web_replicaset(sim: KubeSim) -> str:
+    [replicaset] = sim.store.list("apps/v1/replicasets", "default", copy=False)
+    return str(replicaset["metadata"]["name"])
+
+
+async def settled_pods(kube: Kube, key: tuple[str, str]) -> list[dict[str, Any]]:
+    """The ReplicaSet's cached pods once each is Ready and kept as its ReplicaSet (no trouble)."""
+
+    async def all_settled() -> list[dict[str, Any]] | None:
+        pods = (await kube.replicaset_pods({key}))[key]
+        return pods if pods and all(p["status"] == {} for p in pods) else None
+
+    found: list[dict[str, Any]] = await wait_for(
+        all_settled, 10, "every ready pod kept as its ReplicaSet", interval=0.02
+    )
+    return found
+
+
+async def test_pods_are_listed_in_pages_watched_and_a_ready_one_kept_as_its_replicaset(
     sim: KubeSim, kube: Kube
 ) -> None:
     pod_lists = [r for r in sim.requests if r.verb == "list" and r.path == PODS]
     assert len(pod_lists) == 3  # five pods, two a page
-    assert {r.accept for r in pod_lists} == {METADATA_LIST_ACCEPT}
     queries = [parse_qs(r.query) for r in pod_lists]
     assert all(q["limit"] == ["2"] for q in queries)
     assert "continue" not in queries[0] and all("continue" in q for q in queries[1:])
     await wait_until(lambda: any(r.verb == "watch" and r.path == PODS for r in sim.requests))
-    watches = [r for r in sim.requests if r.verb == "watch" and r.path == PODS]
-    assert {r.accept for r in watches} == {METADATA_ACCEPT}
+    assert kube.pods_watched()
 
     for name in web_pods(sim):
         cached = kube.cache.pod("default", name)
         assert cached is not None and set(cached) == {"metadata"}
         assert set(cached["metadata"]) <= POD_METADATA_KEYS
         assert kube.resolve_pod("default", name) == TARGET
+    key = ("default", web_replicaset(sim))
+    pods = await settled_pods(kube, key)
+    assert sorted(p["metadata"]["name"] for p in pods) == sorted(web_pods(sim))
+    assert all(p["metadata"]["ownerReferences"][0]["name"] == key[1] for p in pods)
 
 
-async def test_pods_added_and_removed_later_arrive_through_the_metadata_watch(
+async def test_a_pod_in_trouble_arrives_with_what_pod_health_reads_and_leaves_it_when_well(
+    sim: KubeSim, kube: Kube
+) -> None:
+    key = ("default", web_replicaset(sim))
+    await settled_pods(kube, key)
+    victim = sorted(web_pods(sim))[0]
+    pod = sim.store.get("v1/pods", "default", victim)
+    healthy = copy.deepcopy(pod["status"])
+    crashing = {
+        "name": "app",
+        "ready": False,
+        "restartCount": 4,
+        "image": "web:1.0",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {
+            "terminated": {"reason": "Error", "exitCode": 1, "finishedAt": "2026-01-01T00:00:00Z"}
+        },
+    }
+    pod["status"]["containerStatuses"] = [crashing]
+    sim.store.update("v1/pods", pod, subresource="status")
+
+    async def cached_trouble() -> dict[str, Any] | None:
+        pods = (await kube.replicaset_pods({key}))[key]
+        return next((p for p in pods if p["metadata"]["name"] == victim and p["status"]), None)
+
+    trouble = await wait_for(cached_trouble, 10, "the crash loop in the cache", interval=0.02)
+    [kept] = trouble["status"]["containerStatuses"]
+    assert kept["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}, "the message is not read"
+    assert kept["restartCount"] == 4 and kept["lastState"]["terminated"]["reason"] == "Error"
+    assert kube.resolve_pod("default", victim) == TARGET
+
+    pod = sim.store.get("v1/pods", "default", victim)
+    pod["status"] = healthy
+    sim.store.update("v1/pods", pod, subresource="status")
+
+    async def settled_again() -> bool:
+        pods = (await kube.replicaset_pods({key}))[key]
+        return any(p["metadata"]["name"] == victim and p["status"] == {} for p in pods)
+
+    await wait_for(settled_again, 10, "the recovered pod kept as its ReplicaSet", interval=0.02)
+
+
+async def test_the_pod_view_is_not_current_while_its_watch_fails_and_is_once_it_resumes(
+    sim: KubeSim, kube: Kube
+) -> None:
+    await wait_until(kube.pods_watched)
+    sim.faults.fail_for("watch", PODS, 503, duration=1.5)
+    sim.faults.fail_for("list", PODS, 503, duration=1.5)
+    assert sim.faults.drop_watches("^/api/v1/pods$") >= 1
+    await wait_until(lambda: not kube.pods_watched())
+    assert kube.cache.current("deployments"), "only the failing kind is stale"
+    gone = sorted(web_pods(sim))[0]
+    sim.store.delete("v1/pods", "default", gone)
+    await wait_until(kube.pods_watched, timeout=20)
+    await wait_until(lambda: kube.resolve_pod("default", gone) is None)
+
+
+async def test_pods_added_and_removed_later_arrive_through_the_watch(
     sim: KubeSim, kube: Kube
 ) -> None:
     before = set(web_pods(sim))
