@@ -31,7 +31,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.kube.cursor import WatchCursor, expired
 from rollbackd.kube.nsindex import NamespaceIndex
-from rollbackd.kube.pager import PAGE_SIZE, ListCall, list_all
+from rollbackd.kube.pager import PAGE_SIZE, POD_PAGE_SIZE, ListCall, list_all
 from rollbackd.kube.podrecord import PodRecord, pod_json, pod_owner
 from rollbackd.kube.rawwatch import RawWatch
 from rollbackd.kube.retry import RetryBudget, budget_scope
@@ -167,8 +167,9 @@ class WatchCache:
         def keyed(obj: dict[str, Any]) -> tuple[Key, Any]:
             return object_key(obj, shared_name=spec.kind != PODS), self._transform(spec.kind, obj)
 
+        page_size = min(self._page_size, POD_PAGE_SIZE) if spec.kind == PODS else self._page_size
         items, resource_version = await list_all(
-            self._list, spec.path, JSON, keyed, page_size=self._page_size
+            self._list, spec.path, JSON, keyed, page_size=page_size
         )
         self._replace(spec.kind, spec.namespace, items)
         self._pending_sync.discard((spec.kind, spec.namespace))

@@ -25,6 +25,10 @@ log = structlog.get_logger("rollbackd.kube")
 # pages of each kind left between the survivors: at 10 000 Deployments, pages
 # of 250 leave 4 MB less resident than pages of 500 for the same time to sync.
 PAGE_SIZE = 250
+# Pods come whole (pod health reads their status) and are most of the list:
+# at 10 000 pods, pages of 250 left 125.5 MB resident at /readyz, pages of
+# 100 118.6 MB (50: 118.0 MB, but 4.1 s to sync against 3.3 s).
+POD_PAGE_SIZE = 100
 
 T = TypeVar("T")
 ListCall = Callable[[str, Sequence[tuple[str, str]], str], Awaitable[dict[str, Any]]]

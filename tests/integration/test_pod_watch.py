@@ -24,7 +24,7 @@ from kubernetes_asyncio import config
 
 from rollbackd.kube import Kube
 from rollbackd.kube.client import METADATA_LIST_ACCEPT
-from rollbackd.kube.pager import list_all
+from rollbackd.kube.pager import PAGE_SIZE, POD_PAGE_SIZE, list_all
 from rollbackd.model import Target
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.stack import wait_for
@@ -180,6 +180,16 @@ async def test_the_pod_view_is_not_current_while_its_watch_fails_and_is_once_it_
     sim.store.delete("v1/pods", "default", gone)
     await wait_until(kube.pods_watched, timeout=20)
     await wait_until(lambda: kube.resolve_pod("default", gone) is None)
+
+
+async def test_pods_are_listed_in_smaller_pages_than_the_other_kinds(sim: KubeSim) -> None:
+    """Whole pods are most of a list: smaller pages leave less decoded JSON resident."""
+    async with await connect(sim, page_size=PAGE_SIZE) as kube:
+        await kube.start_watches()
+        assert await kube.wait_synced(10)
+    lists = {r.path: parse_qs(r.query) for r in sim.requests if r.verb == "list"}
+    assert lists[PODS]["limit"] == [str(POD_PAGE_SIZE)] and POD_PAGE_SIZE < PAGE_SIZE
+    assert lists["/apis/apps/v1/deployments"]["limit"] == [str(PAGE_SIZE)]
 
 
 async def test_pods_added_and_removed_later_arrive_through_the_watch(
