@@ -48,7 +48,7 @@ from rollbackd.signals import Evaluation, Verdict
 from rollbackd.sources.polled import polled_signal
 from rollbackd.sources.streak import Streak, advance
 
-__all__ = ["PodHealthPoller", "PodSource", "recent_rollouts"]
+__all__ = ["PodHealthPoller", "PodSource", "Subject", "recent_rollouts", "subject_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -88,9 +88,9 @@ async def recent_rollouts(
     now: datetime,
     window_of: Callable[[Target, Mapping[str, str]], timedelta],
     default_window: timedelta,
-) -> list[Target]:
+) -> dict[Target, Subject]:
     """Deployments whose newest rollout began inside their change window (and Argo Rollouts
-    whose canary did).
+    whose canary did), each with what its look judges.
 
     A cheap first pass over the cached Deployments (the Progressing
     condition's lastUpdateTime, compared as RFC 3339 text) costs one string
@@ -99,10 +99,11 @@ async def recent_rollouts(
     facts compare its templates, a fraction of a millisecond each), so the
     scan yields to the event loop by the clock, not by a count: a thousand
     Deployments between yields held the loop, and every webhook answer, for
-    half a second on a busy machine.
+    half a second on a busy machine. The facts are computed once per cycle:
+    the look reads the subject taken from them here.
     """
     cutoff = (now - default_window).strftime(_RFC3339)
-    found = []
+    found: dict[Target, Subject] = {}
     slices = LoopSlices()
     for (namespace, name), deployment in source.cached_deployments():
         await slices.pause_if_due()
@@ -114,22 +115,36 @@ async def recent_rollouts(
         facts = source.facts(target, now=now)
         started = facts.rollout_started_at
         if started is not None and now - started <= window_of(target, facts.annotations):
-            found.append(target)
-    return found + _recent_canaries(source, now, window_of)
+            found[target] = subject_of(facts)
+    return found | _recent_canaries(source, now, window_of)
 
 
 def _recent_canaries(
     source: PodSource, now: datetime, window_of: Callable[[Target, Mapping[str, str]], timedelta]
-) -> list[Target]:
+) -> dict[Target, Subject]:
     """Argo Rollouts whose canary (not aborted) started inside their change window."""
-    found = []
+    found = {}
     for target in source.rollout_targets():
         facts = source.facts(target, now=now)
         canary = facts.rollout
         judged = serving_replicaset(canary) if canary is not None and not canary.aborted else None
         if judged is not None and now - judged.created_at <= window_of(target, facts.annotations):
-            found.append(target)
+            found[target] = subject_of(facts)
     return found
+
+
+def subject_of(facts: ClusterFacts) -> Subject:
+    """What a look at ``facts.target`` judges: its current ReplicaSet (a Rollout's canary,
+    its stable once aborted) and when that rollout began."""
+    current = facts.revisions[0] if facts.revisions else None
+    started = facts.rollout_started_at
+    if facts.rollout is not None:
+        current = serving_replicaset(facts.rollout)
+        started = current.created_at if current is not None else None
+    if current is None or started is None:
+        return Subject(facts.target, None, None)
+    # Held for the whole cycle, for every recent rollout: not its template.
+    return Subject(facts.target, replace(current, template={}, images=()), started)
 
 
 def _progressing_updated(deployment: Mapping[str, Any]) -> str | None:
@@ -141,7 +156,7 @@ def _progressing_updated(deployment: Mapping[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Subject:
+class Subject:
     """One target's look: its judged ReplicaSet and when its rollout began (None: unknown)."""
 
     target: Target
@@ -205,7 +220,11 @@ class PodHealthPoller:
         now = self._clock()
         recent = await recent_rollouts(self._source, now, self._window_of, self._default_window)
         targets = sorted(set(recent) | set(self._streaks))
-        looks = await self._look_all(targets, now)
+        subjects = [
+            recent.get(target) or subject_of(self._source.facts(target, now=now))
+            for target in targets
+        ]
+        looks = await self._look_all(subjects, now)
         signals: list[Signal] = []
         for target, (replicaset, evaluation) in zip(targets, looks, strict=True):
             signals += self._step(target, replicaset, evaluation, now)
@@ -216,13 +235,10 @@ class PodHealthPoller:
                 log.exception("pod_health_emit_failed", key=signal.key)
         return signals
 
-    async def _look_all(self, targets: list[Target], now: datetime) -> list[tuple[str, Evaluation]]:
-        """Every target's look, in order: from the watched pods, or listed when they are stale."""
-        slices = LoopSlices()
-        subjects = []
-        for target in targets:
-            await slices.pause_if_due()
-            subjects.append(self._subject(target, now))
+    async def _look_all(
+        self, subjects: list[Subject], now: datetime
+    ) -> list[tuple[str, Evaluation]]:
+        """Every subject's look, in order: from the watched pods, or listed when they are stale."""
         if self._source.pods_watched():
             return await self._look_watched(subjects, now)
         if subjects:
@@ -231,21 +247,8 @@ class PodHealthPoller:
             )
         return await self._look_listed(subjects, now)
 
-    def _subject(self, target: Target, now: datetime) -> _Subject:
-        """What is judged: the current ReplicaSet (a Rollout's canary, its stable once aborted)."""
-        facts = self._source.facts(target, now=now)
-        current = facts.revisions[0] if facts.revisions else None
-        started = facts.rollout_started_at
-        if facts.rollout is not None:
-            current = serving_replicaset(facts.rollout)
-            started = current.created_at if current is not None else None
-        if current is None or started is None:
-            return _Subject(target, None, None)
-        # Held for the whole cycle, for every recent rollout: not its template.
-        return _Subject(target, replace(current, template={}, images=()), started)
-
     async def _look_watched(
-        self, subjects: list[_Subject], now: datetime
+        self, subjects: list[Subject], now: datetime
     ) -> list[tuple[str, Evaluation]]:
         """Each subject judged on the cached pods of its ReplicaSet (no API call)."""
         wanted = {s.pods_key for s in subjects if s.pods_key is not None}
@@ -269,7 +272,7 @@ class PodHealthPoller:
         return looks
 
     async def _look_listed(
-        self, subjects: list[_Subject], now: datetime
+        self, subjects: list[Subject], now: datetime
     ) -> list[tuple[str, Evaluation]]:
         """Every subject's look from a fresh list, in order, ``CONCURRENT_LISTS`` at a time.
 
@@ -287,7 +290,7 @@ class PodHealthPoller:
         await asyncio.gather(*(worker() for _ in range(min(CONCURRENT_LISTS, len(subjects)))))
         return [look for look in looks if look is not None]
 
-    async def _look_listed_one(self, subject: _Subject, now: datetime) -> tuple[str, Evaluation]:
+    async def _look_listed_one(self, subject: Subject, now: datetime) -> tuple[str, Evaluation]:
         """The current ReplicaSet's name and its listed pods' verdict (NO_DATA when unknown)."""
         target, current = subject.target, subject.replicaset
         if current is None or subject.started is None:
