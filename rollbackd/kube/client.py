@@ -29,11 +29,6 @@ from rollbackd.kube.retry import RetryBudget, current_budget, with_retries
 from rollbackd.model import Target
 from rollbackd.revisions import controller_uid
 
-# What client-go's metadata client asks for: metadata only, in meta.k8s.io/v1.
-METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-
-
 # Watch keywords (as the typed listers name them) -> query parameters.
 _WATCH_QUERY = {
     "resource_version": "resourceVersion",
@@ -138,8 +133,8 @@ class KubeClient:
 
         Retries draw on the budget in scope (a rollback's), else on a fresh
         budget of the adapter's default. Every failure surfaces as a typed
-        :class:`KubeError`. ``accept`` may ask for a conversion such as
-        :data:`METADATA_LIST_ACCEPT`.
+        :class:`KubeError`. ``accept`` may ask for a conversion (a
+        ``PartialObjectMetadataList``, a Table).
         """
         budget = current_budget() or RetryBudget(self._retry_budget)
         return await with_retries(
@@ -195,8 +190,8 @@ class KubeClient:
 
         ``params`` are the keywords a typed lister takes (``resource_version``,
         ``timeout_seconds``, ``allow_watch_bookmarks``; Watch adds ``watch``);
-        ``accept`` may ask for a conversion such as :data:`METADATA_ACCEPT`,
-        which the typed listers cannot (they set Accept themselves).
+        ``accept`` may ask for a conversion (``PartialObjectMetadata``), which
+        the typed listers cannot (they set Accept themselves).
         """
         query = [("watch", "true")]
         for keyword, name in _WATCH_QUERY.items():

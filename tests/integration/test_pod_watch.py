@@ -23,7 +23,6 @@ import pytest_asyncio
 from kubernetes_asyncio import config
 
 from rollbackd.kube import Kube
-from rollbackd.kube.client import METADATA_LIST_ACCEPT
 from rollbackd.kube.pager import PAGE_SIZE, POD_PAGE_SIZE, list_all
 from rollbackd.model import Target
 from rollbackd.testing.kubesim import KubeSim
@@ -285,7 +284,7 @@ async def test_an_expired_continue_token_falls_back_to_one_full_list(
             items, resource_version = await list_all(
                 call,
                 "/api/v1/namespaces/default/configmaps",
-                METADATA_LIST_ACCEPT,
+                "application/json",
                 _name,
                 page_size=2,
             )
