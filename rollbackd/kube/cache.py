@@ -365,6 +365,8 @@ class WatchCache:
         event loop by the clock.
         """
         found: dict[Key, list[dict[str, Any]]] = {key: [] for key in wanted}
+        if not found:
+            return found  # no recent rollout: a quiet fleet costs no scan
         records: list[tuple[Key, PodRecord]] = list(self._objects[PODS].items())
         slices = LoopSlices()
         for (namespace, name), record in records:

@@ -11,7 +11,9 @@ own JSON shape, so the judging reads a cached pod and a listed one alike. A
 pod moves between the two forms with its watch events.
 
 Pods are input: a status of an unexpected shape is kept as it came (the
-judging skips a pod it cannot read), never an error here.
+judging skips a pod it cannot read), never an error here. Records are
+read-only, like everything the cache holds: :func:`pod_json` hands out the
+cached dict itself.
 """
 
 from __future__ import annotations
