@@ -206,12 +206,15 @@ def _container_problem(
     crashes = _crashes(restarts, failed_now, ended, fresh, rollout_started_at)
     if crashes < rules.min_restarts:
         return None
-    # Restart counts never go down: a container Ready (or an init container
-    # completed) that has not exited for ``not_ready_after`` has recovered.
-    recovered = ended is None or now - ended >= rules.not_ready_after
-    if (container.get("ready") or completed) and not failed_now and recovered:
+    if not failed_now and _recovered(bool(container.get("ready")) or completed, ended, now, rules):
         return None
     return PodProblem(pod, name, _crash_reason(waiting, terminated, last, crashes), restarts)
+
+
+def _recovered(up: bool, ended: datetime | None, now: datetime, rules: PodRules) -> bool:
+    """Restart counts never go down: a container Ready (or an init container
+    completed) that has not exited for ``not_ready_after`` has recovered."""
+    return up and (ended is None or now - ended >= rules.not_ready_after)
 
 
 def _crashes(
