@@ -199,10 +199,11 @@ def _container_problem(
         return PodProblem(pod, name, waiting, restarts)
     terminated = state.get("terminated") or {}
     last = (container.get("lastState") or {}).get("terminated") or {}
-    ended = _time((terminated or last).get("finishedAt"))
     # An init container that exited 0 has done its job: not a crash.
     completed = init and terminated.get("exitCode") == 0
     failed_now = bool(terminated) and not completed
+    # When the last crash ended: the termination now, unless it was that completion.
+    ended = _time((terminated if failed_now else last).get("finishedAt"))
     crashes = _crashes(restarts, failed_now, ended, fresh, rollout_started_at)
     if crashes < rules.min_restarts:
         return None

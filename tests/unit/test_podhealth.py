@@ -207,13 +207,17 @@ def test_an_init_container_that_completed_is_not_a_crash_but_one_that_failed_is(
     done = {"reason": "Completed", "exitCode": 0, "finishedAt": stamp(STARTED)}
     failed = {"reason": "Error", "exitCode": 1, "finishedAt": stamp(NOW)}
 
-    def with_init(ended: dict[str, Any]) -> dict[str, Any]:
-        one = pod("checkout-new-a")
+    def with_init(ended: dict[str, Any], created: datetime = STARTED) -> dict[str, Any]:
+        one = pod("checkout-new-a", created=created)
         init = {"name": "migrate", "ready": True, "restartCount": 0, "state": {"terminated": ended}}
         one["status"]["initContainerStatuses"] = [init]
         return one
 
     assert judge([with_init(done)], strict).verdict is Verdict.HEALTHY
+    # A pod from before the rollout, its init container completing just now.
+    just_done = {**done, "finishedAt": stamp(NOW - timedelta(seconds=10))}
+    earlier = with_init(just_done, created=STARTED - timedelta(minutes=5))
+    assert judge([earlier], strict).verdict is Verdict.HEALTHY
     failing = judge([with_init(failed)], strict)
     assert failing.verdict is Verdict.BREACH
     assert "container migrate restarted 1 times" in failing.detail
