@@ -8,7 +8,6 @@ adapter passes cached objects and ``now``, tests pass dicts.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -74,11 +73,23 @@ def owned_replicasets(
 
 
 def strip_hash(template: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a pod template without the controller-added ``pod-template-hash`` label."""
-    result = copy.deepcopy(dict(template))
-    labels = (result.get("metadata") or {}).get("labels")
-    if isinstance(labels, dict):
-        labels.pop(LABEL_POD_TEMPLATE_HASH, None)
+    """A pod template without the controller-added ``pod-template-hash`` label.
+
+    Only the path to the labels is copied; the pod spec is shared with
+    ``template``. Templates are read-only (the watch cache's are, and
+    ``canary`` copies before changing one): a deep copy of every
+    ReplicaSet's template in every facts was a quarter of the daemon's CPU
+    at 10 000 Deployments, all of it pod health's scan of recent rollouts.
+    """
+    result = dict(template)
+    meta = result.get("metadata")
+    if isinstance(meta, Mapping):
+        labels = meta.get("labels")
+        result["metadata"] = dict(meta)
+        if isinstance(labels, Mapping):
+            result["metadata"]["labels"] = {
+                k: v for k, v in labels.items() if k != LABEL_POD_TEMPLATE_HASH
+            }
     return result
 
 

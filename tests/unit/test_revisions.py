@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rollbackd.model import ANNOTATION_RESTORED, Phase, Target
-from rollbackd.revisions import cluster_facts, gitops_owner, start_times
+from rollbackd.decide import decide
+from rollbackd.model import (
+    ANNOTATION_RESTORED,
+    Action,
+    History,
+    Phase,
+    Policy,
+    Signal,
+    SignalSource,
+    SignalStatus,
+    Target,
+)
+from rollbackd.revisions import cluster_facts, gitops_owner, start_times, strip_hash
 from rollbackd.state import RollbackState, encode_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -100,3 +112,38 @@ def test_gitops_owners_are_named_by_tool() -> None:
     flux = {"metadata": {"labels": {"kustomize.toolkit.fluxcd.io/name": "apps"}}}
     assert (gitops_owner(argo), gitops_owner(flux)) == ("argocd:shop", "flux:kustomization/apps")
     assert gitops_owner({"metadata": {}}) is None
+
+
+def test_a_revision_shares_its_replicasets_pod_spec_and_only_drops_the_hash_label() -> None:
+    old = rs(1, "web:1", "a", T0)
+    facts = cluster_facts(
+        TARGET, deployment("web:2"), [old, rs(2, "web:2", "b", T0)], now=T0 + timedelta(hours=1)
+    )
+    template = facts.revisions[1].template
+    assert template["spec"] is old["spec"]["template"]["spec"], "no copy of the pod spec"
+    assert template["metadata"]["labels"] == {"app": "web"}
+    assert old["spec"]["template"]["metadata"]["labels"]["pod-template-hash"] == "a"
+    assert strip_hash({"metadata": None, "spec": {}}) == {"metadata": None, "spec": {}}
+
+
+def test_a_decision_over_cached_objects_leaves_them_as_they_were() -> None:
+    """The cache's objects are shared with the facts: no reader may change them."""
+    now = T0 + timedelta(minutes=10)
+    live = deployment("web:2")
+    replicasets = [rs(1, "web:1", "a", T0 - timedelta(days=1)), rs(2, "web:2", "b", T0)]
+    before = copy.deepcopy((live, replicasets))
+    facts = cluster_facts(TARGET, live, replicasets, now=now)
+    breach = Signal(
+        target=TARGET,
+        source=SignalSource.PROMETHEUS,
+        name="error_ratio",
+        status=SignalStatus.FIRING,
+        started_at=now - timedelta(minutes=1),
+        observed_at=now,
+        value=0.2,
+        threshold=0.05,
+        key="prom:shop/web:error_ratio",
+    )
+    decision = decide(breach, facts, History(), Policy(), now)
+    assert decision.action is Action.ROLLBACK, decision.reason
+    assert (live, replicasets) == before
