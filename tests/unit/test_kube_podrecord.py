@@ -159,6 +159,7 @@ def test_a_deleting_pod_is_kept_with_its_deletion_so_the_judging_leaves_it_out()
         },
         {"metadata": {"ownerReferences": "x"}},
         {"metadata": None},
+        {"metadata": "pod"},
     ],
 )
 def test_a_status_of_any_shape_is_kept_never_an_error(hostile: dict[str, Any]) -> None:
