@@ -41,7 +41,9 @@ _CONDITION = ("type", "status", "lastTransitionTime")
 def pod_record(pod: Mapping[str, Any]) -> PodRecord:
     """The cache's record of ``pod`` (a decoded API object)."""
     meta = pod.get("metadata")
-    owner = _replicaset_owner(meta.get("ownerReferences")) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return ""
+    owner = _replicaset_owner(meta.get("ownerReferences"))
     if owner is None:
         return ""  # not a ReplicaSet's pod: nothing here judges or resolves it
     if _settled(pod):
