@@ -38,6 +38,21 @@ _WATCH_QUERY = {
 }
 
 
+def watch_timeout(timeout_seconds: object) -> aiohttp.ClientTimeout | None:
+    """How long a watch may go without a byte before it counts as hung.
+
+    The client sets no timeout of its own, so a connection that dies
+    without a reset (a partition, a proxy that drops state) kept a watch,
+    and the cache's view, "current" for ever. The server ends a watch after
+    ``timeoutSeconds`` (bookmarks come sooner), so a stream silent for that
+    long plus a grace is hung: the read fails and the cache reconnects.
+    """
+    if not isinstance(timeout_seconds, int | float) or timeout_seconds <= 0:
+        return None
+    grace = max(5.0, timeout_seconds / 10)
+    return aiohttp.ClientTimeout(sock_connect=30, sock_read=timeout_seconds + grace)
+
+
 def namespace_prefix(namespace: str | None) -> str:
     """``/namespaces/<ns>`` for a namespaced path, empty for all namespaces."""
     return f"/namespaces/{quote(namespace)}" if namespace else ""
@@ -205,6 +220,7 @@ class KubeClient:
             header_params={"Accept": accept},
             auth_settings=["BearerToken"],
             _preload_content=False,
+            _request_timeout=watch_timeout(params.get("timeout_seconds")),
         )
         return response
 

@@ -224,6 +224,20 @@ async def test_readiness_and_images_are_read_on_demand_for_one_deployment(
     assert any("labelSelector=app" in r.query for r in selected)
 
 
+async def test_a_watch_answered_with_silence_stops_counting_as_current(sim: KubeSim) -> None:
+    """A connection that hangs without an error (a partition, a proxy that lost its state)
+    is a failed watch once it has been silent past the watch's own timeout and a grace."""
+    api = await config.new_client_from_config(config_file=str(sim.kubeconfig))
+    async with Kube(api, watch_timeout=1) as kube:  # read timeout 1 s + 5 s grace
+        await kube.start_watches()
+        assert await kube.wait_synced(10)
+        await wait_until(kube.pods_watched)
+        sim.faults.delay("watch", f"^{PODS}$", 40, count=1)  # the next pod watch: no answer
+        sim.faults.drop_watches(f"^{PODS}$")
+        await wait_until(lambda: not kube.pods_watched(), timeout=15)
+        await wait_until(kube.pods_watched, timeout=20)  # the next watch is answered
+
+
 async def test_a_relist_after_410_is_paginated_and_replaces_the_pods(
     tmp_path: pathlib.Path,
 ) -> None:
