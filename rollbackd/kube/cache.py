@@ -118,8 +118,10 @@ class WatchCache:
     def current(self, kind: str) -> bool:
         """True while every loop of ``kind`` has listed and its watch has not failed since.
 
-        False from a failed watch or list until the next list succeeds: the
-        cache then holds the last view, which may be minutes old.
+        False from a failed (or hung, see :func:`rollbackd.kube.client.watch_timeout`)
+        watch or list until the next list succeeds or a watch reopens from the
+        last resourceVersion: meanwhile the cache holds its last view, which
+        may be minutes old.
         """
         loops = [current for (k, _), current in self._current.items() if k == kind]
         return bool(loops) and all(loops)
