@@ -10,11 +10,10 @@ token expires.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import pathlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,35 +26,14 @@ from rollbackd.kube.pager import PAGE_SIZE, POD_PAGE_SIZE, list_all
 from rollbackd.model import Target
 from rollbackd.testing.kubesim import KubeSim
 from rollbackd.testing.stack import wait_for
+from tests.integration.test_kube_adapter import wait_until
+from tests.integration.test_kube_retries import deployment
 
 pytestmark = pytest.mark.integration
 
 TARGET = Target("default", "web")
 PODS = "/api/v1/pods"
 POD_METADATA_KEYS = {"name", "namespace", "uid", "labels", "ownerReferences", "resourceVersion"}
-
-
-def deployment(replicas: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": TARGET.name, "namespace": TARGET.namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": "web:1.0"}]},
-            },
-        },
-    }
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until ``predicate`` holds; fails the test at the deadline."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
 
 
 def web_pods(sim: KubeSim) -> list[str]:
